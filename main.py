@@ -1,0 +1,3 @@
+from mtnsails.cli import main
+
+raise SystemExit(main())

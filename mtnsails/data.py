@@ -1,0 +1,362 @@
+"""Conversation data: read the formats people have, normalise them, format them for training.
+
+Every record is normalised to the native form
+
+    {"input": str, "output": str}                    # one exchange
+    {"input": ..., "output": ..., "history": [{"input": ..., "output": ...}, ...],
+     "system": str}                                  # multi-turn: earlier exchanges first
+
+so a multi-turn conversation keeps its turns and a file saved by mtnsails is native JSON/JSONL.
+Accepted on load: native records, Alpaca (`instruction`/`input`/`output`), `prompt`/`completion`,
+`question`/`answer`, ShareGPT (`conversations` of `from`/`value`) and OpenAI-style `messages`
+of `role`/`content`; a JSON array (`.json`) or JSON Lines (`.jsonl`, `.ndjson`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from mtnsails.errors import MtnsailsError
+from mtnsails.files import atomic_write_text
+from mtnsails.template import ChatTemplate, Segment
+
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+
+# Simple pair formats: (key of the question, key of the answer).
+PAIR_KEYS = (("input", "output"), ("prompt", "completion"), ("question", "answer"))
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
+KNOWN_FORMATS = ("input/output, instruction/output, prompt/completion, question/answer, "
+                 "conversations (ShareGPT) or messages (OpenAI)")
+
+
+class DataFormatError(MtnsailsError, ValueError):
+    """A data file or record that cannot be read; the message names the file and where."""
+
+
+class ConversationDataHandler:
+    """Holds conversations and turns them into training text.
+
+    >>> handler = ConversationDataHandler()
+    >>> handler.add_conversation({"question": "What is 2+2?", "answer": "It is 4."})
+    >>> handler.format_for_training()
+    ['User: What is 2+2?\\nAssistant: It is 4.']
+    """
+
+    def __init__(self, data_path: str | os.PathLike | None = None,
+                 template: ChatTemplate | None = None) -> None:
+        self.conversations: list[dict] = []
+        self.template = template or ChatTemplate()
+        self.data_path: Path | None = None
+        if data_path is not None:
+            self.load_from_json(data_path)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, template: ChatTemplate | None = None
+                  ) -> "ConversationDataHandler":
+        """Load a data file (any accepted format) into a new handler."""
+        return cls(path, template=template)
+
+    def load_from_json(self, path: str | os.PathLike) -> list[dict]:
+        """Read a JSON or JSONL file, append its normalised conversations and return them.
+
+        Raises `DataFormatError` with a one-line message naming the file and the record or line.
+        """
+        path = Path(path)
+        records = [normalize_record(record, f"{path}: {where}")
+                   for where, record in read_records(path)]
+        if not records:
+            raise DataFormatError(f"{path}: contains no conversations")
+        self.conversations.extend(records)
+        self.data_path = path
+        return records
+
+    def add_conversation(self, conversation: dict) -> None:
+        """Add one conversation in any accepted record format."""
+        self.conversations.append(normalize_record(conversation, "conversation"))
+
+    def add_conversations(self, conversations: Iterable[dict]) -> None:
+        for index, conversation in enumerate(conversations):
+            self.conversations.append(normalize_record(conversation, f"conversation {index}"))
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def len(self) -> int:  # the original API spelled it as a method
+        return len(self.conversations)
+
+    def get_batch(self, batch_size: int, start_idx: int = 0) -> list[dict]:
+        return self.conversations[start_idx : start_idx + batch_size]
+
+    # -- formatting ------------------------------------------------------------------------
+
+    def format_for_training(self) -> list[str]:
+        """Plain training texts, "User: {input}\\nAssistant: {output}" per exchange (no EOS)."""
+        return [self.template.render(exchanges(c), c.get("system")) for c in self.conversations]
+
+    def training_segments(self) -> list[list[Segment]]:
+        """Each conversation as prompt/response segments (the trainer learns responses only)."""
+        return [list(self.template.segments(exchanges(c), c.get("system")))
+                for c in self.conversations]
+
+    # -- saving ----------------------------------------------------------------------------
+
+    def save_to_json(self, path: str | os.PathLike,
+                     conversations: list[dict] | None = None) -> None:
+        """Write conversations atomically as a JSON array, or JSON Lines for `.jsonl` paths."""
+        write_conversations(path, self.conversations if conversations is None else conversations)
+
+    # -- quality (delegates to DataQualityValidator) ---------------------------------------
+
+    def _validator(self):
+        from mtnsails.quality import DataQualityValidator
+
+        return DataQualityValidator()
+
+    def validate_conversation_quality(self, conversation: dict, check_repetition: bool = True,
+                                      check_length: bool = True, check_gibberish: bool = True,
+                                      check_echo: bool = True, check_incomplete: bool = True
+                                      ) -> tuple[bool, list[str]]:
+        """Original API: (is_valid, reasons) for one conversation."""
+        return self._validator().validate_conversation(
+            normalize_record(conversation, "conversation"), check_repetition=check_repetition,
+            check_length=check_length, check_gibberish=check_gibberish, check_echo=check_echo,
+            check_incomplete=check_incomplete)
+
+    def analyze_dataset_quality(self) -> dict:
+        """Original API: the data-set report as a dict (see `QualityReport.to_dict`)."""
+        return self._validator().analyze(self.conversations).to_dict()
+
+    def filter_valid_conversations(self) -> list[dict]:
+        """Original API: the conversations that pass every quality rule."""
+        return self._validator().filter_valid(self.conversations)
+
+
+# -- reading --------------------------------------------------------------------------------
+
+def read_records(path: Path) -> list[tuple[str, Any]]:
+    """Return (location, raw record) pairs; location reads "record 3" or "line 7"."""
+    if not path.exists():
+        raise DataFormatError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataFormatError(f"{path}: is a directory, expected a .json or .jsonl file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DataFormatError(
+            f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[error.start]:02x}); "
+            "save the file as UTF-8") from None
+    if not text.strip():
+        raise DataFormatError(f"{path}: the file is empty")
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        return _read_jsonl(path, text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data" and _looks_like_jsonl(text):
+            return _read_jsonl(path, text)
+        raise DataFormatError(f"{path}: not valid JSON: {error.msg} "
+                              f"(line {error.lineno}, column {error.colno})") from None
+    if isinstance(data, dict):
+        wrapped = data.get("conversations")
+        if isinstance(wrapped, list) and wrapped and not _is_sharegpt_turn(wrapped[0]):
+            data = wrapped  # {"conversations": [record, ...]}
+    if not isinstance(data, list):
+        raise DataFormatError(f"{path}: expected a JSON array of conversations, "
+                              f"got {_json_type(data)}")
+    return [(f"record {index}", record) for index, record in enumerate(data)]
+
+
+def _is_sharegpt_turn(item: Any) -> bool:
+    return isinstance(item, dict) and "from" in item and "value" in item
+
+
+def _looks_like_jsonl(text: str) -> bool:
+    try:
+        for line in text.splitlines():
+            if line.strip():
+                json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise DataFormatError(f"{path}: line {number}: not valid JSON: {error.msg} "
+                                  f"(column {error.colno})") from None
+    return records
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+# -- normalising ----------------------------------------------------------------------------
+
+def normalize_record(record: Any, where: str) -> dict:
+    """Turn one record of any accepted format into the native form, or raise DataFormatError."""
+    if not isinstance(record, dict):
+        raise DataFormatError(f"{where}: expected an object, got {_json_type(record)}")
+    if "conversations" in record:
+        return _from_turns(_sharegpt_turns(record["conversations"], where), where)
+    if "messages" in record:
+        return _from_turns(_openai_turns(record["messages"], where), where)
+    if "instruction" in record:
+        instruction = _string(record, "instruction", where)
+        context = _string(record, "input", where, required=False)
+        output = _string(record, "output", where)
+        user_input = f"{instruction}\n\n{context}" if context.strip() else instruction
+        return _native(user_input, output, record.get("system"), where)
+    for question_key, answer_key in PAIR_KEYS:
+        if question_key in record or answer_key in record:
+            if question_key not in record or answer_key not in record:
+                missing = answer_key if question_key in record else question_key
+                raise DataFormatError(f"{where}: missing '{missing}' "
+                                      f"(expected one of: {KNOWN_FORMATS})")
+            result = _native(_string(record, question_key, where),
+                             _string(record, answer_key, where), record.get("system"), where)
+            if question_key == "input":
+                history = record.get("history")
+                if history:
+                    result["history"] = _native_history(history, where)
+                # keep the record's other fields (a chat log's timestamp, say)
+                for key, value in record.items():
+                    result.setdefault(key, value)
+            return result
+    raise DataFormatError(f"{where}: unrecognised record with keys {sorted(record)[:6]} "
+                          f"(expected one of: {KNOWN_FORMATS})")
+
+
+def _string(record: dict, key: str, where: str, required: bool = True) -> str:
+    if key not in record:
+        if required:
+            raise DataFormatError(f"{where}: missing '{key}'")
+        return ""
+    value = record[key]
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: '{key}' must be a string, got {_json_type(value)}")
+    return value
+
+
+def _native(user_input: str, output: str, system: Any, where: str) -> dict:
+    result = {"input": user_input, "output": output}
+    if system is not None:
+        if not isinstance(system, str):
+            raise DataFormatError(f"{where}: 'system' must be a string, got {_json_type(system)}")
+        if system.strip():
+            result["system"] = system
+    return result
+
+
+def _native_history(history: Any, where: str) -> list[dict]:
+    if not isinstance(history, list):
+        raise DataFormatError(f"{where}: 'history' must be an array, got {_json_type(history)}")
+    result = []
+    for index, turn in enumerate(history):
+        turn_where = f"{where}: history[{index}]"
+        if not isinstance(turn, dict):
+            raise DataFormatError(f"{turn_where}: expected an object, got {_json_type(turn)}")
+        result.append({"input": _string(turn, "input", turn_where),
+                       "output": _string(turn, "output", turn_where)})
+    return result
+
+
+def _sharegpt_turns(turns: Any, where: str) -> list[tuple[str, str]]:
+    if not isinstance(turns, list):
+        raise DataFormatError(f"{where}: 'conversations' must be an array, got {_json_type(turns)}")
+    result = []
+    for index, turn in enumerate(turns):
+        turn_where = f"{where}: conversations[{index}]"
+        if not isinstance(turn, dict):
+            raise DataFormatError(f"{turn_where}: expected an object, got {_json_type(turn)}")
+        speaker = _string(turn, "from", turn_where)
+        role = SHAREGPT_ROLES.get(speaker.lower())
+        if role is None:
+            raise DataFormatError(f"{turn_where}: unknown speaker '{speaker}' "
+                                  "(expected human, gpt or system)")
+        result.append((role, _string(turn, "value", turn_where)))
+    return result
+
+
+def _openai_turns(messages: Any, where: str) -> list[tuple[str, str]]:
+    if not isinstance(messages, list):
+        raise DataFormatError(f"{where}: 'messages' must be an array, got {_json_type(messages)}")
+    result = []
+    for index, message in enumerate(messages):
+        turn_where = f"{where}: messages[{index}]"
+        if not isinstance(message, dict):
+            raise DataFormatError(f"{turn_where}: expected an object, got {_json_type(message)}")
+        role = _string(message, "role", turn_where)
+        if role not in ("system", "user", "assistant"):
+            raise DataFormatError(f"{turn_where}: unsupported role '{role}' "
+                                  "(expected system, user or assistant)")
+        content = message.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if not isinstance(content, str):
+            raise DataFormatError(f"{turn_where}: 'content' must be a string, "
+                                  f"got {_json_type(content)}")
+        result.append((role, content))
+    return result
+
+
+def _from_turns(turns: list[tuple[str, str]], where: str) -> dict:
+    """Pair user/assistant turns into exchanges; consecutive turns of one role are joined."""
+    system_parts = [text for role, text in turns if role == "system"]
+    merged: list[list[str]] = []
+    for role, text in turns:
+        if role == "system":
+            continue
+        if merged and merged[-1][0] == role:
+            merged[-1][1] += "\n" + text
+        else:
+            merged.append([role, text])
+    if merged and merged[0][0] == "assistant":
+        merged.insert(0, ["user", ""])  # an assistant greeting opens the chat
+    if merged and merged[-1][0] == "user":
+        merged.pop()  # a trailing question without an answer teaches nothing
+    pairs = [(merged[i][1], merged[i + 1][1]) for i in range(0, len(merged) - 1, 2)]
+    if not pairs:
+        raise DataFormatError(f"{where}: no user turn followed by an assistant answer")
+    result = _native(pairs[-1][0], pairs[-1][1], "\n".join(system_parts) or None, where)
+    if len(pairs) > 1:
+        result["history"] = [{"input": q, "output": a} for q, a in pairs[:-1]]
+    return result
+
+
+def exchanges(conversation: dict) -> list[tuple[str, str]]:
+    """A native conversation's (input, output) exchanges in order, the final one last."""
+    earlier = [(turn["input"], turn["output"]) for turn in conversation.get("history") or []]
+    return earlier + [(conversation["input"], conversation["output"])]
+
+
+# -- writing --------------------------------------------------------------------------------
+
+def write_conversations(path: str | os.PathLike, conversations: list[dict]) -> None:
+    """Atomically write native conversations: JSON Lines for `.jsonl`, else a JSON array."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise DataFormatError(f"{path}: directory {path.parent} does not exist")
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        text = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations)
+    else:
+        text = json.dumps(conversations, ensure_ascii=False, indent=2) + "\n"
+    atomic_write_text(path, text)

@@ -1,0 +1,11 @@
+"""The one exception type the CLI turns into a one-line message and exit code 2."""
+
+
+class MtnsailsError(Exception):
+    """A problem the user can fix (bad file, bad flag, missing model).
+
+    The message is a single line that names the file or setting and the problem;
+    the CLI prints it to stderr without a traceback and exits with `exit_code`.
+    """
+
+    exit_code = 2
