@@ -1,0 +1,196 @@
+"""ConversationLogger: chat exchanges land on disk at once, in a file that always parses."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import REPO_ROOT
+from mtnsails.data import ConversationDataHandler
+from mtnsails.errors import MtnsailsError
+from mtnsails.logger import ConversationLogger
+
+
+def read_log(path) -> list[dict]:
+    """The records of a log file, parsed strictly (a torn line or array fails the test)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines()]
+    return json.loads(text)
+
+
+@pytest.fixture(params=["chat_history.json", "chat_history.jsonl"])
+def log_path(request, tmp_path):
+    return tmp_path / request.param
+
+
+def test_each_exchange_is_a_training_record(log_path):
+    with ConversationLogger(log_path) as logger:
+        logger.log("What is ONNX?", 'An open "format" for models — portable.', model="tiny")
+        logger.flush()
+        assert read_log(log_path)[0]["output"] == 'An open "format" for models — portable.'
+        logger.log("Thanks!", "You're welcome.")
+    records = read_log(log_path)
+    assert [(r["input"], r["output"]) for r in records] == [
+        ("What is ONNX?", 'An open "format" for models — portable.'), ("Thanks!", "You're welcome.")]
+    assert records[0]["model"] == "tiny"
+    stamp = time.strptime(records[0]["timestamp"][:19], "%Y-%m-%dT%H:%M:%S")  # ISO-8601
+    assert records[0]["timestamp"].endswith("+00:00") and stamp.tm_year >= 2024
+
+    # the log is training data as it is: the handler loads it and keeps the timestamps
+    handler = ConversationDataHandler.from_file(log_path)
+    assert handler.format_for_training()[1] == "User: Thanks!\nAssistant: You're welcome."
+    assert handler.conversations[0]["timestamp"] == records[0]["timestamp"]
+
+
+def test_records_reach_the_disk_without_flush_or_close(log_path):
+    logger = ConversationLogger(log_path, flush_interval=30)
+    logger.log("hello", "Hi there.")
+    deadline = time.monotonic() + 10  # generous bound for a loaded machine, not a timing assert
+    while not (log_path.exists() and read_log(log_path)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r["input"] for r in read_log(log_path)] == ["hello"]
+    logger.close()
+
+
+def test_reopening_appends_and_keeps_what_is_there(log_path):
+    for round_number in range(3):
+        with ConversationLogger(log_path) as logger:
+            logger.log(f"question {round_number}", f"answer {round_number}")
+    assert [r["input"] for r in read_log(log_path)] == ["question 0", "question 1", "question 2"]
+
+
+def test_existing_jsonl_without_final_newline_gets_its_own_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"input": "old", "output": "kept"}', encoding="utf-8")
+    with ConversationLogger(path) as logger:
+        logger.log("new", "appended")
+    assert [r["input"] for r in read_log(path)] == ["old", "new"]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("log.json", '{"input": "a", "output": "b"}', "not a JSON array"),
+    ("log.json", '[{"input": "a", "output": "b"},', "not valid JSON"),
+    ("log.jsonl", '{"input": "a", "output": "b"}\n{"input": "torn', "line 2"),
+])
+def test_an_invalid_existing_log_is_refused_and_left_alone(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(MtnsailsError, match=message) as raised:
+        ConversationLogger(path)
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+    assert path.read_text(encoding="utf-8") == content
+
+
+def test_missing_directories_are_created(tmp_path):
+    path = tmp_path / "logs" / "today" / "chat.json"
+    with ConversationLogger(path) as logger:
+        logger.log("hi", "hello")
+    assert read_log(path)[0]["output"] == "hello"
+
+
+def test_many_threads_lose_nothing_and_keep_their_order(log_path):
+    def chat(logger, name):
+        for turn in range(40):
+            logger.log(f"{name} {turn}", "ok")
+
+    with ConversationLogger(log_path) as logger:
+        threads = [threading.Thread(target=chat, args=(logger, f"t{n}")) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        logger.flush()
+        assert logger.written == 160
+    inputs = [r["input"] for r in read_log(log_path)]
+    for name in ("t0", "t1", "t2", "t3"):
+        assert [i for i in inputs if i.split()[0] == name] == [f"{name} {t}" for t in range(40)]
+
+
+def test_a_failed_write_is_reported_and_retried(log_path, capfd):
+    logger = ConversationLogger(log_path)
+    logger.log("first", "saved")
+    logger.flush()
+    shutil.rmtree(log_path.parent)  # the disk goes away under the chat
+    logger.log("second", "kept in memory")
+    with pytest.raises(MtnsailsError, match="1 logged exchange"):
+        logger.flush()
+    assert "cannot write the chat log" in capfd.readouterr().err
+    log_path.parent.mkdir()  # ... and comes back: the next batch writes what was missing
+    logger.log("third", "saved too")
+    logger.close()
+    expected = ["first", "second", "third"] if log_path.suffix == ".json" else ["second", "third"]
+    assert [r["input"] for r in read_log(log_path)] == expected
+
+
+def test_closed_logger_refuses_records(tmp_path):
+    logger = ConversationLogger(tmp_path / "log.json")
+    logger.close()
+    logger.close()  # twice is fine
+    with pytest.raises(ValueError, match="closed"):
+        logger.log("late", "lost")
+
+
+def test_bad_records_fail_the_caller_not_the_writer(tmp_path):
+    with ConversationLogger(tmp_path / "log.jsonl") as logger:
+        with pytest.raises(TypeError):
+            logger.log("when?", "now", when=object())
+        with pytest.raises(TypeError):
+            logger.log("no answer", None)
+
+
+def run_child(code: str, *args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=env,
+                            text=True, **popen)
+
+
+def test_exit_without_close_still_saves_everything(log_path):
+    code = ("import sys\nfrom mtnsails.logger import ConversationLogger\n"
+            "logger = ConversationLogger(sys.argv[1])\n"
+            "for i in range(50):\n    logger.log(f'q{i}', f'a{i}')\n")
+    assert run_child(code, str(log_path)).wait(timeout=60) == 0
+    assert len(read_log(log_path)) == 50
+
+
+# A chat in miniature: like `ChatInterface`, it makes the previous exchange durable (flush()
+# returns at once when the writer has caught up) before it logs and shows the next answer.
+CHATTING_CHILD = """
+import sys
+from mtnsails.logger import ConversationLogger
+logger = ConversationLogger(sys.argv[1])
+for i in range(1_000_000):
+    logger.flush()
+    logger.log(f"question {i}", f"answer {i} \u00e9 \\"quoted\\" " + "words " * (i % 40))
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.parametrize("kill_round", [0, 1])
+def test_kill_9_while_logging_loses_at_most_the_exchange_in_flight(log_path, kill_round):
+    old = [{"input": "from yesterday", "output": "still here"}]
+    log_path.write_text("\n".join(json.dumps(r) for r in old) + "\n" if log_path.suffix == ".jsonl"
+                        else json.dumps(old), encoding="utf-8")
+    child = run_child(CHATTING_CHILD, str(log_path), stdout=subprocess.PIPE)
+    assert child.stdout.readline().strip() == "0"
+    time.sleep(random.uniform(0.02, 0.4))  # a random moment, usually in the middle of a write
+    child.send_signal(signal.SIGKILL)
+    printed = [int(line) for line in child.stdout.read().split()]  # what was shown, all of it
+    child.wait(timeout=30)
+    last = printed[-1] if printed else 0
+
+    records = read_log(log_path)  # parses: no torn line, no half-written array
+    assert records[:1] == old
+    logged = [r["input"] for r in records[1:]]
+    kept = len(logged)
+    assert logged == [f"question {i}" for i in range(kept)]  # in order, nothing duplicated
+    assert last <= kept <= last + 2  # every answer shown before the last one is in the log
