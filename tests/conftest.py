@@ -38,3 +38,33 @@ def untrained_tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# A small fixed data set the embedded model learns by heart (helpers assert on its answers).
+TINY_CONVERSATIONS = [
+    {"input": "What is the capital of France?", "output": "The capital of France is Paris."},
+    {"input": "What colour is the sky?", "output": "The sky is blue on a clear day."},
+    {"input": "How many legs does a spider have?", "output": "A spider has eight legs."},
+    {"input": "Who wrote Hamlet?", "output": "Hamlet was written by William Shakespeare."},
+    {"input": "What is two plus two?", "output": "Two plus two is four."},
+    {"input": "What do bees make?", "output": "Bees make honey and wax."},
+    {"input": "Hello!", "output": "Hello! How can I help you today?"},
+    {"input": "And what is its largest river?", "output": "Its longest river is the Loire.",
+     "history": [{"input": "Which country is Paris in?", "output": "Paris is in France."}]},
+]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_model_dir(tmp_path_factory) -> Path:
+    """The embedded model trained (in-process, real training) until it greedily answers every
+    TINY_CONVERSATIONS question with its trained answer; an mtnsails model directory."""
+    from mtnsails.trainer import LLMTrainer, TrainingConfig
+
+    path = tmp_path_factory.mktemp("trained_tiny") / "model"
+    config = TrainingConfig(model_name="tiny", output_dir=str(path), num_epochs=60,
+                            learning_rate=2e-3, batch_size=4, save_steps=1000, quiet=True,
+                            seed=0)
+    trainer = LLMTrainer(config=config)
+    trainer.train_conversations(TINY_CONVERSATIONS)
+    trainer.save_model()
+    return path

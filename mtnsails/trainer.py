@@ -1,0 +1,565 @@
+"""Fine-tune a causal language model on conversations with transformers' `Trainer`.
+
+What the model learns is the assistant's answers: every prompt token is labelled -100, each
+answer ends in EOS (labelled, so the model learns to stop), and batches are padded only to their
+longest example. The finished model directory loads with plain `AutoModelForCausalLM` /
+`AutoTokenizer` and carries `mtnsails.json` (template, data hash, settings, losses).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterable
+
+from mtnsails.errors import MtnsailsError
+from mtnsails.template import ChatTemplate, Segment
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainingConfig:
+    """Every training setting. None means "the model's own default" (see `resolved`)."""
+
+    model_name: str = "distilgpt2"  # hub name, local model directory, or "tiny" (embedded)
+    output_dir: str = "./trained_model"
+    num_epochs: int | None = None  # 3 for pretrained models; the embedded model brings its own
+    batch_size: int = 4
+    learning_rate: float | None = None  # 5e-5 for pretrained models; the embedded model's own
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    gradient_accumulation_steps: int = 1
+    max_length: int = 256  # tokens per example; longer ones lose context from the left
+    eval_split: float | None = None  # None: 0.1 with >= 20 conversations, else no eval
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    seed: int = 42
+    device: str = "cpu"  # auto | cpu | cuda | mps
+    save_steps: int = 100  # checkpoint every N optimizer steps (in <output_dir>.checkpoints/)
+    resume: bool = False  # continue from the newest checkpoint of an interrupted run
+    quiet: bool = False  # no progress bars, no transformers logging
+    trust_remote_code: bool = False
+    template: ChatTemplate = field(default_factory=ChatTemplate)
+
+    def validate(self) -> None:
+        """Raise `MtnsailsError` naming the first setting that is out of range."""
+        positive = {"--epochs": self.num_epochs, "--batch-size": self.batch_size,
+                    "--learning-rate": self.learning_rate, "--save-steps": self.save_steps,
+                    "--gradient-accumulation-steps": self.gradient_accumulation_steps,
+                    "--max-length": self.max_length,
+                    "--early-stopping-patience": self.early_stopping_patience}
+        for flag, value in positive.items():
+            if value is not None and not value > 0:
+                raise MtnsailsError(f"{flag} must be greater than 0, got {value}")
+        for flag, value in {"--warmup-ratio": self.warmup_ratio,
+                            "--eval-split": self.eval_split}.items():
+            if value is not None and not 0 <= value < 1:
+                raise MtnsailsError(f"{flag} must be in [0, 1), got {value}")
+        if self.weight_decay < 0:
+            raise MtnsailsError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.device not in DEVICES:
+            raise MtnsailsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Checkpoints live beside the output, never inside it (the output is swapped in whole)."""
+        output = Path(self.output_dir).expanduser().resolve()
+        return output.with_name(output.name + ".checkpoints")
+
+
+@dataclass
+class TrainingResult:
+    """What a finished run reports."""
+
+    output_dir: Path | None
+    train_loss: float | None
+    eval_loss: float | None
+    perplexity: float | None
+    examples: int
+    truncated: int
+    loss_history: list[dict]
+
+
+class TrainingInterrupted(MtnsailsError):
+    """Ctrl-C during training: a checkpoint was saved and the run can be resumed."""
+
+    exit_code = 130
+
+
+class LLMTrainer:
+    """Train a model on conversations and save it as an mtnsails model directory.
+
+    New API::
+
+        trainer = LLMTrainer(config=TrainingConfig(model_name="tiny", output_dir="out"))
+        trainer.train_conversations([{"input": "Hi", "output": "Hello!"}])
+        trainer.save_model()
+
+    The original API works too: `LLMTrainer("distilgpt2", "./trained_model", "cpu")`,
+    `train(texts, num_epochs=3, ...)`, `save_model(path=None)`, `load_trained_model(path)`.
+    """
+
+    def __init__(self, model_name: str = "distilgpt2", output_dir: str = "./trained_model",
+                 device: str = "cpu", config: TrainingConfig | None = None) -> None:
+        self.config = config or TrainingConfig(model_name=model_name, output_dir=output_dir,
+                                               device=device)
+        self.config.validate()
+        self.model = None
+        self.tokenizer = None
+        self.resolved = None  # mtnsails.models.ResolvedModel of the last run
+        self.result: TrainingResult | None = None
+        self._settings: dict = {}
+        self._data_info: dict = {"data_file": None, "data_sha256": None}
+
+    # -- the original API ----------------------------------------------------------------------
+
+    def train(self, train_texts: list[str], num_epochs: int = 3, batch_size: int = 4,
+              learning_rate: float = 5e-5, save_steps: int = 100, max_length: int = 256
+              ) -> TrainingResult:
+        """Original API: train on texts like "User: ...\\nAssistant: ..." (see `parse_text`)."""
+        self.config = replace(self.config, num_epochs=num_epochs, batch_size=batch_size,
+                              learning_rate=learning_rate, save_steps=save_steps,
+                              max_length=max_length)
+        self.config.validate()
+        examples = [parse_text(text, self.config.template) for text in train_texts]
+        self._data_info = {"data_file": None, "data_sha256": _sha256_json(train_texts)}
+        return self._train(examples, list(train_texts))
+
+    def save_model(self, save_path: str | os.PathLike | None = None) -> str:
+        """Write the trained model atomically to `save_path` (default: output_dir); return it."""
+        if self.model is None:
+            raise MtnsailsError("no model to save: train or load one first")
+        path = Path(save_path or self.config.output_dir).expanduser().resolve()
+        if not _is_main_process():
+            return str(path)  # under torchrun/accelerate only rank 0 writes
+        from mtnsails.files import atomic_directory, atomic_write_text
+
+        with atomic_directory(path) as staging:
+            self.model.save_pretrained(staging, safe_serialization=True)
+            self.tokenizer.save_pretrained(staging)
+            atomic_write_text(staging / "mtnsails.json",
+                              json.dumps(self._metadata(), indent=2) + "\n")
+            note = plot_loss(self.result.loss_history if self.result else [], staging / "loss.png")
+            if note and not self.config.quiet:
+                print(note, file=sys.stderr)
+        return str(path)
+
+    def load_trained_model(self, model_path: str | os.PathLike) -> None:
+        """Load a saved model directory (weights via safetensors only) for further use."""
+        from mtnsails.models import resolve_model
+
+        self.resolved = resolve_model(str(model_path), trust_remote_code=self.config.trust_remote_code)
+        self.model, self.tokenizer = self.resolved.model, self.resolved.tokenizer
+        self.config.template = ChatTemplate.from_dict(self.resolved.metadata.get("template"))
+
+    # -- the new API ---------------------------------------------------------------------------
+
+    def train_conversations(self, conversations: list[dict],
+                            data_file: str | os.PathLike | None = None) -> TrainingResult:
+        """Train on native conversations ({"input", "output"} + optional history/system)."""
+        from mtnsails.data import exchanges
+
+        template = self.config.template
+        examples = [list(template.segments(exchanges(c), c.get("system"))) for c in conversations]
+        texts = [template.render(exchanges(c), c.get("system")) for c in conversations]
+        from mtnsails.files import file_sha256
+
+        self._data_info = {
+            "data_file": str(data_file) if data_file else None,
+            "data_sha256": file_sha256(data_file) if data_file else _sha256_json(conversations),
+        }
+        return self._train(examples, texts)
+
+    # -- the work ------------------------------------------------------------------------------
+
+    def _train(self, examples: list[list[Segment]], texts: list[str]) -> TrainingResult:
+        if not examples:
+            raise MtnsailsError("no conversations to train on")
+        config = self.config
+        _quiet_libraries(config.quiet)
+        from mtnsails.models import EmbeddedTrainingDefaults, resolve_model
+
+        self.resolved = resolve_model(config.model_name, texts,
+                                      trust_remote_code=config.trust_remote_code)
+        if self.resolved.notice and _is_main_process():
+            print(self.resolved.notice, file=sys.stderr)
+        if self.resolved.metadata.get("template") and config.template == ChatTemplate():
+            config.template = ChatTemplate.from_dict(self.resolved.metadata["template"])
+        model, tokenizer = self.resolved.model, self.resolved.tokenizer
+        defaults = EmbeddedTrainingDefaults() if self.resolved.embedded else None
+        epochs = config.num_epochs or (defaults.num_epochs if defaults else 3)
+        learning_rate = config.learning_rate or (defaults.learning_rate if defaults else 5e-5)
+        eval_split = config.eval_split
+        if eval_split is None:
+            eval_split = defaults.eval_split if defaults else (0.1 if len(examples) >= 20 else 0.0)
+        max_length = min(config.max_length, _context_length(model))
+
+        encoded = [encode_segments(tokenizer, segments, max_length) for segments in examples]
+        truncated = sum(item["truncated"] for item in encoded)
+        if truncated and _is_main_process():
+            cut_answers = sum(item["truncated"] == 2 for item in encoded)
+            print(f"note: {truncated} of {len(encoded)} examples exceed --max-length {max_length} "
+                  f"tokens: their context was cut from the left"
+                  + (f"; {cut_answers} answers lost their end too (raise --max-length)"
+                     if cut_answers else ""), file=sys.stderr)
+        train_set, eval_set = _split(encoded, eval_split, config.seed)
+
+        self._settings = {
+            "num_epochs": epochs, "batch_size": config.batch_size, "learning_rate": learning_rate,
+            "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "max_length": max_length, "eval_split": eval_split,
+            "early_stopping_patience": config.early_stopping_patience, "seed": config.seed,
+            "device": config.device, "examples": len(encoded), "train_examples": len(train_set),
+            "eval_examples": len(eval_set), "truncated_examples": truncated,
+        }
+        trainer, interrupt = self._build_trainer(model, tokenizer, train_set, eval_set, epochs,
+                                                 learning_rate)
+        checkpoint = self._resume_checkpoint()
+        with interrupt:
+            output = trainer.train(resume_from_checkpoint=checkpoint)
+        if interrupt.requested:
+            raise TrainingInterrupted(
+                f"training interrupted at step {trainer.state.global_step}: checkpoint saved in "
+                f"{config.checkpoint_dir}; the output {config.output_dir} was not touched; "
+                "continue with the same command plus --resume")
+        self.model, self.tokenizer = trainer.model, tokenizer
+        if _is_main_process():  # the run is complete: nothing left to resume
+            shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
+        self.model.generation_config.eos_token_id = tokenizer.eos_token_id
+        self.model.generation_config.pad_token_id = tokenizer.pad_token_id
+        history = _loss_history(trainer.state.log_history)
+        train_losses = [entry["loss"] for entry in history if "loss" in entry]
+        eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+        eval_loss = trainer.state.best_metric if eval_losses else None
+        self.result = TrainingResult(
+            output_dir=None,
+            train_loss=train_losses[-1] if train_losses else output.training_loss,
+            eval_loss=eval_loss, perplexity=_perplexity(eval_loss), examples=len(encoded),
+            truncated=truncated, loss_history=history)
+        return self.result
+
+    def _resume_checkpoint(self) -> str | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        directory = self.config.checkpoint_dir
+        last = get_last_checkpoint(str(directory)) if directory.is_dir() else None
+        if self.config.resume:
+            if last is None:
+                raise MtnsailsError(f"--resume: no checkpoint in {directory} (nothing to resume)")
+            return last
+        if last is not None:
+            raise MtnsailsError(
+                f"{directory} holds checkpoints of an interrupted run: add --resume to continue "
+                "it, or delete that directory to start over")
+        return None
+
+    def _build_trainer(self, model, tokenizer, train_set, eval_set, epochs, learning_rate):
+        from transformers import EarlyStoppingCallback, TrainingArguments
+        from transformers.trainer_callback import PrinterCallback
+
+        PerplexityTrainer, SaveAfterEvaluate, Interrupt = _trainer_classes()
+
+        config = self.config
+        device_flags = _device_flags(config.device)
+        steps_per_epoch = max(1, math.ceil(len(train_set) / (config.batch_size * _world_size()
+                                                              * config.gradient_accumulation_steps)))
+        has_eval = bool(eval_set)
+        args = TrainingArguments(
+            output_dir=str(config.checkpoint_dir),
+            num_train_epochs=epochs,
+            per_device_train_batch_size=config.batch_size,
+            per_device_eval_batch_size=config.batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            learning_rate=learning_rate,
+            warmup_ratio=config.warmup_ratio,
+            weight_decay=config.weight_decay,
+            seed=config.seed,
+            data_seed=config.seed,
+            eval_strategy="epoch" if has_eval else "no",
+            save_strategy="steps",
+            save_steps=config.save_steps,
+            save_total_limit=2,
+            save_safetensors=True,
+            metric_for_best_model="eval_loss" if has_eval else None,
+            greater_is_better=False,
+            logging_strategy="steps",
+            logging_steps=max(1, min(10, steps_per_epoch * epochs // 20)),
+            group_by_length=True,
+            remove_unused_columns=False,
+            disable_tqdm=config.quiet,
+            report_to="none",
+            ddp_find_unused_parameters=False,
+            dataloader_num_workers=0,
+            **device_flags,
+        )
+        # Evaluate each epoch but checkpoint every --save-steps: Trainer's own check forbids that
+        # mix with load_best_model_at_end, so a callback saves after every evaluation (the best
+        # model is then always on disk) and the flag is switched on after that check.
+        args.load_best_model_at_end = has_eval
+        callbacks = [SaveAfterEvaluate()] if has_eval else []
+        if has_eval and config.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+        interrupt = Interrupt()
+        callbacks.append(interrupt)
+        trainer = PerplexityTrainer(
+            model=model, args=args, train_dataset=_dataset(train_set),
+            eval_dataset=_dataset(eval_set) if has_eval else None,
+            data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+            callbacks=callbacks)
+        if config.quiet:
+            trainer.remove_callback(PrinterCallback)
+        return trainer, interrupt
+
+    def _metadata(self) -> dict:
+        resolved, result = self.resolved, self.result
+        embedded = bool(resolved and resolved.embedded)
+        from mtnsails.models import EMBEDDED_MODEL_NAME
+
+        base = resolved and (resolved.metadata.get("base_model")
+                             or (EMBEDDED_MODEL_NAME if embedded else resolved.name))
+        return {
+            "format": "mtnsails-model", "version": 1, "base_model": base, "embedded": embedded,
+            "template": self.config.template.to_dict(), **self._data_info,
+            "settings": self._settings,
+            "train_loss": result.train_loss if result else None,
+            "eval_loss": result.eval_loss if result else None,
+            "perplexity": result.perplexity if result else None,
+            "loss_history": result.loss_history if result else [],
+            "context_length": _context_length(self.model),
+        }
+
+
+# -- tokenization ---------------------------------------------------------------------------------
+
+def encode_segments(tokenizer, segments: list[Segment], max_length: int) -> dict:
+    """Token ids and labels of one conversation, built segment by segment as chat builds them.
+
+    Prompt tokens get label -100; each response is followed by EOS, which keeps its label.
+    Longer than `max_length`: the context is cut from the left. `truncated` is 0 (fits),
+    1 (context cut) or 2 (even the last prompt + answer did not fit: the answer's end was cut).
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    last_prompt_start = 0
+    for segment in segments:
+        ids = tokenizer(segment.text, add_special_tokens=False)["input_ids"]
+        if segment.is_response:
+            ids = ids + [tokenizer.eos_token_id]
+            labels += ids
+        else:
+            last_prompt_start = len(input_ids)
+            labels += [-100] * len(ids)
+        input_ids += ids
+    truncated = 0
+    if len(input_ids) > max_length:
+        start = len(input_ids) - max_length
+        truncated = 1
+        if start > last_prompt_start:
+            # Keep the question the answer belongs to (at most half the window) and cut the answer.
+            prompt_length = _last_prompt_length(labels, last_prompt_start)
+            start = last_prompt_start + prompt_length - min(prompt_length, max_length // 2)
+            input_ids = input_ids[start:start + max_length]
+            labels = labels[start:start + max_length]
+            truncated = 2
+        else:
+            input_ids, labels = input_ids[start:], labels[start:]
+    return {"input_ids": input_ids, "labels": labels, "length": len(input_ids),
+            "truncated": truncated}
+
+
+def _last_prompt_length(labels: list[int], start: int) -> int:
+    length = 0
+    while start + length < len(labels) and labels[start + length] == -100:
+        length += 1
+    return length
+
+
+def parse_text(text: str, template: ChatTemplate) -> list[Segment]:
+    """Split an original-API training text back into prompt and response segments.
+
+    Texts that match the template ("User: ...\\nAssistant: ...") learn only the answer; any
+    other text is learned whole, as the original trainer did.
+    """
+    before_input, after_input = template.template[: -len("{output}")].split("{input}")
+    match = re.fullmatch(f"{re.escape(before_input)}(.*?){re.escape(after_input.rstrip(' '))}"
+                         f"({re.escape(after_input[len(after_input.rstrip(' ')):])}.*)",
+                         text, flags=re.DOTALL)
+    if match is None:
+        return [Segment(text, True)]
+    return [Segment(template.prompt_text(match.group(1)), False), Segment(match.group(2), True)]
+
+
+class PaddingCollator:
+    """Pads a batch to its own longest example (right side); padding is masked and unlearned."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        longest = max(len(feature["input_ids"]) for feature in features)
+        batch = {"input_ids": [], "attention_mask": [], "labels": []}
+        for feature in features:
+            padding = longest - len(feature["input_ids"])
+            batch["input_ids"].append(list(feature["input_ids"]) + [self.pad_token_id] * padding)
+            batch["attention_mask"].append([1] * len(feature["input_ids"]) + [0] * padding)
+            batch["labels"].append(list(feature["labels"]) + [-100] * padding)
+        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+
+
+def _dataset(encoded: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({key: [item[key] for item in encoded]
+                              for key in ("input_ids", "labels", "length")})
+
+
+def _split(encoded: list[dict], eval_split: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A reproducible held-out split by conversation (at least one example on each side)."""
+    if not eval_split or len(encoded) < 2:
+        return encoded, []
+    order = list(range(len(encoded)))
+    random.Random(seed).shuffle(order)
+    held_out = min(len(encoded) - 1, max(1, round(len(encoded) * eval_split)))
+    eval_indices = set(order[:held_out])
+    return ([item for i, item in enumerate(encoded) if i not in eval_indices],
+            [item for i, item in enumerate(encoded) if i in eval_indices])
+
+
+# -- Trainer plumbing -----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _trainer_classes():
+    """The Trainer subclass and callbacks, built on first use: they need transformers, and
+    importing this module (the CLI's start-up) must stay cheap."""
+    from transformers import Trainer, TrainerCallback
+
+    class PerplexityTrainer(Trainer):
+        """Adds eval perplexity (exp of the eval loss) to every evaluation's log line."""
+
+        def log(self, logs: dict, *args, **kwargs) -> None:
+            if "eval_loss" in logs:
+                logs["eval_perplexity"] = _perplexity(logs["eval_loss"])
+            super().log(logs, *args, **kwargs)
+
+    class SaveAfterEvaluate(TrainerCallback):
+        """Checkpoint after each evaluation, so the best model is on disk to reload at the end."""
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            control.should_save = True
+
+    class Interrupt(TrainerCallback):
+        """Ctrl-C: finish the current step, save a checkpoint and stop (a second Ctrl-C aborts)."""
+
+        def __init__(self) -> None:
+            self.requested = False
+            self._previous = None
+
+        def __enter__(self):
+            if threading.current_thread() is threading.main_thread():
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+            return self
+
+        def __exit__(self, *exc) -> None:
+            if self._previous is not None:
+                signal.signal(signal.SIGINT, self._previous)
+
+        def _handle(self, signum, frame) -> None:
+            self.requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)",
+                  file=sys.stderr)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.requested:
+                control.should_save = True
+                control.should_training_stop = True
+
+    return PerplexityTrainer, SaveAfterEvaluate, Interrupt
+
+
+def _device_flags(device: str) -> dict:
+    import torch
+
+    if device == "cpu":
+        return {"use_cpu": True}
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MtnsailsError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise MtnsailsError("--device mps: Apple's MPS is not available here (use --device cpu or auto)")
+    if torch.cuda.is_available() and device in ("auto", "cuda"):
+        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    return {}
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _quiet_libraries(quiet: bool) -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error() if quiet else logging.set_verbosity_warning()
+    if quiet:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+
+
+def _context_length(model) -> int:
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024)
+
+
+def _perplexity(loss: float | None) -> float | None:
+    return None if loss is None else math.exp(min(loss, 50.0))
+
+
+def _loss_history(log_history: list[dict]) -> list[dict]:
+    keys = ("step", "epoch", "loss", "eval_loss", "eval_perplexity", "learning_rate")
+    return [{key: entry[key] for key in keys if key in entry}
+            for entry in log_history if "loss" in entry or "eval_loss" in entry]
+
+
+def _sha256_json(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def plot_loss(history: list[dict], path: Path) -> str | None:
+    """Write train/eval loss per step to `path`; return a note instead when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        return "note: matplotlib is not installed, so loss.png was skipped (pip install matplotlib)"
+    figure, axes = pyplot.subplots(figsize=(7, 4))
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        points = [(entry["step"], entry[key]) for entry in history if key in entry]
+        if points:
+            axes.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
+    return None
