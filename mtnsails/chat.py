@@ -1,0 +1,376 @@
+"""Chat with an exported model: onnxruntime, `tokenizers` and numpy only, so it starts at once.
+
+The prompt is built exactly as training builds its examples (`ChatTemplate.segments`, each segment
+tokenized on its own, EOS after every past answer), the conversation history is kept up to the
+model's context window (oldest exchanges dropped first), and answers stop at EOS, at the start of
+a new user turn, or at the token limit (a sentence the limit cut in half is trimmed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, TextIO
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from mtnsails.errors import MtnsailsError
+from mtnsails.files import atomic_write_text
+from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
+from mtnsails.template import ChatTemplate
+
+__all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_directory"]
+
+FP32_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"
+PYTORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+EXIT_COMMANDS = {"/exit", "exit", "quit", "/quit"}
+# A sentence ends at . ! ? (or an ellipsis), optionally followed by a closing quote or bracket.
+SENTENCE_END = re.compile(r"""[.!?\u2026]["')\]]*(?=\s|$)""")
+
+
+@dataclass
+class ChatStats:
+    """What the last answer cost: used by `--verbose`-style reporting and by bench/chat_bench.py."""
+
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float
+    first_token_seconds: float
+    stop_reason: str  # "eos", "user_turn", "length"
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+
+def read_onnx_directory(path: str | os.PathLike) -> dict:
+    """Check `path` is an ONNX model directory and return its mtnsails.json (or defaults).
+
+    Raises MtnsailsError with a one-line hint for the usual mistakes: a missing path, a PyTorch
+    model directory that was never converted, missing tokenizer files.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MtnsailsError(f"model path {path} does not exist")
+    if not path.is_dir():
+        raise MtnsailsError(f"model path {path} is not a directory (give the ONNX model directory)")
+    meta_file = path / "mtnsails.json"
+    meta: dict = {}
+    if meta_file.exists():
+        try:
+            meta = json.loads(meta_file.read_text("utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise MtnsailsError(f"{meta_file} is not valid JSON: {error}") from None
+    files = meta.get("files") or {"fp32": FP32_FILE}
+    if not any((path / name).exists() for name in files.values()):
+        if any((path / name).exists() for name in PYTORCH_WEIGHTS):
+            raise MtnsailsError(f"{path} is a PyTorch model, not an ONNX model directory: "
+                                f"run `mtnsails convert --model-path {path}` first")
+        raise MtnsailsError(f"{path} is not an ONNX model directory (no {FP32_FILE})")
+    if not (path / "tokenizer.json").exists():
+        raise MtnsailsError(f"{path / 'tokenizer.json'} is missing: the tokenizer files must sit "
+                            "beside the model (re-run `mtnsails convert`)")
+    config = _read_json(path / "config.json")
+    if "eos_token_id" not in meta:
+        meta["eos_token_id"] = _read_json(path / "generation_config.json").get(
+            "eos_token_id", config.get("eos_token_id"))
+    if "context_length" not in meta:
+        meta["context_length"] = config.get("n_positions") or config.get("max_position_embeddings")
+    if (path / INT8_FILE).exists():
+        files.setdefault("int8", INT8_FILE)
+    meta["files"] = files
+    return meta
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def trim_dangling_sentence(text: str) -> str:
+    """Cut text after its last complete sentence; text without any sentence end stays as it is."""
+    ends = [match.end() for match in SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else text
+
+
+def _held_back(text: str, marker: str) -> int:
+    """How many trailing characters streaming must hold: a possible start of `marker`,
+    an incomplete multi-byte character (U+FFFD) or whitespace (the answer is stripped)."""
+    for size in range(min(len(marker), len(text)), 0, -1):
+        if text.endswith(marker[:size]):
+            return size + _held_back(text[:-size], "")
+    stripped = text.rstrip().rstrip("\ufffd")
+    return len(text) - len(stripped)
+
+
+class ChatInterface:
+    """Chat with an ONNX model directory written by `ONNXConverter`.
+
+    >>> chat = ChatInterface("./onnx_model")
+    >>> chat.reply("What is mtnsails?")            # multi-turn: remembers the conversation
+    >>> chat.generate_response("Hi", do_sample=False)   # one-off answer (original API)
+    """
+
+    def __init__(self, onnx_model_path: str | os.PathLike, device: str = "cpu", max_length: int = 256,
+                 log_conversations: bool = False, log_file: str | os.PathLike | None = None,
+                 auto_flush_interval: int = 10, precision: str = "auto",
+                 generation: GenerationConfig | None = None, threads: int | None = None) -> None:
+        """`max_length` caps the prompt tokens (history + question) given to the model.
+        `auto_flush_interval` is kept for the original API: the logger writes every exchange at once.
+        `precision` is "fp32", "int8" or "auto" (int8 when the directory has it)."""
+        self.path = Path(onnx_model_path)
+        meta = read_onnx_directory(self.path)
+        self.template = ChatTemplate.from_dict(meta.get("template"))
+        self.eos_token_id = meta.get("eos_token_id")
+        self.context_length = int(meta.get("context_length") or 1024)
+        self.max_length = max_length
+        self.generation = generation or GenerationConfig()
+        self.precision = self._pick_precision(meta["files"], precision)
+        self.model_file = self.path / meta["files"][self.precision]
+        providers = ["CPUExecutionProvider"] if device == "cpu" else [
+            "CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.decoder = OnnxDecoder(self.model_file, threads=threads, providers=providers)
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        except Exception as error:
+            raise MtnsailsError(f"{self.path / 'tokenizer.json'} cannot be read: {error}") from None
+        self.rng = np.random.default_rng(self.generation.seed)
+        self.history: list[tuple[str, str]] = []
+        self.conversation_log: list[dict] = []
+        self.last_stats: ChatStats | None = None
+        self.log_file = Path(log_file or "./chat_history.json")
+        self.auto_flush_interval = auto_flush_interval
+        self.logger = None
+        if log_conversations:
+            from mtnsails.logger import ConversationLogger  # only chats that log need it
+
+            self.logger = ConversationLogger(self.log_file)
+
+    def _pick_precision(self, files: dict, precision: str) -> str:
+        if precision == "auto":
+            return "int8" if "int8" in files and (self.path / files["int8"]).exists() else "fp32"
+        if precision not in ("fp32", "int8"):
+            raise MtnsailsError(f"precision {precision!r} is not one of fp32, int8, auto")
+        if precision not in files or not (self.path / files[precision]).exists():
+            hint = " (convert with --quantize int8)" if precision == "int8" else ""
+            raise MtnsailsError(f"{self.path} has no {precision} model{hint}")
+        return precision
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def prompt_ids(self, user_input: str, history: list[tuple[str, str]] | None = None,
+                   max_new_tokens: int | None = None) -> list[int]:
+        """Token ids of the prompt, built like training data, fitting the context window.
+
+        The oldest exchanges are dropped until history + question fit in
+        min(max_length, context_length - max_new_tokens) tokens; a question too long on its own
+        keeps its end (the part next to the answer).
+        """
+        new_tokens = self.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
+        budget = max(1, min(self.max_length, self.context_length - new_tokens))
+        exchanges = [*(history or []), (user_input, None)]
+        while True:
+            ids: list[int] = []
+            for segment in self.template.segments(exchanges):
+                ids += self.encode(segment.text)
+                if segment.is_response and self.eos_token_id is not None:
+                    ids.append(self.eos_token_id)
+            if len(ids) <= budget or len(exchanges) == 1:
+                return ids[-budget:]
+            exchanges = exchanges[1:]
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate_ids(self, prompt_ids: list[int], config: GenerationConfig | None = None):
+        """Yield new token ids for `prompt_ids` (EOS included); no text-level stops."""
+        config = config or self.generation
+        rng = np.random.default_rng(config.seed) if config.seed is not None else self.rng
+        return generate_tokens(self.decoder, prompt_ids, config, rng, self.eos_token_id,
+                               self.context_length)
+
+    def _answer(self, prompt_ids: list[int], config: GenerationConfig,
+                on_text: Callable[[str], None] | None = None) -> str:
+        """Generate and decode an answer, streaming safe text pieces to `on_text` as they come."""
+        marker = self.template.user_marker
+        start = time.perf_counter()
+        first_token = 0.0
+        ids: list[int] = []
+        reason, text, streamed = "length", "", 0
+        for token in self.generate_ids(prompt_ids, config):
+            if not ids:
+                first_token = time.perf_counter() - start
+            if token == self.eos_token_id:
+                reason = "eos"
+                break
+            ids.append(token)
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            cut = text.find(marker) if marker else -1
+            if cut >= 0:
+                text, reason = text[:cut], "user_turn"
+                break
+            if on_text:
+                visible = text.lstrip()
+                safe = len(visible) - _held_back(visible, marker)
+                if safe > streamed:
+                    on_text(visible[streamed:safe])
+                    streamed = safe
+        self.last_stats = ChatStats(len(prompt_ids), len(ids) + (reason == "eos"),
+                                    time.perf_counter() - start, first_token, reason)
+        text = text.replace("\ufffd", "").strip()
+        if reason == "length":
+            text = trim_dangling_sentence(text)
+        if on_text and len(text) > streamed:
+            on_text(text[streamed:])
+        return text
+
+    def _config(self, max_new_tokens: int | None = None, **overrides) -> GenerationConfig:
+        if max_new_tokens is not None:
+            overrides["max_new_tokens"] = max_new_tokens
+        return replace(self.generation, **{k: v for k, v in overrides.items() if v is not None})
+
+    def reply(self, user_input: str, on_text: Callable[[str], None] | None = None) -> str:
+        """Answer within the ongoing conversation (history kept), log the exchange, return the answer."""
+        config = self.generation
+        answer = self._answer(self.prompt_ids(user_input, self.history, config.max_new_tokens),
+                              config, on_text)
+        self.history.append((user_input, answer))
+        self._record(user_input, answer)
+        return answer
+
+    def reset(self) -> None:
+        """Start a new conversation (history forgotten; the log is kept)."""
+        self.history.clear()
+
+    def generate_response(self, prompt: str, max_new_tokens: int = 50, temperature: float = 0.7,
+                          top_p: float = 0.9, do_sample: bool = True, repetition_penalty: float = 1.2,
+                          **overrides) -> str:
+        """Answer `prompt` on its own (no history), as the original API did."""
+        config = self._config(max_new_tokens, temperature=temperature, top_p=top_p, do_sample=do_sample,
+                              repetition_penalty=repetition_penalty, **overrides)
+        answer = self._answer(self.prompt_ids(prompt, None, config.max_new_tokens), config)
+        self._record(prompt, answer)
+        return answer
+
+    def batch_generate(self, prompts: list[str], max_new_tokens: int = 50, **kwargs) -> list[str]:
+        """Answer each prompt independently (batch 1 each: decoding is memory-bound anyway)."""
+        return [self.generate_response(prompt, max_new_tokens=max_new_tokens, **kwargs) for prompt in prompts]
+
+    # -- logging -------------------------------------------------------------------------------
+
+    def _record(self, user_input: str, answer: str) -> None:
+        record = {"input": user_input, "output": answer,
+                  "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.conversation_log.append(record)
+        if self.logger is not None:
+            self.logger.log(user_input, answer)
+
+    def flush_logs(self) -> None:
+        """Block until every logged exchange is on disk."""
+        if self.logger is not None:
+            self.logger.flush()
+
+    def get_conversation_log(self) -> list[dict]:
+        return list(self.conversation_log)
+
+    def clear_conversation_log(self) -> None:
+        self.conversation_log.clear()
+
+    def save_conversation_log(self, file_path: str | os.PathLike | None = None) -> str:
+        """Write this session's exchanges as a JSON array (the training format) and return the path."""
+        path = Path(file_path or self.log_file)
+        atomic_write_text(path, json.dumps(self.conversation_log, indent=2, ensure_ascii=False) + "\n")
+        return str(path)
+
+    def close(self) -> None:
+        """Flush and close the conversation logger (safe to call twice)."""
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+
+    def __enter__(self) -> "ChatInterface":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- terminal ------------------------------------------------------------------------------
+
+    def chat(self, interactive: bool = True, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+        """Run a conversation: streamed in a terminal, one answer per line when stdin is piped."""
+        stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+        try:
+            if interactive and stdin.isatty():
+                self._interactive(stdout)
+            else:
+                self._scripted(stdin, stdout)
+        finally:
+            self.close()
+
+    def _command(self, line: str, stdout: TextIO, echo: bool) -> bool | None:
+        """Handle /reset and the exit words: True = stop, False = handled, None = not a command."""
+        if line in EXIT_COMMANDS:
+            return True
+        if line == "/reset":
+            self.reset()
+            if echo:
+                print("(conversation reset)", file=stdout, flush=True)
+            return False
+        return None
+
+    def _interactive(self, stdout: TextIO) -> None:
+        print(f"Chatting with {self.path} ({self.precision}). /reset starts over; /exit, exit, quit "
+              "or Ctrl-D leaves.", file=stdout, flush=True)
+        while True:
+            try:
+                line = input("You: ").strip()
+            except (EOFError, KeyboardInterrupt):
+                print(file=stdout, flush=True)
+                return
+            if not line:
+                continue
+            command = self._command(line, stdout, echo=True)
+            if command is not None:
+                if command:
+                    return
+                continue
+            print("Assistant: ", end="", file=stdout, flush=True)
+            shown: list[str] = []
+
+            def show(piece: str) -> None:
+                shown.append(piece)
+                print(piece, end="", file=stdout, flush=True)
+
+            try:
+                answer = self.reply(line, on_text=show)
+            except KeyboardInterrupt:
+                print(file=stdout, flush=True)
+                return
+            printed = "".join(shown)
+            if len(printed) > len(answer) and "\n" not in printed[len(answer):]:
+                extra = len(printed) - len(answer)  # erase the half sentence the limit cut
+                print("\b \b" * extra, end="", file=stdout)
+            print(file=stdout, flush=True)
+
+    def _scripted(self, stdin: TextIO, stdout: TextIO) -> None:
+        for raw in stdin:
+            line = raw.strip()
+            if not line:
+                continue
+            command = self._command(line, stdout, echo=False)
+            if command:
+                return
+            if command is None:
+                print(self.reply(line).replace("\n", " "), file=stdout, flush=True)

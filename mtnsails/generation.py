@@ -1,0 +1,197 @@
+"""Token generation with an ONNX causal LM: onnxruntime + numpy only (no torch, no transformers).
+
+`OnnxDecoder` runs a model exported with optimum's `text-generation-with-past` task: the prompt
+goes through once, then every step feeds one new token plus the KV cache of all earlier ones.
+The cache never leaves onnxruntime: each step's `present.*` outputs are bound as the next step's
+`past_key_values.*` inputs through IO binding, so no per-step numpy copy or concatenation of the
+cache happens in Python. `generate_tokens` applies the logits processors in the order
+transformers' `generate` does, so greedy output matches PyTorch token for token.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from mtnsails.errors import MtnsailsError
+
+PAST_PREFIX = "past_key_values."
+PRESENT_PREFIX = "present."
+
+
+@dataclass
+class GenerationConfig:
+    """How answers are generated. Defaults are the original `generate_response` defaults."""
+
+    max_new_tokens: int = 50  # new tokens at most (the prompt is not counted)
+    temperature: float = 0.7  # 0 means greedy (always the most likely token)
+    top_k: int = 50  # sample among the k most likely tokens; 0 = no limit (transformers' default 50)
+    top_p: float = 0.9  # nucleus sampling: smallest set of tokens holding this probability mass
+    repetition_penalty: float = 1.2  # >1 discourages tokens already in the context (CTRL paper's 1.2)
+    no_repeat_ngram_size: int = 0  # >0 forbids repeating any n-gram of this size; 0 = off
+    do_sample: bool = True  # False = greedy whatever the temperature
+    seed: int | None = None  # fixes the sampling sequence for reproducible answers
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature <= 0
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process: hyper-threads only slow memory-bound decoding."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return available
+    cores, physical = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            physical = value.strip()
+        elif key == "core id":
+            cores.add((physical, value.strip()))
+    return max(1, min(available, len(cores) or available))
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """CPU settings for batch-1 decoding: all graph optimisations, one op at a time, one thread per core."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or physical_cores()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # onnxruntime warnings about unused initializers are noise here
+    return options
+
+
+class OnnxDecoder:
+    """One ONNX causal LM session holding the KV cache of the sequence decoded so far.
+
+    >>> decoder = OnnxDecoder("onnx_model/model.onnx")
+    >>> logits = decoder.forward([464, 2068])   # the prompt, once: logits of every position
+    >>> logits = decoder.forward([7586])        # then one token per step, reusing the cache
+    """
+
+    def __init__(self, model_file: str | os.PathLike, threads: int | None = None,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+        self.model_file = Path(model_file)
+        try:
+            self.session = ort.InferenceSession(str(model_file), session_options(threads),
+                                                providers=list(providers))
+        except Exception as error:  # onnxruntime raises its own classes for corrupt files
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise MtnsailsError(f"{model_file} cannot be loaded by onnxruntime (corrupt or not an ONNX model): "
+                                f"{reason[:200]}") from None
+        inputs = {value.name: value for value in self.session.get_inputs()}
+        self.past_names = [name for name in inputs if name.startswith(PAST_PREFIX)]
+        if "input_ids" not in inputs or not self.past_names:
+            raise MtnsailsError(f"{model_file} has no KV-cache inputs (past_key_values.*): "
+                                "export it with `mtnsails convert`")
+        self.present_names = [PRESENT_PREFIX + name[len(PAST_PREFIX):] for name in self.past_names]
+        _, heads, _, head_dim = inputs[self.past_names[0]].shape
+        cache_type = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
+        self._empty_cache = np.zeros((1, heads, 0, head_dim), dtype=cache_type)
+        self.uses_position_ids = "position_ids" in inputs
+        self._binding = self.session.io_binding()
+        self._mask = np.ones((1, 0), dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the cached sequence (the next `forward` starts a new one)."""
+        self._past: list = [self._empty_cache] * len(self.past_names)
+        self.past_length = 0
+
+    def forward(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Feed `token_ids` after the cached sequence; return their logits, shape (len, vocab)."""
+        total = self.past_length + len(token_ids)
+        if self._mask.shape[1] < total:  # one growing buffer of ones, sliced per step (no per-step allocation)
+            self._mask = np.ones((1, max(total, 2 * self._mask.shape[1])), dtype=np.int64)
+        binding = self._binding
+        input_ids = np.asarray([token_ids], dtype=np.int64)
+        binding.bind_cpu_input("input_ids", input_ids)
+        binding.bind_cpu_input("attention_mask", self._mask[:, :total])
+        if self.uses_position_ids:
+            positions = np.arange(self.past_length, total, dtype=np.int64)[None]
+            binding.bind_cpu_input("position_ids", positions)
+        for name, value in zip(self.past_names, self._past):
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:  # the previous step's present.* stays inside onnxruntime
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits")
+        for name in self.present_names:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        logits, *self._past = binding.get_outputs()
+        self.past_length = total
+        return logits.numpy()[0]
+
+
+def apply_repetition_penalty(logits: np.ndarray, context: np.ndarray, penalty: float) -> None:
+    """CTRL's penalty as transformers applies it: divide positive, multiply negative logits of seen tokens."""
+    if penalty == 1.0 or not len(context):
+        return
+    seen = np.unique(context)
+    scores = logits[seen]
+    logits[seen] = np.where(scores < 0, scores * penalty, scores / penalty)
+
+
+def ban_repeated_ngrams(logits: np.ndarray, context: Sequence[int], size: int) -> None:
+    """Forbid every token that would complete an n-gram already present in `context`."""
+    if size <= 0 or len(context) < size:
+        return
+    prefix = tuple(context[len(context) - size + 1:])
+    banned = [context[i + size - 1] for i in range(len(context) - size + 1)
+              if tuple(context[i:i + size - 1]) == prefix]
+    logits[banned] = -np.inf
+
+
+def sample(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
+    """Temperature, then top-k, then top-p (transformers' warper order), then draw one token."""
+    scores = logits.astype(np.float64) / config.temperature
+    if 0 < config.top_k < scores.size:
+        kth = np.partition(scores, -config.top_k)[-config.top_k]
+        scores[scores < kth] = -np.inf
+    probabilities = np.exp(scores - scores.max())
+    probabilities /= probabilities.sum()
+    if config.top_p < 1.0:
+        order = np.argsort(-probabilities, kind="stable")
+        cumulative = np.cumsum(probabilities[order])
+        keep = order[: int(np.searchsorted(cumulative, config.top_p)) + 1]
+        kept = np.zeros_like(probabilities)
+        kept[keep] = probabilities[keep]
+        probabilities = kept / kept.sum()
+    return int(rng.choice(probabilities.size, p=probabilities))
+
+
+def generate_tokens(decoder: OnnxDecoder, prompt_ids: Sequence[int], config: GenerationConfig,
+                    rng: np.random.Generator | None = None, eos_token_id: int | None = None,
+                    context_length: int | None = None) -> Iterator[int]:
+    """Yield new token ids one by one (EOS included, then stop) up to `config.max_new_tokens`.
+
+    The prompt is processed once; each later step feeds only the token just chosen. The next
+    step runs only when the caller asks for the next token, so stopping early costs nothing.
+    """
+    rng = rng or np.random.default_rng(config.seed)
+    decoder.reset()
+    context = list(prompt_ids)
+    logits = decoder.forward(context)[-1]
+    for index in range(config.max_new_tokens):
+        scores = logits.copy()
+        apply_repetition_penalty(scores, np.asarray(context), config.repetition_penalty)
+        ban_repeated_ngrams(scores, context, config.no_repeat_ngram_size)
+        token = int(np.argmax(scores)) if config.greedy else sample(scores, config, rng)
+        yield token
+        context.append(token)
+        if token == eos_token_id or index + 1 == config.max_new_tokens:
+            return
+        if context_length is not None and len(context) >= context_length:
+            return
+        logits = decoder.forward([token])[-1]

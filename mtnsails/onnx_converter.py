@@ -1,0 +1,313 @@
+"""Export a trained model to an ONNX directory that `ChatInterface` runs without torch.
+
+The directory holds `model.onnx` (one graph with KV-cache inputs, optimum's
+`text-generation-with-past` export), optionally `model_int8.onnx` (dynamic int8, every MatMul
+including the LM head), the tokenizer files, config.json, generation_config.json and an
+`mtnsails.json` that tells chat the template, EOS id and context length. It is written into a
+staging directory and swapped in only when complete, so a failed export leaves no half directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from mtnsails.chat import FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, _read_json
+from mtnsails.errors import MtnsailsError
+from mtnsails.files import atomic_directory, atomic_write_text
+from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
+from mtnsails.template import ChatTemplate
+
+VERIFY_PROMPTS = ("Hello, how are you?", "What is mtnsails?", "Explain ONNX in one sentence.")
+LOGIT_TOLERANCE = 1e-3  # fp32 export vs PyTorch; measured differences are ~1e-6 (shared §3: 3e-6)
+INT8_MIN_AGREEMENT = 0.9  # int8 rounds weights: a few near-tie positions may pick another token
+
+
+@dataclass
+class VerificationReport:
+    """PyTorch vs ONNX Runtime on the same prompts (teacher-forced through the KV-cache path)."""
+
+    prompts: int = 0
+    positions: int = 0
+    max_logit_diff: float = 0.0
+    greedy_match: bool = True
+    int8_agreement: float | None = None  # share of positions where int8 and PyTorch argmax agree
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def format_text(self) -> str:
+        lines = [f"verified {self.prompts} prompts ({self.positions} positions): "
+                 f"max logit difference {self.max_logit_diff:.2e}, greedy continuations "
+                 f"{'agree' if self.greedy_match else 'DIFFER'}"]
+        if self.int8_agreement is not None:
+            lines.append(f"int8 argmax agrees with PyTorch on {self.int8_agreement:.1%} of positions")
+        lines += [f"verification failed: {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence torch tracer warnings and optimum/transformers chatter (opset advice, tied-weight notes)."""
+    from optimum.utils import logging as optimum_logging
+    from transformers.utils import logging as hf_logging
+
+    verbosities = [(module, module.get_verbosity()) for module in (optimum_logging, hf_logging)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for module, _ in verbosities:
+            module.set_verbosity_error()
+        try:
+            yield
+        finally:
+            for module, verbosity in verbosities:
+                module.set_verbosity(verbosity)
+
+
+def _megabytes(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
+
+
+def _cpu_has_vnni() -> bool:
+    try:
+        return "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+class ONNXConverter:
+    """Convert a trained model directory (save_pretrained + tokenizer) to an ONNX chat directory.
+
+    >>> converter = ONNXConverter("./trained_model")
+    >>> converter.convert_to_onnx("./onnx_model", quantize="int8")
+    >>> converter.verify("./onnx_model").ok
+    """
+
+    def __init__(self, model_path: str | os.PathLike, quiet: bool = False,
+                 echo: Callable[[str], None] = print) -> None:
+        self.model_path = Path(model_path)
+        self.quiet = quiet
+        self._echo = echo
+        if not self.model_path.is_dir():
+            raise MtnsailsError(f"model path {self.model_path} does not exist or is not a directory")
+        if (self.model_path / FP32_FILE).exists():
+            raise MtnsailsError(f"{self.model_path} is already an ONNX model directory: chat with it directly")
+        if not (self.model_path / "config.json").exists() or not any(
+                (self.model_path / name).exists() for name in PYTORCH_WEIGHTS):
+            raise MtnsailsError(f"{self.model_path} is not a trained model directory "
+                                "(needs config.json and model.safetensors)")
+
+    def _say(self, message: str) -> None:
+        if not self.quiet:
+            self._echo(message)
+
+    def _source_meta(self) -> dict:
+        meta_file = self.model_path / "mtnsails.json"
+        try:
+            return json.loads(meta_file.read_text("utf-8")) if meta_file.exists() else {}
+        except ValueError as error:
+            raise MtnsailsError(f"{meta_file} is not valid JSON: {error}") from None
+
+    # -- export --------------------------------------------------------------------------------
+
+    def convert_to_onnx(self, output_path: str | os.PathLike = "./onnx_model", opset_version: int = 14,
+                        use_io_binding: bool = True, quantize: str = "none") -> str:
+        """Export to `output_path` (replaced atomically) and return its path.
+
+        `use_io_binding` is accepted for the original API: chat always uses IO binding.
+        `quantize="int8"` also writes model_int8.onnx.
+        """
+        output = Path(output_path).resolve()
+        if output == self.model_path.resolve() or self.model_path.resolve() in output.parents:
+            raise MtnsailsError(f"--onnx-output {output_path} must not be the model directory or inside it")
+        if quantize not in ("none", "int8", None):
+            raise MtnsailsError(f"quantize {quantize!r} is not one of none, int8")
+        with atomic_directory(output) as staging:
+            start = time.perf_counter()
+            self._export(staging, opset_version)
+            self._say(f"exported {FP32_FILE} ({_megabytes(staging / FP32_FILE)}) "
+                      f"in {time.perf_counter() - start:.1f} s")
+            files = {"fp32": FP32_FILE}
+            if quantize == "int8":
+                start = time.perf_counter()
+                self.quantize_int8(staging)
+                files["int8"] = INT8_FILE
+                self._say(f"quantized {INT8_FILE} ({_megabytes(staging / INT8_FILE)}) "
+                          f"in {time.perf_counter() - start:.1f} s")
+            self._write_meta(staging, files, opset_version)
+        self._say(f"ONNX model directory: {output}")
+        return str(output)
+
+    def _export(self, staging: Path, opset_version: int) -> None:
+        with _quiet_libraries():
+            from optimum.exporters.onnx import main_export
+
+            try:
+                main_export(str(self.model_path), staging, task="text-generation-with-past",
+                            opset=opset_version, device="cpu", do_validation=False)
+            except (OSError, ValueError, KeyError) as error:
+                raise MtnsailsError(f"cannot export {self.model_path} to ONNX: "
+                                    f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        if not (staging / "tokenizer.json").exists():
+            raise MtnsailsError(f"{self.model_path} has no fast tokenizer (tokenizer.json): chat needs one")
+
+    def quantize_int8(self, onnx_dir: str | os.PathLike, per_channel: bool = False) -> Path:
+        """Write onnx_dir/model_int8.onnx: dynamic int8 weights for every MatMul, the LM head included.
+
+        optimum's AVX-512 VNNI (or AVX2) dynamic config quantizes all MatMuls; onnxruntime's
+        `quantize_dynamic` defaults leave 13 of them (the 768x50257 head among them) in fp32 and
+        run slower than fp32 (shared/README.md §3). Per-tensor scales measured faster than per-channel.
+        """
+        from optimum.onnxruntime import ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+        onnx_dir = Path(onnx_dir)
+        make_config = AutoQuantizationConfig.avx512_vnni if _cpu_has_vnni() else AutoQuantizationConfig.avx2
+        with _quiet_libraries():
+            quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=FP32_FILE)
+            quantizer.quantize(save_dir=onnx_dir, file_suffix="int8",
+                               quantization_config=make_config(is_static=False, per_channel=per_channel))
+        return onnx_dir / INT8_FILE
+
+    def _write_meta(self, staging: Path, files: dict, opset_version: int) -> None:
+        config = json.loads((staging / "config.json").read_text("utf-8"))
+        eos = config.get("eos_token_id")
+        if eos is None:
+            tokenizer_config = json.loads((staging / "tokenizer.json").read_text("utf-8"))
+            eos = next((token["id"] for token in tokenizer_config.get("added_tokens", [])
+                        if token.get("special")), None)
+        source = self._source_meta()
+        meta = {
+            "format": "mtnsails-onnx",
+            "version": 1,
+            "template": ChatTemplate.from_dict(source.get("template")).to_dict(),
+            "source_model": str(self.model_path.resolve()),
+            "eos_token_id": eos[0] if isinstance(eos, list) else eos,
+            "context_length": config.get("n_positions") or config.get("max_position_embeddings")
+            or source.get("context_length"),
+            "files": files,
+            "opset": opset_version,
+        }
+        atomic_write_text(staging / "mtnsails.json", json.dumps(meta, indent=2) + "\n")
+
+    # -- verification --------------------------------------------------------------------------
+
+    def verify(self, onnx_dir: str | os.PathLike, prompts: tuple[str, ...] = VERIFY_PROMPTS,
+               max_new_tokens: int = 16) -> VerificationReport:
+        """Run `prompts` through PyTorch and ONNX Runtime and compare.
+
+        For each prompt: PyTorch greedy `generate` vs the chat generation loop (token for token),
+        and the logits of prompt + PyTorch's continuation, fed to ONNX through the KV cache one
+        token at a time, vs one PyTorch forward pass. int8 (when present) must pick PyTorch's
+        argmax on at least 90 % of those positions.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        onnx_dir = Path(onnx_dir)
+        meta = json.loads((onnx_dir / "mtnsails.json").read_text("utf-8"))
+        template = ChatTemplate.from_dict(meta.get("template"))
+        eos = meta["eos_token_id"]
+        decoders = {name: OnnxDecoder(onnx_dir / file) for name, file in meta["files"].items()}
+        report = VerificationReport()
+        agree = 0
+        with _quiet_libraries():
+            model = AutoModelForCausalLM.from_pretrained(self.model_path).eval()
+            tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+            for prompt in prompts:
+                agree += self._verify_prompt(model, tokenizer, decoders, template.prompt_text(prompt),
+                                             max_new_tokens, eos, report)
+        if report.max_logit_diff > LOGIT_TOLERANCE:
+            report.problems.append(f"max logit difference {report.max_logit_diff:.2e} exceeds {LOGIT_TOLERANCE:g}")
+        if "int8" in decoders:
+            report.int8_agreement = agree / report.positions
+            if report.int8_agreement < INT8_MIN_AGREEMENT:
+                report.problems.append(f"int8 argmax agrees on only {report.int8_agreement:.1%} of positions "
+                                       f"(needs {INT8_MIN_AGREEMENT:.0%})")
+        self._say(report.format_text())
+        return report
+
+    @staticmethod
+    def _verify_prompt(model, tokenizer, decoders: dict, prompt: str, max_new_tokens: int, eos: int,
+                       report: VerificationReport) -> int:
+        """Compare one prompt; update `report`; return how many positions int8 got right."""
+        import torch
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            torch_ids = torch.tensor([ids])
+            hf_greedy = HFGenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
+                                           eos_token_id=eos, pad_token_id=eos)
+            continuation = model.generate(torch_ids, attention_mask=torch.ones_like(torch_ids),
+                                          generation_config=hf_greedy)[0, len(ids):].tolist()
+            reference = model(torch.tensor([ids + continuation])).logits[0].numpy()
+        greedy = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.0)
+        onnx_tokens = list(generate_tokens(decoders["fp32"], ids, greedy, eos_token_id=eos))
+        if onnx_tokens != continuation:
+            report.greedy_match = False
+            report.problems.append(f"greedy continuation of {prompt!r} differs: PyTorch "
+                                   f"{tokenizer.decode(continuation)!r}, ONNX {tokenizer.decode(onnx_tokens)!r}")
+        logits = ONNXConverter._teacher_forced(decoders["fp32"], ids, continuation)
+        report.max_logit_diff = max(report.max_logit_diff, float(np.abs(logits - reference).max()))
+        report.prompts += 1
+        report.positions += len(reference)
+        if "int8" not in decoders:
+            return 0
+        int8_logits = ONNXConverter._teacher_forced(decoders["int8"], ids, continuation)
+        return int((int8_logits.argmax(-1) == reference.argmax(-1)).sum())
+
+    @staticmethod
+    def _teacher_forced(decoder: OnnxDecoder, prompt: list[int], continuation: list[int]) -> np.ndarray:
+        """Logits of every position: the prompt in one pass, then each given token through the cache."""
+        decoder.reset()
+        rows = [decoder.forward(prompt)] + [decoder.forward([token]) for token in continuation]
+        return np.concatenate(rows)
+
+    def verify_onnx_model(self, onnx_model_path: str | os.PathLike,
+                          test_text: str = "Hello, how are you?") -> bool:
+        """Original API: True when PyTorch and ONNX agree on `test_text`."""
+        return self.verify(onnx_model_path, prompts=(test_text,)).ok
+
+    # -- information ---------------------------------------------------------------------------
+
+    @staticmethod
+    def get_model_info(model_path: str | os.PathLike) -> dict:
+        """Size and shape of a PyTorch or ONNX model directory, read from its files (no torch)."""
+        path = Path(model_path)
+        if not path.is_dir():
+            raise MtnsailsError(f"model path {path} does not exist or is not a directory")
+        config = _read_json(path / "config.json")
+        files = {item.name: item.stat().st_size for item in sorted(path.iterdir()) if item.is_file()}
+        info = {
+            "path": str(path),
+            "format": "onnx" if FP32_FILE in files else "pytorch",
+            "model_type": config.get("model_type"),
+            "vocab_size": config.get("vocab_size"),
+            "layers": config.get("n_layer") or config.get("num_hidden_layers"),
+            "hidden_size": config.get("n_embd") or config.get("hidden_size"),
+            "context_length": config.get("n_positions") or config.get("max_position_embeddings"),
+            "files": files,
+            "size_mb": round(sum(files.values()) / 1e6, 1),
+        }
+        if "model.safetensors" in files:
+            info["parameters"] = _safetensors_parameters(path / "model.safetensors")
+        return info
+
+
+def _safetensors_parameters(path: Path) -> int:
+    """Parameter count from a safetensors header (8-byte length + JSON), without loading weights."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return sum(int(np.prod(entry["shape"])) for name, entry in header.items() if name != "__metadata__")
