@@ -1,0 +1,627 @@
+"""Data quality: find the conversations that would teach a model bad habits before training.
+
+Rules are small functions in the style of datatrove's filters; each returns a `QualityIssue`
+(a machine-readable code plus a reason the user can act on) or None. Thresholds live in
+`QualityConfig`, each with its source. Web-document rules (Gopher) were tuned on documents of
+50 words or more, so they only apply above that floor; short chat answers get rules that stay
+reliable on a sentence or two (repeated sentences, runs of one word, compression ratio).
+Across the data set, exact duplicates are found by a normalised-text hash and near duplicates
+by MinHash + LSH banding (vectorised with numpy, verified by exact Jaccard similarity).
+Imports only the standard library and numpy: `validate` must start fast and never load torch.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CODES = ("empty_output", "empty_input", "short_output", "repetitive_output", "gibberish_output",
+         "echo_output", "incomplete_output", "duplicate", "near_duplicate")
+# Count keys of the original report (shared/README.md §5) plus the new codes.
+COUNT_KEYS = {code: code + "s" for code in CODES}
+LABELS = {"empty_output": "empty output", "empty_input": "empty input",
+          "short_output": "too-short output", "repetitive_output": "repetitive output",
+          "gibberish_output": "gibberish output", "echo_output": "output echoes input",
+          "incomplete_output": "incomplete output", "duplicate": "exact duplicate",
+          "near_duplicate": "near duplicate"}
+RULE_FLAGS = {"repetitive_output": "check_repetition", "short_output": "check_length",
+              "gibberish_output": "check_gibberish", "echo_output": "check_echo",
+              "incomplete_output": "check_incomplete"}
+
+
+@dataclass
+class QualityConfig:
+    """Every threshold the validator uses, with where it comes from."""
+
+    # Original MTN Sails rule: an answer needs at least 3 words.
+    min_output_words: int = 3
+    # Gopher (Rae et al. 2021, Table A1) rules were tuned on documents of >= 50 words;
+    # shorter answers skip them (word statistics of one sentence are noise).
+    gopher_min_words: int = 50
+    # Gopher repetition: duplicate line / paragraph fraction and their character fractions.
+    max_duplicate_line_fraction: float = 0.30
+    max_duplicate_line_char_fraction: float = 0.20
+    max_duplicate_paragraph_fraction: float = 0.30
+    max_duplicate_paragraph_char_fraction: float = 0.20
+    # Gopher: character fraction covered by the most frequent 2-, 3-, 4-gram.
+    max_top_ngram_char_fraction: tuple = ((2, 0.20), (3, 0.18), (4, 0.16))
+    # Gopher: character fraction in duplicated 5..10-grams.
+    max_duplicate_ngram_char_fraction: tuple = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12),
+                                                (9, 0.11), (10, 0.10))
+    # Whisper treats a segment whose gzip compression ratio exceeds 2.4 as repetitive; a short
+    # text compresses too little for the ratio to mean anything, hence the length floor.
+    max_compression_ratio: float = 2.4
+    compression_min_chars: int = 100
+    # Same word this many times in a row ("very very very very") is a generation loop.
+    max_word_run: int = 3
+    # A sentence of >= this many words appearing twice in a short answer is a loop.
+    repeated_sentence_min_words: int = 3
+    # Gibberish: share of letters among non-space characters (the original used 0.3; 0.5
+    # still passes numeric answers like "It is 384,000 km." while catching symbol soup).
+    min_alpha_ratio: float = 0.5
+    # Share of characters in URLs above which an answer is link debris, not prose.
+    max_url_char_fraction: float = 0.5
+    # Gopher quality rules: '#'/ellipsis per word > 0.1, < 80 % of words with a letter;
+    # applied from 10 words (below that one symbol swings the ratio).
+    word_stats_min_words: int = 10
+    max_symbol_word_ratio: float = 0.1
+    min_words_with_letter: float = 0.8
+    # Gopher mean word length 3..10 characters. The upper bound applies from
+    # `min_output_words` (keyboard mash is long "words"); the lower one from
+    # `gopher_min_words` ("If I do it, I am on my way." is fine English with mean 2.0).
+    mean_word_length_range: tuple = (3.0, 10.0)
+    # Echo (original rule: 0.6): share of output words that also occur in the input. It only
+    # counts as echo when the output also adds no content word of its own, so a restated
+    # question followed by the actual answer passes.
+    echo_overlap: float = 0.6
+    # Near duplicates: Jaccard similarity of word-shingle sets. FineWeb uses MinHash over word
+    # 5-grams; one changed word removes up to 5 of a short text's few shingles, so texts under
+    # `long_text_words` use word 2-grams, which catch one or two changed words but not a
+    # different answer on the same topic.
+    near_duplicate_threshold: float = 0.7
+    long_text_words: int = 100
+    long_shingle_words: int = 5
+    short_shingle_words: int = 2
+    # 20 bands x 5 rows: a pair at Jaccard 0.7 becomes a candidate with probability 0.97
+    # (FineWeb's 14 x 8 targets 0.75+); candidates are then checked exactly.
+    minhash_bands: int = 20
+    minhash_rows: int = 5
+    # Compare a new conversation with at most this many earlier members of one LSH bucket.
+    max_bucket_candidates: int = 50
+    max_examples: int = 5
+
+
+@dataclass(frozen=True)
+class QualityIssue:
+    """One problem: `code` is one of `CODES`, `reason` tells the user what was found."""
+
+    code: str
+    reason: str
+
+
+@dataclass
+class QualityReport:
+    """The result of `DataQualityValidator.analyze` for a whole data set."""
+
+    total: int
+    valid: int
+    issues: list[list[QualityIssue]]
+    counts: dict[str, int]
+    examples: list[dict] = field(default_factory=list)
+    recommendations: list[str] = field(default_factory=list)
+
+    @property
+    def quality_score(self) -> float:
+        """Share of conversations without any issue, 0..1 (0 for an empty data set)."""
+        return self.valid / self.total if self.total else 0.0
+
+    @property
+    def verdict(self) -> str:
+        """"good" (>= 70 % valid), "warning" (50-70 %) or "critical" (< 50 %)."""
+        if self.quality_score >= 0.7:
+            return "good"
+        return "warning" if self.quality_score >= 0.5 else "critical"
+
+    def verdict_line(self) -> str:
+        symbol = {"good": "✓", "warning": "⚠", "critical": "✗"}[self.verdict]
+        return (f"{symbol} Data quality is {self.verdict.upper()} "
+                f"({self.quality_score:.1%} of {self.total} conversations are valid)")
+
+    def to_dict(self) -> dict:
+        """The report as plain JSON data: the original keys plus codes, verdict and details."""
+        result = {
+            "total_conversations": self.total,
+            "valid_conversations": self.valid,
+            "invalid_conversations": self.total - self.valid,
+            "quality_score": self.quality_score,
+            "verdict": self.verdict,
+            "issue_summary": {COUNT_KEYS[code]: self.counts.get(code, 0) for code in CODES},
+            "issue_counts": {code: self.counts.get(code, 0) for code in CODES},
+            "issues_found": [
+                {"index": index, "codes": [issue.code for issue in found],
+                 "reasons": [issue.reason for issue in found]}
+                for index, found in enumerate(self.issues) if found],
+            "problematic_examples": self.examples,
+            "recommendations": self.recommendations,
+        }
+        result.update(result["issue_summary"])
+        return result
+
+    def format_text(self) -> str:
+        """A human-readable report: score, counts, examples, recommendations, verdict."""
+        lines = ["Data Quality Report", "=" * 19,
+                 f"Total conversations:   {self.total}",
+                 f"Valid conversations:   {self.valid}",
+                 f"Invalid conversations: {self.total - self.valid}",
+                 f"Quality score:         {self.quality_score:.1%}", "", "Issues found:"]
+        lines += [f"  {LABELS[code] + ':':<23}{self.counts.get(code, 0)}" for code in CODES]
+        if self.examples:
+            lines += ["", "Examples of problems:"]
+            for example in self.examples:
+                lines.append(f"  conversation {example['index']}: input {example['input']!r}")
+                lines.append(f"    output {example['output']!r}")
+                lines += [f"    - {reason}" for reason in example["issues"]]
+        lines += ["", "Recommendations:"] + [f"  - {text}" for text in self.recommendations]
+        return "\n".join(lines + ["", self.verdict_line()])
+
+
+# -- text helpers ---------------------------------------------------------------------------
+
+WORD_RE = re.compile(r"\w+(?:['’]\w+)*")
+LETTERS_RE = re.compile(r"[^\W\d_]+")
+URL_RE = re.compile(r"(?:https?://|ftp://|www\.)\S+|\b\S+\.(?:com|org|net|io|html?|php)(?:/\S*)?",
+                    re.IGNORECASE)
+CODE_RE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.DOTALL)
+SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?…])\s+|\n+")
+PARAGRAPH_SPLIT_RE = re.compile(r"\n{2,}")
+LIST_ITEM_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s")
+TERMINAL = set(".!?…。！？")
+PUNCTUATION = str.maketrans("", "", ".,;:!?\"'()")  # not counted in word lengths
+CLOSERS = set("\"'”’»)]}*`_")
+# Words a sentence cannot end on: a text ending with one (even before "...") was cut off.
+CONNECTORS = frozenset(
+    "and or but nor the a an of to with for from because that which who whose if than as at by "
+    "into onto is are was were be my your their its our his her this these those".split())
+# Words that carry no answer: a restated question plus only these is still an echo.
+FILLER_WORDS = frozenset(
+    "a an the and or but so of to in on at by for with from as is are was were be been it its "
+    "this that these those i you he she we they me my your our their what which who how why when "
+    "where do does did can could would should will shall may might must not no yes sure ok okay "
+    "well oh ah here there about asked ask question questions tell me said say just".split())
+
+
+def _is_emoji(char: str) -> bool:
+    return ord(char) >= 0x2190 and unicodedata.category(char) in ("So", "Sk")
+
+
+def _duplicates(items: list[str]) -> tuple[int, int, str, int]:
+    """(duplicate count, characters in duplicates, most repeated item, its count)."""
+    seen: set[str] = set()
+    count = chars = 0
+    for item in items:
+        if item in seen:
+            count += 1
+            chars += len(item)
+        else:
+            seen.add(item)
+    if not count:
+        return 0, 0, "", 0
+    top, top_count = Counter(items).most_common(1)[0]
+    return count, chars, top, top_count
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+# -- per-text rules (each returns a reason or None) -----------------------------------------
+
+def repetition_reason(text: str, words: list[str], config: QualityConfig) -> str | None:
+    """Loops and repeated content, by the rule suited to the text's length."""
+    run_word, run, longest, longest_word = "", 0, 0, ""
+    for word in words:
+        run = run + 1 if word == run_word else 1
+        run_word = word
+        if run > longest:
+            longest, longest_word = run, word
+    if longest > config.max_word_run:
+        return f"repeats the word {longest_word!r} {longest} times in a row"
+    if len(words) >= config.gopher_min_words:
+        return _gopher_repetition(text, words, config)
+    sentences = [s.strip().lower() for s in SENTENCE_SPLIT_RE.split(text)
+                 if len(s.split()) >= config.repeated_sentence_min_words]
+    _, _, top, top_count = _duplicates(sentences)
+    if top_count > 1:
+        return f"repeats the sentence {_quote(top)} {top_count} times"
+    if len(text) >= config.compression_min_chars:
+        raw = text.encode("utf-8")
+        deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+        ratio = len(raw) / len(deflate.compress(raw) + deflate.flush())
+        if ratio > config.max_compression_ratio:
+            trigrams = Counter(" ".join(words[i:i + 3]) for i in range(len(words) - 2))
+            phrase, count = trigrams.most_common(1)[0] if trigrams else ("", 0)
+            return (f"compresses {ratio:.1f}x (limit {config.max_compression_ratio}): it repeats "
+                    f"{phrase!r} {count} times")
+    return None
+
+
+def _gopher_repetition(text: str, words: list[str], config: QualityConfig) -> str | None:
+    """Gopher's repetition rules (Rae et al. 2021, Table A1), as datatrove implements them."""
+    for unit, parts, max_fraction, max_chars in (
+            ("line", [p.strip() for p in text.split("\n") if p.strip()],
+             config.max_duplicate_line_fraction, config.max_duplicate_line_char_fraction),
+            ("paragraph", [p.strip() for p in PARAGRAPH_SPLIT_RE.split(text) if p.strip()],
+             config.max_duplicate_paragraph_fraction,
+             config.max_duplicate_paragraph_char_fraction)):
+        count, chars, top, top_count = _duplicates(parts)
+        if count and (count / len(parts) > max_fraction or chars / len(text) > max_chars):
+            return (f"repeats the {unit} {_quote(top)} {top_count} times ({count} of "
+                    f"{len(parts)} {unit}s are duplicates)")
+    for n, limit in config.max_top_ngram_char_fraction:
+        grams = Counter(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+        if grams:
+            top, count = grams.most_common(1)[0]
+            if count > 1 and len(top) * count / len(text) > limit:
+                return (f"repeats the phrase {top!r} {count} times (its repeats cover "
+                        f"{len(top) * count / len(text):.0%} of the text; limit {limit:.0%})")
+    for n, limit in config.max_duplicate_ngram_char_fraction:
+        seen: set[tuple[str, ...]] = set()
+        repeated_chars, first_repeat, i = 0, None, 0
+        while i <= len(words) - n:
+            gram = tuple(words[i:i + n])
+            if gram in seen:
+                repeated_chars += sum(map(len, gram))
+                first_repeat = first_repeat or gram
+                i += n
+            else:
+                seen.add(gram)
+                i += 1
+        if repeated_chars / len(text) > limit:
+            return (f"{repeated_chars / len(text):.0%} of the text is repeated {n}-word "
+                    f"sequences such as {' '.join(first_repeat)!r} (limit {limit:.0%})")
+    return None
+
+
+def gibberish_reason(text: str, config: QualityConfig) -> str | None:
+    """Symbol soup, link debris, keyboard mash. Code (``` blocks, `inline`) is not judged."""
+    prose = CODE_RE.sub(" ", text)
+    compact = "".join(prose.split())
+    if not compact:
+        return None
+    url_chars = sum(len(url) for url in URL_RE.findall(prose))
+    if url_chars / len(compact) > config.max_url_char_fraction:
+        return f"is mostly URLs ({url_chars / len(compact):.0%} of its characters): {_quote(prose)}"
+    prose = URL_RE.sub(" ", prose)
+    letters = sum(map(len, LETTERS_RE.findall(prose)))
+    if len(compact) - url_chars and letters / (len(compact) - url_chars) < config.min_alpha_ratio:
+        return (f"has only {letters / (len(compact) - url_chars):.0%} letters among its "
+                f"characters (minimum {config.min_alpha_ratio:.0%}): {_quote(prose)}")
+    words = prose.split()
+    low, high = config.mean_word_length_range
+    mean = len("".join(words).translate(PUNCTUATION)) / max(len(words), 1)
+    if ((mean > high and len(words) >= config.min_output_words)
+            or (mean < low and len(words) >= config.gopher_min_words)):
+        return f"has a mean word length of {mean:.1f} characters (expected {low:g}-{high:g})"
+    if len(words) < config.word_stats_min_words:
+        return None
+    symbols = prose.count("#") + prose.count("...") + prose.count("…")
+    if symbols / len(words) > config.max_symbol_word_ratio:
+        return (f"has {symbols} '#' or '...' symbols for {len(words)} words "
+                f"(limit {config.max_symbol_word_ratio} per word)")
+    with_letter = sum(1 for word in words if LETTERS_RE.search(word))
+    if with_letter / len(words) < config.min_words_with_letter:
+        return (f"has a letter in only {with_letter / len(words):.0%} of its words "
+                f"(minimum {config.min_words_with_letter:.0%})")
+    return None
+
+
+def echo_reason(user_input: str, output_tokens: list[str], config: QualityConfig) -> str | None:
+    """The output mostly repeats the input and adds no content word of its own."""
+    input_tokens = set(WORD_RE.findall(user_input.lower()))
+    if not input_tokens or not output_tokens:
+        return None
+    copied = sum(1 for token in output_tokens if token in input_tokens)
+    overlap = copied / len(output_tokens)
+    if overlap < config.echo_overlap:
+        return None
+    if any(t not in input_tokens and t not in FILLER_WORDS for t in output_tokens):
+        return None
+    return (f"repeats the input ({overlap:.0%} of its words come from it) and adds nothing "
+            "new; write the actual answer")
+
+
+def incomplete_reason(text: str) -> str | None:
+    """Cut mid-sentence: no closing punctuation, or a dangling 'and'/'the' before '...'."""
+    stripped = text.rstrip()
+    last_char = stripped[-1]
+    tail = WORD_RE.findall(stripped[-40:].lower())
+    last_word = tail[-1] if tail else ""
+    if stripped.endswith(("...", "…")):
+        if last_word in CONNECTORS and re.search(r"\w\s*(?:\.\.\.|…)$", stripped):
+            return f"trails off after the word {last_word!r}: {_quote(stripped[-50:])}"
+        return None
+    if last_char in TERMINAL or last_char in CLOSERS or _is_emoji(last_char):
+        return None
+    if LIST_ITEM_RE.match(stripped.rsplit("\n", 1)[-1]):
+        return None  # list items often end without a full stop
+    if last_word in CONNECTORS and stripped.lower().endswith(last_word):
+        return f"ends on the dangling word {last_word!r}: {_quote(stripped[-50:])}"
+    return f"ends mid-sentence without closing punctuation: {_quote(stripped[-50:])}"
+
+
+# -- the validator --------------------------------------------------------------------------
+
+class DataQualityValidator:
+    """Checks conversations one by one (`check`) and as a data set (`analyze`).
+
+    >>> DataQualityValidator().check({"input": "Hi", "output": "ok"})[0].code
+    'short_output'
+    """
+
+    def __init__(self, config: QualityConfig | None = None) -> None:
+        self.config = config or QualityConfig()
+
+    def check(self, conversation: dict) -> list[QualityIssue]:
+        """Per-conversation rules on every exchange of a native conversation."""
+        turns = [(t.get("input", ""), t.get("output", ""))
+                 for t in conversation.get("history") or []]
+        turns.append((conversation.get("input", ""), conversation.get("output", "")))
+        issues = []
+        for number, (user_input, output) in enumerate(turns, start=1):
+            prefix = f"turn {number} of {len(turns)}: " if len(turns) > 1 else ""
+            # An assistant greeting that opens a multi-turn chat has no user input before it.
+            if not user_input.strip() and not (number == 1 and len(turns) > 1):
+                issues.append(QualityIssue("empty_input", prefix + "input is empty"))
+            issues += [QualityIssue(code, prefix + reason)
+                       for code, reason in self._check_output(user_input, output)]
+        return issues
+
+    def _check_output(self, user_input: str, output: str) -> list[tuple[str, str]]:
+        config = self.config
+        if not output.strip():
+            return [("empty_output", "output is empty")]
+        found = []
+        words = output.split()
+        if len(words) < config.min_output_words:
+            found.append(("short_output", f"output has only {len(words)} word"
+                          f"{'s' if len(words) != 1 else ''} ({_quote(output)}); answers need at "
+                          f"least {config.min_output_words}"))
+        tokens = WORD_RE.findall(output.lower())
+        for code, reason in (("repetitive_output", repetition_reason(output, tokens, config)),
+                             ("gibberish_output", gibberish_reason(output, config)),
+                             ("echo_output", echo_reason(user_input, tokens, config)),
+                             ("incomplete_output", incomplete_reason(output))):
+            if reason:
+                found.append((code, "output " + reason))
+        return found
+
+    def validate_conversation(self, conversation: dict, check_repetition: bool = True,
+                              check_length: bool = True, check_gibberish: bool = True,
+                              check_echo: bool = True, check_incomplete: bool = True
+                              ) -> tuple[bool, list[str]]:
+        """Original API: (is_valid, reasons); the flags switch single rules off."""
+        enabled = {"check_repetition": check_repetition, "check_length": check_length,
+                   "check_gibberish": check_gibberish, "check_echo": check_echo,
+                   "check_incomplete": check_incomplete}
+        reasons = [issue.reason for issue in self.check(conversation)
+                   if enabled.get(RULE_FLAGS.get(issue.code, ""), True)]
+        return not reasons, reasons
+
+    def analyze(self, conversations: list[dict]) -> QualityReport:
+        """Check every conversation plus exact and near duplicates across the set."""
+        issues = [self.check(conversation) for conversation in conversations]
+        for index, issue in self._duplicates(conversations).items():
+            issues[index].append(issue)
+        counts = {code: 0 for code in CODES}
+        for found in issues:
+            for code in {issue.code for issue in found}:
+                counts[code] += 1
+        valid = sum(1 for found in issues if not found)
+        examples = [{"index": index, "input": _snippet(conversations[index].get("input", "")),
+                     "output": _snippet(conversations[index].get("output", "")),
+                     "codes": [issue.code for issue in found],
+                     "issues": [issue.reason for issue in found]}
+                    for index, found in enumerate(issues) if found][: self.config.max_examples]
+        report = QualityReport(total=len(conversations), valid=valid, issues=issues,
+                               counts=counts, examples=examples)
+        report.recommendations = recommendations(report, self.config)
+        return report
+
+    def filter_valid(self, conversations: list[dict]) -> list[dict]:
+        """The conversations without any issue (the first of a set of duplicates stays)."""
+        report = self.analyze(conversations)
+        return [c for c, found in zip(conversations, report.issues) if not found]
+
+    # -- duplicates across the data set ---------------------------------------------------
+
+    def _duplicates(self, conversations: list[dict]) -> dict[int, QualityIssue]:
+        """Exact duplicates by normalised text, then near duplicates by MinHash LSH."""
+        token_lists = [_conversation_tokens(c) for c in conversations]
+        first_seen: dict[str, int] = {}
+        found: dict[int, QualityIssue] = {}
+        unique: list[int] = []
+        for index, tokens in enumerate(token_lists):
+            if not tokens:
+                continue
+            key = " ".join(tokens)
+            original = first_seen.setdefault(key, index)
+            if original != index:
+                found[index] = QualityIssue(
+                    "duplicate", f"exact duplicate of conversation {original} (after "
+                    "normalising case, spacing and punctuation); remove the copy")
+            else:
+                unique.append(index)
+        near = NearDuplicateFinder(self.config).find([token_lists[i] for i in unique])
+        for position, (original, similarity) in near.items():
+            found[unique[position]] = QualityIssue(
+                "near_duplicate", f"near duplicate of conversation {unique[original]} "
+                f"({similarity:.0%} of word shingles shared); keep one of them")
+        return found
+
+
+def _snippet(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _conversation_tokens(conversation: dict) -> list[str]:
+    """Lower-case words of every turn (system included), turns separated by a marker."""
+    parts = [conversation.get("system") or ""]
+    for turn in (conversation.get("history") or []) + [conversation]:
+        parts += [turn.get("input", ""), turn.get("output", "")]
+    tokens: list[str] = []
+    for part in parts:
+        tokens += WORD_RE.findall(part.lower())
+        tokens.append("\x1f")
+    return tokens if any(t != "\x1f" for t in tokens) else []
+
+
+class NearDuplicateFinder:
+    """MinHash signatures of word-shingle sets, LSH banding for candidates, exact Jaccard check.
+
+    Everything per shingle runs in numpy: words become integer ids, an n-gram's hash is a
+    random linear combination of its ids, and the k-th MinHash value is the minimum over the
+    set of (a_k * h + b_k) >> 32 (multiply-shift hashing, uint64 arithmetic wraps).
+    """
+
+    CHUNK = 40_000  # shingles hashed at once: CHUNK x permutations x 8 bytes of memory
+
+    def __init__(self, config: QualityConfig) -> None:
+        self.config = config
+        rng = np.random.default_rng(20211208)  # fixed: results must not change between runs
+        permutations = config.minhash_bands * config.minhash_rows
+        self.mix = rng.integers(1, 2**63, size=16, dtype=np.uint64) | np.uint64(1)
+        self.a = rng.integers(1, 2**63, size=permutations, dtype=np.uint64) | np.uint64(1)
+        self.b = rng.integers(0, 2**63, size=permutations, dtype=np.uint64)
+
+    def find(self, token_lists: list[list[str]]) -> dict[int, tuple[int, float]]:
+        """{later index: (index of the kept original, Jaccard similarity)}."""
+        if len(token_lists) < 2:
+            return {}
+        shingles, offsets = self._shingles(token_lists)
+        signatures = self._signatures(shingles, offsets)
+        similar: dict[int, list[tuple[int, float]]] = {}
+        sets: dict[int, set] = {}
+
+        def shingle_set(i: int) -> set:
+            if i not in sets:
+                sets[i] = set(shingles[offsets[i]:offsets[i + 1]].tolist())
+            return sets[i]
+
+        for later, earlier in self._candidates(signatures).tolist():
+            first, second = shingle_set(later), shingle_set(earlier)
+            similarity = len(first & second) / len(first | second)
+            if similarity >= self.config.near_duplicate_threshold:
+                similar.setdefault(later, []).append((earlier, similarity))
+        result: dict[int, tuple[int, float]] = {}
+        for later in sorted(similar):  # compare only with conversations that are kept
+            kept = [(e, s) for e, s in similar[later] if e not in result]
+            if kept:
+                result[later] = min(kept)
+        return result
+
+    def _shingles(self, token_lists: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """One hashed shingle array for all texts and each text's start offset in it."""
+        vocabulary: dict[str, int] = {}
+        ids = np.fromiter((vocabulary.setdefault(t, len(vocabulary) + 1)
+                           for tokens in token_lists for t in tokens), dtype=np.uint64)
+        lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        size = np.where(lengths >= self.config.long_text_words, self.config.long_shingle_words,
+                        self.config.short_shingle_words)
+        size = np.minimum(size, lengths)
+        counts = lengths - size + 1
+        padded = np.concatenate((ids, np.zeros(self.config.long_shingle_words, np.uint64)))
+        # position of every shingle's first word, text by text
+        first = np.repeat(starts, counts) + (np.arange(counts.sum())
+                                             - np.repeat(np.cumsum(counts) - counts, counts))
+        width = np.repeat(size, counts)
+        hashes = width.astype(np.uint64) * self.mix[15]
+        for k in range(int(size.max())):
+            hashes += np.where(k < width, padded[first + k], 0).astype(np.uint64) * self.mix[k]
+        offsets = np.concatenate(([0], np.cumsum(counts)))
+        return hashes ^ (hashes >> np.uint64(29)), offsets
+
+    def _signatures(self, shingles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        documents = len(offsets) - 1
+        signatures = np.empty((documents, len(self.a)), dtype=np.uint32)
+        start_doc = 0
+        while start_doc < documents:
+            end_doc = int(np.searchsorted(offsets, offsets[start_doc] + self.CHUNK, "right")) - 1
+            end_doc = max(end_doc, start_doc + 1)
+            lo, hi = offsets[start_doc], offsets[end_doc]
+            values = (shingles[lo:hi, None] * self.a + self.b) >> np.uint64(32)
+            signatures[start_doc:end_doc] = np.minimum.reduceat(
+                values, offsets[start_doc:end_doc] - lo, axis=0)
+            start_doc = end_doc
+        return signatures
+
+    def _candidates(self, signatures: np.ndarray) -> np.ndarray:
+        """(later, earlier) pairs that share a whole LSH band and whose signatures agree on
+        nearly the threshold's share of values (the exact check follows)."""
+        rows, count = self.config.minhash_rows, len(signatures)
+        bands = signatures.reshape(count, self.config.minhash_bands, rows)
+        keys = (bands.astype(np.uint64) * self.mix[:rows]).sum(axis=2)
+        found = []
+        for band in keys.T:
+            order = np.argsort(band, kind="stable")  # stable: a bucket keeps input order
+            ordered = band[order]
+            # pair each bucket member with up to `max_bucket_candidates` members before it
+            for distance in range(1, self.config.max_bucket_candidates + 1):
+                same = np.flatnonzero(ordered[distance:] == ordered[:-distance])
+                if not len(same):
+                    break
+                found.append(order[same + distance] * count + order[same])
+        if not found:
+            return np.empty((0, 2), dtype=np.int64)
+        codes = np.unique(np.concatenate(found))
+        pairs = np.stack((codes // count, codes % count), axis=1)
+        # MinHash agreement estimates Jaccard similarity (standard error <= 0.05 at 100
+        # permutations); a margin of 0.15 keeps true pairs and drops most band collisions.
+        agreement = np.concatenate([
+            (signatures[chunk[:, 0]] == signatures[chunk[:, 1]]).mean(axis=1)
+            for chunk in np.array_split(pairs, max(1, len(pairs) // 50_000))])
+        return pairs[agreement >= self.config.near_duplicate_threshold - 0.15]
+
+
+def recommendations(report: QualityReport, config: QualityConfig) -> list[str]:
+    """What to do about the problems found, most important first."""
+    counts, total = report.counts, report.total
+    if not total:
+        return ["The data set is empty: add conversations with an 'input' and an 'output'."]
+    advice = {
+        "empty_output": "{n} conversation(s) have an empty answer: fill them in or remove them.",
+        "empty_input": "{n} conversation(s) have an empty question: add the question or remove "
+                       "them.",
+        "short_output": "{n} answer(s) have fewer than {w} words: write full-sentence answers; "
+                        "the model copies their brevity.",
+        "repetitive_output": "{n} answer(s) repeat themselves: rewrite or drop them, or the "
+                             "model learns to loop.",
+        "gibberish_output": "{n} answer(s) look like symbols, URLs or markup (common in scraped "
+                            "pages): clean them up or drop them.",
+        "echo_output": "{n} answer(s) only repeat the question: replace them with real answers.",
+        "incomplete_output": "{n} answer(s) stop mid-sentence (often a length cut when scraping "
+                             "or logging): finish them or end them with punctuation.",
+        "duplicate": "{n} conversation(s) are exact copies of earlier ones: remove them so "
+                     "they do not weigh more in training.",
+        "near_duplicate": "{n} conversation(s) are near copies of earlier ones: keep one of each.",
+    }
+    result = [advice[code].format(n=counts[code], w=config.min_output_words)
+              for code in CODES if counts.get(code)]
+    if report.valid < total:
+        result.append("Run `validate --data-file FILE --filter` to write only the "
+                      f"{report.valid} valid conversations to a new file.")
+    if report.verdict == "critical":
+        result.insert(0, "Most conversations have problems: training on this data will give a "
+                         "poor model. Fix the data before training.")
+    if total < 50:
+        result.append(f"Only {total} conversations: a few hundred varied ones give a model "
+                      "that handles new questions much better.")
+    if not result:
+        result.append("No problems found: the data is ready for training.")
+    return result
