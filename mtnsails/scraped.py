@@ -1,0 +1,777 @@
+"""Scraped web pages to question/answer pairs.
+
+Input is what scrapyer writes (see the README's "Scraped web content"): `content_<hash>.txt`
+pages, flat or nested, in default mode (every text node on its own line, so one sentence can be
+split over several lines) or `--preserve-structure` mode (`# Title` / `## Section` headings,
+`• ` list items, blank lines between paragraphs), RSS item texts, plus the `.md`, `.html` and
+`.txt` files users add. Each page goes through:
+
+1. reading: once, as UTF-8 (undecodable files are skipped with a warning), media folders and
+   binary files ignored;
+2. lines: HTML and Markdown are turned into the preserve-structure form, sentences split over
+   lines are rejoined, and every line is classed as heading, prose, list item or leftover;
+3. cleaning: navigation leftovers (short lines without a sentence end, C4's line rule), cookie /
+   terms / "enable JavaScript" banners, and boilerplate (a line found on many pages of the same
+   folder, i.e. the same crawl) are dropped;
+4. sections and chunks: a page splits at its headings; a section's prose splits at sentence
+   boundaries into answers of at most `chunk_words` words, so every answer is complete;
+5. questions: from the heading (never from the file name, which is a hash), phrased to fit it:
+   "What are Python lists?", "How do I install the package?", "How does caching work?";
+6. `DataQualityValidator` drops exact and near duplicates and keeps only passing pairs.
+
+Nothing here imports torch; no path is ever built from the pages' contents.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+from mtnsails.errors import MtnsailsError
+
+# -- settings ---------------------------------------------------------------------------------
+
+DEFAULT_TEMPLATE = "Tell me about {topic}"  # the original processor's only question
+
+
+@dataclass
+class ScrapedSettings:
+    """How pages become pairs. Defaults suit documentation sites."""
+
+    chunk_words: int = 100  # answer size; ~100 words fit the 256-token training window twice
+    # None: natural questions chosen per heading (DEFAULT_TEMPLATE where none fits);
+    # a template with {topic}: used for every question, as the original did.
+    prompt_template: str | None = None
+    keep_all: bool = False  # keep pairs the quality validator rejects
+    # A line is boilerplate when it is on >= boilerplate_min_pages pages of one folder, or on
+    # >= boilerplate_fraction of them (and at least 2): menus, footers, "Edit this page".
+    boilerplate_min_pages: int = 3
+    boilerplate_fraction: float = 0.5
+    # One sentence longer than chunk_words is kept whole up to this many words (0: twice
+    # chunk_words); longer "sentences" are run-on text (minified pages, tables) and dropped.
+    max_sentence_words: int = 0
+    max_file_bytes: int = 20_000_000  # bigger files are not pages
+
+    def __post_init__(self) -> None:
+        if self.chunk_words < 10:
+            raise MtnsailsError(f"--chunk-words {self.chunk_words}: must be at least 10")
+        if self.prompt_template is not None and "{topic}" not in self.prompt_template:
+            raise MtnsailsError(f"--prompt-template {self.prompt_template!r}: must contain {{topic}}")
+        if not self.max_sentence_words:
+            self.max_sentence_words = 2 * self.chunk_words
+
+
+# -- result -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ScrapeResult:
+    """The pairs made, and counts of what happened on the way (for the summary)."""
+
+    conversations: list[dict] = field(default_factory=list)
+    files_read: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> files
+    dropped_lines: Counter = field(default_factory=Counter)  # boilerplate/banner/navigation
+    sections: int = 0
+    pairs_made: int = 0
+    duplicates: int = 0
+    dropped_passages: Counter = field(default_factory=Counter)  # reason -> passages
+    quality_removed: Counter = field(default_factory=Counter)  # issue code -> pairs
+
+    def format_summary(self) -> str:
+        lines = [f"files read: {self.files_read}"]
+        if self.skipped:
+            lines.append(f"files skipped: {sum(self.skipped.values())} ("
+                         + ", ".join(f"{n} {why}" for why, n in self.skipped.most_common()) + ")")
+        if self.dropped_lines:
+            lines.append("lines removed: " + ", ".join(
+                f"{n} {why}" for why, n in self.dropped_lines.most_common()))
+        lines.append(f"sections: {self.sections}, pairs made: {self.pairs_made}")
+        if self.dropped_passages:
+            lines.append("passages dropped: " + ", ".join(
+                f"{n} {why}" for why, n in self.dropped_passages.most_common()))
+        if self.duplicates:
+            lines.append(f"duplicates removed (of another pair or of the output file): "
+                         f"{self.duplicates}")
+        if self.quality_removed:
+            lines.append(f"removed by quality checks: {sum(self.quality_removed.values())} ("
+                         + ", ".join(f"{n} {code}" for code, n in self.quality_removed.most_common())
+                         + ")")
+        lines.append(f"pairs written: {len(self.conversations)}")
+        return "\n".join(lines)
+
+
+# -- finding and reading pages ----------------------------------------------------------------
+
+PAGE_SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".text"}
+MEDIA_FOLDERS = {"images", "videos", "audio"}  # where scrapyer puts downloaded media
+
+
+def find_pages(roots: list[Path], result: ScrapeResult) -> list[Path]:
+    """Every page file under `roots` (sorted), counting what is skipped and why."""
+    pages = []
+    for root in roots:
+        if not root.exists():
+            raise MtnsailsError(f"{root}: no such directory")
+        if root.is_file():
+            pages.append(root)
+            continue
+        for folder, subfolders, files in os.walk(root):  # does not follow folder symlinks
+            for name in [d for d in subfolders if d.lower() in MEDIA_FOLDERS or d.startswith(".")]:
+                subfolders.remove(name)
+                skipped = sum(len(f) for _, _, f in os.walk(Path(folder, name)))
+                if skipped and not name.startswith("."):
+                    result.skipped[f"media in {name}/"] += skipped
+            subfolders.sort()
+            for name in sorted(files):
+                path = Path(folder, name)
+                if name.startswith("."):
+                    continue
+                if path.suffix.lower() in PAGE_SUFFIXES:
+                    pages.append(path)
+                else:
+                    result.skipped[f"not a page ({path.suffix.lower() or 'no extension'})"] += 1
+    if not pages:
+        skipped = ", ".join(f"{n} {why}" for why, n in result.skipped.most_common()) or "nothing"
+        raise MtnsailsError(f"{', '.join(map(str, roots))}: no text pages "
+                            f"({', '.join(sorted(PAGE_SUFFIXES))}) found; skipped: {skipped}")
+    return pages
+
+
+def read_page(path: Path, settings: ScrapedSettings, result: ScrapeResult) -> str | None:
+    """The file's text, or None (counted in `result.skipped`) when it is no usable page."""
+    size = path.stat().st_size
+    if size == 0:
+        result.skipped["empty"] += 1
+        return None
+    if size > settings.max_file_bytes:
+        result.skipped[f"larger than {settings.max_file_bytes} bytes"] += 1
+        return None
+    raw = path.read_bytes()
+    if b"\x00" in raw[:8192]:
+        result.skipped["binary"] += 1
+        return None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        print(f"warning: {path}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "
+              f"{error.start}); skipped, save it as UTF-8 to use it", file=sys.stderr)
+        result.skipped["not UTF-8"] += 1
+        return None
+    if not text.strip():
+        result.skipped["empty"] += 1
+        return None
+    result.files_read += 1
+    return text
+
+
+# -- HTML and Markdown to the preserve-structure form -----------------------------------------
+
+
+class _HTMLText(HTMLParser):
+    """Visible text of a page as `# heading` lines, `• item` lines and paragraphs."""
+
+    SKIP = {"script", "style", "nav", "footer", "header", "aside", "noscript", "form", "svg",
+            "button", "template", "iframe", "select"}
+    BLOCKS = {"p", "div", "section", "article", "main", "br", "tr", "table", "blockquote",
+              "dd", "dt", "pre", "ul", "ol", "figure", "figcaption", "body"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.lines: list[str] = []
+        self.current: list[str] = []
+        self.prefix = ""
+        self.skipping: list[str] = []  # open SKIP tags (they nest)
+        self.title = ""
+        self.in_title = False
+
+    def _break(self) -> None:
+        text = " ".join("".join(self.current).split())
+        if text:
+            self.lines.append(self.prefix + text)
+        self.current, self.prefix = [], ""
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.SKIP:
+            self.skipping.append(tag)
+        elif tag == "title":
+            self.in_title = True
+        elif not self.skipping:
+            if re.fullmatch(r"h[1-6]", tag):
+                self._break()
+                self.lines.append("")
+                self.prefix = "#" * int(tag[1]) + " "
+            elif tag == "li":
+                self._break()
+                self.prefix = "• "
+            elif tag in self.BLOCKS:
+                self._break()
+                if tag in ("p", "div", "section", "article", "blockquote", "table", "ul", "ol"):
+                    self.lines.append("")
+
+    def handle_startendtag(self, tag, attrs):
+        if tag == "br" and not self.skipping:
+            self._break()
+
+    def handle_endtag(self, tag):
+        if self.skipping and tag == self.skipping[-1]:
+            self.skipping.pop()
+        elif tag == "title":
+            self.in_title = False
+        elif not self.skipping and (re.fullmatch(r"h[1-6]", tag) or tag == "li"
+                                    or tag in self.BLOCKS):
+            self._break()
+            if re.fullmatch(r"h[1-6]", tag) or tag == "p":
+                self.lines.append("")
+
+    def handle_data(self, data):
+        if self.in_title:
+            self.title += data
+        elif not self.skipping:
+            self.current.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Preserve-structure text of an HTML page (scripts, styles, nav, header, footer dropped)."""
+    parser = _HTMLText()
+    parser.feed(html)
+    parser.close()
+    parser._break()
+    lines = parser.lines
+    title = " ".join(parser.title.split())
+    if title and not any(line.startswith("# ") for line in lines):
+        lines.insert(0, f"# {title}")
+    return "\n".join(lines)
+
+
+MD_FENCE = re.compile(r"^(```|~~~)")
+
+
+def markdown_to_text(markdown: str) -> str:
+    """Markdown in the preserve-structure form: code blocks, tables and images dropped,
+    links reduced to their text, emphasis and inline-code marks removed."""
+    lines, in_code = [], False
+    for line in markdown.splitlines():
+        if MD_FENCE.match(line.strip()):
+            in_code = not in_code
+            continue
+        if in_code or line.startswith(("    ", "\t")) or line.lstrip().startswith("|"):
+            continue
+        line = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", line)  # images
+        line = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", line)  # links -> their text
+        line = re.sub(r"(\*\*|__|\*|`)", "", line)
+        line = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "• ", line)  # list items
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# -- lines ------------------------------------------------------------------------------------
+
+TERMINAL = re.compile(r"[.!?][\"'”’)\]]*$")
+HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*$")
+ITEM = re.compile(r"^[•·▪◦‣]\s*")
+CLOSERS = ".,;:!?)]}%"
+# A default-mode line ending with one of these words continues on the next line.
+CONTINUES = set("a an the of to and or but with in for on by from as at is are was were be "
+                "that which this these your our their its than into via see use using call "
+                "run set if when like such".split())
+NAVIGATION = {"home", "next", "previous", "prev", "back", "back to top", "skip to content",
+              "skip to main content", "menu", "search", "toggle navigation", "table of contents",
+              "contents", "share", "tweet", "print", "log in", "login", "sign in", "sign up",
+              "subscribe", "edit this page", "edit on github", "top", "close", "more", "read more"}
+BANNERS = re.compile(
+    r"\b(?:cookies?\b.*\b(?:use|accept|consent|policy|settings|preferences|agree)"
+    r"|(?:use|accept|consent to|allow)\b.*\bcookies"
+    r"|enable javascript|javascript (?:is )?(?:disabled|required|must be enabled)"
+    r"|terms of (?:use|service)|privacy policy|all rights reserved)", re.IGNORECASE)
+
+
+@dataclass
+class Line:
+    kind: str  # "heading", "prose", "item", "blank" or "other" (not a sentence: navigation)
+    text: str
+    level: int = 0  # heading level, 1 = page title
+
+
+def normalise(text: str) -> str:
+    """NFC, no control or zero-width characters, non-breaking spaces as spaces."""
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = re.sub(r"[\u200b-\u200d\u2060\ufeff]", "", text)
+    text = re.sub(r"[^\S\n]+", " ", text)  # every run of spaces, tabs, nbsp: one space
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", text)
+
+
+def is_prose(text: str) -> bool:
+    """C4's line rule: a sentence ends in terminal punctuation and has at least 3 words."""
+    return bool(TERMINAL.search(text)) and len(text.split()) >= 3
+
+
+def join_text(left: str, right: str) -> str:
+    if not left:
+        return right
+    if right[0] in CLOSERS or left[-1] in "([{/":
+        return left + right
+    return f"{left} {right}"
+
+
+def continues(left: str, right: str) -> bool:
+    """Does default-mode line `right` continue the sentence of line `left`?"""
+    if TERMINAL.search(left):
+        return False
+    last_word = left.split()[-1].lower()
+    return (right[0].islower() or right[0] in CLOSERS or left[-1] in ",;:([-–/"
+            or last_word in CONTINUES)
+
+
+def page_lines(text: str, suffix: str) -> list[Line]:
+    """Classify a page's logical lines (sentences rejoined) as heading/prose/item/other."""
+    if suffix in (".html", ".htm"):
+        text = html_to_text(text)
+    elif suffix in (".md", ".markdown"):
+        text = markdown_to_text(text)
+    raw = [line.strip() for line in normalise(text).split("\n")]
+    structured = any(HEADING.match(line) or ITEM.match(line) for line in raw)
+    lines: list[Line] = []
+    for line in raw:
+        heading = HEADING.match(line)
+        if not line:
+            lines.append(Line("blank", ""))
+        elif heading:
+            lines.append(Line("heading", clean_heading(heading.group(2)), len(heading.group(1))))
+        elif ITEM.match(line):
+            lines.append(Line("item", ITEM.sub("", line)))
+        elif lines and lines[-1].kind == "text" and (structured or continues(lines[-1].text, line)):
+            lines[-1].text = join_text(lines[-1].text, line)
+        else:
+            lines.append(Line("text", line))
+    return classify(lines, structured)
+
+
+def classify(lines: list[Line], structured: bool) -> list[Line]:
+    """Text lines become prose or, when not a sentence, a heading (default mode: the last
+    short line before prose) or "other" (navigation leftovers, dropped later)."""
+    content = [line for line in lines if line.kind != "blank"]
+    for index, line in enumerate(content):
+        if line.kind != "text":
+            continue
+        following = content[index + 1] if index + 1 < len(content) else None
+        if is_prose(line.text) or (len(line.text.split()) > 12
+                                   and SENTENCE_BREAK.search(line.text)):
+            line.kind = "prose"  # a long line with sentences in it: chunks() drops its tail
+        elif line.text.endswith(":") and following is not None and following.kind == "item":
+            line.kind = "prose"  # "Lists support:" introduces the items that follow
+        elif (not structured and len(line.text.split()) <= 12 and line.text[0].isupper()
+              and line.text.lower() not in NAVIGATION and following is not None
+              and (following.kind == "item" or is_prose(following.text))):
+            line.kind, line.level = "heading", 2
+        else:
+            line.kind = "other"
+    headings = [line for line in lines if line.kind == "heading"]
+    if headings and not structured:
+        headings[0].level = 1  # default mode: the first heading is the page title
+    return lines
+
+
+def clean_heading(text: str) -> str:
+    """'2.1 Creating lists ¶' -> 'Creating lists'."""
+    text = re.sub(r"^(?:\d+(?:\.\d+)*\.?|[IVX]+\.)\s+", "", text)
+    return text.strip(" #¶§:|-–—").strip()
+
+
+def line_key(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+# -- sections and chunks ----------------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    title: str  # the page title ("" if the page has none)
+    heading: str  # the section's own heading (the title for text right under it)
+    paragraphs: list[str] = field(default_factory=list)
+
+
+def sections_of(lines: list[Line]) -> list[Section]:
+    """Split a cleaned page at its headings; list items join the sentence that introduces them."""
+    title = next((line.text for line in lines if line.kind == "heading" and line.level == 1), "")
+    title = title or next((line.text for line in lines if line.kind == "heading"), "")
+    sections: list[Section] = []
+    current = Section(title, "")
+    items: list[str] = []
+
+    def flush_items() -> None:
+        if not items:
+            return
+        if all(is_prose(item) for item in items):
+            current.paragraphs.append(" ".join(items))
+        elif current.paragraphs and current.paragraphs[-1].endswith(":"):
+            listed = "; ".join(item.rstrip(".;,") for item in items)
+            current.paragraphs[-1] = f"{current.paragraphs[-1]} {listed}."
+        items.clear()
+
+    for line in lines:
+        if line.kind == "heading":
+            flush_items()
+            sections.append(current)
+            current = Section(title, line.text)
+        elif line.kind == "prose":
+            flush_items()
+            current.paragraphs.append(line.text)
+        elif line.kind == "item":
+            items.append(line.text)
+    flush_items()
+    sections.append(current)
+    return [s for s in sections if s.paragraphs]
+
+
+ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "prof", "fig", "no", "st",
+                 "approx", "cf", "inc", "ltd", "jr", "sr"}
+SENTENCE_BREAK = re.compile(r"([.!?][\"'”’)\]]*)\s+(?=[\"'“‘(\[]?[A-Z0-9])")
+
+
+def sentences(text: str) -> list[str]:
+    """Split prose at sentence ends, not after abbreviations ("e.g.") or initials ("J.")."""
+    result, start = [], 0
+    for match in SENTENCE_BREAK.finditer(text):
+        before = text[start:match.start() + 1].split()
+        word = before[-1].rstrip(".").lower() if before else ""
+        if match.group(1) == "." and (word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())):
+            continue
+        result.append(text[start:match.end(1)].strip())
+        start = match.end()
+    tail = text[start:].strip()
+    if tail:
+        result.append(tail)
+    return result
+
+
+def chunks(paragraphs: list[str], settings: ScrapedSettings,
+           result: ScrapeResult) -> list[str]:
+    """Answers of whole sentences, each at most `chunk_words` words and of similar sizes.
+
+    A sentence longer than `chunk_words` stands alone (up to `max_sentence_words`; longer ones
+    are run-on text and dropped). A trailing fragment without a sentence end is dropped.
+    """
+    units: list[str] = []
+    for paragraph in paragraphs:
+        for sentence in sentences(paragraph):
+            words = len(sentence.split())
+            if words > settings.max_sentence_words:
+                result.dropped_passages[f"run-on text over {settings.max_sentence_words} words"] += 1
+            elif not TERMINAL.search(sentence):
+                result.dropped_passages["unfinished sentence"] += 1
+            else:
+                units.append(sentence)
+    total = sum(len(u.split()) for u in units)
+    if not total:
+        return []
+    limit = settings.chunk_words
+    target = total / -(-total // limit)  # equal shares of ceil(total / limit) chunks
+    answers, current, count = [], [], 0
+    for unit in units:
+        words = len(unit.split())
+        if current and (count + words > limit or count >= target):
+            answers.append(" ".join(current))
+            current, count = [], 0
+        current.append(unit)
+        count += words
+    answers.append(" ".join(current))
+    return answers
+
+
+# -- questions --------------------------------------------------------------------------------
+
+# Headings "Install X" / "Installing X" become "How do I install X?".
+VERBS = set("""activate add authenticate avoid build call catch change check choose clone commit
+compile configure connect convert copy create customize deactivate deal debug declare define
+delete deploy disable download edit enable export extend filter find fix format get handle import
+initialize insert install iterate load log manage measure merge migrate monitor move name
+open optimize organize parse pass print profile publish query raise read register remove rename
+run save schedule search select set share sort start structure test train troubleshoot update
+upgrade upload use validate work write""".split())
+DOUBLED = {"run", "get", "set", "debug", "log", "commit", "put", "stop", "plan", "map", "ship"}
+
+
+def gerund(verb: str) -> str:
+    if verb in DOUBLED:
+        return verb + verb[-1] + "ing"
+    return (verb[:-1] if verb.endswith("e") and not verb.endswith("ee") else verb) + "ing"
+
+
+GERUNDS = {gerund(verb): verb for verb in VERBS}
+# Base forms that are nouns too ("Use cases", "Test results") count as a verb only before an
+# object word: "Use a virtual environment" -> "How do I use a virtual environment?".
+OBJECT_WORDS = {"the", "a", "an", "your", "this", "these", "it", "them", "my", "our", "up"}
+UNAMBIGUOUS_VERBS = {"activate", "authenticate", "avoid", "choose", "configure", "connect",
+                     "convert", "create", "customize", "deactivate", "debug", "define", "delete",
+                     "deploy", "disable", "enable", "install", "initialize", "iterate", "migrate",
+                     "remove", "troubleshoot", "upgrade", "validate"}
+QUESTION_WORDS = {"how", "why", "what", "when", "where", "which", "who"}
+# Section names that say nothing without the page title.
+GENERIC = {
+    "overview": "Give me an overview of {title}.", "introduction": "What is {title}?",
+    "about": "What is {title}?", "description": "What is {title}?",
+    "summary": "Summarize {title}.", "features": "What are the features of {title}?",
+    "key features": "What are the features of {title}?", "installation": "How do I install {title}?",
+    "usage": "How do I use {title}?", "getting started": "How do I get started with {title}?",
+    "quick start": "How do I get started with {title}?",
+    "examples": "Can you give an example of {title}?", "example": "Can you give an example of {title}?",
+    "requirements": "What are the requirements for {title}?",
+    "prerequisites": "What do I need before using {title}?",
+    "configuration": "How do I configure {title}?", "limitations": "What are the limitations of {title}?",
+    "troubleshooting": "How do I troubleshoot {title}?",
+    "faq": "What are common questions about {title}?", "history": "What is the history of {title}?",
+    "background": "What is the background of {title}?", "notes": "What should I note about {title}?",
+}
+HOW_IT_WORKS = {"algorithm", "process", "pipeline", "protocol", "mechanism", "loop", "lifecycle",
+                "engine", "scheduler", "cache", "compiler", "interpreter", "collector"}
+SINGULAR_S = {"physics", "mathematics", "analytics", "statistics", "economics", "politics",
+              "ethics", "graphics", "electronics", "news", "series", "species", "status", "class",
+              "process", "access", "address", "business", "success", "progress", "bus", "gas",
+              "canvas", "alias", "basis", "analysis", "axis", "css", "dns", "os"}
+SUBJECT = re.compile(r"^((?:[Aa]n?|[Tt]he)\s+)?([\w+#.-]+(?:\s+[\w+#.-]+){0,4}?)\s+"
+                     r"(?:is|are|was|were|means|refers to)\s")
+COMMON_NOUN_ENDINGS = ("ing", "tion", "sion", "ment", "ness", "ity", "ance", "ence")
+WORD = re.compile(r"[A-Za-z][\w'-]*")
+
+
+class WordCases:
+    """How the pages write each word mid-sentence, to phrase headings as the pages would:
+    "Python Lists" -> "Python lists" (the text says "lists" but "Python")."""
+
+    def __init__(self, texts) -> None:
+        self.lower: Counter = Counter()
+        self.capital: Counter = Counter()
+        for text in texts:
+            for sentence in sentences(text):
+                for word in WORD.findall(sentence)[1:]:  # a sentence's first word proves nothing
+                    if word.islower():
+                        self.lower[word] += 1
+                    elif word[0].isupper() and word[1:].islower():
+                        self.capital[word.lower()] += 1
+
+    def phrase(self, heading: str) -> str:
+        """Sentence case for a Title Case heading, keeping the names the pages capitalise."""
+        words = heading.split()
+        for index, word in enumerate(words):
+            if word[0].isupper() and word[1:].islower() and len(word) > 1:
+                key = word.lower()
+                forms = {key, key[:-1] if key.endswith("s") else key,
+                         key[:-2] if key.endswith("es") else key}
+                lower = sum(self.lower[form] for form in forms)
+                capital = sum(self.capital[form] for form in forms)
+                if index:  # sentence case unless the pages capitalise the word as often
+                    lowered = not capital or lower > capital
+                else:  # a heading's first word is capitalised anyway: lower it on evidence
+                    lowered = (lower > capital or key in GERUNDS or key in VERBS
+                               or key in QUESTION_WORDS
+                               or (not capital and key.endswith(COMMON_NOUN_ENDINGS)))
+                if lowered:
+                    words[index] = key
+        return " ".join(words)
+
+
+def natural_question(heading: str, title: str, cases: WordCases) -> str:
+    """A question that fits the heading: "How to X" -> "How do I X?", "Installing X" ->
+    "How do I install X?", "How X works" -> "How does X work?", "Python Lists" ->
+    "What are Python lists?", "Overview" -> "Give me an overview of <title>."."""
+    if heading.endswith("?"):
+        return heading
+    key = heading.lower().rstrip(".")
+    if key in GENERIC and title and title.lower() != key:
+        return GENERIC[key].format(title=cases.phrase(title))
+    if title and re.search(r"\b(?:it|them)$", heading, re.IGNORECASE):
+        heading = f"{heading.rsplit(' ', 1)[0]} {title}"  # "Activating it" under its title
+    words = cases.phrase(heading).split()
+    first, last = words[0].lower(), words[-1].lower()
+    rest = " ".join(words[1:])
+    if len(words) > 12 or TERMINAL.search(heading):
+        return DEFAULT_TEMPLATE.format(topic=" ".join(words))
+    if first == "how" and len(words) > 2 and words[1].lower() == "to":
+        return f"How do I {' '.join(words[2:])}?"
+    if first == "how" and last in ("works", "work") and len(words) > 2:
+        return f"How does {' '.join(words[1:-1])} work?"
+    if first in QUESTION_WORDS and len(words) > 1:
+        return f"Explain {' '.join(words)}."  # "Explain how pip resolves dependencies."
+    verb = GERUNDS.get(first) or (first if first in VERBS and len(words) > 1 and (
+        first in UNAMBIGUOUS_VERBS or words[1].lower() in OBJECT_WORDS) else None)
+    if verb and len(words) > 1:
+        return f"How do I {verb} {rest}?"
+    topic = " ".join(words)
+    if last in HOW_IT_WORKS:
+        article = "" if topic[0].isupper() or first in ("the", "a", "an") else "the "
+        return f"How does {article}{topic} work?"
+    if first.endswith("ing") and len(first) > 4:
+        return f"Explain {topic}."
+    plural = last.endswith("s") and not last.endswith("ss") and last not in SINGULAR_S
+    return f"What {'are' if plural else 'is'} {topic}?"
+
+
+def section_topic(section: Section) -> str:
+    """The heading, else the page title, else the subject of the first sentence ("A list is
+    ..." -> "a list"); "" when the section has none (it is then skipped)."""
+    if section.heading or section.title:
+        return section.heading or section.title
+    match = SUBJECT.match(section.paragraphs[0])
+    return f"{(match.group(1) or '').lower()}{match.group(2)}" if match else ""
+
+
+def follow_up_questions(topic: str):
+    """Questions for a topic's second, third, ... answer, so no question repeats."""
+    yield f"Tell me more about {topic}."
+    yield f"What else should I know about {topic}?"
+    part = 3
+    while True:
+        yield f"Tell me more about {topic} (part {part})."
+        part += 1
+
+
+# -- the processor ----------------------------------------------------------------------------
+
+
+class ScrapedContentProcessor:
+    """Turns folders of scraped pages into quality-checked question/answer pairs.
+
+    >>> processor = ScrapedContentProcessor(ScrapedSettings(chunk_words=80))
+    >>> result = processor.process(["scraped_site"])          # doctest: +SKIP
+    >>> result.conversations[0]                                # doctest: +SKIP
+    {'input': 'What are Python lists?', 'output': 'A list is ...', 'source': 'content_1f...txt'}
+    """
+
+    def __init__(self, settings: ScrapedSettings | None = None, quality_config=None) -> None:
+        self.settings = settings or ScrapedSettings()
+        self.quality_config = quality_config
+
+    def process(self, roots: list[str | os.PathLike],
+                existing: list[dict] | None = None) -> ScrapeResult:
+        """Read every page under `roots` and return the pairs (not yet written anywhere).
+
+        `existing` conversations (an output file being appended to) are never repeated: their
+        answers count as duplicates and their questions are not reused.
+        """
+        result = ScrapeResult()
+        roots = [Path(root) for root in roots]
+        paths = find_pages(roots, result)
+        pages: dict[Path, list[Line]] = {}
+        for path in paths:
+            text = read_page(path, self.settings, result)
+            if text is not None:
+                pages[path] = page_lines(text, path.suffix.lower())
+        self._drop_boilerplate(pages, result)
+        pairs = []
+        for path, lines in pages.items():
+            shown = next((str(path.relative_to(r)) for r in roots if path.is_relative_to(r)),
+                         path.name)
+            for section in sections_of(lines):
+                result.sections += 1
+                pairs += [(section, answer, shown)
+                          for answer in chunks(section.paragraphs, self.settings, result)]
+        cases = WordCases(answer for _, answer, _ in pairs)
+        result.conversations = self._questions_and_filters(pairs, existing or [], cases, result)
+        return result
+
+    def process_to_file(self, roots: list[str | os.PathLike], output: str | os.PathLike,
+                        append: bool = False) -> ScrapeResult:
+        """`process`, then write the pairs atomically (JSON, or JSON Lines for `.jsonl`).
+
+        With `append`, the pairs are added to `output`'s conversations without duplicates.
+        """
+        from mtnsails.data import ConversationDataHandler, write_conversations
+
+        output = Path(output)
+        if not output.parent.exists():
+            raise MtnsailsError(f"{output}: directory {output.parent} does not exist")
+        existing = []
+        if append and output.exists():
+            existing = ConversationDataHandler.from_file(output).conversations
+        result = self.process(roots, existing)
+        if not result.conversations and not existing:
+            raise MtnsailsError(f"no question/answer pairs could be made from "
+                                f"{result.files_read} file(s): {result.format_summary()!r}")
+        write_conversations(output, existing + result.conversations)
+        return result
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _drop_boilerplate(self, pages: dict[Path, list[Line]], result: ScrapeResult) -> None:
+        """Remove banners, navigation leftovers, lines repeated within a page, and lines found
+        on many pages of one folder (one crawl). Headings are structure, never boilerplate."""
+        by_folder: dict[Path, list[list[Line]]] = {}
+        for path, lines in pages.items():
+            by_folder.setdefault(path.parent, []).append(lines)
+        for folder_pages in by_folder.values():
+            seen_on = Counter()
+            for lines in folder_pages:
+                seen_on.update({line_key(line.text) for line in lines
+                                if line.kind in ("prose", "other", "item")})
+            needed = max(2, min(self.settings.boilerplate_min_pages,
+                                self.settings.boilerplate_fraction * len(folder_pages)))
+            boilerplate = {key for key, pages_with in seen_on.items() if pages_with >= needed}
+            for lines in folder_pages:
+                kept, seen = [], set()
+                for line in lines:
+                    key = line_key(line.text)
+                    reason = None
+                    if line.kind in ("prose", "item", "other") and BANNERS.search(line.text):
+                        reason = "cookie/terms banner"
+                    elif line.kind in ("prose", "other", "item") and key in boilerplate:
+                        reason = "boilerplate repeated across pages"
+                    elif line.kind == "other":
+                        reason = "navigation or fragment"
+                    elif line.kind in ("prose", "item") and key in seen:
+                        reason = "repeated within a page"
+                    if reason:
+                        result.dropped_lines[reason] += 1
+                    else:
+                        kept.append(line)
+                        seen.add(key)
+                lines[:] = kept
+
+    def _questions_and_filters(self, pairs: list[tuple[Section, str, str]], existing: list[dict],
+                               cases: WordCases, result: ScrapeResult) -> list[dict]:
+        """Ask each answer's question, then drop exact and near duplicates (of each other or of
+        `existing`) and, unless `keep_all`, pairs that fail a quality rule."""
+        from mtnsails.quality import DataQualityValidator
+
+        used = {conversation["input"] for conversation in existing}
+        follow_ups: dict[str, object] = {}
+        made = []
+        for section, answer, source in pairs:
+            topic = section_topic(section)
+            if not topic:
+                result.dropped_passages["no heading or topic"] += 1
+                continue
+            question = self._question(topic, section.title, cases, used, follow_ups)
+            used.add(question)
+            made.append({"input": question, "output": answer, "source": source})
+        result.pairs_made = len(made)
+        report = DataQualityValidator(self.quality_config).analyze(existing + made)
+        kept = []
+        for conversation, issues in zip(made, report.issues[len(existing):]):
+            codes = {issue.code for issue in issues}
+            if codes & {"duplicate", "near_duplicate"}:
+                result.duplicates += 1
+            elif codes and not self.settings.keep_all:
+                result.quality_removed.update(codes)
+            else:
+                kept.append(conversation)
+        return kept
+
+    def _question(self, topic: str, title: str, cases: WordCases, used: set[str],
+                  follow_ups: dict[str, object]) -> str:
+        """The topic's question; when taken, the next of its follow-up questions."""
+        phrased = cases.phrase(topic)
+        if self.settings.prompt_template:
+            question = self.settings.prompt_template.replace("{topic}", phrased)
+        else:
+            question = natural_question(topic, title, cases)
+        while question in used:
+            question = next(follow_ups.setdefault(phrased, follow_up_questions(phrased)))
+        return question
