@@ -1,6 +1,7 @@
 """Crash-safe conversation logging: chat exchanges become training data without slowing the chat.
 
-`log()` only serialises the record and queues it; a background thread writes it at once:
+`log()` only serialises the record and queues it; a background thread writes it at once
+(while the chat generates its next answer):
 
 - `.jsonl` / `.ndjson`: one JSON object per line, appended with a single `write` + `fsync`;
 - anything else (`.json`, the original default `./chat_history.json`): a JSON array, rewritten
@@ -45,17 +46,25 @@ class ConversationLogger:
             writes as soon as records arrive and batches only those that queue up during a
             write, so in practice a record waits one write; the interval is the writer's
             idle wake-up period.
+        wait_for_previous: `log()` first waits until the exchanges logged before are on disk.
+            Normally they already are (the writer stored them while the next answer was being
+            generated), so the caller never waits unless the disk is slower than the model;
+            in exchange at most the newest exchange is ever held only in memory, which is what
+            lets a chat promise that after `kill -9` the log holds every exchange whose answer
+            it printed before the last one. False: never wait (records may pile up in memory).
 
     Thread-safe: any number of threads may call `log()`. `flush()` and `close()` raise
     `MtnsailsError` if records could not be written (the writer retries them with the next
     batch, so nothing is dropped while the process lives). An atexit hook closes the logger.
     """
 
-    def __init__(self, path: str | os.PathLike, flush_interval: float = 1.0) -> None:
+    def __init__(self, path: str | os.PathLike, flush_interval: float = 1.0,
+                 wait_for_previous: bool = True) -> None:
         if flush_interval <= 0:
             raise ValueError(f"flush_interval must be positive, got {flush_interval}")
         self.path = Path(path)
         self.flush_interval = flush_interval
+        self.wait_for_previous = wait_for_previous
         self.jsonl = self.path.suffix.lower() in JSONL_SUFFIXES
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # .json: every record's serialised text (the whole array is rewritten per batch);
@@ -77,7 +86,11 @@ class ConversationLogger:
     # -- public API ------------------------------------------------------------------------
 
     def log(self, user_input: str, output: str, **extra) -> None:
-        """Queue one exchange; returns at once. `extra` (JSON-serialisable) joins the record."""
+        """Queue one exchange for the writer. `extra` (JSON-serialisable) joins the record.
+
+        Returns at once unless the previous exchange is still being written (see
+        `wait_for_previous`); a failed write does not block it (`flush()` reports failures).
+        """
         if not isinstance(user_input, str) or not isinstance(output, str):
             raise TypeError("log() takes the user input and the answer as strings")
         if "input" in extra:
@@ -89,6 +102,9 @@ class ConversationLogger:
         with self._condition:
             if self._closed:
                 raise ValueError(f"{self.path}: the conversation logger is closed")
+            while (self.wait_for_previous and self._attempted < self._queued
+                   and self._thread.is_alive()):
+                self._condition.wait(self.flush_interval)
             self._queue.append(text)
             self._queued += 1
             self._condition.notify_all()

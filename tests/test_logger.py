@@ -162,14 +162,12 @@ def test_exit_without_close_still_saves_everything(log_path):
     assert len(read_log(log_path)) == 50
 
 
-# A chat in miniature: like `ChatInterface`, it makes the previous exchange durable (flush()
-# returns at once when the writer has caught up) before it logs and shows the next answer.
+# A chat in miniature, with no model to slow it down: log each exchange, then show its answer.
 CHATTING_CHILD = """
 import sys
 from mtnsails.logger import ConversationLogger
 logger = ConversationLogger(sys.argv[1])
 for i in range(1_000_000):
-    logger.flush()
     logger.log(f"question {i}", f"answer {i} \u00e9 \\"quoted\\" " + "words " * (i % 40))
     print(i, flush=True)
 """
