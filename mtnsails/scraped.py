@@ -736,29 +736,39 @@ class ScrapedContentProcessor:
 
     def _questions_and_filters(self, pairs: list[tuple[Section, str, str]], existing: list[dict],
                                cases: WordCases, result: ScrapeResult) -> list[dict]:
-        """Ask each answer's question, then drop exact and near duplicates (of each other or of
-        `existing`) and, unless `keep_all`, pairs that fail a quality rule."""
-        from mtnsails.quality import DataQualityValidator
+        """Drop answers that copy an earlier one or one of `existing` (exactly or nearly), ask
+        each remaining answer its question, and keep, unless `keep_all`, the pairs that pass
+        every quality rule."""
+        from mtnsails.quality import DataQualityValidator, NearDuplicateFinder
 
-        used = {conversation["input"] for conversation in existing}
-        follow_ups: dict[str, object] = {}
-        made = []
+        validator = DataQualityValidator(self.quality_config)
+        with_topic = []
         for section, answer, source in pairs:
             topic = section_topic(section)
-            if not topic:
+            if topic:
+                with_topic.append((topic, section.title, answer, source))
+            else:
                 result.dropped_passages["no heading or topic"] += 1
-                continue
-            question = self._question(topic, section.title, cases, used, follow_ups)
-            used.add(question)
-            made.append({"input": question, "output": answer, "source": source})
-        result.pairs_made = len(made)
-        report = DataQualityValidator(self.quality_config).analyze(existing + made)
+        result.pairs_made = len(with_topic)
+        answers = [c["output"] for c in existing] + [answer for _, _, answer, _ in with_topic]
+        keys = [line_key(answer) for answer in answers]
+        first_of = {key: index for index, key in reversed(list(enumerate(keys)))}
+        unique = [index for index, key in enumerate(keys) if first_of[key] == index]
+        near = NearDuplicateFinder(validator.config).find([keys[i].split() for i in unique])
+        copies = {index for index, key in enumerate(keys) if first_of[key] != index}
+        copies |= {unique[position] for position in near}
+        used = {conversation["input"] for conversation in existing}
+        follow_ups: dict[str, object] = {}
         kept = []
-        for conversation, issues in zip(made, report.issues[len(existing):]):
-            codes = {issue.code for issue in issues}
-            if codes & {"duplicate", "near_duplicate"}:
+        for index, (topic, title, answer, source) in enumerate(with_topic, start=len(existing)):
+            if index in copies:
                 result.duplicates += 1
-            elif codes and not self.settings.keep_all:
+                continue
+            question = self._question(topic, title, cases, used, follow_ups)
+            used.add(question)
+            conversation = {"input": question, "output": answer, "source": source}
+            codes = {issue.code for issue in validator.check(conversation)}
+            if codes and not self.settings.keep_all:
                 result.quality_removed.update(codes)
             else:
                 kept.append(conversation)
