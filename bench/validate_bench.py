@@ -19,21 +19,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtnsails.quality import DataQualityValidator  # noqa: E402
 
-TOPICS = ("rivers", "volcanoes", "compilers", "bread", "orbits", "violins", "glaciers", "tax",
-          "bicycles", "enzymes", "databases", "tides", "poetry", "solar panels", "bees")
-VERBS = ("explains", "changes", "improves", "protects", "measures", "shapes", "feeds", "moves")
-NOUNS = ("energy", "water", "memory", "temperature", "pressure", "language", "traffic", "light",
-         "soil", "money", "sound", "time", "speed", "health", "weather", "history", "design")
+NOUNS = """river volcano compiler bread orbit violin glacier tax bicycle enzyme database tide poem
+panel bee energy water memory temperature pressure language traffic light soil money sound time
+speed health weather history design engine garden market lantern harbour pencil forest copper
+meadow signal basket candle thunder island bridge camera window kitchen village theatre museum
+letter battery magnet cloud desert canyon recipe sensor rocket bottle ladder mirror carpet ticket
+planet cell protein network server keyboard guitar piano ocean mountain valley""".split()
+VERBS = """explains changes improves protects measures shapes feeds moves heats cools stores
+carries filters balances records connects supports reduces doubles limits""".split()
+ADJECTIVES = """small large quiet bright heavy fragile ancient modern warm cold simple complex
+cheap rare common hidden local global careful rapid gentle strong""".split()
+SENTENCES = ("The {a} {n1} {v} the {n2} of every {n3}",
+             "A {n1} usually {v} {a} {n2} near the {n3}",
+             "Most {n1}s need {a} {n2} and a {n3} to work well",
+             "Without a {n2}, the {n1} cannot reach the {a} {n3}",
+             "People often use a {a} {n1} when the {n2} {v} the {n3}")
+QUESTIONS = ("How does a {n1} affect the {n2}?", "Why is the {a} {n1} important for {n2}s?",
+             "What happens to a {n1} near a {n2}?", "Can a {n1} replace a {a} {n2}?")
+
+
+def fill(template: str, rng: random.Random) -> str:
+    return template.format(a=rng.choice(ADJECTIVES), v=rng.choice(VERBS), n1=rng.choice(NOUNS),
+                           n2=rng.choice(NOUNS), n3=rng.choice(NOUNS))
 
 
 def good(rng: random.Random) -> dict:
-    topic = rng.choice(TOPICS)
-    sentences = [f"{topic.capitalize()} {rng.choice(VERBS)} the {rng.choice(NOUNS)} of "
-                 f"{rng.choice(NOUNS)} in {rng.randint(2, 9000)} ways" for _ in range(rng.randint(1, 4))]
+    sentences = [fill(rng.choice(SENTENCES), rng) for _ in range(rng.randint(1, 4))]
     if rng.random() < 0.05:  # a long answer exercises the Gopher rules
-        sentences += [" ".join(rng.choice(NOUNS) for _ in range(12)) for _ in range(6)]
-    question = f"How does {topic} relate to {rng.choice(NOUNS)} number {rng.randint(1, 10**6)}?"
-    return {"input": question, "output": ". ".join(sentences) + "."}
+        sentences += [fill(rng.choice(SENTENCES), rng) for _ in range(10)]
+    return {"input": fill(rng.choice(QUESTIONS), rng), "output": ". ".join(sentences) + "."}
 
 
 def bad(rng: random.Random, conversation: dict) -> dict:

@@ -1,0 +1,215 @@
+"""DataQualityValidator: each rule fires on a bad answer and stays quiet on good ones."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from conftest import DATA_DIR, EXAMPLE_DATA
+
+from mtnsails.data import ConversationDataHandler
+from mtnsails.quality import CODES, DataQualityValidator, QualityConfig, QualityReport
+
+GOOD_ANSWERS = [
+    "Paris is the capital of France and its largest city.",
+    "Use my_list.reverse() to reverse it in place, or my_list[::-1] for a copy.",
+    "The Moon is about 384,000 km away from Earth.",
+    "Machine learning is a field of computer science that is widely used in AI.",
+    "Sure! Here are the steps:\n- open the file\n- read it",
+    "Run this:\n```python\nprint(sum(x * x for x in range(10)))\n```",
+    "He said \"good night\" and left the room (quietly).",
+    "That is wonderful news, congratulations 🎉",
+    "Numbers such as 2, 3, 5, 7 and 11 are prime.",
+    "See https://docs.python.org/3/ for the full tutorial on lists and loops.",
+]
+
+
+def codes(output: str, user_input: str = "Can you help me with a question?") -> list[str]:
+    return [issue.code for issue in DataQualityValidator().check({"input": user_input,
+                                                                  "output": output})]
+
+
+@pytest.mark.parametrize("answer", GOOD_ANSWERS)
+def test_good_answers_pass_every_rule(answer):
+    assert codes(answer) == []
+
+
+@pytest.mark.parametrize("output, code, reason_part", [
+    ("", "empty_output", "empty"),
+    ("   \n", "empty_output", "empty"),
+    ("Yes.", "short_output", "only 1 word"),
+    ("Of course!", "short_output", "only 2 words"),
+    ("This is very very very very good advice for you.", "repetitive_output", "'very' 4 times"),
+    ("I like it. I like it. I like it.", "repetitive_output", "'i like it.' 3 times"),
+    ("@@## %%$$ &&** !!~~ ^^ ok.", "gibberish_output", "letters"),
+    ("http://a.example.com/x?y=1 www.b.org/z/a/b/c.html", "gibberish_output", "mostly URLs"),
+    ("Asdkjfhaskdjfh qweoiruqwoeiru zxcmvnbzxmcnvb lkjhasdflkjh.", "gibberish_output",
+     "mean word length"),
+    ("The capital of France is", "incomplete_output", "dangling word 'is'"),
+    ("Airplanes fly because their wings push air down and", "incomplete_output", "'and'"),
+    ("You should first boil the water, then add", "incomplete_output", "without closing"),
+    ("We walked along the river to the...", "incomplete_output", "trails off after the word 'the'"),
+    ("Here is the list of things you need:", "incomplete_output", "without closing"),
+])
+def test_each_rule_fires_with_an_actionable_reason(output, code, reason_part):
+    issues = DataQualityValidator().check({"input": "Tell me something useful.", "output": output})
+    matching = [issue for issue in issues if issue.code == code]
+    assert matching, issues
+    assert reason_part in matching[0].reason
+
+
+def test_empty_input_is_flagged():
+    issues = DataQualityValidator().check({"input": "  ", "output": "A complete answer here."})
+    assert [issue.code for issue in issues] == ["empty_input"]
+
+
+def test_echo_fires_on_a_repeated_question_but_not_on_a_restated_answer():
+    question = "What is the capital of France?"
+    assert codes("You asked what the capital of France is.", question) == ["echo_output"]
+    assert codes("What is the capital of France?", question) == ["echo_output"]
+    # original false positive: restating the question and then answering it is fine
+    assert codes("The capital of France is Paris.", question) == []
+    assert codes("The capital of France is Paris, a city of two million people on the Seine.",
+                 question) == []
+
+
+def test_short_last_word_is_not_incomplete():
+    # original false positive: a two-letter last word ("AI") counted as a cut
+    assert codes("Neural networks are used in AI.") == []
+    assert codes("Machine learning is widely used in AI") == ["incomplete_output"]
+
+
+def test_ngrams_match_on_word_boundaries_only():
+    # "art is" occurs inside "start issues" as a substring but not as words
+    text = ("Good art is hard to define. Many start issues with a blank page, while others "
+            "begin with a sketch.")
+    assert codes(text) == []
+
+
+def test_long_natural_text_passes_the_gopher_rules():
+    text = ("Rivers shape the land over thousands of years. Water carries sand and stones "
+            "downstream, cutting valleys through soft rock and leaving harder ridges behind. "
+            "Where a river slows near the sea, it drops its load and builds a delta of fertile "
+            "mud. Farmers have settled on such deltas since ancient times, because the soil is "
+            "rich and water is close. Floods remain the price of that richness, which is why "
+            "many delta cities now rely on dikes, pumps and careful planning.")
+    assert len(text.split()) >= QualityConfig().gopher_min_words
+    assert codes(text) == []
+
+
+@pytest.mark.parametrize("text, reason_part", [
+    ("\n".join(["Buy now and save big on shoes today."] * 6
+               + ["Our shop has many other items for you to browse, with fair prices, friendly "
+                  "staff and fast delivery across the whole country every single day."]),
+     "repeats the line"),
+    (" ".join(f"the cat sat on mat number {i}." for i in range(12)), "repeats the phrase"),
+])
+def test_gopher_repetition_rules_fire_on_long_texts(text, reason_part):
+    issues = DataQualityValidator().check({"input": "Tell me", "output": text})
+    reasons = [issue.reason for issue in issues if issue.code == "repetitive_output"]
+    assert reasons and reason_part in reasons[0]
+
+
+def test_compression_ratio_catches_a_short_loop_without_repeated_sentences():
+    text = "na na hey hey " * 8 + "goodbye to you now."
+    issues = DataQualityValidator().check({"input": "Sing", "output": text})
+    assert any(i.code == "repetitive_output" and "compresses" in i.reason for i in issues)
+
+
+def test_every_assistant_turn_is_checked_and_named():
+    conversation = {"history": [{"input": "Hi there", "output": "Hello"}],
+                    "input": "How are you?", "output": "I am fine, thank you for asking."}
+    issues = DataQualityValidator().check(conversation)
+    assert {issue.code for issue in issues} == {"short_output", "incomplete_output"}
+    assert all(issue.reason.startswith("turn 1 of 2: ") for issue in issues)
+
+
+def test_validate_conversation_keeps_the_original_signature_and_flags():
+    validator = DataQualityValidator()
+    conversation = {"input": "Hi", "output": "Fine"}
+    assert validator.validate_conversation(conversation)[0] is False
+    ok, reasons = validator.validate_conversation(conversation, check_length=False,
+                                                  check_incomplete=False)
+    assert (ok, reasons) == (True, [])
+
+
+def test_exact_and_near_duplicates_keep_the_first_occurrence():
+    base = {"input": "How do I water a cactus?",
+            "output": "Water it deeply about once a month and let the soil dry out completely."}
+    conversations = [
+        base,
+        {"input": "How do I water a fern?",
+         "output": "Keep the soil of a fern slightly moist and mist its leaves in dry weather."},
+        {"input": "how do I water a cactus", "output": base["output"].upper()},  # same, normalised
+        {"input": "How do I water a cactus?",  # two words changed
+         "output": "Water it deeply about once a month and let the earth dry out fully."},
+    ]
+    report = DataQualityValidator().analyze(conversations)
+    assert report.issues[0] == [] and report.issues[1] == []
+    assert [issue.code for issue in report.issues[2]] == ["duplicate"]
+    assert "conversation 0" in report.issues[2][0].reason
+    assert [issue.code for issue in report.issues[3]] == ["near_duplicate"]
+    assert "conversation 0" in report.issues[3][0].reason
+    assert report.counts["duplicate"] == 1 and report.counts["near_duplicate"] == 1
+
+
+def test_near_duplicates_are_found_among_thousands_and_topics_are_not_confused():
+    rng = random.Random(7)
+    words = ("river stone cloud apple engine garden violin winter market lantern harbour "
+             "pencil forest copper meadow signal basket candle orbit thunder").split()
+    conversations = []
+    for index in range(3000):
+        answer = " ".join(rng.choice(words) for _ in range(rng.randint(12, 30)))
+        conversations.append({"input": f"Question number {index} about {rng.choice(words)}?",
+                              "output": answer.capitalize() + "."})
+    paraphrased = rng.sample(range(3000), 40)
+    for source in paraphrased:
+        tokens = conversations[source]["output"].split()
+        tokens[rng.randrange(1, len(tokens))] = "zebra"
+        conversations.append({"input": conversations[source]["input"],
+                              "output": " ".join(tokens)})
+    report = DataQualityValidator().analyze(conversations)
+    flagged = {index for index, found in enumerate(report.issues)
+               if any(issue.code == "near_duplicate" for issue in found)}
+    assert flagged == set(range(3000, 3040))
+
+
+def test_report_keys_score_and_verdict():
+    handler = ConversationDataHandler(DATA_DIR / "bad_conversations.json")
+    report = DataQualityValidator().analyze(handler.conversations)
+    result = report.to_dict()
+    for key in ("total_conversations", "valid_conversations", "invalid_conversations",
+                "quality_score", "issues_found", "recommendations", "empty_outputs",
+                "repetitive_outputs", "short_outputs", "gibberish_outputs", "echo_outputs",
+                "incomplete_outputs", "duplicates", "near_duplicates", "verdict", "issue_counts"):
+        assert key in result
+    assert set(result["issue_counts"]) == set(CODES)
+    assert all(result["issue_counts"][code] >= 1 for code in CODES)  # the sample hits each rule
+    assert result["quality_score"] == pytest.approx(2 / 11)
+    assert result["verdict"] == "critical"
+    assert 1 <= len(report.examples) <= 5
+    assert any("--filter" in text for text in report.recommendations)
+    text = report.format_text()
+    assert "18.2%" in text and text.splitlines()[-1].startswith("✗ Data quality is CRITICAL")
+
+
+@pytest.mark.parametrize("valid, verdict, symbol", [
+    (7, "good", "✓"), (6, "warning", "⚠"), (5, "warning", "⚠"), (4, "critical", "✗")])
+def test_verdict_bands(valid, verdict, symbol):
+    report = QualityReport(total=10, valid=valid, issues=[[]] * 10, counts={})
+    assert report.verdict == verdict
+    assert report.verdict_line().startswith(f"{symbol} Data quality is {verdict.upper()}")
+
+
+def test_example_data_scores_at_least_95_percent():
+    handler = ConversationDataHandler(EXAMPLE_DATA)
+    assert len(handler) >= 40
+    report = DataQualityValidator().analyze(handler.conversations)
+    assert report.quality_score >= 0.95, report.format_text()
+
+
+def test_filter_valid_drops_every_flagged_conversation():
+    handler = ConversationDataHandler(DATA_DIR / "bad_conversations.json")
+    kept = DataQualityValidator().filter_valid(handler.conversations)
+    assert [c["output"] for c in kept] == [handler.conversations[0]["output"],
+                                           handler.conversations[10]["output"]]
