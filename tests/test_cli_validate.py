@@ -1,0 +1,132 @@
+"""`main.py validate` in a real subprocess: formats, bad input, exit codes, --filter, --json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import DATA_DIR, EXAMPLE_DATA, REPO_ROOT, run_cli
+
+FORMATS = ["native.json", "native.jsonl", "alpaca.json", "prompt_completion.jsonl",
+           "question_answer.json", "sharegpt.json", "openai_messages.jsonl", "bom.json"]
+BAD_INPUTS = ["not_json.json", "not_json.jsonl", "wrong_top_level.json", "missing_keys.json",
+              "missing_keys.jsonl", "non_string.json", "invalid_utf8.json", "empty.json",
+              "no_such_file.json"]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_every_format_validates_with_exit_0(name):
+    result = run_cli("validate", "--data-file", str(DATA_DIR / name))
+    assert result.returncode == 0, result.stderr
+    assert "Quality score:" in result.stdout
+    assert "✓ Data quality is GOOD" in result.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_unusable_input_exits_2_with_a_one_line_error(name):
+    result = run_cli("validate", "--data-file", str(DATA_DIR / name))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0]
+    assert result.stdout == ""
+
+
+def test_example_data_is_good():
+    result = run_cli("validate", "--data-file", str(EXAMPLE_DATA))
+    assert result.returncode == 0
+    assert "✓ Data quality is GOOD" in result.stdout
+
+
+def test_bad_data_exits_1_and_reports_every_issue():
+    result = run_cli("validate", "--data-file", str(DATA_DIR / "bad_conversations.json"))
+    assert result.returncode == 1, result.stderr
+    assert "Quality score:         18.2%" in result.stdout
+    assert "Examples of problems:" in result.stdout and "Recommendations:" in result.stdout
+    assert result.stdout.rstrip().endswith("✗ Data quality is CRITICAL "
+                                           "(18.2% of 11 conversations are valid)")
+
+
+def test_quiet_prints_only_the_verdict():
+    result = run_cli("validate", "--data-file", str(DATA_DIR / "bad_conversations.json"),
+                     "--quiet")
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        "✗ Data quality is CRITICAL (18.2% of 11 conversations are valid)"]
+
+
+def test_json_report_is_the_only_stdout():
+    result = run_cli("validate", "--data-file", str(DATA_DIR / "bad_conversations.json"), "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["total_conversations"] == 11 and report["valid_conversations"] == 2
+    assert report["verdict"] == "critical" and report["near_duplicates"] == 1
+    assert {entry["index"] for entry in report["issues_found"]} == set(range(1, 10))
+
+
+def test_filter_writes_beside_the_input_and_keeps_the_input(tmp_path):
+    data = tmp_path / "bad_conversations.json"
+    shutil.copy(DATA_DIR / "bad_conversations.json", data)
+    before = data.read_bytes()
+    result = run_cli("validate", "--data-file", str(data), "--filter")
+    assert result.returncode == 1
+    filtered = tmp_path / "bad_conversations_filtered.json"
+    assert f"kept 2 of 11 conversations, removed 9; wrote {filtered}" in result.stdout
+    assert data.read_bytes() == before
+    kept = json.loads(filtered.read_text())
+    assert [c["input"] for c in kept] == ["What is the capital of Italy?", "Name a fruit."]
+    again = run_cli("validate", "--data-file", str(filtered), "--quiet")
+    assert again.returncode == 0
+
+
+def test_filter_of_jsonl_writes_jsonl_and_json_mode_reports_on_stderr(tmp_path):
+    data = tmp_path / "chats.jsonl"
+    shutil.copy(DATA_DIR / "openai_messages.jsonl", data)
+    result = run_cli("validate", "--data-file", str(data), "--filter", "--json")
+    assert result.returncode == 0
+    json.loads(result.stdout)
+    assert "removed 0" in result.stderr
+    lines = (tmp_path / "chats_filtered.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["output"] for line in lines)
+
+
+def test_filter_to_chosen_output(tmp_path):
+    output = tmp_path / "clean.json"
+    result = run_cli("validate", "--data-file", str(DATA_DIR / "bad_conversations.json"),
+                     "--filter", "--output", str(output), "--quiet")
+    assert result.returncode == 1
+    assert len(json.loads(output.read_text())) == 2
+    assert result.stdout.count("\n") == 1  # --quiet: the verdict line only
+
+
+def test_filter_refuses_to_overwrite_the_input(tmp_path):
+    data = tmp_path / "data.json"
+    shutil.copy(DATA_DIR / "bad_conversations.json", data)
+    before = data.read_bytes()
+    result = run_cli("validate", "--data-file", str(data), "--filter", "--output",
+                     str(tmp_path / "." / "data.json"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "input file" in result.stderr
+    assert data.read_bytes() == before
+
+
+def test_output_without_filter_is_an_error(tmp_path):
+    result = run_cli("validate", "--data-file", str(DATA_DIR / "native.json"), "--output",
+                     str(tmp_path / "x.json"))
+    assert result.returncode == 2 and "--filter" in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["validate", "--help"],
+                                  ["validate", "--data-file", str(EXAMPLE_DATA)],
+                                  ["validate", "--data-file", str(DATA_DIR / "empty.json")]])
+def test_help_and_validate_never_import_torch_or_transformers(argv):
+    code = ("import sys\nfrom mtnsails.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'optimum') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=120)
+    assert result.stdout.splitlines()[-1] == "HEAVY []", result.stdout + result.stderr

@@ -1,0 +1,135 @@
+"""ConversationDataHandler: every accepted format, every bad input, the original method names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import DATA_DIR, EXAMPLE_DATA
+
+from mtnsails.data import ConversationDataHandler, DataFormatError, exchanges
+from mtnsails.errors import MtnsailsError
+
+
+@pytest.mark.parametrize("name, count, first", [
+    ("native.json", 3, {"input": "What is a kilometre?"}),
+    ("native.jsonl", 3, {"input": "What do bees make?"}),
+    ("alpaca.json", 3, {"input": "Translate the word into French.\n\ncat",
+                        "output": "The French word for cat is chat, pronounced without the "
+                                  "final t."}),
+    ("prompt_completion.jsonl", 2, {"input": "Write a greeting for a shop sign."}),
+    ("question_answer.json", 2, {"input": "Which planet is closest to the Sun?"}),
+    ("openai_messages.jsonl", 2, {"input": "Can you suggest a classic novel?",
+                                  "system": "Answer like a friendly librarian."}),
+    ("bom.json", 1, {"input": "Is a BOM allowed?"}),
+])
+def test_every_format_loads_into_native_records(name, count, first):
+    handler = ConversationDataHandler.from_file(DATA_DIR / name)
+    assert len(handler) == count
+    assert first.items() <= handler.conversations[0].items()
+    assert all(isinstance(c["input"], str) and isinstance(c["output"], str)
+               for c in handler.conversations)
+
+
+def test_alpaca_without_context_uses_the_instruction_alone():
+    handler = ConversationDataHandler(DATA_DIR / "alpaca.json")
+    assert handler.conversations[1]["input"] == "Give one tip for saving energy at home."
+
+
+def test_sharegpt_keeps_turns_and_system_prompt():
+    handler = ConversationDataHandler(DATA_DIR / "sharegpt.json")
+    conversation = handler.conversations[0]
+    assert conversation["system"] == "You are a patient cooking teacher."
+    assert [q for q, _ in exchanges(conversation)] == ["How do I cook rice?",
+                                                       "And if it sticks to the pot?"]
+    text = handler.format_for_training()[0]
+    assert text.index("How do I cook rice?") < text.index("And if it sticks to the pot?")
+    assert "history" not in handler.conversations[1]
+
+
+def test_openai_multi_turn_becomes_history():
+    conversation = ConversationDataHandler(DATA_DIR / "openai_messages.jsonl").conversations[1]
+    assert conversation["history"] == [{
+        "input": "How long should I steep green tea?",
+        "output": "Steep green tea for two to three minutes in water just below boiling, or it "
+                  "turns bitter."}]
+    assert conversation["input"] == "What temperature exactly?"
+
+
+@pytest.mark.parametrize("name, where", [
+    ("not_json.json", "not valid JSON"),
+    ("not_json.jsonl", "line 2: not valid JSON"),
+    ("wrong_top_level.json", "expected a JSON array of conversations, got an object"),
+    ("missing_keys.json", "record 1: missing 'output'"),
+    ("missing_keys.jsonl", "line 3: missing 'completion'"),
+    ("non_string.json", "record 1: 'output' must be a string, got a number"),
+    ("invalid_utf8.json", "line 2: not valid UTF-8"),
+    ("empty.json", "the file is empty"),
+    ("no_such_file.json", "no such file"),
+])
+def test_bad_input_names_file_and_place_in_one_line(name, where):
+    with pytest.raises(DataFormatError) as caught:
+        ConversationDataHandler(DATA_DIR / name)
+    message = str(caught.value)
+    assert message.startswith(str(DATA_DIR / name) + ": ")
+    assert where in message and "\n" not in message
+    assert isinstance(caught.value, MtnsailsError)
+
+
+def test_bad_turn_inside_a_record_is_located(tmp_path):
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps([{"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "robot", "content": "beep"}]}]))
+    with pytest.raises(DataFormatError, match=r"record 0: messages\[1\]: unsupported role"):
+        ConversationDataHandler(path)
+
+
+def test_original_method_names_still_work(tmp_path):
+    handler = ConversationDataHandler()
+    handler.load_from_json(EXAMPLE_DATA)
+    loaded = handler.len()
+    handler.add_conversation({"input": "What is 2+2?", "output": "Two plus two makes four."})
+    handler.add_conversations([{"question": "Is water wet?", "answer": "Water makes other things "
+                                                                       "wet when they touch it."}])
+    assert len(handler) == loaded + 2
+    assert handler.format_for_training()[loaded] == ("User: What is 2+2?\n"
+                                                     "Assistant: Two plus two makes four.")
+    assert handler.get_batch(2, start_idx=loaded) == handler.conversations[loaded:]
+    ok, reasons = handler.validate_conversation_quality({"input": "Hi", "output": "Hello"},
+                                                        check_length=False)
+    assert not ok and reasons == ["output ends mid-sentence without closing punctuation: 'Hello'"]
+    report = handler.analyze_dataset_quality()
+    assert report["total_conversations"] == loaded + 2 and report["quality_score"] >= 0.95
+    assert len(handler.filter_valid_conversations()) == report["valid_conversations"]
+    saved = tmp_path / "saved.json"
+    handler.save_to_json(saved)
+    assert ConversationDataHandler(saved).conversations == handler.conversations
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_save_and_load_round_trip(tmp_path, suffix):
+    original = ConversationDataHandler(DATA_DIR / "sharegpt.json")
+    original.add_conversation({"input": "Ça va ?", "output": "Très bien, merci beaucoup !"})
+    path = tmp_path / f"out{suffix}"
+    original.save_to_json(path)
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".jsonl":
+        assert len(text.splitlines()) == 3 and text.lstrip().startswith("{")
+    else:
+        assert text.lstrip().startswith("[")
+    assert "Très bien" in text  # stored as UTF-8, not \\u escapes
+    assert ConversationDataHandler(path).conversations == original.conversations
+
+
+def test_save_into_missing_directory_is_a_clear_error(tmp_path):
+    handler = ConversationDataHandler(DATA_DIR / "native.json")
+    with pytest.raises(DataFormatError, match="does not exist"):
+        handler.save_to_json(tmp_path / "missing" / "out.json")
+
+
+def test_training_segments_separate_prompt_and_response():
+    handler = ConversationDataHandler(DATA_DIR / "native.json")
+    segments = handler.training_segments()[0]
+    assert [s.is_response for s in segments] == [False, True]
+    assert segments[0].text == "User: What is a kilometre?\nAssistant:"
+    assert segments[1].text.startswith(" A kilometre")
