@@ -180,6 +180,7 @@ URL_HINTS = ("://", "www.", ".com", ".org", ".net", ".io", ".htm", ".php")  # ch
 CODE_RE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.DOTALL)
 SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?…])\s+|\n+")
 PARAGRAPH_SPLIT_RE = re.compile(r"\n{2,}")
+HEADING_RE = re.compile(r"^\s*#{1,6}\s", re.MULTILINE)  # markdown headings are not symbol soup
 LIST_ITEM_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s")
 TERMINAL = set(".!?…。！？")
 PUNCTUATION = str.maketrans("", "", ".,;:!?\"'()")  # not counted in word lengths
@@ -321,7 +322,8 @@ def gibberish_reason(text: str, config: QualityConfig) -> str | None:
         return f"has a mean word length of {mean:.1f} characters (expected {low:g}-{high:g})"
     if len(words) < config.gopher_min_words:
         return None
-    symbols = prose.count("#") + prose.count("...") + prose.count("…")
+    hashes = HEADING_RE.sub("", prose).count("#") if "#" in prose else 0
+    symbols = hashes + prose.count("...") + prose.count("…")
     if symbols / len(words) > config.max_symbol_word_ratio:
         return (f"has {symbols} '#' or '...' symbols for {len(words)} words "
                 f"(limit {config.max_symbol_word_ratio} per word)")

@@ -110,6 +110,26 @@ def test_gopher_repetition_rules_fire_on_long_texts(text, reason_part):
     assert reasons and reason_part in reasons[0]
 
 
+def test_markdown_headings_in_a_long_answer_are_not_symbol_soup():
+    text = ("# Rivers\n\nRivers shape the land over thousands of years and carry sand downstream "
+            "to the sea.\n\n## Deltas\n\nWhere a river slows near the coast it drops its load "
+            "and builds a delta of fertile mud that farmers have used since ancient times.\n\n"
+            "## Floods\n\nFloods are the price of that richness, so delta cities rely on dikes "
+            "and pumps.")
+    assert len(text.split()) >= QualityConfig().gopher_min_words
+    assert codes(text) == []
+
+
+@pytest.mark.parametrize("text, reason_part", [
+    (" ".join(f"Step {i}... then wait... and see." for i in range(12)), "'#' or '...' symbols"),
+    (" ".join(f"temperature {i} {i + 1}" for i in range(20)) + ".", "of its words"),
+])
+def test_gopher_quality_rules_fire_on_long_texts(text, reason_part):
+    issues = DataQualityValidator().check({"input": "Tell me", "output": text})
+    reasons = [issue.reason for issue in issues if issue.code == "gibberish_output"]
+    assert reasons and reason_part in reasons[0], issues
+
+
 def test_compression_ratio_catches_a_short_loop_without_repeated_sentences():
     text = "na na hey hey " * 8 + "goodbye to you now."
     issues = DataQualityValidator().check({"input": "Sing", "output": text})
