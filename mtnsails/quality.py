@@ -12,10 +12,10 @@ Imports only the standard library and numpy: `validate` must start fast and neve
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 import zlib
-import itertools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -50,9 +50,10 @@ class QualityConfig:
     max_duplicate_paragraph_fraction: float = 0.30
     max_duplicate_paragraph_char_fraction: float = 0.20
     # Gopher: character fraction covered by the most frequent 2-, 3-, 4-gram.
-    max_top_ngram_char_fraction: tuple = ((2, 0.20), (3, 0.18), (4, 0.16))
+    max_top_ngram_char_fraction: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
     # Gopher: character fraction in duplicated 5..10-grams.
-    max_duplicate_ngram_char_fraction: tuple = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12),
+    max_duplicate_ngram_char_fraction: tuple[tuple[int, float], ...] = (
+        (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12),
                                                 (9, 0.11), (10, 0.10))
     # Whisper treats a segment whose gzip compression ratio exceeds 2.4 as repetitive; a short
     # text compresses too little for the ratio to mean anything, hence the length floor.
@@ -74,7 +75,7 @@ class QualityConfig:
     # Gopher mean word length 3..10 characters. The upper bound applies from
     # `min_output_words` (keyboard mash makes long "words"); the lower one from
     # `gopher_min_words` ("If I do it, I am on my way." is fine English with mean 2.0).
-    mean_word_length_range: tuple = (3.0, 10.0)
+    mean_word_length_range: tuple[float, float] = (3.0, 10.0)
     # Echo (original rule: 0.6): share of output words that also occur in the input. It only
     # counts as echo when the output also adds no content word of its own, so a restated
     # question followed by the actual answer passes.
@@ -436,11 +437,12 @@ class DataQualityValidator:
             for code in {issue.code for issue in found}:
                 counts[code] += 1
         valid = sum(1 for found in issues if not found)
+        flagged = ((index, found) for index, found in enumerate(issues) if found)
         examples = [{"index": index, "input": _snippet(conversations[index].get("input", "")),
                      "output": _snippet(conversations[index].get("output", "")),
                      "codes": [issue.code for issue in found],
                      "issues": [issue.reason for issue in found]}
-                    for index, found in enumerate(issues) if found][: self.config.max_examples]
+                    for index, found in itertools.islice(flagged, self.config.max_examples)]
         report = QualityReport(total=len(conversations), valid=valid, issues=issues,
                                counts=counts, examples=examples)
         report.recommendations = recommendations(report, self.config)
