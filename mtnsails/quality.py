@@ -53,8 +53,7 @@ class QualityConfig:
     max_top_ngram_char_fraction: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
     # Gopher: character fraction in duplicated 5..10-grams.
     max_duplicate_ngram_char_fraction: tuple[tuple[int, float], ...] = (
-        (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12),
-                                                (9, 0.11), (10, 0.10))
+        (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
     # Whisper treats a segment whose gzip compression ratio exceeds 2.4 as repetitive; a short
     # text compresses too little for the ratio to mean anything, hence the length floor.
     max_compression_ratio: float = 2.4
