@@ -233,3 +233,17 @@ def test_filter_valid_drops_every_flagged_conversation():
     kept = DataQualityValidator().filter_valid(handler.conversations)
     assert [c["output"] for c in kept] == [handler.conversations[0]["output"],
                                            handler.conversations[10]["output"]]
+
+
+def test_long_texts_use_word_5_gram_shingles_and_still_catch_small_edits():
+    rng = random.Random(3)
+    words = "river stone cloud apple engine garden violin winter market lantern".split()
+    text = " ".join(rng.choice(words) for _ in range(150)) + "."
+    edited = text.split()
+    edited[40], edited[90] = "zebra", "yak"
+    other = " ".join(rng.choice(words) for _ in range(150)) + "."
+    report = DataQualityValidator().analyze([
+        {"input": "Long one?", "output": text}, {"input": "Other?", "output": other},
+        {"input": "Long one?", "output": " ".join(edited)}])
+    assert [[issue.code for issue in found] for found in report.issues] == [
+        [], [], ["near_duplicate"]]
