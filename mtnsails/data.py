@@ -63,8 +63,11 @@ class ConversationDataHandler:
         return cls(path, template=template)
 
     def load_from_json(self, path: str | os.PathLike) -> list[dict]:
-        """Read a JSON or JSONL file, append its normalised conversations and return them.
+        """Read a JSON or JSONL file; its normalised conversations replace the held ones.
 
+        Replacing, as the original did, keeps `ConversationDataHandler(path)` followed by
+        `load_from_json(path)` (a pattern of scripts for the original) from doubling the data;
+        use `add_conversations` to combine files.
         Raises `DataFormatError` with a one-line message naming the file and the record or line.
         """
         path = Path(path)
@@ -72,7 +75,7 @@ class ConversationDataHandler:
                    for where, record in read_records(path)]
         if not records:
             raise DataFormatError(f"{path}: contains no conversations")
-        self.conversations.extend(records)
+        self.conversations = records
         self.data_path = path
         return records
 

@@ -85,9 +85,10 @@ def test_bad_turn_inside_a_record_is_located(tmp_path):
 
 
 def test_original_method_names_still_work(tmp_path):
-    handler = ConversationDataHandler()
-    handler.load_from_json(EXAMPLE_DATA)
+    handler = ConversationDataHandler(EXAMPLE_DATA)
+    handler.load_from_json(EXAMPLE_DATA)  # loading again replaces, as in the original
     loaded = handler.len()
+    assert loaded == len(ConversationDataHandler(EXAMPLE_DATA).conversations)
     handler.add_conversation({"input": "What is 2+2?", "output": "Two plus two makes four."})
     handler.add_conversations([{"question": "Is water wet?", "answer": "Water makes other things "
                                                                        "wet when they touch it."}])
@@ -104,6 +105,8 @@ def test_original_method_names_still_work(tmp_path):
     saved = tmp_path / "saved.json"
     handler.save_to_json(saved)
     assert ConversationDataHandler(saved).conversations == handler.conversations
+    handler.add_conversations(ConversationDataHandler(DATA_DIR / "native.jsonl").conversations)
+    assert len(handler) == loaded + 5  # combining files goes through add_conversations
 
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
