@@ -27,6 +27,9 @@ JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 
 # Simple pair formats: (key of the question, key of the answer).
 PAIR_KEYS = (("input", "output"), ("prompt", "completion"), ("question", "answer"))
+# Keys that mark an object as one conversation record (of any accepted format).
+RECORD_KEYS = {key for pair in PAIR_KEYS for key in pair} | {"instruction", "conversations",
+                                                             "messages"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
 KNOWN_FORMATS = ("input/output, instruction/output, prompt/completion, question/answer, "
@@ -171,6 +174,8 @@ def read_records(path: Path) -> list[tuple[str, Any]]:
         wrapped = data.get("conversations")
         if isinstance(wrapped, list) and wrapped and not _is_sharegpt_turn(wrapped[0]):
             data = wrapped  # {"conversations": [record, ...]}
+        elif RECORD_KEYS & data.keys():
+            data = [data]  # a single conversation, which the original accepted too
     if not isinstance(data, list):
         raise DataFormatError(f"{path}: expected a JSON array of conversations, "
                               f"got {_json_type(data)}")

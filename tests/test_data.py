@@ -76,6 +76,16 @@ def test_bad_input_names_file_and_place_in_one_line(name, where):
     assert isinstance(caught.value, MtnsailsError)
 
 
+@pytest.mark.parametrize("record", [
+    {"input": "Just one?", "output": "Yes, a file may hold a single conversation object."},
+    {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
+])
+def test_a_single_conversation_object_is_accepted(tmp_path, record):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(record))
+    assert len(ConversationDataHandler(path)) == 1
+
+
 def test_bad_turn_inside_a_record_is_located(tmp_path):
     path = tmp_path / "chat.json"
     path.write_text(json.dumps([{"messages": [{"role": "user", "content": "hi"},
