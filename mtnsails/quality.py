@@ -180,6 +180,8 @@ URL_HINTS = ("://", "www.", ".com", ".org", ".net", ".io", ".htm", ".php")  # ch
 CODE_RE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.DOTALL)
 SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?…])\s+|\n+")
 PARAGRAPH_SPLIT_RE = re.compile(r"\n{2,}")
+# Chinese and Japanese write without spaces between words.
+CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 HEADING_RE = re.compile(r"^\s*#{1,6}\s", re.MULTILINE)  # markdown headings are not symbol soup
 LIST_ITEM_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s")
 TERMINAL = set(".!?…。！？")
@@ -199,6 +201,13 @@ FILLER_WORDS = frozenset(
 
 def _is_emoji(char: str) -> bool:
     return ord(char) >= 0x2190 and unicodedata.category(char) in ("So", "Sk")
+
+
+def word_count(text: str) -> int:
+    """Words separated by spaces; each Chinese/Japanese character counts as a word of its own."""
+    if not CJK_RE.search(text):
+        return len(text.split())
+    return len(WORD_RE.findall(CJK_RE.sub(" ", text))) + len(CJK_RE.findall(text))
 
 
 def _duplicates(items: list[str]) -> tuple[int, int, str, int]:
@@ -317,7 +326,7 @@ def gibberish_reason(text: str, config: QualityConfig) -> str | None:
     words = prose.split()
     low, high = config.mean_word_length_range
     mean = len("".join(words).translate(PUNCTUATION)) / max(len(words), 1)
-    if ((mean > high and len(words) >= config.min_output_words)
+    if ((mean > high and len(words) >= config.min_output_words and not CJK_RE.search(prose))
             or (mean < low and len(words) >= config.gopher_min_words)):
         return f"has a mean word length of {mean:.1f} characters (expected {low:g}-{high:g})"
     if len(words) < config.gopher_min_words:
@@ -400,10 +409,10 @@ class DataQualityValidator:
         if not output.strip():
             return [("empty_output", "output is empty")]
         found = []
-        words = output.split()
-        if len(words) < config.min_output_words:
-            found.append(("short_output", f"output has only {len(words)} word"
-                          f"{'s' if len(words) != 1 else ''} ({_quote(output)}); answers need at "
+        count = word_count(output)
+        if count < config.min_output_words:
+            found.append(("short_output", f"output has only {count} word"
+                          f"{'s' if count != 1 else ''} ({_quote(output)}); answers need at "
                           f"least {config.min_output_words}"))
         tokens = WORD_RE.findall(output.lower())
         for code, reason in (("repetitive_output", repetition_reason(output, tokens, config)),

@@ -21,6 +21,9 @@ GOOD_ANSWERS = [
     "That is wonderful news, congratulations 🎉",
     "Numbers such as 2, 3, 5, 7 and 11 are prime.",
     "See https://docs.python.org/3/ for the full tutorial on lists and loops.",
+    "巴黎是法国的首都，也是最大的城市。",
+    "日本の首都は東京です。",
+    "Python — это популярный язык программирования.",
 ]
 
 
