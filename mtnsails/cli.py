@@ -70,11 +70,72 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-file", help="training conversations (default: packaged examples)")
+    group = parser.add_argument_group("training")
+    group.add_argument("--data-file", help="training conversations, .json or .jsonl "
+                       "(default: the packaged example conversations)")
+    group.add_argument("--model-name", default="distilgpt2",
+                       help="hub model name, a local model directory (e.g. ./trained_model to "
+                       "retrain) or 'tiny' for the embedded offline model (default: distilgpt2, "
+                       "falls back to tiny when it cannot be had)")
+    group.add_argument("--output-dir", default="./trained_model",
+                       help="where the trained model goes (default: ./trained_model)")
+    group.add_argument("--epochs", type=int, help="passes over the data (default: 3; tiny: 40)")
+    group.add_argument("--batch-size", type=int, default=4, help="examples per device step (default: 4)")
+    group.add_argument("--learning-rate", type=float,
+                       help="peak learning rate (default: 5e-5; tiny: 1e-3)")
+    group.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"),
+                       help="where to train; auto picks a GPU when there is one (default: cpu)")
+    group.add_argument("--force", action="store_true",
+                       help="train even when the data quality score is below 50%%")
+    group.add_argument("--eval-split", type=float, help="fraction held out for eval loss "
+                       "(default: 0.1 with >= 20 conversations, else none; tiny: none)")
+    group.add_argument("--early-stopping-patience", type=int,
+                       help="stop after N evaluations without a better eval loss (default: off)")
+    group.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    group.add_argument("--warmup-ratio", type=float, default=0.0,
+                       help="fraction of steps with a rising learning rate (default: 0)")
+    group.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
+    group.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                       help="steps whose gradients add up before one update (default: 1)")
+    group.add_argument("--max-length", type=int, default=256,
+                       help="tokens per example; longer ones lose context from the left (default: 256)")
+    group.add_argument("--save-steps", type=int, default=100,
+                       help="checkpoint every N steps into <output-dir>.checkpoints (default: 100)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its last checkpoint")
+    group.add_argument("--quiet", action="store_true", help="no progress bars or reports")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="allow a hub model to run its own Python code (only for models you trust)")
+
+
+def train_from_args(args: argparse.Namespace):
+    """Run the quality gate and training that `train` describes; return the model directory."""
+    from mtnsails.data import ConversationDataHandler
+    from mtnsails.trainer import LLMTrainer, TrainingConfig, packaged_example_data, quality_gate
+
+    config = TrainingConfig(
+        model_name=args.model_name, output_dir=args.output_dir, num_epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, max_length=args.max_length,
+        eval_split=args.eval_split, early_stopping_patience=args.early_stopping_patience,
+        seed=args.seed, device=args.device, save_steps=args.save_steps, resume=args.resume,
+        quiet=args.quiet, trust_remote_code=args.trust_remote_code)
+    config.validate()
+    data_file = args.data_file or packaged_example_data()
+    conversations = ConversationDataHandler.from_file(data_file).conversations
+    quality_gate(conversations, force=args.force, quiet=args.quiet)
+    trainer = LLMTrainer(config=config)
+    result = trainer.train_conversations(conversations, data_file=data_file)
+    path = trainer.save_model()
+    if trainer.is_main_process:
+        print(result.summary(path))
+    return path
 
 
 def run_train(args: argparse.Namespace) -> int:
-    raise MtnsailsError("train is not implemented yet")
+    train_from_args(args)
+    return 0
 
 
 # -- convert ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -27,6 +28,32 @@ from mtnsails.errors import MtnsailsError
 from mtnsails.template import ChatTemplate, Segment
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+QUALITY_BLOCKS = "critical"  # verdict (< 50 % valid conversations) that stops training without --force
+
+
+def packaged_example_data() -> Path:
+    """The example conversations shipped with mtnsails (what `train` uses without --data-file)."""
+    return Path(__file__).resolve().parent / "resources" / "example_conversations.json"
+
+
+def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = False):
+    """Show the data-quality report; refuse a critical data set unless `force`. Returns the report."""
+    from mtnsails.quality import DataQualityValidator
+
+    report = DataQualityValidator().analyze(conversations)
+    if not _is_main_process():
+        return report
+    if not quiet:
+        print(report.format_text())
+    score = f"{report.quality_score:.0%}"
+    if report.verdict == QUALITY_BLOCKS and not force:
+        raise MtnsailsError(f"data quality {score} is below 50 %: fix the data (`validate --filter` "
+                            "keeps the good conversations) or pass --force to train anyway")
+    if report.verdict != "good":
+        print(f"warning: data quality is {score} ({report.verdict}); training anyway",
+              file=sys.stderr)
+    return report
+
 
 
 @dataclass
@@ -90,6 +117,15 @@ class TrainingResult:
     truncated: int
     loss_history: list[dict]
 
+    def summary(self, path: str | os.PathLike) -> str:
+        """The lines `train` ends with: where the model is, its losses, the next command."""
+        losses = f"final train loss {self.train_loss:.4f}"
+        if self.eval_loss is not None:
+            losses += f", eval loss {self.eval_loss:.4f} (perplexity {self.perplexity:.2f})"
+        shown = os.path.relpath(path) if Path(path).is_relative_to(Path.cwd()) else str(path)
+        return (f"Model saved to {shown} ({self.examples} examples)\n{losses}\n"
+                f"Next: python main.py convert --model-path {shlex.quote(shown)}")
+
 
 class TrainingInterrupted(MtnsailsError):
     """Ctrl-C during training: a checkpoint was saved and the run can be resumed."""
@@ -121,6 +157,11 @@ class LLMTrainer:
         self.result: TrainingResult | None = None
         self._settings: dict = {}
         self._data_info: dict = {"data_file": None, "data_sha256": None}
+
+    @property
+    def is_main_process(self) -> bool:
+        """False on the other ranks of a torchrun/accelerate run (only rank 0 writes files)."""
+        return _is_main_process()
 
     # -- the original API ----------------------------------------------------------------------
 
@@ -295,7 +336,7 @@ class LLMTrainer:
             metric_for_best_model="eval_loss" if has_eval else None,
             greater_is_better=False,
             logging_strategy="steps",
-            logging_steps=max(1, min(10, steps_per_epoch * epochs // 20)),
+            logging_steps=max(1, steps_per_epoch * epochs // 25),  # about 25 points for loss.png
             group_by_length=True,
             remove_unused_columns=False,
             disable_tqdm=config.quiet,

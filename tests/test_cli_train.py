@@ -1,0 +1,128 @@
+"""`python main.py train` in real subprocesses: errors, fallback, Ctrl-C + --resume, torchrun."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
+from mtnsails.files import file_sha256
+
+# A model this small gains nothing from threads, and two threads per process thrash on a CPU
+# that other test processes share.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.json"
+    path.write_text(json.dumps(TINY_CONVERSATIONS))
+    return path
+
+
+def assert_one_line_error(result, *phrases):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0]
+
+
+@pytest.mark.parametrize("args, phrases", [
+    (["--data-file", "missing.json"], ["missing.json", "no such file"]),
+    (["--epochs", "0"], ["--epochs must be greater than 0"]),
+    (["--learning-rate", "-1"], ["--learning-rate must be greater than 0"]),
+    (["--eval-split", "1"], ["--eval-split"]),
+])
+def test_bad_settings_are_refused_before_anything_loads(args, phrases, tmp_path):
+    result = run_cli("train", "--output-dir", str(tmp_path / "out"), *args)
+    assert_one_line_error(result, *phrases)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_model_names_are_one_line_errors(tmp_path, tiny_data):
+    (tmp_path / "not_a_model").mkdir()
+    for name, phrase in [("someone/no-such-model", "--model-name tiny"),
+                         (str(tmp_path / "not_a_model"), "not a saved model")]:
+        result = run_cli("train", "--data-file", str(tiny_data), "--model-name", name,
+                         "--output-dir", str(tmp_path / "out"), "--quiet")
+        assert_one_line_error(result, phrase)
+
+
+def test_a_critical_data_set_blocks_training_unless_forced(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"input": f"Question {i}?", "output": "ok ok ok ok ok ok ok ok"}
+                               for i in range(10)]))
+    result = run_cli("train", "--data-file", str(bad), "--model-name", "tiny",
+                     "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 2 and "--force" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_model_offline_falls_back_to_the_embedded_model_with_one_notice(tmp_path, tiny_data):
+    result = run_cli("train", "--data-file", str(tiny_data), "--epochs", "1",
+                     "--output-dir", str(tmp_path / "out"), "--quiet", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    notices = [line for line in result.stderr.splitlines() if "embedded" in line]
+    assert len(notices) == 1 and notices[0].startswith("note: distilgpt2 ")
+    assert json.loads((tmp_path / "out" / "mtnsails.json").read_text())["embedded"] is True
+    assert "Next: python main.py convert --model-path" in result.stdout
+
+
+def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_data,
+                                                            trained_tiny_model_dir):
+    import shutil
+
+    output = tmp_path / "model"
+    shutil.copytree(trained_tiny_model_dir, output)  # a good model from an earlier run
+    before = {path.name: file_sha256(path) for path in output.iterdir()}
+    checkpoints = tmp_path / "model.checkpoints"
+    args = ["train", "--model-name", "tiny", "--data-file", str(tiny_data), "--epochs", "60",
+            "--save-steps", "5", "--output-dir", str(output)]
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *args, "--quiet"],
+                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**__import__("os").environ, **ONE_THREAD})
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("checkpoint-*")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr.splitlines()[-1]
+    assert {path.name: file_sha256(path) for path in output.iterdir()} == before
+    interrupted_at = max(int(path.name.split("-")[1]) for path in checkpoints.glob("checkpoint-*"))
+    assert interrupted_at < 120  # 60 epochs x 2 steps: it stopped early
+
+    result = run_cli(*args, "--resume", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((output / "mtnsails.json").read_text())
+    steps = [entry["step"] for entry in meta["loss_history"]]
+    assert steps[0] < interrupted_at and steps[-1] == 120  # the history spans both runs
+    assert file_sha256(output / "model.safetensors") != before["model.safetensors"]
+    assert not checkpoints.exists()  # a finished run leaves nothing to resume
+    assert "Model saved to" in result.stdout
+
+
+def test_two_process_data_parallel_training_on_cpu(tmp_path, tiny_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    output = tmp_path / "ddp_model"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", str(REPO_ROOT / "main.py"), "train", "--model-name", "tiny", "--data-file",
+               str(tiny_data), "--epochs", "2", "--output-dir", str(output), "--quiet"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, **ONE_THREAD})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Model saved to") == 1  # rank 0 alone writes and reports
+    assert not list(tmp_path.glob(".ddp_model.*"))  # no leftover staging directories
+    meta = json.loads((output / "mtnsails.json").read_text())
+    assert meta["settings"]["num_epochs"] == 2
+    AutoModelForCausalLM.from_pretrained(output)
+    AutoTokenizer.from_pretrained(output)

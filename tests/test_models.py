@@ -1,0 +1,64 @@
+"""Model resolution: `--model-name` to (model, tokenizer), offline, in a fixed order."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY_CONVERSATIONS
+from mtnsails.errors import MtnsailsError
+from mtnsails.models import build_embedded_model, resolve_model
+
+TEXTS = [f"User: {c['input']}\nAssistant: {c['output']}" for c in TINY_CONVERSATIONS]
+
+
+def test_tiny_is_the_embedded_model_with_a_tokenizer_trained_on_the_data():
+    resolved = resolve_model("tiny", TEXTS)
+    assert resolved.embedded and resolved.source == "embedded" and resolved.notice is None
+    tokenizer = resolved.tokenizer
+    assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
+    assert "token_type_ids" not in tokenizer("hello")
+    # words of the data are whole tokens, so the model learns them in few steps
+    assert len(tokenizer(" Shakespeare", add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_embedded_model_is_built_identically_every_time():
+    # every rank of a distributed run builds it on its own: they must agree bit for bit
+    model_a, tokenizer_a = build_embedded_model(TEXTS)
+    model_b, tokenizer_b = build_embedded_model(TEXTS)
+    assert tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
+    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+        assert a.equal(b), name
+
+
+def test_a_local_model_directory_comes_first(untrained_tiny_model_dir):
+    resolved = resolve_model(str(untrained_tiny_model_dir))
+    assert resolved.source == "local directory" and resolved.metadata == {}
+    assert resolved.model.config.model_type == "gpt2"
+
+
+def test_an_earlier_mtnsails_model_keeps_its_metadata(trained_tiny_model_dir):
+    resolved = resolve_model(str(trained_tiny_model_dir))
+    assert resolved.embedded and resolved.metadata["format"] == "mtnsails-model"
+    assert resolved.metadata["template"]["template"] == "User: {input}\nAssistant: {output}"
+
+
+def test_a_directory_that_is_not_a_model_is_an_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(MtnsailsError, match="no config.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(MtnsailsError, match="no such directory"):
+        resolve_model(str(tmp_path / "missing") + "/")
+
+
+def test_an_unknown_name_offline_is_an_error_with_a_hint_never_a_substitute():
+    # conftest sets HF_HUB_OFFLINE=1: this fails at once instead of retrying the network
+    with pytest.raises(MtnsailsError, match="--model-name tiny") as error:
+        resolve_model("someone/no-such-model")
+    assert "HF_HUB_OFFLINE" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_default_distilgpt2_falls_back_to_the_embedded_model_offline():
+    resolved = resolve_model("distilgpt2", TEXTS)
+    assert resolved.embedded and resolved.name == "distilgpt2"
+    assert resolved.notice.startswith("note: distilgpt2 is not in the local cache")
+    assert "learns only from your data" in resolved.notice and "\n" not in resolved.notice

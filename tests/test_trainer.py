@@ -1,0 +1,132 @@
+"""LLMTrainer: learns the answers (not the prompts), pads per batch, writes a standard model dir."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import TINY_CONVERSATIONS
+from mtnsails.data import exchanges
+from mtnsails.template import ChatTemplate, Segment
+from mtnsails.trainer import LLMTrainer, PaddingCollator, TrainingConfig, encode_segments, parse_text
+
+
+def greedy_answer(model, tokenizer, conversation: dict) -> str:
+    """Build the prompt the way chat does (segments + EOS after answers) and decode greedily."""
+    turns = exchanges(conversation)[:-1] + [(conversation["input"], None)]
+    ids: list[int] = []
+    for segment in ChatTemplate().segments(turns, conversation.get("system")):
+        ids += tokenizer(segment.text, add_special_tokens=False)["input_ids"]
+        ids += [tokenizer.eos_token_id] if segment.is_response else []
+    output = model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False,
+                            pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(output[0, len(ids):], skip_special_tokens=True).strip()
+
+
+def test_the_trained_model_answers_its_questions_and_loads_with_plain_auto_classes(
+        trained_tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(trained_tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(trained_tiny_model_dir)
+    for conversation in (TINY_CONVERSATIONS[0], TINY_CONVERSATIONS[-1]):  # single and multi-turn
+        assert greedy_answer(model, tokenizer, conversation) == conversation["output"]
+    # it learned to stop: EOS comes right after the answer
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_the_model_directory_records_how_it_was_made(trained_tiny_model_dir):
+    files = {path.name for path in trained_tiny_model_dir.iterdir()}
+    assert {"model.safetensors", "tokenizer.json", "generation_config.json", "mtnsails.json",
+            "loss.png"} <= files
+    assert not any(name.endswith(".bin") for name in files)
+    meta = json.loads((trained_tiny_model_dir / "mtnsails.json").read_text())
+    assert meta["format"] == "mtnsails-model" and meta["version"] == 1
+    assert meta["base_model"] == "tiny" and meta["embedded"] is True
+    assert meta["template"] == ChatTemplate().to_dict() and len(meta["data_sha256"]) == 64
+    assert meta["settings"]["num_epochs"] == 60 and meta["context_length"] == 512
+    losses = [entry["loss"] for entry in meta["loss_history"] if "loss" in entry]
+    assert losses[-1] == meta["train_loss"] < losses[0] / 10
+    assert not trained_tiny_model_dir.with_name("model.checkpoints").exists()
+
+
+def test_prompt_tokens_are_not_learned_and_each_answer_ends_in_a_learned_eos(
+        untrained_tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(untrained_tiny_model_dir)
+    eos = tokenizer.eos_token_id
+    segments = list(ChatTemplate().segments([("Hi", "Hello!"), ("Bye", "See you.")]))
+    item = encode_segments(tokenizer, segments, max_length=256)
+    prompt = tokenizer("User: Hi\nAssistant:", add_special_tokens=False)["input_ids"]
+    answer = tokenizer(" Hello!", add_special_tokens=False)["input_ids"]
+    assert item["input_ids"][: len(prompt) + len(answer) + 1] == prompt + answer + [eos]
+    assert item["labels"][: len(prompt)] == [-100] * len(prompt)
+    assert item["labels"][len(prompt): len(prompt) + len(answer) + 1] == answer + [eos]
+    assert item["labels"][-1] == eos and item["truncated"] == 0  # the second answer too
+
+
+def test_batches_are_padded_to_their_longest_example_and_padding_is_not_learned(
+        untrained_tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(untrained_tiny_model_dir)
+    short, long = (encode_segments(tokenizer, list(ChatTemplate().segments([(q, a)])), 256)
+                   for q, a in [("Hi", "Hello!"), ("What is the capital of France?",
+                                                   "The capital of France is Paris.")])
+    batch = PaddingCollator(tokenizer.pad_token_id)([short, long])
+    assert batch["input_ids"].shape == (2, long["length"])  # dynamic: not 256
+    padding = long["length"] - short["length"]
+    assert batch["attention_mask"][0].tolist() == [1] * short["length"] + [0] * padding
+    assert batch["labels"][0].tolist() == short["labels"] + [-100] * padding
+    assert batch["labels"][1].tolist() == long["labels"]
+
+
+def test_long_examples_lose_context_from_the_left_but_keep_their_answer(untrained_tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(untrained_tiny_model_dir)
+    history = [("Tell me more.", "There is a lot to tell about many things.")] * 10
+    segments = list(ChatTemplate().segments([*history, ("Last question?", "Final answer.")]))
+    item = encode_segments(tokenizer, segments, max_length=40)
+    assert item["truncated"] == 1 and item["length"] == 40
+    assert tokenizer.decode(item["input_ids"]).endswith(
+        "User: Last question?\nAssistant: Final answer.<|endoftext|>")
+    # an answer longer than the window keeps its question and loses its end (reported as 2)
+    segments = list(ChatTemplate().segments([("Why?", "Because " * 100)]))
+    item = encode_segments(tokenizer, segments, max_length=40)
+    assert item["truncated"] == 2 and item["length"] == 40
+    assert tokenizer.decode(item["input_ids"]).startswith("User: Why?\nAssistant: Because")
+
+
+def test_original_texts_are_parsed_back_into_prompt_and_answer():
+    template = ChatTemplate()
+    assert parse_text("User: Hi there\nAssistant: Hello!", template) == [
+        Segment("User: Hi there\nAssistant:", False), Segment(" Hello!", True)]
+    assert parse_text("free text", template) == [Segment("free text", True)]
+
+
+def test_original_api_and_retraining_with_an_eval_split(trained_tiny_model_dir, tmp_path):
+    # the original three-argument constructor and train(texts, ...) / save_model() / load
+    trainer = LLMTrainer(str(trained_tiny_model_dir), str(tmp_path / "out"), "cpu")
+    trainer.config.eval_split, trainer.config.quiet = 0.25, True
+    texts = [f"User: {c['input']}\nAssistant: {c['output']}" for c in TINY_CONVERSATIONS]
+    result = trainer.train(texts, num_epochs=2, batch_size=4, learning_rate=1e-4, save_steps=100)
+    evaluations = [entry for entry in result.loss_history if "eval_loss" in entry]
+    assert len(evaluations) == 2  # one per epoch
+    assert result.eval_loss == min(entry["eval_loss"] for entry in evaluations)
+    assert math.isclose(result.perplexity, math.exp(result.eval_loss))
+    path = trainer.save_model()
+    assert path == str(tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "mtnsails.json").read_text())
+    assert meta["base_model"] == "tiny" and meta["settings"]["eval_examples"] == 2
+    reloaded = LLMTrainer()
+    reloaded.load_trained_model(path)
+    assert greedy_answer(reloaded.model, reloaded.tokenizer, TINY_CONVERSATIONS[1]) == \
+        TINY_CONVERSATIONS[1]["output"]
+
+
+def test_settings_out_of_range_are_one_line_errors():
+    import pytest
+
+    from mtnsails.errors import MtnsailsError
+
+    for settings, flag in [({"num_epochs": 0}, "--epochs"), ({"batch_size": -1}, "--batch-size"),
+                           ({"eval_split": 1.5}, "--eval-split"), ({"device": "tpu"}, "--device")]:
+        with pytest.raises(MtnsailsError, match=flag):
+            TrainingConfig(**settings).validate()
