@@ -135,6 +135,9 @@ class ChatInterface:
         self.context_length = int(meta.get("context_length") or 1024)
         self.max_length = max_length
         self.generation = generation or GenerationConfig()
+        self.generation.validate()
+        if max_length < 1:
+            raise MtnsailsError(f"max_length = {max_length} must be at least 1")
         self.precision = self._pick_precision(meta["files"], precision)
         self.model_file = self.path / meta["files"][self.precision]
         providers = ["CPUExecutionProvider"] if device == "cpu" else [

@@ -41,6 +41,18 @@ class GenerationConfig:
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature <= 0
 
+    def validate(self) -> None:
+        """Raise MtnsailsError naming the first setting out of range."""
+        checks = (("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
+                  ("temperature", self.temperature >= 0, "0 (greedy) or more"),
+                  ("top_k", self.top_k >= 0, "0 (off) or more"),
+                  ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+                  ("repetition_penalty", self.repetition_penalty > 0, "above 0"),
+                  ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise MtnsailsError(f"{name} = {getattr(self, name)} must be {expected}")
+
 
 def physical_cores() -> int:
     """Physical cores available to this process: hyper-threads only slow memory-bound decoding."""

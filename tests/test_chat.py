@@ -1,0 +1,213 @@
+"""ChatInterface with the real trained embedded model exported to ONNX."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, TINY_CONVERSATIONS
+
+from mtnsails.chat import ChatInterface, GenerationConfig, trim_dangling_sentence
+from mtnsails.errors import MtnsailsError
+from mtnsails.generation import OnnxDecoder
+from mtnsails.template import ChatTemplate
+
+pytestmark = pytest.mark.slow
+
+GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_onnx_dir):
+    return ChatInterface(tiny_onnx_dir, precision="fp32", generation=GREEDY)
+
+
+def history_of(conversation: dict) -> list[tuple[str, str]]:
+    return [(turn["input"], turn["output"]) for turn in conversation.get("history", [])]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_trained_answers_come_back(tiny_onnx_dir, precision):
+    chat = ChatInterface(tiny_onnx_dir, precision=precision, generation=GREEDY)
+    assert chat.model_file.name == {"fp32": "model.onnx", "int8": "model_int8.onnx"}[precision]
+    for conversation in TINY_CONVERSATIONS:
+        chat.history = history_of(conversation)
+        assert chat.reply(conversation["input"]) == conversation["output"]
+        assert chat.last_stats.stop_reason == "eos"
+
+
+def test_auto_precision_picks_int8(tiny_onnx_dir):
+    assert ChatInterface(tiny_onnx_dir).precision == "int8"
+
+
+@pytest.mark.parametrize("repetition_penalty, no_repeat_ngram_size", [(1.0, 0), (1.2, 0), (1.0, 2)])
+def test_greedy_matches_pytorch_generate_token_for_token(chat, trained_tiny_model_dir,
+                                                         repetition_penalty, no_repeat_ngram_size):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(trained_tiny_model_dir).eval()
+    config = replace(GREEDY, max_new_tokens=24, repetition_penalty=repetition_penalty,
+                     no_repeat_ngram_size=no_repeat_ngram_size)
+    for question in ["What do bees make?", "Tell me something about rivers and spiders."]:
+        ids = chat.prompt_ids(question)
+        with torch.no_grad():
+            expected = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                      do_sample=False, max_new_tokens=24, repetition_penalty=repetition_penalty,
+                                      no_repeat_ngram_size=no_repeat_ngram_size, pad_token_id=0,
+                                      eos_token_id=0)[0, len(ids):].tolist()
+        assert list(chat.generate_ids(ids, config)) == expected
+
+
+def test_prompt_is_tokenized_exactly_like_training(chat, trained_tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from mtnsails.data import exchanges
+    from mtnsails.trainer import encode_segments
+
+    tokenizer = AutoTokenizer.from_pretrained(trained_tiny_model_dir)
+    conversation = TINY_CONVERSATIONS[-1]  # multi-turn: history + question
+    training = encode_segments(tokenizer, list(chat.template.segments(exchanges(conversation))), 512)
+    prompt = chat.prompt_ids(conversation["input"], history_of(conversation))
+    answer = tokenizer(" " + conversation["output"], add_special_tokens=False)["input_ids"] + [0]
+    assert training["input_ids"] == prompt + answer
+
+
+def test_decode_step_feeds_one_new_token_with_the_kv_cache(tiny_onnx_dir):
+    class RecordingDecoder(OnnxDecoder):
+        def forward(self, token_ids):
+            calls.append((len(token_ids), self.past_length))
+            logits = super().forward(token_ids)
+            cache_lengths.append(self._past[0].shape()[2])  # present.* kept inside onnxruntime
+            return logits
+
+    calls, cache_lengths = [], []
+    chat = ChatInterface(tiny_onnx_dir, precision="fp32", generation=GREEDY)
+    chat.decoder = RecordingDecoder(chat.model_file)
+    answer = chat.reply("Who wrote Hamlet?")
+    prompt = chat.last_stats.prompt_tokens
+    steps = chat.last_stats.new_tokens
+    assert answer == "Hamlet was written by William Shakespeare."
+    # The prompt once, then exactly one token per step on top of the cached sequence.
+    assert calls == [(prompt, 0)] + [(1, prompt + i) for i in range(steps - 1)]
+    assert cache_lengths == [prompt + i for i in range(steps)]
+
+
+def test_stream_pieces_make_up_the_answer(chat):
+    pieces = []
+    answer = chat.reply("How many legs does a spider have?", on_text=pieces.append)
+    assert answer == "A spider has eight legs." and len(pieces) > 1 and "".join(pieces) == answer
+
+
+def test_stops_at_a_new_user_turn_without_printing_the_marker(tiny_onnx_dir):
+    class StopAtFrance(ChatTemplate):
+        user_marker = " France"  # stands in for "User:": the model writes it mid-answer
+
+    chat = ChatInterface(tiny_onnx_dir, precision="fp32", generation=GREEDY)
+    chat.template = StopAtFrance()
+    pieces = []
+    assert chat.reply("What is the capital of France?", on_text=pieces.append) == "The capital of"
+    assert "".join(pieces) == "The capital of" and chat.last_stats.stop_reason == "user_turn"
+
+
+def test_token_limit_trims_the_half_sentence(chat):
+    answer = chat.generate_response("Hello!", max_new_tokens=5, do_sample=False, repetition_penalty=1.0)
+    assert chat.last_stats.stop_reason == "length"
+    assert answer == "Hello!"  # "Hello! How can I" cut by the limit
+    assert trim_dangling_sentence("No end here") == "No end here"
+    assert trim_dangling_sentence('He said "yes." Then he') == 'He said "yes."'
+
+
+def test_history_keeps_the_newest_exchanges_within_the_window(tiny_onnx_dir):
+    chat = ChatInterface(tiny_onnx_dir, max_length=60, generation=GREEDY)
+    history = [(c["input"], c["output"]) for c in TINY_CONVERSATIONS[:6]]
+    ids = chat.prompt_ids("Hello!", history)
+    assert len(ids) <= 60
+    text = chat.tokenizer.decode(ids)
+    assert text.endswith("User: Hello!\nAssistant:")
+    assert "Bees make honey" in text and "capital of France" not in text  # oldest dropped first
+    long_question = chat.prompt_ids(" ".join(["x"] * 500))  # too long alone: keeps its end
+    assert len(long_question) == 60 and chat.tokenizer.decode(long_question).endswith("x x\nAssistant:")
+
+
+def test_multi_turn_conversation_and_reset(tiny_onnx_dir):
+    chat = ChatInterface(tiny_onnx_dir, generation=GREEDY)
+    assert chat.reply("Which country is Paris in?") == "Paris is in France."
+    assert chat.reply("And what is its largest river?") == "Its longest river is the Loire."
+    assert len(chat.history) == 2
+    chat.reset()
+    assert chat.history == [] and len(chat.get_conversation_log()) == 2
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_onnx_dir):
+    hot = GenerationConfig(temperature=50.0, top_k=0, top_p=1.0, max_new_tokens=12)
+    runs = {seed: [ChatInterface(tiny_onnx_dir, generation=replace(hot, seed=seed)).reply("Who are you?")
+                   for _ in range(2)] for seed in (7, 8)}
+    assert runs[7][0] == runs[7][1] and runs[8][0] == runs[8][1]  # same seed, same answer
+    assert runs[7][0] != runs[8][0]  # another seed samples something else
+    # top-k 1 is greedy whatever the temperature.
+    top1 = ChatInterface(tiny_onnx_dir, generation=replace(hot, top_k=1, max_new_tokens=50))
+    assert top1.reply("What colour is the sky?") == "The sky is blue on a clear day."
+
+
+def test_original_api_and_log(tiny_onnx_dir, tmp_path):
+    pytest.importorskip("mtnsails.logger")
+    log_file = tmp_path / "chat_history.jsonl"
+    with ChatInterface(str(tiny_onnx_dir), device="cpu", max_length=256, log_conversations=True,
+                       log_file=str(log_file), auto_flush_interval=10) as chat:
+        answers = chat.batch_generate(["What is two plus two?", "Who wrote Hamlet?"], max_new_tokens=20,
+                                      do_sample=False, repetition_penalty=1.0)
+        assert answers == ["Two plus two is four.", "Hamlet was written by William Shakespeare."]
+        chat.flush_logs()
+        on_disk = [json.loads(line) for line in log_file.read_text().splitlines()]
+        assert [(r["input"], r["output"]) for r in on_disk] == [
+            ("What is two plus two?", answers[0]), ("Who wrote Hamlet?", answers[1])]
+        assert [r["output"] for r in chat.get_conversation_log()] == answers
+        saved = chat.save_conversation_log(tmp_path / "saved.json")
+        assert [r["input"] for r in json.loads(open(saved).read())] == ["What is two plus two?", "Who wrote Hamlet?"]
+        chat.clear_conversation_log()
+        assert chat.get_conversation_log() == []
+
+
+def test_bad_settings_are_one_line_errors(tiny_onnx_dir):
+    with pytest.raises(MtnsailsError, match="top_p"):
+        ChatInterface(tiny_onnx_dir, generation=GenerationConfig(top_p=0))
+    with pytest.raises(MtnsailsError, match="precision"):
+        ChatInterface(tiny_onnx_dir, precision="int4")
+
+
+def test_chat_path_never_imports_torch_or_transformers(tiny_onnx_dir):
+    code = f"""
+import sys, runpy
+sys.argv = ["main.py", "chat", "--model-path", {str(tiny_onnx_dir)!r}, "--prompt", "Hello!", "--temperature", "0"]
+try:
+    runpy.run_path({str(REPO_ROOT / "main.py")!r}, run_name="__main__")
+except SystemExit as done:
+    assert not done.code, done.code
+from mtnsails.chat import ChatInterface
+ChatInterface({str(tiny_onnx_dir)!r}).generate_response("Who wrote Hamlet?")
+print(sorted(name for name in ("torch", "transformers", "optimum") if name in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["Hello! How can I help you today?", "[]"]
+
+
+def test_sampling_helpers_follow_transformers_semantics():
+    from mtnsails.generation import apply_repetition_penalty, ban_repeated_ngrams, sample
+
+    logits = np.array([2.0, -2.0, 1.0, 0.5], dtype=np.float32)
+    apply_repetition_penalty(logits, np.array([0, 1, 1]), 2.0)
+    assert logits.tolist() == [1.0, -4.0, 1.0, 0.5]
+    banned = np.zeros(5, dtype=np.float32)
+    ban_repeated_ngrams(banned, [1, 2, 3, 1, 2], 3)  # "1 2" was followed by 3 before
+    assert banned[3] == -np.inf and np.isfinite(banned[[0, 1, 2, 4]]).all()
+    rng = np.random.default_rng(0)
+    top_p = GenerationConfig(temperature=1.0, top_k=0, top_p=0.5)
+    peaked = np.log(np.array([0.6, 0.3, 0.1]))
+    assert {sample(peaked, top_p, rng) for _ in range(50)} == {0}  # 0.6 alone covers top_p 0.5

@@ -1,0 +1,149 @@
+"""ONNXConverter: a real optimum export of the embedded model, checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import run_cli
+
+from mtnsails.errors import MtnsailsError
+from mtnsails.generation import OnnxDecoder
+from mtnsails.onnx_converter import ONNXConverter
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def untrained_onnx_dir(untrained_tiny_model_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("untrained_onnx") / "onnx"
+    ONNXConverter(untrained_tiny_model_dir, quiet=True).convert_to_onnx(path)
+    return path
+
+
+def test_export_writes_a_complete_chat_directory(untrained_onnx_dir):
+    names = {path.name for path in untrained_onnx_dir.iterdir()}
+    assert {"model.onnx", "tokenizer.json", "config.json", "generation_config.json", "mtnsails.json"} <= names
+    assert "model_int8.onnx" not in names
+    meta = json.loads((untrained_onnx_dir / "mtnsails.json").read_text())
+    assert meta["format"] == "mtnsails-onnx" and meta["version"] == 1
+    assert meta["files"] == {"fp32": "model.onnx"}
+    assert meta["context_length"] == 512 and meta["eos_token_id"] == 0
+    assert meta["template"] == {"template": "User: {input}\nAssistant: {output}", "separator": "\n"}
+    # One graph with a KV cache: past_key_values.* in, present.* out.
+    session = ort.InferenceSession(str(untrained_onnx_dir / "model.onnx"))
+    inputs = {value.name for value in session.get_inputs()}
+    outputs = {value.name for value in session.get_outputs()}
+    assert {"input_ids", "attention_mask", "position_ids", "past_key_values.0.key"} <= inputs
+    assert {"logits", "present.0.key", "present.3.value"} <= outputs
+    # Tied embedding / LM head stored once (accelerate installed): about the safetensors size.
+    info = ONNXConverter.get_model_info(untrained_onnx_dir)
+    assert info["format"] == "onnx" and info["files"]["model.onnx"] < 1.1 * 4 * 3_521_536 + 1e6
+
+
+def test_onnx_logits_match_pytorch_within_1e_4(untrained_tiny_model_dir, untrained_onnx_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(untrained_tiny_model_dir).eval()
+    ids = list(range(10, 40))
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0].numpy()
+    decoder = OnnxDecoder(untrained_onnx_dir / "model.onnx")
+    # The prompt half in one pass, then the rest one token at a time through the KV cache.
+    logits = np.concatenate([decoder.forward(ids[:15])] + [decoder.forward([token]) for token in ids[15:]])
+    assert logits.shape == reference.shape
+    assert np.abs(logits - reference).max() < 1e-4
+
+
+def test_verify_reports_agreement(untrained_tiny_model_dir, untrained_onnx_dir):
+    report = ONNXConverter(untrained_tiny_model_dir, quiet=True).verify(untrained_onnx_dir)
+    assert report.ok, report.problems
+    assert report.max_logit_diff < 1e-4 and report.greedy_match and report.prompts == 3
+    assert report.int8_agreement is None
+
+
+def test_verify_fails_when_onnx_is_another_model(untrained_onnx_dir, tmp_path):
+    from mtnsails.models import EmbeddedModelSpec, build_embedded_model
+
+    # Same tokenizer, other random weights: the ONNX file no longer matches this model.
+    model, tokenizer = build_embedded_model(["User: hello\nAssistant: Hello! How can I help?"],
+                                            EmbeddedModelSpec(seed=1))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    report = ONNXConverter(tmp_path, quiet=True).verify(untrained_onnx_dir)
+    assert not report.ok
+    assert any("max logit difference" in problem for problem in report.problems)
+
+
+def test_int8_file_exists_and_agrees_on_argmax(trained_tiny_model_dir, tiny_onnx_dir):
+    meta = json.loads((tiny_onnx_dir / "mtnsails.json").read_text())
+    assert meta["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx"}
+    fp32_size = (tiny_onnx_dir / "model.onnx").stat().st_size
+    assert (tiny_onnx_dir / "model_int8.onnx").stat().st_size < fp32_size / 3
+    # Every MatMul became an integer MatMul, the LM head included.
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(tiny_onnx_dir / "model_int8.onnx")).graph.node]
+    assert "MatMul" not in ops and ops.count("MatMulInteger") == 4 * 6 + 1
+    report = ONNXConverter(trained_tiny_model_dir, quiet=True).verify(tiny_onnx_dir)
+    assert report.ok, report.problems
+    assert report.int8_agreement >= 0.9
+
+
+def test_template_comes_from_the_trained_model(trained_tiny_model_dir, tiny_onnx_dir):
+    trained = json.loads((trained_tiny_model_dir / "mtnsails.json").read_text())
+    exported = json.loads((tiny_onnx_dir / "mtnsails.json").read_text())
+    assert exported["template"] == trained["template"]
+    assert exported["source_model"] == str(trained_tiny_model_dir.resolve())
+
+
+def test_failed_export_leaves_the_old_directory_untouched(untrained_tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(untrained_tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    output = tmp_path / "onnx"
+    output.mkdir()
+    (output / "keep.txt").write_text("old")
+    with pytest.raises(Exception):
+        ONNXConverter(broken, quiet=True).convert_to_onnx(output)
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".onnx")] == []
+    assert [path.name for path in output.iterdir()] == ["keep.txt"]
+
+
+def test_original_api(untrained_tiny_model_dir, untrained_onnx_dir):
+    converter = ONNXConverter(untrained_tiny_model_dir, quiet=True)
+    assert converter.verify_onnx_model(untrained_onnx_dir, test_text="Hello, how are you?") is True
+    info = ONNXConverter.get_model_info(untrained_tiny_model_dir)
+    assert info["format"] == "pytorch" and info["parameters"] == 3_521_536 and info["layers"] == 4
+
+
+def test_cli_convert_quantize_and_verify(untrained_tiny_model_dir, tmp_path):
+    result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir),
+                     "--onnx-output", str(tmp_path / "onnx"), "--quantize", "int8", "--verify")
+    assert result.returncode == 0, result.stderr
+    assert "exported model.onnx" in result.stdout and "quantized model_int8.onnx" in result.stdout
+    assert "greedy continuations agree" in result.stdout and "int8 argmax agrees" in result.stdout
+    assert (tmp_path / "onnx" / "model_int8.onnx").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "onnx_dir", "not_a_model", "inside_model"])
+def test_cli_convert_errors(case, untrained_tiny_model_dir, untrained_onnx_dir, tmp_path):
+    model, output = {
+        "missing": (tmp_path / "nowhere", tmp_path / "out"),
+        "onnx_dir": (untrained_onnx_dir, tmp_path / "out"),
+        "not_a_model": (tmp_path, tmp_path / "out"),
+        "inside_model": (untrained_tiny_model_dir, untrained_tiny_model_dir / "onnx"),
+    }[case]
+    result = run_cli("convert", "--model-path", str(model), "--onnx-output", str(output))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert not output.exists()
+
+
+def test_converter_rejects_bad_quantize(untrained_tiny_model_dir, tmp_path):
+    with pytest.raises(MtnsailsError, match="quantize"):
+        ONNXConverter(untrained_tiny_model_dir).convert_to_onnx(tmp_path / "x", quantize="int4")
