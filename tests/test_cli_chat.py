@@ -1,0 +1,93 @@
+"""`main.py chat` as a user runs it: one prompt, piped prompts, a terminal session, bad inputs."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pexpect
+import pytest
+from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_prompt_answers_once_with_the_trained_answer(tiny_onnx_dir):
+    conversation = TINY_CONVERSATIONS[3]
+    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--prompt", conversation["input"],
+                     "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == conversation["output"] + "\n"
+
+
+def test_piped_stdin_answers_one_prompt_per_line_keeping_history(tiny_onnx_dir):
+    prompts = "Which country is Paris in?\nAnd what is its largest river?\n/reset\nWhat do bees make?\n"
+    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "0", "--precision", "fp32",
+                     input=prompts)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["Paris is in France.", "Its longest river is the Loire.",
+                                          "Bees make honey and wax."]
+
+
+def spawn_chat(tiny_onnx_dir, *flags: str) -> pexpect.spawn:
+    return pexpect.spawn(sys.executable, [str(REPO_ROOT / "main.py"), "chat", "--model-path", str(tiny_onnx_dir),
+                                          "--temperature", "0", *flags],
+                         cwd=str(REPO_ROOT), encoding="utf-8", timeout=60)
+
+
+def test_terminal_session_streams_resets_and_exits(tiny_onnx_dir):
+    child = spawn_chat(tiny_onnx_dir)
+    child.expect("/reset starts over")
+    child.expect("You: ")
+    child.sendline("Which country is Paris in?")
+    child.expect("Assistant: ")
+    # The answer arrives piece by piece as tokens are generated, then the next prompt.
+    pieces = []
+    while "You: " not in "".join(pieces):
+        pieces.append(child.read_nonblocking(4096, timeout=60))
+    assert "".join(pieces).replace("\r", "") == "Paris is in France.\nYou: "
+    child.sendline("And what is its largest river?")  # answered from the history
+    child.expect("Its longest river is the Loire.")
+    child.expect("You: ")
+    child.sendline("/reset")
+    child.expect(r"\(conversation reset\)")
+    child.expect("You: ")
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("leave", ["ctrl-d", "ctrl-c", "quit"])
+def test_terminal_session_leaves_cleanly(tiny_onnx_dir, leave):
+    child = spawn_chat(tiny_onnx_dir)
+    child.expect("You: ")
+    {"ctrl-d": child.sendeof, "ctrl-c": child.sendintr, "quit": lambda: child.sendline("quit")}[leave]()
+    output = child.read()  # until EOF
+    child.close()
+    assert child.exitstatus == 0 and "Traceback" not in output
+
+
+@pytest.mark.parametrize("case", ["missing", "pytorch_dir", "corrupt_model", "no_tokenizer", "no_int8"])
+def test_bad_model_directory_is_a_one_line_error(case, tiny_onnx_dir, trained_tiny_model_dir, tmp_path):
+    model = tmp_path / "onnx"
+    flags = []
+    if case == "missing":
+        expected = "does not exist"
+    elif case == "pytorch_dir":
+        model, expected = trained_tiny_model_dir, "run `mtnsails convert"
+    else:
+        shutil.copytree(tiny_onnx_dir, model)
+        if case == "corrupt_model":
+            (model / "model.onnx").write_bytes(b"\x08garbage" * 100)
+            flags, expected = ["--precision", "fp32"], "model.onnx cannot be loaded"
+        elif case == "no_tokenizer":
+            (model / "tokenizer.json").unlink()
+            expected = "tokenizer.json is missing"
+        else:
+            (model / "model_int8.onnx").unlink()
+            flags, expected = ["--precision", "int8"], "has no int8 model"
+    result = run_cli("chat", "--model-path", str(model), "--prompt", "Hello!", *flags)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
