@@ -1,0 +1,71 @@
+"""`main.py pipeline`: train -> convert -> a short chat demo, with the flags of all three."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY_CONVERSATIONS, run_cli
+from mtnsails.cli import build_parser, demo_prompts
+
+
+def test_pipeline_takes_every_flag_once_and_derives_the_model_paths():
+    args = build_parser().parse_args(["pipeline", "--epochs", "2", "--quantize", "int8",
+                                      "--temperature", "0", "--log-conversations"])
+    assert (args.epochs, args.quantize, args.temperature, args.log_conversations) == (2, "int8", 0, True)
+    assert (args.model_name, args.output_dir, args.onnx_output) == (
+        "distilgpt2", "./trained_model", "./onnx_model")
+    assert not hasattr(args, "model_path")  # the trained model feeds convert, its ONNX the chat
+
+
+def test_demo_asks_standalone_questions_spread_over_the_data(tmp_path):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([*TINY_CONVERSATIONS,
+                                {"input": "And then?", "output": "Then it rained.",
+                                 "history": [{"input": "What happened?", "output": "It got dark."}]}]))
+    prompts = demo_prompts(data)
+    assert len(prompts) == 3 and "And then?" not in prompts
+    assert prompts[0] == TINY_CONVERSATIONS[0]["input"]
+
+
+def test_pipeline_end_to_end(tmp_path):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(TINY_CONVERSATIONS), encoding="utf-8")
+    result = run_cli("pipeline", "--model-name", "tiny", "--data-file", str(data), "--epochs", "2",
+                     "--output-dir", "model", "--onnx-output", "onnx", "--max-tokens", "8",
+                     "--log-conversations", "--log-file", "demo.jsonl", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    stages = [out.index(f"=== [{n}/3]") for n in (1, 2, 3)] + [out.index("=== Summary ===")]
+    assert stages == sorted(stages)
+    assert (tmp_path / "model" / "mtnsails.json").is_file()
+    assert (tmp_path / "onnx" / "model.onnx").is_file()
+    summary = out[stages[-1]:]
+    assert f"Trained model: {tmp_path / 'model'} (train loss " in summary
+    assert f"python main.py chat --model-path {tmp_path / 'onnx'}" in summary
+
+    asked = [line.split("You:", 1)[1].strip() for line in summary.splitlines() if "You:" in line]
+    answered = [line.split("Assistant:", 1)[1].strip()
+                for line in summary.splitlines() if "Assistant:" in line]
+    assert asked == demo_prompts(data) and len(answered) == 3 and all(answered)
+    logged = [json.loads(line) for line in (tmp_path / "demo.jsonl").read_text().splitlines()]
+    assert [record["input"] for record in logged] == asked
+    assert [record["output"] or "(empty answer)" for record in logged] == answered
+    assert any(record["output"] for record in logged)  # the model said something
+
+
+@pytest.mark.parametrize("data_text, problem", [
+    (None, "no such file"),
+    ('[{"input": "Hi", "output": "Hello."},', "not valid JSON"),
+])
+def test_a_bad_data_file_stops_the_pipeline_with_one_line(tmp_path, data_text, problem):
+    data = tmp_path / "data.json"
+    if data_text is not None:
+        data.write_text(data_text, encoding="utf-8")
+    result = run_cli("pipeline", "--model-name", "tiny", "--data-file", str(data),
+                     "--output-dir", "model", "--onnx-output", "onnx", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {data}") and problem in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "model").exists() and not (tmp_path / "onnx").exists()
