@@ -8,6 +8,7 @@ import pytest
 
 from conftest import TINY_CONVERSATIONS, run_cli
 from mtnsails.cli import build_parser, demo_prompts
+from mtnsails.logger import ConversationLogger
 
 
 def test_pipeline_takes_every_flag_once_and_derives_the_model_paths():
@@ -30,8 +31,10 @@ def test_demo_asks_standalone_questions_spread_over_the_data(tmp_path):
 
 
 def test_pipeline_end_to_end(tmp_path):
-    data = tmp_path / "data.json"
-    data.write_text(json.dumps(TINY_CONVERSATIONS), encoding="utf-8")
+    data = tmp_path / "chat_history.json"  # a chat log trains as it is (timestamps and all)
+    with ConversationLogger(data) as logger:
+        for conversation in TINY_CONVERSATIONS:
+            logger.log(conversation["input"], conversation["output"])
     result = run_cli("pipeline", "--model-name", "tiny", "--data-file", str(data), "--epochs", "2",
                      "--output-dir", "model", "--onnx-output", "onnx", "--max-tokens", "8",
                      "--log-conversations", "--log-file", "demo.jsonl", cwd=tmp_path, timeout=300)
@@ -39,7 +42,7 @@ def test_pipeline_end_to_end(tmp_path):
     out = result.stdout
     stages = [out.index(f"=== [{n}/3]") for n in (1, 2, 3)] + [out.index("=== Summary ===")]
     assert stages == sorted(stages)
-    assert (tmp_path / "model" / "mtnsails.json").is_file()
+    assert json.loads((tmp_path / "model" / "mtnsails.json").read_text())["data_file"] == str(data)
     assert (tmp_path / "onnx" / "model.onnx").is_file()
     summary = out[stages[-1]:]
     assert f"Trained model: {tmp_path / 'model'} (train loss " in summary
