@@ -87,7 +87,7 @@ class OnnxDecoder:
     """One ONNX causal LM session holding the KV cache of the sequence decoded so far.
 
     >>> decoder = OnnxDecoder("onnx_model/model.onnx")
-    >>> logits = decoder.forward([464, 2068])   # the prompt, once: logits of every position
+    >>> logits = decoder.forward([464, 2068])   # the prompt, once
     >>> logits = decoder.forward([7586])        # then one token per step, reusing the cache
     """
 
@@ -121,7 +121,11 @@ class OnnxDecoder:
         self.past_length = 0
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Feed `token_ids` after the cached sequence; return their logits, shape (len, vocab)."""
+        """Feed `token_ids` after the cached sequence; return logits, shape (positions, vocab).
+
+        A graph from `mtnsails convert` returns the last position only; a plain optimum export
+        returns every position fed. Either way row -1 is the next-token distribution.
+        """
         total = self.past_length + len(token_ids)
         if self._mask.shape[1] < total:  # one growing buffer of ones, sliced per step (no per-step allocation)
             self._mask = np.ones((1, max(total, 2 * self._mask.shape[1])), dtype=np.int64)
