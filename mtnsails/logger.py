@@ -42,10 +42,10 @@ class ConversationLogger:
         path: the log file; its suffix picks the format (`.jsonl`/`.ndjson` lines, else a
             JSON array). Missing parent directories are created. An existing log is kept and
             appended to; one that is not a valid log raises `MtnsailsError` and is left alone.
-        flush_interval: longest time (seconds) a logged record waits in memory. The writer
-            writes as soon as records arrive and batches only those that queue up during a
-            write, so in practice a record waits one write; the interval is the writer's
-            idle wake-up period.
+        flush_interval: how often (seconds) the writer and waiting callers wake up to check
+            on each other. Records never wait for it: the writer writes as soon as they arrive
+            and batches only those that queue up during a write, so a record reaches the disk
+            one write after it was logged (the original API's auto-flush setting maps here).
         wait_for_previous: `log()` first waits until the exchanges logged before are on disk.
             Normally they already are (the writer stored them while the next answer was being
             generated), so the caller never waits unless the disk is slower than the model;
@@ -100,21 +100,18 @@ class ConversationLogger:
         record.update(extra)
         text = json.dumps(record, ensure_ascii=False)  # here, so a bad extra fails the caller
         with self._condition:
-            if self._closed:
-                raise ValueError(f"{self.path}: the conversation logger is closed")
             while (self.wait_for_previous and self._attempted < self._queued
-                   and self._thread.is_alive()):
+                   and self._thread.is_alive() and not self._closed):
                 self._condition.wait(self.flush_interval)
+            if self._closed:  # checked after waiting: close() may have come meanwhile
+                raise ValueError(f"{self.path}: the conversation logger is closed")
             self._queue.append(text)
             self._queued += 1
             self._condition.notify_all()
 
     def flush(self) -> None:
-        """Block until every record logged so far is on disk (fsynced).
-
-        Returns at once when the writer has already caught up, so a chat can call it before
-        logging the next exchange: the previous one is then durable before the next answer is
-        shown, and the chat waits only when the disk is slower than the model.
+        """Block until every record logged so far is on disk (fsynced); raise `MtnsailsError`
+        naming the cause if the writer's last attempt failed. Returns at once when it is caught up.
         """
         with self._condition:
             target = self._queued
