@@ -156,7 +156,7 @@ class ONNXConverter:
             try:
                 main_export(str(self.model_path), staging, task="text-generation-with-past",
                             opset=opset_version, device="cpu", do_validation=False)
-            except (OSError, ValueError, KeyError) as error:
+            except Exception as error:  # a broken model directory fails deep inside transformers/torch
                 raise MtnsailsError(f"cannot export {self.model_path} to ONNX: "
                                     f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
         if not (staging / "tokenizer.json").exists():

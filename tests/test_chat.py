@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, TINY_CONVERSATIONS
 
-from mtnsails.chat import ChatInterface, GenerationConfig, trim_dangling_sentence
+from mtnsails.chat import ChatInterface, GenerationConfig, _held_back, trim_dangling_sentence
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation import OnnxDecoder
 from mtnsails.template import ChatTemplate
@@ -211,3 +211,12 @@ def test_sampling_helpers_follow_transformers_semantics():
     top_p = GenerationConfig(temperature=1.0, top_k=0, top_p=0.5)
     peaked = np.log(np.array([0.6, 0.3, 0.1]))
     assert {sample(peaked, top_p, rng) for _ in range(50)} == {0}  # 0.6 alone covers top_p 0.5
+    wide = np.log(np.full(1000, 1e-3))  # flat: the nucleus is larger than the 256-token probe
+    assert len({sample(wide, replace(top_p, top_p=0.9), rng) for _ in range(300)}) > 200
+
+
+def test_streaming_holds_back_what_may_not_be_shown():
+    assert _held_back("It is four.\nUs", "User:") == 3  # maybe the start of a new user turn
+    assert _held_back("Caf\ufffd", "User:") == 1  # half of a multi-byte character
+    assert _held_back("Paris ", "User:") == 1  # trailing space (the answer is stripped)
+    assert _held_back("Paris is", "User:") == 0

@@ -109,7 +109,7 @@ def test_failed_export_leaves_the_old_directory_untouched(untrained_tiny_model_d
     output = tmp_path / "onnx"
     output.mkdir()
     (output / "keep.txt").write_text("old")
-    with pytest.raises(Exception):
+    with pytest.raises(MtnsailsError, match="cannot export"):
         ONNXConverter(broken, quiet=True).convert_to_onnx(output)
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".onnx")] == []
     assert [path.name for path in output.iterdir()] == ["keep.txt"]
