@@ -20,9 +20,10 @@ import shutil
 import signal
 import sys
 import threading
-from dataclasses import asdict, dataclass, field, replace
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.template import ChatTemplate, Segment
@@ -173,9 +174,8 @@ class LLMTrainer:
                               learning_rate=learning_rate, save_steps=save_steps,
                               max_length=max_length)
         self.config.validate()
-        examples = [parse_text(text, self.config.template) for text in train_texts]
         self._data_info = {"data_file": None, "data_sha256": _sha256_json(train_texts)}
-        return self._train(examples, list(train_texts))
+        return self._train(lambda template: [parse_text(text, template) for text in train_texts])
 
     def save_model(self, save_path: str | os.PathLike | None = None) -> str:
         """Write the trained model atomically to `save_path` (default: output_dir); return it."""
@@ -210,33 +210,37 @@ class LLMTrainer:
                             data_file: str | os.PathLike | None = None) -> TrainingResult:
         """Train on native conversations ({"input", "output"} + optional history/system)."""
         from mtnsails.data import exchanges
-
-        template = self.config.template
-        examples = [list(template.segments(exchanges(c), c.get("system"))) for c in conversations]
-        texts = [template.render(exchanges(c), c.get("system")) for c in conversations]
         from mtnsails.files import file_sha256
 
         self._data_info = {
             "data_file": str(data_file) if data_file else None,
             "data_sha256": file_sha256(data_file) if data_file else _sha256_json(conversations),
         }
-        return self._train(examples, texts)
+        return self._train(lambda template: [list(template.segments(exchanges(c), c.get("system")))
+                                             for c in conversations])
 
     # -- the work ------------------------------------------------------------------------------
 
-    def _train(self, examples: list[list[Segment]], texts: list[str]) -> TrainingResult:
+    def _train(self, make_examples: Callable[[ChatTemplate], list[list[Segment]]]
+               ) -> TrainingResult:
+        """Train on the examples `make_examples(template)` builds (segments per conversation)."""
+        config = self.config
+        examples = make_examples(config.template)
         if not examples:
             raise MtnsailsError("no conversations to train on")
-        config = self.config
         _quiet_libraries(config.quiet)
+        checkpoint = self._resume_checkpoint()  # before any slow work: refuse early
         from mtnsails.models import EmbeddedTrainingDefaults, resolve_model
 
+        texts = ["".join(segment.text for segment in segments) for segments in examples]
         self.resolved = resolve_model(config.model_name, texts,
                                       trust_remote_code=config.trust_remote_code)
         if self.resolved.notice and _is_main_process():
             print(self.resolved.notice, file=sys.stderr)
-        if self.resolved.metadata.get("template") and config.template == ChatTemplate():
-            config.template = ChatTemplate.from_dict(self.resolved.metadata["template"])
+        earlier = self.resolved.metadata.get("template")
+        if earlier and config.template == ChatTemplate():  # retraining keeps the model's template
+            config.template = ChatTemplate.from_dict(earlier)
+            examples = make_examples(config.template)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
         defaults = EmbeddedTrainingDefaults() if self.resolved.embedded else None
         epochs = config.num_epochs or (defaults.num_epochs if defaults else 3)
@@ -247,7 +251,7 @@ class LLMTrainer:
         max_length = min(config.max_length, _context_length(model))
 
         encoded = [encode_segments(tokenizer, segments, max_length) for segments in examples]
-        truncated = sum(item["truncated"] for item in encoded)
+        truncated = sum(bool(item["truncated"]) for item in encoded)
         if truncated and _is_main_process():
             cut_answers = sum(item["truncated"] == 2 for item in encoded)
             print(f"note: {truncated} of {len(encoded)} examples exceed --max-length {max_length} "
@@ -264,10 +268,10 @@ class LLMTrainer:
             "early_stopping_patience": config.early_stopping_patience, "seed": config.seed,
             "device": config.device, "examples": len(encoded), "train_examples": len(train_set),
             "eval_examples": len(eval_set), "truncated_examples": truncated,
+            "processes": _world_size(),
         }
         trainer, interrupt = self._build_trainer(model, tokenizer, train_set, eval_set, epochs,
                                                  learning_rate)
-        checkpoint = self._resume_checkpoint()
         with interrupt:
             output = trainer.train(resume_from_checkpoint=checkpoint)
         if interrupt.requested:
@@ -313,6 +317,8 @@ class LLMTrainer:
         PerplexityTrainer, SaveAfterEvaluate, Interrupt = _trainer_classes()
 
         config = self.config
+        # checkpoints are ordered by step number anyway; the note only confuses users
+        warnings.filterwarnings("ignore", message="mtime may not be reliable")
         device_flags = _device_flags(config.device)
         steps_per_epoch = max(1, math.ceil(len(train_set) / (config.batch_size * _world_size()
                                                               * config.gradient_accumulation_steps)))

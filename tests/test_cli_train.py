@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_dat
             "--save-steps", "5", "--output-dir", str(output)]
     process = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *args, "--quiet"],
                                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**__import__("os").environ, **ONE_THREAD})
+                               text=True, env={**os.environ, **ONE_THREAD})
     deadline = time.monotonic() + 120
     while not list(checkpoints.glob("checkpoint-*")) and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
@@ -118,7 +119,7 @@ def test_two_process_data_parallel_training_on_cpu(tmp_path, tiny_data):
                "2", str(REPO_ROOT / "main.py"), "train", "--model-name", "tiny", "--data-file",
                str(tiny_data), "--epochs", "2", "--output-dir", str(output), "--quiet"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                            env={**__import__("os").environ, **ONE_THREAD})
+                            env={**os.environ, **ONE_THREAD})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Model saved to") == 1  # rank 0 alone writes and reports
     assert not list(tmp_path.glob(".ddp_model.*"))  # no leftover staging directories
