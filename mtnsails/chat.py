@@ -198,9 +198,14 @@ class ChatInterface:
     # -- generation ----------------------------------------------------------------------------
 
     def generate_ids(self, prompt_ids: list[int], config: GenerationConfig | None = None):
-        """Yield new token ids for `prompt_ids` (EOS included); no text-level stops."""
+        """Yield new token ids for `prompt_ids` (EOS included); no text-level stops.
+
+        Sampling draws from the session's generator (seeded once, so a seeded session is
+        reproducible as a whole); a `config` with a seed of its own starts a fresh one.
+        """
         config = config or self.generation
-        rng = np.random.default_rng(config.seed) if config.seed is not None else self.rng
+        own_seed = config.seed is not None and config.seed != self.generation.seed
+        rng = np.random.default_rng(config.seed) if own_seed else self.rng
         return generate_tokens(self.decoder, prompt_ids, config, rng, self.eos_token_id,
                                self.context_length)
 

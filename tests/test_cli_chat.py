@@ -29,6 +29,14 @@ def test_piped_stdin_answers_one_prompt_per_line_keeping_history(tiny_onnx_dir):
                                           "Bees make honey and wax."]
 
 
+def test_seeded_sampling_session_is_reproducible(tiny_onnx_dir):
+    args = ("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "3", "--top-k", "0", "--seed", "3")
+    prompts = "Who are you?\nWho are you?\n"
+    first, second = run_cli(*args, input=prompts), run_cli(*args, input=prompts)
+    assert first.returncode == 0 and first.stdout == second.stdout
+    assert len(first.stdout.splitlines()) == 2
+
+
 def spawn_chat(tiny_onnx_dir, *flags: str) -> pexpect.spawn:
     return pexpect.spawn(sys.executable, [str(REPO_ROOT / "main.py"), "chat", "--model-path", str(tiny_onnx_dir),
                                           "--temperature", "0", *flags],
