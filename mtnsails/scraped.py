@@ -220,8 +220,8 @@ class _HTMLText(HTMLParser):
             self._break()
 
     def handle_endtag(self, tag):
-        if self.skipping and tag == self.skipping[-1]:
-            self.skipping.pop()
+        if tag in self.skipping:  # also closes skipped tags left open inside it
+            del self.skipping[len(self.skipping) - 1 - self.skipping[::-1].index(tag):]
         elif tag == "title":
             self.in_title = False
         elif not self.skipping and (re.fullmatch(r"h[1-6]", tag) or tag == "li"
@@ -514,6 +514,8 @@ UNAMBIGUOUS_VERBS = {"activate", "authenticate", "avoid", "choose", "configure",
                      "deploy", "disable", "enable", "install", "initialize", "iterate", "migrate",
                      "remove", "troubleshoot", "upgrade", "validate"}
 QUESTION_WORDS = {"how", "why", "what", "when", "where", "which", "who"}
+AUXILIARIES = {"is", "are", "was", "were", "has", "have", "had", "will", "can", "could", "does",
+               "do", "did", "should", "must"}
 # Section names that say nothing without the page title.
 GENERIC = {
     "overview": "Give me an overview of {title}.", "introduction": "What is {title}?",
@@ -600,6 +602,8 @@ def natural_question(heading: str, title: str, cases: WordCases) -> str:
         return f"How does {' '.join(words[1:-1])} work?"
     if first in QUESTION_WORDS and len(words) > 1:
         return f"Explain {' '.join(words)}."  # "Explain how pip resolves dependencies."
+    if len(words) > 2 and AUXILIARIES & {word.lower() for word in words[1:]}:
+        return f'Tell me about "{heading}".'  # a headline, as in RSS feeds: "Version 2 is out"
     verb = GERUNDS.get(first) or (first if first in VERBS and len(words) > 1 and (
         first in UNAMBIGUOUS_VERBS or words[1].lower() in OBJECT_WORDS) else None)
     if verb and len(words) > 1:

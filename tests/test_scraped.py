@@ -108,6 +108,9 @@ HTML = """<!DOCTYPE html><html><head><title>Git Basics</title><style>body{color:
 <h2>Branches</h2>
 <p>A branch is a movable pointer to a commit. Creating a branch is cheap, so it is common to start a new one for every feature or fix &amp; merge it back when it is done.</p>
 </main><footer><p>Copyright 2024 Example Corp. All rights reserved.</p></footer></body></html>"""
+RSS = ("Version 2.0 is out\nVersion 2.0 exports models twice as fast and adds a chat command "
+       "that remembers the conversation.\n\nSecurity update\nAll users should upgrade to "
+       "version 2.0.1, which fixes a bug in how log file paths were checked.")
 SOLAR = ("The solar system is the Sun together with everything that orbits it. Eight planets travel "
          "around the Sun on nearly circular paths. Mercury is the smallest planet and the closest one "
          "to the Sun. Venus is wrapped in thick clouds that trap heat, which makes it the hottest "
@@ -137,6 +140,9 @@ def build_scraped_site(root: Path) -> Path:
     structured.mkdir(parents=True)
     for page in STRUCTURED_PAGES:
         (structured / content_name(page)).write_text(page, encoding="utf-8")
+    feed = root / "site" / "news"  # an RSS feed: item titles and descriptions
+    feed.mkdir()
+    (feed / content_name(RSS)).write_text(RSS, encoding="utf-8")
     extra = root / "site" / "mine"
     extra.mkdir()
     (extra / "git.html").write_text(HTML, encoding="utf-8")
@@ -197,6 +203,8 @@ def test_questions_come_from_headings_and_fit_them(pairs):
         "How do I activate virtual environments?": "Activation puts",  # "Activating it"
         "What are Git basics?": "Git records the history",            # <h1> of the HTML page
         "What is the solar system?": "The solar system is the Sun",    # no heading: the subject
+        'Tell me about "Version 2.0 is out".': "Version 2.0 exports",  # RSS item titles
+        "What is security update?": "All users should upgrade",
     }
     for question, start in expected.items():
         assert questions[question].startswith(start), question
@@ -226,12 +234,12 @@ def test_no_duplicates_and_every_pair_passes_the_quality_checks(pairs):
 def test_questions_never_come_from_file_names(pairs):
     for pair in pairs:
         assert "content" not in pair["input"] and "huge" not in pair["input"]
-    assert all(pair["source"].startswith(("crawl_default/", "docs/", "mine/")) for pair in pairs)
+    assert all(pair["source"].startswith(("crawl_default/", "docs/", "mine/", "news/")) for pair in pairs)
 
 
 def test_the_summary_says_what_was_skipped_and_why(site):
     result = ScrapedContentProcessor(ScrapedSettings(chunk_words=40)).process([site])
-    assert result.files_read == 9
+    assert result.files_read == 10
     assert result.skipped == {"media in images/": 1, "empty": 1, "not UTF-8": 1}
     assert result.dropped_lines["boilerplate repeated across pages"] > 0
     assert result.dropped_lines["cookie/terms banner"] > 0
@@ -351,7 +359,8 @@ def test_natural_questions(heading, question):
 
 
 def test_html_text_keeps_headings_and_items_and_drops_page_furniture():
-    html = ("<html><head><title>T</title><script>x()</script></head><body><nav>Menu</nav>"
+    html = ("<html><head><title>T</title><script>x()</script></head><body>"
+            "<header><nav>Menu <a href=/>Home</a></header>"  # <nav> left open
             "<h2>Part</h2><ul><li>one</li><li>two</li></ul><p>Text &lt;here&gt;.</p>"
             "<footer>Foot</footer></body></html>")
     lines = [line for line in html_to_text(html).splitlines() if line]
