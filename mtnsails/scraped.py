@@ -330,7 +330,7 @@ def continues(left: str, right: str) -> bool:
 
 
 def page_lines(text: str, suffix: str) -> list[Line]:
-    """Classify a page's logical lines (sentences rejoined) as heading/prose/item/other."""
+    """A page's logical lines (sentences rejoined): `#` headings, `• ` items, text, blanks."""
     if suffix in (".html", ".htm"):
         text = html_to_text(text)
     elif suffix in (".md", ".markdown"):
@@ -350,31 +350,43 @@ def page_lines(text: str, suffix: str) -> list[Line]:
             lines[-1].text = join_text(lines[-1].text, line)
         else:
             lines.append(Line("text", line))
-    return classify(lines, structured)
+    return lines
 
 
-def classify(lines: list[Line], structured: bool) -> list[Line]:
-    """Text lines become prose or, when not a sentence, a heading (default mode: the last
-    short line before prose) or "other" (navigation leftovers, dropped later)."""
+def looks_like_prose(text: str) -> bool:
+    """A sentence, or a long line with sentences in it (chunks() drops its unfinished tail)."""
+    return is_prose(text) or (len(text.split()) > 12 and bool(SENTENCE_BREAK.search(text)))
+
+
+def heading_like(text: str) -> bool:
+    return len(text.split()) <= 12 and text[0].isupper() and text.lower() not in NAVIGATION
+
+
+def classify(lines: list[Line]) -> list[Line]:
+    """Text lines become "prose", or, when not a sentence, a heading or "other" (navigation
+    leftovers, dropped later). Without `#` headings (scrapyer's default mode) a heading is a
+    short line followed by prose (level 2), or by such a heading (level 1: the page title, as in
+    "Python Lists" / "Overview" / "A list is ...")."""
     content = [line for line in lines if line.kind != "blank"]
-    for index, line in enumerate(content):
+    structured = any(line.kind in ("heading", "item") for line in content)
+    for index in reversed(range(len(content))):  # a line's kind depends on the next one's
+        line = content[index]
         if line.kind != "text":
             continue
-        following = content[index + 1] if index + 1 < len(content) else None
-        if is_prose(line.text) or (len(line.text.split()) > 12
-                                   and SENTENCE_BREAK.search(line.text)):
-            line.kind = "prose"  # a long line with sentences in it: chunks() drops its tail
-        elif line.text.endswith(":") and following is not None and following.kind == "item":
+        following = content[index + 1] if index + 1 < len(content) else Line("blank", "")
+        if looks_like_prose(line.text):
+            line.kind = "prose"
+        elif line.text.endswith(":") and following.kind == "item":
             line.kind = "prose"  # "Lists support:" introduces the items that follow
-        elif (not structured and len(line.text.split()) <= 12 and line.text[0].isupper()
-              and line.text.lower() not in NAVIGATION and following is not None
-              and (following.kind == "item" or is_prose(following.text))):
+        elif not structured and heading_like(line.text) and following.kind in ("prose", "item"):
             line.kind, line.level = "heading", 2
+        elif not structured and heading_like(line.text) and following.level == 2:
+            line.kind, line.level = "heading", 1
         else:
             line.kind = "other"
-    headings = [line for line in lines if line.kind == "heading"]
-    if headings and not structured:
-        headings[0].level = 1  # default mode: the first heading is the page title
+    headings = [line for line in content if line.kind == "heading"]
+    if headings and not any(line.level == 1 for line in headings):
+        headings[0].level = 1  # the first heading is the page title
     return lines
 
 
@@ -386,6 +398,32 @@ def clean_heading(text: str) -> str:
 
 def line_key(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def boilerplate_candidates(lines: list[Line]):
+    """Text and item lines, except short ones directly followed by prose (headings)."""
+    content = [line for line in lines if line.kind != "blank"]
+    for index, line in enumerate(content):
+        following = content[index + 1] if index + 1 < len(content) else None
+        if line.kind == "item" or (line.kind == "text" and (
+                looks_like_prose(line.text) or following is None
+                or following.kind != "text" or not looks_like_prose(following.text))):
+            yield line
+
+
+def tidy(lines: list[Line], result: ScrapeResult) -> list[Line]:
+    """Drop navigation leftovers ("other") and prose repeated within the page."""
+    kept, seen = [], set()
+    for line in lines:
+        key = line_key(line.text)
+        if line.kind == "other":
+            result.dropped_lines["navigation or fragment"] += 1
+        elif line.kind in ("prose", "item") and key in seen:
+            result.dropped_lines["repeated within a page"] += 1
+        else:
+            kept.append(line)
+            seen.add(key)
+    return kept
 
 
 # -- sections and chunks ----------------------------------------------------------------------
@@ -589,8 +627,6 @@ def natural_question(heading: str, title: str, cases: WordCases) -> str:
     key = heading.lower().rstrip(".")
     if key in GENERIC and title and title.lower() != key:
         return GENERIC[key].format(title=cases.phrase(title))
-    if title and re.search(r"\b(?:it|them)$", heading, re.IGNORECASE):
-        heading = f"{heading.rsplit(' ', 1)[0]} {title}"  # "Activating it" under its title
     words = cases.phrase(heading).split()
     first, last = words[0].lower(), words[-1].lower()
     rest = " ".join(words[1:])
@@ -671,6 +707,7 @@ class ScrapedContentProcessor:
         self._drop_boilerplate(pages, result)
         pairs = []
         for path, lines in pages.items():
+            lines = tidy(classify(lines), result)
             shown = next((str(path.relative_to(r)) for r in roots if path.is_relative_to(r)),
                          path.name)
             for section in sections_of(lines):
@@ -705,37 +742,29 @@ class ScrapedContentProcessor:
     # -- steps ----------------------------------------------------------------------------
 
     def _drop_boilerplate(self, pages: dict[Path, list[Line]], result: ScrapeResult) -> None:
-        """Remove banners, navigation leftovers, lines repeated within a page, and lines found
-        on many pages of one folder (one crawl). Headings are structure, never boilerplate."""
+        """Remove banners, and lines found on many pages of one folder (one crawl): menus,
+        footers, "Edit this page". Headings are structure, never boilerplate: neither `#` lines
+        nor short lines that prose follows ("Overview" on every page of a manual)."""
         by_folder: dict[Path, list[list[Line]]] = {}
         for path, lines in pages.items():
             by_folder.setdefault(path.parent, []).append(lines)
         for folder_pages in by_folder.values():
             seen_on = Counter()
             for lines in folder_pages:
-                seen_on.update({line_key(line.text) for line in lines
-                                if line.kind in ("prose", "other", "item")})
+                seen_on.update({line_key(line.text) for line in boilerplate_candidates(lines)})
             needed = max(2, min(self.settings.boilerplate_min_pages,
                                 self.settings.boilerplate_fraction * len(folder_pages)))
             boilerplate = {key for key, pages_with in seen_on.items() if pages_with >= needed}
             for lines in folder_pages:
-                kept, seen = [], set()
+                candidates = {id(line) for line in boilerplate_candidates(lines)}
+                kept = []
                 for line in lines:
-                    key = line_key(line.text)
-                    reason = None
-                    if line.kind in ("prose", "item", "other") and BANNERS.search(line.text):
-                        reason = "cookie/terms banner"
-                    elif line.kind in ("prose", "other", "item") and key in boilerplate:
-                        reason = "boilerplate repeated across pages"
-                    elif line.kind == "other":
-                        reason = "navigation or fragment"
-                    elif line.kind in ("prose", "item") and key in seen:
-                        reason = "repeated within a page"
-                    if reason:
-                        result.dropped_lines[reason] += 1
+                    if line.kind in ("text", "item") and BANNERS.search(line.text):
+                        result.dropped_lines["cookie/terms banner"] += 1
+                    elif id(line) in candidates and line_key(line.text) in boilerplate:
+                        result.dropped_lines["boilerplate repeated across pages"] += 1
                     else:
                         kept.append(line)
-                        seen.add(key)
                 lines[:] = kept
 
     def _questions_and_filters(self, pairs: list[tuple[Section, str, str]], existing: list[dict],
@@ -781,7 +810,11 @@ class ScrapedContentProcessor:
     def _question(self, topic: str, title: str, cases: WordCases, used: set[str],
                   follow_ups: dict[str, object]) -> str:
         """The topic's question; when taken, the next of its follow-up questions."""
+        if title and re.search(r"\s(?:it|them)$", topic, re.IGNORECASE):
+            topic = f"{topic.rsplit(' ', 1)[0]} {title}"  # "Activating it" under its title
         phrased = cases.phrase(topic)
+        if topic.lower() in GENERIC and title and title != topic:
+            phrased = f"{cases.phrase(title)} ({topic.lower()})"  # "Python sets (overview)"
         if self.settings.prompt_template:
             question = self.settings.prompt_template.replace("{topic}", phrased)
         else:

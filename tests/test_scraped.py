@@ -55,6 +55,11 @@ def
 keyword, followed by the name, the parameters in parentheses and a colon.
 Default arguments
 A parameter can have a default value that is used when the caller leaves it out. Never use a mutable object such as a list as a default value, because the same object is shared by every call.""",
+    """Python Sets
+Overview
+A set is an unordered collection without duplicate items. Sets are written with curly braces, and adding an item that is already there changes nothing.
+Examples
+The letters of a word form a set when you pass the word to the set function. Two sets can be combined with the union operator, written as a vertical bar.""",
     """Python Loops
 Loops repeat a block of code. A for loop walks over the items of a sequence, while a while loop repeats as long as its condition stays true.
 Installing Python
@@ -203,6 +208,8 @@ def test_questions_come_from_headings_and_fit_them(pairs):
         "How do I activate virtual environments?": "Activation puts",  # "Activating it"
         "What are Git basics?": "Git records the history",            # <h1> of the HTML page
         "What is the solar system?": "The solar system is the Sun",    # no heading: the subject
+        "Give me an overview of Python sets.": "A set is an unordered",  # title, then "Overview"
+        "Can you give an example of Python sets?": "The letters of a word",
         'Tell me about "Version 2.0 is out".': "Version 2.0 exports",  # RSS item titles
         "What is security update?": "All users should upgrade",
     }
@@ -239,7 +246,7 @@ def test_questions_never_come_from_file_names(pairs):
 
 def test_the_summary_says_what_was_skipped_and_why(site):
     result = ScrapedContentProcessor(ScrapedSettings(chunk_words=40)).process([site])
-    assert result.files_read == 10
+    assert result.files_read == 11
     assert result.skipped == {"media in images/": 1, "empty": 1, "not UTF-8": 1}
     assert result.dropped_lines["boilerplate repeated across pages"] > 0
     assert result.dropped_lines["cookie/terms banner"] > 0
@@ -280,11 +287,13 @@ def test_script_writes_jsonl_appends_without_duplicates_and_the_output_trains(si
 
 def test_prompt_template_keep_all_and_original_question(site, tmp_path):
     output = tmp_path / "pairs.json"
-    done = run_script(str(site / "crawl_default"), "--output", str(output),
+    done = run_script(str(site), "--output", str(output),
                       "--prompt-template", "Tell me about {topic}", "--keep-all", "--quiet")
     assert done.returncode == 0, done.stderr
     questions = [pair["input"] for pair in json.loads(output.read_text())]
-    assert questions[:2] == ["Tell me about Python dictionaries", "Tell me about how to add a key"]
+    assert {"Tell me about Python dictionaries", "Tell me about how to add a key",
+            "Tell me about Python sets (overview)"} <= set(questions)
+    assert "Tell me about activating virtual environments" in questions
     assert len(set(questions)) == len(questions)
 
 
