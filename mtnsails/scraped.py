@@ -8,16 +8,18 @@ split over several lines) or `--preserve-structure` mode (`# Title` / `## Sectio
 
 1. reading: once, as UTF-8 (undecodable files are skipped with a warning), media folders and
    binary files ignored;
-2. lines: HTML and Markdown are turned into the preserve-structure form, sentences split over
-   lines are rejoined, and every line is classed as heading, prose, list item or leftover;
-3. cleaning: navigation leftovers (short lines without a sentence end, C4's line rule), cookie /
-   terms / "enable JavaScript" banners, and boilerplate (a line found on many pages of the same
-   folder, i.e. the same crawl) are dropped;
+2. lines: HTML and Markdown are turned into the preserve-structure form and sentences split
+   over lines are rejoined;
+3. cleaning: cookie / terms / "enable JavaScript" banners and boilerplate (a line found on many
+   pages of the same folder, i.e. the same crawl) are dropped; then every line is classed as
+   heading, prose, list item or leftover, and leftovers (navigation: short lines without a
+   sentence end, C4's line rule) go too;
 4. sections and chunks: a page splits at its headings; a section's prose splits at sentence
    boundaries into answers of at most `chunk_words` words, so every answer is complete;
 5. questions: from the heading (never from the file name, which is a hash), phrased to fit it:
    "What are Python lists?", "How do I install the package?", "How does caching work?";
-6. `DataQualityValidator` drops exact and near duplicates and keeps only passing pairs.
+6. filtering: answers that copy another answer (exactly, or nearly by `NearDuplicateFinder`)
+   go, and `DataQualityValidator` keeps only pairs that pass every rule.
 
 Nothing here imports torch; no path is ever built from the pages' contents.
 """
