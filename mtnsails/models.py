@@ -105,12 +105,18 @@ class EmbeddedTrainingDefaults:
     pretrained model's fine-tuning defaults (5e-5, 3 epochs). A held-out split is off by default:
     a model that knows only your data cannot answer unseen questions, so its eval loss rises while
     it learns your answers, and keeping the "best" model would keep an under-trained one.
-    Measured: `train --model-name tiny` on the packaged examples reproduces >= 90 % of the answers.
+    Measured: `train --model-name tiny` on the packaged examples reproduces all 58 answers
+    greedily (25 epochs: 93 %).
+
+    Its matrices are too small to gain from several CPU threads, and on a busy CPU threads that
+    wait for each other thrash: training on the packaged examples took 63 s with one thread and
+    249 s with two on a 2-core machine that other jobs shared. `OMP_NUM_THREADS` overrides this.
     """
 
     learning_rate: float = 1e-3
     num_epochs: int = 40
     eval_split: float = 0.0
+    cpu_threads: int = 1
 
 
 @dataclass

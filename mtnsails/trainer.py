@@ -8,6 +8,7 @@ longest example. The finished model directory loads with plain `AutoModelForCaus
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -272,7 +273,8 @@ class LLMTrainer:
         }
         trainer, interrupt = self._build_trainer(model, tokenizer, train_set, eval_set, epochs,
                                                  learning_rate)
-        with interrupt:
+        threads = defaults.cpu_threads if defaults and "OMP_NUM_THREADS" not in os.environ else None
+        with interrupt, _torch_threads(threads):
             output = trainer.train(resume_from_checkpoint=checkpoint)
         if interrupt.requested:
             raise TrainingInterrupted(
@@ -536,6 +538,20 @@ def _trainer_classes():
                 control.should_training_stop = True
 
     return PerplexityTrainer, SaveAfterEvaluate, Interrupt
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """Run the block with `threads` CPU threads for torch (None: leave them alone)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _device_flags(device: str) -> dict:

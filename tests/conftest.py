@@ -64,14 +64,7 @@ def trained_tiny_model_dir(tmp_path_factory) -> Path:
     config = TrainingConfig(model_name="tiny", output_dir=str(path), num_epochs=60,
                             learning_rate=2e-3, batch_size=4, save_steps=1000, quiet=True,
                             seed=0)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small gains nothing from threads, which thrash on a busy CPU
-    try:
-        trainer = LLMTrainer(config=config)
-        trainer.train_conversations(TINY_CONVERSATIONS)
-        trainer.save_model()
-    finally:
-        torch.set_num_threads(threads)
+    trainer = LLMTrainer(config=config)
+    trainer.train_conversations(TINY_CONVERSATIONS)
+    trainer.save_model()
     return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,10 +12,6 @@ import pytest
 
 from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
 from mtnsails.files import file_sha256
-
-# A model this small gains nothing from threads, and two threads per process thrash on a CPU
-# that other test processes share.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +63,7 @@ def test_a_critical_data_set_blocks_training_unless_forced(tmp_path):
 
 def test_default_model_offline_falls_back_to_the_embedded_model_with_one_notice(tmp_path, tiny_data):
     result = run_cli("train", "--data-file", str(tiny_data), "--epochs", "1",
-                     "--output-dir", str(tmp_path / "out"), "--quiet", env=ONE_THREAD)
+                     "--output-dir", str(tmp_path / "out"), "--quiet")
     assert result.returncode == 0, result.stderr
     notices = [line for line in result.stderr.splitlines() if "embedded" in line]
     assert len(notices) == 1 and notices[0].startswith("note: distilgpt2 ")
@@ -88,7 +83,7 @@ def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_dat
             "--save-steps", "5", "--output-dir", str(output)]
     process = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *args, "--quiet"],
                                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, **ONE_THREAD})
+                               text=True)
     deadline = time.monotonic() + 120
     while not list(checkpoints.glob("checkpoint-*")) and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
@@ -101,7 +96,7 @@ def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_dat
     interrupted_at = max(int(path.name.split("-")[1]) for path in checkpoints.glob("checkpoint-*"))
     assert interrupted_at < 120  # 60 epochs x 2 steps: it stopped early
 
-    result = run_cli(*args, "--resume", env=ONE_THREAD)
+    result = run_cli(*args, "--resume")
     assert result.returncode == 0, result.stderr
     meta = json.loads((output / "mtnsails.json").read_text())
     steps = [entry["step"] for entry in meta["loss_history"]]
@@ -118,8 +113,7 @@ def test_two_process_data_parallel_training_on_cpu(tmp_path, tiny_data):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                "2", str(REPO_ROOT / "main.py"), "train", "--model-name", "tiny", "--data-file",
                str(tiny_data), "--epochs", "2", "--output-dir", str(output), "--quiet"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, **ONE_THREAD})
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Model saved to") == 1  # rank 0 alone writes and reports
     assert not list(tmp_path.glob(".ddp_model.*"))  # no leftover staging directories
