@@ -77,6 +77,35 @@ def test_every_readme_flag_exists_in_argparse_and_vice_versa():
         assert not actual - set(flags), f"### {name}: flags missing from README's table"
 
 
+def default_matches(default, cell: str) -> bool:
+    """Does README's default column say what argparse's default is?"""
+    if isinstance(default, bool):
+        return cell == ("on" if default else "off")
+    if isinstance(default, (int, float)):
+        number = re.match(r"[0-9.e+-]+", cell)
+        return number is not None and float(number.group()) == default
+    return f"`{default}`" in cell
+
+
+def documented_defaults(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^\| `(--[a-z0-9-]+)` \| ([^|]*) \|", text, re.MULTILINE))
+
+
+def test_readme_defaults_match_argparse():
+    from mtnsails.cli import build_parser
+
+    commands = section(README.read_text(encoding="utf-8"), "Commands")
+    tables = {name: documented_defaults(body) for name, body in
+              re.findall(r"^### (\S+)\n(.*?)(?=^### |\Z)", commands, re.MULTILINE | re.DOTALL)}
+    for name, parser in subcommand_parsers(build_parser()).items():
+        for action in parser._actions:
+            flag = next((o for o in action.option_strings if o.startswith("--")), None)
+            if flag in tables[name] and action.default is not None:
+                assert default_matches(action.default, tables[name][flag]), (
+                    f"### {name}: README says {flag} defaults to {tables[name][flag]!r}, "
+                    f"argparse says {action.default!r}")
+
+
 def test_scraped_content_flags_match_the_script():
     import importlib.util
 
@@ -84,8 +113,14 @@ def test_scraped_content_flags_match_the_script():
                                                   REPO_ROOT / "process_scraped_content.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    flags = table_flags(section(README.read_text(encoding="utf-8"), "Scraped web content"))
-    assert sorted(flags) == sorted(parser_flags(script.build_parser()))
+    text = section(README.read_text(encoding="utf-8"), "Scraped web content")
+    parser = script.build_parser()
+    assert sorted(table_flags(text)) == sorted(parser_flags(parser))
+    defaults = documented_defaults(text)
+    for action in parser._actions:
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if flag in defaults and action.default is not None:
+            assert default_matches(action.default, defaults[flag]), flag
 
 
 def test_flag_check_catches_drift():
@@ -95,3 +130,5 @@ def test_flag_check_catches_drift():
     parser.add_argument("--quiet", action="store_true")
     table = "| flag | default | meaning |\n|---|---|---|\n| `--data-file` | x | y |\n| `--old` | x | y |\n"
     assert set(table_flags(table)) ^ parser_flags(parser) == {"--old", "--quiet"}
+    assert default_matches(0.0, "0") and default_matches("cpu", "`cpu`") and default_matches(False, "off")
+    assert not default_matches(4, "8") and not default_matches("./a", "`./b`")
