@@ -111,7 +111,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def train_from_args(args: argparse.Namespace):
     """Run the quality gate and training that `train` describes; return the model directory."""
     from mtnsails.data import ConversationDataHandler
-    from mtnsails.trainer import LLMTrainer, TrainingConfig, packaged_example_data, quality_gate
+    from mtnsails.trainer import (LLMTrainer, TrainingConfig, finish_distributed,
+                                  packaged_example_data, quality_gate)
 
     config = TrainingConfig(
         model_name=args.model_name, output_dir=args.output_dir, num_epochs=args.epochs,
@@ -130,6 +131,7 @@ def train_from_args(args: argparse.Namespace):
     path = trainer.save_model()
     if trainer.is_main_process:
         print(result.summary(path))
+    finish_distributed()
     return path
 
 

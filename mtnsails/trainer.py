@@ -183,18 +183,19 @@ class LLMTrainer:
         if self.model is None:
             raise MtnsailsError("no model to save: train or load one first")
         path = Path(save_path or self.config.output_dir).expanduser().resolve()
-        if not _is_main_process():
-            return str(path)  # under torchrun/accelerate only rank 0 writes
-        from mtnsails.files import atomic_directory, atomic_write_text
+        if _is_main_process():  # under torchrun/accelerate only rank 0 writes
+            from mtnsails.files import atomic_directory, atomic_write_text
 
-        with atomic_directory(path) as staging:
-            self.model.save_pretrained(staging, safe_serialization=True)
-            self.tokenizer.save_pretrained(staging)
-            atomic_write_text(staging / "mtnsails.json",
-                              json.dumps(self._metadata(), indent=2) + "\n")
-            note = plot_loss(self.result.loss_history if self.result else [], staging / "loss.png")
-            if note and not self.config.quiet:
-                print(note, file=sys.stderr)
+            with atomic_directory(path) as staging:
+                self.model.save_pretrained(staging, safe_serialization=True)
+                self.tokenizer.save_pretrained(staging)
+                atomic_write_text(staging / "mtnsails.json",
+                                  json.dumps(self._metadata(), indent=2) + "\n")
+                history = self.result.loss_history if self.result else []
+                note = plot_loss(history, staging / "loss.png")
+                if note and not self.config.quiet:
+                    print(note, file=sys.stderr)
+        _distributed_barrier()  # the other ranks return once the model is there
         return str(path)
 
     def load_trained_model(self, model_path: str | os.PathLike) -> None:
@@ -566,6 +567,23 @@ def _device_flags(device: str) -> dict:
     if torch.cuda.is_available() and device in ("auto", "cuda"):
         return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
     return {}
+
+
+def _distributed_barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def finish_distributed() -> None:
+    """End a torchrun/accelerate run's process group; a process that exits with it still open
+    can abort ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _world_size() -> int:
