@@ -77,6 +77,8 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads is not None and threads < 1:
+        raise MtnsailsError(f"threads = {threads} must be at least 1")
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # onnxruntime warnings about unused initializers are noise here
@@ -94,9 +96,9 @@ class OnnxDecoder:
     def __init__(self, model_file: str | os.PathLike, threads: int | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
         self.model_file = Path(model_file)
+        options = session_options(threads)
         try:
-            self.session = ort.InferenceSession(str(model_file), session_options(threads),
-                                                providers=list(providers))
+            self.session = ort.InferenceSession(str(model_file), options, providers=list(providers))
         except Exception as error:  # onnxruntime raises its own classes for corrupt files
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise MtnsailsError(f"{model_file} cannot be loaded by onnxruntime (corrupt or not an ONNX model): "

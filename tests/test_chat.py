@@ -178,6 +178,8 @@ def test_bad_settings_are_one_line_errors(tiny_onnx_dir):
         ChatInterface(tiny_onnx_dir, generation=GenerationConfig(top_p=0))
     with pytest.raises(MtnsailsError, match="precision"):
         ChatInterface(tiny_onnx_dir, precision="int4")
+    with pytest.raises(MtnsailsError, match="threads"):
+        ChatInterface(tiny_onnx_dir, threads=0)
 
 
 def test_chat_path_never_imports_torch_or_transformers(tiny_onnx_dir):
