@@ -175,9 +175,9 @@ def resolve_model(
     if name == DEFAULT_MODEL_NAME:
         resolved = _embedded(name, texts, spec)
         resolved.notice = (
-            f"note: {name} is not in the local cache and cannot be downloaded ({reason}); using the "
-            f"embedded '{EMBEDDED_MODEL_NAME}' model instead: it learns only from your data, so for "
-            "real quality download a hub model once (e.g. with network: --model-name distilgpt2)"
+            f"note: {name} is not in the local cache and cannot be downloaded ({reason}); training "
+            f"the embedded '{EMBEDDED_MODEL_NAME}' model instead, which learns only from your data: "
+            "for real quality, run once with network access so a hub model is downloaded and cached"
         )
         return resolved
     raise MtnsailsError(

@@ -244,6 +244,8 @@ class LLMTrainer:
             config.template = ChatTemplate.from_dict(earlier)
             examples = make_examples(config.template)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
+        if getattr(model, "loss_type", None) is None:  # GPT-2: the loss transformers falls back to,
+            model.loss_type = "ForCausalLM"              # without its "unrecognized" warning
         defaults = EmbeddedTrainingDefaults() if self.resolved.embedded else None
         epochs = config.num_epochs or (defaults.num_epochs if defaults else 3)
         learning_rate = config.learning_rate or (defaults.learning_rate if defaults else 5e-5)
