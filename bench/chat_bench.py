@@ -92,10 +92,11 @@ def optimum_runner(onnx_dir: Path, ids: list[int], tokens: int):
     return run
 
 
-def chat_runner(onnx_dir: Path, precision: str, tokens: int):
+def chat_runner(onnx_dir: Path, setting: tuple[str, int | None], tokens: int):
     from mtnsails.chat import ChatInterface
 
-    chat = ChatInterface(onnx_dir, precision=precision)
+    precision, threads = setting
+    chat = ChatInterface(onnx_dir, precision=precision, threads=threads)
     chat.eos_token_id = None  # random weights: make every run produce exactly `tokens` tokens
 
     def run():
@@ -126,8 +127,11 @@ def bench_cold_start(workdir: Path, runs: int) -> float:
 PATHS = {  # name: (runner factory, model sub-directory, extra argument)
     "PyTorch generate": (pytorch_runner, "model", None),
     "ORTModelForCausalLM.generate (torch 1 thread)": (optimum_runner, "onnx", None),
-    "ChatInterface fp32": (chat_runner, "onnx", "fp32"),
-    "ChatInterface int8": (chat_runner, "onnx", "int8"),
+    "ChatInterface fp32": (chat_runner, "onnx", ("fp32", None)),
+    "ChatInterface int8": (chat_runner, "onnx", ("int8", None)),
+    # One thread: what a machine busy with other work gets (spinning threads wait on preempted ones).
+    "ChatInterface fp32, 1 thread": (chat_runner, "onnx", ("fp32", 1)),
+    "ChatInterface int8, 1 thread": (chat_runner, "onnx", ("int8", 1)),
 }
 
 
