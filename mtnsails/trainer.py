@@ -305,14 +305,30 @@ class LLMTrainer:
 
         directory = self.config.checkpoint_dir
         last = get_last_checkpoint(str(directory)) if directory.is_dir() else None
+        # What the checkpoints belong to: resuming with other data or another model would load
+        # weights into a model they do not fit (the embedded tokenizer is built from the data).
+        run = {"model_name": self.config.model_name, "data_sha256": self._data_info["data_sha256"]}
+        marker = directory / "mtnsails-run.json"
         if self.config.resume:
             if last is None:
                 raise MtnsailsError(f"--resume: no checkpoint in {directory} (nothing to resume)")
+            recorded = json.loads(marker.read_text("utf-8")) if marker.is_file() else run
+            changed = [key for key in run if recorded.get(key) != run[key]]
+            if changed:
+                raise MtnsailsError(
+                    f"--resume: the checkpoints in {directory} were made with another "
+                    f"{' and '.join(changed).replace('_sha256', '')}; resume with the same "
+                    "--model-name and --data-file, or delete that directory to start over")
             return last
         if last is not None:
             raise MtnsailsError(
                 f"{directory} holds checkpoints of an interrupted run: add --resume to continue "
                 "it, or delete that directory to start over")
+        if _is_main_process():
+            from mtnsails.files import atomic_write_text
+
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(marker, json.dumps(run) + "\n")
         return None
 
     def _build_trainer(self, model, tokenizer, train_set, eval_set, epochs, learning_rate):

@@ -96,6 +96,11 @@ def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_dat
     interrupted_at = max(int(path.name.split("-")[1]) for path in checkpoints.glob("checkpoint-*"))
     assert interrupted_at < 120  # 60 epochs x 2 steps: it stopped early
 
+    other_data = tmp_path / "other.json"
+    other_data.write_text(json.dumps(TINY_CONVERSATIONS[:4]))
+    result = run_cli(*args, "--data-file", str(other_data), "--resume")
+    assert_one_line_error(result, "--resume", "another data")
+
     result = run_cli(*args, "--resume")
     assert result.returncode == 0, result.stderr
     meta = json.loads((output / "mtnsails.json").read_text())
