@@ -20,6 +20,15 @@ def test_prompt_answers_once_with_the_trained_answer(tiny_onnx_dir):
     assert result.stdout == conversation["output"] + "\n"
 
 
+def test_directory_without_mtnsails_json_uses_the_default_template(tiny_onnx_dir, tmp_path):
+    model = tmp_path / "plain_optimum_export"
+    shutil.copytree(tiny_onnx_dir, model)
+    (model / "mtnsails.json").unlink()  # EOS and context length then come from config.json
+    result = run_cli("chat", "--model-path", str(model), "--prompt", "What do bees make?", "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Bees make honey and wax.\n"
+
+
 def test_piped_stdin_answers_one_prompt_per_line_keeping_history(tiny_onnx_dir):
     prompts = "Which country is Paris in?\nAnd what is its largest river?\n/reset\nWhat do bees make?\n"
     result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "0", "--precision", "fp32",

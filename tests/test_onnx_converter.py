@@ -131,6 +131,13 @@ def test_cli_convert_quantize_and_verify(untrained_tiny_model_dir, tmp_path):
     assert (tmp_path / "onnx" / "model_int8.onnx").exists()
 
 
+def test_cli_convert_quiet_prints_nothing(untrained_tiny_model_dir, tmp_path):
+    result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir), "--onnx-output",
+                     str(tmp_path / "onnx"), "--quiet")
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+    assert (tmp_path / "onnx" / "model.onnx").exists()
+
+
 @pytest.mark.parametrize("case", ["missing", "onnx_dir", "not_a_model", "inside_model"])
 def test_cli_convert_errors(case, untrained_tiny_model_dir, untrained_onnx_dir, tmp_path):
     model, output = {
