@@ -111,7 +111,6 @@ class TrainingConfig:
 class TrainingResult:
     """What a finished run reports."""
 
-    output_dir: Path | None
     train_loss: float | None
     eval_loss: float | None
     perplexity: float | None
@@ -232,20 +231,10 @@ class LLMTrainer:
             raise MtnsailsError("no conversations to train on")
         _quiet_libraries(config.quiet)
         checkpoint = self._resume_checkpoint()  # before any slow work: refuse early
-        from mtnsails.models import EmbeddedTrainingDefaults, resolve_model
-
-        texts = ["".join(segment.text for segment in segments) for segments in examples]
-        self.resolved = resolve_model(config.model_name, texts,
-                                      trust_remote_code=config.trust_remote_code)
-        if self.resolved.notice and _is_main_process():
-            print(self.resolved.notice, file=sys.stderr)
-        earlier = self.resolved.metadata.get("template")
-        if earlier and config.template == ChatTemplate():  # retraining keeps the model's template
-            config.template = ChatTemplate.from_dict(earlier)
-            examples = make_examples(config.template)
+        examples = self._resolve_model(examples, make_examples)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
-        if getattr(model, "loss_type", None) is None:  # GPT-2: the loss transformers falls back to,
-            model.loss_type = "ForCausalLM"              # without its "unrecognized" warning
+        from mtnsails.models import EmbeddedTrainingDefaults
+
         defaults = EmbeddedTrainingDefaults() if self.resolved.embedded else None
         epochs = config.num_epochs or (defaults.num_epochs if defaults else 3)
         learning_rate = config.learning_rate or (defaults.learning_rate if defaults else 5e-5)
@@ -291,14 +280,33 @@ class LLMTrainer:
         self.model.generation_config.pad_token_id = tokenizer.pad_token_id
         history = _loss_history(trainer.state.log_history)
         train_losses = [entry["loss"] for entry in history if "loss" in entry]
-        eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
-        eval_loss = trainer.state.best_metric if eval_losses else None
+        eval_loss = trainer.state.best_metric if eval_set else None
         self.result = TrainingResult(
-            output_dir=None,
             train_loss=train_losses[-1] if train_losses else output.training_loss,
             eval_loss=eval_loss, perplexity=_perplexity(eval_loss), examples=len(encoded),
             truncated=truncated, loss_history=history)
         return self.result
+
+    def _resolve_model(self, examples: list[list[Segment]],
+                       make_examples: Callable[[ChatTemplate], list[list[Segment]]]
+                       ) -> list[list[Segment]]:
+        """Set `self.resolved`; return the examples, rebuilt if the model brings its own template."""
+        from mtnsails.models import resolve_model
+
+        config = self.config
+        texts = ["".join(segment.text for segment in segments) for segments in examples]
+        self.resolved = resolve_model(config.model_name, texts,
+                                      trust_remote_code=config.trust_remote_code)
+        if self.resolved.notice and _is_main_process():
+            print(self.resolved.notice, file=sys.stderr)
+        model = self.resolved.model
+        if getattr(model, "loss_type", None) is None:  # GPT-2: the loss transformers falls back to,
+            model.loss_type = "ForCausalLM"              # without its "unrecognized" warning
+        earlier = self.resolved.metadata.get("template")
+        if earlier and config.template == ChatTemplate():  # retraining keeps the model's template
+            config.template = ChatTemplate.from_dict(earlier)
+            return make_examples(config.template)
+        return examples
 
     def _resume_checkpoint(self) -> str | None:
         from transformers.trainer_utils import get_last_checkpoint
