@@ -62,13 +62,16 @@ def test_a_critical_data_set_blocks_training_unless_forced(tmp_path):
 
 
 def test_default_model_offline_falls_back_to_the_embedded_model_with_one_notice(tmp_path, tiny_data):
-    result = run_cli("train", "--data-file", str(tiny_data), "--epochs", "1",
-                     "--output-dir", str(tmp_path / "out"), "--quiet")
+    result = run_cli("train", "--data-file", str(tiny_data), "--epochs", "1", "--eval-split",
+                     "0.25", "--output-dir", str(tmp_path / "out"), "--quiet")
     assert result.returncode == 0, result.stderr
     notice, = result.stderr.splitlines()  # --quiet: the notice is all there is on stderr
     assert notice.startswith("note: distilgpt2 ") and "embedded 'tiny' model" in notice
-    assert json.loads((tmp_path / "out" / "mtnsails.json").read_text())["embedded"] is True
-    assert "Next: python main.py convert --model-path" in result.stdout
+    meta = json.loads((tmp_path / "out" / "mtnsails.json").read_text())
+    assert meta["embedded"] is True and meta["settings"]["eval_examples"] == 2
+    saved, losses, next_command = result.stdout.splitlines()
+    assert saved.startswith("Model saved to") and "eval loss" in losses and "perplexity" in losses
+    assert next_command.startswith("Next: python main.py convert --model-path")
 
 
 def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_data,
