@@ -53,8 +53,10 @@ class VerificationReport:
                  f"{'agree' if self.greedy_match else 'DIFFER'}"]
         if self.int8_agreement is not None:
             lines.append(f"int8 argmax agrees with PyTorch on {self.int8_agreement:.1%} of positions")
-        lines += [f"verification failed: {problem}" for problem in self.problems]
         return "\n".join(lines)
+
+    def format_problems(self) -> str:
+        return "\n".join(f"verification failed: {problem}" for problem in self.problems)
 
 
 @contextlib.contextmanager
