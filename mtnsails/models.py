@@ -8,7 +8,7 @@ ships in the package. It is built deterministically from a fixed seed in well un
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Iterable
 
 EMBEDDED_MODEL_NAME = "tiny"
@@ -29,7 +29,9 @@ class EmbeddedModelSpec:
 
 def packaged_corpus() -> list[str]:
     """The small English corpus shipped with mtnsails (tokenizer coverage beyond your data)."""
-    text = resources.files("mtnsails").joinpath("resources/corpus.txt").read_text("utf-8")
+    # Beside this file, not importlib.resources: an editable install can register mtnsails as a
+    # namespace package, whose resources.files() fails ("MultiplexedPath only supports directories").
+    text = (Path(__file__).resolve().parent / "resources" / "corpus.txt").read_text("utf-8")
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -150,8 +152,6 @@ def resolve_model(
 
     An explicitly named model that cannot be had raises `MtnsailsError` with a hint.
     """
-    from pathlib import Path
-
     from mtnsails.errors import MtnsailsError
 
     if name == EMBEDDED_MODEL_NAME:
@@ -243,8 +243,6 @@ def _from_pretrained(source, trust_remote_code: bool, local_files_only: bool):
 
 
 def _has_safetensors(source) -> bool:
-    from pathlib import Path
-
     path = Path(source)
     return path.is_dir() and any(path.glob("*.safetensors"))
 
