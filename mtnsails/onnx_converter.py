@@ -217,6 +217,7 @@ class ONNXConverter:
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        start = time.perf_counter()
         onnx_dir = Path(onnx_dir)
         meta = json.loads((onnx_dir / "mtnsails.json").read_text("utf-8"))
         template = ChatTemplate.from_dict(meta.get("template"))
@@ -237,7 +238,7 @@ class ONNXConverter:
             if report.int8_agreement < INT8_MIN_AGREEMENT:
                 report.problems.append(f"int8 argmax agrees on only {report.int8_agreement:.1%} of positions "
                                        f"(needs {INT8_MIN_AGREEMENT:.0%})")
-        self._say(report.format_text())
+        self._say(f"{report.format_text()}\n(verification took {time.perf_counter() - start:.1f} s)")
         return report
 
     @staticmethod
