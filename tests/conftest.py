@@ -68,3 +68,13 @@ def trained_tiny_model_dir(tmp_path_factory) -> Path:
     trainer.train_conversations(TINY_CONVERSATIONS)
     trainer.save_model()
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(trained_tiny_model_dir, tmp_path_factory) -> Path:
+    """`trained_tiny_model_dir` exported by ONNXConverter: model.onnx + model_int8.onnx + tokenizer."""
+    from mtnsails.onnx_converter import ONNXConverter
+
+    path = tmp_path_factory.mktemp("tiny_onnx") / "onnx"
+    ONNXConverter(trained_tiny_model_dir, quiet=True).convert_to_onnx(path, quantize="int8")
+    return path
