@@ -75,6 +75,32 @@ def test_terminal_session_streams_resets_and_exits(tiny_onnx_dir):
     assert child.exitstatus == 0
 
 
+def render(terminal_output: str) -> str:
+    """What a terminal line shows after backspaces (\b moves the cursor left)."""
+    line: list[str] = []
+    cursor = 0
+    for char in terminal_output:
+        if char == "\b":
+            cursor -= 1
+        else:
+            line[cursor:cursor + 1] = [char]
+            cursor += 1
+    return "".join(line).rstrip()
+
+
+def test_terminal_erases_the_half_sentence_the_token_limit_cut(tiny_onnx_dir):
+    child = spawn_chat(tiny_onnx_dir, "--max-tokens", "5")
+    child.expect("You: ")
+    child.sendline("Hello!")
+    child.expect("Assistant: ")
+    child.expect("\r\nYou: ")
+    shown = child.before
+    assert shown.startswith("Hello! How can")  # streamed as generated...
+    assert render(shown) == "Hello!"  # ...then the cut-off half sentence is erased
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+
+
 @pytest.mark.parametrize("leave", ["ctrl-d", "ctrl-c", "quit"])
 def test_terminal_session_leaves_cleanly(tiny_onnx_dir, leave):
     child = spawn_chat(tiny_onnx_dir)
