@@ -38,7 +38,7 @@ SENTENCE_END = re.compile(r"""[.!?\u2026]["')\]]*(?=\s|$)""")
 
 @dataclass
 class ChatStats:
-    """What the last answer cost: used by `--verbose`-style reporting and by bench/chat_bench.py."""
+    """What the last answer cost (`ChatInterface.last_stats`; bench/chat_bench.py reads it)."""
 
     prompt_tokens: int
     new_tokens: int
