@@ -11,11 +11,19 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _default_mode(kind: int) -> int:
+    """The mode a plain `open`/`mkdir` would give (temp files are created private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return kind & ~umask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` via a temp file in the same directory, fsync, then `os.replace`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _default_mode(0o666))
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()
@@ -37,6 +45,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+    staging.chmod(_default_mode(0o777))
     try:
         yield staging
     except BaseException:

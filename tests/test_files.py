@@ -1,6 +1,8 @@
 """Atomic writes: a file or directory is either the complete old one or the complete new one."""
 
 import hashlib
+import os
+import stat
 
 import pytest
 
@@ -42,3 +44,23 @@ def test_file_sha256_matches_hashlib(tmp_path):
     path = tmp_path / "x.bin"
     path.write_bytes(b"abc" * 1000)
     assert file_sha256(path) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_written_files_and_directories_get_ordinary_permissions(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "new.json", "{}")
+        with atomic_directory(tmp_path / "model") as staging:
+            (staging / "weights").write_text("w")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    target = tmp_path / "log.json"
+    target.write_text("[]")
+    target.chmod(0o600)
+    atomic_write_text(target, "[1]")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
