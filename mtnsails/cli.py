@@ -7,6 +7,7 @@ Each subcommand has an `add_<name>_arguments(parser)` that declares its flags an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mtnsails.errors import MtnsailsError
@@ -143,34 +144,161 @@ def run_train(args: argparse.Namespace) -> int:
 # -- convert ----------------------------------------------------------------------------------
 
 
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-path", required=True, help="trained model directory")
+def add_convert_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> None:
+    """`standalone=False` (pipeline) leaves out --model-path and --quiet, which train declares."""
+    group = parser.add_argument_group("ONNX export")
+    if standalone:
+        group.add_argument("--model-path", required=True, help="trained model directory (save_pretrained)")
+        group.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    group.add_argument("--onnx-output", default="./onnx_model",
+                       help="ONNX model directory to write, replaced atomically (default: ./onnx_model)")
+    group.add_argument("--opset-version", type=int, default=14, help="ONNX opset (default: 14)")
+    group.add_argument("--verify", action="store_true",
+                       help="compare PyTorch and ONNX Runtime on test prompts; exit 1 if they disagree")
+    group.add_argument("--quantize", choices=("none", "int8"), default="none",
+                       help="also write model_int8.onnx, dynamic int8 (default: none)")
+
+
+def convert_from_args(args: argparse.Namespace, model_path: str | None = None):
+    """Export (and verify) as `convert` describes; return (onnx directory, VerificationReport or None)."""
+    from mtnsails.onnx_converter import ONNXConverter
+
+    converter = ONNXConverter(model_path or args.model_path, quiet=args.quiet)
+    onnx_dir = converter.convert_to_onnx(args.onnx_output, opset_version=args.opset_version,
+                                         quantize=args.quantize)
+    report = converter.verify(onnx_dir) if args.verify else None
+    if report is not None and not report.ok:
+        print(report.format_problems(), file=sys.stderr)
+    return onnx_dir, report
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    raise MtnsailsError("convert is not implemented yet")
+    _, report = convert_from_args(args)
+    return 1 if report is not None and not report.ok else 0
 
 
 # -- chat -------------------------------------------------------------------------------------
 
 
-def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-path", required=True, help="ONNX model directory")
+def add_chat_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> None:
+    """`standalone=False` (pipeline) leaves out --model-path, --max-length and --seed, which train declares."""
+    group = parser.add_argument_group("chat")
+    if standalone:
+        group.add_argument("--model-path", required=True, help="ONNX model directory (from convert)")
+        group.add_argument("--max-length", type=int, default=256,
+                           help="most prompt tokens (history + question) given to the model (default: 256)")
+        group.add_argument("--seed", type=int, help="random seed for reproducible sampling (default: none)")
+    group.add_argument("--prompt", help="answer this one prompt and exit")
+    group.add_argument("--max-tokens", type=int, default=50, help="new tokens per answer at most (default: 50)")
+    group.add_argument("--temperature", type=float, default=0.7,
+                       help="sampling temperature; 0 = greedy (default: 0.7)")
+    group.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens; 0 = all (default: 50)")
+    group.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling probability mass (default: 0.9)")
+    group.add_argument("--repetition-penalty", type=float, default=1.2,
+                       help="discourage tokens already in the conversation; 1 = off (default: 1.2)")
+    group.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                       help="never repeat an n-gram of this many tokens; 0 = off (default: 0)")
+    group.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                       help="which model file to run; auto = int8 when present (default: auto)")
+    group.add_argument("--threads", type=int,
+                       help="onnxruntime threads; fewer can be faster on a busy machine (default: physical cores)")
+    group.add_argument("--log-conversations", action="store_true",
+                       help="append every exchange to --log-file (training format)")
+    group.add_argument("--log-file", default="./chat_history.json",
+                       help="conversation log, .json array or .jsonl (default: ./chat_history.json)")
+
+
+def open_chat_from_args(args: argparse.Namespace, model_path: str | None = None):
+    """The ChatInterface that `chat` describes (the caller closes it)."""
+    from mtnsails.chat import ChatInterface, GenerationConfig
+
+    generation = GenerationConfig(
+        max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        seed=args.seed)
+    return ChatInterface(model_path or args.model_path, max_length=args.max_length,
+                         log_conversations=args.log_conversations, log_file=args.log_file,
+                         precision=args.precision, generation=generation, threads=args.threads)
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    raise MtnsailsError("chat is not implemented yet")
+    chat = open_chat_from_args(args)
+    if args.prompt is None:
+        chat.chat(interactive=True)
+        return 0
+    with chat:
+        print(chat.reply(args.prompt), flush=True)
+    return 0
 
 
 # -- pipeline ---------------------------------------------------------------------------------
 
 
+DEMO_PROMPTS = 3  # questions from the data the demo asks the freshly converted model
+
+
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    """Every flag of train, convert and chat once; the model paths are the pipeline's own:
+    the trained model (--output-dir) feeds convert, the ONNX directory (--onnx-output) the chat."""
+    add_train_arguments(parser)
+    add_convert_arguments(parser, standalone=False)
+    add_chat_arguments(parser, standalone=False)
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    raise MtnsailsError("pipeline is not implemented yet")
+    import json
+    import shlex
+    from pathlib import Path
+
+    from mtnsails.trainer import packaged_example_data
+
+    data_file = args.data_file or packaged_example_data()
+    _pipeline_stage(args, 1, f"train {args.model_name} on {data_file}")
+    model_dir = train_from_args(args)
+    _pipeline_stage(args, 2, f"convert {model_dir} to ONNX")
+    onnx_dir, report = convert_from_args(args, model_path=model_dir)
+    if report is not None and not report.ok:
+        print("pipeline stopped: the ONNX model failed verification", file=sys.stderr)
+        return 1
+    prompts = [args.prompt] if args.prompt else demo_prompts(data_file)
+    _pipeline_stage(args, 3, f"chat demo: {len(prompts)} question(s) from "
+                    f"{'--prompt' if args.prompt else data_file}")
+    with open_chat_from_args(args, model_path=onnx_dir) as chat:
+        answers = []
+        for prompt in prompts:
+            answers.append(chat.reply(prompt))
+            chat.reset()  # each demo question stands alone
+        precision = chat.precision
+
+    meta = json.loads((Path(model_dir) / "mtnsails.json").read_text(encoding="utf-8"))
+    losses = ", ".join(f"{name.replace('_', ' ')} {meta[name]:.4f}"
+                       for name in ("train_loss", "eval_loss", "perplexity")
+                       if meta.get(name) is not None)
+    print("\n=== Summary ===")
+    print(f"Trained model: {model_dir} ({losses or 'no loss recorded'})")
+    print(f"ONNX model:    {onnx_dir} (the demo ran the {precision} file)")
+    for prompt, answer in zip(prompts, answers):
+        print(f"  You:       {prompt}\n  Assistant: {answer or '(empty answer)'}")
+    if args.log_conversations:
+        print(f"Logged the demo to {args.log_file}")
+    print(f"Chat with it:  python main.py chat --model-path {shlex.quote(str(onnx_dir))}", flush=True)
+    return 0
+
+
+def _pipeline_stage(args: argparse.Namespace, number: int, title: str) -> None:
+    if not args.quiet:
+        print(f"\n=== [{number}/3] {title} ===", flush=True)
+
+
+def demo_prompts(data_file, count: int = DEMO_PROMPTS) -> list[str]:
+    """`count` questions spread over the data, preferring ones that stand alone (no history)."""
+    from mtnsails.data import ConversationDataHandler
+
+    conversations = ConversationDataHandler.from_file(data_file).conversations
+    single = [c for c in conversations if not c.get("history") and not c.get("system")]
+    pool = [c["input"] for c in (single or conversations)]
+    step = max(1, len(pool) // count)
+    return list(dict.fromkeys(pool[::step]))[:count]
 
 
 # -- entry point ------------------------------------------------------------------------------
@@ -208,3 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`mtnsails validate ... | head`): not an error of ours. Point
+        # stdout at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
