@@ -109,8 +109,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="allow a hub model to run its own Python code (only for models you trust)")
 
 
-def train_from_args(args: argparse.Namespace):
-    """Run the quality gate and training that `train` describes; return the model directory."""
+def train_from_args(args: argparse.Namespace, next_step: bool = True):
+    """Run the quality gate and training that `train` describes; return the model directory.
+
+    `next_step=False` leaves out the "Next: convert" hint (the pipeline converts by itself)."""
     from mtnsails.data import ConversationDataHandler
     from mtnsails.trainer import (LLMTrainer, TrainingConfig, finish_distributed,
                                   packaged_example_data, quality_gate)
@@ -131,7 +133,7 @@ def train_from_args(args: argparse.Namespace):
     result = trainer.train_conversations(conversations, data_file=data_file)
     path = trainer.save_model()
     if trainer.is_main_process:
-        print(result.summary(path))
+        print(result.summary(path, next_step))
     finish_distributed()
     return path
 
@@ -254,7 +256,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
     data_file = args.data_file or packaged_example_data()
     _pipeline_stage(args, 1, f"train {args.model_name} on {data_file}")
-    model_dir = train_from_args(args)
+    model_dir = train_from_args(args, next_step=False)
     _pipeline_stage(args, 2, f"convert {model_dir} to ONNX")
     onnx_dir, report = convert_from_args(args, model_path=model_dir)
     if report is not None and not report.ok:

@@ -118,14 +118,16 @@ class TrainingResult:
     truncated: int
     loss_history: list[dict]
 
-    def summary(self, path: str | os.PathLike) -> str:
+    def summary(self, path: str | os.PathLike, next_step: bool = True) -> str:
         """The lines `train` ends with: where the model is, its losses, the next command."""
         losses = f"final train loss {self.train_loss:.4f}"
         if self.eval_loss is not None:
             losses += f", eval loss {self.eval_loss:.4f} (perplexity {self.perplexity:.2f})"
         shown = os.path.relpath(path) if Path(path).is_relative_to(Path.cwd()) else str(path)
-        return (f"Model saved to {shown} ({self.examples} examples)\n{losses}\n"
-                f"Next: python main.py convert --model-path {shlex.quote(shown)}")
+        text = f"Model saved to {shown} ({self.examples} examples)\n{losses}"
+        if next_step:
+            text += f"\nNext: python main.py convert --model-path {shlex.quote(shown)}"
+        return text
 
 
 class TrainingInterrupted(MtnsailsError):

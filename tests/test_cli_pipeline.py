@@ -47,6 +47,7 @@ def test_pipeline_end_to_end(tmp_path):
     summary = out[stages[-1]:]
     assert f"Trained model: {tmp_path / 'model'} (train loss " in summary
     assert f"python main.py chat --model-path {tmp_path / 'onnx'}" in summary
+    assert "Next: python main.py convert" not in out  # the pipeline converts by itself
 
     asked = [line.split("You:", 1)[1].strip() for line in summary.splitlines() if "You:" in line]
     answered = [line.split("Assistant:", 1)[1].strip()
