@@ -45,12 +45,6 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     print(f"  training on the first {len(conversations)} valid conversations")
 
     began = step(3, f"Train {args.model_name!r} for {args.epochs} epochs")
-    if args.model_name == "tiny":
-        import torch
-
-        # A model this small gains nothing from a second thread, and threads thrash when the
-        # CPU is busy (measured on 2 busy cores: 6 s with one thread, 34 s with two).
-        torch.set_num_threads(1)
     config = TrainingConfig(model_name=args.model_name, output_dir=str(workdir / "trained_model"),
                             num_epochs=args.epochs, quiet=True)
     trainer = LLMTrainer(config=config)

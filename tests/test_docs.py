@@ -43,22 +43,15 @@ def subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.Ar
 
 def test_api_doc_examples_run(tmp_path, monkeypatch):
     """Every python block of docs/API.md, in order, in one namespace, in a fresh directory."""
-    import torch
-
     blocks = python_blocks(API_DOC.read_text(encoding="utf-8"))
     assert len(blocks) >= 10
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small gains nothing from threads; they thrash on a busy CPU
     namespace: dict = {"__name__": "__docs__"}
-    try:
-        for number, block in enumerate(blocks, start=1):
-            try:
-                exec(compile(block, f"docs/API.md python block {number}", "exec"), namespace)
-            except Exception as error:
-                pytest.fail(f"docs/API.md python block {number} failed: {error!r}\n{block}")
-    finally:
-        torch.set_num_threads(threads)
+    for number, block in enumerate(blocks, start=1):
+        try:
+            exec(compile(block, f"docs/API.md python block {number}", "exec"), namespace)
+        except Exception as error:
+            pytest.fail(f"docs/API.md python block {number} failed: {error!r}\n{block}")
 
 
 def test_every_readme_flag_exists_in_argparse_and_vice_versa():
