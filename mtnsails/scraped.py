@@ -258,12 +258,14 @@ MD_FENCE = re.compile(r"^(```|~~~)")
 def markdown_to_text(markdown: str) -> str:
     """Markdown in the preserve-structure form: code blocks, tables and images dropped,
     links reduced to their text, emphasis and inline-code marks removed."""
-    lines, in_code = [], False
+    lines, in_code, previous = [], False, ""
     for line in markdown.splitlines():
+        indented_code = line.startswith(("    ", "\t")) and not previous.strip()
+        previous = "" if indented_code else line  # code goes on until a line is not indented
         if MD_FENCE.match(line.strip()):
             in_code = not in_code
             continue
-        if in_code or line.startswith(("    ", "\t")) or line.lstrip().startswith("|"):
+        if in_code or indented_code or line.lstrip().startswith("|"):
             continue
         line = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", line)  # images
         line = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", line)  # links -> their text
@@ -337,10 +339,10 @@ def page_lines(text: str, suffix: str) -> list[Line]:
         text = html_to_text(text)
     elif suffix in (".md", ".markdown"):
         text = markdown_to_text(text)
-    raw = [line.strip() for line in normalise(text).split("\n")]
-    structured = any(HEADING.match(line) or ITEM.match(line) for line in raw)
+    raw = normalise(text).split("\n")
+    structured = any(HEADING.match(line.strip()) or ITEM.match(line.strip()) for line in raw)
     lines: list[Line] = []
-    for line in raw:
+    for indented, line in ((line[:1] == " ", line.strip()) for line in raw):
         heading = HEADING.match(line)
         if not line:
             lines.append(Line("blank", ""))
@@ -348,7 +350,8 @@ def page_lines(text: str, suffix: str) -> list[Line]:
             lines.append(Line("heading", clean_heading(heading.group(2)), len(heading.group(1))))
         elif ITEM.match(line):
             lines.append(Line("item", ITEM.sub("", line)))
-        elif lines and lines[-1].kind == "text" and (structured or continues(lines[-1].text, line)):
+        elif lines and ((lines[-1].kind == "text" and (structured or continues(lines[-1].text, line)))
+                        or (lines[-1].kind == "item" and indented)):  # a list item's next line
             lines[-1].text = join_text(lines[-1].text, line)
         else:
             lines.append(Line("text", line))

@@ -18,8 +18,9 @@ import pytest
 from conftest import REPO_ROOT, run_cli
 
 from mtnsails.quality import DataQualityValidator
-from mtnsails.scraped import (ScrapedContentProcessor, ScrapedSettings, WordCases, chunks,
-                              html_to_text, natural_question, sentences, ScrapeResult)
+from mtnsails.scraped import (ScrapedContentProcessor, ScrapedSettings, ScrapeResult, WordCases,
+                              chunks, classify, html_to_text, natural_question, page_lines,
+                              sections_of, sentences)
 
 SCRIPT = REPO_ROOT / "process_scraped_content.py"
 
@@ -374,3 +375,11 @@ def test_html_text_keeps_headings_and_items_and_drops_page_furniture():
             "<footer>Foot</footer></body></html>")
     lines = [line for line in html_to_text(html).splitlines() if line]
     assert lines == ["# T", "## Part", "• one", "• two", "Text <here>."]
+
+
+def test_markdown_list_items_keep_their_wrapped_lines_and_code_is_dropped():
+    markdown = ("# Tools\n\nThe kit includes:\n- a parser that reads\n  every file once\n"
+                "- a writer\n\n    code_block()\n\n```\nmore_code()\n```\n")
+    [section] = sections_of(classify(page_lines(markdown, ".md")))
+    assert section.heading == "Tools"
+    assert section.paragraphs == ["The kit includes: a parser that reads every file once; a writer."]
