@@ -293,7 +293,8 @@ BANNERS = re.compile(
     r"\b(?:cookies?\b.*\b(?:use|accept|consent|policy|settings|preferences|agree)"
     r"|(?:use|accept|consent to|allow)\b.*\bcookies"
     r"|enable javascript|javascript (?:is )?(?:disabled|required|must be enabled)"
-    r"|terms of (?:use|service)|privacy policy|all rights reserved)", re.IGNORECASE)
+    r"|terms of (?:use|service)|privacy policy|all rights reserved|copyright (?:\(c\) )?\d{4})"
+    r"|©", re.IGNORECASE)
 
 
 @dataclass
@@ -535,7 +536,7 @@ def chunks(paragraphs: list[str], settings: ScrapedSettings,
 VERBS = set("""activate add authenticate avoid build call catch change check choose clone commit
 compile configure connect convert copy create customize deactivate deal debug declare define
 delete deploy disable download edit enable export extend filter find fix format get handle import
-initialize insert install iterate load log manage measure merge migrate monitor move name
+initialize insert install iterate load log make manage measure merge migrate monitor move name
 open optimize organize parse pass print profile publish query raise read register remove rename
 run save schedule search select set share sort start structure test train troubleshoot update
 upgrade upload use validate work write""".split())

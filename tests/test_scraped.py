@@ -356,6 +356,7 @@ def test_chunks_are_balanced():
     ("How to deploy a web app", "How do I deploy a web app?"),
     ("How caching works", "How does caching work?"),
     ("Configure the logger", "How do I configure the logger?"),
+    ("Make a Request", "How do I make a request?"),
     ("Use cases", "What are use cases?"),
     ("Event loop", "How does the event loop work?"),
     ("Overview", "Give me an overview of Python lists."),
