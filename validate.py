@@ -34,7 +34,6 @@ DEPENDENCIES = [
     ("numpy", "numpy", True),
     ("tokenizers", "tokenizers", True),
     ("onnxruntime", "onnxruntime", True),
-    ("datasketch", "datasketch", True),
     ("torch", "torch", True),
     ("transformers", "transformers", True),
     ("datasets", "datasets", True),
