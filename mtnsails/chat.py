@@ -22,7 +22,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import atomic_write_text
+from mtnsails.files import atomic_write_text, read_metadata
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
 from mtnsails.template import ChatTemplate
 
@@ -62,13 +62,7 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
         raise MtnsailsError(f"model path {path} does not exist")
     if not path.is_dir():
         raise MtnsailsError(f"model path {path} is not a directory (give the ONNX model directory)")
-    meta_file = path / "mtnsails.json"
-    meta: dict = {}
-    if meta_file.exists():
-        try:
-            meta = json.loads(meta_file.read_text("utf-8"))
-        except (ValueError, UnicodeDecodeError) as error:
-            raise MtnsailsError(f"{meta_file} is not valid JSON: {error}") from None
+    meta = read_metadata(path)
     files = meta.get("files") or {"fp32": FP32_FILE}
     if not any((path / name).exists() for name in files.values()):
         if any((path / name).exists() for name in PYTORCH_WEIGHTS):

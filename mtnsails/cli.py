@@ -248,10 +248,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    import json
     import shlex
-    from pathlib import Path
 
+    from mtnsails.files import read_metadata
     from mtnsails.trainer import packaged_example_data
 
     data_file = args.data_file or packaged_example_data()
@@ -272,7 +271,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
             chat.reset()  # each demo question stands alone
         precision = chat.precision
 
-    meta = json.loads((Path(model_dir) / "mtnsails.json").read_text(encoding="utf-8"))
+    meta = read_metadata(model_dir)
     losses = ", ".join(f"{name.replace('_', ' ')} {meta[name]:.4f}"
                        for name in ("train_loss", "eval_loss", "perplexity")
                        if meta.get(name) is not None)

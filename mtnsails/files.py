@@ -1,14 +1,26 @@
-"""Crash-safe writes: a file or a whole directory appears complete or not at all."""
+"""Crash-safe writes: a file or a whole directory appears complete or not at all.
+
+Also the one reader of `mtnsails.json`, the metadata file that marks a directory as an mtnsails
+output: only such a directory (of the same kind) is ever replaced by a new output.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from mtnsails.errors import MtnsailsError
+
+METADATA_FILE = "mtnsails.json"
+# The "format" recorded in mtnsails.json by `train` and by `convert`.
+MODEL_FORMAT = "mtnsails-model"
+ONNX_FORMAT = "mtnsails-onnx"
 
 
 def _default_mode(kind: int) -> int:
@@ -35,14 +47,55 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh staging directory that replaces `path` only if the block succeeds.
+def read_metadata(directory: str | os.PathLike) -> dict:
+    """The directory's `mtnsails.json` as a dict ({} when there is none)."""
+    path = Path(directory) / METADATA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise MtnsailsError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise MtnsailsError(f"{path}: expected a JSON object")
+    return data
 
-    A failed or interrupted block leaves whatever was at `path` untouched. The swap is two
-    renames, so at every instant `path` holds either the complete old or the complete new tree.
+
+def check_replaceable(path: str | os.PathLike, kind: str | None = None) -> None:
+    """Raise MtnsailsError unless a new output directory may take the place of `path`.
+
+    Allowed: nothing there, an empty directory, or an earlier mtnsails output whose
+    `mtnsails.json` "format" is `kind` (any mtnsails output when `kind` is None). Anything else
+    (a file, the working directory or one above it, a folder of the user's) is never replaced.
     """
     path = Path(path).resolve()
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise MtnsailsError(f"{path}: exists and is not a directory; choose another output directory")
+    cwd = Path.cwd().resolve()
+    if path == cwd or path in cwd.parents:
+        raise MtnsailsError(f"{path}: is the current directory or contains it; "
+                            "choose an output directory of its own")
+    if not any(path.iterdir()):
+        return
+    found = read_metadata(path).get("format")
+    if found is None or (kind is not None and found != kind):
+        what = f"an mtnsails output of another kind ({found})" if found else "not an mtnsails output"
+        raise MtnsailsError(f"{path}: exists and is {what}; it is never overwritten: "
+                            "choose another output directory or remove it yourself")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, kind: str | None = None) -> Iterator[Path]:
+    """Yield a fresh staging directory that replaces `path` only if the block succeeds.
+
+    `path` must pass `check_replaceable(path, kind)`. A failed or interrupted block leaves
+    whatever was at `path` untouched. The swap is two renames, so at every instant `path`
+    holds either the complete old or the complete new tree.
+    """
+    path = Path(path).resolve()
+    check_replaceable(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
     staging.chmod(_default_mode(0o777))
@@ -51,6 +104,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # Some writers (safetensors among them) create files private to their owner.
+    for written in staging.rglob("*"):
+        if written.is_file() and not written.is_symlink():
+            written.chmod(_default_mode(0o666))
     previous = None
     if path.exists():
         previous = Path(tempfile.mkdtemp(prefix=f".{path.name}.previous-", dir=path.parent))

@@ -248,18 +248,15 @@ def _has_safetensors(source) -> bool:
 
 
 def _from_directory(path, name: str, trust_remote_code: bool) -> ResolvedModel:
-    import json
-
     from mtnsails.errors import MtnsailsError
+    from mtnsails.files import read_metadata
 
     if not (path / "config.json").is_file():
         raise MtnsailsError(f"--model-name {name}: directory has no config.json, so it is not a "
                             "saved model (expected an mtnsails trained model or a Hugging Face model)")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise MtnsailsError(f"--model-name {name}: directory has no model weights (*.safetensors)")
-    metadata = {}
-    if (path / "mtnsails.json").is_file():
-        metadata = json.loads((path / "mtnsails.json").read_text("utf-8"))
+    metadata = read_metadata(path)
     try:
         loaded = _from_pretrained(str(path), trust_remote_code, local_files_only=True)
     except ValueError as error:  # e.g. an architecture that needs --trust-remote-code

@@ -21,9 +21,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mtnsails.chat import FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, _read_json
+from mtnsails.chat import FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, _read_json, read_onnx_directory
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import atomic_directory, atomic_write_text
+from mtnsails.files import ONNX_FORMAT, atomic_directory, atomic_write_text, read_metadata
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
 from mtnsails.template import ChatTemplate
 
@@ -115,11 +115,7 @@ class ONNXConverter:
             self._echo(message)
 
     def _source_meta(self) -> dict:
-        meta_file = self.model_path / "mtnsails.json"
-        try:
-            return json.loads(meta_file.read_text("utf-8")) if meta_file.exists() else {}
-        except ValueError as error:
-            raise MtnsailsError(f"{meta_file} is not valid JSON: {error}") from None
+        return read_metadata(self.model_path)
 
     # -- export --------------------------------------------------------------------------------
 
@@ -135,7 +131,7 @@ class ONNXConverter:
             raise MtnsailsError(f"--onnx-output {output_path} must not be the model directory or inside it")
         if quantize not in ("none", "int8", None):
             raise MtnsailsError(f"quantize {quantize!r} is not one of none, int8")
-        with atomic_directory(output) as staging:
+        with atomic_directory(output, kind=ONNX_FORMAT) as staging:
             start = time.perf_counter()
             self._export(staging, opset_version)
             self._say(f"exported {FP32_FILE} ({_megabytes(staging / FP32_FILE)}) "
@@ -192,7 +188,7 @@ class ONNXConverter:
                         if token.get("special")), None)
         source = self._source_meta()
         meta = {
-            "format": "mtnsails-onnx",
+            "format": ONNX_FORMAT,
             "version": 1,
             "template": ChatTemplate.from_dict(source.get("template")).to_dict(),
             "source_model": str(self.model_path.resolve()),
@@ -219,7 +215,7 @@ class ONNXConverter:
 
         start = time.perf_counter()
         onnx_dir = Path(onnx_dir)
-        meta = json.loads((onnx_dir / "mtnsails.json").read_text("utf-8"))
+        meta = read_onnx_directory(onnx_dir)
         template = ChatTemplate.from_dict(meta.get("template"))
         eos = meta["eos_token_id"]
         decoders = {name: OnnxDecoder(onnx_dir / file) for name, file in meta["files"].items()}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from mtnsails.errors import MtnsailsError
+from mtnsails.files import MODEL_FORMAT, check_replaceable
 from mtnsails.template import ChatTemplate, Segment
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -187,7 +188,7 @@ class LLMTrainer:
         if _is_main_process():  # under torchrun/accelerate only rank 0 writes
             from mtnsails.files import atomic_directory, atomic_write_text
 
-            with atomic_directory(path) as staging:
+            with atomic_directory(path, kind=MODEL_FORMAT) as staging:
                 self.model.save_pretrained(staging, safe_serialization=True)
                 self.tokenizer.save_pretrained(staging)
                 atomic_write_text(staging / "mtnsails.json",
@@ -232,6 +233,7 @@ class LLMTrainer:
         if not examples:
             raise MtnsailsError("no conversations to train on")
         _quiet_libraries(config.quiet)
+        check_replaceable(config.output_dir, MODEL_FORMAT)  # refuse before hours of training
         checkpoint = self._resume_checkpoint()  # before any slow work: refuse early
         examples = self._resolve_model(examples, make_examples)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
@@ -408,7 +410,7 @@ class LLMTrainer:
         base = resolved and (resolved.metadata.get("base_model")
                              or (EMBEDDED_MODEL_NAME if embedded else resolved.name))
         return {
-            "format": "mtnsails-model", "version": 1, "base_model": base, "embedded": embedded,
+            "format": MODEL_FORMAT, "version": 1, "base_model": base, "embedded": embedded,
             "template": self.config.template.to_dict(), **self._data_info,
             "settings": self._settings,
             "train_loss": result.train_loss if result else None,

@@ -51,6 +51,17 @@ def test_bad_model_names_are_one_line_errors(tmp_path, tiny_data):
         assert_one_line_error(result, phrase)
 
 
+def test_an_output_dir_that_is_not_an_mtnsails_model_is_never_overwritten(tmp_path, tiny_data):
+    users = tmp_path / "thesis"
+    users.mkdir()
+    (users / "chapter1.tex").write_text("precious")
+    result = run_cli("train", "--data-file", str(tiny_data), "--model-name", "tiny",
+                     "--output-dir", str(users), "--quiet")
+    assert_one_line_error(result, "not an mtnsails output", "never overwritten")
+    assert [p.name for p in users.iterdir()] == ["chapter1.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]  # no checkpoints left behind
+
+
 def test_a_critical_data_set_blocks_training_unless_forced(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"input": f"Question {i}?", "output": "ok ok ok ok ok ok ok ok"}

@@ -1,12 +1,21 @@
 """Atomic writes: a file or directory is either the complete old one or the complete new one."""
 
 import hashlib
+import json
 import os
 import stat
 
 import pytest
 
-from mtnsails.files import atomic_directory, atomic_write_text, file_sha256
+from mtnsails.errors import MtnsailsError
+from mtnsails.files import (METADATA_FILE, MODEL_FORMAT, ONNX_FORMAT, atomic_directory,
+                            atomic_write_text, check_replaceable, file_sha256, read_metadata)
+
+
+def _earlier_output(path):
+    path.mkdir()
+    (path / METADATA_FILE).write_text(json.dumps({"format": MODEL_FORMAT}))
+    return path
 
 
 def test_atomic_write_replaces_the_file_and_leaves_no_temp_files(tmp_path):
@@ -18,19 +27,16 @@ def test_atomic_write_replaces_the_file_and_leaves_no_temp_files(tmp_path):
 
 
 def test_atomic_directory_swaps_in_the_new_tree_on_success(tmp_path):
-    target = tmp_path / "model"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
+    target = _earlier_output(tmp_path / "model")
     with atomic_directory(target) as staging:
         (staging / "new.txt").write_text("new")
-        assert (target / "old.txt").exists()  # still the old tree while writing
+        assert (target / METADATA_FILE).exists()  # still the old tree while writing
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
 def test_a_failure_inside_atomic_directory_keeps_the_old_tree(tmp_path):
-    target = tmp_path / "model"
-    target.mkdir()
+    target = _earlier_output(tmp_path / "model")
     (target / "weights").write_text("good")
     with pytest.raises(RuntimeError):
         with atomic_directory(target) as staging:
@@ -64,3 +70,43 @@ def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     target.chmod(0o600)
     atomic_write_text(target, "[1]")
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_atomic_directory_never_replaces_a_folder_that_is_not_its_own_output(tmp_path):
+    users = tmp_path / "notes"
+    users.mkdir()
+    (users / "thesis.tex").write_text("precious")
+    with pytest.raises(MtnsailsError, match="not an mtnsails output"):
+        with atomic_directory(users, kind=MODEL_FORMAT):
+            pass
+    assert (users / "thesis.tex").read_text() == "precious"
+
+
+def test_atomic_directory_replaces_only_outputs_of_the_same_kind(tmp_path):
+    model = tmp_path / "model"
+    with atomic_directory(model, kind=MODEL_FORMAT) as staging:
+        (staging / METADATA_FILE).write_text(json.dumps({"format": MODEL_FORMAT}))
+    with atomic_directory(model, kind=MODEL_FORMAT) as staging:  # retraining: replaced
+        (staging / METADATA_FILE).write_text(json.dumps({"format": MODEL_FORMAT, "run": 2}))
+    assert read_metadata(model)["run"] == 2
+    with pytest.raises(MtnsailsError, match="another kind"):
+        check_replaceable(model, ONNX_FORMAT)  # an ONNX export never lands on a trained model
+
+
+def test_files_and_the_working_directory_are_never_replaced(tmp_path, monkeypatch):
+    data = tmp_path / "data.json"
+    data.write_text("[]")
+    with pytest.raises(MtnsailsError, match="not a directory"):
+        check_replaceable(data)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MtnsailsError, match="current directory"):
+        check_replaceable(tmp_path)
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty")  # an empty directory is fine
+
+
+def test_read_metadata_reports_a_broken_file_in_one_line(tmp_path):
+    assert read_metadata(tmp_path) == {}
+    (tmp_path / METADATA_FILE).write_text("{broken")
+    with pytest.raises(MtnsailsError, match="mtnsails.json: not valid JSON"):
+        read_metadata(tmp_path)

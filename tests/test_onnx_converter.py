@@ -108,11 +108,20 @@ def test_failed_export_leaves_the_old_directory_untouched(untrained_tiny_model_d
     (broken / "model.safetensors").write_bytes(b"not safetensors")
     output = tmp_path / "onnx"
     output.mkdir()
-    (output / "keep.txt").write_text("old")
+    (output / "mtnsails.json").write_text(json.dumps({"format": "mtnsails-onnx"}))  # an earlier export
     with pytest.raises(MtnsailsError, match="cannot export"):
         ONNXConverter(broken, quiet=True).convert_to_onnx(output)
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".onnx")] == []
-    assert [path.name for path in output.iterdir()] == ["keep.txt"]
+    assert [path.name for path in output.iterdir()] == ["mtnsails.json"]
+
+
+def test_export_never_overwrites_a_folder_of_the_users(untrained_tiny_model_dir, tmp_path):
+    output = tmp_path / "docs"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    with pytest.raises(MtnsailsError, match="not an mtnsails output"):
+        ONNXConverter(untrained_tiny_model_dir, quiet=True).convert_to_onnx(output)
+    assert (output / "notes.txt").read_text() == "mine"
 
 
 def test_original_api(untrained_tiny_model_dir, untrained_onnx_dir):
