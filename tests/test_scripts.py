@@ -68,7 +68,7 @@ def test_validate_checks_everything_and_runs_end_to_end():
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "✗" not in out
-    for item in ("torch", "transformers", "optimum.exporters.onnx", "onnxruntime", "datasketch",
+    for item in ("torch", "transformers", "optimum.exporters.onnx", "onnxruntime", "numpy",
                  "python main.py --help", "python main.py chat --help",
                  "python main.py train ...", "python main.py convert ...", "python main.py chat ..."):
         assert f"✓ {item}" in out, item
