@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from mtnsails.errors import MtnsailsError
+
+if TYPE_CHECKING:  # annotations only: the commands import these lazily
+    from mtnsails.chat import ChatInterface
+    from mtnsails.onnx_converter import VerificationReport
 
 # -- validate ---------------------------------------------------------------------------------
 
@@ -31,7 +36,8 @@ def run_validate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from mtnsails.data import JSONL_SUFFIXES, ConversationDataHandler, write_conversations
+    from mtnsails.data import (JSONL_SUFFIXES, ConversationDataHandler, require_output_directory,
+                               write_conversations)
     from mtnsails.quality import DataQualityValidator
 
     data_file = Path(args.data_file)
@@ -45,6 +51,7 @@ def run_validate(args: argparse.Namespace) -> int:
         if output.resolve() == data_file.resolve():
             raise MtnsailsError(f"{output}: is the input file; choose another --output "
                                 "(validate never overwrites its input)")
+        require_output_directory(output)
     conversations = ConversationDataHandler(data_file).conversations
     report = DataQualityValidator().analyze(conversations)
     if args.json:
@@ -161,7 +168,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser, standalone: bool = Tr
                        help="also write model_int8.onnx, dynamic int8 (default: none)")
 
 
-def convert_from_args(args: argparse.Namespace, model_path: str | None = None):
+def convert_from_args(args: argparse.Namespace,
+                      model_path: str | None = None) -> tuple[str, VerificationReport | None]:
     """Export (and verify) as `convert` describes; return (onnx directory, VerificationReport or None)."""
     from mtnsails.onnx_converter import ONNXConverter
 
@@ -175,6 +183,7 @@ def convert_from_args(args: argparse.Namespace, model_path: str | None = None):
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    """Exit 0 after a successful export, 1 when --verify found PyTorch and ONNX disagreeing."""
     _, report = convert_from_args(args)
     return 1 if report is not None and not report.ok else 0
 
@@ -210,7 +219,14 @@ def add_chat_arguments(parser: argparse.ArgumentParser, standalone: bool = True)
                        help="conversation log, .json array or .jsonl (default: ./chat_history.json)")
 
 
-def open_chat_from_args(args: argparse.Namespace, model_path: str | None = None):
+def check_prompt(args: argparse.Namespace) -> None:
+    """Refuse a blank --prompt before any work: there is no question to answer or log."""
+    if args.prompt is not None and not args.prompt.strip():
+        raise MtnsailsError("--prompt is blank: give the question to answer "
+                            "(or leave --prompt out to chat)")
+
+
+def open_chat_from_args(args: argparse.Namespace, model_path: str | None = None) -> ChatInterface:
     """The ChatInterface that `chat` describes (the caller closes it)."""
     from mtnsails.chat import ChatInterface, GenerationConfig
 
@@ -224,6 +240,8 @@ def open_chat_from_args(args: argparse.Namespace, model_path: str | None = None)
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    """Answer --prompt once, or chat (streamed in a terminal, one answer per line when piped); exit 0."""
+    check_prompt(args)
     chat = open_chat_from_args(args)
     if args.prompt is None:
         chat.chat(interactive=True)
@@ -248,11 +266,15 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
+    """Train, convert (and verify), then ask the new ONNX model a few questions and summarise.
+
+    Exit 0 on success, 1 when --verify rejected the export (chat is then skipped)."""
     import shlex
 
     from mtnsails.files import read_metadata
     from mtnsails.trainer import packaged_example_data
 
+    check_prompt(args)
     data_file = args.data_file or packaged_example_data()
     _pipeline_stage(args, 1, f"train {args.model_name} on {data_file}")
     model_dir = train_from_args(args, next_step=False)
@@ -261,7 +283,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if report is not None and not report.ok:
         print("pipeline stopped: the ONNX model failed verification", file=sys.stderr)
         return 1
-    prompts = [args.prompt] if args.prompt else demo_prompts(data_file)
+    prompts = [args.prompt] if args.prompt is not None else demo_prompts(data_file)
     _pipeline_stage(args, 3, f"chat demo: {len(prompts)} question(s) from "
                     f"{'--prompt' if args.prompt else data_file}")
     with open_chat_from_args(args, model_path=onnx_dir) as chat:
@@ -315,6 +337,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `mtnsails` parser: one subcommand per entry of COMMANDS, its handler in `args.handler`."""
     parser = argparse.ArgumentParser(
         prog="mtnsails",
         description="Turn question/answer conversations into a small chat model that runs fast on a CPU.",
@@ -328,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]) and return the exit status.
+
+    A MtnsailsError becomes one `error: ...` line on stderr and its exit code (2); Ctrl-C exits 130."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -164,7 +164,7 @@ def read_records(path: Path) -> list[tuple[str, Any]]:
     if path.suffix.lower() in JSONL_SUFFIXES:
         return _read_jsonl(path, text)
     try:
-        data = json.loads(text)
+        data = _loads(text, path)
     except json.JSONDecodeError as error:
         if error.msg == "Extra data" and _looks_like_jsonl(text):
             return _read_jsonl(path, text)
@@ -182,6 +182,15 @@ def read_records(path: Path) -> list[tuple[str, Any]]:
     return [(f"record {index}", record) for index, record in enumerate(data)]
 
 
+def _loads(text: str, path: Path, where: str = "") -> Any:
+    """`json.loads`, with nesting too deep for Python's parser as a one-line DataFormatError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataFormatError(f"{path}: {where}JSON nested too deeply to read (arrays or objects "
+                              "inside each other about 1000 levels deep)") from None
+
+
 def _is_sharegpt_turn(item: Any) -> bool:
     return isinstance(item, dict) and "from" in item and "value" in item
 
@@ -191,7 +200,7 @@ def _looks_like_jsonl(text: str) -> bool:
         for line in text.splitlines():
             if line.strip():
                 json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
     return True
 
@@ -202,7 +211,7 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append((f"line {number}", json.loads(line)))
+            records.append((f"line {number}", _loads(line, path, f"line {number}: ")))
         except json.JSONDecodeError as error:
             raise DataFormatError(f"{path}: line {number}: not valid JSON: {error.msg} "
                                   f"(column {error.colno})") from None
@@ -361,10 +370,17 @@ def exchanges(conversation: dict) -> list[tuple[str, str]]:
 def write_conversations(path: str | os.PathLike, conversations: list[dict]) -> None:
     """Atomically write native conversations: JSON Lines for `.jsonl`, else a JSON array."""
     path = Path(path)
-    if not path.parent.exists():
-        raise DataFormatError(f"{path}: directory {path.parent} does not exist")
+    require_output_directory(path)
     if path.suffix.lower() in JSONL_SUFFIXES:
         text = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations)
     else:
         text = json.dumps(conversations, ensure_ascii=False, indent=2) + "\n"
     atomic_write_text(path, text)
+
+
+def require_output_directory(path: str | os.PathLike) -> None:
+    """Raise DataFormatError unless `path`'s directory exists: checked before long work, so a
+    typo in an output path fails at once instead of after the report or the processing."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise DataFormatError(f"{path}: directory {path.parent} does not exist")

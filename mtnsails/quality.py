@@ -67,6 +67,11 @@ class QualityConfig:
     min_alpha_ratio: float = 0.5
     # Share of characters in URLs above which an answer is link debris, not prose.
     max_url_char_fraction: float = 0.5
+    # One link in a one-sentence answer easily covers half its characters ("See
+    # https://example.com/a/b/c for the full details." is 57 % URL), so texts shorter than
+    # this (non-space characters) only count as link debris with fewer than
+    # `min_output_words` words besides their URLs.
+    url_fraction_min_chars: int = 100
     # Gopher quality rules: '#'/ellipsis per word > 0.1, < 80 % of words with a letter
     # (from `gopher_min_words`: "Primes such as 2, 3, 5, 7 and 11." has 55 % words with a letter).
     max_symbol_word_ratio: float = 0.1
@@ -316,9 +321,12 @@ def gibberish_reason(text: str, config: QualityConfig) -> str | None:
     url_chars = 0
     if any(hint in prose for hint in URL_HINTS):
         url_chars = sum(len(url) for url in URL_RE.findall(prose))
-    if url_chars / len(compact) > config.max_url_char_fraction:
-        return f"is mostly URLs ({url_chars / len(compact):.0%} of its characters): {_quote(prose)}"
-    prose = URL_RE.sub(" ", prose)
+    if url_chars:
+        prose = URL_RE.sub(" ", prose)
+    if url_chars / len(compact) > config.max_url_char_fraction and (
+            len(compact) >= config.url_fraction_min_chars
+            or len(prose.split()) < config.min_output_words):
+        return f"is mostly URLs ({url_chars / len(compact):.0%} of its characters): {_quote(text)}"
     letters = sum(map(len, LETTERS_RE.findall(prose)))
     if len(compact) - url_chars and letters / (len(compact) - url_chars) < config.min_alpha_ratio:
         return (f"has only {letters / (len(compact) - url_chars):.0%} letters among its "

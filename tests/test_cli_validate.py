@@ -113,6 +113,25 @@ def test_filter_refuses_to_overwrite_the_input(tmp_path):
     assert data.read_bytes() == before
 
 
+def test_deeply_nested_json_exits_2_with_a_one_line_error(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    result = run_cli("validate", "--data-file", str(deep))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"error: {deep}: JSON nested too deeply to read "
+                                          "(arrays or objects inside each other about 1000 "
+                                          "levels deep)"]
+
+
+def test_filter_into_a_missing_directory_fails_before_the_report(tmp_path):
+    output = tmp_path / "nodir" / "x.json"
+    result = run_cli("validate", "--data-file", str(DATA_DIR / "bad_conversations.json"),
+                     "--filter", "--output", str(output))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {output}: directory {output.parent} does not exist"]
+
+
 def test_output_without_filter_is_an_error(tmp_path):
     result = run_cli("validate", "--data-file", str(DATA_DIR / "native.json"), "--output",
                      str(tmp_path / "x.json"))

@@ -86,6 +86,16 @@ def test_a_single_conversation_object_is_accepted(tmp_path, record):
     assert len(ConversationDataHandler(path)) == 1
 
 
+@pytest.mark.parametrize("name, where", [("deep.json", ""), ("deep.jsonl", "line 1: ")])
+def test_deeply_nested_json_is_a_one_line_error(tmp_path, name, where):
+    path = tmp_path / name
+    path.write_text("[" * 100_000)  # Python's JSON parser gives up (RecursionError) long before
+    with pytest.raises(DataFormatError) as caught:
+        ConversationDataHandler(path)
+    assert str(caught.value).startswith(f"{path}: {where}JSON nested too deeply")
+    assert "\n" not in str(caught.value)
+
+
 def test_bad_turn_inside_a_record_is_located(tmp_path):
     path = tmp_path / "chat.json"
     path.write_text(json.dumps([{"messages": [{"role": "user", "content": "hi"},

@@ -21,6 +21,7 @@ GOOD_ANSWERS = [
     "That is wonderful news, congratulations 🎉",
     "Numbers such as 2, 3, 5, 7 and 11 are prime.",
     "See https://docs.python.org/3/ for the full tutorial on lists and loops.",
+    "See https://example.com/a/b/c for the full details.",  # 57 % of it is the link
     "巴黎是法国的首都，也是最大的城市。",
     "日本の首都は東京です。",
     "Python — это популярный язык программирования.",
@@ -46,6 +47,10 @@ def test_good_answers_pass_every_rule(answer):
     ("I like it. I like it. I like it.", "repetitive_output", "'i like it.' 3 times"),
     ("@@## %%$$ &&** !!~~ ^^ ok.", "gibberish_output", "letters"),
     ("http://a.example.com/x?y=1 www.b.org/z/a/b/c.html", "gibberish_output", "mostly URLs"),
+    ("Links: " + " ".join(f"https://example.com/docs/page-{n}.html" for n in range(4)),
+     "gibberish_output", "mostly URLs"),
+    ("See these pages: https://example.com/docs/getting-started/installation.html and "
+     "https://example.com/docs/reference/configuration.html", "gibberish_output", "mostly URLs"),
     ("Asdkjfhaskdjfh qweoiruqwoeiru zxcmvnbzxmcnvb lkjhasdflkjh.", "gibberish_output",
      "mean word length"),
     ("The capital of France is", "incomplete_output", "dangling word 'is'"),
