@@ -16,21 +16,19 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Iterator, TextIO
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import atomic_write_text, read_metadata
-from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
+from mtnsails.files import (FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, atomic_write_text, read_json_object,
+                            read_metadata)
+from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens, setting_label
 from mtnsails.template import ChatTemplate
 
 __all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_directory"]
 
-FP32_FILE = "model.onnx"
-INT8_FILE = "model_int8.onnx"
-PYTORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 EXIT_COMMANDS = {"/exit", "exit", "quit", "/quit"}
 # A sentence ends at . ! ? (or an ellipsis), optionally followed by a closing quote or bracket.
 SENTENCE_END = re.compile(r"""[.!?\u2026]["')\]]*(?=\s|$)""")
@@ -48,6 +46,7 @@ class ChatStats:
 
     @property
     def tokens_per_second(self) -> float:
+        """New tokens per second of generation (0 when nothing was timed)."""
         return self.new_tokens / self.seconds if self.seconds else 0.0
 
 
@@ -72,9 +71,9 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
     if not (path / "tokenizer.json").exists():
         raise MtnsailsError(f"{path / 'tokenizer.json'} is missing: the tokenizer files must sit "
                             "beside the model (re-run `mtnsails convert`)")
-    config = _read_json(path / "config.json")
+    config = read_json_object(path / "config.json")
     if "eos_token_id" not in meta:
-        meta["eos_token_id"] = _read_json(path / "generation_config.json").get(
+        meta["eos_token_id"] = read_json_object(path / "generation_config.json").get(
             "eos_token_id", config.get("eos_token_id"))
     if "context_length" not in meta:
         meta["context_length"] = config.get("n_positions") or config.get("max_position_embeddings")
@@ -82,13 +81,6 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
         files.setdefault("int8", INT8_FILE)
     meta["files"] = files
     return meta
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def trim_dangling_sentence(text: str) -> str:
@@ -120,7 +112,9 @@ class ChatInterface:
                  auto_flush_interval: int = 10, precision: str = "auto",
                  generation: GenerationConfig | None = None, threads: int | None = None) -> None:
         """`max_length` caps the prompt tokens (history + question) given to the model.
-        `auto_flush_interval` is kept for the original API: the logger writes every exchange at once.
+        `auto_flush_interval` (original API, seconds) becomes the conversation logger's
+        `flush_interval`: how often its writer thread and `flush_logs()` wake up to check on each
+        other. Exchanges never wait for it: the logger writes each one as soon as it is logged.
         `precision` is "fp32", "int8" or "auto" (int8 when the directory has it)."""
         self.path = Path(onnx_model_path)
         meta = read_onnx_directory(self.path)
@@ -131,7 +125,9 @@ class ChatInterface:
         self.generation = generation or GenerationConfig()
         self.generation.validate()
         if max_length < 1:
-            raise MtnsailsError(f"max_length = {max_length} must be at least 1")
+            raise MtnsailsError(f"{setting_label('max_length')} = {max_length} must be at least 1")
+        if log_conversations and not auto_flush_interval > 0:
+            raise MtnsailsError(f"auto_flush_interval = {auto_flush_interval} must be above 0 (seconds)")
         self.precision = self._pick_precision(meta["files"], precision)
         self.model_file = self.path / meta["files"][self.precision]
         providers = ["CPUExecutionProvider"] if device == "cpu" else [
@@ -146,12 +142,11 @@ class ChatInterface:
         self.conversation_log: list[dict] = []
         self.last_stats: ChatStats | None = None
         self.log_file = Path(log_file or "./chat_history.json")
-        self.auto_flush_interval = auto_flush_interval
         self.logger = None
         if log_conversations:
             from mtnsails.logger import ConversationLogger  # only chats that log need it
 
-            self.logger = ConversationLogger(self.log_file)
+            self.logger = ConversationLogger(self.log_file, flush_interval=auto_flush_interval)
 
     def _pick_precision(self, files: dict, precision: str) -> str:
         if precision == "auto":
@@ -166,6 +161,7 @@ class ChatInterface:
     # -- prompts -------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of `text` as training tokenized it (no special tokens added)."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def prompt_ids(self, user_input: str, history: list[tuple[str, str]] | None = None,
@@ -191,7 +187,7 @@ class ChatInterface:
 
     # -- generation ----------------------------------------------------------------------------
 
-    def generate_ids(self, prompt_ids: list[int], config: GenerationConfig | None = None):
+    def generate_ids(self, prompt_ids: list[int], config: GenerationConfig | None = None) -> Iterator[int]:
         """Yield new token ids for `prompt_ids` (EOS included); no text-level stops.
 
         Sampling draws from the session's generator (seeded once, so a seeded session is
@@ -285,9 +281,11 @@ class ChatInterface:
             self.logger.flush()
 
     def get_conversation_log(self) -> list[dict]:
+        """A copy of this session's exchanges: {"input", "output", "timestamp"} records."""
         return list(self.conversation_log)
 
     def clear_conversation_log(self) -> None:
+        """Forget this session's exchanges in memory (the log file keeps them)."""
         self.conversation_log.clear()
 
     def save_conversation_log(self, file_path: str | os.PathLike | None = None) -> str:

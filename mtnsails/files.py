@@ -21,6 +21,10 @@ METADATA_FILE = "mtnsails.json"
 # The "format" recorded in mtnsails.json by `train` and by `convert`.
 MODEL_FORMAT = "mtnsails-model"
 ONNX_FORMAT = "mtnsails-onnx"
+# File names inside the model directories: `convert` writes the ONNX ones, chat reads them.
+FP32_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"
+PYTORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
 
 def _default_mode(kind: int) -> int:
@@ -47,18 +51,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def read_metadata(directory: str | os.PathLike) -> dict:
-    """The directory's `mtnsails.json` as a dict ({} when there is none)."""
-    path = Path(directory) / METADATA_FILE
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object stored in `path` ({} when there is no such file).
+
+    Raises MtnsailsError naming the file when it cannot be read or holds no JSON object.
+    """
+    path = Path(path)
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError; deep nesting recurses
         raise MtnsailsError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise MtnsailsError(f"{path}: cannot be read ({error.strerror})") from None
     if not isinstance(data, dict):
         raise MtnsailsError(f"{path}: expected a JSON object")
     return data
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+    """The directory's `mtnsails.json` as a dict ({} when there is none)."""
+    return read_json_object(Path(directory) / METADATA_FILE)
 
 
 def check_replaceable(path: str | os.PathLike, kind: str | None = None) -> None:

@@ -22,6 +22,16 @@ from mtnsails.errors import MtnsailsError
 
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
+# The `chat` flag that sets each setting, so an error names what the user typed.
+CHAT_FLAGS = {"max_new_tokens": "--max-tokens", "temperature": "--temperature", "top_k": "--top-k",
+              "top_p": "--top-p", "repetition_penalty": "--repetition-penalty",
+              "no_repeat_ngram_size": "--no-repeat-ngram-size", "threads": "--threads",
+              "max_length": "--max-length"}
+
+
+def setting_label(name: str) -> str:
+    """How errors name a setting: its `chat` flag and its Python name, e.g. "--max-tokens (max_new_tokens)"."""
+    return f"{CHAT_FLAGS[name]} ({name})" if name in CHAT_FLAGS else name
 
 
 @dataclass
@@ -39,10 +49,11 @@ class GenerationConfig:
 
     @property
     def greedy(self) -> bool:
+        """True when every step takes the most likely token (no sampling)."""
         return not self.do_sample or self.temperature <= 0
 
     def validate(self) -> None:
-        """Raise MtnsailsError naming the first setting out of range."""
+        """Raise MtnsailsError naming the first setting out of range (its flag and field)."""
         checks = (("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
                   ("temperature", self.temperature >= 0, "0 (greedy) or more"),
                   ("top_k", self.top_k >= 0, "0 (off) or more"),
@@ -51,7 +62,7 @@ class GenerationConfig:
                   ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"))
         for name, ok, expected in checks:
             if not ok:
-                raise MtnsailsError(f"{name} = {getattr(self, name)} must be {expected}")
+                raise MtnsailsError(f"{setting_label(name)} = {getattr(self, name)} must be {expected}")
 
 
 def physical_cores() -> int:
@@ -78,7 +89,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads is not None and threads < 1:
-        raise MtnsailsError(f"threads = {threads} must be at least 1")
+        raise MtnsailsError(f"{setting_label('threads')} = {threads} must be at least 1")
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # onnxruntime warnings about unused initializers are noise here
@@ -95,6 +106,7 @@ class OnnxDecoder:
 
     def __init__(self, model_file: str | os.PathLike, threads: int | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+        """Load `model_file` into onnxruntime (`threads`: intra-op threads, default one per physical core)."""
         self.model_file = Path(model_file)
         options = session_options(threads)
         try:

@@ -21,9 +21,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mtnsails.chat import FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, _read_json, read_onnx_directory
+from mtnsails.chat import read_onnx_directory
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import ONNX_FORMAT, atomic_directory, atomic_write_text, read_metadata
+from mtnsails.files import (FP32_FILE, INT8_FILE, ONNX_FORMAT, PYTORCH_WEIGHTS, atomic_directory,
+                            atomic_write_text, read_json_object, read_metadata)
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
 from mtnsails.template import ChatTemplate
 
@@ -45,9 +46,11 @@ class VerificationReport:
 
     @property
     def ok(self) -> bool:
+        """True when no check failed (`problems` is empty)."""
         return not self.problems
 
     def format_text(self) -> str:
+        """The figures as printed after `convert --verify`: logit difference, greedy and int8 agreement."""
         lines = [f"verified {self.prompts} prompts ({self.positions} positions): "
                  f"max logit difference {self.max_logit_diff:.2e}, greedy continuations "
                  f"{'agree' if self.greedy_match else 'DIFFER'}"]
@@ -56,6 +59,7 @@ class VerificationReport:
         return "\n".join(lines)
 
     def format_problems(self) -> str:
+        """One "verification failed: ..." line per problem (for stderr)."""
         return "\n".join(f"verification failed: {problem}" for problem in self.problems)
 
 
@@ -98,6 +102,7 @@ class ONNXConverter:
 
     def __init__(self, model_path: str | os.PathLike, quiet: bool = False,
                  echo: Callable[[str], None] = print) -> None:
+        """Check `model_path` holds config.json and weights; `quiet` silences progress, `echo` prints it."""
         self.model_path = Path(model_path)
         self.quiet = quiet
         self._echo = echo
@@ -287,7 +292,7 @@ class ONNXConverter:
         path = Path(model_path)
         if not path.is_dir():
             raise MtnsailsError(f"model path {path} does not exist or is not a directory")
-        config = _read_json(path / "config.json")
+        config = read_json_object(path / "config.json")
         files = {item.name: item.stat().st_size for item in sorted(path.iterdir()) if item.is_file()}
         info = {
             "path": str(path),

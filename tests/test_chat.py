@@ -14,6 +14,7 @@ from conftest import REPO_ROOT, TINY_CONVERSATIONS
 from mtnsails.chat import ChatInterface, GenerationConfig, _held_back, trim_dangling_sentence
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation import OnnxDecoder
+from mtnsails.logger import ConversationLogger
 from mtnsails.template import ChatTemplate
 
 pytestmark = pytest.mark.slow
@@ -155,10 +156,11 @@ def test_sampling_is_reproducible_with_a_seed(tiny_onnx_dir):
 
 
 def test_original_api_and_log(tiny_onnx_dir, tmp_path):
-    pytest.importorskip("mtnsails.logger")
     log_file = tmp_path / "chat_history.jsonl"
     with ChatInterface(str(tiny_onnx_dir), device="cpu", max_length=256, log_conversations=True,
-                       log_file=str(log_file), auto_flush_interval=10) as chat:
+                       log_file=str(log_file), auto_flush_interval=5) as chat:
+        # The original auto-flush setting is the logger's wake-up interval (records never wait for it).
+        assert isinstance(chat.logger, ConversationLogger) and chat.logger.flush_interval == 5
         answers = chat.batch_generate(["What is two plus two?", "Who wrote Hamlet?"], max_new_tokens=20,
                                       do_sample=False, repetition_penalty=1.0)
         assert answers == ["Two plus two is four.", "Hamlet was written by William Shakespeare."]
@@ -174,8 +176,10 @@ def test_original_api_and_log(tiny_onnx_dir, tmp_path):
 
 
 def test_bad_settings_are_one_line_errors(tiny_onnx_dir):
-    with pytest.raises(MtnsailsError, match="top_p"):
+    with pytest.raises(MtnsailsError, match=r"--top-p \(top_p\) = 0 must be in \(0, 1\]"):
         ChatInterface(tiny_onnx_dir, generation=GenerationConfig(top_p=0))
+    with pytest.raises(MtnsailsError, match="auto_flush_interval"):
+        ChatInterface(tiny_onnx_dir, log_conversations=True, auto_flush_interval=0)
     with pytest.raises(MtnsailsError, match="precision"):
         ChatInterface(tiny_onnx_dir, precision="int4")
     with pytest.raises(MtnsailsError, match="threads"):

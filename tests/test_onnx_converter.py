@@ -164,3 +164,9 @@ def test_cli_convert_errors(case, untrained_tiny_model_dir, untrained_onnx_dir, 
 def test_converter_rejects_bad_quantize(untrained_tiny_model_dir, tmp_path):
     with pytest.raises(MtnsailsError, match="quantize"):
         ONNXConverter(untrained_tiny_model_dir).convert_to_onnx(tmp_path / "x", quantize="int4")
+
+
+def test_model_info_of_a_broken_config_is_a_one_line_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(MtnsailsError, match=r"config\.json: not valid JSON"):
+        ONNXConverter.get_model_info(tmp_path)
