@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -29,13 +30,46 @@ def test_directory_without_mtnsails_json_uses_the_default_template(tiny_onnx_dir
     assert result.stdout == "Bees make honey and wax.\n"
 
 
-def test_piped_stdin_answers_one_prompt_per_line_keeping_history(tiny_onnx_dir):
-    prompts = "Which country is Paris in?\nAnd what is its largest river?\n/reset\nWhat do bees make?\n"
+def test_piped_stdin_answers_one_prompt_per_line_keeping_history(tiny_onnx_dir, tmp_path):
+    prompts = ("Which country is Paris in?\n\nAnd what is its largest river?\n   \n/reset\n"
+               "What do bees make?\n")
+    log = tmp_path / "log.jsonl"
     result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "0", "--precision", "fp32",
-                     input=prompts)
+                     "--log-conversations", "--log-file", str(log), input=prompts)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["Paris is in France.", "Its longest river is the Loire.",
                                           "Bees make honey and wax."]
+    # Blank lines are skipped: neither answered nor logged.
+    assert [json.loads(line)["input"] for line in log.read_text().splitlines()] == [
+        "Which country is Paris in?", "And what is its largest river?", "What do bees make?"]
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_blank_prompt_is_a_one_line_error_and_logs_nothing(tiny_onnx_dir, tmp_path, prompt):
+    log = tmp_path / "log.jsonl"
+    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--prompt", prompt,
+                     "--log-conversations", "--log-file", str(log))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "error: --prompt is blank: give the question to answer (or leave --prompt out to chat)\n"
+    assert not log.exists()
+
+
+def test_pipeline_refuses_a_blank_prompt_before_training(tmp_path):
+    result = run_cli("pipeline", "--model-name", "tiny", "--epochs", "1", "--quiet", "--prompt", " ",
+                     "--output-dir", str(tmp_path / "model"), "--onnx-output", str(tmp_path / "onnx"))
+    assert result.returncode == 2 and result.stderr.startswith("error: --prompt is blank")
+    assert not (tmp_path / "model").exists() and not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--max-tokens", "-3"], "--max-tokens (max_new_tokens) = -3 must be at least 1"),
+    (["--top-p", "0"], "--top-p (top_p) = 0.0 must be in (0, 1]"),
+    (["--threads", "0"], "--threads (threads) = 0 must be at least 1"),
+    (["--max-length", "0"], "--max-length (max_length) = 0 must be at least 1"),
+])
+def test_bad_settings_name_the_flag(tiny_onnx_dir, flags, expected):
+    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--prompt", "Hello!", *flags)
+    assert result.returncode == 2 and result.stderr == f"error: {expected}\n"
 
 
 def test_seeded_sampling_session_is_reproducible(tiny_onnx_dir):
@@ -56,6 +90,9 @@ def test_terminal_session_streams_resets_and_exits(tiny_onnx_dir):
     child = spawn_chat(tiny_onnx_dir)
     child.expect("/reset starts over")
     child.expect("You: ")
+    child.sendline("   ")  # a blank line is skipped: no answer, just the next prompt
+    child.expect("You: ")
+    assert "Assistant" not in child.before
     child.sendline("Which country is Paris in?")
     child.expect("Assistant: ")
     # The answer arrives piece by piece as tokens are generated, then the next prompt.
