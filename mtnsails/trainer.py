@@ -24,11 +24,15 @@ import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from mtnsails.collator import PaddingCollator, encode_segments
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import MODEL_FORMAT, check_replaceable
 from mtnsails.template import ChatTemplate, Segment
+
+if TYPE_CHECKING:  # only for annotations: the CLI imports this module at start-up
+    from mtnsails.quality import QualityReport
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 QUALITY_BLOCKS = "critical"  # verdict (< 50 % valid conversations) that stops training without --force
@@ -39,7 +43,8 @@ def packaged_example_data() -> Path:
     return Path(__file__).resolve().parent / "resources" / "example_conversations.json"
 
 
-def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = False):
+def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = False
+                 ) -> QualityReport:
     """Show the data-quality report; refuse a critical data set unless `force`. Returns the report."""
     from mtnsails.quality import DataQualityValidator
 
@@ -228,6 +233,12 @@ class LLMTrainer:
     def _train(self, make_examples: Callable[[ChatTemplate], list[list[Segment]]]
                ) -> TrainingResult:
         """Train on the examples `make_examples(template)` builds (segments per conversation)."""
+        with _removed_without_checkpoint(self.config.checkpoint_dir):
+            return self._run(make_examples)
+
+    def _run(self, make_examples: Callable[[ChatTemplate], list[list[Segment]]]
+             ) -> TrainingResult:
+        """The run itself: resolve the model, encode, train, record the result."""
         config = self.config
         examples = make_examples(config.template)
         if not examples:
@@ -421,51 +432,6 @@ class LLMTrainer:
         }
 
 
-# -- tokenization ---------------------------------------------------------------------------------
-
-def encode_segments(tokenizer, segments: list[Segment], max_length: int) -> dict:
-    """Token ids and labels of one conversation, built segment by segment as chat builds them.
-
-    Prompt tokens get label -100; each response is followed by EOS, which keeps its label.
-    Longer than `max_length`: the context is cut from the left. `truncated` is 0 (fits),
-    1 (context cut) or 2 (even the last prompt + answer did not fit: the answer's end was cut).
-    """
-    input_ids: list[int] = []
-    labels: list[int] = []
-    last_prompt_start = 0
-    for segment in segments:
-        ids = tokenizer(segment.text, add_special_tokens=False)["input_ids"]
-        if segment.is_response:
-            ids = ids + [tokenizer.eos_token_id]
-            labels += ids
-        else:
-            last_prompt_start = len(input_ids)
-            labels += [-100] * len(ids)
-        input_ids += ids
-    truncated = 0
-    if len(input_ids) > max_length:
-        start = len(input_ids) - max_length
-        truncated = 1
-        if start > last_prompt_start:
-            # Keep the question the answer belongs to (at most half the window) and cut the answer.
-            prompt_length = _last_prompt_length(labels, last_prompt_start)
-            start = last_prompt_start + prompt_length - min(prompt_length, max_length // 2)
-            input_ids = input_ids[start:start + max_length]
-            labels = labels[start:start + max_length]
-            truncated = 2
-        else:
-            input_ids, labels = input_ids[start:], labels[start:]
-    return {"input_ids": input_ids, "labels": labels, "length": len(input_ids),
-            "truncated": truncated}
-
-
-def _last_prompt_length(labels: list[int], start: int) -> int:
-    length = 0
-    while start + length < len(labels) and labels[start + length] == -100:
-        length += 1
-    return length
-
-
 def parse_text(text: str, template: ChatTemplate) -> list[Segment]:
     """Split an original-API training text back into prompt and response segments.
 
@@ -479,25 +445,6 @@ def parse_text(text: str, template: ChatTemplate) -> list[Segment]:
     if match is None:
         return [Segment(text, True)]
     return [Segment(template.prompt_text(match.group(1)), False), Segment(match.group(2), True)]
-
-
-class PaddingCollator:
-    """Pads a batch to its own longest example (right side); padding is masked and unlearned."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        longest = max(len(feature["input_ids"]) for feature in features)
-        batch = {"input_ids": [], "attention_mask": [], "labels": []}
-        for feature in features:
-            padding = longest - len(feature["input_ids"])
-            batch["input_ids"].append(list(feature["input_ids"]) + [self.pad_token_id] * padding)
-            batch["attention_mask"].append([1] * len(feature["input_ids"]) + [0] * padding)
-            batch["labels"].append(list(feature["labels"]) + [-100] * padding)
-        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
 
 
 def _dataset(encoded: list[dict]):
@@ -569,6 +516,19 @@ def _trainer_classes():
                 control.should_training_stop = True
 
     return PerplexityTrainer, SaveAfterEvaluate, Interrupt
+
+
+@contextlib.contextmanager
+def _removed_without_checkpoint(directory: Path):
+    """Remove `directory` if this run created it and fails before saving a checkpoint in it:
+    there is nothing to resume, and a leftover would only be clutter (e.g. an unknown model)."""
+    existed = directory.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and _is_main_process() and not any(directory.glob("checkpoint-*")):
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

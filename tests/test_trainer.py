@@ -9,9 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import TINY_CONVERSATIONS
+from mtnsails.collator import PaddingCollator, encode_segments
 from mtnsails.data import exchanges
 from mtnsails.template import ChatTemplate, Segment
-from mtnsails.trainer import LLMTrainer, PaddingCollator, TrainingConfig, encode_segments, parse_text
+from mtnsails.trainer import LLMTrainer, TrainingConfig, parse_text
 
 
 def greedy_answer(model, tokenizer, conversation: dict) -> str:
