@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:  # only for annotations: importing this module must not import transformers
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 EMBEDDED_MODEL_NAME = "tiny"
 EOS_TOKEN = "<|endoftext|>"
@@ -35,7 +38,8 @@ def packaged_corpus() -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def build_embedded_tokenizer(texts: Iterable[str], vocab_size: int = EmbeddedModelSpec.vocab_size):
+def build_embedded_tokenizer(texts: Iterable[str], vocab_size: int = EmbeddedModelSpec.vocab_size
+                             ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `texts` plus the packaged corpus.
 
     Byte-level BPE can encode any text, so chat never meets an unknown character. The returned
@@ -66,7 +70,8 @@ def build_embedded_tokenizer(texts: Iterable[str], vocab_size: int = EmbeddedMod
     )
 
 
-def build_embedded_model(texts: Iterable[str], spec: EmbeddedModelSpec = EmbeddedModelSpec()):
+def build_embedded_model(texts: Iterable[str], spec: EmbeddedModelSpec = EmbeddedModelSpec()
+                         ) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     """Return (model, tokenizer) of the embedded default, randomly initialised from `spec.seed`."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -123,12 +128,11 @@ class EmbeddedTrainingDefaults:
 
 @dataclass
 class ResolvedModel:
-    """A model and tokenizer ready to train, and where they came from."""
+    """A model and tokenizer ready to train, and what they are."""
 
     model: object
     tokenizer: object
     name: str  # what the user asked for
-    source: str  # "local directory", "local cache", "hub" or "embedded"
     embedded: bool
     metadata: dict  # an earlier mtnsails model's mtnsails.json ({} otherwise)
     notice: str | None = None  # one line to show the user (the embedded fallback says why)
@@ -161,16 +165,17 @@ def resolve_model(
         return _from_directory(path, name, trust_remote_code)
     if _looks_like_path(name):
         raise MtnsailsError(f"--model-name {name}: no such directory")
+    _check_hub_name(name)
     if local_files_only is None:
         local_files_only = _hub_offline()
-    loaded = _from_pretrained(name, trust_remote_code, local_files_only=True)
+    loaded = _from_hub(name, trust_remote_code, local_files_only=True)
     if loaded is not None:
-        return ResolvedModel(*loaded, name=name, source="local cache", embedded=False, metadata={})
+        return ResolvedModel(*loaded, name=name, embedded=False, metadata={})
     reason = "HF_HUB_OFFLINE is set" if local_files_only else _hub_unreachable(name)
     if reason is None:
-        loaded = _from_pretrained(name, trust_remote_code, local_files_only=False)
+        loaded = _from_hub(name, trust_remote_code, local_files_only=False)
         if loaded is not None:
-            return ResolvedModel(*loaded, name=name, source="hub", embedded=False, metadata={})
+            return ResolvedModel(*loaded, name=name, embedded=False, metadata={})
         reason = "the download failed"
     if name == DEFAULT_MODEL_NAME:
         resolved = _embedded(name, texts, spec)
@@ -189,7 +194,7 @@ def resolve_model(
 
 def _embedded(name: str, texts: Iterable[str], spec: EmbeddedModelSpec) -> ResolvedModel:
     model, tokenizer = build_embedded_model(texts, spec)
-    return ResolvedModel(model, tokenizer, name=name, source="embedded", embedded=True, metadata={})
+    return ResolvedModel(model, tokenizer, name=name, embedded=True, metadata={})
 
 
 def _looks_like_path(name: str) -> bool:
@@ -223,18 +228,15 @@ def _hub_unreachable(name: str) -> str | None:
     return None
 
 
-def _from_pretrained(source, trust_remote_code: bool, local_files_only: bool):
-    """(model, tokenizer) or None when `source` is not available that way."""
+def _load(source: str, trust_remote_code: bool, local_files_only: bool) -> tuple:
+    """(model, tokenizer) from a directory or hub name; raises what transformers' loaders raise."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, local_files_only=local_files_only, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, local_files_only=local_files_only, trust_remote_code=trust_remote_code,
-            use_safetensors=_has_safetensors(source) or None)
-    except OSError:
-        return None
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, local_files_only=local_files_only, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, local_files_only=local_files_only, trust_remote_code=trust_remote_code,
+        use_safetensors=_has_safetensors(source) or None)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # labels are masked by attention mask, not pad id
     if model.config.pad_token_id is None:
@@ -242,28 +244,75 @@ def _from_pretrained(source, trust_remote_code: bool, local_files_only: bool):
     return model, tokenizer
 
 
-def _has_safetensors(source) -> bool:
+def _from_hub(name: str, trust_remote_code: bool, local_files_only: bool) -> tuple | None:
+    """(model, tokenizer), or None when `name` is not in the cache (nor, online, downloadable)."""
+    from safetensors import SafetensorError
+
+    from mtnsails.errors import MtnsailsError
+
+    try:
+        return _load(name, trust_remote_code, local_files_only)
+    except OSError:  # transformers' "not found": not cached, not on the hub, no network
+        return None
+    except (ValueError, TypeError, SafetensorError) as error:  # there, but unusable
+        raise MtnsailsError(f"--model-name {name}: cannot load it: {_first_line(error)}") from None
+
+
+def _check_hub_name(name: str) -> None:
+    """Refuse a name no hub model can have (a typo, a mistyped path) before any lookup."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from mtnsails.errors import MtnsailsError
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise MtnsailsError(
+            f"--model-name {name}: no such directory, and not a valid Hugging Face model name "
+            "('name' or 'owner/name' of letters, digits, '-', '_' and '.')") from None
+
+
+def _has_safetensors(source: str) -> bool:
     path = Path(source)
     return path.is_dir() and any(path.glob("*.safetensors"))
 
 
-def _from_directory(path, name: str, trust_remote_code: bool) -> ResolvedModel:
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# Files of which a saved tokenizer has at least one: fast (tokenizer.json), byte-level BPE
+# (vocab.json + merges.txt, GPT-2), SentencePiece, WordPiece.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+
+
+def _from_directory(path: Path, name: str, trust_remote_code: bool) -> ResolvedModel:
+    """Load a saved model directory; anything missing or unreadable is a one-line MtnsailsError."""
+    from safetensors import SafetensorError
+
     from mtnsails.errors import MtnsailsError
     from mtnsails.files import read_metadata
 
     if not (path / "config.json").is_file():
         raise MtnsailsError(f"--model-name {name}: directory has no config.json, so it is not a "
                             "saved model (expected an mtnsails trained model or a Hugging Face model)")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not weights:
         raise MtnsailsError(f"--model-name {name}: directory has no model weights (*.safetensors)")
+    if not any((path / file).is_file() for file in TOKENIZER_FILES):
+        raise MtnsailsError(f"--model-name {name}: directory has no tokenizer files (tokenizer.json "
+                            "or vocab.json + merges.txt); save the tokenizer beside the model")
     metadata = read_metadata(path)
     try:
-        loaded = _from_pretrained(str(path), trust_remote_code, local_files_only=True)
-    except ValueError as error:  # e.g. an architecture that needs --trust-remote-code
-        raise MtnsailsError(f"--model-name {name}: {str(error).splitlines()[0]}") from None
-    if loaded is None:
-        raise MtnsailsError(f"--model-name {name}: cannot load the model or tokenizer in it")
-    model, tokenizer = loaded
+        model, tokenizer = _load(str(path), trust_remote_code, local_files_only=True)
+    except SafetensorError as error:
+        files = ", ".join(file.name for file in weights)
+        raise MtnsailsError(f"--model-name {name}: cannot read the weights in {files} "
+                            f"({_first_line(error)})") from None
+    except (OSError, ValueError, TypeError) as error:  # e.g. a corrupt config.json, or an
+        # architecture that needs --trust-remote-code
+        raise MtnsailsError(f"--model-name {name}: cannot load it: {_first_line(error)}") from None
     embedded = bool(metadata.get("embedded") or getattr(model.config, "mtnsails_embedded", None))
-    return ResolvedModel(model, tokenizer, name=name, source="local directory", embedded=embedded,
-                         metadata=metadata)
+    return ResolvedModel(model, tokenizer, name=name, embedded=embedded, metadata=metadata)

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
 from mtnsails.files import file_sha256
+from test_models import BROKEN_MODEL_DIRECTORIES, broken_copy
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +43,20 @@ def test_bad_settings_are_refused_before_anything_loads(args, phrases, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_model_names_are_one_line_errors(tmp_path, tiny_data):
+def test_bad_model_names_are_one_line_errors_that_leave_nothing_behind(
+        tmp_path, tiny_data, untrained_tiny_model_dir):
     (tmp_path / "not_a_model").mkdir()
-    for name, phrase in [("someone/no-such-model", "--model-name tiny"),
-                         (str(tmp_path / "not_a_model"), "not a saved model")]:
+    cases = [("someone/no-such-model", "--model-name tiny"),
+             ("bad name!!", "not a valid Hugging Face model name"),
+             (str(tmp_path / "not_a_model"), "not a saved model")]
+    cases += [(str(broken_copy(untrained_tiny_model_dir, tmp_path, damage)), problem)
+              for damage, problem in BROKEN_MODEL_DIRECTORIES]
+    for name, phrase in cases:
         result = run_cli("train", "--data-file", str(tiny_data), "--model-name", name,
                          "--output-dir", str(tmp_path / "out"), "--quiet")
-        assert_one_line_error(result, phrase)
+        assert_one_line_error(result, f"--model-name {name}: ", phrase)
+        assert not (tmp_path / "out").exists()
+        assert not (tmp_path / "out.checkpoints").exists()  # the run failed before checkpointing
 
 
 def test_an_output_dir_that_is_not_an_mtnsails_model_is_never_overwritten(tmp_path, tiny_data):

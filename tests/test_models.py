@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from conftest import TINY_CONVERSATIONS
@@ -13,7 +15,7 @@ TEXTS = [f"User: {c['input']}\nAssistant: {c['output']}" for c in TINY_CONVERSAT
 
 def test_tiny_is_the_embedded_model_with_a_tokenizer_trained_on_the_data():
     resolved = resolve_model("tiny", TEXTS)
-    assert resolved.embedded and resolved.source == "embedded" and resolved.notice is None
+    assert resolved.embedded and resolved.notice is None
     tokenizer = resolved.tokenizer
     assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
     assert "token_type_ids" not in tokenizer("hello")
@@ -32,7 +34,7 @@ def test_embedded_model_is_built_identically_every_time():
 
 def test_a_local_model_directory_comes_first(untrained_tiny_model_dir):
     resolved = resolve_model(str(untrained_tiny_model_dir))
-    assert resolved.source == "local directory" and resolved.metadata == {}
+    assert resolved.name == str(untrained_tiny_model_dir) and resolved.metadata == {}
     assert resolved.model.config.model_type == "gpt2"
 
 
@@ -62,3 +64,51 @@ def test_the_default_distilgpt2_falls_back_to_the_embedded_model_offline():
     assert resolved.embedded and resolved.name == "distilgpt2"
     assert resolved.notice.startswith("note: distilgpt2 is not in the local cache")
     assert "learns only from your data" in resolved.notice and "\n" not in resolved.notice
+
+
+def without_tokenizer(path):
+    for file in path.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")):
+            file.unlink()
+
+
+def with_corrupt_weights(path):
+    (path / "model.safetensors").write_bytes(b"not a safetensors file")
+
+
+def with_corrupt_config(path):
+    (path / "config.json").write_text("{not json")
+
+
+# A saved model damaged in each way a user's directory can be, and what the error must say.
+BROKEN_MODEL_DIRECTORIES = [
+    (without_tokenizer, "directory has no tokenizer files"),
+    (with_corrupt_weights, "cannot read the weights in model.safetensors"),
+    (with_corrupt_config, "config.json' is not a valid JSON file"),
+]
+
+
+def broken_copy(model_dir, tmp_path, damage):
+    """A copy of `model_dir` damaged by `damage` (one of BROKEN_MODEL_DIRECTORIES)."""
+    path = tmp_path / damage.__name__
+    shutil.copytree(model_dir, path)
+    damage(path)
+    return path
+
+
+@pytest.mark.parametrize("damage, problem", BROKEN_MODEL_DIRECTORIES)
+def test_a_broken_model_directory_is_a_one_line_error_naming_it(
+        damage, problem, untrained_tiny_model_dir, tmp_path):
+    path = broken_copy(untrained_tiny_model_dir, tmp_path, damage)
+    with pytest.raises(MtnsailsError) as error:
+        resolve_model(str(path))
+    message = str(error.value)
+    assert message.startswith(f"--model-name {path}: ") and problem in message
+    assert "\n" not in message
+
+
+def test_a_name_no_hub_model_can_have_is_refused_at_once():
+    with pytest.raises(MtnsailsError) as error:
+        resolve_model("bad name!!")
+    assert str(error.value).startswith("--model-name bad name!!: no such directory, and not a "
+                                       "valid Hugging Face model name")
