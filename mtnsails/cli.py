@@ -78,6 +78,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare `train`'s flags (the pipeline declares them too) in a "training" group."""
     group = parser.add_argument_group("training")
     group.add_argument("--data-file", help="training conversations, .json or .jsonl "
                        "(default: the packaged example conversations)")
@@ -116,7 +117,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="allow a hub model to run its own Python code (only for models you trust)")
 
 
-def train_from_args(args: argparse.Namespace, next_step: bool = True):
+def train_from_args(args: argparse.Namespace, next_step: bool = True) -> str:
     """Run the quality gate and training that `train` describes; return the model directory.
 
     `next_step=False` leaves out the "Next: convert" hint (the pipeline converts by itself)."""
@@ -146,6 +147,7 @@ def train_from_args(args: argparse.Namespace, next_step: bool = True):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """`train`: check the data, train, save the model; 0 on success (errors raise MtnsailsError)."""
     train_from_args(args)
     return 0
 
