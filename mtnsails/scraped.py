@@ -682,6 +682,26 @@ def follow_up_questions(topic: str):
 # -- the processor ----------------------------------------------------------------------------
 
 
+def check_output_path(output: Path, roots: list[Path], append: bool, overwrite: bool) -> None:
+    """Raise MtnsailsError when writing `output` would lose or corrupt data: an existing file
+    without `append`/`overwrite`, a folder, or a path among the input pages."""
+    if append and overwrite:
+        raise MtnsailsError("--append and --overwrite exclude each other: choose one")
+    if output.is_dir():
+        raise MtnsailsError(f"{output}: is a directory; --output must be a .json or .jsonl file")
+    target = output.resolve()
+    for root in roots:
+        source = root.resolve()
+        if target == source or (source.is_dir() and target.is_relative_to(source)):
+            raise MtnsailsError(f"{output}: lies inside the input {root}; write it elsewhere "
+                                "(it would replace a page or be read as one next time)")
+    if output.exists() and not (append or overwrite):
+        raise MtnsailsError(f"{output}: already exists; pass --append to add to it or "
+                            "--overwrite to replace it")
+
+
+
+
 class ScrapedContentProcessor:
     """Turns folders of scraped pages into quality-checked question/answer pairs.
 
@@ -725,16 +745,19 @@ class ScrapedContentProcessor:
         return result
 
     def process_to_file(self, roots: list[str | os.PathLike], output: str | os.PathLike,
-                        append: bool = False) -> ScrapeResult:
+                        append: bool = False, overwrite: bool = False) -> ScrapeResult:
         """`process`, then write the pairs atomically (JSON, or JSON Lines for `.jsonl`).
 
-        With `append`, the pairs are added to `output`'s conversations without duplicates.
+        With `append`, the pairs are added to `output`'s conversations without duplicates; an
+        existing `output` is replaced only with `overwrite`. `output` may not lie among the
+        input pages (it would overwrite a page, or be read as one by the next run).
         """
-        from mtnsails.data import ConversationDataHandler, write_conversations
+        from mtnsails.data import (ConversationDataHandler, require_output_directory,
+                                   write_conversations)
 
         output = Path(output)
-        if not output.parent.exists():
-            raise MtnsailsError(f"{output}: directory {output.parent} does not exist")
+        check_output_path(output, [Path(root) for root in roots], append, overwrite)
+        require_output_directory(output)
         existing = []
         if append and output.exists():
             existing = ConversationDataHandler.from_file(output).conversations

@@ -319,6 +319,30 @@ def test_bad_input_gives_one_line_errors(tmp_path, make_args, message):
     assert not (tmp_path / "o.json").exists()
 
 
+def test_an_existing_output_is_replaced_only_with_overwrite(site, tmp_path):
+    output = tmp_path / "chat_data.json"
+    output.write_text("[]\n")
+    refused = run_script(str(site), "--output", str(output), "--quiet")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.splitlines() == [f"error: {output}: already exists; pass --append to "
+                                           "add to it or --overwrite to replace it"]
+    assert output.read_text() == "[]\n"
+    replaced = run_script(str(site), "--output", str(output), "--overwrite", "--quiet")
+    assert replaced.returncode == 0, replaced.stderr
+    assert len(json.loads(output.read_text())) >= 15
+
+
+@pytest.mark.parametrize("inside", ["an existing page", "new.json", "docs/pairs.jsonl"])
+def test_an_output_among_the_input_pages_is_refused(site, inside):
+    page = min((site / "crawl_default").glob("content_*.txt"))
+    output = page if inside == "an existing page" else site / inside
+    before = {path: path.read_bytes() for path in site.rglob("*") if path.is_file()}
+    done = run_script(str(site), "--output", str(output), "--overwrite")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith(f"error: {output}: lies inside the input {site}")
+    assert {path: path.read_bytes() for path in site.rglob("*") if path.is_file()} == before
+
+
 def test_nothing_usable_is_an_error_not_an_empty_file(tmp_path):
     (tmp_path / "pages").mkdir()
     (tmp_path / "pages" / "menu.txt").write_text("Home\nAbout\nContact", encoding="utf-8")
