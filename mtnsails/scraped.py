@@ -36,6 +36,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from mtnsails.errors import MtnsailsError
+from mtnsails.text_rules import ENDS_SENTENCE
 
 # -- settings ---------------------------------------------------------------------------------
 
@@ -277,10 +278,10 @@ def markdown_to_text(markdown: str) -> str:
 
 # -- lines ------------------------------------------------------------------------------------
 
-TERMINAL = re.compile(r"[.!?][\"'”’)\]]*$")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*$")
 ITEM = re.compile(r"^[•·▪◦‣]\s*")
-CLOSERS = ".,;:!?)]}%"
+# Characters that attach to the word before them when two lines are joined.
+ATTACHES_LEFT = ".,;:!?)]}%"
 # A default-mode line ending with one of these words continues on the next line.
 CONTINUES = set("a an the of to and or but with in for on by from as at is are was were be "
                 "that which this these your our their its than into via see use using call "
@@ -314,23 +315,23 @@ def normalise(text: str) -> str:
 
 def is_prose(text: str) -> bool:
     """C4's line rule: a sentence ends in terminal punctuation and has at least 3 words."""
-    return bool(TERMINAL.search(text)) and len(text.split()) >= 3
+    return bool(ENDS_SENTENCE.search(text)) and len(text.split()) >= 3
 
 
 def join_text(left: str, right: str) -> str:
     if not left:
         return right
-    if right[0] in CLOSERS or left[-1] in "([{/":
+    if right[0] in ATTACHES_LEFT or left[-1] in "([{/":
         return left + right
     return f"{left} {right}"
 
 
 def continues(left: str, right: str) -> bool:
     """Does default-mode line `right` continue the sentence of line `left`?"""
-    if TERMINAL.search(left):
+    if ENDS_SENTENCE.search(left):
         return False
     last_word = left.split()[-1].lower()
-    return (right[0].islower() or right[0] in CLOSERS or left[-1] in ",;:([-–/"
+    return (right[0].islower() or right[0] in ATTACHES_LEFT or left[-1] in ",;:([-–/"
             or last_word in CONTINUES)
 
 
@@ -509,7 +510,7 @@ def chunks(paragraphs: list[str], settings: ScrapedSettings,
             words = len(sentence.split())
             if words > settings.max_sentence_words:
                 result.dropped_passages[f"run-on text over {settings.max_sentence_words} words"] += 1
-            elif not TERMINAL.search(sentence):
+            elif not ENDS_SENTENCE.search(sentence):
                 result.dropped_passages["unfinished sentence"] += 1
             else:
                 units.append(sentence)
@@ -636,7 +637,7 @@ def natural_question(heading: str, title: str, cases: WordCases) -> str:
     words = cases.phrase(heading).split()
     first, last = words[0].lower(), words[-1].lower()
     rest = " ".join(words[1:])
-    if len(words) > 12 or TERMINAL.search(heading):
+    if len(words) > 12 or ENDS_SENTENCE.search(heading):
         return DEFAULT_TEMPLATE.format(topic=" ".join(words))
     if first == "how" and len(words) > 2 and words[1].lower() == "to":
         return f"How do I {' '.join(words[2:])}?"
@@ -801,7 +802,8 @@ class ScrapedContentProcessor:
         """Drop answers that copy an earlier one or one of `existing` (exactly or nearly), ask
         each remaining answer its question, and keep, unless `keep_all`, the pairs that pass
         every quality rule."""
-        from mtnsails.quality import DataQualityValidator, NearDuplicateFinder
+        from mtnsails.dedup import NearDuplicateFinder
+        from mtnsails.quality import DataQualityValidator
 
         validator = DataQualityValidator(self.quality_config)
         with_topic = []
