@@ -14,7 +14,8 @@ import argparse
 import sys
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.scraped import DEFAULT_TEMPLATE, ScrapedContentProcessor, ScrapedSettings
+from mtnsails.questions import DEFAULT_TEMPLATE
+from mtnsails.scraped import ScrapedContentProcessor, ScrapedSettings
 
 
 def build_parser() -> argparse.ArgumentParser:

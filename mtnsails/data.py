@@ -87,16 +87,19 @@ class ConversationDataHandler:
         self.conversations.append(normalize_record(conversation, "conversation"))
 
     def add_conversations(self, conversations: Iterable[dict]) -> None:
+        """Add several conversations in any accepted format (errors name their index)."""
         for index, conversation in enumerate(conversations):
             self.conversations.append(normalize_record(conversation, f"conversation {index}"))
 
     def __len__(self) -> int:
         return len(self.conversations)
 
-    def len(self) -> int:  # the original API spelled it as a method
+    def len(self) -> int:
+        """Number of conversations (the original API spelled it as a method)."""
         return len(self.conversations)
 
     def get_batch(self, batch_size: int, start_idx: int = 0) -> list[dict]:
+        """Up to `batch_size` conversations starting at `start_idx` (original API)."""
         return self.conversations[start_idx : start_idx + batch_size]
 
     # -- formatting ------------------------------------------------------------------------

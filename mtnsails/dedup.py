@@ -45,6 +45,7 @@ class NearDuplicateFinder:
         sets: dict[int, set] = {}
 
         def shingle_set(i: int) -> set:
+            """Text i's shingles as a set, built once."""
             if i not in sets:
                 sets[i] = set(shingles[offsets[i]:offsets[i + 1]].tolist())
             return sets[i]

@@ -134,6 +134,7 @@ class QualityReport:
         return "warning" if self.quality_score >= 0.5 else "critical"
 
     def verdict_line(self) -> str:
+        """One line with a symbol, the verdict and the score (what `validate --quiet` prints)."""
         symbol = {"good": "✓", "warning": "⚠", "critical": "✗"}[self.verdict]
         return (f"{symbol} Data quality is {self.verdict.upper()} "
                 f"({self.quality_score:.1%} of {self.total} conversations are valid)")

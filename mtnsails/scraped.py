@@ -31,16 +31,16 @@ import re
 import sys
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.text_rules import ENDS_SENTENCE
+from mtnsails.html_text import html_to_text, markdown_to_text
+from mtnsails.questions import GENERIC, WordCases, follow_up_questions, natural_question
+from mtnsails.text_rules import ENDS_SENTENCE, SENTENCE_BREAK, sentences
 
 # -- settings ---------------------------------------------------------------------------------
-
-DEFAULT_TEMPLATE = "Tell me about {topic}"  # the original processor's only question
 
 
 @dataclass
@@ -88,6 +88,7 @@ class ScrapeResult:
     quality_removed: Counter = field(default_factory=Counter)  # issue code -> pairs
 
     def format_summary(self) -> str:
+        """What the script prints: files read and skipped, lines and pairs removed and why."""
         lines = [f"files read: {self.files_read}"]
         if self.skipped:
             lines.append(f"files skipped: {sum(self.skipped.values())} ("
@@ -174,108 +175,6 @@ def read_page(path: Path, settings: ScrapedSettings, result: ScrapeResult) -> st
     return text
 
 
-# -- HTML and Markdown to the preserve-structure form -----------------------------------------
-
-
-class _HTMLText(HTMLParser):
-    """Visible text of a page as `# heading` lines, `• item` lines and paragraphs."""
-
-    SKIP = {"script", "style", "nav", "footer", "header", "aside", "noscript", "form", "svg",
-            "button", "template", "iframe", "select"}
-    BLOCKS = {"p", "div", "section", "article", "main", "br", "tr", "table", "blockquote",
-              "dd", "dt", "pre", "ul", "ol", "figure", "figcaption", "body"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.lines: list[str] = []
-        self.current: list[str] = []
-        self.prefix = ""
-        self.skipping: list[str] = []  # open SKIP tags (they nest)
-        self.title = ""
-        self.in_title = False
-
-    def _break(self) -> None:
-        text = " ".join("".join(self.current).split())
-        if text:
-            self.lines.append(self.prefix + text)
-        self.current, self.prefix = [], ""
-
-    def handle_starttag(self, tag, attrs):
-        if tag in self.SKIP:
-            self.skipping.append(tag)
-        elif tag == "title":
-            self.in_title = True
-        elif not self.skipping:
-            if re.fullmatch(r"h[1-6]", tag):
-                self._break()
-                self.lines.append("")
-                self.prefix = "#" * int(tag[1]) + " "
-            elif tag == "li":
-                self._break()
-                self.prefix = "• "
-            elif tag in self.BLOCKS:
-                self._break()
-                if tag in ("p", "div", "section", "article", "blockquote", "table", "ul", "ol"):
-                    self.lines.append("")
-
-    def handle_startendtag(self, tag, attrs):
-        if tag == "br" and not self.skipping:
-            self._break()
-
-    def handle_endtag(self, tag):
-        if tag in self.skipping:  # also closes skipped tags left open inside it
-            del self.skipping[len(self.skipping) - 1 - self.skipping[::-1].index(tag):]
-        elif tag == "title":
-            self.in_title = False
-        elif not self.skipping and (re.fullmatch(r"h[1-6]", tag) or tag == "li"
-                                    or tag in self.BLOCKS):
-            self._break()
-            if re.fullmatch(r"h[1-6]", tag) or tag == "p":
-                self.lines.append("")
-
-    def handle_data(self, data):
-        if self.in_title:
-            self.title += data
-        elif not self.skipping:
-            self.current.append(data)
-
-
-def html_to_text(html: str) -> str:
-    """Preserve-structure text of an HTML page (scripts, styles, nav, header, footer dropped)."""
-    parser = _HTMLText()
-    parser.feed(html)
-    parser.close()
-    parser._break()
-    lines = parser.lines
-    title = " ".join(parser.title.split())
-    if title and not any(line.startswith("# ") for line in lines):
-        lines.insert(0, f"# {title}")
-    return "\n".join(lines)
-
-
-MD_FENCE = re.compile(r"^(```|~~~)")
-
-
-def markdown_to_text(markdown: str) -> str:
-    """Markdown in the preserve-structure form: code blocks, tables and images dropped,
-    links reduced to their text, emphasis and inline-code marks removed."""
-    lines, in_code, previous = [], False, ""
-    for line in markdown.splitlines():
-        indented_code = line.startswith(("    ", "\t")) and not previous.strip()
-        previous = "" if indented_code else line  # code goes on until a line is not indented
-        if MD_FENCE.match(line.strip()):
-            in_code = not in_code
-            continue
-        if in_code or indented_code or line.lstrip().startswith("|"):
-            continue
-        line = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", line)  # images
-        line = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", line)  # links -> their text
-        line = re.sub(r"(\*\*|__|\*|`)", "", line)
-        line = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "• ", line)  # list items
-        lines.append(line)
-    return "\n".join(lines)
-
-
 # -- lines ------------------------------------------------------------------------------------
 
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*$")
@@ -300,6 +199,8 @@ BANNERS = re.compile(
 
 @dataclass
 class Line:
+    """One logical line of a page, with what it is."""
+
     kind: str  # "heading", "prose", "item", "blank" or "other" (not a sentence: navigation)
     text: str
     level: int = 0  # heading level, 1 = page title
@@ -319,6 +220,7 @@ def is_prose(text: str) -> bool:
 
 
 def join_text(left: str, right: str) -> str:
+    """Join two pieces of one sentence, with a space unless punctuation attaches them."""
     if not left:
         return right
     if right[0] in ATTACHES_LEFT or left[-1] in "([{/":
@@ -366,6 +268,7 @@ def looks_like_prose(text: str) -> bool:
 
 
 def heading_like(text: str) -> bool:
+    """Short, capitalised and not a navigation word: could be a heading."""
     return len(text.split()) <= 12 and text[0].isupper() and text.lower() not in NAVIGATION
 
 
@@ -404,10 +307,11 @@ def clean_heading(text: str) -> str:
 
 
 def line_key(text: str) -> str:
+    """Lower-case words only: the form lines and answers are compared in."""
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def boilerplate_candidates(lines: list[Line]):
+def boilerplate_candidates(lines: list[Line]) -> Iterator[Line]:
     """Text and item lines, except short ones directly followed by prose (headings)."""
     content = [line for line in lines if line.kind != "blank"]
     for index, line in enumerate(content):
@@ -438,6 +342,8 @@ def tidy(lines: list[Line], result: ScrapeResult) -> list[Line]:
 
 @dataclass
 class Section:
+    """A page's text under one heading."""
+
     title: str  # the page title ("" if the page has none)
     heading: str  # the section's own heading (the title for text right under it)
     paragraphs: list[str] = field(default_factory=list)
@@ -452,6 +358,7 @@ def sections_of(lines: list[Line]) -> list[Section]:
     items: list[str] = []
 
     def flush_items() -> None:
+        """Pending list items become a paragraph, or end the sentence that introduces them."""
         if not items:
             return
         if all(is_prose(item) for item in items):
@@ -474,28 +381,6 @@ def sections_of(lines: list[Line]) -> list[Section]:
     flush_items()
     sections.append(current)
     return [s for s in sections if s.paragraphs]
-
-
-ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "prof", "fig", "no", "st",
-                 "approx", "cf", "inc", "ltd", "jr", "sr"}
-SENTENCE_BREAK = re.compile(r"([.!?][\"'”’)\]]*)\s+(?=[\"'“‘(\[]?[A-Z0-9])")
-
-
-def sentences(text: str) -> list[str]:
-    """Split prose at sentence ends, not after abbreviations ("e.g.") or initials ("J.")."""
-    result, start = [], 0
-    for match in SENTENCE_BREAK.finditer(text):
-        before = text[start:match.start() + 1].split()
-        word = before[-1].rstrip(".").lower() if before else ""
-        if match.group(1) == "." and (word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())):
-            continue
-        result.append(text[start:match.end(1)].strip())
-        start = match.end()
-    tail = text[start:].strip()
-    if tail:
-        result.append(tail)
-    return result
-
 
 def chunks(paragraphs: list[str], settings: ScrapedSettings,
            result: ScrapeResult) -> list[str]:
@@ -530,135 +415,10 @@ def chunks(paragraphs: list[str], settings: ScrapedSettings,
     answers.append(" ".join(current))
     return answers
 
-
 # -- questions --------------------------------------------------------------------------------
 
-# Headings "Install X" / "Installing X" become "How do I install X?".
-VERBS = set("""activate add authenticate avoid build call catch change check choose clone commit
-compile configure connect convert copy create customize deactivate deal debug declare define
-delete deploy disable download edit enable export extend filter find fix format get handle import
-initialize insert install iterate load log make manage measure merge migrate monitor move name
-open optimize organize parse pass print profile publish query raise read register remove rename
-run save schedule search select set share sort start structure test train troubleshoot update
-upgrade upload use validate work write""".split())
-DOUBLED = {"run", "get", "set", "debug", "log", "commit", "put", "stop", "plan", "map", "ship"}
-
-
-def gerund(verb: str) -> str:
-    if verb in DOUBLED:
-        return verb + verb[-1] + "ing"
-    return (verb[:-1] if verb.endswith("e") and not verb.endswith("ee") else verb) + "ing"
-
-
-GERUNDS = {gerund(verb): verb for verb in VERBS}
-# Base forms that are nouns too ("Use cases", "Test results") count as a verb only before an
-# object word: "Use a virtual environment" -> "How do I use a virtual environment?".
-OBJECT_WORDS = {"the", "a", "an", "your", "this", "these", "it", "them", "my", "our", "up"}
-UNAMBIGUOUS_VERBS = {"activate", "authenticate", "avoid", "choose", "configure", "connect",
-                     "convert", "create", "customize", "deactivate", "debug", "define", "delete",
-                     "deploy", "disable", "enable", "install", "initialize", "iterate", "migrate",
-                     "remove", "troubleshoot", "upgrade", "validate"}
-QUESTION_WORDS = {"how", "why", "what", "when", "where", "which", "who"}
-AUXILIARIES = {"is", "are", "was", "were", "has", "have", "had", "will", "can", "could", "does",
-               "do", "did", "should", "must"}
-# Section names that say nothing without the page title.
-GENERIC = {
-    "overview": "Give me an overview of {title}.", "introduction": "What is {title}?",
-    "about": "What is {title}?", "description": "What is {title}?",
-    "summary": "Summarize {title}.", "features": "What are the features of {title}?",
-    "key features": "What are the features of {title}?", "installation": "How do I install {title}?",
-    "usage": "How do I use {title}?", "getting started": "How do I get started with {title}?",
-    "quick start": "How do I get started with {title}?",
-    "examples": "Can you give an example of {title}?", "example": "Can you give an example of {title}?",
-    "requirements": "What are the requirements for {title}?",
-    "prerequisites": "What do I need before using {title}?",
-    "configuration": "How do I configure {title}?", "limitations": "What are the limitations of {title}?",
-    "troubleshooting": "How do I troubleshoot {title}?",
-    "faq": "What are common questions about {title}?", "history": "What is the history of {title}?",
-    "background": "What is the background of {title}?", "notes": "What should I note about {title}?",
-}
-HOW_IT_WORKS = {"algorithm", "process", "pipeline", "protocol", "mechanism", "loop", "lifecycle",
-                "engine", "scheduler", "cache", "compiler", "interpreter", "collector"}
-SINGULAR_S = {"physics", "mathematics", "analytics", "statistics", "economics", "politics",
-              "ethics", "graphics", "electronics", "news", "series", "species", "status", "class",
-              "process", "access", "address", "business", "success", "progress", "bus", "gas",
-              "canvas", "alias", "basis", "analysis", "axis", "css", "dns", "os"}
 SUBJECT = re.compile(r"^((?:[Aa]n?|[Tt]he)\s+)?([\w+#.-]+(?:\s+[\w+#.-]+){0,4}?)\s+"
                      r"(?:is|are|was|were|means|refers to)\s")
-COMMON_NOUN_ENDINGS = ("ing", "tion", "sion", "ment", "ness", "ity", "ance", "ence")
-WORD = re.compile(r"[A-Za-z][\w'-]*")
-
-
-class WordCases:
-    """How the pages write each word mid-sentence, to phrase headings as the pages would:
-    "Python Lists" -> "Python lists" (the text says "lists" but "Python")."""
-
-    def __init__(self, texts) -> None:
-        self.lower: Counter = Counter()
-        self.capital: Counter = Counter()
-        for text in texts:
-            for sentence in sentences(text):
-                for word in WORD.findall(sentence)[1:]:  # a sentence's first word proves nothing
-                    if word.islower():
-                        self.lower[word] += 1
-                    elif word[0].isupper() and word[1:].islower():
-                        self.capital[word.lower()] += 1
-
-    def phrase(self, heading: str) -> str:
-        """Sentence case for a Title Case heading, keeping the names the pages capitalise."""
-        words = heading.split()
-        for index, word in enumerate(words):
-            if word[0].isupper() and word[1:].islower() and len(word) > 1:
-                key = word.lower()
-                forms = {key, key[:-1] if key.endswith("s") else key,
-                         key[:-2] if key.endswith("es") else key}
-                lower = sum(self.lower[form] for form in forms)
-                capital = sum(self.capital[form] for form in forms)
-                if index:  # sentence case unless the pages capitalise the word as often
-                    lowered = not capital or lower > capital
-                else:  # a heading's first word is capitalised anyway: lower it on evidence
-                    lowered = (lower > capital or key in GERUNDS or key in VERBS
-                               or key in QUESTION_WORDS
-                               or (not capital and key.endswith(COMMON_NOUN_ENDINGS)))
-                if lowered:
-                    words[index] = key
-        return " ".join(words)
-
-
-def natural_question(heading: str, title: str, cases: WordCases) -> str:
-    """A question that fits the heading: "How to X" -> "How do I X?", "Installing X" ->
-    "How do I install X?", "How X works" -> "How does X work?", "Python Lists" ->
-    "What are Python lists?", "Overview" -> "Give me an overview of <title>."."""
-    if heading.endswith("?"):
-        return heading
-    key = heading.lower().rstrip(".")
-    if key in GENERIC and title and title.lower() != key:
-        return GENERIC[key].format(title=cases.phrase(title))
-    words = cases.phrase(heading).split()
-    first, last = words[0].lower(), words[-1].lower()
-    rest = " ".join(words[1:])
-    if len(words) > 12 or ENDS_SENTENCE.search(heading):
-        return DEFAULT_TEMPLATE.format(topic=" ".join(words))
-    if first == "how" and len(words) > 2 and words[1].lower() == "to":
-        return f"How do I {' '.join(words[2:])}?"
-    if first == "how" and last in ("works", "work") and len(words) > 2:
-        return f"How does {' '.join(words[1:-1])} work?"
-    if first in QUESTION_WORDS and len(words) > 1:
-        return f"Explain {' '.join(words)}."  # "Explain how pip resolves dependencies."
-    if len(words) > 2 and AUXILIARIES & {word.lower() for word in words[1:]}:
-        return f'Tell me about "{heading}".'  # a headline, as in RSS feeds: "Version 2 is out"
-    verb = GERUNDS.get(first) or (first if first in VERBS and len(words) > 1 and (
-        first in UNAMBIGUOUS_VERBS or words[1].lower() in OBJECT_WORDS) else None)
-    if verb and len(words) > 1:
-        return f"How do I {verb} {rest}?"
-    topic = " ".join(words)
-    if last in HOW_IT_WORKS:
-        article = "" if topic[0].isupper() or first in ("the", "a", "an") else "the "
-        return f"How does {article}{topic} work?"
-    if first.endswith("ing") and len(first) > 4:
-        return f"Explain {topic}."
-    plural = last.endswith("s") and not last.endswith("ss") and last not in SINGULAR_S
-    return f"What {'are' if plural else 'is'} {topic}?"
 
 
 def section_topic(section: Section) -> str:
@@ -668,16 +428,6 @@ def section_topic(section: Section) -> str:
         return section.heading or section.title
     match = SUBJECT.match(section.paragraphs[0])
     return f"{(match.group(1) or '').lower()}{match.group(2)}" if match else ""
-
-
-def follow_up_questions(topic: str):
-    """Questions for a topic's second, third, ... answer, so no question repeats."""
-    yield f"Tell me more about {topic}."
-    yield f"What else should I know about {topic}?"
-    part = 3
-    while True:
-        yield f"Tell me more about {topic} (part {part})."
-        part += 1
 
 
 # -- the processor ----------------------------------------------------------------------------
