@@ -76,6 +76,7 @@ WHY = {
 
 
 def show_conversations(conversations: list[dict], report: QualityReport) -> None:
+    """Print each conversation with the issues the report found in it."""
     for index, (conversation, issues) in enumerate(zip(conversations, report.issues)):
         print(f"  [{index}] Q: {conversation['input']!r}")
         print(f"      A: {conversation['output']!r}")
@@ -102,6 +103,7 @@ def side_by_side(reports: dict[str, QualityReport]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns the exit code (2 for an unreadable --data-file)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-file", help="also check this .json/.jsonl file")
     args = parser.parse_args(argv)
