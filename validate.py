@@ -26,7 +26,9 @@ REQUIRED_FILES = [
     "main.py", "requirements.txt", "mtnsails/__init__.py", "mtnsails/cli.py", "mtnsails/data.py",
     "mtnsails/quality.py", "mtnsails/template.py", "mtnsails/models.py", "mtnsails/trainer.py",
     "mtnsails/onnx_converter.py", "mtnsails/chat.py", "mtnsails/logger.py", "mtnsails/scraped.py",
-    "mtnsails/errors.py", "mtnsails/files.py", "mtnsails/resources/example_conversations.json",
+    "mtnsails/errors.py", "mtnsails/files.py", "mtnsails/generation.py", "mtnsails/collator.py",
+    "mtnsails/dedup.py", "mtnsails/html_text.py", "mtnsails/questions.py", "mtnsails/text_rules.py",
+    "mtnsails/resources/example_conversations.json",
     "mtnsails/resources/corpus.txt", "process_scraped_content.py",
 ]
 # (import name, distribution name whose version is shown, required)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -26,12 +25,12 @@ from mtnsails.files import (FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, atomic_write_
                             read_metadata)
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens, setting_label
 from mtnsails.template import ChatTemplate
+from mtnsails.text_rules import SENTENCE_END_IN_TEXT
 
 __all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_directory"]
 
 EXIT_COMMANDS = {"/exit", "exit", "quit", "/quit"}
 # A sentence ends at . ! ? (or an ellipsis), optionally followed by a closing quote or bracket.
-SENTENCE_END = re.compile(r"""[.!?\u2026]["')\]]*(?=\s|$)""")
 
 
 @dataclass
@@ -85,7 +84,7 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
 
 def trim_dangling_sentence(text: str) -> str:
     """Cut text after its last complete sentence; text without any sentence end stays as it is."""
-    ends = [match.end() for match in SENTENCE_END.finditer(text)]
+    ends = [match.end() for match in SENTENCE_END_IN_TEXT.finditer(text)]
     return text[: ends[-1]] if ends else text
 
 

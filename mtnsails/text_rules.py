@@ -12,6 +12,8 @@ import re
 SENTENCE_END = ".!?…。！？"
 CLOSING_MARKS = "\"'”’»)]}"  # may follow the sentence end: a quotation or bracket closes
 ENDS_SENTENCE = re.compile(f"[{re.escape(SENTENCE_END)}][{re.escape(CLOSING_MARKS)}]*$")
+# A sentence end inside running text (followed by space or the end): where chat may cut.
+SENTENCE_END_IN_TEXT = re.compile(f"[{re.escape(SENTENCE_END)}][{re.escape(CLOSING_MARKS)}]*(?=\\s|$)")
 
 ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "prof", "fig", "no", "st",
                  "approx", "cf", "inc", "ltd", "jr", "sr"}
