@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import atomic_write_text
@@ -287,26 +287,25 @@ def _native(user_input: str, output: str, system: Any, where: str) -> dict:
 
 
 def _native_history(history: Any, where: str) -> list[dict]:
-    if not isinstance(history, list):
-        raise DataFormatError(f"{where}: 'history' must be an array, got {_json_type(history)}")
-    result = []
-    for index, turn in enumerate(history):
-        turn_where = f"{where}: history[{index}]"
-        if not isinstance(turn, dict):
-            raise DataFormatError(f"{turn_where}: expected an object, got {_json_type(turn)}")
-        result.append({"input": _string(turn, "input", turn_where),
-                       "output": _string(turn, "output", turn_where)})
-    return result
+    return [{"input": _string(turn, "input", turn_where),
+             "output": _string(turn, "output", turn_where)}
+            for turn_where, turn in _objects(history, "history", where)]
+
+
+def _objects(items: Any, key: str, where: str) -> Iterator[tuple[str, dict]]:
+    """Yield ("<where>: key[i]", item) for a JSON array of objects, or raise naming the bad one."""
+    if not isinstance(items, list):
+        raise DataFormatError(f"{where}: '{key}' must be an array, got {_json_type(items)}")
+    for index, item in enumerate(items):
+        item_where = f"{where}: {key}[{index}]"
+        if not isinstance(item, dict):
+            raise DataFormatError(f"{item_where}: expected an object, got {_json_type(item)}")
+        yield item_where, item
 
 
 def _sharegpt_turns(turns: Any, where: str) -> list[tuple[str, str]]:
-    if not isinstance(turns, list):
-        raise DataFormatError(f"{where}: 'conversations' must be an array, got {_json_type(turns)}")
     result = []
-    for index, turn in enumerate(turns):
-        turn_where = f"{where}: conversations[{index}]"
-        if not isinstance(turn, dict):
-            raise DataFormatError(f"{turn_where}: expected an object, got {_json_type(turn)}")
+    for turn_where, turn in _objects(turns, "conversations", where):
         speaker = _string(turn, "from", turn_where)
         role = SHAREGPT_ROLES.get(speaker.lower())
         if role is None:
@@ -317,13 +316,8 @@ def _sharegpt_turns(turns: Any, where: str) -> list[tuple[str, str]]:
 
 
 def _openai_turns(messages: Any, where: str) -> list[tuple[str, str]]:
-    if not isinstance(messages, list):
-        raise DataFormatError(f"{where}: 'messages' must be an array, got {_json_type(messages)}")
     result = []
-    for index, message in enumerate(messages):
-        turn_where = f"{where}: messages[{index}]"
-        if not isinstance(message, dict):
-            raise DataFormatError(f"{turn_where}: expected an object, got {_json_type(message)}")
+    for turn_where, message in _objects(messages, "messages", where):
         role = _string(message, "role", turn_where)
         if role not in ("system", "user", "assistant"):
             raise DataFormatError(f"{turn_where}: unsupported role '{role}' "
