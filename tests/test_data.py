@@ -156,3 +156,33 @@ def test_training_segments_separate_prompt_and_response():
     assert [s.is_response for s in segments] == [False, True]
     assert segments[0].text == "User: What is a kilometre?\nAssistant:"
     assert segments[1].text.startswith(" A kilometre")
+
+
+@pytest.mark.parametrize("records, message", [
+    ([], "contains no conversations"),
+    ([1], "record 0: expected an object, got a number"),
+    ([{"foo": 1}], "record 0: unrecognised record with keys ['foo']"),
+    ([{"input": "Hi", "output": "Hello there, friend.", "system": 3}],
+     "record 0: 'system' must be a string, got a number"),
+    ([{"input": "Hi", "output": "Hello.", "history": {"input": "a"}}],
+     "record 0: 'history' must be an array, got an object"),
+    ([{"input": "Hi", "output": "Hello.", "history": ["a"]}],
+     "record 0: history[0]: expected an object, got a string"),
+    ([{"conversations": [{"from": "robot", "value": "beep"}]}],
+     "record 0: conversations[0]: unknown speaker 'robot'"),
+    ([{"messages": [{"role": "user", "content": 5}]}],
+     "record 0: messages[0]: 'content' must be a string, got a number"),
+    ([{"messages": [{"role": "user", "content": "Anyone there?"}]}],
+     "record 0: no user turn followed by an assistant answer"),
+])
+def test_each_malformed_record_is_named_with_its_problem(tmp_path, records, message):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(DataFormatError) as caught:
+        ConversationDataHandler(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+
+
+def test_a_directory_is_not_a_data_file(tmp_path):
+    with pytest.raises(DataFormatError, match="is a directory, expected a .json or .jsonl file"):
+        ConversationDataHandler(tmp_path)
