@@ -7,9 +7,13 @@ ships in the package. It is built deterministically from a fixed seed in well un
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
+
+from mtnsails.errors import MtnsailsError
+from mtnsails.files import read_metadata
 
 if TYPE_CHECKING:  # only for annotations: importing this module must not import transformers
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -142,43 +146,37 @@ def resolve_model(
     name: str,
     texts: Iterable[str] = (),
     trust_remote_code: bool = False,
-    local_files_only: bool | None = None,
-    spec: EmbeddedModelSpec = EmbeddedModelSpec(),
 ) -> ResolvedModel:
     """Turn a `--model-name` into a model and tokenizer, trying in order:
 
     1. `tiny`: the embedded model, always (its tokenizer is trained on `texts`);
     2. a local directory: an earlier mtnsails model or any saved Hugging Face causal LM;
     3. the local Hugging Face cache (no network);
-    4. the hub, after a reachability check of a few seconds (skipped when `local_files_only`
-       or `HF_HUB_OFFLINE=1`);
+    4. the hub, after a reachability check of a few seconds (skipped when `HF_HUB_OFFLINE=1`);
     5. the embedded model, only for the default name `distilgpt2`, with a notice saying why.
 
     An explicitly named model that cannot be had raises `MtnsailsError` with a hint.
     """
-    from mtnsails.errors import MtnsailsError
-
     if name == EMBEDDED_MODEL_NAME:
-        return _embedded(name, texts, spec)
+        return _embedded(name, texts)
     path = Path(name).expanduser()
     if path.is_dir():
         return _from_directory(path, name, trust_remote_code)
     if _looks_like_path(name):
         raise MtnsailsError(f"--model-name {name}: no such directory")
     _check_hub_name(name)
-    if local_files_only is None:
-        local_files_only = _hub_offline()
+    offline = _hub_offline()
     loaded = _from_hub(name, trust_remote_code, local_files_only=True)
     if loaded is not None:
         return ResolvedModel(*loaded, name=name, embedded=False, metadata={})
-    reason = "HF_HUB_OFFLINE is set" if local_files_only else _hub_unreachable(name)
+    reason = "HF_HUB_OFFLINE is set" if offline else _hub_unreachable(name)
     if reason is None:
         loaded = _from_hub(name, trust_remote_code, local_files_only=False)
         if loaded is not None:
             return ResolvedModel(*loaded, name=name, embedded=False, metadata={})
         reason = "the download failed"
     if name == DEFAULT_MODEL_NAME:
-        resolved = _embedded(name, texts, spec)
+        resolved = _embedded(name, texts)
         resolved.notice = (
             f"note: {name} is not in the local cache and cannot be downloaded ({reason}); training "
             f"the embedded '{EMBEDDED_MODEL_NAME}' model instead, which learns only from your data: "
@@ -192,20 +190,16 @@ def resolve_model(
     )
 
 
-def _embedded(name: str, texts: Iterable[str], spec: EmbeddedModelSpec) -> ResolvedModel:
-    model, tokenizer = build_embedded_model(texts, spec)
+def _embedded(name: str, texts: Iterable[str]) -> ResolvedModel:
+    model, tokenizer = build_embedded_model(texts)
     return ResolvedModel(model, tokenizer, name=name, embedded=True, metadata={})
 
 
 def _looks_like_path(name: str) -> bool:
-    import os
-
     return name.startswith((".", "~", os.sep)) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
 def _hub_offline() -> bool:
-    import os
-
     from huggingface_hub import constants
 
     value = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
@@ -248,8 +242,6 @@ def _from_hub(name: str, trust_remote_code: bool, local_files_only: bool) -> tup
     """(model, tokenizer), or None when `name` is not in the cache (nor, online, downloadable)."""
     from safetensors import SafetensorError
 
-    from mtnsails.errors import MtnsailsError
-
     try:
         return _load(name, trust_remote_code, local_files_only)
     except OSError:  # transformers' "not found": not cached, not on the hub, no network
@@ -262,8 +254,6 @@ def _check_hub_name(name: str) -> None:
     """Refuse a name no hub model can have (a typo, a mistyped path) before any lookup."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
-
-    from mtnsails.errors import MtnsailsError
 
     try:
         validate_repo_id(name)
@@ -283,6 +273,10 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+# What a model directory's weights may be: .bin files are read by torch.load(weights_only=True),
+# which transformers uses, so they cannot run code either.
+WEIGHT_FILES = "*.safetensors, or *.bin read with weights_only"
+
 # Files of which a saved tokenizer has at least one: fast (tokenizer.json), byte-level BPE
 # (vocab.json + merges.txt, GPT-2), SentencePiece, WordPiece.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
@@ -292,15 +286,12 @@ def _from_directory(path: Path, name: str, trust_remote_code: bool) -> ResolvedM
     """Load a saved model directory; anything missing or unreadable is a one-line MtnsailsError."""
     from safetensors import SafetensorError
 
-    from mtnsails.errors import MtnsailsError
-    from mtnsails.files import read_metadata
-
     if not (path / "config.json").is_file():
         raise MtnsailsError(f"--model-name {name}: directory has no config.json, so it is not a "
                             "saved model (expected an mtnsails trained model or a Hugging Face model)")
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     if not weights:
-        raise MtnsailsError(f"--model-name {name}: directory has no model weights (*.safetensors)")
+        raise MtnsailsError(f"--model-name {name}: directory has no model weights ({WEIGHT_FILES})")
     if not any((path / file).is_file() for file in TOKENIZER_FILES):
         raise MtnsailsError(f"--model-name {name}: directory has no tokenizer files (tokenizer.json "
                             "or vocab.json + merges.txt); save the tokenizer beside the model")

@@ -24,15 +24,16 @@ import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from mtnsails.collator import PaddingCollator, encode_segments
+from mtnsails.data import exchanges
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import MODEL_FORMAT, check_replaceable
+from mtnsails.files import (METADATA_FILE, MODEL_FORMAT, atomic_directory, atomic_write_text,
+                            check_replaceable, file_sha256, read_json_object)
+from mtnsails.models import EMBEDDED_MODEL_NAME, EmbeddedTrainingDefaults, resolve_model
+from mtnsails.quality import DataQualityValidator, QualityReport
 from mtnsails.template import ChatTemplate, Segment
-
-if TYPE_CHECKING:  # only for annotations: the CLI imports this module at start-up
-    from mtnsails.quality import QualityReport
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 QUALITY_BLOCKS = "critical"  # verdict (< 50 % valid conversations) that stops training without --force
@@ -46,18 +47,15 @@ def packaged_example_data() -> Path:
 def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = False
                  ) -> QualityReport:
     """Show the data-quality report; refuse a critical data set unless `force`. Returns the report."""
-    from mtnsails.quality import DataQualityValidator
-
     report = DataQualityValidator().analyze(conversations)
-    if not _is_main_process():
-        return report
-    if not quiet:
+    main = _is_main_process()  # every rank checks (all stop together); only rank 0 prints
+    if main and not quiet:
         print(report.format_text())
     score = f"{report.quality_score:.0%}"
     if report.verdict == QUALITY_BLOCKS and not force:
         raise MtnsailsError(f"data quality {score} is below 50 %: fix the data (`validate --filter` "
                             "keeps the good conversations) or pass --force to train anyway")
-    if report.verdict != "good":
+    if main and report.verdict != "good":
         print(f"warning: data quality is {score} ({report.verdict}); training anyway",
               file=sys.stderr)
     return report
@@ -121,7 +119,6 @@ class TrainingResult:
     eval_loss: float | None
     perplexity: float | None
     examples: int
-    truncated: int
     loss_history: list[dict]
 
     def summary(self, path: str | os.PathLike, next_step: bool = True) -> str:
@@ -191,12 +188,10 @@ class LLMTrainer:
             raise MtnsailsError("no model to save: train or load one first")
         path = Path(save_path or self.config.output_dir).expanduser().resolve()
         if _is_main_process():  # under torchrun/accelerate only rank 0 writes
-            from mtnsails.files import atomic_directory, atomic_write_text
-
             with atomic_directory(path, kind=MODEL_FORMAT) as staging:
                 self.model.save_pretrained(staging, safe_serialization=True)
                 self.tokenizer.save_pretrained(staging)
-                atomic_write_text(staging / "mtnsails.json",
+                atomic_write_text(staging / METADATA_FILE,
                                   json.dumps(self._metadata(), indent=2) + "\n")
                 history = self.result.loss_history if self.result else []
                 note = plot_loss(history, staging / "loss.png")
@@ -207,8 +202,6 @@ class LLMTrainer:
 
     def load_trained_model(self, model_path: str | os.PathLike) -> None:
         """Load a saved model directory (weights via safetensors only) for further use."""
-        from mtnsails.models import resolve_model
-
         self.resolved = resolve_model(str(model_path), trust_remote_code=self.config.trust_remote_code)
         self.model, self.tokenizer = self.resolved.model, self.resolved.tokenizer
         self.config.template = ChatTemplate.from_dict(self.resolved.metadata.get("template"))
@@ -218,9 +211,6 @@ class LLMTrainer:
     def train_conversations(self, conversations: list[dict],
                             data_file: str | os.PathLike | None = None) -> TrainingResult:
         """Train on native conversations ({"input", "output"} + optional history/system)."""
-        from mtnsails.data import exchanges
-        from mtnsails.files import file_sha256
-
         self._data_info = {
             "data_file": str(data_file) if data_file else None,
             "data_sha256": file_sha256(data_file) if data_file else _sha256_json(conversations),
@@ -248,8 +238,6 @@ class LLMTrainer:
         checkpoint = self._resume_checkpoint()  # before any slow work: refuse early
         examples = self._resolve_model(examples, make_examples)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
-        from mtnsails.models import EmbeddedTrainingDefaults
-
         defaults = EmbeddedTrainingDefaults() if self.resolved.embedded else None
         epochs = config.num_epochs or (defaults.num_epochs if defaults else 3)
         learning_rate = config.learning_rate or (defaults.learning_rate if defaults else 5e-5)
@@ -299,15 +287,13 @@ class LLMTrainer:
         self.result = TrainingResult(
             train_loss=train_losses[-1] if train_losses else output.training_loss,
             eval_loss=eval_loss, perplexity=_perplexity(eval_loss), examples=len(encoded),
-            truncated=truncated, loss_history=history)
+            loss_history=history)
         return self.result
 
     def _resolve_model(self, examples: list[list[Segment]],
                        make_examples: Callable[[ChatTemplate], list[list[Segment]]]
                        ) -> list[list[Segment]]:
         """Set `self.resolved`; return the examples, rebuilt if the model brings its own template."""
-        from mtnsails.models import resolve_model
-
         config = self.config
         texts = ["".join(segment.text for segment in segments) for segments in examples]
         self.resolved = resolve_model(config.model_name, texts,
@@ -335,7 +321,7 @@ class LLMTrainer:
         if self.config.resume:
             if last is None:
                 raise MtnsailsError(f"--resume: no checkpoint in {directory} (nothing to resume)")
-            recorded = json.loads(marker.read_text("utf-8")) if marker.is_file() else run
+            recorded = read_json_object(marker) or run
             changed = [key for key in run if recorded.get(key) != run[key]]
             if changed:
                 raise MtnsailsError(
@@ -348,8 +334,6 @@ class LLMTrainer:
                 f"{directory} holds checkpoints of an interrupted run: add --resume to continue "
                 "it, or delete that directory to start over")
         if _is_main_process():
-            from mtnsails.files import atomic_write_text
-
             directory.mkdir(parents=True, exist_ok=True)
             atomic_write_text(marker, json.dumps(run) + "\n")
         return None
@@ -416,8 +400,6 @@ class LLMTrainer:
     def _metadata(self) -> dict:
         resolved, result = self.resolved, self.result
         embedded = bool(resolved and resolved.embedded)
-        from mtnsails.models import EMBEDDED_MODEL_NAME
-
         base = resolved and (resolved.metadata.get("base_model")
                              or (EMBEDDED_MODEL_NAME if embedded else resolved.name))
         return {
@@ -471,7 +453,7 @@ def _split(encoded: list[dict], eval_split: float, seed: int) -> tuple[list[dict
 @functools.lru_cache(maxsize=None)
 def _trainer_classes():
     """The Trainer subclass and callbacks, built on first use: they need transformers, and
-    importing this module (the CLI's start-up) must stay cheap."""
+    importing this module (e.g. `mtnsails.LLMTrainer`) must not import it."""
     from transformers import Trainer, TrainerCallback
 
     class PerplexityTrainer(Trainer):
@@ -568,11 +550,11 @@ def _distributed_barrier() -> None:
 
 def finish_distributed() -> None:
     """End a torchrun/accelerate run's process group; a process that exits with it still open
-    can abort ("terminate called without an active exception")."""
+    can abort ("terminate called without an active exception"). `save_model` has already waited
+    for every rank."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 
