@@ -42,8 +42,9 @@ def batches(approach: str, tokenizer, batch_size: int, steps: int, seed: int = 0
     from transformers import DataCollatorForLanguageModeling
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    from mtnsails.collator import PaddingCollator, encode_segments
     from mtnsails.data import ConversationDataHandler
-    from mtnsails.trainer import PaddingCollator, encode_segments, packaged_example_data
+    from mtnsails.trainer import packaged_example_data
 
     handler = ConversationDataHandler.from_file(packaged_example_data())
     rng = random.Random(seed)

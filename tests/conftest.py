@@ -19,12 +19,11 @@ EXAMPLE_DATA = REPO_ROOT / "example_conversations.json"
 
 
 def run_cli(*args: str, input: str | None = None, cwd: Path | None = None,
-            timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+            timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python main.py ARGS` in a real subprocess and capture its output as text."""
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "main.py"), *args],
         input=input, capture_output=True, text=True, cwd=cwd or REPO_ROOT, timeout=timeout,
-        env={**os.environ, **(env or {})},
     )
 
 

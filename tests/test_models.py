@@ -72,6 +72,10 @@ def without_tokenizer(path):
             file.unlink()
 
 
+def without_weights(path):
+    (path / "model.safetensors").unlink()
+
+
 def with_corrupt_weights(path):
     (path / "model.safetensors").write_bytes(b"not a safetensors file")
 
@@ -83,6 +87,8 @@ def with_corrupt_config(path):
 # A saved model damaged in each way a user's directory can be, and what the error must say.
 BROKEN_MODEL_DIRECTORIES = [
     (without_tokenizer, "directory has no tokenizer files"),
+    (without_weights, "directory has no model weights (*.safetensors, or *.bin read with "
+                      "weights_only)"),
     (with_corrupt_weights, "cannot read the weights in model.safetensors"),
     (with_corrupt_config, "config.json' is not a valid JSON file"),
 ]

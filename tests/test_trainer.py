@@ -18,10 +18,8 @@ from mtnsails.trainer import LLMTrainer, TrainingConfig, parse_text
 def greedy_answer(model, tokenizer, conversation: dict) -> str:
     """Build the prompt the way chat does (segments + EOS after answers) and decode greedily."""
     turns = exchanges(conversation)[:-1] + [(conversation["input"], None)]
-    ids: list[int] = []
-    for segment in ChatTemplate().segments(turns, conversation.get("system")):
-        ids += tokenizer(segment.text, add_special_tokens=False)["input_ids"]
-        ids += [tokenizer.eos_token_id] if segment.is_response else []
+    segments = list(ChatTemplate().segments(turns, conversation.get("system")))
+    ids = encode_segments(tokenizer, segments, max_length=model.config.n_positions)["input_ids"]
     output = model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False,
                             pad_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(output[0, len(ids):], skip_special_tokens=True).strip()
@@ -129,5 +127,34 @@ def test_settings_out_of_range_are_one_line_errors():
 
     for settings, flag in [({"num_epochs": 0}, "--epochs"), ({"batch_size": -1}, "--batch-size"),
                            ({"eval_split": 1.5}, "--eval-split"), ({"device": "tpu"}, "--device")]:
-        with pytest.raises(MtnsailsError, match=flag):
+        with pytest.raises(MtnsailsError, match=flag) as error:
             TrainingConfig(**settings).validate()
+        assert "\n" not in str(error.value)
+
+
+def refusal(output_dir, resume: bool = False) -> str:
+    """The one-line error `train_conversations` raises before it loads any model."""
+    import pytest
+
+    from mtnsails.errors import MtnsailsError
+
+    trainer = LLMTrainer(config=TrainingConfig(model_name="tiny", output_dir=str(output_dir),
+                                               resume=resume, quiet=True))
+    with pytest.raises(MtnsailsError) as error:
+        trainer.train_conversations(TINY_CONVERSATIONS)
+    assert "\n" not in str(error.value) and trainer.resolved is None  # refused before loading
+    return str(error.value)
+
+
+def test_checkpoints_of_an_interrupted_run_are_never_silently_dropped_or_misread(tmp_path):
+    checkpoints = tmp_path / "out.checkpoints"
+    assert refusal(tmp_path / "out", resume=True).startswith(
+        f"--resume: no checkpoint in {checkpoints}")
+    (checkpoints / "checkpoint-1").mkdir(parents=True)
+    assert refusal(tmp_path / "out") == (
+        f"{checkpoints} holds checkpoints of an interrupted run: add --resume to continue it, "
+        "or delete that directory to start over")
+    (checkpoints / "mtnsails-run.json").write_text("{not json")
+    assert refusal(tmp_path / "out", resume=True).startswith(
+        f"{checkpoints / 'mtnsails-run.json'}: not valid JSON")
+    assert (checkpoints / "checkpoint-1").is_dir() and not (tmp_path / "out").exists()
