@@ -169,10 +169,14 @@ def read_records(path: Path) -> list[tuple[str, Any]]:
     try:
         data = _loads(text, path)
     except json.JSONDecodeError as error:
-        if error.msg == "Extra data" and _looks_like_jsonl(text):
-            return _read_jsonl(path, text)
-        raise DataFormatError(f"{path}: not valid JSON: {error.msg} "
-                              f"(line {error.lineno}, column {error.colno})") from None
+        invalid = DataFormatError(f"{path}: not valid JSON: {error.msg} "
+                                  f"(line {error.lineno}, column {error.colno})")
+        if error.msg == "Extra data":  # maybe JSON Lines in a .json file
+            try:
+                return _read_jsonl(path, text)
+            except DataFormatError:
+                pass
+        raise invalid from None
     if isinstance(data, dict):
         wrapped = data.get("conversations")
         if isinstance(wrapped, list) and wrapped and not _is_sharegpt_turn(wrapped[0]):
@@ -196,16 +200,6 @@ def _loads(text: str, path: Path, where: str = "") -> Any:
 
 def _is_sharegpt_turn(item: Any) -> bool:
     return isinstance(item, dict) and "from" in item and "value" in item
-
-
-def _looks_like_jsonl(text: str) -> bool:
-    try:
-        for line in text.splitlines():
-            if line.strip():
-                json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
-        return False
-    return True
 
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
@@ -357,9 +351,10 @@ def _from_turns(turns: list[tuple[str, str]], where: str) -> dict:
 
 
 def exchanges(conversation: dict) -> list[tuple[str, str]]:
-    """A native conversation's (input, output) exchanges in order, the final one last."""
-    earlier = [(turn["input"], turn["output"]) for turn in conversation.get("history") or []]
-    return earlier + [(conversation["input"], conversation["output"])]
+    """A native conversation's (input, output) exchanges in order, the final one last (a
+    missing field reads as empty: the quality rules report it instead of failing)."""
+    return [(turn.get("input", ""), turn.get("output", ""))
+            for turn in (conversation.get("history") or []) + [conversation]]
 
 
 # -- writing --------------------------------------------------------------------------------
