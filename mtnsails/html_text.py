@@ -15,6 +15,7 @@ class _HTMLText(HTMLParser):
 
     SKIP = {"script", "style", "nav", "footer", "header", "aside", "noscript", "form", "svg",
             "button", "template", "iframe", "select"}
+    HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
     BLOCKS = {"p", "div", "section", "article", "main", "br", "tr", "table", "blockquote",
               "dd", "dt", "pre", "ul", "ol", "figure", "figcaption", "body"}
 
@@ -40,7 +41,7 @@ class _HTMLText(HTMLParser):
         elif tag == "title":
             self.in_title = True
         elif not self.skipping:
-            if re.fullmatch(r"h[1-6]", tag):
+            if tag in self.HEADINGS:
                 self._break()
                 self.lines.append("")
                 self.prefix = "#" * int(tag[1]) + " "
@@ -63,10 +64,10 @@ class _HTMLText(HTMLParser):
             del self.skipping[len(self.skipping) - 1 - self.skipping[::-1].index(tag):]
         elif tag == "title":
             self.in_title = False
-        elif not self.skipping and (re.fullmatch(r"h[1-6]", tag) or tag == "li"
+        elif not self.skipping and (tag in self.HEADINGS or tag == "li"
                                     or tag in self.BLOCKS):
             self._break()
-            if re.fullmatch(r"h[1-6]", tag) or tag == "p":
+            if tag in self.HEADINGS or tag == "p":
                 self.lines.append("")
 
     def handle_data(self, data: str) -> None:

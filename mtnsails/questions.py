@@ -24,7 +24,7 @@ initialize insert install iterate load log make manage measure merge migrate mon
 open optimize organize parse pass print profile publish query raise read register remove rename
 run save schedule search select set share sort start structure test train troubleshoot update
 upgrade upload use validate work write""".split())
-DOUBLED = {"run", "get", "set", "debug", "log", "commit", "put", "stop", "plan", "map", "ship"}
+DOUBLED = {"run", "get", "set", "debug", "log", "commit"}  # the verbs of VERBS that double
 
 
 def gerund(verb: str) -> str:
