@@ -16,6 +16,31 @@ if TYPE_CHECKING:
     from mtnsails.quality import QualityConfig
 
 
+def find_copies(keys: list[str], token_lists: list[list[str]],
+                config: "QualityConfig") -> dict[int, tuple[int, float | None]]:
+    """{index of a copy: (index of its kept original, similarity)} over texts in order.
+
+    A text whose normalised `keys[i]` equals an earlier one's is an exact copy (similarity
+    None); the remaining texts are compared by their `token_lists` with `NearDuplicateFinder`.
+    Texts with an empty key are never copies.
+    """
+    first_seen: dict[str, int] = {}
+    copies: dict[int, tuple[int, float | None]] = {}
+    unique: list[int] = []
+    for index, key in enumerate(keys):
+        if not key:
+            continue
+        original = first_seen.setdefault(key, index)
+        if original != index:
+            copies[index] = (original, None)
+        else:
+            unique.append(index)
+    near = NearDuplicateFinder(config).find([token_lists[i] for i in unique])
+    for position, (original, similarity) in near.items():
+        copies[unique[position]] = (unique[original], similarity)
+    return copies
+
+
 class NearDuplicateFinder:
     """MinHash signatures of word-shingle sets, LSH banding for candidates, exact Jaccard check.
 

@@ -19,7 +19,8 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mtnsails.dedup import NearDuplicateFinder
+from mtnsails.data import exchanges
+from mtnsails.dedup import find_copies
 from mtnsails.text_rules import CLOSING_MARKS, SENTENCE_END
 
 CODES = ("empty_output", "empty_input", "short_output", "repetitive_output", "gibberish_output",
@@ -185,7 +186,10 @@ URL_RE = re.compile(r"(?:https?://|ftp://|www\.)\S+|\b\S+\.(?:com|org|net|io|htm
                     re.IGNORECASE)
 URL_HINTS = ("://", "www.", ".com", ".org", ".net", ".io", ".htm", ".php")  # cheap pre-check
 CODE_RE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.DOTALL)
-SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?…])\s+|\n+")
+# A sentence: up to a sentence end (closing quotes and brackets included) before a space, or the
+# rest of its line.
+SENTENCE_RE = re.compile(
+    f"[^\\n]*?[{re.escape(SENTENCE_END)}][{re.escape(CLOSING_MARKS)}]*(?=\\s|$)|[^\\n]+")
 PARAGRAPH_SPLIT_RE = re.compile(r"\n{2,}")
 # Chinese and Japanese write without spaces between words.
 CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -233,9 +237,14 @@ def _duplicates(items: list[str]) -> tuple[int, int, str, int]:
     return count, chars, top, top_count
 
 
+def _snippet(text: str, limit: int = 100) -> str:
+    """`text` cut to `limit` characters, "…" marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _quote(text: str, limit: int = 60) -> str:
-    text = " ".join(text.split())
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+    """`text` on one line, shortened and quoted for a reason."""
+    return repr(_snippet(" ".join(text.split()), limit))
 
 
 # -- per-text rules (each returns a reason or None) -----------------------------------------
@@ -252,7 +261,7 @@ def repetition_reason(text: str, words: list[str], config: QualityConfig) -> str
         return f"repeats the word {longest_word!r} {longest} times in a row"
     if len(words) >= config.gopher_min_words:
         return _gopher_repetition(text, words, config)
-    sentences = [s.strip().lower() for s in SENTENCE_SPLIT_RE.split(text)
+    sentences = [s.strip().lower() for s in SENTENCE_RE.findall(text)
                  if len(s.split()) >= config.repeated_sentence_min_words]
     _, _, top, top_count = _duplicates(sentences)
     if top_count > 1:
@@ -401,9 +410,7 @@ class DataQualityValidator:
 
     def check(self, conversation: dict) -> list[QualityIssue]:
         """Per-conversation rules on every exchange of a native conversation."""
-        turns = [(t.get("input", ""), t.get("output", ""))
-                 for t in conversation.get("history") or []]
-        turns.append((conversation.get("input", ""), conversation.get("output", "")))
+        turns = exchanges(conversation)
         issues = []
         for number, (user_input, output) in enumerate(turns, start=1):
             prefix = f"turn {number} of {len(turns)}: " if len(turns) > 1 else ""
@@ -476,37 +483,25 @@ class DataQualityValidator:
     def _duplicates(self, conversations: list[dict]) -> dict[int, QualityIssue]:
         """Exact duplicates by normalised text, then near duplicates by MinHash LSH."""
         token_lists = [_conversation_tokens(c) for c in conversations]
-        first_seen: dict[str, int] = {}
+        keys = [" ".join(tokens) for tokens in token_lists]
         found: dict[int, QualityIssue] = {}
-        unique: list[int] = []
-        for index, tokens in enumerate(token_lists):
-            if not tokens:
-                continue
-            key = " ".join(tokens)
-            original = first_seen.setdefault(key, index)
-            if original != index:
+        for index, (original, similarity) in find_copies(keys, token_lists, self.config).items():
+            if similarity is None:
                 found[index] = QualityIssue(
                     "duplicate", f"exact duplicate of conversation {original} (after "
                     "normalising case, spacing and punctuation); remove the copy")
             else:
-                unique.append(index)
-        near = NearDuplicateFinder(self.config).find([token_lists[i] for i in unique])
-        for position, (original, similarity) in near.items():
-            found[unique[position]] = QualityIssue(
-                "near_duplicate", f"near duplicate of conversation {unique[original]} "
-                f"({similarity:.0%} of word shingles shared); keep one of them")
+                found[index] = QualityIssue(
+                    "near_duplicate", f"near duplicate of conversation {original} "
+                    f"({similarity:.0%} of word shingles shared); keep one of them")
         return found
-
-
-def _snippet(text: str, limit: int = 100) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _conversation_tokens(conversation: dict) -> list[str]:
     """Lower-case words of every turn (system included), turns separated by a marker."""
     parts = [conversation.get("system") or ""]
-    for turn in (conversation.get("history") or []) + [conversation]:
-        parts += [turn.get("input", ""), turn.get("output", "")]
+    for turn in exchanges(conversation):
+        parts += turn
     tokens: list[str] = []
     for part in parts:
         tokens += WORD_RE.findall(part.lower())

@@ -129,8 +129,10 @@ def find_pages(roots: list[Path], result: ScrapeResult) -> list[Path]:
         for folder, subfolders, files in os.walk(root):  # does not follow folder symlinks
             for name in [d for d in subfolders if d.lower() in MEDIA_FOLDERS or d.startswith(".")]:
                 subfolders.remove(name)
+                if name.startswith("."):
+                    continue  # hidden (.git): not counted, not even walked
                 skipped = sum(len(f) for _, _, f in os.walk(Path(folder, name)))
-                if skipped and not name.startswith("."):
+                if skipped:
                     result.skipped[f"media in {name}/"] += skipped
             subfolders.sort()
             for name in sorted(files):
@@ -288,10 +290,10 @@ def classify(lines: list[Line]) -> list[Line]:
             line.kind = "prose"
         elif line.text.endswith(":") and following.kind == "item":
             line.kind = "prose"  # "Lists support:" introduces the items that follow
-        elif not structured and heading_like(line.text) and following.kind in ("prose", "item"):
-            line.kind, line.level = "heading", 2
-        elif not structured and heading_like(line.text) and following.level == 2:
-            line.kind, line.level = "heading", 1
+        elif not structured and heading_like(line.text) and (
+                following.kind in ("prose", "item") or following.level == 2):
+            line.kind = "heading"
+            line.level = 2 if following.kind in ("prose", "item") else 1
         else:
             line.kind = "other"
     headings = [line for line in content if line.kind == "heading"]
@@ -462,9 +464,8 @@ class ScrapedContentProcessor:
     {'input': 'What are Python lists?', 'output': 'A list is ...', 'source': 'content_1f...txt'}
     """
 
-    def __init__(self, settings: ScrapedSettings | None = None, quality_config=None) -> None:
+    def __init__(self, settings: ScrapedSettings | None = None) -> None:
         self.settings = settings or ScrapedSettings()
-        self.quality_config = quality_config
 
     def process(self, roots: list[str | os.PathLike],
                 existing: list[dict] | None = None) -> ScrapeResult:
@@ -530,18 +531,19 @@ class ScrapedContentProcessor:
             by_folder.setdefault(path.parent, []).append(lines)
         for folder_pages in by_folder.values():
             seen_on = Counter()
-            for lines in folder_pages:
-                seen_on.update({line_key(line.text) for line in boilerplate_candidates(lines)})
+            candidates = [list(boilerplate_candidates(lines)) for lines in folder_pages]
+            for page_candidates in candidates:
+                seen_on.update({line_key(line.text) for line in page_candidates})
             needed = max(2, min(self.settings.boilerplate_min_pages,
                                 self.settings.boilerplate_fraction * len(folder_pages)))
             boilerplate = {key for key, pages_with in seen_on.items() if pages_with >= needed}
-            for lines in folder_pages:
-                candidates = {id(line) for line in boilerplate_candidates(lines)}
+            for lines, page_candidates in zip(folder_pages, candidates):
+                candidate_ids = {id(line) for line in page_candidates}
                 kept = []
                 for line in lines:
                     if line.kind in ("text", "item") and BANNERS.search(line.text):
                         result.dropped_lines["cookie/terms banner"] += 1
-                    elif id(line) in candidates and line_key(line.text) in boilerplate:
+                    elif id(line) in candidate_ids and line_key(line.text) in boilerplate:
                         result.dropped_lines["boilerplate repeated across pages"] += 1
                     else:
                         kept.append(line)
@@ -552,10 +554,10 @@ class ScrapedContentProcessor:
         """Drop answers that copy an earlier one or one of `existing` (exactly or nearly), ask
         each remaining answer its question, and keep, unless `keep_all`, the pairs that pass
         every quality rule."""
-        from mtnsails.dedup import NearDuplicateFinder
+        from mtnsails.dedup import find_copies
         from mtnsails.quality import DataQualityValidator
 
-        validator = DataQualityValidator(self.quality_config)
+        validator = DataQualityValidator()
         with_topic = []
         for section, answer, source in pairs:
             topic = section_topic(section)
@@ -566,11 +568,7 @@ class ScrapedContentProcessor:
         result.pairs_made = len(with_topic)
         answers = [c["output"] for c in existing] + [answer for _, _, answer, _ in with_topic]
         keys = [line_key(answer) for answer in answers]
-        first_of = {key: index for index, key in reversed(list(enumerate(keys)))}
-        unique = [index for index, key in enumerate(keys) if first_of[key] == index]
-        near = NearDuplicateFinder(validator.config).find([keys[i].split() for i in unique])
-        copies = {index for index, key in enumerate(keys) if first_of[key] != index}
-        copies |= {unique[position] for position in near}
+        copies = find_copies(keys, [key.split() for key in keys], validator.config)
         used = {conversation["input"] for conversation in existing}
         follow_ups: dict[str, object] = {}
         kept = []

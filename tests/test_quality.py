@@ -45,6 +45,8 @@ def test_good_answers_pass_every_rule(answer):
     ("Of course!", "short_output", "only 2 words"),
     ("This is very very very very good advice for you.", "repetitive_output", "'very' 4 times"),
     ("I like it. I like it. I like it.", "repetitive_output", "'i like it.' 3 times"),
+    ('He said "shut the door." He said "shut the door." Fine.', "repetitive_output",
+     """'he said "shut the door."' 2 times"""),
     ("@@## %%$$ &&** !!~~ ^^ ok.", "gibberish_output", "letters"),
     ("http://a.example.com/x?y=1 www.b.org/z/a/b/c.html", "gibberish_output", "mostly URLs"),
     ("Links: " + " ".join(f"https://example.com/docs/page-{n}.html" for n in range(4)),

@@ -307,6 +307,10 @@ def test_prompt_template_keep_all_and_original_question(site, tmp_path):
      "at least 10"),
     (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "o.json"),
                   "--prompt-template", "Tell me"], "must contain {topic}"),
+    (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "o.json"), "--append",
+                  "--overwrite"], "--append and --overwrite exclude each other"),
+    (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "only_media")],
+     "only_media: is a directory; --output must be a .json or .jsonl file"),
 ])
 def test_bad_input_gives_one_line_errors(tmp_path, make_args, message):
     (tmp_path / "only_media" / "images").mkdir(parents=True)
