@@ -21,16 +21,15 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import (FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, atomic_write_text, read_json_object,
-                            read_metadata)
+from mtnsails.files import (FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, atomic_write_text, context_length,
+                            read_json_object, read_metadata)
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens, setting_label
-from mtnsails.template import ChatTemplate
+from mtnsails.template import ChatTemplate, segment_ids
 from mtnsails.text_rules import SENTENCE_END_IN_TEXT
 
 __all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_directory"]
 
 EXIT_COMMANDS = {"/exit", "exit", "quit", "/quit"}
-# A sentence ends at . ! ? (or an ellipsis), optionally followed by a closing quote or bracket.
 
 
 @dataclass
@@ -40,7 +39,6 @@ class ChatStats:
     prompt_tokens: int
     new_tokens: int
     seconds: float
-    first_token_seconds: float
     stop_reason: str  # "eos", "user_turn", "length"
 
     @property
@@ -75,7 +73,7 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
         meta["eos_token_id"] = read_json_object(path / "generation_config.json").get(
             "eos_token_id", config.get("eos_token_id"))
     if "context_length" not in meta:
-        meta["context_length"] = config.get("n_positions") or config.get("max_position_embeddings")
+        meta["context_length"] = context_length(config)
     if (path / INT8_FILE).exists():
         files.setdefault("int8", INT8_FILE)
     meta["files"] = files
@@ -174,15 +172,31 @@ class ChatInterface:
         new_tokens = self.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
         budget = max(1, min(self.max_length, self.context_length - new_tokens))
         exchanges = [*(history or []), (user_input, None)]
-        while True:
-            ids: list[int] = []
-            for segment in self.template.segments(exchanges):
-                ids += self.encode(segment.text)
-                if segment.is_response and self.eos_token_id is not None:
-                    ids.append(self.eos_token_id)
-            if len(ids) <= budget or len(exchanges) == 1:
-                return ids[-budget:]
-            exchanges = exchanges[1:]
+        pieces = self._exchange_ids(exchanges)
+        start, used = len(pieces), 0  # keep the newest exchanges that fit, each encoded once
+        while start > 0 and used + len(pieces[start - 1]) <= budget:
+            start -= 1
+            used += len(pieces[start])
+        if start == 0:
+            return [token for piece in pieces for token in piece]
+        # Exchange start-1 did not fit with its separator; it may without (the first kept has none).
+        # Older ones cannot: exchange start alone already overflows what is left for them.
+        first = self._exchange_ids([exchanges[start - 1]])[0]
+        if used + len(first) <= budget or start == len(pieces):
+            start -= 1
+        else:
+            first = self._exchange_ids([exchanges[start]])[0]
+        ids = first + [token for piece in pieces[start + 1:] for token in piece]
+        return ids[-budget:]
+
+    def _exchange_ids(self, exchanges: list[tuple[str, str | None]]) -> list[list[int]]:
+        """Token ids per exchange, as in the prompt of all `exchanges` (the first has no separator)."""
+        pieces: list[list[int]] = []
+        for segment, ids in segment_ids(self.encode, self.template.segments(exchanges), self.eos_token_id):
+            if not segment.is_response:  # each exchange opens with its prompt segment
+                pieces.append([])
+            pieces[-1] += ids
+        return pieces
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -203,18 +217,17 @@ class ChatInterface:
         """Generate and decode an answer, streaming safe text pieces to `on_text` as they come."""
         marker = self.template.user_marker
         start = time.perf_counter()
-        first_token = 0.0
         ids: list[int] = []
         reason, text, streamed = "length", "", 0
         for token in self.generate_ids(prompt_ids, config):
-            if not ids:
-                first_token = time.perf_counter() - start
             if token == self.eos_token_id:
                 reason = "eos"
                 break
             ids.append(token)
+            searched = len(text.rstrip("\ufffd"))  # an incomplete character's U+FFFD may still change
             text = self.tokenizer.decode(ids, skip_special_tokens=False)
-            cut = text.find(marker) if marker else -1
+            # Only the new end can hold a marker: the text before it was searched already.
+            cut = text.find(marker, max(0, searched - len(marker))) if marker else -1
             if cut >= 0:
                 text, reason = text[:cut], "user_turn"
                 break
@@ -225,7 +238,7 @@ class ChatInterface:
                     on_text(visible[streamed:safe])
                     streamed = safe
         self.last_stats = ChatStats(len(prompt_ids), len(ids) + (reason == "eos"),
-                                    time.perf_counter() - start, first_token, reason)
+                                    time.perf_counter() - start, reason)
         text = text.replace("\ufffd", "").strip()
         if reason == "length":
             text = trim_dangling_sentence(text)

@@ -6,7 +6,7 @@ answer is followed by EOS. Only the answers (and their EOS) are learned.
 
 from __future__ import annotations
 
-from mtnsails.template import Segment
+from mtnsails.template import Segment, segment_ids
 
 
 def encode_segments(tokenizer, segments: list[Segment], max_length: int) -> dict:
@@ -19,10 +19,9 @@ def encode_segments(tokenizer, segments: list[Segment], max_length: int) -> dict
     input_ids: list[int] = []
     labels: list[int] = []
     last_prompt_start = 0
-    for segment in segments:
-        ids = tokenizer(segment.text, add_special_tokens=False)["input_ids"]
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for segment, ids in segment_ids(encode, segments, tokenizer.eos_token_id):
         if segment.is_response:
-            ids = ids + [tokenizer.eos_token_id]
             labels += ids
         else:
             last_prompt_start = len(input_ids)

@@ -70,6 +70,12 @@ def read_json_object(path: str | os.PathLike) -> dict:
     return data
 
 
+def context_length(config: dict) -> int | None:
+    """The context window in a model's config.json (GPT-2 names it n_positions, most others
+    max_position_embeddings); None when it has neither."""
+    return config.get("n_positions") or config.get("max_position_embeddings")
+
+
 def read_metadata(directory: str | os.PathLike) -> dict:
     """The directory's `mtnsails.json` as a dict ({} when there is none)."""
     return read_json_object(Path(directory) / METADATA_FILE)

@@ -10,7 +10,7 @@ tokenizer works). This module imports nothing heavy: chat uses it without torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 DEFAULT_TEMPLATE = "User: {input}\nAssistant: {output}"
 
@@ -21,6 +21,17 @@ class Segment:
 
     text: str
     is_response: bool
+
+
+def segment_ids(encode: Callable[[str], list[int]], segments: Iterable[Segment],
+                eos_id: int | None) -> Iterator[tuple[Segment, list[int]]]:
+    """Yield each segment with its token ids: `encode(text)` of the segment alone, plus `eos_id`
+    after every response. Training (collator) and chat both build token ids with this rule."""
+    for segment in segments:
+        ids = list(encode(segment.text))
+        if segment.is_response and eos_id is not None:
+            ids.append(eos_id)
+        yield segment, ids
 
 
 @dataclass(frozen=True)

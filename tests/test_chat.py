@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,7 +16,7 @@ from mtnsails.chat import ChatInterface, GenerationConfig, _held_back, trim_dang
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation import OnnxDecoder
 from mtnsails.logger import ConversationLogger
-from mtnsails.template import ChatTemplate
+from mtnsails.template import ChatTemplate, segment_ids
 
 pytestmark = pytest.mark.slow
 
@@ -134,6 +135,17 @@ def test_history_keeps_the_newest_exchanges_within_the_window(tiny_onnx_dir):
     long_question = chat.prompt_ids(" ".join(["x"] * 500))  # too long alone: keeps its end
     assert len(long_question) == 60 and chat.tokenizer.decode(long_question).endswith("x x\nAssistant:")
 
+    def whole_prompt(exchanges):  # every exchange kept, tokenized as training does
+        pieces = segment_ids(chat.encode, chat.template.segments(exchanges), chat.eos_token_id)
+        return [token for _, ids in pieces for token in ids]
+
+    exchanges = [*history, ("Hello!", None)]
+    for budget in range(8, 200, 6):  # the same as dropping the oldest until the whole prompt fits
+        chat.max_length = budget
+        expected = next(ids for start in range(len(exchanges))
+                        if len(ids := whole_prompt(exchanges[start:])) <= budget or start == len(history))
+        assert chat.prompt_ids("Hello!", history) == expected[-budget:], budget
+
 
 def test_multi_turn_conversation_and_reset(tiny_onnx_dir):
     chat = ChatInterface(tiny_onnx_dir, generation=GREEDY)
@@ -186,6 +198,24 @@ def test_bad_settings_are_one_line_errors(tiny_onnx_dir):
         ChatInterface(tiny_onnx_dir, threads=0)
 
 
+def copy_with_broken_tokenizer(path, onnx_dir):
+    shutil.copytree(onnx_dir, path)
+    (path / "tokenizer.json").write_text("{not json", encoding="utf-8")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path, _: path.write_text("x"), "is not a directory"),
+    (lambda path, _: path.mkdir(), "is not an ONNX model directory"),
+    (copy_with_broken_tokenizer, "tokenizer.json cannot be read"),
+])
+def test_a_wrong_model_path_is_a_one_line_error(tiny_onnx_dir, tmp_path, make, message):
+    path = tmp_path / "model"
+    make(path, tiny_onnx_dir)
+    with pytest.raises(MtnsailsError, match=message) as raised:
+        ChatInterface(path)
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_chat_path_never_imports_torch_or_transformers(tiny_onnx_dir):
     code = f"""
 import sys, runpy
@@ -205,13 +235,13 @@ print(sorted(name for name in ("torch", "transformers", "optimum") if name in sy
 
 
 def test_sampling_helpers_follow_transformers_semantics():
-    from mtnsails.generation import apply_repetition_penalty, ban_repeated_ngrams, sample
+    from mtnsails.generation import RepeatedNgrams, apply_repetition_penalty, sample
 
     logits = np.array([2.0, -2.0, 1.0, 0.5], dtype=np.float32)
     apply_repetition_penalty(logits, np.array([0, 1, 1]), 2.0)
     assert logits.tolist() == [1.0, -4.0, 1.0, 0.5]
     banned = np.zeros(5, dtype=np.float32)
-    ban_repeated_ngrams(banned, [1, 2, 3, 1, 2], 3)  # "1 2" was followed by 3 before
+    RepeatedNgrams(3, [1, 2, 3, 1, 2]).ban(banned)  # "1 2" was followed by 3 before
     assert banned[3] == -np.inf and np.isfinite(banned[[0, 1, 2, 4]]).all()
     rng = np.random.default_rng(0)
     top_p = GenerationConfig(temperature=1.0, top_k=0, top_p=0.5)
