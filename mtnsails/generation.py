@@ -10,6 +10,7 @@ transformers' `generate` does, so greedy output matches PyTorch token for token.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,15 +66,29 @@ class GenerationConfig:
                 raise MtnsailsError(f"{setting_label(name)} = {getattr(self, name)} must be {expected}")
 
 
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once ("" where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (e.g. "avx512_vnni"); empty where /proc/cpuinfo is missing."""
+    for line in _cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
 def physical_cores() -> int:
     """Physical cores available to this process: hyper-threads only slow memory-bound decoding."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return available
     cores, physical = set(), "0"
-    for line in text.splitlines():
+    for line in _cpuinfo().splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
         if key == "physical id":
@@ -107,7 +122,6 @@ class OnnxDecoder:
     def __init__(self, model_file: str | os.PathLike, threads: int | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
         """Load `model_file` into onnxruntime (`threads`: intra-op threads, default one per physical core)."""
-        self.model_file = Path(model_file)
         options = session_options(threads)
         try:
             self.session = ort.InferenceSession(str(model_file), options, providers=list(providers))
@@ -164,23 +178,42 @@ class OnnxDecoder:
         return logits.numpy()[0]
 
 
-def apply_repetition_penalty(logits: np.ndarray, context: np.ndarray, penalty: float) -> None:
-    """CTRL's penalty as transformers applies it: divide positive, multiply negative logits of seen tokens."""
-    if penalty == 1.0 or not len(context):
+def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> None:
+    """CTRL's penalty as transformers applies it: divide positive, multiply negative logits of
+    the `seen` token ids (those in the context; a repeated id is penalised once all the same)."""
+    if penalty == 1.0 or not len(seen):
         return
-    seen = np.unique(context)
     scores = logits[seen]
     logits[seen] = np.where(scores < 0, scores * penalty, scores / penalty)
 
 
-def ban_repeated_ngrams(logits: np.ndarray, context: Sequence[int], size: int) -> None:
-    """Forbid every token that would complete an n-gram already present in `context`."""
-    if size <= 0 or len(context) < size:
-        return
-    prefix = tuple(context[len(context) - size + 1:])
-    banned = [context[i + size - 1] for i in range(len(context) - size + 1)
-              if tuple(context[i:i + size - 1]) == prefix]
-    logits[banned] = -np.inf
+class RepeatedNgrams:
+    """The n-grams of a growing context, indexed by their first size-1 tokens, to ban repeats.
+
+    Each token adds one n-gram (`append`), so a step costs the same however long the context is.
+    """
+
+    def __init__(self, size: int, context: Sequence[int] = ()) -> None:
+        self.size = size
+        self.context: list[int] = []
+        self.next_tokens: dict[tuple[int, ...], set[int]] = {}  # prefix -> tokens that followed it
+        for token in context:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        """Extend the context by `token`, recording the n-gram it completes."""
+        self.context.append(token)
+        if len(self.context) >= self.size:
+            prefix = tuple(self.context[len(self.context) - self.size:-1])
+            self.next_tokens.setdefault(prefix, set()).add(token)
+
+    def ban(self, logits: np.ndarray) -> None:
+        """Forbid every token that would complete an n-gram already in the context."""
+        if len(self.context) < self.size:
+            return
+        banned = self.next_tokens.get(tuple(self.context[len(self.context) - self.size + 1:]))
+        if banned:
+            logits[list(banned)] = -np.inf
 
 
 NUCLEUS_PROBE = 256  # top-p first looks for the nucleus among this many likeliest tokens
@@ -222,17 +255,28 @@ def generate_tokens(decoder: OnnxDecoder, prompt_ids: Sequence[int], config: Gen
     """
     rng = rng or np.random.default_rng(config.seed)
     decoder.reset()
-    context = list(prompt_ids)
-    logits = decoder.forward(context)[-1]
+    length = len(prompt_ids)
+    penalise = config.repetition_penalty != 1.0
+    seen = set(prompt_ids) if penalise else set()  # kept per token, not recomputed from the context
+    seen_ids = np.fromiter(seen, dtype=np.int64, count=len(seen))
+    ngrams = RepeatedNgrams(config.no_repeat_ngram_size, prompt_ids) if config.no_repeat_ngram_size else None
+    logits = decoder.forward(list(prompt_ids))[-1]
     for index in range(config.max_new_tokens):
         scores = logits.copy()
-        apply_repetition_penalty(scores, np.asarray(context), config.repetition_penalty)
-        ban_repeated_ngrams(scores, context, config.no_repeat_ngram_size)
+        if penalise:
+            apply_repetition_penalty(scores, seen_ids, config.repetition_penalty)
+        if ngrams is not None:
+            ngrams.ban(scores)
         token = int(np.argmax(scores)) if config.greedy else sample(scores, config, rng)
         yield token
-        context.append(token)
+        length += 1
+        if penalise and token not in seen:
+            seen.add(token)
+            seen_ids = np.append(seen_ids, token)
+        if ngrams is not None:
+            ngrams.append(token)
         if token == eos_token_id or index + 1 == config.max_new_tokens:
             return
-        if context_length is not None and len(context) >= context_length:
+        if context_length is not None and length >= context_length:
             return
         logits = decoder.forward([token])[-1]

@@ -147,8 +147,13 @@ def test_cli_convert_quiet_prints_nothing(untrained_tiny_model_dir, tmp_path):
     assert (tmp_path / "onnx" / "model.onnx").exists()
 
 
-@pytest.mark.parametrize("case", ["missing", "onnx_dir", "not_a_model", "inside_model"])
-def test_cli_convert_errors(case, untrained_tiny_model_dir, untrained_onnx_dir, tmp_path):
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist or is not a directory"),
+    ("onnx_dir", "is already an ONNX model directory"),
+    ("not_a_model", "is not a trained model directory"),
+    ("inside_model", "must not be the model directory or inside it"),
+])
+def test_cli_convert_errors(case, message, untrained_tiny_model_dir, untrained_onnx_dir, tmp_path):
     model, output = {
         "missing": (tmp_path / "nowhere", tmp_path / "out"),
         "onnx_dir": (untrained_onnx_dir, tmp_path / "out"),
@@ -158,6 +163,7 @@ def test_cli_convert_errors(case, untrained_tiny_model_dir, untrained_onnx_dir, 
     result = run_cli("convert", "--model-path", str(model), "--onnx-output", str(output))
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr, result.stderr
     assert not output.exists()
 
 
