@@ -46,25 +46,23 @@ class ConversationLogger:
             on each other. Records never wait for it: the writer writes as soon as they arrive
             and batches only those that queue up during a write, so a record reaches the disk
             one write after it was logged (the original API's auto-flush setting maps here).
-        wait_for_previous: `log()` first waits until the exchanges logged before are on disk.
-            Normally they already are (the writer stored them while the next answer was being
-            generated), so the caller never waits unless the disk is slower than the model;
-            in exchange at most the newest exchange is ever held only in memory, which is what
-            lets a chat promise that after `kill -9` the log holds every exchange whose answer
-            it printed before the last one. False: never wait (records may pile up in memory).
+
+    `log()` first waits until the exchanges logged before are on disk. Normally they already
+    are (the writer stored them while the next answer was being generated), so the caller never
+    waits unless the disk is slower than the model; in exchange at most the newest exchange is
+    ever held only in memory, which is what lets a chat promise that after `kill -9` the log
+    holds every exchange whose answer it printed before the last one.
 
     Thread-safe: any number of threads may call `log()`. `flush()` and `close()` raise
     `MtnsailsError` if records could not be written (the writer retries them with the next
     batch, so nothing is dropped while the process lives). An atexit hook closes the logger.
     """
 
-    def __init__(self, path: str | os.PathLike, flush_interval: float = 1.0,
-                 wait_for_previous: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, flush_interval: float = 1.0) -> None:
         if flush_interval <= 0:
             raise ValueError(f"flush_interval must be positive, got {flush_interval}")
         self.path = Path(path)
         self.flush_interval = flush_interval
-        self.wait_for_previous = wait_for_previous
         self.jsonl = self.path.suffix.lower() in JSONL_SUFFIXES
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # .json: every record's serialised text (the whole array is rewritten per batch);
@@ -88,8 +86,8 @@ class ConversationLogger:
     def log(self, user_input: str, output: str, **extra) -> None:
         """Queue one exchange for the writer. `extra` (JSON-serialisable) joins the record.
 
-        Returns at once unless the previous exchange is still being written (see
-        `wait_for_previous`); a failed write does not block it (`flush()` reports failures).
+        Returns at once unless the previous exchange is still being written (see the class
+        docstring); a failed write does not block it (`flush()` reports failures).
         """
         if not isinstance(user_input, str) or not isinstance(output, str):
             raise TypeError("log() takes the user input and the answer as strings")
@@ -100,8 +98,7 @@ class ConversationLogger:
         record.update(extra)
         text = json.dumps(record, ensure_ascii=False)  # here, so a bad extra fails the caller
         with self._condition:
-            while (self.wait_for_previous and self._attempted < self._queued
-                   and self._thread.is_alive() and not self._closed):
+            while self._attempted < self._queued and self._thread.is_alive() and not self._closed:
                 self._condition.wait(self.flush_interval)
             if self._closed:  # checked after waiting: close() may have come meanwhile
                 raise ValueError(f"{self.path}: the conversation logger is closed")

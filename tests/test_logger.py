@@ -91,6 +91,20 @@ def test_an_invalid_existing_log_is_refused_and_left_alone(tmp_path, name, conte
     assert path.read_text(encoding="utf-8") == content
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.mkdir(), "is a directory"),
+    (lambda path: path.write_bytes(b'[{"input": "caf\xe9", "output": "b"}]'), "not UTF-8"),  # Latin-1
+])
+def test_a_log_path_that_is_no_text_file_is_refused_and_left_alone(tmp_path, make, message):
+    path = tmp_path / "log.json"
+    make(path)
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(MtnsailsError, match=message) as raised:
+        ConversationLogger(path)
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+    assert (path.read_bytes() if path.is_file() else None) == before and path.exists()
+
+
 def test_missing_directories_are_created(tmp_path):
     path = tmp_path / "logs" / "today" / "chat.json"
     with ConversationLogger(path) as logger:
@@ -173,8 +187,9 @@ for i in range(1_000_000):
 """
 
 
-@pytest.mark.parametrize("kill_round", [0, 1])
-def test_kill_9_while_logging_loses_at_most_the_exchange_in_flight(log_path, kill_round):
+# Twice per format: each run kills the writer at another random moment of a write.
+@pytest.mark.parametrize("attempt", range(2))
+def test_kill_9_while_logging_loses_at_most_the_exchange_in_flight(log_path, attempt):
     old = [{"input": "from yesterday", "output": "still here"}]
     log_path.write_text("\n".join(json.dumps(r) for r in old) + "\n" if log_path.suffix == ".jsonl"
                         else json.dumps(old), encoding="utf-8")
