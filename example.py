@@ -70,7 +70,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                        generation=greedy) as chat:
         for prompt in PROMPTS:
             print(f"  You: {prompt}")
-            print(f"  Bot: {chat.generate_response(prompt, max_new_tokens=48, do_sample=False)}")
+            print(f"  Bot: {chat.reply(prompt)}")
+            chat.reset()  # each example question stands alone
             print(f"       ({chat.last_stats.tokens_per_second:.0f} tokens/s)")
     logged = ConversationDataHandler.from_file(log_file)
     print(f"  {len(logged)} exchanges logged to {log_file}")

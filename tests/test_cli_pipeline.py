@@ -8,6 +8,7 @@ import pytest
 
 from conftest import TINY_CONVERSATIONS, run_cli
 from mtnsails.cli import build_parser, demo_prompts
+from mtnsails.data import ConversationDataHandler
 from mtnsails.logger import ConversationLogger
 
 
@@ -25,7 +26,7 @@ def test_demo_asks_standalone_questions_spread_over_the_data(tmp_path):
     data.write_text(json.dumps([*TINY_CONVERSATIONS,
                                 {"input": "And then?", "output": "Then it rained.",
                                  "history": [{"input": "What happened?", "output": "It got dark."}]}]))
-    prompts = demo_prompts(data)
+    prompts = demo_prompts(ConversationDataHandler.from_file(data).conversations)
     assert len(prompts) == 3 and "And then?" not in prompts
     assert prompts[0] == TINY_CONVERSATIONS[0]["input"]
 
@@ -52,7 +53,8 @@ def test_pipeline_end_to_end(tmp_path):
     asked = [line.split("You:", 1)[1].strip() for line in summary.splitlines() if "You:" in line]
     answered = [line.split("Assistant:", 1)[1].strip()
                 for line in summary.splitlines() if "Assistant:" in line]
-    assert asked == demo_prompts(data) and len(answered) == 3 and all(answered)
+    assert asked == demo_prompts(ConversationDataHandler.from_file(data).conversations)
+    assert len(answered) == 3
     logged = [json.loads(line) for line in (tmp_path / "demo.jsonl").read_text().splitlines()]
     assert [record["input"] for record in logged] == asked
     assert [record["output"] or "(empty answer)" for record in logged] == answered
