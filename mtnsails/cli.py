@@ -121,6 +121,11 @@ def train_from_args(args: argparse.Namespace, next_step: bool = True) -> str:
     """Run the quality gate and training that `train` describes; return the model directory.
 
     `next_step=False` leaves out the "Next: convert" hint (the pipeline converts by itself)."""
+    return _train(args, next_step)[0]
+
+
+def _train(args: argparse.Namespace, next_step: bool) -> tuple[str, list[dict]]:
+    """`train_from_args`, also returning the conversations it read (the pipeline's demo asks some)."""
     from mtnsails.data import ConversationDataHandler
     from mtnsails.trainer import (LLMTrainer, TrainingConfig, finish_distributed,
                                   packaged_example_data, quality_gate)
@@ -133,17 +138,16 @@ def train_from_args(args: argparse.Namespace, next_step: bool = True) -> str:
         eval_split=args.eval_split, early_stopping_patience=args.early_stopping_patience,
         seed=args.seed, device=args.device, save_steps=args.save_steps, resume=args.resume,
         quiet=args.quiet, trust_remote_code=args.trust_remote_code)
-    config.validate()
+    trainer = LLMTrainer(config=config)  # validates the settings: refuse them before any loading
     data_file = args.data_file or packaged_example_data()
     conversations = ConversationDataHandler.from_file(data_file).conversations
     quality_gate(conversations, force=args.force, quiet=args.quiet)
-    trainer = LLMTrainer(config=config)
     result = trainer.train_conversations(conversations, data_file=data_file)
     path = trainer.save_model()
     if trainer.is_main_process:
         print(result.summary(path, next_step))
     finish_distributed()
-    return path
+    return path, conversations
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -279,13 +283,13 @@ def run_pipeline(args: argparse.Namespace) -> int:
     check_prompt(args)
     data_file = args.data_file or packaged_example_data()
     _pipeline_stage(args, 1, f"train {args.model_name} on {data_file}")
-    model_dir = train_from_args(args, next_step=False)
+    model_dir, conversations = _train(args, next_step=False)  # the data is read once, for both
     _pipeline_stage(args, 2, f"convert {model_dir} to ONNX")
     onnx_dir, report = convert_from_args(args, model_path=model_dir)
     if report is not None and not report.ok:
         print("pipeline stopped: the ONNX model failed verification", file=sys.stderr)
         return 1
-    prompts = [args.prompt] if args.prompt is not None else demo_prompts(data_file)
+    prompts = [args.prompt] if args.prompt is not None else demo_prompts(conversations)
     _pipeline_stage(args, 3, f"chat demo: {len(prompts)} question(s) from "
                     f"{'--prompt' if args.prompt else data_file}")
     with open_chat_from_args(args, model_path=onnx_dir) as chat:
@@ -315,11 +319,8 @@ def _pipeline_stage(args: argparse.Namespace, number: int, title: str) -> None:
         print(f"\n=== [{number}/3] {title} ===", flush=True)
 
 
-def demo_prompts(data_file, count: int = DEMO_PROMPTS) -> list[str]:
-    """`count` questions spread over the data, preferring ones that stand alone (no history)."""
-    from mtnsails.data import ConversationDataHandler
-
-    conversations = ConversationDataHandler.from_file(data_file).conversations
+def demo_prompts(conversations: list[dict], count: int = DEMO_PROMPTS) -> list[str]:
+    """`count` questions spread over the conversations, preferring ones that stand alone (no history)."""
     single = [c for c in conversations if not c.get("history") and not c.get("system")]
     pool = [c["input"] for c in (single or conversations)]
     step = max(1, len(pool) // count)
