@@ -20,6 +20,7 @@ _EXPORTS = {
     "ConversationLogger": "mtnsails.logger",
     "ScrapedContentProcessor": "mtnsails.scraped",
     "ChatTemplate": "mtnsails.template",
+    "Evaluator": "mtnsails.evaluator",
     "MtnsailsError": "mtnsails.errors",
 }
 

@@ -107,8 +107,11 @@ class ChatInterface:
     def __init__(self, onnx_model_path: str | os.PathLike, device: str = "cpu", max_length: int = 256,
                  log_conversations: bool = False, log_file: str | os.PathLike | None = None,
                  auto_flush_interval: int = 10, precision: str = "auto",
-                 generation: GenerationConfig | None = None, threads: int | None = None) -> None:
+                 generation: GenerationConfig | None = None, threads: int | None = None,
+                 system: str | None = None) -> None:
         """`max_length` caps the prompt tokens (history + question) given to the model.
+        `system` is the system prompt that opens every prompt: None uses the one the model was
+        trained with (recorded in mtnsails.json, if any), "" none.
         `auto_flush_interval` (original API, seconds) becomes the conversation logger's
         `flush_interval`: how often its writer thread and `flush_logs()` wake up to check on each
         other. Exchanges never wait for it: the logger writes each one as soon as it is logged.
@@ -134,6 +137,13 @@ class ChatInterface:
             self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as error:
             raise MtnsailsError(f"{self.path / 'tokenizer.json'} cannot be read: {error}") from None
+        self.system = meta.get("system") if system is None else system
+        self.system_ids = [token for _, ids in segment_ids(self.encode, self.template.segments([], self.system),
+                                                           self.eos_token_id) for token in ids]
+        if len(self.system_ids) >= self._prompt_budget(self.generation.max_new_tokens):
+            raise MtnsailsError(f"the system prompt is {len(self.system_ids)} tokens: it leaves no room "
+                                f"for the question within {setting_label('max_length')} = {max_length} "
+                                f"and the context of {self.context_length} tokens")
         self.rng = np.random.default_rng(self.generation.seed)
         self.history: list[tuple[str, str]] = []
         self.conversation_log: list[dict] = []
@@ -161,16 +171,24 @@ class ChatInterface:
         """Token ids of `text` as training tokenized it (no special tokens added)."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def _prompt_budget(self, new_tokens: int) -> int:
+        return max(1, min(self.max_length, self.context_length - new_tokens))
+
     def prompt_ids(self, user_input: str, history: list[tuple[str, str]] | None = None,
                    max_new_tokens: int | None = None) -> list[int]:
         """Token ids of the prompt, built like training data, fitting the context window.
 
-        The oldest exchanges are dropped until history + question fit in
-        min(max_length, context_length - max_new_tokens) tokens; a question too long on its own
-        keeps its end (the part next to the answer).
+        The system prompt (if any) always opens it; the oldest exchanges are dropped until system
+        + history + question fit in min(max_length, context_length - max_new_tokens) tokens; a
+        question too long on its own keeps its end (the part next to the answer).
         """
         new_tokens = self.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
-        budget = max(1, min(self.max_length, self.context_length - new_tokens))
+        return self.system_ids + self._exchanges_within(
+            user_input, history, max(1, self._prompt_budget(new_tokens) - len(self.system_ids)))
+
+    def _exchanges_within(self, user_input: str, history: list[tuple[str, str]] | None,
+                          budget: int) -> list[int]:
+        """The newest exchanges that fit in `budget` tokens (see `prompt_ids`)."""
         exchanges = [*(history or []), (user_input, None)]
         pieces = self._exchange_ids(exchanges)
         start, used = len(pieces), 0  # keep the newest exchanges that fit, each encoded once

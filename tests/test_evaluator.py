@@ -1,0 +1,107 @@
+"""Evaluator: the tiny trained model's answers scored against its data, alone and in one session,
+against a baseline; the `evaluate` command's report, JSON and exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import TINY_CONVERSATIONS
+
+from mtnsails.chat import ChatInterface, GenerationConfig
+from mtnsails.errors import MtnsailsError
+from mtnsails.evaluator import (Comparison, Evaluator, ExampleResult, first_sentence_match,
+                                format_report, normalize_answer, token_f1)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("evaluate") / "tiny.json"
+    path.write_text(json.dumps(TINY_CONVERSATIONS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def worse_onnx_dir(tiny_onnx_dir, tmp_path_factory):
+    """The same weights prompted with a template they never saw: a real, clearly worse model."""
+    path = tmp_path_factory.mktemp("worse") / "onnx"
+    shutil.copytree(tiny_onnx_dir, path)
+    meta = json.loads((path / "mtnsails.json").read_text())
+    meta["template"] = {"template": "Q {input} A {output}", "separator": "\n\n"}
+    (path / "mtnsails.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_squad_normalisation_and_token_f1():
+    assert normalize_answer("The  Cat, sat!") == "cat sat"
+    assert token_f1("the cat sat", "A cat sat down.") == pytest.approx(0.8)
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0 and token_f1("dog", "cat") == 0.0
+
+
+def test_first_sentence_match_ignores_case_spacing_quotes_and_the_final_stop():
+    reference = "It’s the  capital of France. It is big."
+    assert first_sentence_match("it's the capital of france, and more.", reference)
+    assert first_sentence_match("Yes. It's the capital of France", reference)
+    assert not first_sentence_match("It's the capital of Frances.", reference)  # whole words only
+    assert not first_sentence_match("It is big.", reference)
+    assert first_sentence_match("", "") and not first_sentence_match("anything", " ")
+
+
+def test_trained_answers_score_full_marks_alone(tiny_onnx_dir, data_file):
+    seen = []
+    report = Evaluator(tiny_onnx_dir, progress=lambda done, total: seen.append((done, total))
+                       ).evaluate_file(data_file)
+    assert report.examples == len(TINY_CONVERSATIONS) and seen[-1] == (8, 8)
+    assert (report.exact_match, report.first_sentence_match, report.token_f1) == (1.0, 1.0, 1.0)
+    last = report.results[-1]  # multi-turn: the final answer, with the record's history in context
+    assert (last.history, last.answer) == (1, TINY_CONVERSATIONS[-1]["output"])
+    assert last.answer_tokens > 0 and not last.truncated and report.worst() == []
+    summary = report.to_dict()
+    assert summary["examples"] == 8 and len(summary["results"]) == 8
+    assert summary["results"][0]["answer"] == TINY_CONVERSATIONS[0]["output"]
+
+
+def test_session_asks_the_questions_in_one_conversation(tiny_onnx_dir):
+    report = Evaluator(tiny_onnx_dir, session=True).evaluate(TINY_CONVERSATIONS)
+    chat = ChatInterface(tiny_onnx_dir, generation=GenerationConfig(temperature=0, repetition_penalty=1.0))
+    for conversation, result in zip(TINY_CONVERSATIONS, report.results):
+        chat.history += [(turn["input"], turn["output"]) for turn in conversation.get("history", [])]
+        assert result.answer == chat.reply(conversation["input"])
+    # The conversation grew to every exchange: each answer was given with all before it.
+    assert len(chat.history) == len(TINY_CONVERSATIONS) + 1 and report.session
+
+
+def test_a_token_limit_marks_answers_truncated(tiny_onnx_dir):
+    report = Evaluator(tiny_onnx_dir, max_new_tokens=3).evaluate(TINY_CONVERSATIONS[:2])
+    assert all(result.truncated and result.answer_tokens == 3 for result in report.results)
+    assert report.truncated == 2 and report.first_sentence_match == 0.0
+
+
+def test_comparison_with_a_baseline(tiny_onnx_dir, worse_onnx_dir, data_file):
+    good = Evaluator(tiny_onnx_dir).evaluate_file(data_file)
+    bad = Evaluator(worse_onnx_dir).evaluate_file(data_file)
+    assert bad.first_sentence_match < good.first_sentence_match - 0.5
+    assert Comparison(good, bad).passed and Comparison(good, bad).worse == []
+    regression = Comparison(bad, good, tolerance=0.02)
+    assert not regression.passed and len(regression.worse) >= 4
+    assert Comparison(bad, good, tolerance=1.0).passed
+    data = regression.to_dict()
+    assert data["baseline"]["first_sentence_match"] == 1.0 and len(data["baseline"]["results"]) == 8
+    assert {item["index"] for item in data["baseline"]["worse"]} == {new.index for new, _ in regression.worse}
+    text = format_report(bad, regression)
+    assert "baseline" in text and "WORSE than the baseline" in text and "Worst" in text
+
+
+def test_not_an_onnx_directory_fails_before_any_work(trained_tiny_model_dir, tmp_path):
+    with pytest.raises(MtnsailsError, match="is a PyTorch model, not an ONNX model directory"):
+        Evaluator(trained_tiny_model_dir)
+    with pytest.raises(MtnsailsError, match="does not exist"):
+        Evaluator(tmp_path / "missing")
+
+
+def test_example_result_scores():
+    result = ExampleResult.score(0, "q", "Paris is in France. Lovely.", "paris is in france", 5, False)
+    assert result.first_sentence_match and not result.exact_match and 0 < result.token_f1 < 1
