@@ -137,7 +137,7 @@ class OnnxDecoder:
         self.present_names = [PRESENT_PREFIX + name[len(PAST_PREFIX):] for name in self.past_names]
         _, heads, _, head_dim = inputs[self.past_names[0]].shape
         cache_type = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
-        self._empty_cache = np.zeros((1, heads, 0, head_dim), dtype=cache_type)
+        self.empty_cache = np.zeros((1, heads, 0, head_dim), dtype=cache_type)
         self.uses_position_ids = "position_ids" in inputs
         self._binding = self.session.io_binding()
         self._mask = np.ones((1, 0), dtype=np.int64)
@@ -145,7 +145,7 @@ class OnnxDecoder:
 
     def reset(self) -> None:
         """Forget the cached sequence (the next `forward` starts a new one)."""
-        self._past: list = [self._empty_cache] * len(self.past_names)
+        self._past: list = [self.empty_cache] * len(self.past_names)
         self.past_length = 0
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
@@ -245,6 +245,40 @@ def sample(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generato
     return int(candidates[rng.choice(len(probabilities), p=probabilities)])
 
 
+class TokenChooser:
+    """Picks the next tokens of one sequence: the logits processors over its context, then the
+    most likely token or a sample. `generate_tokens` and `BatchDecoder` users keep one per sequence.
+
+    The context's seen tokens and n-grams are kept incrementally (nothing when the setting is off),
+    so a step costs the same however long the sequence is.
+    """
+
+    def __init__(self, config: GenerationConfig, prompt_ids: Sequence[int],
+                 rng: np.random.Generator | None = None) -> None:
+        self.config = config
+        self.rng = rng or np.random.default_rng(config.seed)
+        self.penalise = config.repetition_penalty != 1.0
+        self.seen = set(prompt_ids) if self.penalise else set()
+        self.seen_ids = np.fromiter(self.seen, dtype=np.int64, count=len(self.seen))
+        self.ngrams = (RepeatedNgrams(config.no_repeat_ngram_size, prompt_ids)
+                       if config.no_repeat_ngram_size else None)
+
+    def choose(self, logits: np.ndarray) -> int:
+        """The next token given the model's next-token `logits` (left unchanged); it joins the context."""
+        scores = logits.copy()
+        if self.penalise:
+            apply_repetition_penalty(scores, self.seen_ids, self.config.repetition_penalty)
+        if self.ngrams is not None:
+            self.ngrams.ban(scores)
+        token = int(np.argmax(scores)) if self.config.greedy else sample(scores, self.config, self.rng)
+        if self.penalise and token not in self.seen:
+            self.seen.add(token)
+            self.seen_ids = np.append(self.seen_ids, token)
+        if self.ngrams is not None:
+            self.ngrams.append(token)
+        return token
+
+
 def generate_tokens(decoder: OnnxDecoder, prompt_ids: Sequence[int], config: GenerationConfig,
                     rng: np.random.Generator | None = None, eos_token_id: int | None = None,
                     context_length: int | None = None) -> Iterator[int]:
@@ -253,28 +287,14 @@ def generate_tokens(decoder: OnnxDecoder, prompt_ids: Sequence[int], config: Gen
     The prompt is processed once; each later step feeds only the token just chosen. The next
     step runs only when the caller asks for the next token, so stopping early costs nothing.
     """
-    rng = rng or np.random.default_rng(config.seed)
+    chooser = TokenChooser(config, prompt_ids, rng)
     decoder.reset()
     length = len(prompt_ids)
-    penalise = config.repetition_penalty != 1.0
-    seen = set(prompt_ids) if penalise else set()  # kept per token, not recomputed from the context
-    seen_ids = np.fromiter(seen, dtype=np.int64, count=len(seen))
-    ngrams = RepeatedNgrams(config.no_repeat_ngram_size, prompt_ids) if config.no_repeat_ngram_size else None
     logits = decoder.forward(list(prompt_ids))[-1]
     for index in range(config.max_new_tokens):
-        scores = logits.copy()
-        if penalise:
-            apply_repetition_penalty(scores, seen_ids, config.repetition_penalty)
-        if ngrams is not None:
-            ngrams.ban(scores)
-        token = int(np.argmax(scores)) if config.greedy else sample(scores, config, rng)
+        token = chooser.choose(logits)
         yield token
         length += 1
-        if penalise and token not in seen:
-            seen.add(token)
-            seen_ids = np.append(seen_ids, token)
-        if ngrams is not None:
-            ngrams.append(token)
         if token == eos_token_id or index + 1 == config.max_new_tokens:
             return
         if context_length is not None and length >= context_length:

@@ -1,0 +1,123 @@
+"""Continuous batching: several sequences share every onnxruntime run of one exported model.
+
+On a CPU a decoding step is bound by reading the weights, whatever the batch, so feeding one
+token of each of N sequences through one run costs little more than one sequence alone: that is
+where a server's throughput comes from. `BatchDecoder` keeps the KV caches of its sequences as
+one batch, left-padded to the longest: each row's real positions are its last `length` columns
+and its attention mask hides the padding, while its position ids count only its own tokens, so a
+row computes what it would compute alone. Sequences join (`add`: the prompt runs alone, then its
+cache joins the batch) and leave (`remove`) between steps; between joins and leaves the caches
+stay inside onnxruntime (each step's `present.*` is bound as the next step's past).
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Sequence
+
+import numpy as np
+
+from mtnsails.errors import MtnsailsError
+from mtnsails.generation import OnnxDecoder
+
+
+def _pad_left(array: np.ndarray, width: int, axis: int) -> np.ndarray:
+    """`array` with zeros before its entries along `axis` up to `width` entries."""
+    missing = width - array.shape[axis]
+    if not missing:
+        return array
+    padding = [(0, 0)] * array.ndim
+    padding[axis] = (missing, 0)
+    return np.pad(array, padding)
+
+
+class BatchDecoder:
+    """The sequences being decoded together, each under a key of the caller's choice.
+
+    >>> batch = BatchDecoder(OnnxDecoder("onnx_model/model.onnx"))
+    >>> first = batch.add("a", [464, 2068])      # next-token logits of "a"'s prompt
+    >>> second = batch.add("b", [7586])
+    >>> logits = batch.step([318, 11])           # one token per sequence, in `batch.keys` order
+    >>> batch.remove("a")                        # "b" carries on alone
+    """
+
+    def __init__(self, decoder: OnnxDecoder) -> None:
+        """Decode with `decoder`'s onnxruntime session (its own batch-1 cache is left alone)."""
+        if not decoder.uses_position_ids:
+            raise MtnsailsError("the model has no position_ids input: batched decoding needs it "
+                                "(export it with `mtnsails convert`)")
+        self.decoder = decoder
+        self.session = decoder.session
+        self.keys: list[Hashable] = []
+        self.lengths = np.zeros(0, dtype=np.int64)  # tokens each sequence holds (prompt + new)
+        self._mask = np.zeros((0, 0), dtype=np.int64)  # rows left-padded to the longest sequence
+        empty = decoder.empty_cache[:0]  # no rows, no positions
+        self._past: list = [empty] * len(decoder.past_names)
+        self._binding = self.session.io_binding()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def width(self) -> int:
+        """Positions of the batch's cache: the longest sequence's length."""
+        return self._mask.shape[1]
+
+    def add(self, key: Hashable, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Run `prompt_ids` alone, join the batch under `key`; return its next-token logits."""
+        if key in self.keys:
+            raise ValueError(f"sequence {key!r} is already in the batch")
+        if not len(prompt_ids):
+            raise ValueError("a sequence needs at least one prompt token")
+        length = len(prompt_ids)
+        feeds = {"input_ids": np.asarray([prompt_ids], dtype=np.int64),
+                 "attention_mask": np.ones((1, length), dtype=np.int64),
+                 "position_ids": np.arange(length, dtype=np.int64)[None]}
+        feeds.update((name, self.decoder.empty_cache) for name in self.decoder.past_names)
+        logits, *present = self.session.run(["logits", *self.decoder.present_names], feeds)
+        width = max(self.width, length)
+        self._past = [np.concatenate([_pad_left(self._cached(old), width, 2), _pad_left(new, width, 2)])
+                      for old, new in zip(self._past, present)]
+        self._mask = np.concatenate([_pad_left(self._mask, width, 1),
+                                     _pad_left(np.ones((1, length), dtype=np.int64), width, 1)])
+        self.keys.append(key)
+        self.lengths = np.append(self.lengths, length)
+        return logits[0, -1]
+
+    def remove(self, key: Hashable) -> None:
+        """Drop `key`'s sequence (the batch narrows to its new longest sequence)."""
+        row = self.keys.index(key)
+        del self.keys[row]
+        self.lengths = np.delete(self.lengths, row)
+        width = int(self.lengths.max()) if len(self.keys) else 0
+        self._mask = np.delete(self._mask, row, axis=0)[:, self.width - width:]
+        cached = [self._cached(past) for past in self._past]
+        self._past = [np.delete(past, row, axis=0)[:, :, past.shape[2] - width:] for past in cached]
+
+    def step(self, tokens: Sequence[int]) -> np.ndarray:
+        """Feed one token per sequence (in `keys` order); return next-token logits, one row each."""
+        if len(tokens) != len(self.keys):
+            raise ValueError(f"step() takes one token per sequence: {len(self.keys)}, got {len(tokens)}")
+        binding = self._binding
+        mask = np.concatenate([self._mask, np.ones((len(self.keys), 1), dtype=np.int64)], axis=1)
+        binding.bind_cpu_input("input_ids", np.asarray(tokens, dtype=np.int64)[:, None])
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_cpu_input("position_ids", self.lengths[:, None].copy())
+        for name, value in zip(self.decoder.past_names, self._past):
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:  # the previous step's present.* stays inside onnxruntime
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits")
+        for name in self.decoder.present_names:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        logits, *self._past = binding.get_outputs()
+        self._mask = mask
+        self.lengths = self.lengths + 1
+        return logits.numpy()[:, -1]
+
+    @staticmethod
+    def _cached(value) -> np.ndarray:
+        """A cache tensor as numpy (a step leaves them as onnxruntime values)."""
+        return value if isinstance(value, np.ndarray) else value.numpy()
+

@@ -1,0 +1,78 @@
+"""BatchDecoder: sequences decoded together compute what each computes alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TINY_CONVERSATIONS
+
+from mtnsails.batch_decoder import BatchDecoder
+from mtnsails.chat import ChatInterface
+from mtnsails.generation import GenerationConfig, OnnxDecoder, TokenChooser, generate_tokens
+
+GREEDY = GenerationConfig(max_new_tokens=12, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_onnx_dir):
+    return ChatInterface(tiny_onnx_dir, precision="fp32")
+
+
+def prompts(chat: ChatInterface) -> list[list[int]]:
+    """Prompts of different lengths: trained questions, a two-turn one and an unknown one."""
+    questions = [conversation["input"] for conversation in TINY_CONVERSATIONS[:5]]
+    return [chat.prompt_ids(question) for question in questions] + [
+        chat.prompt_ids("And what is its largest river?", [("Which country is Paris in?", "Paris is in France.")]),
+        chat.prompt_ids("Tell me a long story about a spider who wanted to make honey like the bees")]
+
+
+def decode_together(batch: BatchDecoder, prompts: list[list[int]], joining: int) -> dict[int, list]:
+    """Greedy-decode every prompt in `batch`: `joining` new sequences join every other step and
+    each leaves after GREEDY.max_new_tokens; return each sequence's (token, logits) pairs."""
+    waiting = list(range(len(prompts)))
+    choosers: dict[int, TokenChooser] = {}
+    out: dict[int, list] = {index: [] for index in waiting}
+    step = 0
+    while waiting or len(batch):
+        if step % 2 == 0:
+            for index in waiting[:joining]:
+                choosers[index] = TokenChooser(GREEDY, prompts[index])
+                logits = batch.add(index, prompts[index])
+                out[index].append((choosers[index].choose(logits), logits))
+            del waiting[:joining]
+        for key in [key for key in batch.keys if len(out[key]) == GREEDY.max_new_tokens]:
+            batch.remove(key)
+            assert batch.width == max(batch.lengths, default=0)  # narrowed to the longest left
+        if len(batch):
+            rows = batch.step([out[key][-1][0] for key in batch.keys])
+            for key, logits in zip(batch.keys, rows):
+                out[key].append((choosers[key].choose(logits), logits))
+        step += 1
+    return out
+
+
+@pytest.mark.parametrize("joining", [1, 3])
+def test_batched_greedy_decoding_equals_decoding_alone(chat, joining):
+    alone = [list(generate_tokens(chat.decoder, ids, GREEDY)) for ids in prompts(chat)]
+    batch = BatchDecoder(OnnxDecoder(chat.model_file))
+    together = decode_together(batch, prompts(chat), joining)
+    assert len(batch) == 0 and batch.width == 0
+    for index, tokens in enumerate(alone):
+        assert [token for token, _ in together[index]] == tokens
+    # The logits themselves agree (padding and the other rows change nothing but rounding).
+    reference = OnnxDecoder(chat.model_file)
+    ids = prompts(chat)[-1]
+    expected = [reference.forward(ids)[-1]] + [reference.forward([token])[-1] for token in alone[-1][:-1]]
+    np.testing.assert_allclose(np.stack([logits for _, logits in together[len(alone) - 1]]),
+                               np.stack(expected), atol=1e-4)
+
+
+def test_misuse_is_refused(chat):
+    batch = BatchDecoder(chat.decoder)
+    batch.add("a", prompts(chat)[0])
+    with pytest.raises(ValueError, match="already in the batch"):
+        batch.add("a", prompts(chat)[1])
+    with pytest.raises(ValueError, match="one token per sequence"):
+        batch.step([1, 2])
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        batch.add("b", [])
