@@ -20,12 +20,12 @@ from typing import Callable, Iterator, TextIO
 import numpy as np
 from tokenizers import Tokenizer
 
+from mtnsails.answer_text import AnswerText
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import (FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, atomic_write_text, context_length,
                             read_json_object, read_metadata)
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens, setting_label
 from mtnsails.template import ChatTemplate, segment_ids
-from mtnsails.text_rules import SENTENCE_END_IN_TEXT
 
 __all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_directory"]
 
@@ -78,22 +78,6 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
         files.setdefault("int8", INT8_FILE)
     meta["files"] = files
     return meta
-
-
-def trim_dangling_sentence(text: str) -> str:
-    """Cut text after its last complete sentence; text without any sentence end stays as it is."""
-    ends = [match.end() for match in SENTENCE_END_IN_TEXT.finditer(text)]
-    return text[: ends[-1]] if ends else text
-
-
-def _held_back(text: str, marker: str) -> int:
-    """How many trailing characters streaming must hold: a possible start of `marker`,
-    an incomplete multi-byte character (U+FFFD) or whitespace (the answer is stripped)."""
-    for size in range(min(len(marker), len(text)), 0, -1):
-        if text.endswith(marker[:size]):
-            return size + _held_back(text[:-size], "")
-    stripped = text.rstrip().rstrip("\ufffd")
-    return len(text) - len(stripped)
 
 
 class ChatInterface:
@@ -233,35 +217,20 @@ class ChatInterface:
     def _answer(self, prompt_ids: list[int], config: GenerationConfig,
                 on_text: Callable[[str], None] | None = None) -> str:
         """Generate and decode an answer, streaming safe text pieces to `on_text` as they come."""
-        marker = self.template.user_marker
         start = time.perf_counter()
-        ids: list[int] = []
-        reason, text, streamed = "length", "", 0
+        answer = AnswerText(self.tokenizer, [self.template.user_marker], self.eos_token_id)
         for token in self.generate_ids(prompt_ids, config):
-            if token == self.eos_token_id:
-                reason = "eos"
+            piece = answer.add(token)
+            if on_text and piece:
+                on_text(piece)
+            if answer.stop_reason:
                 break
-            ids.append(token)
-            searched = len(text.rstrip("\ufffd"))  # an incomplete character's U+FFFD may still change
-            text = self.tokenizer.decode(ids, skip_special_tokens=False)
-            # Only the new end can hold a marker: the text before it was searched already.
-            cut = text.find(marker, max(0, searched - len(marker))) if marker else -1
-            if cut >= 0:
-                text, reason = text[:cut], "user_turn"
-                break
-            if on_text:
-                visible = text.lstrip()
-                safe = len(visible) - _held_back(visible, marker)
-                if safe > streamed:
-                    on_text(visible[streamed:safe])
-                    streamed = safe
-        self.last_stats = ChatStats(len(prompt_ids), len(ids) + (reason == "eos"),
+        reason = {"eos": "eos", "stop": "user_turn", None: "length"}[answer.stop_reason]
+        self.last_stats = ChatStats(len(prompt_ids), len(answer.ids) + (reason == "eos"),
                                     time.perf_counter() - start, reason)
-        text = text.replace("\ufffd", "").strip()
-        if reason == "length":
-            text = trim_dangling_sentence(text)
-        if on_text and len(text) > streamed:
-            on_text(text[streamed:])
+        text = answer.finish(trim=reason == "length")
+        if on_text and len(text) > answer.streamed:
+            on_text(text[answer.streamed:])
         return text
 
     def _config(self, max_new_tokens: int | None = None, **overrides) -> GenerationConfig:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, TINY_CONVERSATIONS
 
-from mtnsails.chat import ChatInterface, GenerationConfig, _held_back, trim_dangling_sentence
+from mtnsails.chat import ChatInterface, GenerationConfig
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation import OnnxDecoder
 from mtnsails.logger import ConversationLogger
@@ -120,8 +120,6 @@ def test_token_limit_trims_the_half_sentence(chat):
     answer = chat.generate_response("Hello!", max_new_tokens=5, do_sample=False, repetition_penalty=1.0)
     assert chat.last_stats.stop_reason == "length"
     assert answer == "Hello!"  # "Hello! How can I" cut by the limit
-    assert trim_dangling_sentence("No end here") == "No end here"
-    assert trim_dangling_sentence('He said "yes." Then he') == 'He said "yes."'
 
 
 def test_history_keeps_the_newest_exchanges_within_the_window(tiny_onnx_dir):
@@ -250,9 +248,3 @@ def test_sampling_helpers_follow_transformers_semantics():
     wide = np.log(np.full(1000, 1e-3))  # flat: the nucleus is larger than the 256-token probe
     assert len({sample(wide, replace(top_p, top_p=0.9), rng) for _ in range(300)}) > 200
 
-
-def test_streaming_holds_back_what_may_not_be_shown():
-    assert _held_back("It is four.\nUs", "User:") == 3  # maybe the start of a new user turn
-    assert _held_back("Caf\ufffd", "User:") == 1  # half of a multi-byte character
-    assert _held_back("Paris ", "User:") == 1  # trailing space (the answer is stripped)
-    assert _held_back("Paris is", "User:") == 0

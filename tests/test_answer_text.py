@@ -1,0 +1,35 @@
+"""AnswerText: decoding an answer token by token, cut at stop texts, streamed safely."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer
+
+from mtnsails.answer_text import AnswerText, held_back, trim_dangling_sentence
+
+
+def test_streaming_holds_back_what_may_not_be_shown():
+    assert held_back("It is four.\nUs", ["User:"]) == 3  # maybe the start of a new user turn
+    assert held_back("Caf\ufffd", ["User:"]) == 1  # half of a multi-byte character
+    assert held_back("Paris ", ["User:"]) == 1  # trailing space (the answer is stripped)
+    assert held_back("Paris is", ["User:"]) == 0
+    assert held_back("Paris. EN", ["User:", "END"]) == 3  # " EN": maybe "END", and the space before
+
+
+def test_trim_dangling_sentence():
+    assert trim_dangling_sentence("No end here") == "No end here"
+    assert trim_dangling_sentence('He said "yes." Then he') == 'He said "yes."'
+
+
+def test_answer_stops_at_the_first_stop_text_or_eos(tiny_onnx_dir):
+    tokenizer = Tokenizer.from_file(str(tiny_onnx_dir / "tokenizer.json"))
+    ids = tokenizer.encode(" It is four. END of it\nUser: more", add_special_tokens=False).ids
+    answer = AnswerText(tokenizer, ["User:", "END"], eos_token_id=0)
+    pieces = []
+    for token in ids:
+        pieces.append(answer.add(token))
+        if answer.stop_reason:
+            break
+    assert answer.stop_reason == "stop" and answer.stop_text == "END"
+    assert "".join(pieces) == "It is four." and answer.finish() == "It is four."
+    eos = AnswerText(tokenizer, ["User:"], eos_token_id=0)
+    assert [eos.add(token) for token in ids[:2] + [0]][-1] == "" and eos.stop_reason == "eos"
