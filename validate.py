@@ -28,6 +28,8 @@ REQUIRED_FILES = [
     "mtnsails/onnx_converter.py", "mtnsails/chat.py", "mtnsails/logger.py", "mtnsails/scraped.py",
     "mtnsails/errors.py", "mtnsails/files.py", "mtnsails/generation.py", "mtnsails/collator.py",
     "mtnsails/dedup.py", "mtnsails/html_text.py", "mtnsails/questions.py", "mtnsails/text_rules.py",
+    "mtnsails/settings.py", "mtnsails/training_config.py", "mtnsails/generation_config.py",
+    "mtnsails/terminal_chat.py", "mtnsails/commands/__init__.py",
     "mtnsails/resources/example_conversations.json",
     "mtnsails/resources/corpus.txt", "process_scraped_content.py",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -22,14 +21,12 @@ from tokenizers import Tokenizer
 
 from mtnsails.answer_text import AnswerText
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import (FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, atomic_write_text, context_length,
-                            read_json_object, read_metadata)
+from mtnsails.files import (DEFAULT_LOG_FILE, FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, atomic_write_text,
+                            context_length, read_json_object, read_metadata)
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens, setting_label
 from mtnsails.template import ChatTemplate, segment_ids
 
 __all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_directory"]
-
-EXIT_COMMANDS = {"/exit", "exit", "quit", "/quit"}
 
 
 @dataclass
@@ -132,7 +129,7 @@ class ChatInterface:
         self.history: list[tuple[str, str]] = []
         self.conversation_log: list[dict] = []
         self.last_stats: ChatStats | None = None
-        self.log_file = Path(log_file or "./chat_history.json")
+        self.log_file = Path(log_file or DEFAULT_LOG_FILE)
         self.logger = None
         if log_conversations:
             from mtnsails.logger import ConversationLogger  # only chats that log need it
@@ -309,67 +306,6 @@ class ChatInterface:
 
     def chat(self, interactive: bool = True, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
         """Run a conversation: streamed in a terminal, one answer per line when stdin is piped."""
-        stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-        try:
-            if interactive and stdin.isatty():
-                self._interactive(stdout)
-            else:
-                self._scripted(stdin, stdout)
-        finally:
-            self.close()
+        from mtnsails.terminal_chat import TerminalChat
 
-    def _command(self, line: str, stdout: TextIO, echo: bool) -> bool | None:
-        """Handle /reset and the exit words: True = stop, False = handled, None = not a command."""
-        if line in EXIT_COMMANDS:
-            return True
-        if line == "/reset":
-            self.reset()
-            if echo:
-                print("(conversation reset)", file=stdout, flush=True)
-            return False
-        return None
-
-    def _interactive(self, stdout: TextIO) -> None:
-        print(f"Chatting with {self.path} ({self.precision}). /reset starts over; /exit, exit, quit "
-              "or Ctrl-D leaves.", file=stdout, flush=True)
-        while True:
-            try:
-                line = input("You: ").strip()
-            except (EOFError, KeyboardInterrupt):
-                print(file=stdout, flush=True)
-                return
-            if not line:
-                continue
-            command = self._command(line, stdout, echo=True)
-            if command is not None:
-                if command:
-                    return
-                continue
-            print("Assistant: ", end="", file=stdout, flush=True)
-            shown: list[str] = []
-
-            def show(piece: str) -> None:
-                shown.append(piece)
-                print(piece, end="", file=stdout, flush=True)
-
-            try:
-                answer = self.reply(line, on_text=show)
-            except KeyboardInterrupt:
-                print(file=stdout, flush=True)
-                return
-            printed = "".join(shown)
-            if len(printed) > len(answer) and "\n" not in printed[len(answer):]:
-                extra = len(printed) - len(answer)  # erase the half sentence the limit cut
-                print("\b \b" * extra, end="", file=stdout)
-            print(file=stdout, flush=True)
-
-    def _scripted(self, stdin: TextIO, stdout: TextIO) -> None:
-        for raw in stdin:
-            line = raw.strip()
-            if not line:
-                continue
-            command = self._command(line, stdout, echo=False)
-            if command:
-                return
-            if command is None:
-                print(self.reply(line).replace("\n", " "), file=stdout, flush=True)
+        TerminalChat(self, stdin, stdout).run(interactive)

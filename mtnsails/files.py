@@ -25,6 +25,10 @@ ONNX_FORMAT = "mtnsails-onnx"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 PYTORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+# Where `convert` writes and `chat` logs unless told otherwise (the original CLI's defaults).
+DEFAULT_ONNX_DIR = "./onnx_model"
+DEFAULT_OPSET = 14
+DEFAULT_LOG_FILE = "./chat_history.json"
 
 
 def _default_mode(kind: int) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,52 +19,10 @@ import numpy as np
 import onnxruntime as ort
 
 from mtnsails.errors import MtnsailsError
+from mtnsails.generation_config import GenerationConfig, setting_label
 
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
-# The `chat` flag that sets each setting, so an error names what the user typed.
-CHAT_FLAGS = {"max_new_tokens": "--max-tokens", "temperature": "--temperature", "top_k": "--top-k",
-              "top_p": "--top-p", "repetition_penalty": "--repetition-penalty",
-              "no_repeat_ngram_size": "--no-repeat-ngram-size", "threads": "--threads",
-              "max_length": "--max-length"}
-
-
-def setting_label(name: str) -> str:
-    """How errors name a setting: its `chat` flag and its Python name, e.g. "--max-tokens (max_new_tokens)"."""
-    return f"{CHAT_FLAGS[name]} ({name})" if name in CHAT_FLAGS else name
-
-
-@dataclass
-class GenerationConfig:
-    """How answers are generated. Defaults are the original `generate_response` defaults."""
-
-    max_new_tokens: int = 50  # new tokens at most (the prompt is not counted)
-    temperature: float = 0.7  # 0 means greedy (always the most likely token)
-    top_k: int = 50  # sample among the k most likely tokens; 0 = no limit (transformers' default 50)
-    top_p: float = 0.9  # nucleus sampling: smallest set of tokens holding this probability mass
-    repetition_penalty: float = 1.2  # >1 discourages tokens already in the context (CTRL paper's 1.2)
-    no_repeat_ngram_size: int = 0  # >0 forbids repeating any n-gram of this size; 0 = off
-    do_sample: bool = True  # False = greedy whatever the temperature
-    seed: int | None = None  # fixes the sampling sequence for reproducible answers
-
-    @property
-    def greedy(self) -> bool:
-        """True when every step takes the most likely token (no sampling)."""
-        return not self.do_sample or self.temperature <= 0
-
-    def validate(self) -> None:
-        """Raise MtnsailsError naming the first setting out of range (its flag and field)."""
-        checks = (("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
-                  ("temperature", self.temperature >= 0, "0 (greedy) or more"),
-                  ("top_k", self.top_k >= 0, "0 (off) or more"),
-                  ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-                  ("repetition_penalty", self.repetition_penalty > 0, "above 0"),
-                  ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"))
-        for name, ok, expected in checks:
-            if not ok:
-                raise MtnsailsError(f"{setting_label(name)} = {getattr(self, name)} must be {expected}")
-
-
 @functools.lru_cache(maxsize=1)
 def _cpuinfo() -> str:
     """/proc/cpuinfo, read once ("" where there is none)."""

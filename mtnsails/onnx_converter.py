@@ -23,8 +23,8 @@ import numpy as np
 
 from mtnsails.chat import read_onnx_directory
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import (FP32_FILE, INT8_FILE, ONNX_FORMAT, PYTORCH_WEIGHTS, atomic_directory,
-                            atomic_write_text, context_length, read_json_object, read_metadata)
+from mtnsails.files import (DEFAULT_ONNX_DIR, DEFAULT_OPSET, FP32_FILE, INT8_FILE, ONNX_FORMAT,
+                            PYTORCH_WEIGHTS, atomic_directory, atomic_write_text, context_length, read_json_object, read_metadata)
 from mtnsails.generation import GenerationConfig, OnnxDecoder, cpu_flags, generate_tokens
 from mtnsails.template import ChatTemplate
 
@@ -114,7 +114,8 @@ class ONNXConverter:
 
     # -- export --------------------------------------------------------------------------------
 
-    def convert_to_onnx(self, output_path: str | os.PathLike = "./onnx_model", opset_version: int = 14,
+    def convert_to_onnx(self, output_path: str | os.PathLike = DEFAULT_ONNX_DIR,
+                        opset_version: int = DEFAULT_OPSET,
                         use_io_binding: bool = True, quantize: str = "none") -> str:
         """Export to `output_path` (replaced atomically) and return its path.
 

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,8 +34,8 @@ from mtnsails.files import (METADATA_FILE, MODEL_FORMAT, atomic_directory, atomi
 from mtnsails.models import EMBEDDED_MODEL_NAME, EmbeddedTrainingDefaults, resolve_model
 from mtnsails.quality import DataQualityValidator, QualityReport
 from mtnsails.template import ChatTemplate, Segment
+from mtnsails.training_config import TrainingConfig
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 QUALITY_BLOCKS = "critical"  # verdict (< 50 % valid conversations) that stops training without --force
 
 
@@ -60,55 +60,6 @@ def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = F
               file=sys.stderr)
     return report
 
-
-
-@dataclass
-class TrainingConfig:
-    """Every training setting. None means "the model's own default" (see `resolved`)."""
-
-    model_name: str = "distilgpt2"  # hub name, local model directory, or "tiny" (embedded)
-    output_dir: str = "./trained_model"
-    num_epochs: int | None = None  # 3 for pretrained models; the embedded model brings its own
-    batch_size: int = 4
-    learning_rate: float | None = None  # 5e-5 for pretrained models; the embedded model's own
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    gradient_accumulation_steps: int = 1
-    max_length: int = 256  # tokens per example; longer ones lose context from the left
-    eval_split: float | None = None  # None: 0.1 with >= 20 conversations, else no eval
-    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
-    seed: int = 42
-    device: str = "cpu"  # auto | cpu | cuda | mps
-    save_steps: int = 100  # checkpoint every N optimizer steps (in <output_dir>.checkpoints/)
-    resume: bool = False  # continue from the newest checkpoint of an interrupted run
-    quiet: bool = False  # no progress bars, no transformers logging
-    trust_remote_code: bool = False
-    template: ChatTemplate = field(default_factory=ChatTemplate)
-
-    def validate(self) -> None:
-        """Raise `MtnsailsError` naming the first setting that is out of range."""
-        positive = {"--epochs": self.num_epochs, "--batch-size": self.batch_size,
-                    "--learning-rate": self.learning_rate, "--save-steps": self.save_steps,
-                    "--gradient-accumulation-steps": self.gradient_accumulation_steps,
-                    "--max-length": self.max_length,
-                    "--early-stopping-patience": self.early_stopping_patience}
-        for flag, value in positive.items():
-            if value is not None and not value > 0:
-                raise MtnsailsError(f"{flag} must be greater than 0, got {value}")
-        for flag, value in {"--warmup-ratio": self.warmup_ratio,
-                            "--eval-split": self.eval_split}.items():
-            if value is not None and not 0 <= value < 1:
-                raise MtnsailsError(f"{flag} must be in [0, 1), got {value}")
-        if self.weight_decay < 0:
-            raise MtnsailsError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.device not in DEVICES:
-            raise MtnsailsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """Checkpoints live beside the output, never inside it (the output is swapped in whole)."""
-        output = Path(self.output_dir).expanduser().resolve()
-        return output.with_name(output.name + ".checkpoints")
 
 
 @dataclass

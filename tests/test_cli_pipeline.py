@@ -7,7 +7,8 @@ import json
 import pytest
 
 from conftest import TINY_CONVERSATIONS, run_cli
-from mtnsails.cli import build_parser, demo_prompts
+from mtnsails.cli import build_parser
+from mtnsails.commands.pipeline import demo_prompts
 from mtnsails.data import ConversationDataHandler
 from mtnsails.logger import ConversationLogger
 
@@ -15,7 +16,7 @@ from mtnsails.logger import ConversationLogger
 def test_pipeline_takes_every_flag_once_and_derives_the_model_paths():
     args = build_parser().parse_args(["pipeline", "--epochs", "2", "--quantize", "int8",
                                       "--temperature", "0", "--log-conversations"])
-    assert (args.epochs, args.quantize, args.temperature, args.log_conversations) == (2, "int8", 0, True)
+    assert (args.num_epochs, args.quantize, args.temperature, args.log_conversations) == (2, "int8", 0, True)
     assert (args.model_name, args.output_dir, args.onnx_output) == (
         "distilgpt2", "./trained_model", "./onnx_model")
     assert not hasattr(args, "model_path")  # the trained model feeds convert, its ONNX the chat

@@ -1,0 +1,68 @@
+"""`chat`: talk to an ONNX model in the terminal, answer one --prompt, or answer piped lines."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from mtnsails import settings
+from mtnsails.errors import MtnsailsError
+from mtnsails.files import DEFAULT_LOG_FILE
+from mtnsails.generation_config import GenerationConfig
+
+if TYPE_CHECKING:
+    from mtnsails.chat import ChatInterface
+
+HELP = "chat with an ONNX model"
+PROMPT_TOKENS = 256  # default --max-length: prompt tokens (history + question) given to the model
+
+
+def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> None:
+    """`standalone=False` (pipeline) leaves out --model-path, --max-length and --seed, which train declares."""
+    group = parser.add_argument_group("chat")
+    if standalone:
+        group.add_argument("--model-path", required=True, help="ONNX model directory (from convert)")
+        group.add_argument("--max-length", type=int, default=PROMPT_TOKENS,
+                           help="most prompt tokens (history + question) given to the model "
+                                f"(default: {PROMPT_TOKENS})")
+    group.add_argument("--prompt", help="answer this one prompt and exit")
+    settings.add_arguments(group, GenerationConfig, skip=() if standalone else ("seed",))
+    group.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                       help="which model file to run; auto = int8 when present (default: auto)")
+    group.add_argument("--threads", type=int,
+                       help="onnxruntime threads; fewer can be faster on a busy machine (default: physical cores)")
+    group.add_argument("--log-conversations", action="store_true",
+                       help="append every exchange to --log-file (training format)")
+    group.add_argument("--log-file", default=DEFAULT_LOG_FILE,
+                       help=f"conversation log, .json array or .jsonl (default: {DEFAULT_LOG_FILE})")
+
+
+def check_prompt(args: argparse.Namespace) -> None:
+    """Refuse a blank --prompt before any work: there is no question to answer or log."""
+    if args.prompt is not None and not args.prompt.strip():
+        raise MtnsailsError("--prompt is blank: give the question to answer "
+                            "(or leave --prompt out to chat)")
+
+
+def open_chat(args: argparse.Namespace, model_path: str | None = None) -> ChatInterface:
+    """The ChatInterface that `args` describe (the caller closes it)."""
+    from mtnsails.chat import ChatInterface
+
+    return ChatInterface(model_path or args.model_path, max_length=args.max_length,
+                         log_conversations=args.log_conversations, log_file=args.log_file,
+                         precision=args.precision, generation=settings.from_args(GenerationConfig, args),
+                         threads=args.threads)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Answer --prompt once, or chat (streamed in a terminal, one answer per line when piped); exit 0."""
+    from mtnsails.terminal_chat import TerminalChat
+
+    check_prompt(args)
+    chat = open_chat(args)
+    if args.prompt is None:
+        TerminalChat(chat).run()
+        return 0
+    with chat:
+        print(chat.reply(args.prompt), flush=True)
+    return 0

@@ -1,0 +1,75 @@
+"""`pipeline`: train, convert (and verify), then ask the new ONNX model a few questions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mtnsails.commands import chat, convert, train
+
+HELP = "train, convert and try a model in one go"
+DEMO_PROMPTS = 3  # questions from the data the demo asks the freshly converted model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag of train, convert and chat once; the model paths are the pipeline's own:
+    the trained model (--output-dir) feeds convert, the ONNX directory (--onnx-output) the chat."""
+    train.add_arguments(parser)
+    convert.add_arguments(parser, standalone=False)
+    chat.add_arguments(parser, standalone=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, convert (and verify), then ask the new ONNX model a few questions and summarise.
+
+    Exit 0 on success, 1 when --verify rejected the export (chat is then skipped)."""
+    import shlex
+
+    from mtnsails.files import read_metadata
+    from mtnsails.trainer import packaged_example_data
+
+    chat.check_prompt(args)
+    data_file = args.data_file or packaged_example_data()
+    _stage(args, 1, f"train {args.model_name} on {data_file}")
+    model_dir, conversations = train.train(args, next_step=False)  # the data is read once, for both
+    _stage(args, 2, f"convert {model_dir} to ONNX")
+    onnx_dir, report = convert.convert(args, model_path=model_dir)
+    if report is not None and not report.ok:
+        print("pipeline stopped: the ONNX model failed verification", file=sys.stderr)
+        return 1
+    prompts = [args.prompt] if args.prompt is not None else demo_prompts(conversations)
+    _stage(args, 3, f"chat demo: {len(prompts)} question(s) from "
+           f"{'--prompt' if args.prompt else data_file}")
+    with chat.open_chat(args, model_path=onnx_dir) as session:
+        answers = []
+        for prompt in prompts:
+            answers.append(session.reply(prompt))
+            session.reset()  # each demo question stands alone
+        precision = session.precision
+
+    meta = read_metadata(model_dir)
+    losses = ", ".join(f"{name.replace('_', ' ')} {meta[name]:.4f}"
+                       for name in ("train_loss", "eval_loss", "perplexity")
+                       if meta.get(name) is not None)
+    print("\n=== Summary ===")
+    print(f"Trained model: {model_dir} ({losses or 'no loss recorded'})")
+    print(f"ONNX model:    {onnx_dir} (the demo ran the {precision} file)")
+    for prompt, answer in zip(prompts, answers):
+        print(f"  You:       {prompt}\n  Assistant: {answer or '(empty answer)'}")
+    if args.log_conversations:
+        print(f"Logged the demo to {args.log_file}")
+    print(f"Chat with it:  python main.py chat --model-path {shlex.quote(str(onnx_dir))}", flush=True)
+    return 0
+
+
+def _stage(args: argparse.Namespace, number: int, title: str) -> None:
+    if not args.quiet:
+        print(f"\n=== [{number}/3] {title} ===", flush=True)
+
+
+def demo_prompts(conversations: list[dict], count: int = DEMO_PROMPTS) -> list[str]:
+    """`count` questions spread over the conversations, preferring ones that stand alone (no history)."""
+    single = [c for c in conversations if not c.get("history") and not c.get("system")]
+    pool = [c["input"] for c in (single or conversations)]
+    step = max(1, len(pool) // count)
+    return list(dict.fromkeys(pool[::step]))[:count]

@@ -1,0 +1,46 @@
+"""`train`: check the data's quality, fine-tune a model on it, save the model directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from mtnsails import settings
+from mtnsails.training_config import TrainingConfig
+
+HELP = "fine-tune a causal language model on conversations"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare `train`'s flags (the pipeline declares them too) in a "training" group."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--data-file", help="training conversations, .json or .jsonl "
+                       "(default: the packaged example conversations)")
+    group.add_argument("--force", action="store_true",
+                       help="train even when the data quality score is below 50%%")
+    settings.add_arguments(group, TrainingConfig)
+
+
+def train(args: argparse.Namespace, next_step: bool = True) -> tuple[str, list[dict]]:
+    """Run the quality gate and training that `args` describe.
+
+    Returns the model directory and the conversations read (the pipeline's demo asks some).
+    `next_step=False` leaves out the "Next: convert" hint (the pipeline converts by itself)."""
+    from mtnsails.data import ConversationDataHandler
+    from mtnsails.trainer import LLMTrainer, finish_distributed, packaged_example_data, quality_gate
+
+    trainer = LLMTrainer(config=settings.from_args(TrainingConfig, args))  # validates: before loading
+    data_file = args.data_file or packaged_example_data()
+    conversations = ConversationDataHandler.from_file(data_file).conversations
+    quality_gate(conversations, force=args.force, quiet=args.quiet)
+    result = trainer.train_conversations(conversations, data_file=data_file)
+    path = trainer.save_model()
+    if trainer.is_main_process:
+        print(result.summary(path, next_step))
+    finish_distributed()
+    return path, conversations
+
+
+def run(args: argparse.Namespace) -> int:
+    """`train`: check the data, train, save the model; 0 on success (errors raise MtnsailsError)."""
+    train(args)
+    return 0
