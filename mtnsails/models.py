@@ -105,7 +105,7 @@ def build_embedded_model(texts: Iterable[str], spec: EmbeddedModelSpec = Embedde
 # -- resolution ---------------------------------------------------------------------------------
 
 DEFAULT_MODEL_NAME = "distilgpt2"
-HUB_CHECK_TIMEOUT = 3.0  # seconds: never sit in huggingface_hub's 46 s retry loop (shared §2)
+HUB_CHECK_TIMEOUT = 3.0  # seconds: never sit in huggingface_hub's retry loop (about 46 s offline)
 
 
 @dataclass(frozen=True)

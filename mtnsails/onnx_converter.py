@@ -29,7 +29,7 @@ from mtnsails.generation import GenerationConfig, OnnxDecoder, cpu_flags, genera
 from mtnsails.template import ChatTemplate
 
 VERIFY_PROMPTS = ("Hello, how are you?", "What is mtnsails?", "Explain ONNX in one sentence.")
-LOGIT_TOLERANCE = 1e-3  # fp32 export vs PyTorch; measured differences are ~1e-6 (shared §3: 3e-6)
+LOGIT_TOLERANCE = 1e-3  # fp32 export vs PyTorch; measured differences are ~1e-6 to 3e-6
 INT8_MIN_AGREEMENT = 0.9  # int8 rounds weights: a few near-tie positions may pick another token
 
 
@@ -162,7 +162,7 @@ class ONNXConverter:
 
         optimum's AVX-512 VNNI (or AVX2) dynamic config quantizes all MatMuls; onnxruntime's
         `quantize_dynamic` defaults leave 13 of them (the 768x50257 head among them) in fp32 and
-        run slower than fp32 (shared/README.md §3).
+        run slower than fp32 (measured on a distilgpt2-sized model: 62.9 tok/s int8 vs 81.6 fp32).
         """
         from optimum.onnxruntime import ORTQuantizer
         from optimum.onnxruntime.configuration import AutoQuantizationConfig

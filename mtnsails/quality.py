@@ -25,7 +25,7 @@ from mtnsails.text_rules import CLOSING_MARKS, SENTENCE_END
 
 CODES = ("empty_output", "empty_input", "short_output", "repetitive_output", "gibberish_output",
          "echo_output", "incomplete_output", "duplicate", "near_duplicate")
-# Count keys of the original report (shared/README.md §5) plus the new codes.
+# Count keys of the original MTN Sails report (e.g. `empty_outputs`) plus the new codes.
 COUNT_KEYS = {code: code + "s" for code in CODES}
 LABELS = {"empty_output": "empty output", "empty_input": "empty input",
           "short_output": "too-short output", "repetitive_output": "repetitive output",
