@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 import unicodedata
 import zlib
 from collections import Counter
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 
 from mtnsails.data import exchanges
 from mtnsails.dedup import find_copies
+from mtnsails.devices import is_main_process
+from mtnsails.errors import MtnsailsError
 from mtnsails.text_rules import CLOSING_MARKS, SENTENCE_END
 
 CODES = ("empty_output", "empty_input", "short_output", "repetitive_output", "gibberish_output",
@@ -545,3 +548,23 @@ def recommendations(report: QualityReport, config: QualityConfig) -> list[str]:
     if not result:
         result.append("No problems found: the data is ready for training.")
     return result
+
+
+QUALITY_BLOCKS = "critical"  # verdict (< 50 % valid conversations) that stops training without --force
+
+
+def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = False
+                 ) -> QualityReport:
+    """Show the data-quality report; refuse a critical data set unless `force`. Returns the report."""
+    report = DataQualityValidator().analyze(conversations)
+    main = is_main_process()  # every rank checks (all stop together); only rank 0 prints
+    if main and not quiet:
+        print(report.format_text())
+    score = f"{report.quality_score:.0%}"
+    if report.verdict == QUALITY_BLOCKS and not force:
+        raise MtnsailsError(f"data quality {score} is below 50 %: fix the data (`validate --filter` "
+                            "keeps the good conversations) or pass --force to train anyway")
+    if main and report.verdict != "good":
+        print(f"warning: data quality is {score} ({report.verdict}); training anyway",
+              file=sys.stderr)
+    return report

@@ -9,7 +9,6 @@ longest example. The finished model directory loads with plain `AutoModelForCaus
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -18,9 +17,7 @@ import random
 import re
 import shlex
 import shutil
-import signal
 import sys
-import threading
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,38 +25,27 @@ from typing import Callable
 
 from mtnsails.collator import PaddingCollator, encode_segments
 from mtnsails.data import exchanges
+from mtnsails.devices import (barrier, device_flags, finish_distributed, is_main_process,
+                              torch_threads, world_size)
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import (METADATA_FILE, MODEL_FORMAT, atomic_directory, atomic_write_text,
                             check_replaceable, file_sha256, read_json_object)
+from mtnsails.loss_plot import plot_loss
 from mtnsails.models import EMBEDDED_MODEL_NAME, EmbeddedTrainingDefaults, resolve_model
-from mtnsails.quality import DataQualityValidator, QualityReport
+from mtnsails.quality import quality_gate
 from mtnsails.template import ChatTemplate, Segment
+from mtnsails.trainer_callbacks import perplexity, trainer_classes
 from mtnsails.training_config import TrainingConfig
 
-QUALITY_BLOCKS = "critical"  # verdict (< 50 % valid conversations) that stops training without --force
+# Importable from here as before: scripts and the CLI use them with LLMTrainer.
+__all__ = ["LLMTrainer", "TrainingConfig", "TrainingInterrupted", "TrainingResult",
+           "finish_distributed", "packaged_example_data", "parse_text", "plot_loss",
+           "quality_gate"]
 
 
 def packaged_example_data() -> Path:
     """The example conversations shipped with mtnsails (what `train` uses without --data-file)."""
     return Path(__file__).resolve().parent / "resources" / "example_conversations.json"
-
-
-def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = False
-                 ) -> QualityReport:
-    """Show the data-quality report; refuse a critical data set unless `force`. Returns the report."""
-    report = DataQualityValidator().analyze(conversations)
-    main = _is_main_process()  # every rank checks (all stop together); only rank 0 prints
-    if main and not quiet:
-        print(report.format_text())
-    score = f"{report.quality_score:.0%}"
-    if report.verdict == QUALITY_BLOCKS and not force:
-        raise MtnsailsError(f"data quality {score} is below 50 %: fix the data (`validate --filter` "
-                            "keeps the good conversations) or pass --force to train anyway")
-    if main and report.verdict != "good":
-        print(f"warning: data quality is {score} ({report.verdict}); training anyway",
-              file=sys.stderr)
-    return report
-
 
 
 @dataclass
@@ -118,7 +104,7 @@ class LLMTrainer:
     @property
     def is_main_process(self) -> bool:
         """False on the other ranks of a torchrun/accelerate run (only rank 0 writes files)."""
-        return _is_main_process()
+        return is_main_process()
 
     # -- the original API ----------------------------------------------------------------------
 
@@ -138,7 +124,7 @@ class LLMTrainer:
         if self.model is None:
             raise MtnsailsError("no model to save: train or load one first")
         path = Path(save_path or self.config.output_dir).expanduser().resolve()
-        if _is_main_process():  # under torchrun/accelerate only rank 0 writes
+        if is_main_process():  # under torchrun/accelerate only rank 0 writes
             with atomic_directory(path, kind=MODEL_FORMAT) as staging:
                 self.model.save_pretrained(staging, safe_serialization=True)
                 self.tokenizer.save_pretrained(staging)
@@ -148,7 +134,7 @@ class LLMTrainer:
                 note = plot_loss(history, staging / "loss.png")
                 if note and not self.config.quiet:
                     print(note, file=sys.stderr)
-        _distributed_barrier()  # the other ranks return once the model is there
+        barrier()  # the other ranks return once the model is there
         return str(path)
 
     def load_trained_model(self, model_path: str | os.PathLike) -> None:
@@ -189,17 +175,14 @@ class LLMTrainer:
         checkpoint = self._resume_checkpoint()  # before any slow work: refuse early
         examples = self._resolve_model(examples, make_examples)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
-        defaults = EmbeddedTrainingDefaults() if self.resolved.embedded else None
-        epochs = config.num_epochs or (defaults.num_epochs if defaults else 3)
-        learning_rate = config.learning_rate or (defaults.learning_rate if defaults else 5e-5)
-        eval_split = config.eval_split
-        if eval_split is None:
-            eval_split = defaults.eval_split if defaults else (0.1 if len(examples) >= 20 else 0.0)
+        settings = config.resolved(self.resolved.embedded, len(examples))
+        epochs, learning_rate = settings.num_epochs, settings.learning_rate
+        eval_split = settings.eval_split
         max_length = min(config.max_length, _context_length(model))
 
         encoded = [encode_segments(tokenizer, segments, max_length) for segments in examples]
         truncated = sum(bool(item["truncated"]) for item in encoded)
-        if truncated and _is_main_process():
+        if truncated and is_main_process():
             cut_answers = sum(item["truncated"] == 2 for item in encoded)
             print(f"note: {truncated} of {len(encoded)} examples exceed --max-length {max_length} "
                   f"tokens: their context was cut from the left"
@@ -215,12 +198,14 @@ class LLMTrainer:
             "early_stopping_patience": config.early_stopping_patience, "seed": config.seed,
             "device": config.device, "examples": len(encoded), "train_examples": len(train_set),
             "eval_examples": len(eval_set), "truncated_examples": truncated,
-            "processes": _world_size(),
+            "processes": world_size(),
         }
         trainer, interrupt = self._build_trainer(model, tokenizer, train_set, eval_set, epochs,
                                                  learning_rate)
-        threads = defaults.cpu_threads if defaults and "OMP_NUM_THREADS" not in os.environ else None
-        with interrupt, _torch_threads(threads):
+        # The embedded model's matrices are too small to gain from more threads (see its defaults)
+        threads = (EmbeddedTrainingDefaults.cpu_threads
+                   if self.resolved.embedded and "OMP_NUM_THREADS" not in os.environ else None)
+        with interrupt, torch_threads(threads):
             output = trainer.train(resume_from_checkpoint=checkpoint)
         if interrupt.requested:
             raise TrainingInterrupted(
@@ -228,7 +213,7 @@ class LLMTrainer:
                 f"{config.checkpoint_dir}; the output {config.output_dir} was not touched; "
                 "continue with the same command plus --resume")
         self.model, self.tokenizer = trainer.model, tokenizer
-        if _is_main_process():  # the run is complete: nothing left to resume
+        if is_main_process():  # the run is complete: nothing left to resume
             shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
         self.model.generation_config.eos_token_id = tokenizer.eos_token_id
         self.model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -237,7 +222,7 @@ class LLMTrainer:
         eval_loss = trainer.state.best_metric if eval_set else None
         self.result = TrainingResult(
             train_loss=train_losses[-1] if train_losses else output.training_loss,
-            eval_loss=eval_loss, perplexity=_perplexity(eval_loss), examples=len(encoded),
+            eval_loss=eval_loss, perplexity=perplexity(eval_loss), examples=len(encoded),
             loss_history=history)
         return self.result
 
@@ -249,7 +234,7 @@ class LLMTrainer:
         texts = ["".join(segment.text for segment in segments) for segments in examples]
         self.resolved = resolve_model(config.model_name, texts,
                                       trust_remote_code=config.trust_remote_code)
-        if self.resolved.notice and _is_main_process():
+        if self.resolved.notice and is_main_process():
             print(self.resolved.notice, file=sys.stderr)
         model = self.resolved.model
         if getattr(model, "loss_type", None) is None:  # GPT-2: the loss transformers falls back to,
@@ -284,7 +269,7 @@ class LLMTrainer:
             raise MtnsailsError(
                 f"{directory} holds checkpoints of an interrupted run: add --resume to continue "
                 "it, or delete that directory to start over")
-        if _is_main_process():
+        if is_main_process():
             directory.mkdir(parents=True, exist_ok=True)
             atomic_write_text(marker, json.dumps(run) + "\n")
         return None
@@ -293,13 +278,13 @@ class LLMTrainer:
         from transformers import EarlyStoppingCallback, TrainingArguments
         from transformers.trainer_callback import PrinterCallback
 
-        PerplexityTrainer, SaveAfterEvaluate, Interrupt = _trainer_classes()
+        classes = trainer_classes()
 
         config = self.config
         # checkpoints are ordered by step number anyway; the note only confuses users
         warnings.filterwarnings("ignore", message="mtime may not be reliable")
-        device_flags = _device_flags(config.device)
-        steps_per_epoch = max(1, math.ceil(len(train_set) / (config.batch_size * _world_size()
+        on_device = device_flags(config.device)
+        steps_per_epoch = max(1, math.ceil(len(train_set) / (config.batch_size * world_size()
                                                               * config.gradient_accumulation_steps)))
         has_eval = bool(eval_set)
         args = TrainingArguments(
@@ -328,18 +313,18 @@ class LLMTrainer:
             report_to="none",
             ddp_find_unused_parameters=False,
             dataloader_num_workers=0,
-            **device_flags,
+            **on_device,
         )
         # Evaluate each epoch but checkpoint every --save-steps: Trainer's own check forbids that
         # mix with load_best_model_at_end, so a callback saves after every evaluation (the best
         # model is then always on disk) and the flag is switched on after that check.
         args.load_best_model_at_end = has_eval
-        callbacks = [SaveAfterEvaluate()] if has_eval else []
+        callbacks = [classes.SaveAfterEvaluate()] if has_eval else []
         if has_eval and config.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
-        interrupt = Interrupt()
+        interrupt = classes.Interrupt()
         callbacks.append(interrupt)
-        trainer = PerplexityTrainer(
+        trainer = classes.PerplexityTrainer(
             model=model, args=args, train_dataset=_dataset(train_set),
             eval_dataset=_dataset(eval_set) if has_eval else None,
             data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
@@ -399,58 +384,6 @@ def _split(encoded: list[dict], eval_split: float, seed: int) -> tuple[list[dict
             [item for i, item in enumerate(encoded) if i in eval_indices])
 
 
-# -- Trainer plumbing -----------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=None)
-def _trainer_classes():
-    """The Trainer subclass and callbacks, built on first use: they need transformers, and
-    importing this module (e.g. `mtnsails.LLMTrainer`) must not import it."""
-    from transformers import Trainer, TrainerCallback
-
-    class PerplexityTrainer(Trainer):
-        """Adds eval perplexity (exp of the eval loss) to every evaluation's log line."""
-
-        def log(self, logs: dict, *args, **kwargs) -> None:
-            if "eval_loss" in logs:
-                logs["eval_perplexity"] = _perplexity(logs["eval_loss"])
-            super().log(logs, *args, **kwargs)
-
-    class SaveAfterEvaluate(TrainerCallback):
-        """Checkpoint after each evaluation, so the best model is on disk to reload at the end."""
-
-        def on_evaluate(self, args, state, control, **kwargs):
-            control.should_save = True
-
-    class Interrupt(TrainerCallback):
-        """Ctrl-C: finish the current step, save a checkpoint and stop (a second Ctrl-C aborts)."""
-
-        def __init__(self) -> None:
-            self.requested = False
-            self._previous = None
-
-        def __enter__(self):
-            if threading.current_thread() is threading.main_thread():
-                self._previous = signal.signal(signal.SIGINT, self._handle)
-            return self
-
-        def __exit__(self, *exc) -> None:
-            if self._previous is not None:
-                signal.signal(signal.SIGINT, self._previous)
-
-        def _handle(self, signum, frame) -> None:
-            self.requested = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)",
-                  file=sys.stderr)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.requested:
-                control.should_save = True
-                control.should_training_stop = True
-
-    return PerplexityTrainer, SaveAfterEvaluate, Interrupt
-
-
 @contextlib.contextmanager
 def _removed_without_checkpoint(directory: Path):
     """Remove `directory` if this run created it and fails before saving a checkpoint in it:
@@ -459,62 +392,9 @@ def _removed_without_checkpoint(directory: Path):
     try:
         yield
     except BaseException:
-        if not existed and _is_main_process() and not any(directory.glob("checkpoint-*")):
+        if not existed and is_main_process() and not any(directory.glob("checkpoint-*")):
             shutil.rmtree(directory, ignore_errors=True)
         raise
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None):
-    """Run the block with `threads` CPU threads for torch (None: leave them alone)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _device_flags(device: str) -> dict:
-    import torch
-
-    if device == "cpu":
-        return {"use_cpu": True}
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MtnsailsError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise MtnsailsError("--device mps: Apple's MPS is not available here (use --device cpu or auto)")
-    if torch.cuda.is_available() and device in ("auto", "cuda"):
-        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
-    return {}
-
-
-def _distributed_barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def finish_distributed() -> None:
-    """End a torchrun/accelerate run's process group; a process that exits with it still open
-    can abort ("terminate called without an active exception"). `save_model` has already waited
-    for every rank."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _quiet_libraries(quiet: bool) -> None:
@@ -532,10 +412,6 @@ def _context_length(model) -> int:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024)
 
 
-def _perplexity(loss: float | None) -> float | None:
-    return None if loss is None else math.exp(min(loss, 50.0))
-
-
 def _loss_history(log_history: list[dict]) -> list[dict]:
     keys = ("step", "epoch", "loss", "eval_loss", "eval_perplexity", "learning_rate")
     return [{key: entry[key] for key in keys if key in entry}
@@ -544,26 +420,3 @@ def _loss_history(log_history: list[dict]) -> list[dict]:
 
 def _sha256_json(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def plot_loss(history: list[dict], path: Path) -> str | None:
-    """Write train/eval loss per step to `path`; return a note instead when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot
-    except ImportError:
-        return "note: matplotlib is not installed, so loss.png was skipped (pip install matplotlib)"
-    figure, axes = pyplot.subplots(figsize=(7, 4))
-    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
-        points = [(entry["step"], entry[key]) for entry in history if key in entry]
-        if points:
-            axes.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    pyplot.close(figure)
-    return None

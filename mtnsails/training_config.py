@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from mtnsails.devices import DEVICES
 from mtnsails.errors import MtnsailsError
+from mtnsails.models import EmbeddedTrainingDefaults
 from mtnsails.settings import setting
 from mtnsails.template import ChatTemplate
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -59,6 +59,19 @@ class TrainingConfig:
             raise MtnsailsError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.device not in DEVICES:
             raise MtnsailsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
+
+    def resolved(self, embedded: bool, examples: int) -> TrainingConfig:
+        """A copy with each None default replaced by the model's own: the embedded model's
+        `EmbeddedTrainingDefaults`, else fine-tuning defaults (3 epochs, learning rate 5e-5, an
+        eval split of 0.1 with at least 20 examples to train on, else none)."""
+        if embedded:
+            own = EmbeddedTrainingDefaults()
+            epochs, learning_rate, eval_split = own.num_epochs, own.learning_rate, own.eval_split
+        else:
+            epochs, learning_rate, eval_split = 3, 5e-5, (0.1 if examples >= 20 else 0.0)
+        return replace(self, num_epochs=self.num_epochs or epochs,
+                       learning_rate=self.learning_rate or learning_rate,
+                       eval_split=eval_split if self.eval_split is None else self.eval_split)
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -132,6 +132,21 @@ def test_settings_out_of_range_are_one_line_errors():
         assert "\n" not in str(error.value)
 
 
+def test_resolved_fills_each_unset_setting_with_the_models_own_default():
+    from mtnsails.models import EmbeddedTrainingDefaults
+
+    unset = TrainingConfig()
+    tiny = unset.resolved(embedded=True, examples=100)
+    assert (tiny.num_epochs, tiny.learning_rate, tiny.eval_split) == (
+        EmbeddedTrainingDefaults.num_epochs, EmbeddedTrainingDefaults.learning_rate, 0.0)
+    assert unset.resolved(embedded=False, examples=19).eval_split == 0.0
+    pretrained = unset.resolved(embedded=False, examples=20)
+    assert (pretrained.num_epochs, pretrained.learning_rate, pretrained.eval_split) == (3, 5e-5, 0.1)
+    chosen = TrainingConfig(num_epochs=7, learning_rate=0.01, eval_split=0.0)
+    assert chosen.resolved(embedded=True, examples=100) == chosen  # what the user set is kept
+    assert unset.num_epochs is None  # a copy: the config itself is unchanged
+
+
 def refusal(output_dir, resume: bool = False) -> str:
     """The one-line error `train_conversations` raises before it loads any model."""
     import pytest

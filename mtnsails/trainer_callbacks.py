@@ -1,0 +1,70 @@
+"""What mtnsails adds to transformers' `Trainer`: eval perplexity, a checkpoint after every
+evaluation, and Ctrl-C that saves a checkpoint before stopping.
+
+The classes subclass transformers' own, so they are built on first use by `trainer_classes()`:
+importing this module (and so `mtnsails.LLMTrainer`) must not import transformers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import signal
+import sys
+import threading
+from types import SimpleNamespace
+
+
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss), capped so a diverged loss gives a large number rather than an overflow."""
+    return None if loss is None else math.exp(min(loss, 50.0))
+
+
+@functools.lru_cache(maxsize=None)
+def trainer_classes() -> SimpleNamespace:
+    """The classes, by name: PerplexityTrainer, SaveAfterEvaluate, Interrupt."""
+    from transformers import Trainer, TrainerCallback
+
+    class PerplexityTrainer(Trainer):
+        """Adds eval perplexity (exp of the eval loss) to every evaluation's log line."""
+
+        def log(self, logs: dict, *args, **kwargs) -> None:
+            if "eval_loss" in logs:
+                logs["eval_perplexity"] = perplexity(logs["eval_loss"])
+            super().log(logs, *args, **kwargs)
+
+    class SaveAfterEvaluate(TrainerCallback):
+        """Checkpoint after each evaluation, so the best model is on disk to reload at the end."""
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            control.should_save = True
+
+    class Interrupt(TrainerCallback):
+        """Ctrl-C: finish the current step, save a checkpoint and stop (a second Ctrl-C aborts)."""
+
+        def __init__(self) -> None:
+            self.requested = False
+            self._previous = None
+
+        def __enter__(self):
+            if threading.current_thread() is threading.main_thread():
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+            return self
+
+        def __exit__(self, *exc) -> None:
+            if self._previous is not None:
+                signal.signal(signal.SIGINT, self._previous)
+
+        def _handle(self, signum, frame) -> None:
+            self.requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)",
+                  file=sys.stderr)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.requested:
+                control.should_save = True
+                control.should_training_stop = True
+
+    return SimpleNamespace(PerplexityTrainer=PerplexityTrainer,
+                           SaveAfterEvaluate=SaveAfterEvaluate, Interrupt=Interrupt)
