@@ -160,7 +160,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.work, args.tokens, args.runs)
         return
-    from mtnsails.generation import physical_cores
+    from mtnsails.cpu import physical_cores
     from mtnsails.onnx_converter import ONNXConverter
 
     with tempfile.TemporaryDirectory(prefix="chat_bench_") as tmp:

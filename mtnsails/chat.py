@@ -21,9 +21,9 @@ from tokenizers import Tokenizer
 
 from mtnsails.answer_text import AnswerText
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import (DEFAULT_LOG_FILE, FP32_FILE, INT8_FILE, PYTORCH_WEIGHTS, atomic_write_text,
-                            context_length, read_json_object, read_metadata)
+from mtnsails.files import DEFAULT_LOG_FILE, atomic_write_text
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens, setting_label
+from mtnsails.onnx_metadata import read_onnx_directory
 from mtnsails.template import ChatTemplate, segment_ids
 
 __all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_directory"]
@@ -42,39 +42,6 @@ class ChatStats:
     def tokens_per_second(self) -> float:
         """New tokens per second of generation (0 when nothing was timed)."""
         return self.new_tokens / self.seconds if self.seconds else 0.0
-
-
-def read_onnx_directory(path: str | os.PathLike) -> dict:
-    """Check `path` is an ONNX model directory and return its mtnsails.json (or defaults).
-
-    Raises MtnsailsError with a one-line hint for the usual mistakes: a missing path, a PyTorch
-    model directory that was never converted, missing tokenizer files.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise MtnsailsError(f"model path {path} does not exist")
-    if not path.is_dir():
-        raise MtnsailsError(f"model path {path} is not a directory (give the ONNX model directory)")
-    meta = read_metadata(path)
-    files = meta.get("files") or {"fp32": FP32_FILE}
-    if not any((path / name).exists() for name in files.values()):
-        if any((path / name).exists() for name in PYTORCH_WEIGHTS):
-            raise MtnsailsError(f"{path} is a PyTorch model, not an ONNX model directory: "
-                                f"run `mtnsails convert --model-path {path}` first")
-        raise MtnsailsError(f"{path} is not an ONNX model directory (no {FP32_FILE})")
-    if not (path / "tokenizer.json").exists():
-        raise MtnsailsError(f"{path / 'tokenizer.json'} is missing: the tokenizer files must sit "
-                            "beside the model (re-run `mtnsails convert`)")
-    config = read_json_object(path / "config.json")
-    if "eos_token_id" not in meta:
-        meta["eos_token_id"] = read_json_object(path / "generation_config.json").get(
-            "eos_token_id", config.get("eos_token_id"))
-    if "context_length" not in meta:
-        meta["context_length"] = context_length(config)
-    if (path / INT8_FILE).exists():
-        files.setdefault("int8", INT8_FILE)
-    meta["files"] = files
-    return meta
 
 
 class ChatInterface:

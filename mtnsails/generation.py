@@ -10,49 +10,18 @@ transformers' `generate` does, so greedy output matches PyTorch token for token.
 
 from __future__ import annotations
 
-import functools
 import os
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
+from mtnsails.cpu import physical_cores
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation_config import GenerationConfig, setting_label
 
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
-@functools.lru_cache(maxsize=1)
-def _cpuinfo() -> str:
-    """/proc/cpuinfo, read once ("" where there is none)."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (e.g. "avx512_vnni"); empty where /proc/cpuinfo is missing."""
-    for line in _cpuinfo().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return set(value.split())
-    return set()
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process: hyper-threads only slow memory-bound decoding."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    cores, physical = set(), "0"
-    for line in _cpuinfo().splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "physical id":
-            physical = value.strip()
-        elif key == "core id":
-            cores.add((physical, value.strip()))
-    return max(1, min(available, len(cores) or available))
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:

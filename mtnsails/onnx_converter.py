@@ -21,11 +21,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mtnsails.chat import read_onnx_directory
+from mtnsails.cpu import cpu_flags
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import (DEFAULT_ONNX_DIR, DEFAULT_OPSET, FP32_FILE, INT8_FILE, ONNX_FORMAT,
-                            PYTORCH_WEIGHTS, atomic_directory, atomic_write_text, context_length, read_json_object, read_metadata)
-from mtnsails.generation import GenerationConfig, OnnxDecoder, cpu_flags, generate_tokens
+from mtnsails.files import (DEFAULT_ONNX_DIR, DEFAULT_OPSET, FP32_FILE, INT8_FILE, ONNX_FORMAT, PYTORCH_WEIGHTS,
+                            atomic_directory, context_length, read_json_object)
+from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
+from mtnsails.onnx_metadata import read_onnx_directory, write_onnx_metadata
 from mtnsails.template import ChatTemplate
 
 VERIFY_PROMPTS = ("Hello, how are you?", "What is mtnsails?", "Explain ONNX in one sentence.")
@@ -139,7 +140,7 @@ class ONNXConverter:
                 files["int8"] = INT8_FILE
                 self._say(f"quantized {INT8_FILE} ({_megabytes(staging / INT8_FILE)}) "
                           f"in {time.perf_counter() - start:.1f} s")
-            self._write_meta(staging, files, opset_version)
+            write_onnx_metadata(staging, self.model_path, files, opset_version)
         self._say(f"ONNX model directory: {output}")
         return str(output)
 
@@ -175,26 +176,6 @@ class ONNXConverter:
                                # per-tensor: per-channel scales measured slower (2.85 vs 2.74 ms/step)
                                quantization_config=make_config(is_static=False, per_channel=False))
         return onnx_dir / INT8_FILE
-
-    def _write_meta(self, staging: Path, files: dict, opset_version: int) -> None:
-        config = read_json_object(staging / "config.json")
-        eos = config.get("eos_token_id")
-        if eos is None:
-            tokenizer_config = read_json_object(staging / "tokenizer.json")
-            eos = next((token["id"] for token in tokenizer_config.get("added_tokens", [])
-                        if token.get("special")), None)
-        source = read_metadata(self.model_path)
-        meta = {
-            "format": ONNX_FORMAT,
-            "version": 1,
-            "template": ChatTemplate.from_dict(source.get("template")).to_dict(),
-            "source_model": str(self.model_path.resolve()),
-            "eos_token_id": eos[0] if isinstance(eos, list) else eos,
-            "context_length": context_length(config) or source.get("context_length"),
-            "files": files,
-            "opset": opset_version,
-        }
-        atomic_write_text(staging / "mtnsails.json", json.dumps(meta, indent=2) + "\n")
 
     # -- verification --------------------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""The `mtnsails.json` of an ONNX model directory: written by `convert`, read by chat and `--verify`.
+
+It records the chat template, EOS id, context length and which graph file holds each precision.
+The reader checks every field it hands on, so a hand-edited or damaged file is a one-line error
+naming the file and the field, never a traceback deep inside generation. Only numpy-free,
+torch-free imports: chat reads it at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mtnsails.errors import MtnsailsError
+from mtnsails.files import (FP32_FILE, INT8_FILE, METADATA_FILE, MODEL_FORMAT, ONNX_FORMAT, PYTORCH_WEIGHTS,
+                            atomic_write_text, context_length, read_json_object, read_metadata)
+from mtnsails.template import ChatTemplate
+
+PRECISIONS = ("fp32", "int8")  # keys of the "files" map
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_files(source: Path, files: object) -> dict:
+    """The "files" map as given, once every key is a known precision and every value a plain file name."""
+    if not isinstance(files, dict) or not files:
+        raise MtnsailsError(f"{source}: \"files\" must map precisions ({', '.join(PRECISIONS)}) to file names, "
+                            f"got {json.dumps(files)}")
+    for precision, name in files.items():
+        if precision not in PRECISIONS:
+            raise MtnsailsError(f"{source}: \"files\" has unknown precision {precision!r} "
+                                f"(expected {', '.join(PRECISIONS)})")
+        # A path from the file must never lead outside the model directory.
+        if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+            raise MtnsailsError(f"{source}: \"files\".{precision} must be a file name in the model directory, "
+                                f"got {json.dumps(name)}")
+    return files
+
+
+def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
+    """Return `meta` when its fields are usable; raise MtnsailsError naming `source` and the field.
+
+    `context_length` must be a positive integer, `eos_token_id` a non-negative integer (both may
+    be absent), `template` a valid chat template and `files` a map of precision to file name.
+    """
+    source = Path(source)
+    if "files" not in meta:
+        raise MtnsailsError(f"{source}: no \"files\" map (which graph file holds which precision)")
+    _check_files(source, meta["files"])
+    length = meta.get("context_length")
+    if length is not None and not (_is_integer(length) and length >= 1):
+        raise MtnsailsError(f"{source}: \"context_length\" must be a positive integer, got {json.dumps(length)}")
+    eos = meta.get("eos_token_id")
+    if eos is not None and not (_is_integer(eos) and eos >= 0):
+        raise MtnsailsError(f"{source}: \"eos_token_id\" must be a non-negative integer, got {json.dumps(eos)}")
+    template = meta.get("template")
+    if template is not None:
+        if not isinstance(template, dict) or not all(isinstance(template.get(key, ""), str)
+                                                     for key in ("template", "separator")):
+            raise MtnsailsError(f"{source}: \"template\" must be an object of strings "
+                                f"(\"template\", \"separator\")")
+        try:
+            ChatTemplate.from_dict(template)
+        except ValueError as error:
+            raise MtnsailsError(f"{source}: {error}") from None
+    return meta
+
+
+def read_onnx_directory(path: str | os.PathLike) -> dict:
+    """Check `path` is an ONNX model directory and return its checked mtnsails.json.
+
+    A directory without mtnsails.json (a plain optimum export) gets defaults: EOS and context
+    length from config.json, model.onnx (and model_int8.onnx when present). Raises MtnsailsError
+    with a one-line hint for the usual mistakes: a missing path, a PyTorch model directory that
+    was never converted, missing tokenizer files, a damaged mtnsails.json.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MtnsailsError(f"model path {path} does not exist")
+    if not path.is_dir():
+        raise MtnsailsError(f"model path {path} is not a directory (give the ONNX model directory)")
+    meta = read_metadata(path)
+    if meta.get("format") == MODEL_FORMAT or (
+            not (path / FP32_FILE).exists() and any((path / name).exists() for name in PYTORCH_WEIGHTS)):
+        raise MtnsailsError(f"{path} is a PyTorch model, not an ONNX model directory: "
+                            f"run `mtnsails convert --model-path {path}` first")
+    if meta:
+        check_onnx_metadata(meta, path / METADATA_FILE)
+    else:
+        meta = {"files": {"fp32": FP32_FILE}}
+        if (path / INT8_FILE).exists():
+            meta["files"]["int8"] = INT8_FILE
+    if not any((path / name).exists() for name in meta["files"].values()):
+        raise MtnsailsError(f"{path} is not an ONNX model directory (no {' or '.join(meta['files'].values())})")
+    if not (path / "tokenizer.json").exists():
+        raise MtnsailsError(f"{path / 'tokenizer.json'} is missing: the tokenizer files must sit "
+                            "beside the model (re-run `mtnsails convert`)")
+    config = read_json_object(path / "config.json")
+    if meta.get("eos_token_id") is None:
+        eos = read_json_object(path / "generation_config.json").get("eos_token_id", config.get("eos_token_id"))
+        meta["eos_token_id"] = eos[0] if isinstance(eos, list) else eos
+    if meta.get("context_length") is None:
+        meta["context_length"] = context_length(config)
+    return meta
+
+
+def write_onnx_metadata(onnx_dir: str | os.PathLike, model_path: str | os.PathLike, files: dict,
+                        opset_version: int) -> dict:
+    """Write onnx_dir/mtnsails.json for a fresh export of `model_path` and return it.
+
+    The template and (for configs without one) the context length come from the trained model's
+    own mtnsails.json; EOS from config.json, else the tokenizer's first special token.
+    """
+    onnx_dir, model_path = Path(onnx_dir), Path(model_path)
+    config = read_json_object(onnx_dir / "config.json")
+    eos = config.get("eos_token_id")
+    if eos is None:
+        tokenizer = read_json_object(onnx_dir / "tokenizer.json")
+        eos = next((token["id"] for token in tokenizer.get("added_tokens", []) if token.get("special")), None)
+    source = read_metadata(model_path)
+    meta = {
+        "format": ONNX_FORMAT,
+        "version": 1,
+        "template": ChatTemplate.from_dict(source.get("template")).to_dict(),
+        "source_model": str(model_path.resolve()),
+        "eos_token_id": eos[0] if isinstance(eos, list) else eos,
+        "context_length": context_length(config) or source.get("context_length"),
+        "files": files,
+        "opset": opset_version,
+    }
+    check_onnx_metadata(meta, onnx_dir / METADATA_FILE)
+    atomic_write_text(onnx_dir / METADATA_FILE, json.dumps(meta, indent=2) + "\n")
+    return meta

@@ -1,0 +1,77 @@
+"""mtnsails.json of an ONNX directory: what the converter writes, and what the reader refuses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import run_cli
+
+from mtnsails.errors import MtnsailsError
+from mtnsails.onnx_metadata import read_onnx_directory
+
+
+@pytest.fixture
+def editable_onnx_dir(tiny_onnx_dir, tmp_path):
+    """A copy of the tiny export whose mtnsails.json a test may damage."""
+    path = tmp_path / "onnx"
+    shutil.copytree(tiny_onnx_dir, path)
+    return path
+
+
+def _edit(directory, **changes) -> None:
+    meta_file = directory / "mtnsails.json"
+    meta = json.loads(meta_file.read_text())
+    meta.update(changes)
+    meta_file.write_text(json.dumps({key: value for key, value in meta.items() if value is not ...}))
+
+
+def test_reader_returns_what_the_converter_wrote(tiny_onnx_dir):
+    meta = read_onnx_directory(tiny_onnx_dir)
+    assert meta["format"] == "mtnsails-onnx"
+    assert meta["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx"}
+    assert isinstance(meta["eos_token_id"], int) and meta["context_length"] >= 1
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"context_length": 0}, '"context_length" must be a positive integer, got 0'),
+    ({"context_length": -5}, '"context_length" must be a positive integer, got -5'),
+    ({"context_length": 12.5}, '"context_length" must be a positive integer, got 12.5'),
+    ({"context_length": "1024"}, '"context_length" must be a positive integer, got "1024"'),
+    ({"eos_token_id": "eos"}, '"eos_token_id" must be a non-negative integer, got "eos"'),
+    ({"eos_token_id": True}, '"eos_token_id" must be a non-negative integer, got true'),
+    ({"files": ...}, 'no "files" map'),
+    ({"files": ["model.onnx"]}, '"files" must map precisions'),
+    ({"files": {}}, '"files" must map precisions'),
+    ({"files": {"fp16": "model.onnx"}}, "\"files\" has unknown precision 'fp16'"),
+    ({"files": {"fp32": "../model.onnx"}}, '"files".fp32 must be a file name in the model directory'),
+    ({"files": {"fp32": 3}}, '"files".fp32 must be a file name in the model directory, got 3'),
+    ({"template": {"template": "no placeholders"}}, "must contain '{input}' once"),
+    ({"template": "User: {input}"}, '"template" must be an object of strings'),
+])
+def test_reader_refuses_bad_metadata_naming_file_and_field(editable_onnx_dir, changes, message):
+    _edit(editable_onnx_dir, **changes)
+    with pytest.raises(MtnsailsError) as error:
+        read_onnx_directory(editable_onnx_dir)
+    assert str(error.value).startswith(f"{editable_onnx_dir / 'mtnsails.json'}: ")
+    assert message in str(error.value)
+
+
+def test_files_map_listing_no_existing_file_is_refused(editable_onnx_dir):
+    _edit(editable_onnx_dir, files={"fp32": "elsewhere.onnx"})
+    with pytest.raises(MtnsailsError, match="not an ONNX model directory \\(no elsewhere.onnx\\)"):
+        read_onnx_directory(editable_onnx_dir)
+
+
+def test_pytorch_model_directory_is_pointed_to_convert(trained_tiny_model_dir):
+    with pytest.raises(MtnsailsError, match="is a PyTorch model, not an ONNX model directory"):
+        read_onnx_directory(trained_tiny_model_dir)
+
+
+def test_chat_reports_bad_metadata_in_one_line_with_exit_2(editable_onnx_dir):
+    _edit(editable_onnx_dir, context_length=0)
+    result = run_cli("chat", "--model-path", str(editable_onnx_dir), "--prompt", "Hello!")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"error: {editable_onnx_dir / 'mtnsails.json'}: \"context_length\" must be "
+                             "a positive integer, got 0\n")
