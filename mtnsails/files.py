@@ -7,10 +7,14 @@ output: only such a directory (of the same kind) is ever replaced by a new outpu
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fnmatch
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -85,14 +89,42 @@ def read_metadata(directory: str | os.PathLike) -> dict:
     return read_json_object(Path(directory) / METADATA_FILE)
 
 
+# What mtnsails wrote into an output made before it recorded its files in mtnsails.json
+# ("written_files"): the transformers and ONNX files of a model directory, and its own.
+_EARLIER_OUTPUT_FILES = (METADATA_FILE, "config.json", "generation_config.json", "model.safetensors",
+                         "model-*-of-*.safetensors", "model.safetensors.index.json",
+                         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                         "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+                         "loss.png", FP32_FILE, INT8_FILE, "*.onnx_data")
+_STAGING, _PREVIOUS = "staging", "previous"
+
+
+def _written_files(directory: Path) -> list[str]:
+    """Every file below `directory` (symlinks included), as sorted relative POSIX paths."""
+    return sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*")
+                  if path.is_file() or path.is_symlink())
+
+
+def _foreign_files(directory: Path, metadata: dict) -> list[str]:
+    """The files in an earlier output that mtnsails did not write there."""
+    recorded = metadata.get("written_files")
+    if isinstance(recorded, list):
+        return [name for name in _written_files(directory) if name not in recorded]
+    return [name for name in _written_files(directory)
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in _EARLIER_OUTPUT_FILES)]
+
+
 def check_replaceable(path: str | os.PathLike, kind: str | None = None) -> None:
     """Raise MtnsailsError unless a new output directory may take the place of `path`.
 
     Allowed: nothing there, an empty directory, or an earlier mtnsails output whose
-    `mtnsails.json` "format" is `kind` (any mtnsails output when `kind` is None). Anything else
-    (a file, the working directory or one above it, a folder of the user's) is never replaced.
+    `mtnsails.json` "format" is `kind` (any mtnsails output when `kind` is None) and that holds
+    only files mtnsails wrote. Anything else (a file, the working directory or one above it, a
+    folder of the user's, a data file or notes put into an earlier output) is never replaced.
+    First finishes what a run killed during a swap left behind (see `recover_swap`).
     """
     path = Path(path).resolve()
+    recover_swap(path)
     if not path.exists():
         return
     if not path.is_dir():
@@ -103,11 +135,17 @@ def check_replaceable(path: str | os.PathLike, kind: str | None = None) -> None:
                             "choose an output directory of its own")
     if not any(path.iterdir()):
         return
-    found = read_metadata(path).get("format")
+    metadata = read_metadata(path)
+    found = metadata.get("format")
     if found is None or (kind is not None and found != kind):
         what = f"an mtnsails output of another kind ({found})" if found else "not an mtnsails output"
         raise MtnsailsError(f"{path}: exists and is {what}; it is never overwritten: "
                             "choose another output directory or remove it yourself")
+    foreign = _foreign_files(path, metadata)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise MtnsailsError(f"{path}: holds files mtnsails did not write ({shown}); it is never "
+                            "overwritten: move them out or choose another output directory")
 
 
 @contextlib.contextmanager
@@ -115,16 +153,23 @@ def atomic_directory(path: str | os.PathLike, kind: str | None = None) -> Iterat
     """Yield a fresh staging directory that replaces `path` only if the block succeeds.
 
     `path` must pass `check_replaceable(path, kind)`. A failed or interrupted block leaves
-    whatever was at `path` untouched. The swap is two renames, so at every instant `path`
-    holds either the complete old or the complete new tree.
+    whatever was at `path` untouched. When the block wrote an `mtnsails.json`, the list of files
+    it wrote is added to it (so a later replace knows what it may drop). On Linux the new tree
+    and the old one trade places in one `renameat2(RENAME_EXCHANGE)`, so `path` always holds one
+    complete tree; elsewhere the swap is two renames, and a run killed between them is finished
+    by the next one (`recover_swap`).
     """
     path = Path(path).resolve()
     check_replaceable(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+    staging = _swap_directory(path, _STAGING)
     staging.chmod(_default_mode(0o777))
     try:
         yield staging
+        metadata = read_metadata(staging)
+        if metadata:
+            metadata["written_files"] = sorted({*_written_files(staging), METADATA_FILE})
+            atomic_write_text(staging / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -132,14 +177,87 @@ def atomic_directory(path: str | os.PathLike, kind: str | None = None) -> Iterat
     for written in staging.rglob("*"):
         if written.is_file() and not written.is_symlink():
             written.chmod(_default_mode(0o666))
+    if path.exists() and _exchange(staging, path):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the old tree
+        return
     previous = None
     if path.exists():
-        previous = Path(tempfile.mkdtemp(prefix=f".{path.name}.previous-", dir=path.parent))
+        previous = _swap_directory(path, _PREVIOUS)
         previous.rmdir()
         os.replace(path, previous)
     os.replace(staging, path)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def recover_swap(path: str | os.PathLike) -> None:
+    """Clean up after runs that were killed while replacing `path`.
+
+    Their staging directories (a half-written new tree, or the old tree after an exchange) and
+    previous trees are removed once `path` is there; if a kill came between the two renames of
+    a swap, leaving no `path`, the previous tree is moved back first. Directories of a process
+    that is still running are left alone: it may be writing them now.
+    """
+    path = Path(path).resolve()
+    leftovers = {_STAGING: [], _PREVIOUS: []}
+    if not path.parent.is_dir():
+        return
+    for entry in path.parent.iterdir():
+        for role, found in leftovers.items():
+            prefix = _swap_prefix(path, role)
+            if entry.name.startswith(prefix) and entry.is_dir() and not entry.is_symlink():
+                owner = entry.name[len(prefix):].split("-", 1)[0]
+                if owner.isdigit() and not _process_alive(int(owner)):
+                    found.append(entry)
+    if not path.exists() and leftovers[_PREVIOUS]:
+        newest = max(leftovers[_PREVIOUS], key=lambda entry: entry.stat().st_mtime)
+        os.replace(newest, path)
+        leftovers[_PREVIOUS].remove(newest)
+    if path.exists():
+        for leftover in leftovers[_STAGING] + leftovers[_PREVIOUS]:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _swap_prefix(path: Path, role: str) -> str:
+    """Name prefix of the staging/previous directories beside `path`."""
+    return f".{path.name}.{role}-"
+
+
+def _swap_directory(path: Path, role: str) -> Path:
+    """A new empty staging/previous directory beside `path`, named after this process so that
+    a later run can tell a killed run's leftovers from a live run's."""
+    return Path(tempfile.mkdtemp(prefix=f"{_swap_prefix(path, role)}{os.getpid()}-", dir=path.parent))
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two directories in one step with Linux's renameat2(RENAME_EXCHANGE); False where
+    that is not available (another OS, an old kernel or C library, a file system without it)."""
+    if sys.platform != "linux":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    if result == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), str(second))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

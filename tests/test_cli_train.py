@@ -70,6 +70,22 @@ def test_an_output_dir_that_is_not_an_mtnsails_model_is_never_overwritten(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]  # no checkpoints left behind
 
 
+def test_an_earlier_model_holding_the_users_files_is_never_replaced(tmp_path,
+                                                                   trained_tiny_model_dir):
+    import shutil
+
+    model = tmp_path / "op" / "m"
+    shutil.copytree(trained_tiny_model_dir, model)
+    data = model / "my_data.json"  # the data it trains on lives in the output folder
+    data.write_text(json.dumps(TINY_CONVERSATIONS))
+    (model / "NOTES.txt").write_text("precious")
+    result = run_cli("train", "--model-name", "tiny", "--data-file", str(data),
+                     "--output-dir", str(model), "--quiet")
+    assert_one_line_error(result, f"{model}: holds files mtnsails did not write "
+                                  "(NOTES.txt, my_data.json)")
+    assert (model / "NOTES.txt").read_text() == "precious" and data.exists()
+
+
 def test_a_critical_data_set_blocks_training_unless_forced(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"input": f"Question {i}?", "output": "ok ok ok ok ok ok ok ok"}

@@ -4,17 +4,23 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import (METADATA_FILE, MODEL_FORMAT, ONNX_FORMAT, atomic_directory,
-                            atomic_write_text, check_replaceable, file_sha256, read_metadata)
+                            atomic_write_text, check_replaceable, file_sha256, read_metadata,
+                            recover_swap)
 
 
-def _earlier_output(path):
-    path.mkdir()
-    (path / METADATA_FILE).write_text(json.dumps({"format": MODEL_FORMAT}))
+def _earlier_output(path, **files):
+    """An output as mtnsails writes it: `files` (name -> text) plus its mtnsails.json."""
+    with atomic_directory(path, kind=MODEL_FORMAT) as staging:
+        for name, text in files.items():
+            (staging / name).write_text(text)
+        (staging / METADATA_FILE).write_text(json.dumps({"format": MODEL_FORMAT}))
     return path
 
 
@@ -36,8 +42,7 @@ def test_atomic_directory_swaps_in_the_new_tree_on_success(tmp_path):
 
 
 def test_a_failure_inside_atomic_directory_keeps_the_old_tree(tmp_path):
-    target = _earlier_output(tmp_path / "model")
-    (target / "weights").write_text("good")
+    target = _earlier_output(tmp_path / "model", weights="good")
     with pytest.raises(RuntimeError):
         with atomic_directory(target) as staging:
             (staging / "weights").write_text("half")
@@ -110,3 +115,66 @@ def test_read_metadata_reports_a_broken_file_in_one_line(tmp_path):
     (tmp_path / METADATA_FILE).write_text("{broken")
     with pytest.raises(MtnsailsError, match="mtnsails.json: not valid JSON"):
         read_metadata(tmp_path)
+
+
+def test_an_earlier_output_holding_files_of_the_users_is_never_replaced(tmp_path):
+    model = _earlier_output(tmp_path / "model", weights="w")
+    assert read_metadata(model)["written_files"] == [METADATA_FILE, "weights"]  # what mtnsails wrote
+    (model / "my_data.json").write_text("[]")
+    (model / "NOTES.txt").write_text("precious")
+    with pytest.raises(MtnsailsError) as error:
+        with atomic_directory(model, kind=MODEL_FORMAT):
+            pass
+    assert str(error.value) == (f"{model}: holds files mtnsails did not write (NOTES.txt, "
+                                "my_data.json); it is never overwritten: move them out or choose "
+                                "another output directory")
+    assert (model / "NOTES.txt").read_text() == "precious" and (model / "weights").exists()
+
+
+def test_an_output_written_before_files_were_recorded_is_judged_by_its_file_names(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in (METADATA_FILE, "config.json", "model.safetensors", "tokenizer.json"):
+        (model / name).write_text(json.dumps({"format": MODEL_FORMAT}))
+    check_replaceable(model, MODEL_FORMAT)
+    (model / "NOTES.txt").write_text("precious")
+    with pytest.raises(MtnsailsError, match=r"did not write \(NOTES.txt\)"):
+        check_replaceable(model, MODEL_FORMAT)
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_run_killed_while_writing_leaves_the_old_output_and_its_staging_is_cleaned_up(tmp_path):
+    model = _earlier_output(tmp_path / "model", weights="old")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from mtnsails.files import atomic_directory\n"
+         "with atomic_directory(sys.argv[1]) as staging:\n"
+         "    (staging / 'weights').write_text('half')\n"
+         "    print('writing', flush=True)\n"
+         "    time.sleep(60)\n", str(model)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "writing\n"
+    writer.kill()  # kill -9: no cleanup code runs
+    writer.wait()
+    leftover = [path.name for path in tmp_path.iterdir() if path.name != "model"]
+    assert leftover and leftover[0].startswith(f".model.staging-{writer.pid}-")
+    assert (model / "weights").read_text() == "old"
+    with atomic_directory(model, kind=MODEL_FORMAT) as staging:  # the next run
+        (staging / METADATA_FILE).write_text(json.dumps({"format": MODEL_FORMAT}))
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_run_killed_between_the_two_renames_of_a_swap_is_finished_by_the_next(tmp_path):
+    """Where renameat2 cannot exchange, a swap is two renames; a kill between them leaves no
+    output, the old tree in `.model.previous-*` and the new one in `.model.staging-*`."""
+    dead = _dead_pid()
+    old = _earlier_output(tmp_path / f".model.previous-{dead}-x1", weights="old")
+    _earlier_output(tmp_path / f".model.staging-{dead}-x2", weights="new")
+    live = _earlier_output(tmp_path / f".model.staging-{os.getpid()}-x3", weights="live")
+    recover_swap(tmp_path / "model")
+    assert (tmp_path / "model" / "weights").read_text() == "old" and not old.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [live.name, "model"]

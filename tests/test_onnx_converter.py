@@ -124,6 +124,19 @@ def test_export_never_overwrites_a_folder_of_the_users(untrained_tiny_model_dir,
     assert (output / "notes.txt").read_text() == "mine"
 
 
+def test_cli_convert_never_replaces_an_export_holding_a_chat_log(untrained_tiny_model_dir,
+                                                                 untrained_onnx_dir, tmp_path):
+    output = tmp_path / "onnx"
+    shutil.copytree(untrained_onnx_dir, output)
+    (output / "chat_history.json").write_text("[]")
+    result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir),
+                     "--onnx-output", str(output))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: {output}: holds files mtnsails did not write "
+                                    "(chat_history.json)"), result.stderr
+    assert (output / "chat_history.json").read_text() == "[]"
+
+
 def test_original_api(untrained_tiny_model_dir, untrained_onnx_dir):
     converter = ONNXConverter(untrained_tiny_model_dir, quiet=True)
     assert converter.verify_onnx_model(untrained_onnx_dir, test_text="Hello, how are you?") is True
