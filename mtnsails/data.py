@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -203,13 +204,20 @@ def _is_sharegpt_turn(item: Any) -> bool:
 
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
+    """The records of JSON Lines text. A last line that does not parse and has no newline is a
+    record whose write a crash cut short (any log can end so): skipped with a warning."""
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             records.append((f"line {number}", _loads(line, path, f"line {number}: ")))
         except json.JSONDecodeError as error:
+            if number == len(lines) and not text.endswith("\n"):
+                print(f"warning: {path}: line {number} is cut short (an interrupted write); "
+                      "skipped it", file=sys.stderr)
+                break
             raise DataFormatError(f"{path}: line {number}: not valid JSON: {error.msg} "
                                   f"(column {error.colno})") from None
     return records

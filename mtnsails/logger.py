@@ -10,9 +10,12 @@
   O(log size) per batch, which is nothing next to generating an answer.
 
 Both formats hold records `{"input", "output", "timestamp", **extra}` that
-`ConversationDataHandler` loads and `train` uses directly. One process per `.json` log: two
-processes rewriting the same array would drop each other's records (JSON Lines files may be
-shared, appends do not clash).
+`ConversationDataHandler` loads and `train` uses directly. Several processes may log to one file:
+each write holds an exclusive `flock` (on the `.jsonl` itself; for a `.json` array on a
+`.<name>.lock` file beside it, since the array is replaced by each rewrite), and a `.json` writer
+re-reads the array under that lock, so no process drops another's records. A `.jsonl` append that
+fails part-way (disk full, file-size limit) is cut back to the last whole record; a torn last
+line that a crash left behind anyway is dropped with a warning when the log is opened.
 
 >>> with ConversationLogger(tmp / "chat.jsonl") as log:       # doctest: +SKIP
 ...     log.log("What is ONNX?", "An open format for models.")
@@ -21,6 +24,7 @@ shared, appends do not clash).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import sys
@@ -31,6 +35,11 @@ from pathlib import Path
 from mtnsails.data import JSONL_SUFFIXES
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import atomic_write_text
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; one process per log there
+    fcntl = None
 
 _STOP = object()  # queued by close(): the writer drains what came before it, then exits
 
@@ -65,10 +74,10 @@ class ConversationLogger:
         self.flush_interval = flush_interval
         self.jsonl = self.path.suffix.lower() in JSONL_SUFFIXES
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # .json: every record's serialised text (the whole array is rewritten per batch);
-        # .jsonl: only the bytes not yet appended.
+        # Records not yet on disk: .json their serialised text, .jsonl the bytes to append.
+        self._unwritten: list[str] = []
         self._pending = b""
-        self._records: list[str] = self._read_existing()
+        self._read_existing()
         self._queue: list[str | object] = []
         self._condition = threading.Condition()
         self._queued = 0  # records accepted by log()
@@ -144,23 +153,50 @@ class ConversationLogger:
 
     # -- reading what is there -------------------------------------------------------------
 
-    def _read_existing(self) -> list[str]:
-        """Check an existing log (so it is never overwritten by mistake) and load a JSON array."""
+    def _read_existing(self) -> None:
+        """Check an existing log, so that it is never overwritten by mistake."""
         if not self.path.exists():
-            return []
+            return
         if self.path.is_dir():
             raise MtnsailsError(f"{self.path}: is a directory, expected a chat log file")
+        if self.jsonl:
+            with self._locked(self.path) as handle:
+                self._check_lines(handle)
+        else:
+            self._read_array()
+
+    def _read_text(self, raw: bytes) -> str:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise MtnsailsError(f"{self.path}: existing chat log is not UTF-8 text; "
                                 "choose another log file") from None
-        if self.jsonl:
-            for number, line in enumerate(text.splitlines(), start=1):
-                if line.strip():
-                    self._parse(line, f"line {number}")
-            # a last line without its newline (written by another tool) must not swallow ours
-            self._pending = b"\n" if text and not text.endswith("\n") else b""
+
+    def _check_lines(self, handle) -> None:
+        """Check every line of an existing .jsonl log (under its lock); cut off a torn last line."""
+        raw = handle.read()
+        lines = self._read_text(raw).splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            if number == len(lines) and not raw.endswith(b"\n"):
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError:  # a record whose write was cut short by a crash
+                    handle.truncate(raw.rindex(b"\n") + 1 if b"\n" in raw else 0)
+                    print(f"warning: {self.path}: line {number} is cut short (an interrupted "
+                          "write); dropped it", file=sys.stderr)
+                    return
+                # a whole last line without its newline (another tool's) must not swallow ours
+                self._pending = b"\n"
+                return
+            self._parse(line, f"line {number}")
+
+    def _read_array(self) -> list:
+        """The records of the .json log as it is on disk now ([] when it is missing or empty)."""
+        try:
+            text = self._read_text(self.path.read_bytes())
+        except FileNotFoundError:
             return []
         if not text.strip():
             return []
@@ -168,7 +204,7 @@ class ConversationLogger:
         if not isinstance(data, list):
             raise MtnsailsError(f"{self.path}: existing chat log is not a JSON array "
                                 "of conversations; choose another log file")
-        return [json.dumps(record, ensure_ascii=False) for record in data]
+        return data
 
     def _parse(self, text: str, where: str):
         try:
@@ -209,30 +245,52 @@ class ConversationLogger:
                 self._pending += "".join(record + "\n" for record in records).encode("utf-8")
                 self._append_pending()
             else:
-                self._records.extend(records)
-                atomic_write_text(self.path, self._array_text())
-                _fsync_directory(self.path.parent)  # make the rename itself durable
+                self._unwritten.extend(records)
+                self._rewrite_array()
         except Exception as error:  # noqa: BLE001 - reported by flush()/close(), never dropped
             return error
         return None
 
     def _append_pending(self) -> None:
+        """Append the pending bytes whole, or not at all: a failure part-way (disk full, a
+        file-size limit) cuts the file back, so no reader ever meets half a record."""
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            while self._pending:
-                count = os.write(fd, self._pending)
-                self._pending = self._pending[count:]  # a short write keeps only the rest
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with self._locked(self.path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            try:
+                written = 0
+                while written < len(self._pending):  # a short write is followed by the rest
+                    written += os.write(handle.fileno(), self._pending[written:])
+                os.fsync(handle.fileno())
+            except BaseException:
+                os.ftruncate(handle.fileno(), size)
+                raise
+            self._pending = b""
         if created:
             _fsync_directory(self.path.parent)
 
-    def _array_text(self) -> str:
-        if not self._records:
-            return "[]\n"
-        return "[\n" + ",\n".join("  " + record for record in self._records) + "\n]\n"
+    def _rewrite_array(self) -> None:
+        """Rewrite the .json array as it is on disk now plus the unwritten records, under the
+        lock, so that records another process added meanwhile are kept."""
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        with self._locked(lock):
+            records = [json.dumps(record, ensure_ascii=False) for record in self._read_array()]
+            records += self._unwritten
+            body = ",\n".join("  " + record for record in records)
+            atomic_write_text(self.path, f"[\n{body}\n]\n" if records else "[]\n")
+            _fsync_directory(self.path.parent)  # make the rename itself durable
+        self._unwritten = []
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _locked(path: Path):
+        """`path` opened for reading and appending (created private if missing), with an
+        exclusive flock."""
+        with open(os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600), "a+b") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            handle.seek(0)
+            yield handle
 
     # -- shutdown --------------------------------------------------------------------------
 

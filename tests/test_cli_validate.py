@@ -35,6 +35,14 @@ def test_unusable_input_exits_2_with_a_one_line_error(name):
     assert result.stdout == ""
 
 
+def test_a_log_with_a_torn_last_line_validates_with_a_warning(tmp_path):
+    log = tmp_path / "chat_history.jsonl"
+    log.write_text((DATA_DIR / "native.jsonl").read_text() + '{"input": "torn", "out')
+    result = run_cli("validate", "--data-file", str(log))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"warning: {log}: line ") and "cut short" in result.stderr
+
+
 def test_example_data_is_good():
     result = run_cli("validate", "--data-file", str(EXAMPLE_DATA))
     assert result.returncode == 0

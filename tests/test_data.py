@@ -76,6 +76,14 @@ def test_bad_input_names_file_and_place_in_one_line(name, where):
     assert isinstance(caught.value, MtnsailsError)
 
 
+def test_a_torn_last_line_of_a_log_is_skipped_with_a_warning(tmp_path, capfd):
+    path = tmp_path / "chat_history.jsonl"  # as a crash (disk full, kill) can leave a log
+    path.write_text('{"input": "Hi", "output": "Hello!"}\n{"input": "Bye", "outp')
+    assert [c["input"] for c in ConversationDataHandler(path).conversations] == ["Hi"]
+    assert capfd.readouterr().err == (f"warning: {path}: line 2 is cut short (an interrupted "
+                                      "write); skipped it\n")
+
+
 @pytest.mark.parametrize("record", [
     {"input": "Just one?", "output": "Yes, a file may hold a single conversation object."},
     {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
