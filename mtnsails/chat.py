@@ -86,8 +86,7 @@ class ChatInterface:
         except Exception as error:
             raise MtnsailsError(f"{self.path / 'tokenizer.json'} cannot be read: {error}") from None
         self.system = meta.get("system") if system is None else system
-        self.system_ids = [token for _, ids in segment_ids(self.encode, self.template.segments([], self.system),
-                                                           self.eos_token_id) for token in ids]
+        self.system_ids = self.system_prompt_ids(self.system)
         if len(self.system_ids) >= self._prompt_budget(self.generation.max_new_tokens):
             raise MtnsailsError(f"the system prompt is {len(self.system_ids)} tokens: it leaves no room "
                                 f"for the question within {setting_label('max_length')} = {max_length} "
@@ -119,20 +118,27 @@ class ChatInterface:
         """Token ids of `text` as training tokenized it (no special tokens added)."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def system_prompt_ids(self, system: str | None) -> list[int]:
+        """Token ids of a system prompt as it opens a prompt (none for None or "")."""
+        return [token for _, ids in segment_ids(self.encode, self.template.segments([], system),
+                                                self.eos_token_id) for token in ids]
+
     def _prompt_budget(self, new_tokens: int) -> int:
         return max(1, min(self.max_length, self.context_length - new_tokens))
 
     def prompt_ids(self, user_input: str, history: list[tuple[str, str]] | None = None,
-                   max_new_tokens: int | None = None) -> list[int]:
+                   max_new_tokens: int | None = None, system: str | None = None) -> list[int]:
         """Token ids of the prompt, built like training data, fitting the context window.
 
         The system prompt (if any) always opens it; the oldest exchanges are dropped until system
         + history + question fit in min(max_length, context_length - max_new_tokens) tokens; a
-        question too long on its own keeps its end (the part next to the answer).
+        question too long on its own keeps its end (the part next to the answer). `system`
+        replaces the session's system prompt for this prompt ("" for none; None keeps it).
         """
         new_tokens = self.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
-        return self.system_ids + self._exchanges_within(
-            user_input, history, max(1, self._prompt_budget(new_tokens) - len(self.system_ids)))
+        system_ids = self.system_ids if system is None else self.system_prompt_ids(system)
+        return system_ids + self._exchanges_within(
+            user_input, history, max(1, self._prompt_budget(new_tokens) - len(system_ids)))
 
     def _exchanges_within(self, user_input: str, history: list[tuple[str, str]] | None,
                           budget: int) -> list[int]:

@@ -238,7 +238,7 @@ def normalize_record(record: Any, where: str) -> dict:
     if "conversations" in record:
         return _from_turns(_sharegpt_turns(record["conversations"], where), where)
     if "messages" in record:
-        return _from_turns(_openai_turns(record["messages"], where), where)
+        return _from_turns(openai_turns(record["messages"], where), where)
     if "instruction" in record:
         instruction = _string(record, "instruction", where)
         context = _string(record, "input", where, required=False)
@@ -317,7 +317,8 @@ def _sharegpt_turns(turns: Any, where: str) -> list[tuple[str, str]]:
     return result
 
 
-def _openai_turns(messages: Any, where: str) -> list[tuple[str, str]]:
+def openai_turns(messages: Any, where: str) -> list[tuple[str, str]]:
+    """OpenAI `messages` -> (role, text) turns; a bad message raises naming `where` and its index."""
     result = []
     for turn_where, message in _objects(messages, "messages", where):
         role = _string(message, "role", turn_where)
@@ -334,8 +335,10 @@ def _openai_turns(messages: Any, where: str) -> list[tuple[str, str]]:
     return result
 
 
-def _from_turns(turns: list[tuple[str, str]], where: str) -> dict:
-    """Pair user/assistant turns into exchanges; consecutive turns of one role are joined."""
+def split_turns(turns: list[tuple[str, str]]) -> tuple[str | None, list[tuple[str, str]], str | None]:
+    """(role, text) turns -> the system text, the (user, assistant) exchanges and the last user
+    turn if nobody answered it. Consecutive turns of one role are joined; an assistant turn
+    opening the chat answers an empty user turn."""
     system_parts = [text for role, text in turns if role == "system"]
     merged: list[list[str]] = []
     for role, text in turns:
@@ -347,12 +350,17 @@ def _from_turns(turns: list[tuple[str, str]], where: str) -> dict:
             merged.append([role, text])
     if merged and merged[0][0] == "assistant":
         merged.insert(0, ["user", ""])  # an assistant greeting opens the chat
-    if merged and merged[-1][0] == "user":
-        merged.pop()  # a trailing question without an answer teaches nothing
+    question = merged.pop()[1] if merged and merged[-1][0] == "user" else None
     pairs = [(merged[i][1], merged[i + 1][1]) for i in range(0, len(merged) - 1, 2)]
+    return "\n".join(system_parts) or None, pairs, question
+
+
+def _from_turns(turns: list[tuple[str, str]], where: str) -> dict:
+    """A native record of the turns' exchanges (a trailing question without an answer teaches nothing)."""
+    system, pairs, _ = split_turns(turns)
     if not pairs:
         raise DataFormatError(f"{where}: no user turn followed by an assistant answer")
-    result = _native(pairs[-1][0], pairs[-1][1], "\n".join(system_parts) or None, where)
+    result = _native(pairs[-1][0], pairs[-1][1], system, where)
     if len(pairs) > 1:
         result["history"] = [{"input": q, "output": a} for q, a in pairs[:-1]]
     return result

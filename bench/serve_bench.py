@@ -1,0 +1,122 @@
+"""`serve` throughput on a distilgpt2-sized model (random weights, no download): continuous batching.
+
+    flock /tmp/mtnsails-big.lock python bench/serve_bench.py [--tokens 64] [--requests 4] [--clients 1 4 8]
+
+Builds the random-weight distilgpt2-sized model of bench/chat_bench.py, exports it (fp32 + int8),
+starts `main.py serve` on it (int8), then for each number of concurrent clients runs that many
+`openai` clients, each streaming --requests answers of --tokens new tokens one after the other.
+Prints the aggregate generated tokens/s (all clients' tokens over the wall time), its ratio to one
+client, and the p50/p95 time to the first token (request sent -> first text received).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from chat_bench import PROMPT, build_distilgpt2_sized  # noqa: E402  (bench/ is this script's directory)
+
+
+def start_server(onnx_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+    """`main.py serve` on a free port; returns the process and its base URL once it listens."""
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), "serve", "--model-path", str(onnx_dir),
+                                "--port", "0", "--precision", "int8", "--max-batch", str(max_batch)],
+                               cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    line = process.stderr.readline()
+    match = re.search(r"on (http://\S+)/v1", line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"serve did not start: {line}{process.stderr.read()}")
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+    return process, match.group(1)
+
+
+def one_request(client, tokens: int, seed: int) -> tuple[float, int]:
+    """Stream one answer; return (seconds to the first text, completion tokens)."""
+    start = time.perf_counter()
+    first = None
+    usage = 0
+    stream = client.chat.completions.create(
+        model="bench", messages=[{"role": "user", "content": PROMPT}], max_tokens=tokens, seed=seed,
+        stream=True, stream_options={"include_usage": True})
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - start
+        if chunk.usage:
+            usage = chunk.usage.completion_tokens
+    return (first if first is not None else time.perf_counter() - start), usage
+
+
+def run_clients(url: str, clients: int, requests: int, tokens: int) -> tuple[float, list[float]]:
+    """`clients` concurrent clients x `requests` answers each: (aggregate tokens/s, first-token times)."""
+    import openai
+
+    def client_run(number: int) -> list[tuple[float, int]]:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+        return [one_request(client, tokens, seed=number * 1000 + index) for index in range(requests)]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [result for run in pool.map(client_run, range(clients)) for result in run]
+    seconds = time.perf_counter() - start
+    return sum(count for _, count in results) / seconds, [first for first, _ in results]
+
+
+def cpu_description() -> str:
+    from mtnsails.generation import cpu_flags, physical_cores
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    flags = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
+             if flag in cpu_flags()]
+    return f"{model}, {physical_cores()} physical cores, flags: {' '.join(flags) or 'none of avx2/avx512/amx'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
+    parser.add_argument("--requests", type=int, default=4, help="answers per client, one after the other")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    args = parser.parse_args()
+    from mtnsails.onnx_converter import ONNXConverter
+
+    with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
+        work = Path(tmp)
+        build_distilgpt2_sized(work / "model")
+        ONNXConverter(work / "model", quiet=True).convert_to_onnx(work / "onnx", quantize="int8")
+        print(cpu_description())
+        print(f"int8, {args.tokens} new tokens per answer, {args.requests} answers per client, "
+              f"--max-batch {max(args.clients)}")
+        process, url = start_server(work / "onnx", max(args.clients))
+        try:
+            run_clients(url, 1, 1, 8)  # warm-up: first-run allocations
+            print("| clients | aggregate tokens/s | vs 1 client | TTFT p50 | TTFT p95 |\n|---|---|---|---|---|")
+            baseline = None
+            for clients in args.clients:
+                speed, firsts = run_clients(url, clients, args.requests, args.tokens)
+                baseline = baseline or speed
+                print(f"| {clients} | {speed:.1f} | {speed / baseline:.2f}x | {np.percentile(firsts, 50):.3f} s "
+                      f"| {np.percentile(firsts, 95):.3f} s |", flush=True)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+        print("load average (1, 5, 15 min): " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()
