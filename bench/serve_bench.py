@@ -78,13 +78,10 @@ def run_clients(url: str, clients: int, requests: int, tokens: int) -> tuple[flo
 
 
 def cpu_description() -> str:
-    from mtnsails.generation import cpu_flags, physical_cores
+    from mtnsails.cpu import cpu_model, physical_cores, vector_flags
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    flags = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
-             if flag in cpu_flags()]
-    return f"{model}, {physical_cores()} physical cores, flags: {' '.join(flags) or 'none of avx2/avx512/amx'}"
+    return (f"{cpu_model()}, {physical_cores()} physical cores, "
+            f"flags: {' '.join(vector_flags()) or 'none of avx2/avx512/amx'}")
 
 
 def main() -> None:

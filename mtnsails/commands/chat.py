@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from mtnsails.chat import ChatInterface
 
 HELP = "chat with an ONNX model"
+PRECISIONS = ("auto", "fp32", "int8")  # --precision of chat and serve
 PROMPT_TOKENS = 256  # default --max-length: prompt tokens (history + question) given to the model
 
 
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
                                 f"(default: {PROMPT_TOKENS})")
     group.add_argument("--prompt", help="answer this one prompt and exit")
     settings.add_arguments(group, GenerationConfig, skip=() if standalone else ("seed",))
-    group.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+    group.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="which model file to run; auto = int8 when present (default: auto)")
     group.add_argument("--threads", type=int,
                        help="onnxruntime threads; fewer can be faster on a busy machine (default: physical cores)")

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from mtnsails import settings
-from mtnsails.commands.chat import PROMPT_TOKENS
+from mtnsails.commands.chat import PRECISIONS, PROMPT_TOKENS
 from mtnsails.files import DEFAULT_LOG_FILE
 from mtnsails.generation_config import GenerationConfig
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
                        help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_VARIABLE}; "
                             "unset = no key)")
-    group.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+    group.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="which model file to run; auto = int8 when present (default: auto)")
     group.add_argument("--system", help="system prompt for requests without one; '' = none "
                                         "(default: the one the model was trained with, if any)")
