@@ -28,6 +28,9 @@ from mtnsails.template import ChatTemplate, segment_ids
 
 __all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_directory"]
 
+# What a chat user may say of an answer (`ChatInterface.feedback`); "fixed" comes with the right one.
+VERDICTS = ("good", "bad", "fixed")
+
 
 @dataclass
 class ChatStats:
@@ -93,6 +96,7 @@ class ChatInterface:
                                 f"and the context of {self.context_length} tokens")
         self.rng = np.random.default_rng(self.generation.seed)
         self.history: list[tuple[str, str]] = []
+        self._last_in_history = False  # the last answer is history[-1] (feedback corrects it there)
         self.conversation_log: list[dict] = []
         self.last_stats: ChatStats | None = None
         self.log_file = Path(log_file or DEFAULT_LOG_FILE)
@@ -135,14 +139,21 @@ class ChatInterface:
         question too long on its own keeps its end (the part next to the answer). `system`
         replaces the session's system prompt for this prompt ("" for none; None keeps it).
         """
+        return self._prompt(user_input, history, max_new_tokens, system)[0]
+
+    def _prompt(self, user_input: str, history: list[tuple[str, str]] | None,
+                max_new_tokens: int | None, system: str | None = None) -> tuple[list[int], int]:
+        """`prompt_ids`, and how many of the newest `history` exchanges it holds."""
         new_tokens = self.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
         system_ids = self.system_ids if system is None else self.system_prompt_ids(system)
-        return system_ids + self._exchanges_within(
+        ids, start = self._exchanges_within(
             user_input, history, max(1, self._prompt_budget(new_tokens) - len(system_ids)))
+        return system_ids + ids, len(history or []) - start
 
     def _exchanges_within(self, user_input: str, history: list[tuple[str, str]] | None,
-                          budget: int) -> list[int]:
-        """The newest exchanges that fit in `budget` tokens (see `prompt_ids`)."""
+                          budget: int) -> tuple[list[int], int]:
+        """The newest exchanges that fit in `budget` tokens (see `prompt_ids`), and the index
+        of the first of them in history + question."""
         exchanges = [*(history or []), (user_input, None)]
         pieces = self._exchange_ids(exchanges)
         start, used = len(pieces), 0  # keep the newest exchanges that fit, each encoded once
@@ -150,7 +161,7 @@ class ChatInterface:
             start -= 1
             used += len(pieces[start])
         if start == 0:
-            return [token for piece in pieces for token in piece]
+            return [token for piece in pieces for token in piece], 0
         # Exchange start-1 did not fit with its separator; it may without (the first kept has none).
         # Older ones cannot: exchange start alone already overflows what is left for them.
         first = self._exchange_ids([exchanges[start - 1]])[0]
@@ -159,7 +170,7 @@ class ChatInterface:
         else:
             first = self._exchange_ids([exchanges[start]])[0]
         ids = first + [token for piece in pieces[start + 1:] for token in piece]
-        return ids[-budget:]
+        return ids[-budget:], start
 
     def _exchange_ids(self, exchanges: list[tuple[str, str | None]]) -> list[list[int]]:
         """Token ids per exchange, as in the prompt of all `exchanges` (the first has no separator)."""
@@ -211,15 +222,18 @@ class ChatInterface:
     def reply(self, user_input: str, on_text: Callable[[str], None] | None = None) -> str:
         """Answer within the ongoing conversation (history kept), log the exchange, return the answer."""
         config = self.generation
-        answer = self._answer(self.prompt_ids(user_input, self.history, config.max_new_tokens),
-                              config, on_text)
+        prompt, kept = self._prompt(user_input, self.history, config.max_new_tokens)
+        answer = self._answer(prompt, config, on_text)
+        context = self.history[len(self.history) - kept:]
         self.history.append((user_input, answer))
-        self._record(user_input, answer)
+        self._record(user_input, answer, context)
+        self._last_in_history = True
         return answer
 
     def reset(self) -> None:
         """Start a new conversation (history forgotten; the log is kept)."""
         self.history.clear()
+        self._last_in_history = False
 
     def generate_response(self, prompt: str, max_new_tokens: int = 50, temperature: float = 0.7,
                           top_p: float = 0.9, do_sample: bool = True, repetition_penalty: float = 1.2,
@@ -229,6 +243,7 @@ class ChatInterface:
                               repetition_penalty=repetition_penalty, **overrides)
         answer = self._answer(self.prompt_ids(prompt, None, config.max_new_tokens), config)
         self._record(prompt, answer)
+        self._last_in_history = False
         return answer
 
     def batch_generate(self, prompts: list[str], max_new_tokens: int = 50, **kwargs) -> list[str]:
@@ -237,12 +252,53 @@ class ChatInterface:
 
     # -- logging -------------------------------------------------------------------------------
 
-    def _record(self, user_input: str, answer: str) -> None:
+    def _record(self, user_input: str, answer: str, history: list[tuple[str, str]] = ()) -> None:
+        """Keep (and log) the exchange with the history and system prompt it was asked with, so
+        that it retrains the way it was asked."""
+        context = {}
+        if history:
+            context["history"] = [{"input": question, "output": said} for question, said in history]
+        if self.system:
+            context["system"] = self.system
         record = {"input": user_input, "output": answer,
-                  "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self.conversation_log.append(record)
+                  "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), **context}
         if self.logger is not None:
-            self.logger.log(user_input, answer)
+            record["exchange_id"] = self.logger.log(user_input, answer, **context)
+        self.conversation_log.append(record)
+
+    def feedback(self, verdict: str, correction: str | None = None) -> dict:
+        """Give the last answer a verdict and return its record: "good", "bad", or "fixed" with
+        `correction`, the right answer, which becomes the record's "output" while "model_output"
+        keeps what the model said. A later verdict replaces an earlier one. A correction also
+        replaces the answer in the history, so the conversation goes on from the right answer.
+
+        With logging on, the logged record is amended and on disk (fsynced) when this returns;
+        MtnsailsError when there is no answer yet, a fix has no text, or the log cannot be written.
+        """
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+        fixed = verdict == "fixed"
+        if fixed and not (correction or "").strip():
+            raise MtnsailsError("a fix needs the right answer (it is blank)")
+        if not fixed and correction is not None:
+            raise ValueError(f"only a fix takes a correction, not {verdict!r}")
+        if not self.conversation_log:
+            raise MtnsailsError("there is no answer to give feedback on yet")
+        record = self.conversation_log[-1]
+        said = record.get("model_output", record["output"])
+        changes = {"feedback": verdict, "output": correction.strip() if fixed else said,
+                   "model_output": said if fixed else None}
+        for key, value in changes.items():
+            if value is None:
+                record.pop(key, None)
+            else:
+                record[key] = value
+        if self._last_in_history:
+            self.history[-1] = (record["input"], record["output"])
+        if self.logger is not None:
+            self.logger.amend(record["exchange_id"], **changes)
+            self.logger.flush()
+        return dict(record)
 
     def flush_logs(self) -> None:
         """Block until every logged exchange is on disk."""
@@ -250,7 +306,8 @@ class ChatInterface:
             self.logger.flush()
 
     def get_conversation_log(self) -> list[dict]:
-        """A copy of this session's exchanges: {"input", "output", "timestamp"} records."""
+        """A copy of this session's exchanges: {"input", "output", "timestamp"} records, with
+        "history" and "system" when they were in the prompt and "feedback" when one was given."""
         return list(self.conversation_log)
 
     def clear_conversation_log(self) -> None:

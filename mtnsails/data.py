@@ -25,6 +25,8 @@ from mtnsails.files import atomic_write_text
 from mtnsails.template import ChatTemplate, Segment
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+# A chat log's name for one exchange across its versions (see ConversationLogger.amend).
+EXCHANGE_ID = "exchange_id"
 
 # Simple pair formats: (key of the question, key of the answer).
 PAIR_KEYS = (("input", "output"), ("prompt", "completion"), ("question", "answer"))
@@ -150,7 +152,27 @@ class ConversationDataHandler:
 # -- reading --------------------------------------------------------------------------------
 
 def read_records(path: Path) -> list[tuple[str, Any]]:
-    """Return (location, raw record) pairs; location reads "record 3" or "line 7"."""
+    """Return (location, raw record) pairs; location reads "record 3" or "line 7".
+
+    A chat log may hold several versions of one exchange (a verdict given after it was logged
+    is appended as a new version with the same `exchange_id`): only the last is returned, in
+    the place of the first, so each exchange is one record with its final verdict.
+    """
+    records: list[tuple[str, Any]] = []
+    place: dict[str, int] = {}
+    for where, record in _read_all(path):
+        exchange_id = record.get(EXCHANGE_ID) if isinstance(record, dict) else None
+        if isinstance(exchange_id, str) and exchange_id in place:
+            records[place[exchange_id]] = (where, record)
+            continue
+        if isinstance(exchange_id, str):
+            place[exchange_id] = len(records)
+        records.append((where, record))
+    return records
+
+
+def _read_all(path: Path) -> list[tuple[str, Any]]:
+    """Every (location, raw record) pair of the file, versions of one exchange included."""
     if not path.exists():
         raise DataFormatError(f"{path}: no such file")
     if path.is_dir():

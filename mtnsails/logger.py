@@ -9,13 +9,19 @@
   valid array at every instant, also after `kill -9` in the middle of a write. That costs
   O(log size) per batch, which is nothing next to generating an answer.
 
-Both formats hold records `{"input", "output", "timestamp", **extra}` that
+Both formats hold records `{"input", "output", "timestamp", "exchange_id", **extra}` that
 `ConversationDataHandler` loads and `train` uses directly. Several processes may log to one file:
 each write holds an exclusive `flock` (on the `.jsonl` itself; for a `.json` array on a
 `.<name>.lock` file beside it, since the array is replaced by each rewrite), and a `.json` writer
 re-reads the array under that lock, so no process drops another's records. A `.jsonl` append that
 fails part-way (disk full, file-size limit) is cut back to the last whole record; a torn last
 line that a crash left behind anyway is dropped with a warning when the log is opened.
+
+`amend()` changes a logged record later (a chat verdict: `"feedback"`, a corrected `"output"`)
+as crash-safely as it was logged: a `.json` log's array holds the new version in the old one's
+place; a `.jsonl` log gets the whole new version as one more line with the same `exchange_id`.
+Readers keep the last version of each exchange id in the place of its first
+(`mtnsails.data.read_records` does), so every reader sees one record per exchange.
 
 >>> with ConversationLogger(tmp / "chat.jsonl") as log:       # doctest: +SKIP
 ...     log.log("What is ONNX?", "An open format for models.")
@@ -29,10 +35,11 @@ import json
 import os
 import sys
 import threading
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mtnsails.data import JSONL_SUFFIXES
+from mtnsails.data import EXCHANGE_ID, JSONL_SUFFIXES
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import atomic_write_text
 
@@ -74,11 +81,12 @@ class ConversationLogger:
         self.flush_interval = flush_interval
         self.jsonl = self.path.suffix.lower() in JSONL_SUFFIXES
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Records not yet on disk: .json their serialised text, .jsonl the bytes to append.
-        self._unwritten: list[str] = []
+        # Records not yet on disk: .json (exchange id, serialised text), .jsonl the bytes to append.
+        self._unwritten: list[tuple[str, str]] = []
         self._pending = b""
         self._read_existing()
-        self._queue: list[str | object] = []
+        self._logged: dict[str, dict] = {}  # this logger's records by exchange id, for amend()
+        self._queue: list[tuple[str, str] | object] = []
         self._condition = threading.Condition()
         self._queued = 0  # records accepted by log()
         self._attempted = 0  # of those, records the writer has tried to write
@@ -92,26 +100,49 @@ class ConversationLogger:
 
     # -- public API ------------------------------------------------------------------------
 
-    def log(self, user_input: str, output: str, **extra) -> None:
-        """Queue one exchange for the writer. `extra` (JSON-serialisable) joins the record.
+    def log(self, user_input: str, output: str, **extra) -> str:
+        """Queue one exchange for the writer and return its exchange id (for `amend`).
+        `extra` (JSON-serialisable) joins the record.
 
         Returns at once unless the previous exchange is still being written (see the class
         docstring); a failed write does not block it (`flush()` reports failures).
         """
         if not isinstance(user_input, str) or not isinstance(output, str):
             raise TypeError("log() takes the user input and the answer as strings")
-        if "input" in extra:
-            raise ValueError("log(): 'input' is the first argument, not an extra field")
+        for key in ("input", EXCHANGE_ID):
+            if key in extra:
+                raise ValueError(f"log(): '{key}' is not an extra field")
         record = {"input": user_input, "output": output,
-                  "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+                  "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                  EXCHANGE_ID: uuid.uuid4().hex}
         record.update(extra)
-        text = json.dumps(record, ensure_ascii=False)  # here, so a bad extra fails the caller
+        self._enqueue(record, wait=True)
+        return record[EXCHANGE_ID]
+
+    def amend(self, exchange_id: str, **changes) -> dict:
+        """Queue a new version of an exchange this logger logged and return it: `changes`
+        replace its fields, a change to None removes one. `flush()` then waits for it.
+
+        Raises KeyError for an exchange id this logger did not log.
+        """
+        for key in ("input", EXCHANGE_ID, "timestamp"):
+            if key in changes:
+                raise ValueError(f"amend(): '{key}' of a logged exchange does not change")
+        record = {**self._logged[exchange_id], **changes}
+        self._enqueue({key: value for key, value in record.items() if value is not None},
+                      wait=False)
+        return dict(self._logged[exchange_id])
+
+    def _enqueue(self, record: dict, wait: bool) -> None:
+        text = json.dumps(record, ensure_ascii=False)  # here, so a bad field fails the caller
         with self._condition:
-            while self._attempted < self._queued and self._thread.is_alive() and not self._closed:
+            while (wait and self._attempted < self._queued and self._thread.is_alive()
+                   and not self._closed):
                 self._condition.wait(self.flush_interval)
             if self._closed:  # checked after waiting: close() may have come meanwhile
                 raise ValueError(f"{self.path}: the conversation logger is closed")
-            self._queue.append(text)
+            self._logged[record[EXCHANGE_ID]] = record
+            self._queue.append((record[EXCHANGE_ID], text))
             self._queued += 1
             self._condition.notify_all()
 
@@ -238,11 +269,12 @@ class ConversationLogger:
                     self._written = taken
                 self._condition.notify_all()
 
-    def _write(self, records: list[str]) -> Exception | None:
-        """Put `records` and any left from a failed write on disk; return the failure if any."""
+    def _write(self, records: list[tuple[str, str]]) -> Exception | None:
+        """Put `records` ((exchange id, text) pairs) and any left from a failed write on disk;
+        return the failure if any."""
         try:
             if self.jsonl:
-                self._pending += "".join(record + "\n" for record in records).encode("utf-8")
+                self._pending += "".join(text + "\n" for _, text in records).encode("utf-8")
                 self._append_pending()
             else:
                 self._unwritten.extend(records)
@@ -271,11 +303,20 @@ class ConversationLogger:
 
     def _rewrite_array(self) -> None:
         """Rewrite the .json array as it is on disk now plus the unwritten records, under the
-        lock, so that records another process added meanwhile are kept."""
+        lock, so that records another process added meanwhile are kept. A new version of an
+        exchange on disk (`amend`) takes its place."""
         lock = self.path.with_name(f".{self.path.name}.lock")
         with self._locked(lock):
-            records = [json.dumps(record, ensure_ascii=False) for record in self._read_array()]
-            records += self._unwritten
+            on_disk = self._read_array()
+            records = [json.dumps(record, ensure_ascii=False) for record in on_disk]
+            place = {record[EXCHANGE_ID]: index for index, record in enumerate(on_disk)
+                     if isinstance(record, dict) and isinstance(record.get(EXCHANGE_ID), str)}
+            for exchange_id, text in self._unwritten:
+                if exchange_id in place:
+                    records[place[exchange_id]] = text
+                else:
+                    place[exchange_id] = len(records)
+                    records.append(text)
             body = ",\n".join("  " + record for record in records)
             atomic_write_text(self.path, f"[\n{body}\n]\n" if records else "[]\n")
             _fsync_directory(self.path.parent)  # make the rename itself durable

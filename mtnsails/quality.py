@@ -27,14 +27,14 @@ from mtnsails.errors import MtnsailsError
 from mtnsails.text_rules import CLOSING_MARKS, SENTENCE_END
 
 CODES = ("empty_output", "empty_input", "short_output", "repetitive_output", "gibberish_output",
-         "echo_output", "incomplete_output", "duplicate", "near_duplicate")
+         "echo_output", "incomplete_output", "duplicate", "near_duplicate", "marked_bad")
 # Count keys of the original MTN Sails report (e.g. `empty_outputs`) plus the new codes.
 COUNT_KEYS = {code: code + "s" for code in CODES}
 LABELS = {"empty_output": "empty output", "empty_input": "empty input",
           "short_output": "too-short output", "repetitive_output": "repetitive output",
           "gibberish_output": "gibberish output", "echo_output": "output echoes input",
           "incomplete_output": "incomplete output", "duplicate": "exact duplicate",
-          "near_duplicate": "near duplicate"}
+          "near_duplicate": "near duplicate", "marked_bad": "marked bad in chat"}
 RULE_FLAGS = {"repetitive_output": "check_repetition", "short_output": "check_length",
               "gibberish_output": "check_gibberish", "echo_output": "check_echo",
               "incomplete_output": "check_incomplete"}
@@ -399,6 +399,13 @@ def incomplete_reason(text: str) -> str | None:
     return f"ends mid-sentence without closing punctuation: {_quote(stripped[-50:])}"
 
 
+def feedback_reason(conversation: dict) -> str | None:
+    """The chat user marked the answer bad (`/bad`): it is known to be wrong, whatever it reads like."""
+    if conversation.get("feedback") == "bad":
+        return "marked bad in chat: the answer is wrong; correct it or leave it out"
+    return None
+
+
 # -- the validator --------------------------------------------------------------------------
 
 class DataQualityValidator:
@@ -415,6 +422,9 @@ class DataQualityValidator:
         """Per-conversation rules on every exchange of a native conversation."""
         turns = exchanges(conversation)
         issues = []
+        reason = feedback_reason(conversation)
+        if reason:
+            issues.append(QualityIssue("marked_bad", reason))
         for number, (user_input, output) in enumerate(turns, start=1):
             prefix = f"turn {number} of {len(turns)}: " if len(turns) > 1 else ""
             # An assistant greeting that opens a multi-turn chat has no user input before it.
@@ -485,7 +495,8 @@ class DataQualityValidator:
 
     def _duplicates(self, conversations: list[dict]) -> dict[int, QualityIssue]:
         """Exact duplicates by normalised text, then near duplicates by MinHash LSH."""
-        token_lists = [_conversation_tokens(c) for c in conversations]
+        # An answer marked bad is left out anyway: it must not make its correction a "copy".
+        token_lists = [[] if feedback_reason(c) else _conversation_tokens(c) for c in conversations]
         keys = [" ".join(tokens) for tokens in token_lists]
         found: dict[int, QualityIssue] = {}
         for index, (original, similarity) in find_copies(keys, token_lists, self.config).items():
@@ -533,6 +544,8 @@ def recommendations(report: QualityReport, config: QualityConfig) -> list[str]:
         "duplicate": "{n} conversation(s) are exact copies of earlier ones: remove them so "
                      "they do not weigh more in training.",
         "near_duplicate": "{n} conversation(s) are near copies of earlier ones: keep one of each.",
+        "marked_bad": "{n} answer(s) were marked bad in chat: leave them out, or correct them "
+                      "with `review`.",
     }
     result = [advice[code].format(n=counts[code], w=config.min_output_words)
               for code in CODES if counts.get(code)]

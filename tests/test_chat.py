@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO_ROOT, TINY_CONVERSATIONS
 
 from mtnsails.chat import ChatInterface, GenerationConfig
+from mtnsails.data import ConversationDataHandler
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation import OnnxDecoder
 from mtnsails.logger import ConversationLogger
@@ -183,6 +184,50 @@ def test_original_api_and_log(tiny_onnx_dir, tmp_path):
         assert [r["input"] for r in json.loads(open(saved).read())] == ["What is two plus two?", "Who wrote Hamlet?"]
         chat.clear_conversation_log()
         assert chat.get_conversation_log() == []
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_feedback_amends_the_logged_exchange_with_its_context(tiny_onnx_dir, tmp_path, suffix):
+    log_file = tmp_path / f"log{suffix}"
+    with ChatInterface(tiny_onnx_dir, generation=GREEDY, log_conversations=True, log_file=log_file,
+                       system="Answer briefly.") as chat:
+        with pytest.raises(MtnsailsError, match="no answer"):
+            chat.feedback("good")
+        first = chat.reply("Which country is Paris in?")
+        assert chat.feedback("good")["feedback"] == "good"
+        said = chat.reply("And what is its largest river?")
+        with pytest.raises(MtnsailsError, match="blank"):
+            chat.feedback("fixed", "  ")
+        chat.feedback("bad")
+        record = chat.feedback("fixed", "Its longest river is the Loire.")  # the last verdict wins
+        assert record["model_output"] == said and record["output"] == "Its longest river is the Loire."
+        # the conversation goes on from the right answer
+        assert chat.history[-1] == ("And what is its largest river?", "Its longest river is the Loire.")
+        chat.reset()
+        chat.reply("Who wrote Hamlet?")
+        chat.feedback("fixed", "Shakespeare.")
+        chat.feedback("good")  # back to what the model said
+    logged = [{key: c.get(key) for key in ("input", "output", "feedback", "model_output", "history",
+                                            "system")}
+              for c in ConversationDataHandler(log_file).conversations]
+    assert logged == [
+        {"input": "Which country is Paris in?", "output": first, "feedback": "good",
+         "model_output": None, "history": None, "system": "Answer briefly."},
+        {"input": "And what is its largest river?", "output": "Its longest river is the Loire.",
+         "feedback": "fixed", "model_output": said, "system": "Answer briefly.",
+         "history": [{"input": "Which country is Paris in?", "output": first}]},
+        {"input": "Who wrote Hamlet?", "output": chat.get_conversation_log()[-1]["output"],
+         "feedback": "good", "model_output": None, "history": None, "system": "Answer briefly."}]
+
+
+def test_the_logged_history_is_what_fitted_in_the_prompt(tiny_onnx_dir, tmp_path):
+    chat = ChatInterface(tiny_onnx_dir, max_length=40, generation=GREEDY)
+    for conversation in TINY_CONVERSATIONS[:4]:
+        chat.reply(conversation["input"])
+    record = chat.get_conversation_log()[-1]
+    kept = [(turn["input"], turn["output"]) for turn in record["history"]]
+    assert 0 < len(kept) < 3 and kept == chat.history[-1 - len(kept):-1]
+    assert chat.prompt_ids(record["input"], chat.history[:-1]) == chat.prompt_ids(record["input"], kept)
 
 
 def test_bad_settings_are_one_line_errors(tiny_onnx_dir):

@@ -194,3 +194,20 @@ def test_each_malformed_record_is_named_with_its_problem(tmp_path, records, mess
 def test_a_directory_is_not_a_data_file(tmp_path):
     with pytest.raises(DataFormatError, match="is a directory, expected a .json or .jsonl file"):
         ConversationDataHandler(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_versions_of_one_exchange_read_as_its_last_in_the_place_of_its_first(tmp_path, suffix):
+    # A chat log holds a verdict given after an exchange was logged as a new version of it.
+    records = [{"input": "q1", "output": "wrong", "exchange_id": "a"},
+               {"input": "q2", "output": "fine", "exchange_id": "b"},
+               {"input": "q1", "output": "right", "exchange_id": "a", "feedback": "fixed",
+                "model_output": "wrong"},
+               {"input": "q3", "output": "no id"}, {"input": "q3", "output": "no id"}]
+    path = tmp_path / f"log{suffix}"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) if suffix == ".jsonl"
+                    else json.dumps(records), encoding="utf-8")
+    conversations = ConversationDataHandler(path).conversations
+    assert [(c["input"], c["output"]) for c in conversations] == [
+        ("q1", "right"), ("q2", "fine"), ("q3", "no id"), ("q3", "no id")]  # ids only merge
+    assert conversations[0]["feedback"] == "fixed"

@@ -63,6 +63,41 @@ def test_records_reach_the_disk_without_flush_or_close(log_path):
     logger.close()
 
 
+def test_amend_gives_a_logged_exchange_a_new_version_and_readers_see_only_the_last(log_path):
+    with ConversationLogger(log_path) as logger:
+        first = logger.log("What is the capital of Germany?", "Run python main.")
+        second = logger.log("Who wrote Hamlet?", "Shakespeare wrote it.")
+        logger.amend(first, feedback="fixed", output="Berlin is the capital of Germany.",
+                     model_output="Run python main.")
+        logger.amend(second, feedback="bad")
+        assert logger.amend(second, feedback="good")["feedback"] == "good"  # the last verdict wins
+        logger.flush()
+        with pytest.raises(KeyError):
+            logger.amend("no such exchange", feedback="bad")
+        with pytest.raises(ValueError, match="does not change"):
+            logger.amend(first, input="another question")
+    on_disk = read_log(log_path)
+    # .json: each version takes the old one's place; .jsonl: versions are appended
+    assert len(on_disk) == (2 if log_path.suffix == ".json" else 5)
+    assert len({r["exchange_id"] for r in on_disk}) == 2
+
+    conversations = ConversationDataHandler.from_file(log_path).conversations
+    assert [(c["input"], c["output"], c["feedback"]) for c in conversations] == [
+        ("What is the capital of Germany?", "Berlin is the capital of Germany.", "fixed"),
+        ("Who wrote Hamlet?", "Shakespeare wrote it.", "good")]
+    assert conversations[0]["model_output"] == "Run python main."
+    assert [c["exchange_id"] for c in conversations] == [first, second]
+
+
+def test_amend_into_a_json_log_keeps_the_records_of_earlier_sessions(tmp_path):
+    path = tmp_path / "log.json"
+    path.write_text(json.dumps([{"input": "old", "output": "kept"}]), encoding="utf-8")
+    with ConversationLogger(path) as logger:
+        exchange = logger.log("new", "wrong")
+        logger.amend(exchange, feedback="bad")
+    assert [(r["input"], r.get("feedback")) for r in read_log(path)] == [("old", None), ("new", "bad")]
+
+
 def test_reopening_appends_and_keeps_what_is_there(log_path):
     for round_number in range(3):
         with ConversationLogger(log_path) as logger:
@@ -267,3 +302,32 @@ def test_kill_9_during_a_scripted_chat_keeps_every_answered_exchange(log_path, t
     assert len(answers) - 1 <= len(records) <= len(answers) + 1
     for record, answer in zip(records, answers):  # the log holds what the user was shown
         assert record["output"].replace("\n", " ") == answer
+
+
+# A chat in miniature that marks every answer bad and says so once the verdict is saved.
+VERDICT_CHILD = """
+import sys
+from mtnsails.logger import ConversationLogger
+logger = ConversationLogger(sys.argv[1])
+for i in range(1_000_000):
+    exchange = logger.log(f"question {i}", f"answer {i}")
+    logger.amend(exchange, feedback="bad")
+    logger.flush()
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_kill_9_after_a_verdict_was_acknowledged_loses_no_verdict(log_path, attempt):
+    child = run_child(VERDICT_CHILD, str(log_path), stdout=subprocess.PIPE)
+    assert child.stdout.readline().strip() == "0"
+    time.sleep(random.uniform(0.02, 0.3))
+    child.send_signal(signal.SIGKILL)
+    acknowledged = [int(line) for line in child.stdout.read().split()]
+    child.wait(timeout=30)
+    last = acknowledged[-1] if acknowledged else 0
+
+    conversations = ConversationDataHandler.from_file(log_path).conversations
+    verdicts = {c["input"]: c.get("feedback") for c in conversations}
+    assert all(verdicts[f"question {i}"] == "bad" for i in range(last + 1))
+    assert len(conversations) == len(verdicts)  # one record per exchange

@@ -73,6 +73,22 @@ def test_empty_input_is_flagged():
     assert [issue.code for issue in issues] == ["empty_input"]
 
 
+def test_an_answer_marked_bad_in_chat_is_invalid_whatever_it_reads_like():
+    validator = DataQualityValidator()
+    wrong = {"input": "What is the capital of Germany?", "output": "The capital of Germany is Bonn.",
+             "feedback": "bad"}
+    issues = validator.check(wrong)
+    assert [issue.code for issue in issues] == ["marked_bad"]
+    assert "marked bad in chat" in issues[0].reason
+    fixed = {**wrong, "feedback": "fixed", "output": "The capital of Germany is Berlin.",
+             "model_output": wrong["output"]}
+    good = {"input": "Who wrote Hamlet?", "output": "William Shakespeare wrote it.", "feedback": "good"}
+    report = validator.analyze([wrong, fixed, good])
+    assert report.counts["marked_bad"] == 1 and report.valid == 2
+    assert validator.filter_valid([wrong, fixed, good]) == [fixed, good]
+    assert any("marked bad in chat" in text for text in report.recommendations)
+
+
 def test_echo_fires_on_a_repeated_question_but_not_on_a_restated_answer():
     question = "What is the capital of France?"
     assert codes("You asked what the capital of France is.", question) == ["echo_output"]
@@ -214,7 +230,8 @@ def test_report_keys_score_and_verdict():
                 "incomplete_outputs", "duplicates", "near_duplicates", "verdict", "issue_counts"):
         assert key in result
     assert set(result["issue_counts"]) == set(CODES)
-    assert all(result["issue_counts"][code] >= 1 for code in CODES)  # the sample hits each rule
+    # the sample hits each rule on the text (a chat verdict is no property of the text)
+    assert all(result["issue_counts"][code] >= 1 for code in CODES if code != "marked_bad")
     assert result["quality_score"] == pytest.approx(2 / 11)
     assert result["verdict"] == "critical"
     assert 1 <= len(report.examples) <= 5
