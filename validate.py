@@ -30,7 +30,7 @@ REQUIRED_FILES = [
     "mtnsails/dedup.py", "mtnsails/html_text.py", "mtnsails/questions.py", "mtnsails/text_rules.py",
     "mtnsails/settings.py", "mtnsails/training_config.py", "mtnsails/generation_config.py",
     "mtnsails/terminal_chat.py", "mtnsails/commands/__init__.py",
-    "mtnsails/cpu.py", "mtnsails/onnx_metadata.py",
+    "mtnsails/cpu.py", "mtnsails/onnx_metadata.py", "mtnsails/log_review.py",
     "mtnsails/resources/example_conversations.json",
     "mtnsails/resources/corpus.txt", "process_scraped_content.py",
 ]

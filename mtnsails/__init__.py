@@ -18,6 +18,7 @@ _EXPORTS = {
     "ChatInterface": "mtnsails.chat",
     "GenerationConfig": "mtnsails.generation_config",
     "ConversationLogger": "mtnsails.logger",
+    "LogReview": "mtnsails.log_review",
     "ScrapedContentProcessor": "mtnsails.scraped",
     "ChatTemplate": "mtnsails.template",
     "Evaluator": "mtnsails.evaluator",

@@ -3,6 +3,11 @@
 In a terminal answers stream as they are generated; with piped stdin each line is one question
 and each answer one line of stdout, so scripts can drive a chat. The engine knows nothing of
 terminals: this module is the only one that reads a keyboard.
+
+`/good`, `/bad` and `/fix TEXT` give the last answer a verdict (`ChatInterface.feedback`), each
+acknowledged by one line in parentheses once it is saved; with `ask_feedback` the chat asks
+after every answer (Enter = good, b = bad, any other text = the right answer; piped, the line
+after each question is that reply).
 """
 
 from __future__ import annotations
@@ -10,20 +15,25 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from mtnsails.errors import MtnsailsError
+
 if TYPE_CHECKING:
     from mtnsails.chat import ChatInterface
 
 EXIT_COMMANDS = {"/exit", "exit", "quit", "/quit"}
+FEEDBACK_PROMPT = "Feedback (Enter = keep, b = bad, or type the right answer): "
+ACKNOWLEDGED = {"good": "marked good", "bad": "marked bad", "fixed": "answer fixed"}
 
 
 class TerminalChat:
     """Run a conversation with `chat` on stdin/stdout (closes `chat`'s log when it ends)."""
 
     def __init__(self, chat: ChatInterface, stdin: TextIO | None = None,
-                 stdout: TextIO | None = None) -> None:
+                 stdout: TextIO | None = None, ask_feedback: bool = False) -> None:
         self.chat = chat
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
+        self.ask_feedback = ask_feedback
 
     def run(self, interactive: bool = True) -> None:
         """Streamed turns when `interactive` and stdin is a terminal, else one answer per line."""
@@ -39,7 +49,8 @@ class TerminalChat:
         print(*text, end=end, file=self.stdout, flush=True)
 
     def _command(self, line: str, echo: bool) -> bool | None:
-        """Handle /reset and the exit words: True = stop, False = handled, None = not a command."""
+        """Handle /reset, the verdicts and the exit words: True = stop, False = handled,
+        None = not a command."""
         if line in EXIT_COMMANDS:
             return True
         if line == "/reset":
@@ -47,11 +58,42 @@ class TerminalChat:
             if echo:
                 self._say("(conversation reset)")
             return False
+        name, _, text = line.partition(" ")
+        if name in ("/good", "/bad"):
+            self._give(name[1:])
+            return False
+        if name == "/fix":
+            self._give("fixed", text.strip())
+            return False
         return None
 
+    def _give(self, verdict: str, correction: str | None = None) -> None:
+        """Give the verdict and say so once it is saved (or why it was not given)."""
+        if verdict == "fixed" and not correction:
+            self._say("(a fix needs the right answer: /fix TEXT)")
+            return
+        try:
+            self.chat.feedback(verdict, correction)
+        except MtnsailsError as error:
+            self._say(f"({error})")
+            return
+        unsaved = "" if self.chat.logger is not None else "; not saved: the chat is not logged"
+        self._say(f"({ACKNOWLEDGED[verdict]}{unsaved})")
+
+    def _reply_to_question(self, line: str | None, echo: bool) -> bool:
+        """Act on the reply to the feedback question; True = leave the chat."""
+        if line is None:
+            return True
+        command = self._command({"": "/good", "b": "/bad"}.get(line.lower(), line), echo)
+        if command is None:
+            self._give("fixed", line)
+            return False
+        return command
+
     def _interactive(self) -> None:
-        self._say(f"Chatting with {self.chat.path} ({self.chat.precision}). /reset starts over; "
-                  "/exit, exit, quit or Ctrl-D leaves.")
+        self._say(f"Chatting with {self.chat.path} ({self.chat.precision}). /good, /bad or "
+                  "/fix TEXT rate the last answer; /reset starts over; /exit, exit, quit or "
+                  "Ctrl-D leaves.")
         while True:
             try:
                 line = input("You: ").strip()
@@ -82,10 +124,18 @@ class TerminalChat:
                 extra = len(printed) - len(answer)  # erase the half sentence the limit cut
                 print("\b \b" * extra, end="", file=self.stdout)
             self._say()
+            if self.ask_feedback:
+                try:
+                    reply = input(FEEDBACK_PROMPT).strip()
+                except (EOFError, KeyboardInterrupt):
+                    self._say()
+                    return
+                if self._reply_to_question(reply, echo=True):
+                    return
 
     def _scripted(self) -> None:
-        for raw in self.stdin:
-            line = raw.strip()
+        lines = (raw.strip() for raw in self.stdin)
+        for line in lines:
             if not line:
                 continue
             command = self._command(line, echo=False)
@@ -93,3 +143,5 @@ class TerminalChat:
                 return
             if command is None:
                 self._say(self.chat.reply(line).replace("\n", " "))
+                if self.ask_feedback and self._reply_to_question(next(lines, None), echo=False):
+                    return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
 import sys
 
 import pexpect
@@ -42,6 +44,73 @@ def test_piped_stdin_answers_one_prompt_per_line_keeping_history(tiny_onnx_dir, 
     # Blank lines are skipped: neither answered nor logged.
     assert [json.loads(line)["input"] for line in log.read_text().splitlines()] == [
         "Which country is Paris in?", "And what is its largest river?", "What do bees make?"]
+
+
+def logged(log) -> list[dict]:
+    """The log as a trainer reads it: one record per exchange, its final verdict."""
+    from mtnsails.data import ConversationDataHandler
+
+    return ConversationDataHandler(log).conversations
+
+
+@pytest.mark.parametrize("name", ["log.json", "log.jsonl"])
+def test_piped_feedback_commands_mark_and_fix_the_last_answer(tiny_onnx_dir, tmp_path, name):
+    log = tmp_path / name
+    script = ("Which country is Paris in?\n/good\nAnd what is its largest river?\n"
+              "/fix The Loire is its longest river.\nWho wrote Hamlet?\n/bad\n/fix\n"
+              "What do bees make?\n")
+    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "0", "--precision", "fp32",
+                     "--log-conversations", "--log-file", str(log), input=script)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:4] == ["Paris is in France.", "(marked good)", "Its longest river is the Loire.",
+                         "(answer fixed)"]
+    assert lines[5:7] == ["(marked bad)", "(a fix needs the right answer: /fix TEXT)"] and len(lines) == 8
+    records = logged(log)
+    assert [(r["input"], r["output"], r.get("feedback")) for r in records] == [
+        ("Which country is Paris in?", "Paris is in France.", "good"),
+        ("And what is its largest river?", "The Loire is its longest river.", "fixed"),
+        ("Who wrote Hamlet?", lines[4], "bad"), ("What do bees make?", lines[7], None)]
+    assert records[1]["model_output"] == "Its longest river is the Loire."
+    # each record keeps the history it was asked with (the fix included), so it retrains that way
+    assert records[1]["history"] == [{"input": "Which country is Paris in?", "output": "Paris is in France."}]
+    assert records[2]["history"][-1] == {"input": "And what is its largest river?",
+                                         "output": "The Loire is its longest river."}
+
+
+def test_piped_feedback_flag_reads_a_reply_after_each_answer(tiny_onnx_dir, tmp_path):
+    log = tmp_path / "log.jsonl"
+    script = "What do bees make?\n\nWho wrote Hamlet?\nb\nWhat colour is the sky?\nIt is blue.\n/reset\n"
+    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "0", "--feedback",
+                     "--log-file", str(log), input=script)  # --feedback logs by itself
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1::2] == ["(marked good)", "(marked bad)", "(answer fixed)"]
+    assert [(r["feedback"], r["output"]) for r in logged(log)][1:] == [
+        ("bad", result.stdout.splitlines()[2]), ("fixed", "It is blue.")]
+
+
+@pytest.mark.parametrize("name", ["log.json", "log.jsonl"])
+def test_kill_9_after_a_verdict_was_acknowledged_keeps_it(tiny_onnx_dir, tmp_path, name):
+    log = tmp_path / name
+    child = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "main.py"), "chat", "--model-path", str(tiny_onnx_dir),
+         "--temperature", "0", "--log-conversations", "--log-file", str(log)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    child.stdin.write("What do bees make?\n/fix Bees make honey.\nWho wrote Hamlet?\n/bad\n")
+    child.stdin.flush()  # stdin stays open: the chat is killed, it does not run out of lines
+    shown = [child.stdout.readline() for _ in range(4)]
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert shown[1::2] == ["(answer fixed)\n", "(marked bad)\n"]
+    assert [(r["output"], r["feedback"]) for r in logged(log)] == [
+        ("Bees make honey.", "fixed"), (shown[2].rstrip("\n"), "bad")]
+
+
+def test_feedback_flag_does_not_go_with_prompt(tiny_onnx_dir, tmp_path):
+    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--prompt", "Hello!", "--feedback",
+                     "--log-file", str(tmp_path / "log.json"))
+    assert result.returncode == 2 and result.stderr.startswith("error: --feedback")
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "log.json").exists()
 
 
 @pytest.mark.parametrize("prompt", ["", "   "])
@@ -110,6 +179,26 @@ def test_terminal_session_streams_resets_and_exits(tiny_onnx_dir):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_terminal_feedback_asks_after_each_answer(tiny_onnx_dir, tmp_path):
+    log = tmp_path / "log.jsonl"
+    child = spawn_chat(tiny_onnx_dir, "--feedback", "--log-file", str(log))
+    child.expect("/fix TEXT rate the last answer")
+    child.sendline("What do bees make?")
+    child.expect("Bees make honey and wax.")
+    child.expect(r"Feedback \(Enter = keep, b = bad, or type the right answer\): ")
+    child.sendline("Bees make honey.")
+    child.expect(r"\(answer fixed\)")
+    child.sendline("Who wrote Hamlet?")
+    child.expect("Feedback")
+    child.sendline("/bad")
+    child.expect(r"\(marked bad\)")
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert [r["feedback"] for r in logged(log)] == ["fixed", "bad"]
 
 
 def render(terminal_output: str) -> str:

@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
                        help="append every exchange to --log-file (training format)")
     group.add_argument("--log-file", default=DEFAULT_LOG_FILE,
                        help=f"conversation log, .json array or .jsonl (default: {DEFAULT_LOG_FILE})")
+    if standalone:
+        group.add_argument("--feedback", action="store_true",
+                           help="after each answer ask: Enter keeps it (good), b marks it bad, "
+                                "other text is the right answer; turns on --log-conversations")
 
 
 def check_prompt(args: argparse.Namespace) -> None:
@@ -60,9 +64,14 @@ def run(args: argparse.Namespace) -> int:
     from mtnsails.terminal_chat import TerminalChat
 
     check_prompt(args)
+    if args.feedback:
+        if args.prompt is not None:
+            raise MtnsailsError("--feedback asks after each answer of a chat; it does not go "
+                                "with --prompt")
+        args.log_conversations = True  # a verdict is only worth giving when it is saved
     chat = open_chat(args)
     if args.prompt is None:
-        TerminalChat(chat).run()
+        TerminalChat(chat, ask_feedback=args.feedback).run()
         return 0
     with chat:
         print(chat.reply(args.prompt), flush=True)
