@@ -90,6 +90,28 @@ def test_filter_writes_beside_the_input_and_keeps_the_input(tmp_path):
     assert again.returncode == 0
 
 
+def test_filter_drops_answers_marked_bad_in_chat_and_keeps_fixed_and_good(tmp_path):
+    # A chat log: each verdict came after its exchange, as a new version with the same id.
+    log = tmp_path / "chat_history.jsonl"
+    records = [
+        {"input": "What is the capital of Germany?", "output": "Run python main.", "exchange_id": "a"},
+        {"input": "Who wrote Hamlet?", "output": "The capital of France is Paris.", "exchange_id": "b"},
+        {"input": "What do bees make?", "output": "Bees make honey and wax.", "exchange_id": "c"},
+        {"input": "What is the capital of Germany?", "output": "Berlin is the capital of Germany.",
+         "exchange_id": "a", "feedback": "fixed", "model_output": "Run python main."},
+        {"input": "Who wrote Hamlet?", "output": "The capital of France is Paris.", "exchange_id": "b",
+         "feedback": "bad"},
+        {"input": "What do bees make?", "output": "Bees make honey and wax.", "exchange_id": "c",
+         "feedback": "good"}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    result = run_cli("validate", "--data-file", str(log), "--filter", "--output", str(tmp_path / "kept.json"))
+    assert "marked bad in chat:    1" in result.stdout, result.stdout
+    assert "kept 2 of 3 conversations, removed 1" in result.stdout
+    kept = json.loads((tmp_path / "kept.json").read_text())
+    assert [(c["output"], c["feedback"]) for c in kept] == [
+        ("Berlin is the capital of Germany.", "fixed"), ("Bees make honey and wax.", "good")]
+
+
 def test_filter_of_jsonl_writes_jsonl_and_json_mode_reports_on_stderr(tmp_path):
     data = tmp_path / "chats.jsonl"
     shutil.copy(DATA_DIR / "openai_messages.jsonl", data)
