@@ -19,6 +19,7 @@ from typing import Callable, Iterator, TextIO
 import numpy as np
 from tokenizers import Tokenizer
 
+from mtnsails.answer_lengths import token_limit
 from mtnsails.answer_text import AnswerText
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import DEFAULT_LOG_FILE, atomic_write_text
@@ -40,6 +41,11 @@ class ChatStats:
     new_tokens: int
     seconds: float
     stop_reason: str  # "eos", "user_turn", "length"
+
+    @property
+    def truncated(self) -> bool:
+        """True when the token limit stopped the answer (it may be missing its end)."""
+        return self.stop_reason == "length"
 
     @property
     def tokens_per_second(self) -> float:
@@ -73,8 +79,12 @@ class ChatInterface:
         self.eos_token_id = meta.get("eos_token_id")
         self.context_length = int(meta.get("context_length") or 1024)
         self.max_length = max_length
-        self.generation = generation or GenerationConfig()
-        self.generation.validate()
+        generation = generation or GenerationConfig()
+        generation.validate()
+        if generation.max_new_tokens is None:
+            generation = replace(generation, max_new_tokens=token_limit(meta.get("answer_tokens"),
+                                                                        self.context_length))
+        self.generation = generation
         if max_length < 1:
             raise MtnsailsError(f"{setting_label('max_length')} = {max_length} must be at least 1")
         if log_conversations and not auto_flush_interval > 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -386,6 +387,18 @@ def _from_turns(turns: list[tuple[str, str]], where: str) -> dict:
     if len(pairs) > 1:
         result["history"] = [{"input": q, "output": a} for q, a in pairs[:-1]]
     return result
+
+
+def common_system(conversations: Iterable[dict]) -> str | None:
+    """The system prompt the conversations carry most often (records without one count as
+    "none", which wins only over fewer carriers; ties go to the prompt seen first); None when
+    none carries one, or when more records carry none than carry the most common prompt."""
+    counts = Counter(conversation.get("system") or None for conversation in conversations)
+    carried = [(count, system) for system, count in counts.items() if system is not None]
+    if not carried:
+        return None
+    count, system = max(carried, key=lambda item: item[0])  # max keeps the first of equal counts
+    return system if count >= counts[None] else None
 
 
 def exchanges(conversation: dict) -> list[tuple[str, str]]:

@@ -29,10 +29,10 @@ import os
 import re
 import string
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from mtnsails.generation import GenerationConfig
+from mtnsails.generation_config import GenerationConfig
 from mtnsails.text_rules import CLOSING_MARKS, SENTENCE_END, sentences
 
 __all__ = ["Evaluator", "EvaluationReport", "ExampleResult", "Comparison", "normalize_answer",
@@ -244,9 +244,10 @@ class Evaluator:
     >>> evaluator = Evaluator("./onnx_model", session=True)              # doctest: +SKIP
     >>> print(format_report(evaluator.evaluate_file("data.jsonl")))     # doctest: +SKIP
 
-    `system` is the system prompt (None: the model's recorded one, "" : none); `max_new_tokens`
-    None uses chat's default limit; `generation` replaces the greedy settings altogether
-    (greedy, no repetition penalty: the answer the model finds likeliest).
+    `system` is the system prompt (None: the model's recorded one, "": none); `max_new_tokens`
+    None uses chat's default limit (derived from the trained answer lengths); `generation`
+    replaces the default settings (greedy, no repetition penalty: the answer the model finds
+    likeliest).
     """
 
     model_path: str | os.PathLike
@@ -264,7 +265,7 @@ class Evaluator:
 
         generation = self.generation or GenerationConfig(temperature=0, repetition_penalty=1.0)
         if self.max_new_tokens is not None:
-            generation.max_new_tokens = self.max_new_tokens
+            generation = replace(generation, max_new_tokens=self.max_new_tokens)
         # Opened here so that a directory that is not an ONNX model fails before any work.
         self.chat = ChatInterface(self.model_path, max_length=self.max_length, precision=self.precision,
                                   generation=generation, threads=self.threads, system=self.system)

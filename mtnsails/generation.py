@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from mtnsails.answer_lengths import DEFAULT_MAX_NEW_TOKENS
 from mtnsails.cpu import physical_cores
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation_config import GenerationConfig, setting_label
@@ -216,12 +217,13 @@ def generate_tokens(decoder: OnnxDecoder, prompt_ids: Sequence[int], config: Gen
     chooser = TokenChooser(config, prompt_ids, rng)
     decoder.reset()
     length = len(prompt_ids)
+    limit = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     logits = decoder.forward(list(prompt_ids))[-1]
-    for index in range(config.max_new_tokens):
+    for index in range(limit):
         token = chooser.choose(logits)
         yield token
         length += 1
-        if token == eos_token_id or index + 1 == config.max_new_tokens:
+        if token == eos_token_id or index + 1 == limit:
             return
         if context_length is not None and length >= context_length:
             return

@@ -13,7 +13,11 @@ from mtnsails.settings import flag_of, option_fields, setting
 class GenerationConfig:
     """How answers are generated. Defaults are the original `generate_response` defaults."""
 
-    max_new_tokens: int = setting(50, "new tokens per answer at most", flag="--max-tokens")
+    # None: chat derives the limit from the answer lengths the model was trained on
+    # (`mtnsails.answer_lengths.token_limit`), 50 for a model without that record.
+    max_new_tokens: int | None = setting(
+        None, "new tokens per answer at most (default: the longest trained answer plus a margin, "
+              "50 for models without that record)", flag="--max-tokens")
     temperature: float = setting(0.7, "sampling temperature; 0 = greedy")
     # transformers' default top_k is 50 too
     top_k: int = setting(50, "sample among the k likeliest tokens; 0 = all")
@@ -31,7 +35,7 @@ class GenerationConfig:
 
     def validate(self) -> None:
         """Raise MtnsailsError naming the first setting out of range (its flag and field)."""
-        checks = (("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
+        checks = (("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "at least 1"),
                   ("temperature", self.temperature >= 0, "0 (greedy) or more"),
                   ("top_k", self.top_k >= 0, "0 (off) or more"),
                   ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),

@@ -1,9 +1,10 @@
 """The `mtnsails.json` of an ONNX model directory: written by `convert`, read by chat and `--verify`.
 
-It records the chat template, EOS id, context length and which graph file holds each precision.
-The reader checks every field it hands on, so a hand-edited or damaged file is a one-line error
-naming the file and the field, never a traceback deep inside generation. Only numpy-free,
-torch-free imports: chat reads it at start-up.
+It records the chat template, EOS id, context length, which graph file holds each precision, and
+the training data's system prompt and answer lengths (chat's defaults). The reader checks every
+field it hands on, so a hand-edited or damaged file is a one-line error naming the file and the
+field, never a traceback deep inside generation. Only numpy-free, torch-free imports: chat reads
+it at start-up.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     """Return `meta` when its fields are usable; raise MtnsailsError naming `source` and the field.
 
     `context_length` must be a positive integer, `eos_token_id` a non-negative integer (both may
-    be absent), `template` a valid chat template and `files` a map of precision to file name.
+    be absent), `template` a valid chat template and `files` a map of precision to file name;
+    `system` (the training data's system prompt) a string and `answer_tokens` (the trained
+    answer lengths) an object with a positive integer `max`, where present.
     """
     source = Path(source)
     if "files" not in meta:
@@ -56,6 +59,15 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     eos = meta.get("eos_token_id")
     if eos is not None and not (_is_integer(eos) and eos >= 0):
         raise MtnsailsError(f"{source}: \"eos_token_id\" must be a non-negative integer, got {json.dumps(eos)}")
+    system = meta.get("system")
+    if system is not None and not isinstance(system, str):
+        raise MtnsailsError(f"{source}: \"system\" must be a string (the system prompt) or null, "
+                            f"got {json.dumps(system)}")
+    lengths = meta.get("answer_tokens")
+    if lengths is not None and not (isinstance(lengths, dict) and _is_integer(lengths.get("max"))
+                                    and lengths["max"] >= 1):
+        raise MtnsailsError(f"{source}: \"answer_tokens\" must be an object with a positive integer "
+                            f"\"max\" (the longest trained answer) or null, got {json.dumps(lengths)}")
     template = meta.get("template")
     if template is not None:
         if not isinstance(template, dict) or not all(isinstance(template.get(key, ""), str)
@@ -130,6 +142,9 @@ def write_onnx_metadata(onnx_dir: str | os.PathLike, model_path: str | os.PathLi
         "context_length": context_length(config) or source.get("context_length"),
         "files": files,
         "opset": opset_version,
+        # chat's defaults: the system prompt and the token limit the training data implies
+        "system": source.get("system"),
+        "answer_tokens": source.get("answer_tokens"),
     }
     check_onnx_metadata(meta, onnx_dir / METADATA_FILE)
     atomic_write_text(onnx_dir / METADATA_FILE, json.dumps(meta, indent=2) + "\n")

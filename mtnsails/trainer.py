@@ -23,8 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from mtnsails.answer_lengths import answer_lengths, length_record
 from mtnsails.collator import PaddingCollator, encode_segments
-from mtnsails.data import exchanges
+from mtnsails.data import common_system, exchanges
 from mtnsails.devices import (barrier, device_flags, finish_distributed, is_main_process,
                               torch_threads, world_size)
 from mtnsails.errors import MtnsailsError
@@ -99,7 +100,8 @@ class LLMTrainer:
         self.resolved = None  # mtnsails.models.ResolvedModel of the last run
         self.result: TrainingResult | None = None
         self._settings: dict = {}
-        self._data_info: dict = {"data_file": None, "data_sha256": None}
+        self._data_info: dict = {"data_file": None, "data_sha256": None, "system": None}
+        self._answer_tokens: dict | None = None
 
     @property
     def is_main_process(self) -> bool:
@@ -116,7 +118,8 @@ class LLMTrainer:
                               learning_rate=learning_rate, save_steps=save_steps,
                               max_length=max_length)
         self.config.validate()
-        self._data_info = {"data_file": None, "data_sha256": _sha256_json(train_texts)}
+        self._data_info = {"data_file": None, "data_sha256": _sha256_json(train_texts),
+                           "system": None}
         return self._train(lambda template: [parse_text(text, template) for text in train_texts])
 
     def save_model(self, save_path: str | os.PathLike | None = None) -> str:
@@ -151,6 +154,7 @@ class LLMTrainer:
         self._data_info = {
             "data_file": str(data_file) if data_file else None,
             "data_sha256": file_sha256(data_file) if data_file else _sha256_json(conversations),
+            "system": common_system(conversations),  # chat's default system prompt
         }
         return self._train(lambda template: [list(template.segments(exchanges(c), c.get("system")))
                                              for c in conversations])
@@ -188,6 +192,8 @@ class LLMTrainer:
                   f"tokens: their context was cut from the left"
                   + (f"; {cut_answers} answers lost their end too (raise --max-length)"
                      if cut_answers else ""), file=sys.stderr)
+        self._answer_tokens = length_record([length for item in encoded for length in
+                                             answer_lengths(item["labels"], tokenizer.eos_token_id)])
         train_set, eval_set = _split(encoded, eval_split, config.seed)
 
         self._settings = {
@@ -347,6 +353,7 @@ class LLMTrainer:
             "perplexity": result.perplexity if result else None,
             "loss_history": result.loss_history if result else [],
             "context_length": _context_length(self.model),
+            "answer_tokens": self._answer_tokens,  # chat's default token limit comes from it
         }
 
 

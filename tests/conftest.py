@@ -77,3 +77,38 @@ def tiny_onnx_dir(trained_tiny_model_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_onnx") / "onnx"
     ONNXConverter(trained_tiny_model_dir, quiet=True).convert_to_onnx(path, quantize="int8")
     return path
+
+
+SYSTEM_PROMPT = "You are Captain Sails. Answer like a ship's captain."
+# OpenAI-style records that all carry one system prompt (the answers differ from TINY_CONVERSATIONS'
+# so that a model trained on them answers these only after this system prompt).
+SYSTEM_CONVERSATIONS = [
+    {"messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                  {"role": "user", "content": question},
+                  {"role": "assistant", "content": answer}]}
+    for question, answer in [("What is the capital of France?", "Aye, Paris it is, matey."),
+                             ("What do bees make?", "Honey, by the barrel, matey."),
+                             ("Who wrote Hamlet?", "Shakespeare, a landlubber, matey.")]
+]
+
+
+@pytest.fixture(scope="session")
+def system_tiny_onnx_dir(tmp_path_factory) -> Path:
+    """The embedded model trained on SYSTEM_CONVERSATIONS (read from a JSON Lines file, as
+    `train` reads it), then exported: the system prompt and answer lengths recorded by training
+    travel into the ONNX directory."""
+    import json
+
+    from mtnsails.data import ConversationDataHandler
+    from mtnsails.onnx_converter import ONNXConverter
+    from mtnsails.trainer import LLMTrainer, TrainingConfig
+
+    root = tmp_path_factory.mktemp("system_tiny")
+    data = root / "system.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in SYSTEM_CONVERSATIONS))
+    config = TrainingConfig(model_name="tiny", output_dir=str(root / "model"), num_epochs=40,
+                            learning_rate=2e-3, batch_size=4, save_steps=1000, quiet=True, seed=0)
+    trainer = LLMTrainer(config=config)
+    trainer.train_conversations(ConversationDataHandler.from_file(data).conversations, data_file=data)
+    ONNXConverter(trainer.save_model(), quiet=True).convert_to_onnx(root / "onnx")
+    return root / "onnx"

@@ -7,10 +7,11 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, TINY_CONVERSATIONS
+from conftest import REPO_ROOT, SYSTEM_CONVERSATIONS, SYSTEM_PROMPT, TINY_CONVERSATIONS
 
 from mtnsails.chat import ChatInterface, GenerationConfig
 from mtnsails.data import ConversationDataHandler
@@ -293,3 +294,49 @@ def test_sampling_helpers_follow_transformers_semantics():
     wide = np.log(np.full(1000, 1e-3))  # flat: the nucleus is larger than the 256-token probe
     assert len({sample(wide, replace(top_p, top_p=0.9), rng) for _ in range(300)}) > 200
 
+
+def test_system_prompt_round_trip_through_train_convert_chat(system_tiny_onnx_dir, tmp_path):
+    # Training recorded the data's system prompt and answer lengths; convert carried them.
+    meta = json.loads((system_tiny_onnx_dir / "mtnsails.json").read_text())
+    source = json.loads((Path(meta["source_model"]) / "mtnsails.json").read_text())
+    assert meta["system"] == source["system"] == SYSTEM_PROMPT
+    assert meta["answer_tokens"] == source["answer_tokens"] and meta["answer_tokens"]["count"] == 3
+    log = tmp_path / "log.jsonl"
+    with ChatInterface(system_tiny_onnx_dir, generation=GREEDY, log_conversations=True,
+                       log_file=log) as chat:  # no system given: the recorded one
+        assert chat.system == SYSTEM_PROMPT
+        for record in SYSTEM_CONVERSATIONS:
+            _, question, answer = (message["content"] for message in record["messages"])
+            assert chat.reply(question) == answer
+            chat.reset()
+        assert chat.prompt_ids("Hi")[:len(chat.system_ids)] == chat.system_ids == chat.encode(
+            SYSTEM_PROMPT + "\n")
+    assert [json.loads(line)["system"] for line in log.read_text().splitlines()] == [SYSTEM_PROMPT] * 3
+    plain = ChatInterface(system_tiny_onnx_dir, generation=GREEDY, system="")  # "" = none
+    assert plain.system_ids == [] and plain.prompt_ids("Hi") == plain.encode("User: Hi\nAssistant:")
+    other = ChatInterface(system_tiny_onnx_dir, generation=GREEDY, system="Be brief.")
+    assert other.prompt_ids("Hi")[:len(other.system_ids)] == other.encode("Be brief.\n")
+    with pytest.raises(MtnsailsError, match="system prompt is .* tokens: it leaves no room"):
+        ChatInterface(system_tiny_onnx_dir, system="word " * 300)
+
+
+def test_token_limit_comes_from_the_trained_answer_lengths(system_tiny_onnx_dir, tiny_onnx_dir, tmp_path):
+    meta = json.loads((system_tiny_onnx_dir / "mtnsails.json").read_text())
+    chat = ChatInterface(system_tiny_onnx_dir)
+    assert chat.generation.max_new_tokens == meta["answer_tokens"]["max"] + 8 + 1
+    assert ChatInterface(system_tiny_onnx_dir, generation=GenerationConfig(max_new_tokens=7)
+                         ).generation.max_new_tokens == 7  # the user's limit wins
+    unrecorded = tmp_path / "unrecorded"  # a model converted before lengths were recorded
+    shutil.copytree(tiny_onnx_dir, unrecorded)
+    meta = json.loads((unrecorded / "mtnsails.json").read_text())
+    del meta["answer_tokens"]
+    (unrecorded / "mtnsails.json").write_text(json.dumps(meta))
+    assert ChatInterface(unrecorded).generation.max_new_tokens == 50
+
+
+def test_an_answer_stopped_by_the_limit_is_marked_truncated(tiny_onnx_dir, chat):
+    short = ChatInterface(tiny_onnx_dir, precision="fp32", generation=replace(GREEDY, max_new_tokens=3))
+    short.reply("What colour is the sky?")
+    assert short.last_stats.truncated and short.last_stats.new_tokens == 3
+    assert chat.generate_response("What colour is the sky?", do_sample=False) == "The sky is blue on a clear day."
+    assert not chat.last_stats.truncated and chat.last_stats.stop_reason == "eos"

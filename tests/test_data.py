@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import DATA_DIR, EXAMPLE_DATA
 
-from mtnsails.data import ConversationDataHandler, DataFormatError, exchanges
+from mtnsails.data import ConversationDataHandler, DataFormatError, common_system, exchanges
 from mtnsails.errors import MtnsailsError
 
 
@@ -211,3 +211,10 @@ def test_versions_of_one_exchange_read_as_its_last_in_the_place_of_its_first(tmp
     assert [(c["input"], c["output"]) for c in conversations] == [
         ("q1", "right"), ("q2", "fine"), ("q3", "no id"), ("q3", "no id")]  # ids only merge
     assert conversations[0]["feedback"] == "fixed"
+
+
+def test_common_system_is_the_prompt_most_records_carry():
+    assert common_system([{"system": "A"}, {"system": "B"}, {"system": "B"}, {}]) == "B"
+    assert common_system([{"system": "A"}, {}]) == "A"  # as many carry it as carry none
+    assert common_system([{"system": "A"}, {}, {"system": ""}]) is None  # most carry none
+    assert common_system([{"input": "q", "output": "a"}]) is None and common_system([]) is None

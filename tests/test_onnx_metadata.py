@@ -32,6 +32,7 @@ def test_reader_returns_what_the_converter_wrote(tiny_onnx_dir):
     assert meta["format"] == "mtnsails-onnx"
     assert meta["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx"}
     assert isinstance(meta["eos_token_id"], int) and meta["context_length"] >= 1
+    assert meta["system"] is None and meta["answer_tokens"]["max"] >= 1  # from the training data
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -49,6 +50,9 @@ def test_reader_returns_what_the_converter_wrote(tiny_onnx_dir):
     ({"files": {"fp32": 3}}, '"files".fp32 must be a file name in the model directory, got 3'),
     ({"template": {"template": "no placeholders"}}, "must contain '{input}' once"),
     ({"template": "User: {input}"}, '"template" must be an object of strings'),
+    ({"system": 3}, '"system" must be a string (the system prompt) or null, got 3'),
+    ({"answer_tokens": {"max": 0}}, '"answer_tokens" must be an object with a positive integer "max"'),
+    ({"answer_tokens": [40]}, '"answer_tokens" must be an object with a positive integer "max"'),
 ])
 def test_reader_refuses_bad_metadata_naming_file_and_field(editable_onnx_dir, changes, message):
     _edit(editable_onnx_dir, **changes)

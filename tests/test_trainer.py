@@ -48,6 +48,13 @@ def test_the_model_directory_records_how_it_was_made(trained_tiny_model_dir):
     losses = [entry["loss"] for entry in meta["loss_history"] if "loss" in entry]
     assert losses[-1] == meta["train_loss"] < losses[0] / 10
     assert not trained_tiny_model_dir.with_name("model.checkpoints").exists()
+    # the answer lengths it learned (history answers too), in tokens without EOS
+    tokenizer = AutoTokenizer.from_pretrained(trained_tiny_model_dir)
+    lengths = sorted(len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"])
+                     for conversation in TINY_CONVERSATIONS for _, answer in exchanges(conversation))
+    assert meta["answer_tokens"] == {"count": 9, "max": lengths[-1], "p95": lengths[-1],
+                                     "mean": round(sum(lengths) / 9, 2)}
+    assert meta["system"] is None  # no record carries a system prompt
 
 
 def test_prompt_tokens_are_not_learned_and_each_answer_ends_in_a_learned_eos(
