@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -120,6 +120,8 @@ class BatchScheduler:
     def prepare(self, job: GenerationJob) -> GenerationJob:
         """Build the job's prompt with the current model (MtnsailsError when it cannot fit)."""
         model = self.model
+        if job.config.max_new_tokens is None:  # neither the request nor the server set a limit
+            job.config = replace(job.config, max_new_tokens=model.generation.max_new_tokens)
         prompt = model.prompt_ids(job.question, job.history, job.config.max_new_tokens, system=job.system)
         if len(prompt) + job.config.max_new_tokens > model.context_length:
             raise MtnsailsError(f"the prompt ({len(prompt)} tokens) and max_tokens "

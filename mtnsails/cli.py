@@ -14,7 +14,7 @@ from importlib import import_module
 
 from mtnsails.errors import MtnsailsError
 
-COMMANDS = ("validate", "train", "convert", "chat", "serve", "pipeline", "review")
+COMMANDS = ("validate", "train", "convert", "chat", "evaluate", "serve", "pipeline", "review")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,25 @@ FEEDBACK_PROMPT = "Feedback (Enter = keep, b = bad, or type the right answer): "
 ACKNOWLEDGED = {"good": "marked good", "bad": "marked bad", "fixed": "answer fixed"}
 
 
+def system_line(chat: ChatInterface) -> str:
+    """Which system prompt is in effect, for the user: "system prompt: '...'" or "... none"."""
+    return f"system prompt: {chat.system!r}" if chat.system else "system prompt: none"
+
+
+def announce_system(chat: ChatInterface) -> None:
+    """Say on stderr which system prompt is in effect, when there is one (stdout holds answers)."""
+    if chat.system:
+        print(system_line(chat), file=sys.stderr, flush=True)
+
+
+def note_truncation(chat: ChatInterface) -> None:
+    """Say on stderr when the token limit stopped the last answer."""
+    if chat.last_stats is not None and chat.last_stats.truncated:
+        print(f"note: the answer reached the limit of {chat.generation.max_new_tokens} new tokens "
+              "and may be missing its end; raise --max-tokens for longer answers",
+              file=sys.stderr, flush=True)
+
+
 class TerminalChat:
     """Run a conversation with `chat` on stdin/stdout (closes `chat`'s log when it ends)."""
 
@@ -91,9 +110,9 @@ class TerminalChat:
         return command
 
     def _interactive(self) -> None:
-        self._say(f"Chatting with {self.chat.path} ({self.chat.precision}). /good, /bad or "
-                  "/fix TEXT rate the last answer; /reset starts over; /exit, exit, quit or "
-                  "Ctrl-D leaves.")
+        self._say(f"Chatting with {self.chat.path} ({self.chat.precision}; {system_line(self.chat)}). "
+                  "/good, /bad or /fix TEXT rate the last answer; /reset starts over; /exit, exit, "
+                  "quit or Ctrl-D leaves.")
         while True:
             try:
                 line = input("You: ").strip()
@@ -124,6 +143,7 @@ class TerminalChat:
                 extra = len(printed) - len(answer)  # erase the half sentence the limit cut
                 print("\b \b" * extra, end="", file=self.stdout)
             self._say()
+            note_truncation(self.chat)
             if self.ask_feedback:
                 try:
                     reply = input(FEEDBACK_PROMPT).strip()
@@ -134,6 +154,7 @@ class TerminalChat:
                     return
 
     def _scripted(self) -> None:
+        announce_system(self.chat)
         lines = (raw.strip() for raw in self.stdin)
         for line in lines:
             if not line:
@@ -143,5 +164,6 @@ class TerminalChat:
                 return
             if command is None:
                 self._say(self.chat.reply(line).replace("\n", " "))
+                note_truncation(self.chat)
                 if self.ask_feedback and self._reply_to_question(next(lines, None), echo=False):
                     return

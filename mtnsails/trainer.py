@@ -102,6 +102,7 @@ class LLMTrainer:
         self._settings: dict = {}
         self._data_info: dict = {"data_file": None, "data_sha256": None, "system": None}
         self._answer_tokens: dict | None = None
+        self._held_out: list[int] = []
 
     @property
     def is_main_process(self) -> bool:
@@ -195,6 +196,8 @@ class LLMTrainer:
         self._answer_tokens = length_record([length for item in encoded for length in
                                              answer_lengths(item["labels"], tokenizer.eos_token_id)])
         train_set, eval_set = _split(encoded, eval_split, config.seed)
+        held_out = {id(item) for item in eval_set}
+        self._held_out = [index for index, item in enumerate(encoded) if id(item) in held_out]
 
         self._settings = {
             "num_epochs": epochs, "batch_size": config.batch_size, "learning_rate": learning_rate,
@@ -354,6 +357,7 @@ class LLMTrainer:
             "loss_history": result.loss_history if result else [],
             "context_length": _context_length(self.model),
             "answer_tokens": self._answer_tokens,  # chat's default token limit comes from it
+            "held_out": self._held_out,  # positions in the data of the eval split's conversations
         }
 
 

@@ -157,7 +157,7 @@ def spawn_chat(tiny_onnx_dir, *flags: str) -> pexpect.spawn:
 
 def test_terminal_session_streams_resets_and_exits(tiny_onnx_dir):
     child = spawn_chat(tiny_onnx_dir)
-    child.expect("/reset starts over")
+    child.expect(r"\(int8; system prompt: none\)\. /reset starts over")  # says which system prompt
     child.expect("You: ")
     child.sendline("   ")  # a blank line is skipped: no answer, just the next prompt
     child.expect("You: ")
@@ -222,7 +222,9 @@ def test_terminal_erases_the_half_sentence_the_token_limit_cut(tiny_onnx_dir):
     child.expect("\r\nYou: ")
     shown = child.before
     assert shown.startswith("Hello! How can")  # streamed as generated...
-    assert render(shown) == "Hello!"  # ...then the cut-off half sentence is erased
+    answer, note = render(shown).split("\r\n")
+    assert answer == "Hello!"  # ...then the cut-off half sentence is erased, and a note says so
+    assert note.startswith("note: the answer reached the limit of 5 new tokens")
     child.sendline("/exit")
     child.expect(pexpect.EOF)
 
@@ -260,3 +262,31 @@ def test_bad_model_directory_is_a_one_line_error(case, tiny_onnx_dir, trained_ti
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert expected in result.stderr
+
+
+def test_the_trained_system_prompt_is_used_and_said_unless_system_overrides_it(system_tiny_onnx_dir):
+    from conftest import SYSTEM_PROMPT
+
+    ask = ("chat", "--model-path", str(system_tiny_onnx_dir), "--prompt", "What do bees make?",
+           "--temperature", "0")
+    result = run_cli(*ask)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Honey, by the barrel, matey.\n"
+    assert result.stderr == f"system prompt: {SYSTEM_PROMPT!r}\n"
+    plain = run_cli(*ask, "--system", "")  # "" = no system prompt: the model never saw that
+    assert plain.returncode == 0 and plain.stderr == ""
+    assert plain.stdout != result.stdout
+    other = run_cli(*ask, "--system", "Be brief.", input="")
+    assert other.stderr == "system prompt: 'Be brief.'\n"
+
+
+def test_an_answer_cut_by_the_token_limit_gets_a_note_on_stderr(tiny_onnx_dir):
+    ask = ("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "0")
+    cut = run_cli(*ask, "--prompt", "What colour is the sky?", "--max-tokens", "3")
+    assert cut.returncode == 0 and cut.stdout.strip()
+    assert cut.stderr == ("note: the answer reached the limit of 3 new tokens and may be missing "
+                          "its end; raise --max-tokens for longer answers\n")
+    piped = run_cli(*ask, "--max-tokens", "3", input="What colour is the sky?\nHello!\n")
+    assert len(piped.stdout.splitlines()) == 2 and piped.stderr.count("note: the answer reached") == 2
+    whole = run_cli(*ask, "--prompt", "What colour is the sky?")  # the trained lengths' limit
+    assert whole.stdout == "The sky is blue on a clear day.\n" and whole.stderr == ""

@@ -39,6 +39,7 @@ def test_pipeline_end_to_end(tmp_path):
             logger.log(conversation["input"], conversation["output"])
     result = run_cli("pipeline", "--model-name", "tiny", "--data-file", str(data), "--epochs", "2",
                      "--output-dir", "model", "--onnx-output", "onnx", "--max-tokens", "8",
+                     "--eval-split", "0.25",
                      "--log-conversations", "--log-file", "demo.jsonl", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -50,6 +51,11 @@ def test_pipeline_end_to_end(tmp_path):
     assert f"Trained model: {tmp_path / 'model'} (train loss " in summary
     assert f"python main.py chat --model-path {tmp_path / 'onnx'}" in summary
     assert "Next: python main.py convert" not in out  # the pipeline converts by itself
+    # It ends with the scores of the new model on the data it trained on and on the held-out part.
+    held_out = json.loads((tmp_path / "model" / "mtnsails.json").read_text())["held_out"]
+    assert len(held_out) == 2 and all(0 <= index < 8 for index in held_out)
+    assert "Evaluation on the training data: 6 examples: first sentence " in summary
+    assert "Evaluation on the eval split: 2 examples: first sentence " in summary
 
     asked = [line.split("You:", 1)[1].strip() for line in summary.splitlines() if "You:" in line]
     answered = [line.split("Assistant:", 1)[1].strip()

@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import TINY_CONVERSATIONS
+from conftest import TINY_CONVERSATIONS, run_cli
 
 from mtnsails.chat import ChatInterface, GenerationConfig
 from mtnsails.errors import MtnsailsError
@@ -105,3 +105,77 @@ def test_not_an_onnx_directory_fails_before_any_work(trained_tiny_model_dir, tmp
 def test_example_result_scores():
     result = ExampleResult.score(0, "q", "Paris is in France. Lovely.", "paris is in france", 5, False)
     assert result.first_sentence_match and not result.exact_match and 0 < result.token_f1 < 1
+
+
+# -- the `evaluate` command ------------------------------------------------------------------
+
+def test_cli_json_report_and_exit_codes_against_a_baseline(tiny_onnx_dir, worse_onnx_dir, data_file):
+    result = run_cli("evaluate", "--model-path", str(tiny_onnx_dir), "--data-file", str(data_file),
+                     "--json", "--quiet")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    data = json.loads(result.stdout)
+    assert {"model", "examples", "exact_match", "first_sentence_match", "token_f1", "results"} <= data.keys()
+    assert (data["model"], data["examples"], data["first_sentence_match"]) == (str(tiny_onnx_dir), 8, 1.0)
+    assert "baseline" not in data and len(data["results"]) == 8
+
+    better = run_cli("evaluate", "--model-path", str(tiny_onnx_dir), "--data-file", str(data_file),
+                     "--baseline", str(worse_onnx_dir), "--json", "--quiet")
+    assert better.returncode == 0, better.stderr
+    assert json.loads(better.stdout)["baseline"]["worse"] == []
+
+    worse = run_cli("evaluate", "--model-path", str(worse_onnx_dir), "--data-file", str(data_file),
+                    "--baseline", str(tiny_onnx_dir), "--json", "--quiet")
+    assert worse.returncode == 1, worse.stderr
+    data = json.loads(worse.stdout)
+    baseline = data["baseline"]
+    assert {"model", "examples", "exact_match", "first_sentence_match", "token_f1", "results",
+            "worse"} <= baseline.keys()
+    assert baseline["model"] == str(tiny_onnx_dir) and baseline["first_sentence_match"] == 1.0
+    assert data["first_sentence_match"] < 1.0 and baseline["worse"] and not data["passed"]
+    assert run_cli("evaluate", "--model-path", str(worse_onnx_dir), "--data-file", str(data_file),
+                   "--baseline", str(tiny_onnx_dir), "--tolerance", "1", "--quiet").returncode == 0
+
+
+def test_cli_text_report_in_one_session(tiny_onnx_dir, tmp_path):
+    data = tmp_path / "openai.jsonl"  # any format validate reads
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": c["input"]},
+                                                     {"role": "assistant", "content": c["output"]}]}) + "\n"
+                            for c in TINY_CONVERSATIONS[:3]))
+    result = run_cli("evaluate", "--model-path", str(tiny_onnx_dir), "--data-file", str(data), "--session")
+    assert result.returncode == 0, result.stderr
+    table = result.stdout.splitlines()
+    assert table[0].split() == ["examples", "first", "sentence", "exact", "token", "F1", "mean", "tokens",
+                                "truncated"]
+    assert table[1].split()[:2] == ["model", "3"] and "(one session;" in result.stdout
+    assert f"evaluating {tiny_onnx_dir} on 3 question(s)" in result.stderr
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing data", "no such file"),
+    ("bad data", "not valid JSON"),
+    ("pytorch model", "is a PyTorch model, not an ONNX model directory"),
+    ("empty directory", "is not an ONNX model directory"),
+    ("bad baseline", "is not an ONNX model directory"),
+    ("bad tolerance", "--tolerance = 2.0 must be between 0 and 1"),
+])
+def test_cli_bad_input_is_a_one_line_error(case, message, tiny_onnx_dir, trained_tiny_model_dir,
+                                           data_file, tmp_path):
+    (tmp_path / "bad.json").write_text('[{"input": "Hi", "output": "Hello."},')
+    (tmp_path / "empty").mkdir()
+    model, data, extra = str(tiny_onnx_dir), str(data_file), []
+    if case == "missing data":
+        data = str(tmp_path / "missing.json")
+    elif case == "bad data":
+        data = str(tmp_path / "bad.json")
+    elif case == "pytorch model":
+        model = str(trained_tiny_model_dir)
+    elif case == "empty directory":
+        model = str(tmp_path / "empty")
+    elif case == "bad baseline":
+        extra = ["--baseline", str(tmp_path / "empty")]
+    else:
+        extra = ["--tolerance", "2"]
+    result = run_cli("evaluate", "--model-path", model, "--data-file", data, *extra)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr

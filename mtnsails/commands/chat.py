@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
                            help="most prompt tokens (history + question) given to the model "
                                 f"(default: {PROMPT_TOKENS})")
     group.add_argument("--prompt", help="answer this one prompt and exit")
+    group.add_argument("--system", help='system prompt that opens every prompt; "" = none '
+                       "(default: the one the model was trained with, if any)")
     settings.add_arguments(group, GenerationConfig, skip=() if standalone else ("seed",))
     group.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="which model file to run; auto = int8 when present (default: auto)")
@@ -56,12 +58,12 @@ def open_chat(args: argparse.Namespace, model_path: str | None = None) -> ChatIn
     return ChatInterface(model_path or args.model_path, max_length=args.max_length,
                          log_conversations=args.log_conversations, log_file=args.log_file,
                          precision=args.precision, generation=settings.from_args(GenerationConfig, args),
-                         threads=args.threads)
+                         threads=args.threads, system=args.system)
 
 
 def run(args: argparse.Namespace) -> int:
     """Answer --prompt once, or chat (streamed in a terminal, one answer per line when piped); exit 0."""
-    from mtnsails.terminal_chat import TerminalChat
+    from mtnsails.terminal_chat import TerminalChat, announce_system, note_truncation
 
     check_prompt(args)
     if args.feedback:
@@ -74,5 +76,7 @@ def run(args: argparse.Namespace) -> int:
         TerminalChat(chat, ask_feedback=args.feedback).run()
         return 0
     with chat:
+        announce_system(chat)
         print(chat.reply(args.prompt), flush=True)
+        note_truncation(chat)
     return 0

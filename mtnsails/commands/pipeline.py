@@ -9,6 +9,7 @@ from mtnsails.commands import chat, convert, train
 
 HELP = "train, convert and try a model in one go"
 DEMO_PROMPTS = 3  # questions from the data the demo asks the freshly converted model
+EVALUATED = 100  # at most this many questions of each part (trained, held out) are scored
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +59,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"  You:       {prompt}\n  Assistant: {answer or '(empty answer)'}")
     if args.log_conversations:
         print(f"Logged the demo to {args.log_file}")
+    held_out = set(meta.get("held_out") or [])
+    parts = [("training data", [c for i, c in enumerate(conversations) if i not in held_out]),
+             ("eval split", [c for i, c in enumerate(conversations) if i in held_out])]
+    for name, part in parts:
+        if part:
+            print(f"Evaluation on the {name}: {evaluation_summary(args, onnx_dir, part)}", flush=True)
     print(f"Chat with it:  python main.py chat --model-path {shlex.quote(str(onnx_dir))}", flush=True)
     return 0
+
+
+def evaluation_summary(args: argparse.Namespace, onnx_dir: str, conversations: list[dict]) -> str:
+    """Score the new model's greedy answers on (up to EVALUATED of) `conversations`, each alone."""
+    from mtnsails.evaluator import Evaluator
+
+    sample = spread(conversations, EVALUATED)
+    report = Evaluator(onnx_dir, system=args.system, max_new_tokens=args.max_new_tokens,
+                       max_length=args.max_length, precision=args.precision).evaluate(sample)
+    scored = "" if len(sample) == len(conversations) else f" (a spread of {len(conversations)})"
+    return report.summary_line() + scored
+
+
+def spread(items: list, count: int) -> list:
+    """At most `count` items spread evenly over `items`, in order."""
+    if len(items) <= count:
+        return items
+    return [items[index * len(items) // count] for index in range(count)]
 
 
 def _stage(args: argparse.Namespace, number: int, title: str) -> None:
