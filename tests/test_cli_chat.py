@@ -157,7 +157,7 @@ def spawn_chat(tiny_onnx_dir, *flags: str) -> pexpect.spawn:
 
 def test_terminal_session_streams_resets_and_exits(tiny_onnx_dir):
     child = spawn_chat(tiny_onnx_dir)
-    child.expect(r"\(int8; system prompt: none\)\. /reset starts over")  # says which system prompt
+    child.expect(r"\(int8; system prompt: none\)\. /good")  # says which system prompt
     child.expect("You: ")
     child.sendline("   ")  # a blank line is skipped: no answer, just the next prompt
     child.expect("You: ")
