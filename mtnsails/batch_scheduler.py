@@ -89,9 +89,8 @@ class BatchScheduler:
     >>> scheduler.start(); job = scheduler.prepare(...); scheduler.submit(job)
     """
 
-    def __init__(self, open_model: Callable[[], ChatInterface], max_batch: int = 8, max_queue: int = 32,
-                 watch: bool = True) -> None:
-        """`watch`: reload when the model directory is replaced (checked as requests come)."""
+    def __init__(self, open_model: Callable[[], ChatInterface], max_batch: int = 8, max_queue: int = 32) -> None:
+        """`max_batch` requests are decoded together at most, `max_queue` more may wait."""
         if max_batch < 1:
             raise MtnsailsError(f"max_batch = {max_batch} must be at least 1")
         if max_queue < 0:
@@ -99,7 +98,6 @@ class BatchScheduler:
         self.open_model = open_model
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.watch = watch
         self.model = open_model()
         self._batch = BatchDecoder(self.model.decoder)
         self._signature = self._directory_signature()
@@ -115,6 +113,7 @@ class BatchScheduler:
     # -- called from other threads -----------------------------------------------------------
 
     def start(self) -> None:
+        """Start the decoding thread."""
         self._thread.start()
 
     def prepare(self, job: GenerationJob) -> GenerationJob:
@@ -232,9 +231,8 @@ class BatchScheduler:
     def _finish(self, key: int) -> None:
         sequence = self._remove(key)
         answer = sequence.answer
-        cut = answer.stop_reason is None
-        text = answer.finish()
-        completion = Completion(text, answer.finish(trim=cut) if cut else text, "length" if cut else "stop",
+        cut = answer.stop_reason is None  # the token limit or the context ended it
+        completion = Completion(answer.finish(), answer.finish(trim=cut), "length" if cut else "stop",
                                 len(sequence.job.prompt_ids), sequence.generated)
         with self._condition:
             self.served += 1
@@ -271,8 +269,6 @@ class BatchScheduler:
         return directory.st_ino, meta.st_ino, meta.st_mtime_ns
 
     def _replaced(self) -> bool:
-        if not self.watch:
-            return False
         signature = self._directory_signature()
         # None: the directory is being swapped right now; look again with the next request.
         return signature is not None and signature != self._signature
