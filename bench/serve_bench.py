@@ -2,11 +2,12 @@
 
     flock /tmp/mtnsails-big.lock python bench/serve_bench.py [--tokens 64] [--requests 4] [--clients 1 4 8]
 
-Builds the random-weight distilgpt2-sized model of bench/chat_bench.py, exports it (fp32 + int8),
-starts `main.py serve` on it (int8), then for each number of concurrent clients runs that many
-`openai` clients, each streaming --requests answers of --tokens new tokens one after the other.
-Prints the aggregate generated tokens/s (all clients' tokens over the wall time), its ratio to one
-client, and the p50/p95 time to the first token (request sent -> first text received).
+Builds the random-weight distilgpt2-sized model of bench/chat_bench.py (its embedding rows of ids
+the small tokenizer lacks zeroed, so every sampled token is text the server can stream), exports
+it (fp32 + int8), starts `main.py serve` on it (int8), then for each number of concurrent clients
+runs that many `openai` clients, each streaming --requests answers of --tokens new tokens one after
+the other. Prints the aggregate generated tokens/s (all clients' tokens over the wall time), its
+ratio to one client, and the p50/p95 time to the first token (request sent -> first text received).
 """
 
 from __future__ import annotations
@@ -32,10 +33,23 @@ sys.path.insert(0, str(REPO_ROOT))
 from chat_bench import PROMPT, build_distilgpt2_sized  # noqa: E402  (bench/ is this script's directory)
 
 
-def start_server(onnx_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def known_tokens_only(directory: Path) -> None:
+    """Zero the (tied) embedding rows of ids the tokenizer lacks: their logits become 0 while
+    known tokens' spread around it, so sampling picks tokens that decode to text."""
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(directory)
+    with torch.no_grad():
+        model.transformer.wte.weight[len(AutoTokenizer.from_pretrained(directory)):] = 0
+    model.save_pretrained(directory)
+
+
+def start_server(onnx_dir: Path, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
     """`main.py serve` on a free port; returns the process and its base URL once it listens."""
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), "serve", "--model-path", str(onnx_dir),
-                                "--port", "0", "--precision", "int8", "--max-batch", str(max_batch)],
+    command = [sys.executable, str(REPO_ROOT / "main.py"), "serve", "--model-path", str(onnx_dir),
+               "--port", "0", "--precision", "int8", "--max-batch", str(max_batch)]
+    process = subprocess.Popen(command + (["--threads", str(threads)] if threads else []),
                                cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
     line = process.stderr.readline()
     match = re.search(r"on (http://\S+)/v1", line)
@@ -89,17 +103,22 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
     parser.add_argument("--requests", type=int, default=4, help="answers per client, one after the other")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--threads", type=int, help="serve --threads (default: physical cores)")
+    parser.add_argument("--model", type=Path, help="reuse this ONNX directory (default: build one)")
     args = parser.parse_args()
     from mtnsails.onnx_converter import ONNXConverter
 
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
         work = Path(tmp)
-        build_distilgpt2_sized(work / "model")
-        ONNXConverter(work / "model", quiet=True).convert_to_onnx(work / "onnx", quantize="int8")
+        onnx_dir = args.model or work / "onnx"
+        if args.model is None:
+            build_distilgpt2_sized(work / "model")
+            known_tokens_only(work / "model")
+            ONNXConverter(work / "model", quiet=True).convert_to_onnx(onnx_dir, quantize="int8")
         print(cpu_description())
         print(f"int8, {args.tokens} new tokens per answer, {args.requests} answers per client, "
-              f"--max-batch {max(args.clients)}")
-        process, url = start_server(work / "onnx", max(args.clients))
+              f"--max-batch {max(args.clients)}, --threads {args.threads or 'physical cores'}")
+        process, url = start_server(onnx_dir, max(args.clients), args.threads)
         try:
             run_clients(url, 1, 1, 8)  # warm-up: first-run allocations
             print("| clients | aggregate tokens/s | vs 1 client | TTFT p50 | TTFT p95 |\n|---|---|---|---|---|")
