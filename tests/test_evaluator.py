@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
-from conftest import TINY_CONVERSATIONS, run_cli
+from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
 
 from mtnsails.chat import ChatInterface, GenerationConfig
 from mtnsails.errors import MtnsailsError
@@ -132,8 +134,6 @@ def test_cli_json_report_and_exit_codes_against_a_baseline(tiny_onnx_dir, worse_
             "worse"} <= baseline.keys()
     assert baseline["model"] == str(tiny_onnx_dir) and baseline["first_sentence_match"] == 1.0
     assert data["first_sentence_match"] < 1.0 and baseline["worse"] and not data["passed"]
-    assert run_cli("evaluate", "--model-path", str(worse_onnx_dir), "--data-file", str(data_file),
-                   "--baseline", str(tiny_onnx_dir), "--tolerance", "1", "--quiet").returncode == 0
 
 
 def test_cli_text_report_in_one_session(tiny_onnx_dir, tmp_path):
@@ -179,3 +179,20 @@ def test_cli_bad_input_is_a_one_line_error(case, message, tiny_onnx_dir, trained
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
+
+
+def test_evaluate_never_imports_torch_or_transformers(tiny_onnx_dir, data_file):
+    code = f"""
+import sys, runpy
+sys.argv = ["main.py", "evaluate", "--model-path", {str(tiny_onnx_dir)!r}, "--data-file", {str(data_file)!r},
+            "--quiet"]
+try:
+    runpy.run_path({str(REPO_ROOT / "main.py")!r}, run_name="__main__")
+except SystemExit as done:
+    assert not done.code, done.code
+print(sorted(name for name in ("torch", "transformers", "optimum") if name in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]" and "model" in result.stdout
