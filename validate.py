@@ -31,6 +31,7 @@ REQUIRED_FILES = [
     "mtnsails/settings.py", "mtnsails/training_config.py", "mtnsails/generation_config.py",
     "mtnsails/terminal_chat.py", "mtnsails/commands/__init__.py",
     "mtnsails/cpu.py", "mtnsails/onnx_metadata.py", "mtnsails/log_review.py",
+    "mtnsails/answer_lengths.py", "mtnsails/evaluator.py",
     "mtnsails/resources/example_conversations.json",
     "mtnsails/resources/corpus.txt", "process_scraped_content.py",
 ]
