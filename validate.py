@@ -31,7 +31,8 @@ REQUIRED_FILES = [
     "mtnsails/settings.py", "mtnsails/training_config.py", "mtnsails/generation_config.py",
     "mtnsails/terminal_chat.py", "mtnsails/commands/__init__.py",
     "mtnsails/cpu.py", "mtnsails/onnx_metadata.py", "mtnsails/log_review.py",
-    "mtnsails/answer_lengths.py", "mtnsails/evaluator.py",
+    "mtnsails/answer_lengths.py", "mtnsails/evaluator.py", "mtnsails/int4_quantizer.py",
+    "mtnsails/optimized_graph.py",
     "mtnsails/resources/example_conversations.json",
     "mtnsails/resources/corpus.txt", "process_scraped_content.py",
 ]
@@ -48,6 +49,7 @@ DEPENDENCIES = [
     ("onnx", "onnx", True),
     ("optimum", "optimum", True),
     ("optimum.exporters.onnx", "optimum-onnx", True),  # the exporter lives in optimum-onnx
+    ("onnx_ir", "onnx-ir", True),  # onnxruntime's int4 quantizer needs it
     ("matplotlib", "matplotlib", False),  # only for loss.png after training
 ]
 COMMANDS = ["validate", "train", "convert", "chat", "pipeline"]

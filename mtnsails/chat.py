@@ -24,10 +24,12 @@ from mtnsails.answer_text import AnswerText
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import DEFAULT_LOG_FILE, atomic_write_text
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens, setting_label
-from mtnsails.onnx_metadata import read_onnx_directory
+from mtnsails.onnx_metadata import PRECISIONS, read_onnx_directory
+from mtnsails.optimized_graph import stored_graph
 from mtnsails.template import ChatTemplate, segment_ids
 
 __all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_directory"]
+FASTEST_FIRST = ("int4", "int8")  # what `precision="auto"` prefers (bench/chat_bench.py, every CPU kind)
 
 # What a chat user may say of an answer (`ChatInterface.feedback`); "fixed" comes with the right one.
 VERDICTS = ("good", "bad", "fixed")
@@ -72,7 +74,9 @@ class ChatInterface:
         `auto_flush_interval` (original API, seconds) becomes the conversation logger's
         `flush_interval`: how often its writer thread and `flush_logs()` wake up to check on each
         other. Exchanges never wait for it: the logger writes each one as soon as it is logged.
-        `precision` is "fp32", "int8" or "auto" (int8 when the directory has it)."""
+        `precision` is "fp32", "int8", "int4" or "auto" (the fastest the directory has: int4, then
+        int8, then fp32). The graph stored optimised for this CPU loads when it fits (see
+        optimized_graph); `graph_file` names the graph that runs."""
         self.path = Path(onnx_model_path)
         meta = read_onnx_directory(self.path)
         self.template = ChatTemplate.from_dict(meta.get("template"))
@@ -91,9 +95,7 @@ class ChatInterface:
             raise MtnsailsError(f"auto_flush_interval = {auto_flush_interval} must be above 0 (seconds)")
         self.precision = self._pick_precision(meta["files"], precision)
         self.model_file = self.path / meta["files"][self.precision]
-        providers = ["CPUExecutionProvider"] if device == "cpu" else [
-            "CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.decoder = OnnxDecoder(self.model_file, threads=threads, providers=providers)
+        self.graph_file, self.decoder = self._load_decoder(meta, device, threads)
         try:
             self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as error:
@@ -117,14 +119,27 @@ class ChatInterface:
             self.logger = ConversationLogger(self.log_file, flush_interval=auto_flush_interval)
 
     def _pick_precision(self, files: dict, precision: str) -> str:
-        if precision == "auto":
-            return "int8" if "int8" in files and (self.path / files["int8"]).exists() else "fp32"
-        if precision not in ("fp32", "int8"):
-            raise MtnsailsError(f"precision {precision!r} is not one of fp32, int8, auto")
+        if precision == "auto":  # fastest first, as bench/chat_bench.py measures on every CPU kind
+            return next(name for name in (*FASTEST_FIRST, "fp32")
+                        if name in files and (self.path / files[name]).exists())
+        if precision not in (*PRECISIONS, "auto"):
+            raise MtnsailsError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}, auto")
         if precision not in files or not (self.path / files[precision]).exists():
-            hint = " (convert with --quantize int8)" if precision == "int8" else ""
+            hint = f" (convert with --quantize {precision})" if precision != "fp32" else ""
             raise MtnsailsError(f"{self.path} has no {precision} model{hint}")
         return precision
+
+    def _load_decoder(self, meta: dict, device: str, threads: int | None) -> tuple[Path, OnnxDecoder]:
+        """The graph stored optimised for this CPU when it fits and loads, else the portable one."""
+        providers = ["CPUExecutionProvider"] if device == "cpu" else [
+            "CUDAExecutionProvider", "CPUExecutionProvider"]
+        stored = stored_graph(self.path, meta, self.precision) if device == "cpu" else None
+        if stored is not None:
+            try:
+                return stored, OnnxDecoder(stored, threads=threads, providers=providers, optimized=True)
+            except MtnsailsError:  # a damaged stored graph: the portable one may still be fine
+                pass
+        return self.model_file, OnnxDecoder(self.model_file, threads=threads, providers=providers)
 
     # -- prompts -------------------------------------------------------------------------------
 

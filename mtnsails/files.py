@@ -28,6 +28,7 @@ ONNX_FORMAT = "mtnsails-onnx"
 # File names inside the model directories: `convert` writes the ONNX ones, chat reads them.
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
+INT4_FILE = "model_int4.onnx"
 PYTORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 # Where `convert` writes and `chat` logs unless told otherwise (the original CLI's defaults).
 DEFAULT_ONNX_DIR = "./onnx_model"

@@ -25,10 +25,12 @@ PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """CPU settings for batch-1 decoding: all graph optimisations, one op at a time, one thread per core."""
+def session_options(threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
+    """CPU settings for batch-1 decoding: all graph optimisations (none for a graph stored already
+    optimised, `optimize=False`), one op at a time, one thread per core."""
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads is not None and threads < 1:
         raise MtnsailsError(f"{setting_label('threads')} = {threads} must be at least 1")
@@ -47,9 +49,10 @@ class OnnxDecoder:
     """
 
     def __init__(self, model_file: str | os.PathLike, threads: int | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
-        """Load `model_file` into onnxruntime (`threads`: intra-op threads, default one per physical core)."""
-        options = session_options(threads)
+                 providers: Sequence[str] = ("CPUExecutionProvider",), optimized: bool = False) -> None:
+        """Load `model_file` into onnxruntime (`threads`: intra-op threads, default one per physical
+        core; `optimized`: the file is a graph onnxruntime already optimised, see optimized_graph)."""
+        options = session_options(threads, optimize=not optimized)
         try:
             self.session = ort.InferenceSession(str(model_file), options, providers=list(providers))
         except Exception as error:  # onnxruntime raises its own classes for corrupt files

@@ -2,7 +2,8 @@
 
 The directory holds `model.onnx` (one graph with KV-cache inputs, optimum's
 `text-generation-with-past` export), optionally `model_int8.onnx` (dynamic int8, every MatMul
-including the LM head), the tokenizer files, config.json, generation_config.json and an
+including the LM head) and `model_int4.onnx` (int4 blocks, see int4_quantizer), each also as
+onnxruntime optimised it for this CPU (see optimized_graph), the tokenizer files, config.json, generation_config.json and an
 `mtnsails.json` that tells chat the template, EOS id and context length. It is written into a
 staging directory and swapped in only when complete, so a failed export leaves no half directory.
 """
@@ -23,15 +24,22 @@ import numpy as np
 
 from mtnsails.cpu import cpu_flags
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import (DEFAULT_ONNX_DIR, DEFAULT_OPSET, FP32_FILE, INT8_FILE, ONNX_FORMAT, PYTORCH_WEIGHTS,
-                            atomic_directory, context_length, read_json_object)
+from mtnsails.files import (DEFAULT_ONNX_DIR, DEFAULT_OPSET, FP32_FILE, INT4_FILE, INT8_FILE, ONNX_FORMAT,
+                            PYTORCH_WEIGHTS, atomic_directory, context_length, read_json_object)
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
+from mtnsails.int4_quantizer import Int4Config, quantize_int4
 from mtnsails.onnx_metadata import read_onnx_directory, write_onnx_metadata
+from mtnsails.optimized_graph import store_optimized_graphs
 from mtnsails.template import ChatTemplate
 
 VERIFY_PROMPTS = ("Hello, how are you?", "What is mtnsails?", "Explain ONNX in one sentence.")
 LOGIT_TOLERANCE = 1e-3  # fp32 export vs PyTorch; measured differences are ~1e-6 to 3e-6
-INT8_MIN_AGREEMENT = 0.9  # int8 rounds weights: a few near-tie positions may pick another token
+# Share of positions where a quantized file must pick PyTorch's greedy token (teacher-forced).
+# Rounding weights flips only near-tie positions: int8 (256 levels per tensor) stays above 95 %
+# on the tiny test model; int4 (16 levels per block of 32) flips more of them, yet a file below
+# 80 % rewrites whole answers rather than a word here and there.
+MIN_AGREEMENT = {"int8": 0.9, "int4": 0.8}
+QUANTIZE_CHOICES = ("none", "int8", "int4", "all")
 
 
 @dataclass
@@ -42,8 +50,14 @@ class VerificationReport:
     positions: int = 0
     max_logit_diff: float = 0.0
     greedy_match: bool = True
-    int8_agreement: float | None = None  # share of positions where int8 and PyTorch argmax agree
+    agreement: dict[str, float] = field(default_factory=dict)  # precision -> share of positions whose
+    # argmax is PyTorch's greedy token
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def int8_agreement(self) -> float | None:
+        """`agreement["int8"]` (None without an int8 file), as the original report had it."""
+        return self.agreement.get("int8")
 
     @property
     def ok(self) -> bool:
@@ -51,12 +65,13 @@ class VerificationReport:
         return not self.problems
 
     def format_text(self) -> str:
-        """The figures as printed after `convert --verify`: logit difference, greedy and int8 agreement."""
+        """The figures as printed after `convert --verify`: logit difference, greedy and quantized agreement."""
         lines = [f"verified {self.prompts} prompts ({self.positions} positions): "
                  f"max logit difference {self.max_logit_diff:.2e}, greedy continuations "
                  f"{'agree' if self.greedy_match else 'DIFFER'}"]
-        if self.int8_agreement is not None:
-            lines.append(f"int8 argmax agrees with PyTorch on {self.int8_agreement:.1%} of positions")
+        for precision, share in self.agreement.items():
+            lines.append(f"{precision} greedy token agrees with fp32 PyTorch on {share:.1%} of positions "
+                         f"(needs {MIN_AGREEMENT[precision]:.0%})")
         return "\n".join(lines)
 
     def format_problems(self) -> str:
@@ -121,26 +136,35 @@ class ONNXConverter:
         """Export to `output_path` (replaced atomically) and return its path.
 
         `use_io_binding` is accepted for the original API: chat always uses IO binding.
-        `quantize="int8"` also writes model_int8.onnx.
+        `quantize="int8"` also writes model_int8.onnx, "int4" model_int4.onnx, "all" both. Each
+        graph is also stored as onnxruntime optimised it for this CPU (see `optimized_graph`).
         """
         output = Path(output_path).resolve()
         if output == self.model_path.resolve() or self.model_path.resolve() in output.parents:
             raise MtnsailsError(f"--onnx-output {output_path} must not be the model directory or inside it")
-        if quantize not in ("none", "int8", None):
-            raise MtnsailsError(f"quantize {quantize!r} is not one of none, int8")
+        quantize = quantize or "none"
+        if quantize not in QUANTIZE_CHOICES:
+            raise MtnsailsError(f"quantize {quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
         with atomic_directory(output, kind=ONNX_FORMAT) as staging:
             start = time.perf_counter()
             self._export(staging, opset_version)
             self._say(f"exported {FP32_FILE} ({_megabytes(staging / FP32_FILE)}) "
                       f"in {time.perf_counter() - start:.1f} s")
             files = {"fp32": FP32_FILE}
-            if quantize == "int8":
-                start = time.perf_counter()
-                self.quantize_int8(staging)
-                files["int8"] = INT8_FILE
-                self._say(f"quantized {INT8_FILE} ({_megabytes(staging / INT8_FILE)}) "
-                          f"in {time.perf_counter() - start:.1f} s")
-            write_onnx_metadata(staging, self.model_path, files, opset_version)
+            for precision, file, method in (("int8", INT8_FILE, self.quantize_int8),
+                                            ("int4", INT4_FILE, self.quantize_int4)):
+                if quantize in (precision, "all"):
+                    start = time.perf_counter()
+                    method(staging)
+                    files[precision] = file
+                    self._say(f"quantized {file} ({_megabytes(staging / file)}) "
+                              f"in {time.perf_counter() - start:.1f} s")
+            untranspose_head(staging / FP32_FILE)  # after quantizing: both quantizers expect the Transpose
+            start = time.perf_counter()
+            optimized = store_optimized_graphs(staging, files)
+            self._say(f"stored {len(optimized['files'])} graph(s) optimised for this CPU "
+                      f"in {time.perf_counter() - start:.1f} s")
+            write_onnx_metadata(staging, self.model_path, files, opset_version, optimized)
         self._say(f"ONNX model directory: {output}")
         return str(output)
 
@@ -177,6 +201,13 @@ class ONNXConverter:
                                quantization_config=make_config(is_static=False, per_channel=False))
         return onnx_dir / INT8_FILE
 
+    def quantize_int4(self, onnx_dir: str | os.PathLike, config: Int4Config | None = None) -> Path:
+        """Write onnx_dir/model_int4.onnx: int4 block-quantized weights (MatMulNBits) for every
+        weight matrix, the LM head and the embedding it is tied to included (see int4_quantizer)."""
+        onnx_dir = Path(onnx_dir)
+        quantize_int4(onnx_dir / FP32_FILE, onnx_dir / INT4_FILE, config)
+        return onnx_dir / INT4_FILE
+
     # -- verification --------------------------------------------------------------------------
 
     def verify(self, onnx_dir: str | os.PathLike, prompts: tuple[str, ...] = VERIFY_PROMPTS,
@@ -185,8 +216,8 @@ class ONNXConverter:
 
         For each prompt: PyTorch greedy `generate` vs the chat generation loop (token for token),
         and the logits of the prompt's last position and of PyTorch's continuation, fed to ONNX
-        through the KV cache one token at a time, vs one PyTorch forward pass. int8 (when
-        present) must pick PyTorch's argmax on at least 90 % of those positions.
+        through the KV cache one token at a time, vs one PyTorch forward pass. Each quantized file
+        must pick PyTorch's greedy token on at least `MIN_AGREEMENT` of those positions.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -197,27 +228,28 @@ class ONNXConverter:
         eos = meta["eos_token_id"]
         decoders = {name: OnnxDecoder(onnx_dir / file) for name, file in meta["files"].items()}
         report = VerificationReport()
-        agree = 0
+        agree = dict.fromkeys((name for name in decoders if name != "fp32"), 0)
         with _quiet_libraries():
             model = AutoModelForCausalLM.from_pretrained(self.model_path).eval()
             tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
             for prompt in prompts:
-                agree += self._verify_prompt(model, tokenizer, decoders, template.prompt_text(prompt),
-                                             max_new_tokens, eos, report)
+                for name, count in self._verify_prompt(model, tokenizer, decoders, template.prompt_text(prompt),
+                                                       max_new_tokens, eos, report).items():
+                    agree[name] += count
         if report.max_logit_diff > LOGIT_TOLERANCE:
             report.problems.append(f"max logit difference {report.max_logit_diff:.2e} exceeds {LOGIT_TOLERANCE:g}")
-        if "int8" in decoders:
-            report.int8_agreement = agree / report.positions
-            if report.int8_agreement < INT8_MIN_AGREEMENT:
-                report.problems.append(f"int8 argmax agrees on only {report.int8_agreement:.1%} of positions "
-                                       f"(needs {INT8_MIN_AGREEMENT:.0%})")
+        for name, count in agree.items():
+            report.agreement[name] = count / report.positions
+            if report.agreement[name] < MIN_AGREEMENT[name]:
+                report.problems.append(f"{name} greedy token agrees on only {report.agreement[name]:.1%} "
+                                       f"of positions (needs {MIN_AGREEMENT[name]:.0%})")
         self._say(f"{report.format_text()}\n(verification took {time.perf_counter() - start:.1f} s)")
         return report
 
     @staticmethod
     def _verify_prompt(model, tokenizer, decoders: dict, prompt: str, max_new_tokens: int, eos: int,
-                       report: VerificationReport) -> int:
-        """Compare one prompt; update `report`; return how many positions int8 got right."""
+                       report: VerificationReport) -> dict[str, int]:
+        """Compare one prompt; update `report`; return how many positions each quantized file got right."""
         import torch
         from transformers import GenerationConfig as HFGenerationConfig
 
@@ -239,10 +271,10 @@ class ONNXConverter:
         report.max_logit_diff = max(report.max_logit_diff, float(np.abs(logits - reference).max()))
         report.prompts += 1
         report.positions += len(reference)
-        if "int8" not in decoders:
-            return 0
-        int8_logits = ONNXConverter._teacher_forced(decoders["int8"], ids, continuation)
-        return int((int8_logits.argmax(-1) == reference.argmax(-1)).sum())
+        greedy_tokens = reference.argmax(-1)
+        return {name: int((ONNXConverter._teacher_forced(decoder, ids, continuation).argmax(-1)
+                           == greedy_tokens).sum())
+                for name, decoder in decoders.items() if name != "fp32"}
 
     @staticmethod
     def _teacher_forced(decoder: OnnxDecoder, prompt: list[int], continuation: list[int]) -> np.ndarray:
@@ -315,4 +347,35 @@ def keep_last_logits(model_file: Path) -> None:
     head.input[0] = sliced
     logits = next(output for output in graph.output if output.name == "logits")
     logits.type.tensor_type.shape.dim[1].dim_value = 1
+    onnx.save(model, str(model_file))
+
+
+def untranspose_head(model_file: Path) -> None:
+    """Let a tied LM head read the embedding matrix as it is stored, without a Transpose.
+
+    The export computes logits as MatMul(hidden, Transpose(wte)). onnxruntime folds that Transpose
+    at every load (a 154 MB copy on distilgpt2) and the stored optimised graph would keep the
+    folded copy beside `wte`. FusedMatMul with transB reads `wte` directly: one copy, on disk and
+    in memory.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    graph = model.graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    head = next((node for node in graph.node if "logits" in node.output and node.op_type == "MatMul"), None)
+    transpose = producers.get(head.input[1]) if head is not None else None
+    if (transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in initializers
+            or any(attribute.name == "perm" and list(attribute.ints) != [1, 0] for attribute in transpose.attribute)):
+        return
+    index = list(graph.node).index(head)
+    graph.node.remove(head)
+    graph.node.insert(index, helper.make_node("FusedMatMul", [head.input[0], transpose.input[0]], list(head.output),
+                                              name=head.name, domain="com.microsoft", transB=1))
+    if not any(transpose.output[0] in node.input for node in graph.node):
+        graph.node.remove(transpose)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(model_file))

@@ -18,27 +18,38 @@ from mtnsails.files import (FP32_FILE, INT8_FILE, METADATA_FILE, MODEL_FORMAT, O
                             atomic_write_text, context_length, read_json_object, read_metadata)
 from mtnsails.template import ChatTemplate
 
-PRECISIONS = ("fp32", "int8")  # keys of the "files" map
+PRECISIONS = ("fp32", "int8", "int4")  # keys of the "files" map
 
 
 def _is_integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_files(source: Path, files: object) -> dict:
-    """The "files" map as given, once every key is a known precision and every value a plain file name."""
+def _check_files(source: Path, files: object, key: str = "files") -> dict:
+    """The `key` map as given, once every key is a known precision and every value a plain file name."""
     if not isinstance(files, dict) or not files:
-        raise MtnsailsError(f"{source}: \"files\" must map precisions ({', '.join(PRECISIONS)}) to file names, "
+        raise MtnsailsError(f"{source}: \"{key}\" must map precisions ({', '.join(PRECISIONS)}) to file names, "
                             f"got {json.dumps(files)}")
     for precision, name in files.items():
         if precision not in PRECISIONS:
-            raise MtnsailsError(f"{source}: \"files\" has unknown precision {precision!r} "
+            raise MtnsailsError(f"{source}: \"{key}\" has unknown precision {precision!r} "
                                 f"(expected {', '.join(PRECISIONS)})")
         # A path from the file must never lead outside the model directory.
         if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
-            raise MtnsailsError(f"{source}: \"files\".{precision} must be a file name in the model directory, "
+            raise MtnsailsError(f"{source}: \"{key}\".{precision} must be a file name in the model directory, "
                                 f"got {json.dumps(name)}")
     return files
+
+
+def _check_optimized(source: Path, optimized: object) -> None:
+    """The "optimized" entry: stored graphs per precision and what they were optimised for."""
+    if not isinstance(optimized, dict) or not isinstance(optimized.get("files"), dict):
+        raise MtnsailsError(f"{source}: \"optimized\" must be an object with a \"files\" map")
+    _check_files(source, optimized["files"], "optimized.files")
+    flags, version = optimized.get("cpu_flags"), optimized.get("onnxruntime")
+    if not isinstance(flags, list) or not all(isinstance(flag, str) for flag in flags) or not isinstance(version, str):
+        raise MtnsailsError(f"{source}: \"optimized\" must record \"cpu_flags\" (a list of strings) "
+                            "and \"onnxruntime\" (a version string)")
 
 
 def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
@@ -47,12 +58,15 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     `context_length` must be a positive integer, `eos_token_id` a non-negative integer (both may
     be absent), `template` a valid chat template and `files` a map of precision to file name;
     `system` (the training data's system prompt) a string and `answer_tokens` (the trained
-    answer lengths) an object with a positive integer `max`, where present.
+    answer lengths) an object with a positive integer `max`, where present; `optimized` the
+    stored optimised graphs and the CPU flags and onnxruntime version they were made for.
     """
     source = Path(source)
     if "files" not in meta:
         raise MtnsailsError(f"{source}: no \"files\" map (which graph file holds which precision)")
     _check_files(source, meta["files"])
+    if "optimized" in meta:
+        _check_optimized(source, meta["optimized"])
     length = meta.get("context_length")
     if length is not None and not (_is_integer(length) and length >= 1):
         raise MtnsailsError(f"{source}: \"context_length\" must be a positive integer, got {json.dumps(length)}")
@@ -120,9 +134,10 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
 
 
 def write_onnx_metadata(onnx_dir: str | os.PathLike, model_path: str | os.PathLike, files: dict,
-                        opset_version: int) -> dict:
+                        opset_version: int, optimized: dict | None = None) -> dict:
     """Write onnx_dir/mtnsails.json for a fresh export of `model_path` and return it.
 
+    `files` maps precisions to graph files; `optimized` is `store_optimized_graphs`' record.
     The template and (for configs without one) the context length come from the trained model's
     own mtnsails.json; EOS from config.json, else the tokenizer's first special token.
     """
@@ -146,6 +161,8 @@ def write_onnx_metadata(onnx_dir: str | os.PathLike, model_path: str | os.PathLi
         "system": source.get("system"),
         "answer_tokens": source.get("answer_tokens"),
     }
+    if optimized:
+        meta["optimized"] = optimized
     check_onnx_metadata(meta, onnx_dir / METADATA_FILE)
     atomic_write_text(onnx_dir / METADATA_FILE, json.dumps(meta, indent=2) + "\n")
     return meta

@@ -236,7 +236,9 @@ def test_bad_settings_are_one_line_errors(tiny_onnx_dir):
         ChatInterface(tiny_onnx_dir, generation=GenerationConfig(top_p=0))
     with pytest.raises(MtnsailsError, match="auto_flush_interval"):
         ChatInterface(tiny_onnx_dir, log_conversations=True, auto_flush_interval=0)
-    with pytest.raises(MtnsailsError, match="precision"):
+    with pytest.raises(MtnsailsError, match="precision 'fp16' is not one of fp32, int8, int4, auto"):
+        ChatInterface(tiny_onnx_dir, precision="fp16")
+    with pytest.raises(MtnsailsError, match=r"has no int4 model \(convert with --quantize int4\)"):
         ChatInterface(tiny_onnx_dir, precision="int4")
     with pytest.raises(MtnsailsError, match="threads"):
         ChatInterface(tiny_onnx_dir, threads=0)

@@ -53,6 +53,11 @@ def test_reader_returns_what_the_converter_wrote(tiny_onnx_dir):
     ({"system": 3}, '"system" must be a string (the system prompt) or null, got 3'),
     ({"answer_tokens": {"max": 0}}, '"answer_tokens" must be an object with a positive integer "max"'),
     ({"answer_tokens": [40]}, '"answer_tokens" must be an object with a positive integer "max"'),
+    ({"optimized": {"cpu_flags": []}}, '"optimized" must be an object with a "files" map'),
+    ({"optimized": {"files": {"fp32": "/etc/passwd"}, "cpu_flags": [], "onnxruntime": "1"}},
+     '"optimized.files".fp32 must be a file name in the model directory'),
+    ({"optimized": {"files": {"fp32": "model.optimized.onnx"}, "cpu_flags": "avx2", "onnxruntime": "1"}},
+     '"optimized" must record "cpu_flags" (a list of strings)'),
 ])
 def test_reader_refuses_bad_metadata_naming_file_and_field(editable_onnx_dir, changes, message):
     _edit(editable_onnx_dir, **changes)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from mtnsails.chat import ChatInterface
 
 HELP = "chat with an ONNX model"
-PRECISIONS = ("auto", "fp32", "int8")  # --precision of chat and serve
+PRECISIONS = ("auto", "fp32", "int8", "int4")  # --precision of chat and serve
 PROMPT_TOKENS = 256  # default --max-length: prompt tokens (history + question) given to the model
 
 
@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
                        "(default: the one the model was trained with, if any)")
     settings.add_arguments(group, GenerationConfig, skip=() if standalone else ("seed",))
     group.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="which model file to run; auto = int8 when present (default: auto)")
+                       help="which model file to run; auto = the fastest present: int4, then int8, then fp32 "
+                            "(default: auto)")
     group.add_argument("--threads", type=int,
                        help="onnxruntime threads; fewer can be faster on a busy machine (default: physical cores)")
     group.add_argument("--log-conversations", action="store_true",

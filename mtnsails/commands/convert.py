@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
                        help=f"ONNX opset (default: {DEFAULT_OPSET})")
     group.add_argument("--verify", action="store_true",
                        help="compare PyTorch and ONNX Runtime on test prompts; exit 1 if they disagree")
-    group.add_argument("--quantize", choices=("none", "int8"), default="none",
-                       help="also write model_int8.onnx, dynamic int8 (default: none)")
+    group.add_argument("--quantize", choices=("none", "int8", "int4", "all"), default="none",
+                       help="also write model_int8.onnx (dynamic int8), model_int4.onnx (int4 blocks of 32) "
+                            "or both (all) (default: none)")
 
 
 def convert(args: argparse.Namespace, model_path: str | None = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mtnsails.commands.chat import PROMPT_TOKENS
+from mtnsails.commands.chat import PRECISIONS, PROMPT_TOKENS
 from mtnsails.errors import MtnsailsError
 from mtnsails.settings import finite_float
 
@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="new tokens per answer at most (default: as chat)")
     parser.add_argument("--max-length", type=int, default=PROMPT_TOKENS,
                         help=f"most prompt tokens (history + question) (default: {PROMPT_TOKENS})")
-    parser.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
-                        help="which model file to run; auto = int8 when present (default: auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="which model file to run; auto = the fastest present: int4, then int8, then fp32 "
+                             "(default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 

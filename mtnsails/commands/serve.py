@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_VARIABLE}; "
                             "unset = no key)")
     group.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="which model file to run; auto = int8 when present (default: auto)")
+                       help="which model file to run; auto = the fastest present: int4, then int8, then fp32 "
+                            "(default: auto)")
     group.add_argument("--system", help="system prompt for requests without one; '' = none "
                                         "(default: the one the model was trained with, if any)")
     group.add_argument("--max-length", type=int, default=PROMPT_TOKENS,
