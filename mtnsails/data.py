@@ -9,13 +9,18 @@ Every record is normalised to the native form
 so a multi-turn conversation keeps its turns and a file saved by mtnsails is native JSON/JSONL.
 Accepted on load: native records, Alpaca (`instruction`/`input`/`output`), `prompt`/`completion`,
 `question`/`answer`, ShareGPT (`conversations` of `from`/`value`) and OpenAI-style `messages`
-of `role`/`content`; a JSON array (`.json`) or JSON Lines (`.jsonl`, `.ndjson`).
+of `role`/`content`; a JSON array (`.json`), JSON Lines (`.jsonl`, `.ndjson`, read a line at a
+time), or a table whose columns carry those names (`.csv`, `.tsv`, `.parquet`, read with
+`datasets`).
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,11 +28,17 @@ from typing import Any, Iterable, Iterator
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import atomic_write_text
-from mtnsails.template import ChatTemplate, Segment
+from mtnsails.template import ChatTemplate, Segment, exchanges
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 # A chat log's name for one exchange across its versions (see ConversationLogger.amend).
 EXCHANGE_ID = "exchange_id"
+# Tables, read with `datasets`: suffix -> format.
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+SUPPORTED_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
+# A \uD800-\uDFFF escape in JSON text: alone it decodes to no character, a pair to one, so a
+# match is checked further.
+LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 # Simple pair formats: (key of the question, key of the answer).
 PAIR_KEYS = (("input", "output"), ("prompt", "completion"), ("question", "answer"))
@@ -70,7 +81,8 @@ class ConversationDataHandler:
         return cls(path, template=template)
 
     def load_from_json(self, path: str | os.PathLike) -> list[dict]:
-        """Read a JSON or JSONL file; its normalised conversations replace the held ones.
+        """Read a data file (JSON, JSON Lines, CSV, TSV or Parquet); its normalised
+        conversations replace the held ones.
 
         Replacing, as the original did, keeps `ConversationDataHandler(path)` followed by
         `load_from_json(path)` (a pattern of scripts for the original) from doubling the data;
@@ -78,10 +90,7 @@ class ConversationDataHandler:
         Raises `DataFormatError` with a one-line message naming the file and the record or line.
         """
         path = Path(path)
-        records = [normalize_record(record, f"{path}: {where}")
-                   for where, record in read_records(path)]
-        if not records:
-            raise DataFormatError(f"{path}: contains no conversations")
+        records = list(iter_conversations(path))
         self.conversations = records
         self.data_path = path
         return records
@@ -152,32 +161,104 @@ class ConversationDataHandler:
 
 # -- reading --------------------------------------------------------------------------------
 
-def read_records(path: Path) -> list[tuple[str, Any]]:
-    """Return (location, raw record) pairs; location reads "record 3" or "line 7".
+def read_records(path: str | os.PathLike) -> list[tuple[str, Any]]:
+    """Return (location, raw record) pairs; location reads "record 3", "line 7" or "row 2"."""
+    return list(iter_records(path))
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """Yield (location, raw record) pairs; JSON Lines are read one line at a time.
 
     A chat log may hold several versions of one exchange (a verdict given after it was logged
-    is appended as a new version with the same `exchange_id`): only the last is returned, in
-    the place of the first, so each exchange is one record with its final verdict.
+    is appended as a new version with the same `exchange_id`): only the last is yielded, in
+    the place of the first, so each exchange is one record with its final verdict. Ordering
+    them needs the whole file, so a JSON Lines file is streamed only when it holds no
+    `exchange_id` at all.
+
+    Raises DataFormatError naming the file and the place for anything unreadable: a missing
+    or unreadable file, an unsupported suffix, text that is not UTF-8, invalid JSON, numbers
+    JSON cannot hold (NaN, Infinity, more digits than Python reads) or lone surrogates.
     """
-    records: list[tuple[str, Any]] = []
+    path = Path(path)
+    records = _iter_all(path)
+    if path.suffix.lower() in JSONL_SUFFIXES and not _mentions(path, f'"{EXCHANGE_ID}"'):
+        yield from records
+        return
+    latest: list[tuple[str, Any]] = []
     place: dict[str, int] = {}
-    for where, record in _read_all(path):
+    for where, record in records:
         exchange_id = record.get(EXCHANGE_ID) if isinstance(record, dict) else None
         if isinstance(exchange_id, str) and exchange_id in place:
-            records[place[exchange_id]] = (where, record)
+            latest[place[exchange_id]] = (where, record)
             continue
         if isinstance(exchange_id, str):
-            place[exchange_id] = len(records)
-        records.append((where, record))
-    return records
+            place[exchange_id] = len(latest)
+        latest.append((where, record))
+    yield from latest
 
 
-def _read_all(path: Path) -> list[tuple[str, Any]]:
+def _mentions(path: Path, text: str) -> bool:
+    """Does the file's text contain `text`? Read in blocks; an unreadable file says yes (the
+    reader then reports why it cannot be read)."""
+    needle = text.encode("utf-8")
+    try:
+        with open(path, "rb") as handle:
+            tail = b""
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                if needle in tail + block:
+                    return True
+                tail = block[-len(needle):]
+    except OSError:
+        return True
+    return False
+
+
+def _iter_all(path: Path) -> Iterator[tuple[str, Any]]:
     """Every (location, raw record) pair of the file, versions of one exchange included."""
+    suffix = path.suffix.lower()
     if not path.exists():
         raise DataFormatError(f"{path}: no such file")
     if path.is_dir():
-        raise DataFormatError(f"{path}: is a directory, expected a .json or .jsonl file")
+        raise DataFormatError(f"{path}: is a directory, expected a data file "
+                              f"({', '.join(SUPPORTED_SUFFIXES)})")
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataFormatError(f"{path}: unsupported file type '{suffix or 'no suffix'}' "
+                              f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    try:
+        if suffix in TABLE_SUFFIXES:
+            yield from _table_records(path, TABLE_SUFFIXES[suffix])
+        elif suffix in JSONL_SUFFIXES:
+            with open(path, "rb") as handle:
+                yield from _jsonl_records(path, _decoded_lines(path, handle))
+        else:
+            yield from _json_records(path)
+    except OSError as error:
+        raise DataFormatError(f"{path}: cannot be read ({error.strerror or error})") from None
+
+
+def iter_conversations(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the file's conversations normalised, one at a time (a large file is never held
+    whole); raises DataFormatError for a bad record or a file without conversations."""
+    path = Path(path)
+    count = 0
+    for where, record in iter_records(path):
+        yield normalize_record(record, f"{path}: {where}")
+        count += 1
+    if not count:
+        raise DataFormatError(f"{path}: contains no conversations")
+
+
+def _decoded_lines(path: Path, lines: Iterable[bytes]) -> Iterator[tuple[int, str]]:
+    """(line number, text) of UTF-8 lines (a byte-order mark is dropped)."""
+    for number, raw in enumerate(lines, start=1):
+        try:
+            yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as error:
+            raise DataFormatError(f"{path}: line {number}: not valid UTF-8 (byte "
+                                  f"0x{raw[error.start]:02x}); save the file as UTF-8") from None
+
+
+def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -186,10 +267,9 @@ def _read_all(path: Path) -> list[tuple[str, Any]]:
         raise DataFormatError(
             f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[error.start]:02x}); "
             "save the file as UTF-8") from None
+    del raw
     if not text.strip():
         raise DataFormatError(f"{path}: the file is empty")
-    if path.suffix.lower() in JSONL_SUFFIXES:
-        return _read_jsonl(path, text)
     try:
         data = _loads(text, path)
     except json.JSONDecodeError as error:
@@ -197,10 +277,14 @@ def _read_all(path: Path) -> list[tuple[str, Any]]:
                                   f"(line {error.lineno}, column {error.colno})")
         if error.msg == "Extra data":  # maybe JSON Lines in a .json file
             try:
-                return _read_jsonl(path, text)
+                records = list(_jsonl_records(
+                    path, enumerate(text.splitlines(keepends=True), start=1)))
             except DataFormatError:
-                pass
+                raise invalid from None
+            yield from records
+            return
         raise invalid from None
+    del text
     if isinstance(data, dict):
         wrapped = data.get("conversations")
         if isinstance(wrapped, list) and wrapped and not _is_sharegpt_turn(wrapped[0]):
@@ -210,40 +294,143 @@ def _read_all(path: Path) -> list[tuple[str, Any]]:
     if not isinstance(data, list):
         raise DataFormatError(f"{path}: expected a JSON array of conversations, "
                               f"got {_json_type(data)}")
-    return [(f"record {index}", record) for index, record in enumerate(data)]
+    data.reverse()  # popped from the end: each record is freed once it has been handed on
+    index = 0
+    while data:
+        yield f"record {index}", data.pop()
+        index += 1
 
 
-def _loads(text: str, path: Path, where: str = "") -> Any:
-    """`json.loads`, with nesting too deep for Python's parser as a one-line DataFormatError."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise DataFormatError(f"{path}: {where}JSON nested too deeply to read (arrays or objects "
-                              "inside each other about 1000 levels deep)") from None
-
-
-def _is_sharegpt_turn(item: Any) -> bool:
-    return isinstance(item, dict) and "from" in item and "value" in item
-
-
-def _read_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
-    """The records of JSON Lines text. A last line that does not parse and has no newline is a
-    record whose write a crash cut short (any log can end so): skipped with a warning."""
-    records = []
-    lines = text.splitlines()
-    for number, line in enumerate(lines, start=1):
+def _jsonl_records(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[str, Any]]:
+    """The records of JSON Lines given with their line ends. A last line that does not parse
+    and has no newline is a record whose write a crash cut short (any log can end so): skipped
+    with a warning."""
+    seen = False
+    for number, line in lines:
         if not line.strip():
             continue
+        seen = True
         try:
-            records.append((f"line {number}", _loads(line, path, f"line {number}: ")))
+            record = _loads(line, path, f"line {number}: ")
         except json.JSONDecodeError as error:
-            if number == len(lines) and not text.endswith("\n"):
+            if not line.endswith("\n"):
                 print(f"warning: {path}: line {number} is cut short (an interrupted write); "
                       "skipped it", file=sys.stderr)
                 break
             raise DataFormatError(f"{path}: line {number}: not valid JSON: {error.msg} "
                                   f"(column {error.colno})") from None
-    return records
+        yield f"line {number}", record
+    if not seen:
+        raise DataFormatError(f"{path}: the file is empty")
+
+
+def _loads(text: str, path: Path, where: str = "") -> Any:
+    """`json.loads` of strict JSON: what Python's parser accepts beyond JSON (NaN, Infinity,
+    lone surrogates) and what it cannot read (deep nesting, huge integers) raise a one-line
+    DataFormatError; invalid JSON raises json.JSONDecodeError for the caller to place."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                           parse_int=_bounded_int)
+    except RecursionError:
+        raise DataFormatError(f"{path}: {where}JSON nested too deeply to read (arrays or objects "
+                              "inside each other about 1000 levels deep)") from None
+    except _NumberError as error:
+        raise DataFormatError(f"{path}: {where}{error}") from None
+    if LONE_SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise DataFormatError(
+                f"{path}: {where}holds a lone surrogate escape "
+                f"(\\u{ord(error.object[error.start]):04x}), which is no character; "
+                "remove it or escape the full pair") from None
+    return value
+
+
+class _NumberError(ValueError):
+    """A number JSON allows but Python cannot hold, or one Python allows but JSON does not."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NumberError(f"{name} is not a JSON number (write it as a string or leave it out)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NumberError(f"the number {text[:20]} is too large for a 64-bit float")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    limit = sys.get_int_max_str_digits()
+    digits = len(text.lstrip("-"))
+    if limit and digits > limit:
+        raise _NumberError(f"a number of {digits} digits is longer than the {limit} "
+                           "digits Python reads; write it as a string")
+    return int(text)
+
+
+def _table_records(path: Path, kind: str) -> Iterator[tuple[str, Any]]:
+    """Rows of a CSV, TSV or Parquet file read with `datasets`, as dicts keyed by column.
+
+    CSV and TSV cells are read as text (an answer "007" stays "007", an empty cell is ""),
+    numbered as a spreadsheet shows them: the header is row 1. Parquet keeps its column types,
+    so ShareGPT or OpenAI conversations can be nested columns; its rows count from 0.
+    """
+    import tempfile
+
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    separator = "\t" if kind == "tsv" else ","
+    columns = _csv_header(path, separator) if kind != "parquet" else []
+    bars_were_on, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
+    # A table is read in seconds, and a broken one becomes our one-line error: no bars, no log.
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mtnsails-table-") as cache:
+            if kind == "parquet":
+                table = datasets.Dataset.from_parquet(str(path), cache_dir=cache,
+                                                      keep_in_memory=True)
+            else:
+                table = datasets.Dataset.from_csv(
+                    str(path), cache_dir=cache, keep_in_memory=True, sep=separator,
+                    na_filter=False, features=datasets.Features(
+                        {name: datasets.Value("string") for name in columns}))
+    except (ValueError, DatasetGenerationError) as error:
+        cause = error.__cause__ or error
+        message = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise DataFormatError(f"{path}: not a readable {kind.upper()} file: {message}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    if not len(table):
+        raise DataFormatError(f"{path}: the file is empty")
+    first, label = (0, "record") if kind == "parquet" else (2, "row")
+    number = first
+    for batch in table.iter(batch_size=1024):
+        for values in zip(*batch.values()):
+            yield f"{label} {number}", dict(zip(batch.keys(), values))
+            number += 1
+
+
+def _csv_header(path: Path, separator: str) -> list[str]:
+    """The column names in the first row of a CSV or TSV file."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        try:
+            header = next(csv.reader(handle, delimiter=separator), None)
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise DataFormatError(f"{path}: row 1: cannot read the column names ({error})") from None
+    if not header or not any(name.strip() for name in header):
+        raise DataFormatError(f"{path}: the file is empty")
+    return header
+
+
+def _is_sharegpt_turn(item: Any) -> bool:
+    return isinstance(item, dict) and "from" in item and "value" in item
 
 
 def _json_type(value: Any) -> str:
@@ -401,13 +588,6 @@ def common_system(conversations: Iterable[dict]) -> str | None:
     return system if count >= counts[None] else None
 
 
-def exchanges(conversation: dict) -> list[tuple[str, str]]:
-    """A native conversation's (input, output) exchanges in order, the final one last (a
-    missing field reads as empty: the quality rules report it instead of failing)."""
-    return [(turn.get("input", ""), turn.get("output", ""))
-            for turn in (conversation.get("history") or []) + [conversation]]
-
-
 # -- writing --------------------------------------------------------------------------------
 
 def write_conversations(path: str | os.PathLike, conversations: list[dict]) -> None:
@@ -418,7 +598,11 @@ def write_conversations(path: str | os.PathLike, conversations: list[dict]) -> N
         text = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations)
     else:
         text = json.dumps(conversations, ensure_ascii=False, indent=2) + "\n"
-    atomic_write_text(path, text)
+    try:
+        atomic_write_text(path, text)
+    except OSError as error:
+        raise MtnsailsError(f"{path}: cannot write the conversations "
+                            f"({error.strerror or error})") from None
 
 
 def require_output_directory(path: str | os.PathLike) -> None:

@@ -20,7 +20,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mtnsails.data import exchanges
+from mtnsails.template import exchanges
 from mtnsails.dedup import find_copies
 from mtnsails.devices import is_main_process
 from mtnsails.errors import MtnsailsError

@@ -15,6 +15,13 @@ from typing import Callable, Iterable, Iterator
 DEFAULT_TEMPLATE = "User: {input}\nAssistant: {output}"
 
 
+def exchanges(conversation: dict) -> list[tuple[str, str]]:
+    """A native conversation's (input, output) exchanges in order, the final one last (a
+    missing field reads as empty: the quality rules report it instead of failing)."""
+    return [(turn.get("input", ""), turn.get("output", ""))
+            for turn in (conversation.get("history") or []) + [conversation]]
+
+
 @dataclass(frozen=True)
 class Segment:
     """A piece of a conversation's text; `is_response` pieces are learned and end in EOS."""

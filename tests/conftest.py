@@ -27,6 +27,17 @@ def run_cli(*args: str, input: str | None = None, cwd: Path | None = None,
     )
 
 
+def unreadable_file(path: Path) -> Path:
+    """A file at `path` whose reading fails with an OSError: unreadable by mode, or (for root,
+    whom modes do not stop) a link to /proc/self/mem, which fails to read at offset 0."""
+    if os.geteuid() == 0:
+        path.symlink_to("/proc/self/mem")
+    else:
+        path.write_text("[]")
+        path.chmod(0)
+    return path
+
+
 @pytest.fixture(scope="session")
 def untrained_tiny_model_dir(tmp_path_factory) -> Path:
     """The embedded default model, randomly initialised and saved like any HF model."""

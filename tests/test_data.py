@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DATA_DIR, EXAMPLE_DATA
+from conftest import DATA_DIR, EXAMPLE_DATA, unreadable_file
 
-from mtnsails.data import ConversationDataHandler, DataFormatError, common_system, exchanges
+from mtnsails.data import (ConversationDataHandler, DataFormatError, common_system, exchanges,
+                           iter_conversations)
 from mtnsails.errors import MtnsailsError
 
 
@@ -192,7 +193,7 @@ def test_each_malformed_record_is_named_with_its_problem(tmp_path, records, mess
 
 
 def test_a_directory_is_not_a_data_file(tmp_path):
-    with pytest.raises(DataFormatError, match="is a directory, expected a .json or .jsonl file"):
+    with pytest.raises(DataFormatError, match=r"is a directory, expected a data file \(\.json, "):
         ConversationDataHandler(tmp_path)
 
 
@@ -218,3 +219,112 @@ def test_common_system_is_the_prompt_most_records_carry():
     assert common_system([{"system": "A"}, {}]) == "A"  # as many carry it as carry none
     assert common_system([{"system": "A"}, {}, {"system": ""}]) is None  # most carry none
     assert common_system([{"input": "q", "output": "a"}]) is None and common_system([]) is None
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("big.jsonl", '{"input": "Hi", "output": "Hello.", "n": %s}\n' % ("9" * 5001),
+     "line 1: a number of 5001 digits is longer than the 4300 digits Python reads"),
+    ("nan.json", '[{"input": "Hi", "output": "Hello.", "score": NaN}]',
+     "NaN is not a JSON number"),
+    ("inf.jsonl", '{"input": "Hi", "output": "Hello.", "score": -Infinity}\n',
+     "line 1: -Infinity is not a JSON number"),
+    ("huge.jsonl", '{"input": "Hi", "output": "Hello.", "score": 1e999}\n',
+     "line 1: the number 1e999 is too large for a 64-bit float"),
+    ("surrogate.jsonl", '{"input": "Hi", "output": "Hello."}\n{"input": "A\\ud800", "output": "B."}\n',
+     "line 2: holds a lone surrogate escape (\\ud800)"),
+    ("surrogate.json", '[{"input": "Hi", "output": "Hello \\udfff"}]',
+     "holds a lone surrogate escape (\\udfff)"),
+    ("notes.txt", "input,output\n", "unsupported file type '.txt' (supported: .json, .jsonl, "
+                                    ".ndjson, .csv, .tsv, .parquet)"),
+])
+def test_what_json_or_python_cannot_hold_is_a_one_line_error(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DataFormatError) as caught:
+        ConversationDataHandler(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_surrogate_pair_escape_is_one_character(tmp_path):
+    path = tmp_path / "emoji.jsonl"
+    path.write_text('{"input": "Smile?", "output": "Sure \\ud83d\\ude00"}\n')
+    assert ConversationDataHandler(path).conversations[0]["output"] == "Sure \U0001F600"
+
+
+def test_an_unreadable_file_is_a_one_line_error(tmp_path):
+    path = unreadable_file(tmp_path / "data.jsonl")
+    with pytest.raises(DataFormatError, match=r"data.jsonl: cannot be read \("):
+        ConversationDataHandler(path)
+
+
+def test_json_lines_are_read_one_at_a_time(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"input": "Hi", "output": "Hello."}\nnot json\n')
+    conversations = iter_conversations(path)
+    assert next(conversations) == {"input": "Hi", "output": "Hello."}  # before line 2 is read
+    with pytest.raises(DataFormatError, match="line 2: not valid JSON"):
+        next(conversations)
+
+
+TABLE_ROWS = [
+    (["input", "output"], ["What is a tarp?", "A tarp is a sheet of waterproof fabric."]),
+    (["instruction", "input", "output"], ["Translate into French.", "cat", "Chat."]),
+    (["prompt", "completion"], ["Write a greeting.", "Welcome, come in!"]),
+    (["question", "answer"], ["How many legs has a spider?", "A spider has 8 legs."]),
+]
+TABLE_EXPECTED = [
+    {"input": "What is a tarp?", "output": "A tarp is a sheet of waterproof fabric."},
+    {"input": "Translate into French.\n\ncat", "output": "Chat."},
+    {"input": "Write a greeting.", "output": "Welcome, come in!"},
+    {"input": "How many legs has a spider?", "output": "A spider has 8 legs."},
+]
+
+
+@pytest.mark.parametrize("suffix, separator", [(".csv", ","), (".tsv", "\t")])
+@pytest.mark.parametrize("columns, row, expected", [
+    (*columns_row, expected) for columns_row, expected in zip(TABLE_ROWS, TABLE_EXPECTED)])
+def test_csv_and_tsv_columns_are_named_as_in_json(tmp_path, suffix, separator, columns, row,
+                                                   expected):
+    import csv
+
+    path = tmp_path / f"data{suffix}"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, delimiter=separator).writerows([columns, row])
+    assert ConversationDataHandler(path).conversations == [expected]
+
+
+def test_csv_cells_stay_text_and_may_span_lines(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text('input,output,id\n"Agent?","007\nat your service.",12\nWho?,\n')
+    assert ConversationDataHandler(path).conversations == [
+        {"input": "Agent?", "output": "007\nat your service.", "id": "12"},
+        {"input": "Who?", "output": "", "id": ""}]  # an empty cell is empty text
+
+
+def test_parquet_keeps_nested_conversations(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"messages": [[
+        {"role": "user", "content": "Is it cold?"},
+        {"role": "assistant", "content": "Yes, bring a warm jacket."}]]}), path)
+    assert ConversationDataHandler(path).conversations == [
+        {"input": "Is it cold?", "output": "Yes, bring a warm jacket."}]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("keys.csv", "foo,bar\n1,2\n", "row 2: unrecognised record with keys ['bar', 'foo']"),
+    ("missing.csv", "question,reply\nWhy?,Because.\n", "row 2: missing 'answer'"),
+    ("latin1.csv", "question,answer\nCaf\xe9?,Yes.\n".encode("latin-1"), "not"),
+    ("empty.tsv", "", "the file is empty"),
+    ("broken.parquet", "not parquet at all", "not a readable PARQUET file"),
+])
+def test_bad_tables_are_one_line_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataFormatError) as caught:
+        ConversationDataHandler(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
