@@ -1,14 +1,18 @@
 """Near-duplicate detection: MinHash signatures of word shingles, LSH banding, exact check.
 
-Used by `DataQualityValidator` (near duplicates across a data set) and by the scraped-content
-processor (answers that copy one another). Needs only numpy.
+Used by `DataQualityValidator` (copies across a data set) and by the scraped-content processor
+(answers that copy one another). Texts are added one at a time (`CopyFinder.add`) and kept only
+as an 8-byte hash, a MinHash signature and their bounded shingle hashes, so a data set of
+millions of conversations is checked without holding its text. Needs only numpy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+from array import array
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -18,27 +22,113 @@ if TYPE_CHECKING:
 
 def find_copies(keys: list[str], token_lists: list[list[str]],
                 config: "QualityConfig") -> dict[int, tuple[int, float | None]]:
-    """{index of a copy: (index of its kept original, similarity)} over texts in order.
+    """`CopyFinder.copies()` of texts given as lists: `keys[i]` normalised, `token_lists[i]`
+    its words."""
+    finder = CopyFinder(config)
+    for key, tokens in zip(keys, token_lists):
+        finder.add(key, tokens)
+    return finder.copies()
 
-    A text whose normalised `keys[i]` equals an earlier one's is an exact copy (similarity
-    None); the remaining texts are compared by their `token_lists` with `NearDuplicateFinder`.
-    Texts with an empty key are never copies.
+
+class _GrowingArray:
+    """A numpy array appended to in blocks (capacity doubles); `view()` is the filled part."""
+
+    def __init__(self, dtype: type, width: int = 0) -> None:
+        self.width = width
+        self.data = np.empty((1024, width) if width else 1024, dtype=dtype)
+        self.size = 0
+
+    def extend(self, block: np.ndarray) -> None:
+        needed = self.size + len(block)
+        if needed > len(self.data):
+            grown = np.empty((max(needed, 2 * len(self.data)),) + self.data.shape[1:],
+                             dtype=self.data.dtype)
+            grown[:self.size] = self.data[:self.size]
+            self.data = grown
+        self.data[self.size:needed] = block
+        self.size = needed
+
+    def view(self) -> np.ndarray:
+        return self.data[:self.size]
+
+
+class CopyFinder:
+    """Exact and near copies among texts added in order.
+
+    A text whose normalised key equals an earlier one's is an exact copy (similarity None);
+    the others are compared by MinHash over the shingles of their first `max_dedup_words`
+    words. Texts with an empty key are never copies.
+
+    >>> finder = CopyFinder(QualityConfig())                   # doctest: +SKIP
+    >>> finder.add("a b c", ["a", "b", "c"]); finder.add("a b c", ["a", "b", "c"])
+    >>> finder.copies()                                        # doctest: +SKIP
+    {1: (0, None)}
     """
-    first_seen: dict[str, int] = {}
-    copies: dict[int, tuple[int, float | None]] = {}
-    unique: list[int] = []
-    for index, key in enumerate(keys):
-        if not key:
-            continue
-        original = first_seen.setdefault(key, index)
-        if original != index:
-            copies[index] = (original, None)
-        else:
-            unique.append(index)
-    near = NearDuplicateFinder(config).find([token_lists[i] for i in unique])
-    for position, (original, similarity) in near.items():
-        copies[unique[position]] = (unique[original], similarity)
-    return copies
+
+    CHUNK_WORDS = 400_000  # words buffered before their signatures are computed in one go
+
+    def __init__(self, config: "QualityConfig") -> None:
+        self.config = config
+        self.near = NearDuplicateFinder(config)
+        self._digests = array("Q")  # 8-byte hash of each key, 0 for an empty key
+        self._vocabulary = defaultdict(itertools.count(1).__next__)  # word -> id, ids from 1
+        self._ids = array("Q")  # word ids of the texts not yet signed
+        self._lengths = array("q")  # their word counts
+        self._signatures = _GrowingArray(np.uint32, len(self.near.a))
+        self._shingles = _GrowingArray(np.uint64)
+        self._shingle_counts = _GrowingArray(np.int64)
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def add(self, key: str, tokens: list[str]) -> None:
+        """Add the next text: `key` its normalised form (only a hash of it is kept), `tokens`
+        its words for near-duplicate shingles."""
+        digest = 0
+        if key:
+            digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"),
+                                                    digest_size=8).digest(), "little") | 1
+        self._digests.append(digest)
+        tokens = tokens[:self.config.max_dedup_words]
+        self._ids.extend(map(self._vocabulary.__getitem__, tokens))
+        self._lengths.append(len(tokens))
+        if len(self._ids) >= self.CHUNK_WORDS:
+            self._sign_pending()
+
+    def copies(self) -> dict[int, tuple[int, float | None]]:
+        """{index of a copy: (index of its kept original, similarity, None when exact)}."""
+        self._sign_pending()
+        digests = np.frombuffer(self._digests, dtype=np.uint64)
+        if not len(digests):
+            return {}
+        order = np.argsort(digests, kind="stable")  # stable: the first of equal keys leads
+        ordered = digests[order]
+        leads = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+        first = order[np.maximum.accumulate(np.where(leads, np.arange(len(order)), 0))]
+        exact = ~leads & (ordered != 0)
+        copies: dict[int, tuple[int, float | None]] = {
+            int(index): (int(original), None)
+            for index, original in zip(order[exact].tolist(), first[exact].tolist())}
+        unique = np.flatnonzero(digests != 0)
+        unique = unique[~np.isin(unique, order[exact])]
+        offsets = np.concatenate(([0], np.cumsum(self._shingle_counts.view())))
+        shingles = self._shingles.view()
+        signatures = self._signatures.view()
+        near = self.near.verified(signatures, unique,
+                                  lambda i: shingles[offsets[i]:offsets[i + 1]])
+        copies.update(near)
+        return copies
+
+    def _sign_pending(self) -> None:
+        if not len(self._lengths):
+            return
+        ids = np.frombuffer(self._ids, dtype=np.uint64)
+        lengths = np.frombuffer(self._lengths, dtype=np.int64)
+        shingles, offsets = self.near.shingles_of_ids(ids, lengths)
+        self._signatures.extend(self.near.signatures(shingles, offsets))
+        self._shingles.extend(shingles)
+        self._shingle_counts.extend(np.diff(offsets))
+        self._ids, self._lengths = array("Q"), array("q")
 
 
 class NearDuplicateFinder:
@@ -64,35 +154,43 @@ class NearDuplicateFinder:
         """{later index: (index of the kept original, Jaccard similarity)}."""
         if len(token_lists) < 2:
             return {}
-        shingles, offsets = self._shingles(token_lists)
-        signatures = self._signatures(shingles, offsets)
+        vocabulary = defaultdict(itertools.count(1).__next__)  # word -> id, ids from 1
+        ids = np.fromiter(map(vocabulary.__getitem__, itertools.chain.from_iterable(token_lists)),
+                          dtype=np.uint64)
+        lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+        shingles, offsets = self.shingles_of_ids(ids, lengths)
+        return self.verified(self.signatures(shingles, offsets), np.arange(len(token_lists)),
+                             lambda i: shingles[offsets[i]:offsets[i + 1]])
+
+    def verified(self, signatures: np.ndarray, members: np.ndarray,
+                 shingles_of: Callable[[int], np.ndarray]) -> dict[int, tuple[int, float]]:
+        """Near duplicates among the texts `members` (indices into `signatures`, ascending),
+        candidates checked by exact Jaccard similarity of `shingles_of(index)`."""
         similar: dict[int, list[tuple[int, float]]] = {}
         sets: dict[int, set] = {}
 
         def shingle_set(i: int) -> set:
             """Text i's shingles as a set, built once."""
             if i not in sets:
-                sets[i] = set(shingles[offsets[i]:offsets[i + 1]].tolist())
+                sets[i] = set(shingles_of(i).tolist())
             return sets[i]
 
-        for later, earlier in self._candidates(signatures).tolist():
+        for later, earlier in self._candidates(signatures, members).tolist():
             first, second = shingle_set(later), shingle_set(earlier)
             similarity = len(first & second) / len(first | second)
             if similarity >= self.config.near_duplicate_threshold:
                 similar.setdefault(later, []).append((earlier, similarity))
         result: dict[int, tuple[int, float]] = {}
-        for later in sorted(similar):  # compare only with conversations that are kept
+        for later in sorted(similar):  # compare only with texts that are kept
             kept = [(e, s) for e, s in similar[later] if e not in result]
             if kept:
                 result[later] = min(kept)
         return result
 
-    def _shingles(self, token_lists: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """One hashed shingle array for all texts and each text's start offset in it."""
-        vocabulary = defaultdict(itertools.count(1).__next__)  # word -> id, ids from 1
-        ids = np.fromiter(map(vocabulary.__getitem__, itertools.chain.from_iterable(token_lists)),
-                          dtype=np.uint64)
-        lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+    def shingles_of_ids(self, ids: np.ndarray, lengths: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """One hashed shingle array for texts given as word ids (`lengths` words each, one
+        after another) and each text's start offset in it."""
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         size = np.where(lengths >= self.config.long_text_words, self.config.long_shingle_words,
                         self.config.short_shingle_words)
@@ -104,12 +202,13 @@ class NearDuplicateFinder:
                                              - np.repeat(np.cumsum(counts) - counts, counts))
         width = np.repeat(size, counts)
         hashes = width.astype(np.uint64) * self.mix[15]
-        for k in range(int(size.max())):
+        for k in range(int(size.max(initial=0))):
             hashes += np.where(k < width, padded[first + k], 0).astype(np.uint64) * self.mix[k]
         offsets = np.concatenate(([0], np.cumsum(counts)))
         return hashes ^ (hashes >> np.uint64(29)), offsets
 
-    def _signatures(self, shingles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def signatures(self, shingles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """The MinHash signature (one uint32 per permutation) of each text's shingles."""
         documents = len(offsets) - 1
         signatures = np.empty((documents, len(self.a)), dtype=np.uint32)
         start_doc = 0
@@ -123,19 +222,20 @@ class NearDuplicateFinder:
             start_doc = end_doc
         return signatures
 
-    def _candidates(self, signatures: np.ndarray) -> np.ndarray:
-        """(later, earlier) pairs that share a whole LSH band and whose signatures agree on
-        nearly the threshold's share of values (the exact check follows)."""
+    def _candidates(self, signatures: np.ndarray, members: np.ndarray) -> np.ndarray:
+        """(later, earlier) pairs of `members` that share a whole LSH band and whose signatures
+        agree on nearly the threshold's share of values (the exact check follows)."""
         rows, count = self.config.minhash_rows, len(signatures)
-        bands = signatures.reshape(count, self.config.minhash_bands, rows)
-        keys = (bands.astype(np.uint64) * self.mix[:rows]).sum(axis=2)
         # MinHash agreement estimates Jaccard similarity (standard error <= 0.05 at 100
         # permutations); a margin of 0.15 keeps true pairs and drops most band collisions.
         least = self.config.near_duplicate_threshold - 0.15
         found = []
-        for band in keys.T:
-            order = np.argsort(band, kind="stable")  # stable: a bucket keeps input order
-            ordered = band[order]
+        for band in range(self.config.minhash_bands):
+            values = signatures[members, band * rows:(band + 1) * rows].astype(np.uint64)
+            keys = (values * self.mix[:rows]).sum(axis=1)
+            del values
+            sort = np.argsort(keys, kind="stable")  # stable: a bucket keeps input order
+            order, ordered = members[sort], keys[sort]
             # pair each bucket member with up to `max_bucket_candidates` members before it
             for distance in range(1, self.config.max_bucket_candidates + 1):
                 same = np.flatnonzero(ordered[distance:] == ordered[:-distance])
@@ -144,6 +244,6 @@ class NearDuplicateFinder:
                 later, earlier = order[same + distance], order[same]
                 agreement = (signatures[later] == signatures[earlier]).mean(axis=1)
                 keep = agreement >= least
-                found.append(later[keep] * count + earlier[keep])
+                found.append(later[keep].astype(np.int64) * count + earlier[keep])
         codes = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
         return np.stack((codes // count, codes % count), axis=1)

@@ -12,18 +12,18 @@ Imports only the standard library and numpy: `validate` must start fast and neve
 
 from __future__ import annotations
 
-import itertools
 import re
 import sys
 import unicodedata
 import zlib
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from mtnsails.template import exchanges
-from mtnsails.dedup import find_copies
+from mtnsails.dedup import CopyFinder
 from mtnsails.devices import is_main_process
 from mtnsails.errors import MtnsailsError
+from mtnsails.template import exchanges
 from mtnsails.text_rules import CLOSING_MARKS, SENTENCE_END
 
 CODES = ("empty_output", "empty_input", "short_output", "repetitive_output", "gibberish_output",
@@ -104,6 +104,13 @@ class QualityConfig:
     # Compare a new conversation with at most this many earlier members of one LSH bucket.
     max_bucket_candidates: int = 10
     max_examples: int = 5
+    # Work per text is bounded so one huge text cannot take the validator's time or memory:
+    # the rules read an answer's first (and for its ending, last) `max_text_chars` characters,
+    # about 3,500 words, more than any loop or symbol soup needs to show; copies are compared
+    # by the shingles of a conversation's first `max_dedup_words` words (texts over the bound
+    # count as exact copies only when equal in full, ignoring case).
+    max_text_chars: int = 20_000
+    max_dedup_words: int = 1_000
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,7 @@ class QualityReport:
 
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*")
 LETTERS_RE = re.compile(r"[^\W\d_]+")
-URL_RE = re.compile(r"(?:https?://|ftp://|www\.)\S+|\b\S+\.(?:com|org|net|io|html?|php)(?:/\S*)?",
+URL_RE = re.compile(r"(?:https?://|ftp://|www\.)\S*|\b\S+\.(?:com|org|net|io|html?|php)(?:/\S*)?",
                     re.IGNORECASE)
 URL_HINTS = ("://", "www.", ".com", ".org", ".net", ".io", ".htm", ".php")  # cheap pre-check
 CODE_RE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.DOTALL)
@@ -365,9 +372,11 @@ def gibberish_reason(text: str, config: QualityConfig) -> str | None:
     return None
 
 
-def echo_reason(user_input: str, output_tokens: list[str], config: QualityConfig) -> str | None:
-    """The output mostly repeats the input and adds no content word of its own."""
-    input_tokens = set(WORD_RE.findall(user_input.lower()))
+def echo_reason(input_words: list[str], output_tokens: list[str],
+                config: QualityConfig) -> str | None:
+    """The output mostly repeats the input (given as its lower-case words) and adds no content
+    word of its own."""
+    input_tokens = set(input_words)
     if not input_tokens or not output_tokens:
         return None
     copied = sum(1 for token in output_tokens if token in input_tokens)
@@ -420,44 +429,58 @@ class DataQualityValidator:
 
     def check(self, conversation: dict) -> list[QualityIssue]:
         """Per-conversation rules on every exchange of a native conversation."""
+        return self._check(conversation)[0]
+
+    def _check(self, conversation: dict) -> tuple[list[QualityIssue], list[str]]:
+        """The issues, and the conversation's lower-case words for the copy search (every turn,
+        system included, turns separated by a marker; none when it has no word)."""
         turns = exchanges(conversation)
+        limit = self.config.max_text_chars
+        system = conversation.get("system") or ""
+        tokens = WORD_RE.findall(system[:limit].lower()) + ["\x1f"]
         issues = []
         reason = feedback_reason(conversation)
         if reason:
             issues.append(QualityIssue("marked_bad", reason))
         for number, (user_input, output) in enumerate(turns, start=1):
             prefix = f"turn {number} of {len(turns)}: " if len(turns) > 1 else ""
+            input_tokens = WORD_RE.findall(user_input[:limit].lower())
             # An assistant greeting that opens a multi-turn chat has no user input before it.
-            if not user_input.strip() and not (number == 1 and len(turns) > 1):
-                issues.append(QualityIssue("empty_input", prefix + "input is empty"))
-            issues += [QualityIssue(code, prefix + reason)
-                       for code, reason in self._check_output(user_input, output)]
-        return issues
+            if (not user_input or user_input.isspace()) and not (number == 1 and len(turns) > 1):
+                issues.append(QualityIssue("empty_input", prefix + LABELS["empty_input"]))
+            output_tokens = WORD_RE.findall(output[:limit].lower())
+            issues += [QualityIssue(code, prefix + reason) for code, reason
+                       in self._check_output(input_tokens, output, output_tokens)]
+            tokens += input_tokens + ["\x1f"] + output_tokens + ["\x1f"]
+        return issues, (tokens if len(tokens) > len(turns) * 2 + 1 else [])
 
-    def _check_output(self, user_input: str, output: str) -> list[tuple[str, str]]:
+    def _check_output(self, input_tokens: list[str], output: str,
+                      tokens: list[str]) -> list[tuple[str, str]]:
+        """(code, reason) of each rule the answer fails; each reason opens with its category."""
         config = self.config
-        if not output.strip():
-            return [("empty_output", "output is empty")]
+        if not output or output.isspace():
+            return [("empty_output", LABELS["empty_output"])]
+        head = output[:config.max_text_chars]
         found = []
-        count = word_count(output)
+        count = word_count(head)
         if count < config.min_output_words:
-            found.append(("short_output", f"output has only {count} word"
-                          f"{'s' if count != 1 else ''} ({_quote(output)}); answers need at "
-                          f"least {config.min_output_words}"))
-        tokens = WORD_RE.findall(output.lower())
-        for code, reason in (("repetitive_output", repetition_reason(output, tokens, config)),
-                             ("gibberish_output", gibberish_reason(output, config)),
-                             ("echo_output", echo_reason(user_input, tokens, config)),
-                             ("incomplete_output", incomplete_reason(output))):
+            found.append(("short_output", f"only {count} word{'s' if count != 1 else ''} "
+                          f"({_quote(head)}); answers need at least {config.min_output_words}"))
+        for code, reason in (("repetitive_output", repetition_reason(head, tokens, config)),
+                             ("gibberish_output", gibberish_reason(head, config)),
+                             ("echo_output", echo_reason(input_tokens, tokens, config)),
+                             ("incomplete_output",
+                              incomplete_reason(output[-config.max_text_chars:]))):
             if reason:
-                found.append((code, "output " + reason))
-        return found
+                found.append((code, reason))
+        return [(code, f"{LABELS[code]}: {reason}") for code, reason in found]
 
     def validate_conversation(self, conversation: dict, check_repetition: bool = True,
                               check_length: bool = True, check_gibberish: bool = True,
                               check_echo: bool = True, check_incomplete: bool = True
                               ) -> tuple[bool, list[str]]:
-        """Original API: (is_valid, reasons); the flags switch single rules off."""
+        """Original API: (is_valid, reasons); the flags switch single rules off. Each reason
+        opens with its category ("repetitive output: ...", "empty output")."""
         enabled = {"check_repetition": check_repetition, "check_length": check_length,
                    "check_gibberish": check_gibberish, "check_echo": check_echo,
                    "check_incomplete": check_incomplete}
@@ -465,24 +488,52 @@ class DataQualityValidator:
                    if enabled.get(RULE_FLAGS.get(issue.code, ""), True)]
         return not reasons, reasons
 
-    def analyze(self, conversations: list[dict]) -> QualityReport:
-        """Check every conversation plus exact and near duplicates across the set."""
-        issues = [self.check(conversation) for conversation in conversations]
-        for index, issue in self._duplicates(conversations).items():
+    def analyze(self, conversations: Iterable[dict]) -> QualityReport:
+        """Check every conversation plus exact and near duplicates across the set.
+
+        `conversations` may be a stream (`data.iter_conversations`): each is checked and
+        dropped, only its issues and a fixed-size fingerprint for the copy search are kept.
+        The examples are then the first conversations that fail a rule of their own (a list
+        also shows copies among them).
+        """
+        finder = CopyFinder(self.config)
+        issues: list[list[QualityIssue]] = []
+        snippets: dict[int, tuple[str, str]] = {}
+        limit = self.config.max_text_chars
+        for index, conversation in enumerate(conversations):
+            found, tokens = self._check(conversation)
+            issues.append(found)
+            if found and len(snippets) < self.config.max_examples:
+                snippets[index] = _snippets(conversation)
+            parts = [conversation.get("system") or ""]
+            for turn in exchanges(conversation):
+                parts += turn
+            if feedback_reason(conversation):
+                # An answer marked bad is left out anyway: it must not make its correction a copy.
+                key, tokens = "", []
+            elif all(len(part) <= limit for part in parts):
+                key = " ".join(tokens)
+            else:  # the words were cut at the bound: equal only when equal in full
+                key = "\x00" + "\x1f".join(part.lower() for part in parts)
+            finder.add(key, tokens)
+        for index, issue in self._duplicates(finder).items():
             issues[index].append(issue)
         counts = {code: 0 for code in CODES}
         for found in issues:
             for code in {issue.code for issue in found}:
                 counts[code] += 1
+        examples = []
+        for index, found in enumerate(issues):
+            if len(examples) == self.config.max_examples:
+                break
+            if found and (index in snippets or isinstance(conversations, Sequence)):
+                user_input, output = snippets.get(index) or _snippets(conversations[index])
+                examples.append({"index": index, "input": user_input, "output": output,
+                                 "codes": [issue.code for issue in found],
+                                 "issues": [issue.reason for issue in found]})
         valid = sum(1 for found in issues if not found)
-        flagged = ((index, found) for index, found in enumerate(issues) if found)
-        examples = [{"index": index, "input": _snippet(conversations[index].get("input", "")),
-                     "output": _snippet(conversations[index].get("output", "")),
-                     "codes": [issue.code for issue in found],
-                     "issues": [issue.reason for issue in found]}
-                    for index, found in itertools.islice(flagged, self.config.max_examples)]
-        report = QualityReport(total=len(conversations), valid=valid, issues=issues,
-                               counts=counts, examples=examples)
+        report = QualityReport(total=len(issues), valid=valid, issues=issues, counts=counts,
+                               examples=examples)
         report.recommendations = recommendations(report, self.config)
         return report
 
@@ -493,13 +544,11 @@ class DataQualityValidator:
 
     # -- duplicates across the data set ---------------------------------------------------
 
-    def _duplicates(self, conversations: list[dict]) -> dict[int, QualityIssue]:
-        """Exact duplicates by normalised text, then near duplicates by MinHash LSH."""
-        # An answer marked bad is left out anyway: it must not make its correction a "copy".
-        token_lists = [[] if feedback_reason(c) else _conversation_tokens(c) for c in conversations]
-        keys = [" ".join(tokens) for tokens in token_lists]
+    @staticmethod
+    def _duplicates(finder: CopyFinder) -> dict[int, QualityIssue]:
+        """Exact duplicates by normalised text, near duplicates by MinHash LSH."""
         found: dict[int, QualityIssue] = {}
-        for index, (original, similarity) in find_copies(keys, token_lists, self.config).items():
+        for index, (original, similarity) in finder.copies().items():
             if similarity is None:
                 found[index] = QualityIssue(
                     "duplicate", f"exact duplicate of conversation {original} (after "
@@ -511,16 +560,9 @@ class DataQualityValidator:
         return found
 
 
-def _conversation_tokens(conversation: dict) -> list[str]:
-    """Lower-case words of every turn (system included), turns separated by a marker."""
-    parts = [conversation.get("system") or ""]
-    for turn in exchanges(conversation):
-        parts += turn
-    tokens: list[str] = []
-    for part in parts:
-        tokens += WORD_RE.findall(part.lower())
-        tokens.append("\x1f")
-    return tokens if any(t != "\x1f" for t in tokens) else []
+def _snippets(conversation: dict) -> tuple[str, str]:
+    """The conversation's final input and output, shortened for a report's examples."""
+    return (_snippet(conversation.get("input", "")), _snippet(conversation.get("output", "")))
 
 
 def recommendations(report: QualityReport, config: QualityConfig) -> list[str]:

@@ -127,7 +127,8 @@ def test_original_method_names_still_work(tmp_path):
     assert handler.get_batch(2, start_idx=loaded) == handler.conversations[loaded:]
     ok, reasons = handler.validate_conversation_quality({"input": "Hi", "output": "Hello"},
                                                         check_length=False)
-    assert not ok and reasons == ["output ends mid-sentence without closing punctuation: 'Hello'"]
+    assert not ok and reasons == ["incomplete output: ends mid-sentence without closing punctuation: "
+                                  "'Hello'"]
     report = handler.analyze_dataset_quality()
     assert report["total_conversations"] == loaded + 2 and report["quality_score"] >= 0.95
     assert len(handler.filter_valid_conversations()) == report["valid_conversations"]

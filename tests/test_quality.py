@@ -274,3 +274,52 @@ def test_long_texts_use_word_5_gram_shingles_and_still_catch_small_edits():
         {"input": "Long one?", "output": " ".join(edited)}])
     assert [[issue.code for issue in found] for found in report.issues] == [
         [], [], ["near_duplicate"]]
+
+
+@pytest.mark.parametrize("output, category", [
+    ("", "empty output"),
+    ("Yes.", "too-short output: only 1 word"),
+    ("This is very very very very good advice for you.", "repetitive output: "),
+    ("@@## %%$$ &&** !!~~ ^^ ok.", "gibberish output: "),
+    ("http://", "gibberish output: is mostly URLs"),  # a bare URL fragment, as the original said
+    ("https://", "gibberish output: is mostly URLs"),
+    ("Tell me something useful.", "output echoes input: "),
+    ("The capital of France is", "incomplete output: "),
+])
+def test_original_api_reasons_name_their_category(output, category):
+    handler = ConversationDataHandler()
+    ok, reasons = handler.validate_conversation_quality({"input": "Tell me something useful.",
+                                                         "output": output})
+    assert not ok and any(reason.startswith(category) for reason in reasons), reasons
+
+
+def test_a_stream_is_analysed_like_a_list():
+    conversations = ConversationDataHandler(DATA_DIR / "bad_conversations.json").conversations
+    streamed = DataQualityValidator().analyze(iter(conversations))
+    listed = DataQualityValidator().analyze(conversations)
+    assert streamed.issues == listed.issues and streamed.counts == listed.counts
+    # a stream is not kept: its examples are conversations failing a rule of their own
+    assert streamed.examples and all(
+        set(example["codes"]) - {"duplicate", "near_duplicate"} for example in streamed.examples)
+
+
+def test_a_huge_answer_is_checked_on_a_bounded_part():
+    config = QualityConfig(max_text_chars=2_000, max_dedup_words=100)
+    sentence = "Pack a warm layer, a rain shell and enough water for the whole day. "
+    huge = sentence * 20_000  # 1.4 MB, one sentence over and over
+    first = {"input": "What should I pack?", "output": huge + "Have fun."}
+    second = {"input": "What should I pack?", "output": huge + "Enjoy it."}
+    report = DataQualityValidator(config).analyze([first, second])
+    assert [issue.code for issue in report.issues[0]] == ["repetitive_output"]
+    # equal in their first 100 words, different in full: a near copy, never an exact one
+    assert [issue.code for issue in report.issues[1]] == ["repetitive_output", "near_duplicate"]
+
+
+def test_quality_does_not_import_the_data_module():
+    import subprocess
+    import sys
+
+    code = "import sys, mtnsails.quality; print('mtnsails.data' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
