@@ -1,23 +1,39 @@
-"""Benchmark: how fast `DataQualityValidator.analyze` checks 100,000 conversations.
+"""Benchmark: how fast `DataQualityValidator.analyze` checks conversations, and what
+`validate` costs in time and peak memory on a large JSON Lines file.
 
 Generates varied synthetic conversations (seeded): mostly good ones built from random words,
 plus a share of bad ones (empty, short, repetitive, echo, cut-off, symbol soup) and of exact and
-near duplicates. Prints conversations/second and total seconds on one core.
+near duplicates. Prints conversations/second of `analyze()` in this process, then runs
+`main.py validate --quiet` on a generated file of `--file-count` conversations (one per line)
+in a child process and prints its wall time and peak resident memory. Run it alone:
 
-    python bench/validate_bench.py [--count 100000] [--seed 0]
+    flock /tmp/mtnsails-big.lock python bench/validate_bench.py [--count 100000]
+        [--file-count 1000000] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import random
+import resource
+import subprocess
 import sys
+import tempfile
 import time
+from collections import deque
 from pathlib import Path
+from typing import Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
+from mtnsails.generation import cpu_flags  # noqa: E402
 from mtnsails.quality import DataQualityValidator  # noqa: E402
+
+POOL = 10_000  # recent conversations that duplicates are drawn from
 
 NOUNS = """river volcano compiler bread orbit violin glacier tax bicycle enzyme database tide poem
 panel bee energy water memory temperature pressure language traffic light soil money sound time
@@ -68,31 +84,59 @@ def bad(rng: random.Random, conversation: dict) -> dict:
     return {"input": conversation["input"], "output": output}
 
 
-def generate(count: int, seed: int) -> list[dict]:
+def generate(count: int, seed: int) -> Iterator[dict]:
+    """`count` conversations; duplicates copy one of the last `POOL` conversations, so any
+    count is generated in constant memory."""
     rng = random.Random(seed)
-    conversations: list[dict] = []
-    while len(conversations) < count:
+    pool: deque[dict] = deque(maxlen=POOL)
+    for _ in range(count):
         roll = rng.random()
-        if roll < 0.08 and conversations:
-            conversations.append(dict(rng.choice(conversations)))  # exact duplicate
-        elif roll < 0.16 and conversations:
-            source = rng.choice(conversations)  # near duplicate: one word changed
+        if roll < 0.08 and pool:
+            conversation = dict(rng.choice(pool))  # exact duplicate
+        elif roll < 0.16 and pool:
+            source = rng.choice(pool)  # near duplicate: one word changed
             words = source["output"].split() or ["Empty"]
             words[rng.randrange(len(words))] = rng.choice(NOUNS)
-            conversations.append({"input": source["input"], "output": " ".join(words)})
+            conversation = {"input": source["input"], "output": " ".join(words)}
         elif roll < 0.28:
-            conversations.append(bad(rng, good(rng)))
+            conversation = bad(rng, good(rng))
         else:
-            conversations.append(good(rng))
-    return conversations
+            conversation = good(rng)
+        pool.append(conversation)
+        yield conversation
+
+
+def validate_file(count: int, seed: int) -> None:
+    """Write `count` conversations as JSON Lines and time `main.py validate --quiet` on them."""
+    with tempfile.TemporaryDirectory(prefix="validate-bench-") as folder:
+        path = Path(folder) / "conversations.jsonl"
+        with open(path, "w", encoding="utf-8") as handle:
+            for conversation in generate(count, seed):
+                handle.write(json.dumps(conversation) + "\n")
+        size = path.stat().st_size
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, str(ROOT / "main.py"), "validate", "--data-file",
+                                 str(path), "--quiet"], capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    if result.returncode not in (0, 1):
+        sys.exit(f"validate failed ({result.returncode}): {result.stderr.strip()}")
+    print(f"validate --quiet on {count:,} conversations ({size / 1e6:.0f} MB of JSON Lines): "
+          f"{seconds:.1f} s, peak RSS {peak:,.0f} MiB; {result.stdout.strip()}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--count", type=int, default=100_000,
+                        help="conversations analysed in this process")
+    parser.add_argument("--file-count", type=int, default=1_000_000,
+                        help="conversations in the file given to `validate` (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    conversations = generate(args.count, args.seed)
+    flags = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "amx_tile"}))
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
+          f"flags: {flags or 'none of avx2/avx512f/avx512_vnni/amx'}")
+    conversations = list(generate(args.count, args.seed))
     start, start_cpu = time.perf_counter(), time.process_time()
     report = DataQualityValidator().analyze(conversations)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
@@ -101,6 +145,9 @@ def main() -> None:
     print("issue counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
     print(f"analyze(): {seconds:.2f} s total, {report.total / seconds:,.0f} conversations/second "
           f"({cpu_seconds:.2f} s of CPU time; wall time grows when other work shares the core)")
+    del conversations, report
+    if args.file_count:
+        validate_file(args.file_count, args.seed)
 
 
 if __name__ == "__main__":

@@ -74,8 +74,11 @@ class CopyFinder:
         self._vocabulary = defaultdict(itertools.count(1).__next__)  # word -> id, ids from 1
         self._ids = array("Q")  # word ids of the texts not yet signed
         self._lengths = array("q")  # their word counts
-        self._signatures = _GrowingArray(np.uint32, len(self.near.a))
-        self._shingles = _GrowingArray(np.uint64)
+        # Kept per text: the low 16 bits of each MinHash value (two different minima agree by
+        # chance once in 65,536, which the exact check absorbs) and 32-bit shingle hashes
+        # (among a thousand shingles a collision is a one-in-millions event).
+        self._signatures = _GrowingArray(np.uint16, len(self.near.a))
+        self._shingles = _GrowingArray(np.uint32)
         self._shingle_counts = _GrowingArray(np.int64)
 
     def __len__(self) -> int:
@@ -125,8 +128,8 @@ class CopyFinder:
         ids = np.frombuffer(self._ids, dtype=np.uint64)
         lengths = np.frombuffer(self._lengths, dtype=np.int64)
         shingles, offsets = self.near.shingles_of_ids(ids, lengths)
-        self._signatures.extend(self.near.signatures(shingles, offsets))
-        self._shingles.extend(shingles)
+        self._signatures.extend(self.near.signatures(shingles, offsets).astype(np.uint16))
+        self._shingles.extend(shingles.astype(np.uint32))
         self._shingle_counts.extend(np.diff(offsets))
         self._ids, self._lengths = array("Q"), array("q")
 
