@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -30,7 +29,7 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mtnsails.generation import cpu_flags  # noqa: E402
+from mtnsails.cpu import cpu_model, vector_flags  # noqa: E402
 from mtnsails.quality import DataQualityValidator  # noqa: E402
 
 POOL = 10_000  # recent conversations that duplicates are drawn from
@@ -133,9 +132,8 @@ def main() -> None:
                         help="conversations in the file given to `validate` (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    flags = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "amx_tile"}))
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-          f"flags: {flags or 'none of avx2/avx512f/avx512_vnni/amx'}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, "
+          f"flags: {' '.join(vector_flags()) or 'none of the vector flags'}")
     conversations = list(generate(args.count, args.seed))
     start, start_cpu = time.perf_counter(), time.process_time()
     report = DataQualityValidator().analyze(conversations)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import atomic_write_text
+from mtnsails.files import atomic_writer
 from mtnsails.template import ChatTemplate, Segment, exchanges
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
@@ -590,19 +590,28 @@ def common_system(conversations: Iterable[dict]) -> str | None:
 
 # -- writing --------------------------------------------------------------------------------
 
-def write_conversations(path: str | os.PathLike, conversations: list[dict]) -> None:
-    """Atomically write native conversations: JSON Lines for `.jsonl`, else a JSON array."""
+def write_conversations(path: str | os.PathLike, conversations: Iterable[dict]) -> int:
+    """Atomically write native conversations, one at a time: JSON Lines for `.jsonl`, else a
+    JSON array. Returns how many were written; raises MtnsailsError when the file cannot be."""
     path = Path(path)
     require_output_directory(path)
-    if path.suffix.lower() in JSONL_SUFFIXES:
-        text = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations)
-    else:
-        text = json.dumps(conversations, ensure_ascii=False, indent=2) + "\n"
+    jsonl = path.suffix.lower() in JSONL_SUFFIXES
+    count = 0
     try:
-        atomic_write_text(path, text)
+        with atomic_writer(path) as handle:
+            for conversation in conversations:
+                if jsonl:
+                    handle.write(json.dumps(conversation, ensure_ascii=False) + "\n")
+                else:  # the layout of json.dumps(list, indent=2), an item at a time
+                    text = json.dumps(conversation, ensure_ascii=False, indent=2)
+                    handle.write(("[\n  " if not count else ",\n  ") + text.replace("\n", "\n  "))
+                count += 1
+            if not jsonl:
+                handle.write("\n]\n" if count else "[]\n")
     except OSError as error:
         raise MtnsailsError(f"{path}: cannot write the conversations "
                             f"({error.strerror or error})") from None
+    return count
 
 
 def require_output_directory(path: str | os.PathLike) -> None:

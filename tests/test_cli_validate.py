@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DATA_DIR, EXAMPLE_DATA, REPO_ROOT, run_cli
+from conftest import DATA_DIR, EXAMPLE_DATA, REPO_ROOT, run_cli, unreadable_file
 
 FORMATS = ["native.json", "native.jsonl", "alpaca.json", "prompt_completion.jsonl",
            "question_answer.json", "sharegpt.json", "openai_messages.jsonl", "bom.json"]
@@ -179,3 +179,40 @@ def test_help_and_validate_never_import_torch_or_transformers(argv):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO_ROOT, timeout=120)
     assert result.stdout.splitlines()[-1] == "HEAVY []", result.stdout + result.stderr
+
+
+HOSTILE_FILES = {
+    "huge_number.jsonl": '{"input": "Hi?", "output": "Hello there, friend.", "n": %s}\n'
+                         % ("1" * 5001),
+    "surrogate.jsonl": '{"input": "Hi?", "output": "Hello \\ud800 there, friend."}\n',
+    "not_a_number.json": '[{"input": "Hi?", "output": "Hello there, friend.", "score": NaN}]',
+    "table.txt": "input,output\nHi?,Hello there.\n",
+}
+
+
+@pytest.mark.parametrize("name", [*HOSTILE_FILES, "unreadable.json"])
+def test_hostile_data_files_are_one_line_errors_and_nothing_is_written(tmp_path, name):
+    data = tmp_path / name
+    if name in HOSTILE_FILES:
+        data.write_text(HOSTILE_FILES[name])
+    else:
+        unreadable_file(data)
+    result = run_cli("validate", "--data-file", str(data), "--filter",
+                     "--output", str(tmp_path / "out.json"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {data}: "), result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == [name]
+
+
+def test_csv_data_validates_and_filters_to_json(tmp_path):
+    data = tmp_path / "faq.csv"
+    data.write_text("question,answer\n"
+                    '"What is a base layer?","A base layer is the clothing worn next to the skin."\n'
+                    '"Why pack a headlamp?","Short days end early; a headlamp frees both hands."\n'
+                    '"Hi?",""\n')
+    result = run_cli("validate", "--data-file", str(data), "--filter")
+    assert result.returncode == 0, result.stderr
+    assert "kept 2 of 3 conversations" in result.stdout
+    kept = json.loads((tmp_path / "faq_filtered.json").read_text())
+    assert [c["input"] for c in kept] == ["What is a base layer?", "Why pack a headlamp?"]

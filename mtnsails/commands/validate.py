@@ -11,7 +11,7 @@ HELP = "check a data set's quality (and optionally filter it)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-file", required=True, help="conversations to check (.json or .jsonl)")
+    parser.add_argument("--data-file", required=True, help="conversations to check: .json, .jsonl, .csv, .tsv or .parquet")
     parser.add_argument("--filter", action="store_true",
                         help="write only the valid conversations to --output")
     parser.add_argument("--output", help="where --filter writes (default: <input stem>_filtered.json, "
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from mtnsails.data import (JSONL_SUFFIXES, ConversationDataHandler, require_output_directory,
+    from mtnsails.data import (JSONL_SUFFIXES, iter_conversations, require_output_directory,
                                write_conversations)
     from mtnsails.quality import DataQualityValidator
 
@@ -42,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
             raise MtnsailsError(f"{output}: is the input file; choose another --output "
                                 "(validate never overwrites its input)")
         require_output_directory(output)
-    conversations = ConversationDataHandler(data_file).conversations
-    report = DataQualityValidator().analyze(conversations)
+    report = DataQualityValidator().analyze(iter_conversations(data_file))
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     elif args.quiet:
@@ -51,14 +50,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"File: {data_file}\n")
         print(report.format_text())
-    if output is not None:
-        valid = [c for c, found in zip(conversations, report.issues) if not found]
-        try:
-            write_conversations(output, valid)
-        except OSError as error:
-            raise MtnsailsError(f"{output}: cannot write the filtered data: {error.strerror}") from None
+    if output is not None:  # a second pass: the conversations were not kept
+        kept = write_conversations(output, (
+            conversation for conversation, found
+            in zip(iter_conversations(data_file), report.issues) if not found))
         if not args.quiet:
-            print(f"Filtered: kept {len(valid)} of {report.total} conversations, removed "
-                  f"{report.total - len(valid)}; wrote {output}",
+            print(f"Filtered: kept {kept} of {report.total} conversations, removed "
+                  f"{report.total - kept}; wrote {output}",
                   file=sys.stderr if args.json else sys.stdout)
     return 0 if report.quality_score >= 0.5 else 1
