@@ -329,8 +329,7 @@ def _loads(text: str, path: Path, where: str = "") -> Any:
     lone surrogates) and what it cannot read (deep nesting, huge integers) raise a one-line
     DataFormatError; invalid JSON raises json.JSONDecodeError for the caller to place."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
-                           parse_int=_bounded_int)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise DataFormatError(f"{path}: {where}JSON nested too deeply to read (arrays or objects "
                               "inside each other about 1000 levels deep)") from None
@@ -427,6 +426,10 @@ def _csv_header(path: Path, separator: str) -> list[str]:
     if not header or not any(name.strip() for name in header):
         raise DataFormatError(f"{path}: the file is empty")
     return header
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float,
+                            parse_int=_bounded_int)
 
 
 def _is_sharegpt_turn(item: Any) -> bool:
