@@ -39,7 +39,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mtnsails.data import EXCHANGE_ID, JSONL_SUFFIXES
+from mtnsails.data import EXCHANGE_ID, JSONL_SUFFIXES, DataFormatError, normalize_record
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import atomic_write_text
 
@@ -221,7 +221,7 @@ class ConversationLogger:
                 # a whole last line without its newline (another tool's) must not swallow ours
                 self._pending = b"\n"
                 return
-            self._parse(line, f"line {number}")
+            self._check_record(self._parse(line, f"line {number}"), f"line {number}")
 
     def _read_array(self) -> list:
         """The records of the .json log as it is on disk now ([] when it is missing or empty)."""
@@ -235,7 +235,17 @@ class ConversationLogger:
         if not isinstance(data, list):
             raise MtnsailsError(f"{self.path}: existing chat log is not a JSON array "
                                 "of conversations; choose another log file")
+        for index, record in enumerate(data):
+            self._check_record(record, f"record {index}")
         return data
+
+    def _check_record(self, record, where: str) -> None:
+        """Refuse a file whose records are no conversations: appending would mix two kinds."""
+        try:
+            normalize_record(record, where)
+        except DataFormatError as error:
+            raise MtnsailsError(f"{self.path}: existing file is not a chat log ({error}); "
+                                "choose another log file") from None
 
     def _parse(self, text: str, where: str):
         try:

@@ -117,6 +117,10 @@ def test_existing_jsonl_without_final_newline_gets_its_own_line(tmp_path):
     ("log.json", '{"input": "a", "output": "b"}', "not a JSON array"),
     ("log.json", '[{"input": "a", "output": "b"},', "not valid JSON"),
     ("log.jsonl", '{"input": "a", "output": "b"}\n{"input": "bad\n{"input": "c"}\n', "line 2"),
+    # valid JSON, but no conversations: appending would mix a chat log into another file
+    ("log.json", "[1, 2, 3]", r"not a chat log \(record 0: expected an object, got a number\)"),
+    ("log.jsonl", '{"input": "a", "output": "b"}\n{"foo": 1}\n',
+     r"not a chat log \(line 2: unrecognised record with keys \['foo'\]"),
 ])
 def test_an_invalid_existing_log_is_refused_and_left_alone(tmp_path, name, content, message):
     path = tmp_path / name
