@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from mtnsails.template import Segment, segment_ids
 
+# Characters a token spans at most (byte-level BPE tokens are a word or a run of symbols). Of a
+# segment the window keeps only tokens from its start or its end, so its first and last
+# `max_length * MAX_TOKEN_CHARS` characters hold all it can keep: the middle of a longer text is
+# dropped before tokenizing, and a 50 MB answer costs megabytes, not gigabytes.
+MAX_TOKEN_CHARS = 64
+
 
 def encode_segments(tokenizer, segments: list[Segment], max_length: int) -> dict:
     """Token ids and labels of one conversation, built segment by segment as chat builds them.
@@ -19,7 +25,13 @@ def encode_segments(tokenizer, segments: list[Segment], max_length: int) -> dict
     input_ids: list[int] = []
     labels: list[int] = []
     last_prompt_start = 0
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    bound = max_length * MAX_TOKEN_CHARS
+
+    def encode(text: str) -> list[int]:
+        if len(text) > 2 * bound:
+            text = text[:bound] + text[-bound:]
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
     for segment, ids in segment_ids(encode, segments, tokenizer.eos_token_id):
         if segment.is_response:
             labels += ids

@@ -30,6 +30,8 @@ FP32_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 INT4_FILE = "model_int4.onnx"
 PYTORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+# How a `torch.save` file opens: a zip archive (PyTorch >= 1.6) or a pickle of torch's magic number.
+TORCH_SAVE_HEADS = (b"PK\x03\x04", b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19")
 # Where `convert` writes and `chat` logs unless told otherwise (the original CLI's defaults).
 DEFAULT_ONNX_DIR = "./onnx_model"
 DEFAULT_OPSET = 14
@@ -66,6 +68,14 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[TextIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def is_torch_save_file(path: str | os.PathLike) -> bool:
+    """Does the file open as `torch.save` writes? Any other *.bin (a plain pickle, a TensorFlow
+    checkpoint) would send transformers down paths that print noise before failing."""
+    with open(path, "rb") as handle:
+        head = handle.read(max(map(len, TORCH_SAVE_HEADS)))
+    return any(head.startswith(start) for start in TORCH_SAVE_HEADS)
 
 
 def read_json_object(path: str | os.PathLike) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.settings import flag_of, option_fields, setting
+from mtnsails.settings import MAX_SEED, flag_of, option_fields, setting
 
 
 @dataclass
@@ -40,7 +40,8 @@ class GenerationConfig:
                   ("top_k", self.top_k >= 0, "0 (off) or more"),
                   ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
                   ("repetition_penalty", self.repetition_penalty > 0, "above 0"),
-                  ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"))
+                  ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"),
+                  ("seed", self.seed is None or 0 <= self.seed <= MAX_SEED, f"from 0 to {MAX_SEED}"))
         for name, ok, expected in checks:
             if not ok:
                 raise MtnsailsError(f"{setting_label(name)} = {getattr(self, name)} must be {expected}")

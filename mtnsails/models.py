@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.files import read_metadata
+from mtnsails.files import is_torch_save_file, read_metadata
 
 if TYPE_CHECKING:  # only for annotations: importing this module must not import transformers
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -226,11 +226,23 @@ def _load(source: str, trust_remote_code: bool, local_files_only: bool) -> tuple
     """(model, tokenizer) from a directory or hub name; raises what transformers' loaders raise."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, local_files_only=local_files_only, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, local_files_only=local_files_only, trust_remote_code=trust_remote_code,
-        use_safetensors=_has_safetensors(source) or None)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, local_files_only=local_files_only, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError):
+        raise
+    except Exception as error:  # the tokenizers library raises a bare Exception for a corrupt file
+        raise ValueError(f"cannot read its tokenizer ({_first_line(error)})") from error
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, local_files_only=local_files_only, trust_remote_code=trust_remote_code,
+            use_safetensors=_has_safetensors(source) or None)
+    except RuntimeError as error:
+        mismatch = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+        if not mismatch:
+            raise
+        raise ValueError(f"its weights do not fit the sizes in config.json ({mismatch[0]})"
+                         ) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # labels are masked by attention mask, not pad id
     if model.config.pad_token_id is None:
@@ -292,6 +304,10 @@ def _from_directory(path: Path, name: str, trust_remote_code: bool) -> ResolvedM
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     if not weights:
         raise MtnsailsError(f"--model-name {name}: directory has no model weights ({WEIGHT_FILES})")
+    for file in weights:
+        if file.suffix == ".bin" and not is_torch_save_file(file):
+            raise MtnsailsError(f"--model-name {name}: {file.name} is not a PyTorch weights file "
+                                f"({WEIGHT_FILES}); it is never unpickled")
     if not any((path / file).is_file() for file in TOKENIZER_FILES):
         raise MtnsailsError(f"--model-name {name}: directory has no tokenizer files (tokenizer.json "
                             "or vocab.json + merges.txt); save the tokenizer beside the model")

@@ -25,7 +25,8 @@ import numpy as np
 from mtnsails.cpu import cpu_flags
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import (DEFAULT_ONNX_DIR, DEFAULT_OPSET, FP32_FILE, INT4_FILE, INT8_FILE, ONNX_FORMAT,
-                            PYTORCH_WEIGHTS, atomic_directory, context_length, read_json_object)
+                            PYTORCH_WEIGHTS, atomic_directory, context_length, is_torch_save_file,
+                            read_json_object)
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
 from mtnsails.int4_quantizer import Int4Config, quantize_int4
 from mtnsails.onnx_metadata import read_onnx_directory, write_onnx_metadata
@@ -123,6 +124,10 @@ class ONNXConverter:
                 (self.model_path / name).exists() for name in PYTORCH_WEIGHTS):
             raise MtnsailsError(f"{self.model_path} is not a trained model directory "
                                 "(needs config.json and model.safetensors)")
+        weights = self.model_path / "pytorch_model.bin"
+        if weights.is_file() and not is_torch_save_file(weights):
+            raise MtnsailsError(f"{weights}: not a PyTorch weights file (torch.save or "
+                                "model.safetensors); it is never unpickled")
 
     def _say(self, message: str) -> None:
         if not self.quiet:

@@ -68,6 +68,18 @@ SINGULAR_S = {"physics", "mathematics", "analytics", "statistics", "economics", 
               "process", "access", "address", "business", "success", "progress", "bus", "gas",
               "canvas", "alias", "basis", "analysis", "axis", "css", "dns", "os"}
 COMMON_NOUN_ENDINGS = ("ing", "tion", "sion", "ment", "ness", "ity", "ance", "ence")
+# "What is ...?" of a singular noun: "a base layer" needs its article, "hypothermia" does not.
+DETERMINERS = {"a", "an", "the", "this", "that", "my", "your", "our", "their", "its", "his",
+               "her", "each", "every", "some", "any", "no"}
+MASS_NOUNS = {"water", "food", "gear", "clothing", "equipment", "software", "hardware",
+              "information", "data", "advice", "weather", "research", "music", "money", "time",
+              "health", "safety", "energy", "power", "traffic", "knowledge", "feedback",
+              "content", "code", "documentation", "rain", "snow", "ice", "fire", "light", "aid",
+              "security", "hypothermia", "nutrition", "hydration", "navigation", "shelter"}
+UNCOUNTABLE_ENDINGS = ("ing", "ness", "ism", "ics", "ship", "ware")  # gerunds, qualities, fields
+# Heads with these endings are countable ("a function") or not ("validation"): an article only
+# where the pages use one.
+ABSTRACT_ENDINGS = ("tion", "sion", "ity", "ment", "ance", "ence")
 WORD = re.compile(r"[A-Za-z][\w'-]*")
 
 
@@ -79,13 +91,17 @@ class WordCases:
         """Count lower-case and capitalised uses of each word in `texts` (the answers)."""
         self.lower: Counter = Counter()
         self.capital: Counter = Counter()
+        self.articles: Counter = Counter()  # ("a" or "an", the next word) -> uses
         for text in texts:
             for sentence in sentences(text):
-                for word in WORD.findall(sentence)[1:]:  # a sentence's first word proves nothing
+                words = WORD.findall(sentence)
+                for previous, word in zip(words, words[1:]):  # a first word proves no case
                     if word.islower():
                         self.lower[word] += 1
                     elif word[0].isupper() and word[1:].islower():
                         self.capital[word.lower()] += 1
+                    if previous.lower() in ("a", "an"):
+                        self.articles[previous.lower(), word.lower()] += 1
 
     def phrase(self, heading: str) -> str:
         """Sentence case for a Title Case heading, keeping the names the pages capitalise."""
@@ -106,6 +122,23 @@ class WordCases:
                 if lowered:
                     words[index] = key
         return " ".join(words)
+
+    def article(self, topic: str) -> str:
+        """"a " or "an " when the singular noun phrase `topic` (as `phrase` wrote it) needs one
+        after "What is", else "": names, determiners, mass nouns and gerunds get none."""
+        words = topic.split()
+        first, head = words[0], words[-1].lower()
+        if (not first[0].islower() or first in DETERMINERS or head in MASS_NOUNS
+                or head.endswith(UNCOUNTABLE_ENDINGS)):
+            return ""
+        used_a, used_an = self.articles["a", first], self.articles["an", first]
+        if used_a or used_an:
+            return "an " if used_an > used_a else "a "
+        if len(words) == 1 or head.endswith(ABSTRACT_ENDINGS):
+            return ""  # no evidence either way: a bare word may be a name or a mass noun
+        vowel_sound = first[0] in "aeio" or (first[0] == "u" and not first.startswith(
+            ("uni", "use", "usu", "uti")))
+        return "an " if vowel_sound else "a "
 
 
 def natural_question(heading: str, title: str, cases: WordCases) -> str:
@@ -141,7 +174,9 @@ def natural_question(heading: str, title: str, cases: WordCases) -> str:
     if first.endswith("ing") and len(first) > 4:
         return f"Explain {topic}."
     plural = last.endswith("s") and not last.endswith("ss") and last not in SINGULAR_S
-    return f"What {'are' if plural else 'is'} {topic}?"
+    if plural:
+        return f"What are {topic}?"
+    return f"What is {cases.article(topic)}{topic}?"
 
 
 def follow_up_questions(topic: str) -> Iterator[str]:

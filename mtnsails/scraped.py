@@ -65,7 +65,8 @@ class ScrapedSettings:
         if self.chunk_words < 10:
             raise MtnsailsError(f"--chunk-words {self.chunk_words}: must be at least 10")
         if self.prompt_template is not None and "{topic}" not in self.prompt_template:
-            raise MtnsailsError(f"--prompt-template {self.prompt_template!r}: must contain {{topic}}")
+            raise MtnsailsError(f'--prompt-template "{self.prompt_template}": must contain '
+                                "{topic}")
         if not self.max_sentence_words:
             self.max_sentence_words = 2 * self.chunk_words
 
@@ -126,6 +127,7 @@ def find_pages(roots: list[Path], result: ScrapeResult) -> list[Path]:
         if root.is_file():
             pages.append(root)
             continue
+        inside = root.resolve()
         for folder, subfolders, files in os.walk(root):  # does not follow folder symlinks
             for name in [d for d in subfolders if d.lower() in MEDIA_FOLDERS or d.startswith(".")]:
                 subfolders.remove(name)
@@ -139,7 +141,12 @@ def find_pages(roots: list[Path], result: ScrapeResult) -> list[Path]:
                 path = Path(folder, name)
                 if name.startswith("."):
                     continue
-                if path.suffix.lower() in PAGE_SUFFIXES:
+                if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                    # a link out of the crawl would put other files' text into the training data
+                    print(f"note: {path}: links to {os.path.realpath(path)}, outside {root}; "
+                          "skipped", file=sys.stderr)
+                    result.skipped["links outside the input folder"] += 1
+                elif path.suffix.lower() in PAGE_SUFFIXES:
                     pages.append(path)
                 else:
                     result.skipped[f"not a page ({path.suffix.lower() or 'no extension'})"] += 1
@@ -360,7 +367,9 @@ def sections_of(lines: list[Line]) -> list[Section]:
     items: list[str] = []
 
     def flush_items() -> None:
-        """Pending list items become a paragraph, or end the sentence that introduces them."""
+        """Pending list items become a paragraph, end the sentence that introduces them, or
+        (a list of phrases under its heading, such as principles or steps) become a sentence
+        each; lists of single words (tags, menus) go."""
         if not items:
             return
         if all(is_prose(item) for item in items):
@@ -368,6 +377,10 @@ def sections_of(lines: list[Line]) -> list[Section]:
         elif current.paragraphs and current.paragraphs[-1].endswith(":"):
             listed = "; ".join(item.rstrip(".;,") for item in items)
             current.paragraphs[-1] = f"{current.paragraphs[-1]} {listed}."
+        elif 2 * sum(len(item.split()) > 1 for item in items) >= len(items):
+            current.paragraphs.append(" ".join(
+                item if ENDS_SENTENCE.search(item) else item.rstrip(";,") + "."
+                for item in items))
         items.clear()
 
     for line in lines:
@@ -516,7 +529,8 @@ class ScrapedContentProcessor:
         result = self.process(roots, existing)
         if not result.conversations and not existing:
             raise MtnsailsError(f"no question/answer pairs could be made from "
-                                f"{result.files_read} file(s): {result.format_summary()!r}")
+                                f"{result.files_read} file(s): "
+                                + "; ".join(result.format_summary().splitlines()))
         write_conversations(output, existing + result.conversations)
         return result
 

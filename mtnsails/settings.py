@@ -16,6 +16,8 @@ import typing
 from typing import Any, Iterable, TypeVar
 
 T = TypeVar("T")
+# Seeds run from 0 to 2**32 - 1: numpy's global seeding (transformers' set_seed) takes no other.
+MAX_SEED = 2**32 - 1
 
 
 def setting(default: Any, help: str, *, flag: str | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 from mtnsails.devices import DEVICES
 from mtnsails.errors import MtnsailsError
 from mtnsails.models import EmbeddedTrainingDefaults
-from mtnsails.settings import setting
+from mtnsails.settings import MAX_SEED, setting
 from mtnsails.template import ChatTemplate
 
 
@@ -57,6 +57,8 @@ class TrainingConfig:
                 raise MtnsailsError(f"{flag} must be in [0, 1), got {value}")
         if self.weight_decay < 0:
             raise MtnsailsError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise MtnsailsError(f"--seed must be from 0 to {MAX_SEED}, got {self.seed}")
         if self.device not in DEVICES:
             raise MtnsailsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
 

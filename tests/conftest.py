@@ -38,6 +38,17 @@ def unreadable_file(path: Path) -> Path:
     return path
 
 
+def read_only_directory(tmp_path: Path) -> Path:
+    """A directory where creating a file fails with PermissionError: a mode-0555 folder, or
+    (for root, whom modes do not stop) /sys, where even root may not create files."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def untrained_tiny_model_dir(tmp_path_factory) -> Path:
     """The embedded default model, randomly initialised and saved like any HF model."""

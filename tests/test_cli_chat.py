@@ -141,6 +141,32 @@ def test_bad_settings_name_the_flag(tiny_onnx_dir, flags, expected):
     assert result.returncode == 2 and result.stderr == f"error: {expected}\n"
 
 
+def test_a_seed_out_of_range_is_a_one_line_error(tiny_onnx_dir):
+    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--prompt", "Hello!",
+                     "--seed", "-1")
+    assert result.returncode == 2
+    assert result.stderr == "error: --seed (seed) = -1 must be from 0 to 4294967295\n"
+
+
+def test_non_utf8_bytes_in_the_prompt_are_a_one_line_error(tiny_onnx_dir):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "chat", "--model-path",
+                             str(tiny_onnx_dir), "--prompt", b"caf\xe9?"],
+                            capture_output=True, cwd=REPO_ROOT)
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr == (b"error: --prompt is not valid UTF-8 text (byte 0xe9 at character 4); "
+                             b"give the question as UTF-8\n")
+
+
+def test_a_piped_line_that_is_not_utf8_is_answered_and_the_next_one_too(tiny_onnx_dir):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "main.py"), "chat", "--model-path", str(tiny_onnx_dir),
+         "--temperature", "0", "--precision", "fp32"],
+        input=b"Caf\xe9 \xff?\nWhat do bees make?\n", capture_output=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    answers = result.stdout.decode().splitlines()
+    assert len(answers) == 2 and answers[1] == "Bees make honey and wax."
+
+
 def test_seeded_sampling_session_is_reproducible(tiny_onnx_dir):
     args = ("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "3", "--top-k", "0", "--seed", "3")
     prompts = "Who are you?\nWho are you?\n"

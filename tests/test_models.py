@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 import shutil
 
 import pytest
@@ -84,6 +86,21 @@ def with_corrupt_config(path):
     (path / "config.json").write_text("{not json")
 
 
+def with_corrupt_tokenizer(path):
+    (path / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": 5}}')
+
+
+def with_a_plain_pickle_as_weights(path):
+    (path / "model.safetensors").unlink()
+    (path / "pytorch_model.bin").write_bytes(pickle.dumps({"not": "weights"}))
+
+
+def with_sizes_not_matching_the_weights(path):
+    config = json.loads((path / "config.json").read_text())
+    config["n_embd"] *= 2
+    (path / "config.json").write_text(json.dumps(config))
+
+
 # A saved model damaged in each way a user's directory can be, and what the error must say.
 BROKEN_MODEL_DIRECTORIES = [
     (without_tokenizer, "directory has no tokenizer files"),
@@ -91,6 +108,10 @@ BROKEN_MODEL_DIRECTORIES = [
                       "weights_only)"),
     (with_corrupt_weights, "cannot read the weights in model.safetensors"),
     (with_corrupt_config, "config.json' is not a valid JSON file"),
+    (with_a_plain_pickle_as_weights, "pytorch_model.bin is not a PyTorch weights file"),
+    (with_corrupt_tokenizer, "cannot load it: cannot read its tokenizer (invalid type: integer"),
+    (with_sizes_not_matching_the_weights, "its weights do not fit the sizes in config.json "
+                                          "(size mismatch for "),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 
 import numpy as np
@@ -165,9 +166,15 @@ def test_cli_convert_quiet_prints_nothing(untrained_tiny_model_dir, tmp_path):
     ("onnx_dir", "is already an ONNX model directory"),
     ("not_a_model", "is not a trained model directory"),
     ("inside_model", "must not be the model directory or inside it"),
+    ("pickle_only", "pytorch_model.bin: not a PyTorch weights file"),  # and no TensorFlow noise
 ])
 def test_cli_convert_errors(case, message, untrained_tiny_model_dir, untrained_onnx_dir, tmp_path):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text('{"model_type": "gpt2"}')
+    (pickled / "pytorch_model.bin").write_bytes(pickle.dumps({"not": "weights"}))
     model, output = {
+        "pickle_only": (pickled, tmp_path / "out"),
         "missing": (tmp_path / "nowhere", tmp_path / "out"),
         "onnx_dir": (untrained_onnx_dir, tmp_path / "out"),
         "not_a_model": (tmp_path, tmp_path / "out"),

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, read_only_directory, run_cli
 
 from mtnsails.quality import DataQualityValidator
 from mtnsails.scraped import (ScrapedContentProcessor, ScrapedSettings, ScrapeResult, WordCases,
@@ -212,7 +212,7 @@ def test_questions_come_from_headings_and_fit_them(pairs):
         "Give me an overview of Python sets.": "A set is an unordered",  # title, then "Overview"
         "Can you give an example of Python sets?": "The letters of a word",
         'Tell me about "Version 2.0 is out".': "Version 2.0 exports",  # RSS item titles
-        "What is security update?": "All users should upgrade",
+        "What is a security update?": "All users should upgrade",  # its article added
     }
     for question, start in expected.items():
         assert questions[question].startswith(start), question
@@ -352,7 +352,48 @@ def test_nothing_usable_is_an_error_not_an_empty_file(tmp_path):
     (tmp_path / "pages" / "menu.txt").write_text("Home\nAbout\nContact", encoding="utf-8")
     done = run_script(str(tmp_path / "pages"), "--output", str(tmp_path / "o.json"))
     assert done.returncode == 2 and "no question/answer pairs" in done.stderr
+    # the summary reads as text on the error's one line, not as a Python repr
+    assert "file(s): files read: 1; " in done.stderr and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "o.json").exists()
+
+
+def test_a_read_only_output_folder_is_a_one_line_error(site, tmp_path):
+    output = read_only_directory(tmp_path) / "pairs.json"
+    done = run_script(str(site), "--output", str(output))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"error: {output}: cannot write the conversations "
+                                        "(Permission denied)"]
+
+
+def test_file_links_out_of_the_input_folder_are_skipped_with_a_note(tmp_path, capsys):
+    secret = tmp_path / "private" / "notes.txt"
+    secret.parent.mkdir()
+    secret.write_text("# Private notes\nMy bank password is written in this private file.\n")
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    (crawl / "page.txt").write_text("# Tents\nA tent keeps the rain off while you sleep outside.\n")
+    (crawl / "inside.txt").symlink_to(crawl / "page.txt")  # a link within the crawl is read
+    (crawl / "notes.txt").symlink_to(secret)
+    result = ScrapedContentProcessor().process([crawl])
+    assert "password" not in json.dumps(result.conversations)
+    assert result.skipped == {"links outside the input folder": 1} and result.files_read == 2
+    assert capsys.readouterr().err == (f"note: {crawl / 'notes.txt'}: links to {secret}, "
+                                       f"outside {crawl}; skipped\n")
+
+
+def test_a_list_under_a_heading_belongs_to_its_answer():
+    page = ("# Leave No Trace\n## The seven principles\nThere are seven of them.\n"
+            "• Plan ahead and prepare\n• Travel and camp on durable surfaces\n"
+            "• Dispose of waste properly\n• Leave what you find\n• Minimize campfire impacts\n"
+            "• Respect wildlife\n• Be considerate of other visitors\n"
+            "## Tags\n• hiking\n• camping\n")
+    sections = sections_of(classify(page_lines(page, ".txt")))
+    assert [(section.heading, section.paragraphs) for section in sections] == [
+        ("The seven principles", [
+            "There are seven of them.",
+            "Plan ahead and prepare. Travel and camp on durable surfaces. Dispose of waste "
+            "properly. Leave what you find. Minimize campfire impacts. Respect wildlife. "
+            "Be considerate of other visitors."])]  # one-word tags are no answer
 
 
 # -- the pieces ---------------------------------------------------------------------------------
@@ -395,6 +436,21 @@ def test_chunks_are_balanced():
 def test_natural_questions(heading, question):
     cases = WordCases(["The event loop reads lists of memory and status codes from the Python API."])
     assert natural_question(heading, "Python Lists", cases) == question
+
+
+@pytest.mark.parametrize("heading, question", [
+    ("Base Layer", "What is a base layer?"),           # the pages say "A base layer is ..."
+    ("Security update", "What is a security update?"),  # no evidence: a countable head noun
+    ("Ultralight Stove", "What is an ultralight stove?"),
+    ("Hypothermia", "What is hypothermia?"),            # a single word: no article unproven
+    ("Trail Running", "What is trail running?"),        # a gerund
+    ("Water Treatment", "What is water treatment?"),    # an abstract head, never "a ..." here
+    ("Rain Gear", "What is rain gear?"),                # a mass noun
+])
+def test_what_is_questions_get_their_article_where_english_needs_one(heading, question):
+    cases = WordCases(["A base layer is the clothing worn next to the skin. It wicks sweat "
+                       "away, and hypothermia and trail running are covered later."])
+    assert natural_question(heading, "Hiking", cases) == question
 
 
 def test_html_text_keeps_headings_and_items_and_drops_page_furniture():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from mtnsails import settings
@@ -47,9 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
 
 def check_prompt(args: argparse.Namespace) -> None:
     """Refuse a blank --prompt before any work: there is no question to answer or log."""
-    if args.prompt is not None and not args.prompt.strip():
+    if args.prompt is None:
+        return
+    if not args.prompt.strip():
         raise MtnsailsError("--prompt is blank: give the question to answer "
                             "(or leave --prompt out to chat)")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as error:  # argv bytes that are not UTF-8 arrive as U+DC80..U+DCFF
+        byte = ord(args.prompt[error.start]) - 0xDC00
+        raise MtnsailsError(f"--prompt is not valid UTF-8 text (byte 0x{byte:02x} at character "
+                            f"{error.start + 1}); give the question as UTF-8") from None
 
 
 def open_chat(args: argparse.Namespace, model_path: str | None = None) -> ChatInterface:
@@ -74,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         args.log_conversations = True  # a verdict is only worth giving when it is saved
     chat = open_chat(args)
     if args.prompt is None:
+        if hasattr(sys.stdin, "reconfigure"):
+            # A line that is not UTF-8 reads with U+FFFD for each bad byte, and the chat goes on.
+            sys.stdin.reconfigure(errors="replace")
         TerminalChat(chat, ask_feedback=args.feedback).run()
         return 0
     with chat:
