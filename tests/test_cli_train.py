@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
+from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli, unreadable_file
 from mtnsails.files import file_sha256
 from test_models import BROKEN_MODEL_DIRECTORIES, broken_copy
 
@@ -36,10 +36,30 @@ def assert_one_line_error(result, *phrases):
     (["--epochs", "0"], ["--epochs must be greater than 0"]),
     (["--learning-rate", "-1"], ["--learning-rate must be greater than 0"]),
     (["--eval-split", "1"], ["--eval-split"]),
+    (["--seed", "-1"], ["--seed must be from 0 to 4294967295, got -1"]),
 ])
 def test_bad_settings_are_refused_before_anything_loads(args, phrases, tmp_path):
     result = run_cli("train", "--output-dir", str(tmp_path / "out"), *args)
     assert_one_line_error(result, *phrases)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, content, phrase", [
+    ("surrogate.jsonl", '{"input": "Hi?", "output": "Hello \\ud800 friend."}\n',
+     "line 1: holds a lone surrogate escape"),
+    ("huge.json", '[{"input": "Hi?", "output": "Hello.", "n": %s}]' % ("7" * 5001),
+     "a number of 5001 digits"),
+    ("unreadable.json", None, "cannot be read ("),
+])
+def test_data_python_cannot_take_is_a_one_line_error(name, content, phrase, tmp_path):
+    data = tmp_path / name
+    if content is None:
+        unreadable_file(data)
+    else:
+        data.write_text(content)
+    result = run_cli("train", "--data-file", str(data), "--model-name", "tiny",
+                     "--output-dir", str(tmp_path / "out"), "--quiet")
+    assert_one_line_error(result, f"{data}: ", phrase)
     assert not (tmp_path / "out").exists()
 
 

@@ -13,8 +13,8 @@ HELP = "fine-tune a causal language model on conversations"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare `train`'s flags (the pipeline declares them too) in a "training" group."""
     group = parser.add_argument_group("training")
-    group.add_argument("--data-file", help="training conversations, .json or .jsonl "
-                       "(default: the packaged example conversations)")
+    group.add_argument("--data-file", help="training conversations: .json, .jsonl, .csv, .tsv or "
+                       ".parquet (default: the packaged example conversations)")
     group.add_argument("--force", action="store_true",
                        help="train even when the data quality score is below 50%%")
     settings.add_arguments(group, TrainingConfig)
