@@ -161,7 +161,7 @@ def test_a_piped_line_that_is_not_utf8_is_answered_and_the_next_one_too(tiny_onn
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "main.py"), "chat", "--model-path", str(tiny_onnx_dir),
          "--temperature", "0", "--precision", "fp32"],
-        input=b"Caf\xe9 \xff?\nWhat do bees make?\n", capture_output=True, cwd=REPO_ROOT)
+        input=b"Caf\xe9 \xff?\n/reset\nWhat do bees make?\n", capture_output=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     answers = result.stdout.decode().splitlines()
     assert len(answers) == 2 and answers[1] == "Bees make honey and wax."

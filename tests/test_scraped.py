@@ -449,8 +449,9 @@ def test_natural_questions(heading, question):
     ("Rain Gear", "What is rain gear?"),                # a mass noun
 ])
 def test_what_is_questions_get_their_article_where_english_needs_one(heading, question):
-    cases = WordCases(["A base layer is the clothing worn next to the skin. It wicks sweat "
-                       "away, and hypothermia and trail running are covered later."])
+    cases = WordCases(["A base layer is the clothing worn next to the skin. An ultralight "
+                       "stove saves weight, and water treatment, rain gear, hypothermia and "
+                       "trail running are covered later."])
     assert natural_question(heading, "Hiking", cases) == question
 
 
