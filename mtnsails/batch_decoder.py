@@ -20,14 +20,18 @@ from mtnsails.errors import MtnsailsError
 from mtnsails.generation import OnnxDecoder
 
 
-def _pad_left(array: np.ndarray, width: int, axis: int) -> np.ndarray:
-    """`array` with zeros before its entries along `axis` up to `width` entries."""
-    missing = width - array.shape[axis]
-    if not missing:
-        return array
-    padding = [(0, 0)] * array.ndim
-    padding[axis] = (missing, 0)
-    return np.pad(array, padding)
+def _stack_right_aligned(old: np.ndarray, new: np.ndarray, axis: int) -> np.ndarray:
+    """`old`'s rows then `new`'s, each right-aligned along `axis` and zero-padded on the left,
+    written once into one new array (a join copies the cache once)."""
+    width = max(old.shape[axis], new.shape[axis])
+    shape = list(old.shape)
+    shape[0], shape[axis] = old.shape[0] + new.shape[0], width
+    out = np.zeros(shape, dtype=old.dtype)
+    for rows, part in ((slice(0, old.shape[0]), old), (slice(old.shape[0], None), new)):
+        index = [rows] + [slice(None)] * (old.ndim - 1)
+        index[axis] = slice(width - part.shape[axis], None)
+        out[tuple(index)] = part
+    return out
 
 
 class BatchDecoder:
@@ -74,11 +78,8 @@ class BatchDecoder:
                  "position_ids": np.arange(length, dtype=np.int64)[None]}
         feeds.update((name, self.decoder.empty_cache) for name in self.decoder.past_names)
         logits, *present = self.session.run(["logits", *self.decoder.present_names], feeds)
-        width = max(self.width, length)
-        self._past = [np.concatenate([_pad_left(self._cached(old), width, 2), _pad_left(new, width, 2)])
-                      for old, new in zip(self._past, present)]
-        self._mask = np.concatenate([_pad_left(self._mask, width, 1),
-                                     _pad_left(np.ones((1, length), dtype=np.int64), width, 1)])
+        self._past = [_stack_right_aligned(self._cached(old), new, 2) for old, new in zip(self._past, present)]
+        self._mask = _stack_right_aligned(self._mask, np.ones((1, length), dtype=np.int64), 1)
         self.keys.append(key)
         self.lengths = np.append(self.lengths, length)
         return logits[0, -1]
@@ -87,11 +88,11 @@ class BatchDecoder:
         """Drop `key`'s sequence (the batch narrows to its new longest sequence)."""
         row = self.keys.index(key)
         del self.keys[row]
-        self.lengths = np.delete(self.lengths, row)
-        width = int(self.lengths.max()) if len(self.keys) else 0
-        self._mask = np.delete(self._mask, row, axis=0)[:, self.width - width:]
-        cached = [self._cached(past) for past in self._past]
-        self._past = [np.delete(past, row, axis=0)[:, :, past.shape[2] - width:] for past in cached]
+        keep = np.arange(len(self.lengths)) != row
+        self.lengths = self.lengths[keep]
+        start = self.width - (int(self.lengths.max()) if len(self.keys) else 0)
+        self._mask = self._mask[keep, start:]  # one copy each, contiguous for onnxruntime
+        self._past = [self._cached(past)[keep, :, start:] for past in self._past]
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
         """Feed one token per sequence (in `keys` order); return next-token logits, one row each."""
