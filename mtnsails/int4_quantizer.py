@@ -75,8 +75,19 @@ def _block_quantize(weight: np.ndarray, config: Int4Config) -> tuple[np.ndarray,
     return packed, scales
 
 
+def _reads_transposed(node) -> bool:
+    """True for FusedMatMul(x, W) computing x @ W.T (transB=1, nothing else changed)."""
+    from onnx import helper
+
+    attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+    return (node.op_type == "FusedMatMul" and attributes.get("transB") == 1 and not attributes.get("transA")
+            and attributes.get("alpha", 1.0) == 1.0 and not attributes.get("transBatchA")
+            and not attributes.get("transBatchB"))
+
+
 def quantize_tied_head(graph, config: Int4Config) -> bool:
-    """Quantize a head computing MatMul(x, Transpose(E)) where Gather(E, ids) is the embedding.
+    """Quantize a head computing MatMul(x, Transpose(E)) (or FusedMatMul(x, E, transB=1)) where
+    Gather(E, ids) is the embedding.
 
     Both then read one int4 copy of E: MatMulNBits directly, GatherBlockQuantized through a
     Reshape to [vocab, hidden/2] bytes (onnxruntime folds it at load time). False when the graph
@@ -88,10 +99,13 @@ def quantize_tied_head(graph, config: Int4Config) -> bool:
     producers = {output: node for node in graph.node for output in node.output}
     for head in graph.node:
         transpose = producers.get(head.input[1]) if head.op_type == "MatMul" else None
-        if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in initializers:
+        if transpose is not None and transpose.op_type == "Transpose" and transpose.input[0] in initializers:
+            name = transpose.input[0]
+        elif _reads_transposed(head) and head.input[1] in initializers:  # see untranspose_head
+            name, transpose = head.input[1], None
+        else:
             continue
-        name = transpose.input[0]
-        users = [node for node in graph.node if name in node.input and node is not transpose]
+        users = [node for node in graph.node if name in node.input and node not in (transpose, head)]
         if any(node.op_type != "Gather" or node.input[0] != name or
                any(attribute.name == "axis" and attribute.i != 0 for attribute in node.attribute)
                for node in users):
@@ -113,7 +127,8 @@ def quantize_tied_head(graph, config: Int4Config) -> bool:
             "MatMulNBits", [head.input[0], f"{name}_Q4", f"{name}_scales"], list(head.output),
             name=f"{head.name or name}_Q4", domain="com.microsoft", K=hidden, N=vocab, bits=4,
             block_size=config.block_size, **extra))
-        graph.node.remove(transpose)
+        if transpose is not None:
+            graph.node.remove(transpose)
         for gather in users:
             index = list(graph.node).index(gather)
             graph.node.remove(gather)

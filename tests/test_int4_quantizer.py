@@ -46,3 +46,12 @@ def test_gemm_becomes_matmul_plus_bias_on_the_same_weight(tiny_onnx_dir):
     assert gemm_to_matmul(model.graph) == len(gemms) > 0
     assert not any(node.op_type == "Gemm" for node in model.graph.node)
     assert sum(tensor.ByteSize() for tensor in model.graph.initializer) == weights  # nothing copied
+
+
+def test_a_converted_directory_quantizes_its_untransposed_head_too(tiny_onnx_dir, tmp_path):
+    from mtnsails.int4_quantizer import quantize_int4
+
+    # convert leaves the fp32 head as FusedMatMul(x, wte, transB=1): it is still the tied head.
+    quantize_int4(tiny_onnx_dir / "model.onnx", tmp_path / "model_int4.onnx")
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "model_int4.onnx")).graph.node]
+    assert "FusedMatMul" not in ops and ops.count("GatherBlockQuantized") == 1
