@@ -42,6 +42,9 @@ def packaged_corpus() -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+TOKENIZER_TEXT_CHARS = 100_000  # of each text, what the embedded tokenizer is trained on
+
+
 def build_embedded_tokenizer(texts: Iterable[str], vocab_size: int = EmbeddedModelSpec.vocab_size
                              ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `texts` plus the packaged corpus.
@@ -62,7 +65,10 @@ def build_embedded_tokenizer(texts: Iterable[str], vocab_size: int = EmbeddedMod
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator([*texts, *packaged_corpus()], trainer=trainer)
+    # BPE learns its merges from word counts, which a text's start shows as well as all of it:
+    # a 50 MB answer would otherwise cost gigabytes in the trainer.
+    bpe.train_from_iterator([*(text[:TOKENIZER_TEXT_CHARS] for text in texts), *packaged_corpus()],
+                            trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=EOS_TOKEN,

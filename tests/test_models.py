@@ -139,3 +139,12 @@ def test_a_name_no_hub_model_can_have_is_refused_at_once():
         resolve_model("bad name!!")
     assert str(error.value).startswith("--model-name bad name!!: no such directory, and not a "
                                        "valid Hugging Face model name")
+
+
+def test_the_embedded_tokenizer_learns_from_a_bounded_start_of_each_text():
+    from mtnsails.models import TOKENIZER_TEXT_CHARS, build_embedded_tokenizer
+
+    huge = "Pack a warm layer and a rain shell before the trail. " * 40_000  # 2 MB
+    whole = build_embedded_tokenizer([huge])
+    start = build_embedded_tokenizer([huge[:TOKENIZER_TEXT_CHARS]])
+    assert whole.get_vocab() == start.get_vocab()
