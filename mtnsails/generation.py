@@ -53,6 +53,7 @@ class OnnxDecoder:
         """Load `model_file` into onnxruntime (`threads`: intra-op threads, default one per physical
         core; `optimized`: the file is a graph onnxruntime already optimised, see optimized_graph)."""
         options = session_options(threads, optimize=not optimized)
+        self.model_file = model_file
         try:
             self.session = ort.InferenceSession(str(model_file), options, providers=list(providers))
         except Exception as error:  # onnxruntime raises its own classes for corrupt files
@@ -105,7 +106,11 @@ class OnnxDecoder:
         self.session.run_with_iobinding(binding)
         logits, *self._past = binding.get_outputs()
         self.past_length = total
-        return logits.numpy()[0]
+        logits = logits.numpy()[0]
+        if not np.isfinite(logits).all():  # weights broken by a diverged training run
+            raise MtnsailsError(f"{self.model_file}: the model computes non-finite logits (NaN or "
+                                "infinity), so its weights are broken: retrain it")
+        return logits
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.settings import MAX_SEED, flag_of, option_fields, setting
+from mtnsails.settings import MAX_SEED, flag_of, non_finite, option_fields, setting
 
 
 @dataclass
@@ -35,6 +35,10 @@ class GenerationConfig:
 
     def validate(self) -> None:
         """Raise MtnsailsError naming the first setting out of range (its flag and field)."""
+        bad = non_finite(self)
+        if bad is not None:
+            raise MtnsailsError(f"{setting_label(bad.name)} = {getattr(self, bad.name)} must be a "
+                                "finite number")
         checks = (("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "at least 1"),
                   ("temperature", self.temperature >= 0, "0 (greedy) or more"),
                   ("top_k", self.top_k >= 0, "0 (off) or more"),

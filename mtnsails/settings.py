@@ -51,6 +51,15 @@ def finite_float(text: str) -> float:
     return value
 
 
+def non_finite(settings: Any) -> dataclasses.Field | None:
+    """The first float field of a settings dataclass instance that holds inf or nan, if any."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            return field
+    return None
+
+
 def _value_type(settings: type, field: dataclasses.Field) -> type:
     hint = typing.get_type_hints(settings)[field.name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:

@@ -35,13 +35,13 @@ from mtnsails.loss_plot import plot_loss
 from mtnsails.models import EMBEDDED_MODEL_NAME, EmbeddedTrainingDefaults, resolve_model
 from mtnsails.quality import quality_gate
 from mtnsails.template import ChatTemplate, Segment
-from mtnsails.trainer_callbacks import perplexity, trainer_classes
+from mtnsails.trainer_callbacks import non_finite_problem, perplexity, trainer_classes
 from mtnsails.training_config import TrainingConfig
 
 # Importable from here as before: scripts and the CLI use them with LLMTrainer.
-__all__ = ["LLMTrainer", "TrainingConfig", "TrainingInterrupted", "TrainingResult",
-           "finish_distributed", "packaged_example_data", "parse_text", "plot_loss",
-           "quality_gate"]
+__all__ = ["LLMTrainer", "TrainingConfig", "TrainingDiverged", "TrainingInterrupted",
+           "TrainingResult", "finish_distributed", "packaged_example_data", "parse_text",
+           "plot_loss", "quality_gate"]
 
 
 def packaged_example_data() -> Path:
@@ -75,6 +75,10 @@ class TrainingInterrupted(MtnsailsError):
     """Ctrl-C during training: a checkpoint was saved and the run can be resumed."""
 
     exit_code = 130
+
+
+class TrainingDiverged(MtnsailsError):
+    """The loss became NaN or infinite: training stopped and nothing was saved."""
 
 
 class LLMTrainer:
@@ -209,8 +213,8 @@ class LLMTrainer:
             "eval_examples": len(eval_set), "truncated_examples": truncated,
             "processes": world_size(),
         }
-        trainer, interrupt = self._build_trainer(model, tokenizer, train_set, eval_set, epochs,
-                                                 learning_rate)
+        trainer, interrupt, divergence = self._build_trainer(model, tokenizer, train_set,
+                                                             eval_set, epochs, learning_rate)
         # The embedded model's matrices are too small to gain from more threads (see its defaults)
         threads = (EmbeddedTrainingDefaults.cpu_threads
                    if self.resolved.embedded and "OMP_NUM_THREADS" not in os.environ else None)
@@ -221,6 +225,14 @@ class LLMTrainer:
                 f"training interrupted at step {trainer.state.global_step}: checkpoint saved in "
                 f"{config.checkpoint_dir}; the output {config.output_dir} was not touched; "
                 "continue with the same command plus --resume")
+        problem = non_finite_problem({"loss": output.training_loss}, trainer.model)
+        diverged = divergence.diverged or (problem and (trainer.state.global_step, problem))
+        if diverged:
+            step, problem = diverged
+            raise TrainingDiverged(
+                f"training stopped at step {step}: {problem}, so the model is no longer usable "
+                f"(learning rate {learning_rate:g} is likely too high); {config.output_dir} was "
+                "not replaced")
         self.model, self.tokenizer = trainer.model, tokenizer
         if is_main_process():  # the run is complete: nothing left to resume
             shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
@@ -319,6 +331,7 @@ class LLMTrainer:
             group_by_length=True,
             remove_unused_columns=False,
             disable_tqdm=config.quiet,
+            logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
             report_to="none",
             ddp_find_unused_parameters=False,
             dataloader_num_workers=0,
@@ -331,8 +344,8 @@ class LLMTrainer:
         callbacks = [classes.SaveAfterEvaluate()] if has_eval else []
         if has_eval and config.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
-        interrupt = classes.Interrupt()
-        callbacks.append(interrupt)
+        interrupt, divergence = classes.Interrupt(), classes.StopOnNonFiniteLoss()
+        callbacks += [interrupt, divergence]
         trainer = classes.PerplexityTrainer(
             model=model, args=args, train_dataset=_dataset(train_set),
             eval_dataset=_dataset(eval_set) if has_eval else None,
@@ -340,7 +353,7 @@ class LLMTrainer:
             callbacks=callbacks)
         if config.quiet:
             trainer.remove_callback(PrinterCallback)
-        return trainer, interrupt
+        return trainer, interrupt, divergence
 
     def _metadata(self) -> dict:
         resolved, result = self.resolved, self.result
@@ -397,13 +410,15 @@ def _split(encoded: list[dict], eval_split: float, seed: int) -> tuple[list[dict
 
 @contextlib.contextmanager
 def _removed_without_checkpoint(directory: Path):
-    """Remove `directory` if this run created it and fails before saving a checkpoint in it:
-    there is nothing to resume, and a leftover would only be clutter (e.g. an unknown model)."""
+    """Remove `directory` if this run created it and fails before saving a checkpoint in it, or
+    diverged (resuming would diverge again): there is nothing to resume, and a leftover would
+    only be clutter (e.g. an unknown model)."""
     existed = directory.exists()
     try:
         yield
-    except BaseException:
-        if not existed and is_main_process() and not any(directory.glob("checkpoint-*")):
+    except BaseException as error:
+        if (not existed and is_main_process()
+                and (isinstance(error, TrainingDiverged) or not any(directory.glob("checkpoint-*")))):
             shutil.rmtree(directory, ignore_errors=True)
         raise
 

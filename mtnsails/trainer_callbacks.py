@@ -1,5 +1,5 @@
 """What mtnsails adds to transformers' `Trainer`: eval perplexity, a checkpoint after every
-evaluation, and Ctrl-C that saves a checkpoint before stopping.
+evaluation, Ctrl-C that saves a checkpoint before stopping, and a stop when the loss diverges.
 
 The classes subclass transformers' own, so they are built on first use by `trainer_classes()`:
 importing this module (and so `mtnsails.LLMTrainer`) must not import transformers.
@@ -20,9 +20,24 @@ def perplexity(loss: float | None) -> float | None:
     return None if loss is None else math.exp(min(loss, 50.0))
 
 
+def non_finite_problem(logs: dict, model=None) -> str | None:
+    """What in a Trainer log entry or a model is NaN or infinite, e.g. "the loss became nan";
+    None when everything is finite. (Trainer's own NaN filter is off: see the trainer.)"""
+    for name in ("loss", "grad_norm", "eval_loss"):
+        value = logs.get(name)
+        if value is not None and not math.isfinite(value):
+            return f"the {name.replace('_', ' ')} became {value}"
+    if model is not None:
+        import torch
+
+        if not all(torch.isfinite(weight).all() for weight in model.parameters()):
+            return "weights became NaN or infinite"
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def trainer_classes() -> SimpleNamespace:
-    """The classes, by name: PerplexityTrainer, SaveAfterEvaluate, Interrupt."""
+    """The classes, by name: PerplexityTrainer, SaveAfterEvaluate, Interrupt, StopOnNonFiniteLoss."""
     from transformers import Trainer, TrainerCallback
 
     class PerplexityTrainer(Trainer):
@@ -66,5 +81,24 @@ def trainer_classes() -> SimpleNamespace:
                 control.should_save = True
                 control.should_training_stop = True
 
+    class StopOnNonFiniteLoss(TrainerCallback):
+        """Stop at the first logging step whose loss, gradient norm or weights are NaN or
+        infinite, without saving: from then on every weight is garbage. `diverged` says where
+        and what."""
+
+        def __init__(self) -> None:
+            self.diverged: tuple[int, str] | None = None  # (step, what became non-finite)
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            if self.diverged is None:
+                problem = non_finite_problem(logs or {}, model)
+                if problem is not None:
+                    self.diverged = (state.global_step, problem)
+            if self.diverged is not None:
+                control.should_training_stop = True
+                control.should_save = False
+                control.should_evaluate = False
+
     return SimpleNamespace(PerplexityTrainer=PerplexityTrainer,
-                           SaveAfterEvaluate=SaveAfterEvaluate, Interrupt=Interrupt)
+                           SaveAfterEvaluate=SaveAfterEvaluate, Interrupt=Interrupt,
+                           StopOnNonFiniteLoss=StopOnNonFiniteLoss)

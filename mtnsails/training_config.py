@@ -8,7 +8,7 @@ from pathlib import Path
 from mtnsails.devices import DEVICES
 from mtnsails.errors import MtnsailsError
 from mtnsails.models import EmbeddedTrainingDefaults
-from mtnsails.settings import MAX_SEED, setting
+from mtnsails.settings import MAX_SEED, flag_of, non_finite, setting
 from mtnsails.template import ChatTemplate
 
 
@@ -43,6 +43,9 @@ class TrainingConfig:
 
     def validate(self) -> None:
         """Raise `MtnsailsError` naming the first setting that is out of range."""
+        bad = non_finite(self)
+        if bad is not None:
+            raise MtnsailsError(f"{flag_of(bad)} must be a finite number, got {getattr(self, bad.name)}")
         positive = {"--epochs": self.num_epochs, "--batch-size": self.batch_size,
                     "--learning-rate": self.learning_rate, "--save-steps": self.save_steps,
                     "--gradient-accumulation-steps": self.gradient_accumulation_steps,

@@ -49,6 +49,35 @@ def read_only_directory(tmp_path: Path) -> Path:
     return folder
 
 
+def nan_copy(model_dir: Path, path: Path) -> Path:
+    """A copy of a model directory (PyTorch or ONNX) whose float weights are all NaN, as a
+    diverged training run leaves them."""
+    import shutil
+
+    import numpy as np
+
+    shutil.copytree(model_dir, path)
+    if (path / "model.onnx").exists():
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(path / "model.onnx"))
+        for initializer in graph.graph.initializer:
+            weights = numpy_helper.to_array(initializer)
+            if weights.dtype == np.float32 and weights.size > 1:
+                initializer.CopyFrom(numpy_helper.from_array(np.full_like(weights, np.nan),
+                                                             initializer.name))
+        onnx.save(graph, str(path / "model.onnx"))
+    else:
+        from safetensors.numpy import load_file, save_file
+
+        weights = load_file(path / "model.safetensors")
+        save_file({name: np.full_like(value, np.nan) if value.dtype == np.float32 else value
+                   for name, value in weights.items()}, path / "model.safetensors",
+                  metadata={"format": "pt"})
+    return path
+
+
 @pytest.fixture(scope="session")
 def untrained_tiny_model_dir(tmp_path_factory) -> Path:
     """The embedded default model, randomly initialised and saved like any HF model."""

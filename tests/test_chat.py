@@ -234,6 +234,8 @@ def test_the_logged_history_is_what_fitted_in_the_prompt(tiny_onnx_dir, tmp_path
 def test_bad_settings_are_one_line_errors(tiny_onnx_dir):
     with pytest.raises(MtnsailsError, match=r"--top-p \(top_p\) = 0 must be in \(0, 1\]"):
         ChatInterface(tiny_onnx_dir, generation=GenerationConfig(top_p=0))
+    with pytest.raises(MtnsailsError, match=r"--temperature \(temperature\) = inf must be a finite"):
+        ChatInterface(tiny_onnx_dir, generation=GenerationConfig(temperature=float("inf")))
     with pytest.raises(MtnsailsError, match="auto_flush_interval"):
         ChatInterface(tiny_onnx_dir, log_conversations=True, auto_flush_interval=0)
     with pytest.raises(MtnsailsError, match="precision 'fp16' is not one of fp32, int8, int4, auto"):

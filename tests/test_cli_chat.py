@@ -10,7 +10,7 @@ import sys
 
 import pexpect
 import pytest
-from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
+from conftest import REPO_ROOT, TINY_CONVERSATIONS, nan_copy, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -317,3 +317,11 @@ def test_an_answer_cut_by_the_token_limit_gets_a_note_on_stderr(tiny_onnx_dir):
     assert len(piped.stdout.splitlines()) == 2 and piped.stderr.count("note: the answer reached") == 2
     whole = run_cli(*ask, "--prompt", "What colour is the sky?")  # the trained lengths' limit
     assert whole.stdout == "The sky is blue on a clear day.\n" and whole.stderr == ""
+
+
+def test_a_model_that_computes_nan_is_refused_in_one_line(tiny_onnx_dir, tmp_path):
+    model = nan_copy(tiny_onnx_dir, tmp_path / "nan_model")
+    result = run_cli("chat", "--model-path", str(model), "--precision", "fp32", "--prompt", "Hello!")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == (f"error: {model / 'model.onnx'}: the model computes non-finite logits "
+                             "(NaN or infinity), so its weights are broken: retrain it\n")

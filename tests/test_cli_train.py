@@ -106,6 +106,21 @@ def test_an_earlier_model_holding_the_users_files_is_never_replaced(tmp_path,
     assert (model / "NOTES.txt").read_text() == "precious" and data.exists()
 
 
+def test_a_diverging_run_stops_and_keeps_the_previous_model(tmp_path, tiny_data,
+                                                           trained_tiny_model_dir):
+    import shutil
+
+    output = tmp_path / "model"
+    shutil.copytree(trained_tiny_model_dir, output)  # a good model from an earlier run
+    before = {path.name: file_sha256(path) for path in output.iterdir()}
+    result = run_cli("train", "--model-name", "tiny", "--data-file", str(tiny_data), "--epochs", "2",
+                     "--learning-rate", "1e30", "--output-dir", str(output), "--quiet")
+    assert_one_line_error(result, "training stopped at step", "became nan",
+                          f"{output} was not replaced")
+    assert {path.name: file_sha256(path) for path in output.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no checkpoints left
+
+
 def test_a_critical_data_set_blocks_training_unless_forced(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"input": f"Question {i}?", "output": "ok ok ok ok ok ok ok ok"}

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import run_cli
+from conftest import nan_copy, run_cli
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation import OnnxDecoder
@@ -79,6 +79,14 @@ def test_verify_fails_when_onnx_is_another_model(untrained_onnx_dir, tmp_path):
     report = ONNXConverter(tmp_path, quiet=True).verify(untrained_onnx_dir)
     assert not report.ok
     assert any("max logit difference" in problem for problem in report.problems)
+
+
+def test_verify_fails_on_a_model_that_computes_nan(untrained_tiny_model_dir, untrained_onnx_dir,
+                                                  tmp_path):
+    model = nan_copy(untrained_tiny_model_dir, tmp_path / "model")
+    onnx_dir = nan_copy(untrained_onnx_dir, tmp_path / "onnx")  # as convert exports such a model
+    with pytest.raises(MtnsailsError, match="non-finite logits"):
+        ONNXConverter(model, quiet=True).verify(onnx_dir)
 
 
 def test_int8_file_exists_and_agrees_on_argmax(trained_tiny_model_dir, tiny_onnx_dir):

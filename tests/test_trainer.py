@@ -133,7 +133,9 @@ def test_settings_out_of_range_are_one_line_errors():
     from mtnsails.errors import MtnsailsError
 
     for settings, flag in [({"num_epochs": 0}, "--epochs"), ({"batch_size": -1}, "--batch-size"),
-                           ({"eval_split": 1.5}, "--eval-split"), ({"device": "tpu"}, "--device")]:
+                           ({"eval_split": 1.5}, "--eval-split"), ({"device": "tpu"}, "--device"),
+                           ({"learning_rate": float("inf")}, "--learning-rate must be a finite"),
+                           ({"weight_decay": float("nan")}, "--weight-decay must be a finite")]:
         with pytest.raises(MtnsailsError, match=flag) as error:
             TrainingConfig(**settings).validate()
         assert "\n" not in str(error.value)
