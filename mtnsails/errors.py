@@ -9,3 +9,10 @@ class MtnsailsError(Exception):
     """
 
     exit_code = 2
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its type name when it has none), for a
+    one-line error about a failure deep inside a library."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

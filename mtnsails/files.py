@@ -144,6 +144,11 @@ def check_replaceable(path: str | os.PathLike, kind: str | None = None) -> None:
     """
     path = Path(path).resolve()
     recover_swap(path)
+    parent = next(folder for folder in path.parents if folder.exists())  # created when missing
+    for folder in ((path,) if path.is_dir() else ()) + (parent,):
+        if not os.access(folder, os.W_OK):
+            raise MtnsailsError(f"{folder}: is read-only, so {path} cannot be written there; "
+                                "choose another output directory")
     if not path.exists():
         return
     if not path.is_dir():

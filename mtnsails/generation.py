@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from mtnsails.answer_lengths import DEFAULT_MAX_NEW_TOKENS
 from mtnsails.cpu import physical_cores
-from mtnsails.errors import MtnsailsError
+from mtnsails.errors import MtnsailsError, first_line
 from mtnsails.generation_config import GenerationConfig, setting_label
 
 PAST_PREFIX = "past_key_values."
@@ -57,7 +57,7 @@ class OnnxDecoder:
         try:
             self.session = ort.InferenceSession(str(model_file), options, providers=list(providers))
         except Exception as error:  # onnxruntime raises its own classes for corrupt files
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             raise MtnsailsError(f"{model_file} cannot be loaded by onnxruntime (corrupt or not an ONNX model): "
                                 f"{reason[:200]}") from None
         inputs = {value.name: value for value in self.session.get_inputs()}

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from mtnsails.errors import MtnsailsError
+from mtnsails.errors import MtnsailsError, first_line
 from mtnsails.files import is_torch_save_file, read_metadata
 
 if TYPE_CHECKING:  # only for annotations: importing this module must not import transformers
@@ -238,7 +238,7 @@ def _load(source: str, trust_remote_code: bool, local_files_only: bool) -> tuple
     except (OSError, ValueError, TypeError):
         raise
     except Exception as error:  # the tokenizers library raises a bare Exception for a corrupt file
-        raise ValueError(f"cannot read its tokenizer ({_first_line(error)})") from error
+        raise ValueError(f"cannot read its tokenizer ({first_line(error)})") from error
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, local_files_only=local_files_only, trust_remote_code=trust_remote_code,
@@ -265,7 +265,7 @@ def _from_hub(name: str, trust_remote_code: bool, local_files_only: bool) -> tup
     except OSError:  # transformers' "not found": not cached, not on the hub, no network
         return None
     except (ValueError, TypeError, SafetensorError) as error:  # there, but unusable
-        raise MtnsailsError(f"--model-name {name}: cannot load it: {_first_line(error)}") from None
+        raise MtnsailsError(f"--model-name {name}: cannot load it: {first_line(error)}") from None
 
 
 def _check_hub_name(name: str) -> None:
@@ -284,11 +284,6 @@ def _check_hub_name(name: str) -> None:
 def _has_safetensors(source: str) -> bool:
     path = Path(source)
     return path.is_dir() and any(path.glob("*.safetensors"))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # What a model directory's weights may be: .bin files are read by torch.load(weights_only=True),
@@ -323,9 +318,9 @@ def _from_directory(path: Path, name: str, trust_remote_code: bool) -> ResolvedM
     except SafetensorError as error:
         files = ", ".join(file.name for file in weights)
         raise MtnsailsError(f"--model-name {name}: cannot read the weights in {files} "
-                            f"({_first_line(error)})") from None
+                            f"({first_line(error)})") from None
     except (OSError, ValueError, TypeError) as error:  # e.g. a corrupt config.json, or an
         # architecture that needs --trust-remote-code
-        raise MtnsailsError(f"--model-name {name}: cannot load it: {_first_line(error)}") from None
+        raise MtnsailsError(f"--model-name {name}: cannot load it: {first_line(error)}") from None
     embedded = bool(metadata.get("embedded") or getattr(model.config, "mtnsails_embedded", None))
     return ResolvedModel(model, tokenizer, name=name, embedded=embedded, metadata=metadata)

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from mtnsails.cpu import cpu_flags
-from mtnsails.errors import MtnsailsError
+from mtnsails.errors import MtnsailsError, first_line
 from mtnsails.files import (DEFAULT_ONNX_DIR, DEFAULT_OPSET, FP32_FILE, INT4_FILE, INT8_FILE, ONNX_FORMAT,
                             PYTORCH_WEIGHTS, atomic_directory, context_length, is_torch_save_file,
                             read_json_object)
@@ -182,7 +182,7 @@ class ONNXConverter:
                             opset=opset_version, device="cpu", do_validation=False)
             except Exception as error:  # a broken model directory fails deep inside transformers/torch
                 raise MtnsailsError(f"cannot export {self.model_path} to ONNX: "
-                                    f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+                                    f"{first_line(error)}") from None
         if not (staging / "tokenizer.json").exists():
             raise MtnsailsError(f"{self.model_path} has no fast tokenizer (tokenizer.json): chat needs one")
         keep_last_logits(staging / FP32_FILE)

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Callable
 
 from mtnsails.answer_lengths import answer_lengths, length_record
+from mtnsails.checkpoints import checkpoints, newest_complete
 from mtnsails.collator import PaddingCollator, encode_segments
 from mtnsails.data import common_system, exchanges
 from mtnsails.devices import (barrier, device_flags, finish_distributed, is_main_process,
                               torch_threads, world_size)
-from mtnsails.errors import MtnsailsError
+from mtnsails.errors import MtnsailsError, first_line
 from mtnsails.files import (METADATA_FILE, MODEL_FORMAT, atomic_directory, atomic_write_text,
                             check_replaceable, file_sha256, read_json_object)
 from mtnsails.loss_plot import plot_loss
@@ -133,15 +134,21 @@ class LLMTrainer:
             raise MtnsailsError("no model to save: train or load one first")
         path = Path(save_path or self.config.output_dir).expanduser().resolve()
         if is_main_process():  # under torchrun/accelerate only rank 0 writes
-            with atomic_directory(path, kind=MODEL_FORMAT) as staging:
-                self.model.save_pretrained(staging, safe_serialization=True)
-                self.tokenizer.save_pretrained(staging)
-                atomic_write_text(staging / METADATA_FILE,
-                                  json.dumps(self._metadata(), indent=2) + "\n")
-                history = self.result.loss_history if self.result else []
-                note = plot_loss(history, staging / "loss.png")
-                if note and not self.config.quiet:
-                    print(note, file=sys.stderr)
+            try:
+                with atomic_directory(path, kind=MODEL_FORMAT) as staging:
+                    self.model.save_pretrained(staging, safe_serialization=True)
+                    self.tokenizer.save_pretrained(staging)
+                    atomic_write_text(staging / METADATA_FILE,
+                                      json.dumps(self._metadata(), indent=2) + "\n")
+                    history = self.result.loss_history if self.result else []
+                    note = plot_loss(history, staging / "loss.png")
+            except MtnsailsError:
+                raise
+            except Exception as error:  # torch, safetensors and the OS each raise their own
+                raise MtnsailsError(f"cannot write the model to {path}: {first_line(error)[:200]} "
+                                    "(is the disk full?); nothing there was changed") from None
+            if note and not self.config.quiet:
+                print(note, file=sys.stderr)
         barrier()  # the other ranks return once the model is there
         return str(path)
 
@@ -267,10 +274,8 @@ class LLMTrainer:
         return examples
 
     def _resume_checkpoint(self) -> str | None:
-        from transformers.trainer_utils import get_last_checkpoint
-
         directory = self.config.checkpoint_dir
-        last = get_last_checkpoint(str(directory)) if directory.is_dir() else None
+        last = (checkpoints(directory) or [None])[0] if directory.is_dir() else None
         # What the checkpoints belong to: resuming with other data or another model would load
         # weights into a model they do not fit (the embedded tokenizer is built from the data).
         run = {"model_name": self.config.model_name, "data_sha256": self._data_info["data_sha256"]}
@@ -285,7 +290,14 @@ class LLMTrainer:
                     f"--resume: the checkpoints in {directory} were made with another "
                     f"{' and '.join(changed).replace('_sha256', '')}; resume with the same "
                     "--model-name and --data-file, or delete that directory to start over")
-            return last
+            complete, skipped = newest_complete(directory)
+            for note in skipped if is_main_process() else ():
+                print(f"warning: --resume: {directory}: {note}; going back further",
+                      file=sys.stderr)
+            if complete is None:
+                raise MtnsailsError(f"--resume: no complete checkpoint in {directory} (each was "
+                                    "cut short); delete that directory to start over")
+            return str(complete)
         if last is not None:
             raise MtnsailsError(
                 f"{directory} holds checkpoints of an interrupted run: add --resume to continue "
@@ -346,7 +358,7 @@ class LLMTrainer:
             callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
         interrupt, divergence = classes.Interrupt(), classes.StopOnNonFiniteLoss()
         callbacks += [interrupt, divergence]
-        trainer = classes.PerplexityTrainer(
+        trainer = classes.CheckedTrainer(
             model=model, args=args, train_dataset=_dataset(train_set),
             eval_dataset=_dataset(eval_set) if has_eval else None,
             data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,

@@ -1,5 +1,6 @@
-"""What mtnsails adds to transformers' `Trainer`: eval perplexity, a checkpoint after every
-evaluation, Ctrl-C that saves a checkpoint before stopping, and a stop when the loss diverges.
+"""What mtnsails adds to transformers' `Trainer`: eval perplexity, checkpoints that are complete
+or absent, a checkpoint after every evaluation, Ctrl-C that saves a checkpoint before stopping,
+and a stop when the loss diverges.
 
 The classes subclass transformers' own, so they are built on first use by `trainer_classes()`:
 importing this module (and so `mtnsails.LLMTrainer`) must not import transformers.
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import SimpleNamespace
+
+from mtnsails.errors import MtnsailsError, first_line
 
 
 def perplexity(loss: float | None) -> float | None:
@@ -37,16 +42,29 @@ def non_finite_problem(logs: dict, model=None) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def trainer_classes() -> SimpleNamespace:
-    """The classes, by name: PerplexityTrainer, SaveAfterEvaluate, Interrupt, StopOnNonFiniteLoss."""
+    """The classes, by name: CheckedTrainer, SaveAfterEvaluate, Interrupt, StopOnNonFiniteLoss."""
     from transformers import Trainer, TrainerCallback
 
-    class PerplexityTrainer(Trainer):
-        """Adds eval perplexity (exp of the eval loss) to every evaluation's log line."""
+    class CheckedTrainer(Trainer):
+        """Trainer with eval perplexity (exp of the eval loss) in every evaluation's log line and
+        checkpoints that are complete or absent: a save that fails (disk full, a file-size
+        limit, a read-only folder) removes what it wrote and raises MtnsailsError."""
 
         def log(self, logs: dict, *args, **kwargs) -> None:
             if "eval_loss" in logs:
                 logs["eval_perplexity"] = perplexity(logs["eval_loss"])
             super().log(logs, *args, **kwargs)
+
+        def _save_checkpoint(self, model, trial) -> None:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            existed = folder.exists()
+            try:
+                super()._save_checkpoint(model, trial)
+            except Exception as error:  # torch, safetensors and the OS each raise their own
+                if self.args.should_save and not existed:
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise MtnsailsError(f"cannot save a checkpoint in {folder}: {first_line(error)[:200]} "
+                                    "(is the disk full or the folder read-only?)") from None
 
     class SaveAfterEvaluate(TrainerCallback):
         """Checkpoint after each evaluation, so the best model is on disk to reload at the end."""
@@ -99,6 +117,6 @@ def trainer_classes() -> SimpleNamespace:
                 control.should_save = False
                 control.should_evaluate = False
 
-    return SimpleNamespace(PerplexityTrainer=PerplexityTrainer,
+    return SimpleNamespace(CheckedTrainer=CheckedTrainer,
                            SaveAfterEvaluate=SaveAfterEvaluate, Interrupt=Interrupt,
                            StopOnNonFiniteLoss=StopOnNonFiniteLoss)

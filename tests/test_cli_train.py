@@ -121,6 +121,33 @@ def test_a_diverging_run_stops_and_keeps_the_previous_model(tmp_path, tiny_data,
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no checkpoints left
 
 
+def test_a_read_only_output_folder_is_refused_before_training(read_only_dir, tiny_data):
+    result = run_cli("train", "--model-name", "tiny", "--data-file", str(tiny_data),
+                     "--output-dir", str(read_only_dir / "model"), "--quiet")
+    assert_one_line_error(result, f"{read_only_dir}: is read-only")
+
+
+def test_a_full_disk_during_training_is_a_one_line_error_that_keeps_the_previous_model(
+        tmp_path, tiny_data, trained_tiny_model_dir):
+    """`ulimit -f` stands in for a full disk: the weights of a checkpoint fit, its optimizer
+    state does not, so the save fails part-way through."""
+    import resource
+    import shutil
+
+    output = tmp_path / "model"
+    shutil.copytree(trained_tiny_model_dir, output)
+    before = {path.name: file_sha256(path) for path in output.iterdir()}
+    limit = 20 << 20
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "main.py"), "train", "--model-name", "tiny",
+         "--data-file", str(tiny_data), "--epochs", "2", "--save-steps", "2",
+         "--output-dir", str(output), "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert_one_line_error(result, "cannot save a checkpoint in", "File too large")
+    assert {path.name: file_sha256(path) for path in output.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no half checkpoint
+
+
 def test_a_critical_data_set_blocks_training_unless_forced(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"input": f"Question {i}?", "output": "ok ok ok ok ok ok ok ok"}

@@ -146,6 +146,13 @@ def test_cli_convert_never_replaces_an_export_holding_a_chat_log(untrained_tiny_
     assert (output / "chat_history.json").read_text() == "[]"
 
 
+def test_cli_convert_refuses_a_read_only_output_folder(untrained_tiny_model_dir, read_only_dir):
+    result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir),
+                     "--onnx-output", str(read_only_dir / "onnx"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: {read_only_dir}: is read-only"), result.stderr
+
+
 def test_original_api(untrained_tiny_model_dir, untrained_onnx_dir):
     converter = ONNXConverter(untrained_tiny_model_dir, quiet=True)
     assert converter.verify_onnx_model(untrained_onnx_dir, test_text="Hello, how are you?") is True

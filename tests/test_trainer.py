@@ -156,6 +156,27 @@ def test_resolved_fills_each_unset_setting_with_the_models_own_default():
     assert unset.num_epochs is None  # a copy: the config itself is unchanged
 
 
+def test_a_model_save_that_runs_out_of_space_is_one_line_and_changes_nothing(
+        trained_tiny_model_dir, tmp_path):
+    import resource
+
+    import pytest
+
+    from mtnsails.errors import MtnsailsError
+
+    trainer = LLMTrainer(config=TrainingConfig(model_name="tiny", quiet=True))
+    trainer.load_trained_model(trained_tiny_model_dir)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, limits[1]))  # as if the disk filled up
+    try:
+        with pytest.raises(MtnsailsError) as error:
+            trainer.save_model(tmp_path / "model")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    assert str(error.value).startswith(f"cannot write the model to {tmp_path / 'model'}: ")
+    assert "\n" not in str(error.value) and list(tmp_path.iterdir()) == []
+
+
 def refusal(output_dir, resume: bool = False) -> str:
     """The one-line error `train_conversations` raises before it loads any model."""
     import pytest
@@ -182,3 +203,38 @@ def test_checkpoints_of_an_interrupted_run_are_never_silently_dropped_or_misread
     assert refusal(tmp_path / "out", resume=True).startswith(
         f"{checkpoints / 'mtnsails-run.json'}: not valid JSON")
     assert (checkpoints / "checkpoint-1").is_dir() and not (tmp_path / "out").exists()
+
+
+def test_resume_goes_back_to_the_newest_complete_checkpoint(tmp_path, capfd):
+    import os
+    import signal
+    import threading
+    import time
+
+    import pytest
+
+    from mtnsails.trainer import TrainingInterrupted
+
+    config = TrainingConfig(model_name="tiny", output_dir=str(tmp_path / "model"), num_epochs=10,
+                            save_steps=2, quiet=True, seed=0)
+    checkpoints = config.checkpoint_dir
+
+    def interrupt_after_two_checkpoints():  # Ctrl-C, as a user would press it
+        deadline = time.monotonic() + 120
+        while len(list(checkpoints.glob("checkpoint-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_two_checkpoints, daemon=True).start()
+    with pytest.raises(TrainingInterrupted):
+        LLMTrainer(config=config).train_conversations(TINY_CONVERSATIONS)
+    steps = sorted(int(path.name.split("-")[1]) for path in checkpoints.glob("checkpoint-*"))
+    newest = checkpoints / f"checkpoint-{steps[-1]}"
+    optimizer = newest / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])  # cut short, as a full disk leaves it
+
+    config.resume = True
+    result = LLMTrainer(config=config).train_conversations(TINY_CONVERSATIONS)
+    assert f"{newest.name} is incomplete (optimizer.pt is cut short or damaged)" in capfd.readouterr().err
+    assert result.loss_history[-1]["step"] == 20 and not checkpoints.exists()
+
