@@ -342,7 +342,7 @@ class LLMTrainer:
             logging_steps=max(1, steps_per_epoch * epochs // 25),  # about 25 points for loss.png
             group_by_length=True,
             remove_unused_columns=False,
-            disable_tqdm=config.quiet,
+            disable_tqdm=True,  # the progress callback is chosen below
             logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
             report_to="none",
             ddp_find_unused_parameters=False,
@@ -363,8 +363,9 @@ class LLMTrainer:
             eval_dataset=_dataset(eval_set) if has_eval else None,
             data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
             callbacks=callbacks)
-        if config.quiet:
-            trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(PrinterCallback)  # it prints raw log dicts
+        if not config.quiet:
+            trainer.add_callback(classes.ProgressBar if sys.stderr.isatty() else classes.ProgressLines)
         return trainer, interrupt, divergence
 
     def _metadata(self) -> dict:

@@ -1,6 +1,7 @@
 """What mtnsails adds to transformers' `Trainer`: eval perplexity, checkpoints that are complete
 or absent, a checkpoint after every evaluation, Ctrl-C that saves a checkpoint before stopping,
-and a stop when the loss diverges.
+a stop when the loss diverges, and progress a person can read: one line per logging step (the
+bar on a terminal, plain lines elsewhere; never raw log dicts).
 
 The classes subclass transformers' own, so they are built on first use by `trainer_classes()`:
 importing this module (and so `mtnsails.LLMTrainer`) must not import transformers.
@@ -8,12 +9,14 @@ importing this module (and so `mtnsails.LLMTrainer`) must not import transformer
 
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +26,32 @@ from mtnsails.errors import MtnsailsError, first_line
 def perplexity(loss: float | None) -> float | None:
     """exp(loss), capped so a diverged loss gives a large number rather than an overflow."""
     return None if loss is None else math.exp(min(loss, 50.0))
+
+
+def progress_line(state, logs: dict, started: float, start_step: int) -> str | None:
+    """One readable line for a Trainer log entry with a loss, e.g. "epoch 1.50/3, step 12/24:
+    loss 2.3456, learning rate 4.2e-05, elapsed 0:00:12, ETA 0:00:12"; None for other entries
+    (the final run summary)."""
+    if "loss" in logs:
+        measures = f"loss {logs['loss']:.4f}"
+        if "learning_rate" in logs:
+            measures += f", learning rate {logs['learning_rate']:.2g}"
+    elif "eval_loss" in logs:
+        measures = f"eval loss {logs['eval_loss']:.4f}"
+        if logs.get("eval_perplexity") is not None:
+            measures += f" (perplexity {logs['eval_perplexity']:.2f})"
+    else:
+        return None
+    elapsed = time.monotonic() - started
+    done = state.global_step - start_step
+    remaining = elapsed / done * (state.max_steps - state.global_step) if done else None
+    eta = _clock(remaining) if remaining is not None else "unknown"
+    return (f"epoch {state.epoch or 0:.2f}/{state.num_train_epochs}, step {state.global_step}/"
+            f"{state.max_steps}: {measures}, elapsed {_clock(elapsed)}, ETA {eta}")
+
+
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 def non_finite_problem(logs: dict, model=None) -> str | None:
@@ -42,8 +71,10 @@ def non_finite_problem(logs: dict, model=None) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def trainer_classes() -> SimpleNamespace:
-    """The classes, by name: CheckedTrainer, SaveAfterEvaluate, Interrupt, StopOnNonFiniteLoss."""
+    """The classes, by name: CheckedTrainer, SaveAfterEvaluate, Interrupt, StopOnNonFiniteLoss,
+    ProgressLines, ProgressBar."""
     from transformers import Trainer, TrainerCallback
+    from transformers.trainer_callback import ProgressCallback
 
     class CheckedTrainer(Trainer):
         """Trainer with eval perplexity (exp of the eval loss) in every evaluation's log line and
@@ -117,6 +148,32 @@ def trainer_classes() -> SimpleNamespace:
                 control.should_save = False
                 control.should_evaluate = False
 
+    class ProgressLines(TrainerCallback):
+        """Off a terminal (a log file, CI, a pipe): one `progress_line` per logging step on
+        stderr, where the bar would have gone, and nothing else."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started, self.start_step = time.monotonic(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            line = progress_line(state, logs or {}, self.started, self.start_step)
+            if line and state.is_world_process_zero:
+                print(line, file=sys.stderr, flush=True)
+
+    class ProgressBar(ProgressCallback):
+        """On a terminal: transformers' bar, with each log entry as a `progress_line` above it
+        instead of a raw dict."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started, self.start_step = time.monotonic(), state.global_step
+            super().on_train_begin(args, state, control, **kwargs)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            line = progress_line(state, logs or {}, self.started, self.start_step)
+            if line and state.is_world_process_zero and self.training_bar is not None:
+                self.training_bar.write(line)
+
     return SimpleNamespace(CheckedTrainer=CheckedTrainer,
                            SaveAfterEvaluate=SaveAfterEvaluate, Interrupt=Interrupt,
-                           StopOnNonFiniteLoss=StopOnNonFiniteLoss)
+                           StopOnNonFiniteLoss=StopOnNonFiniteLoss, ProgressLines=ProgressLines,
+                           ProgressBar=ProgressBar)

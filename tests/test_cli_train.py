@@ -171,6 +171,25 @@ def test_default_model_offline_falls_back_to_the_embedded_model_with_one_notice(
     assert next_command.startswith("Next: python main.py convert --model-path")
 
 
+def test_off_a_terminal_progress_is_one_readable_line_per_logging_step(tmp_path, tiny_data):
+    import re
+
+    result = run_cli("train", "--model-name", "tiny", "--data-file", str(tiny_data), "--epochs", "2",
+                     "--eval-split", "0.25", "--output-dir", str(tmp_path / "out"))  # piped
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "{'" not in result.stderr + result.stdout  # no bars, no dicts
+    progress = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    clock = r"\d+:\d\d:\d\d"
+    for step, line in enumerate([line for line in progress if "eval" not in line], start=1):
+        assert re.fullmatch(rf"epoch {step / 2:.2f}/2, step {step}/4: loss \d+\.\d{{4}}, "
+                            rf"learning rate [\d.e-]+, elapsed {clock}, ETA {clock}", line), line
+    evals = [line for line in progress if "eval" in line]
+    assert len(evals) == 2 and re.fullmatch(rf"epoch 2\.00/2, step 4/4: eval loss \d+\.\d{{4}} "
+                                            rf"\(perplexity [\d.]+\), elapsed {clock}, ETA {clock}",
+                                            evals[-1]), evals
+    assert result.stdout.splitlines()[-3].startswith("Model saved to")
+
+
 def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_data,
                                                             trained_tiny_model_dir):
     import shutil
