@@ -186,10 +186,9 @@ class ConversationLogger:
 
     def _read_existing(self) -> None:
         """Check an existing log, so that it is never overwritten by mistake."""
+        check_log_path(self.path)
         if not self.path.exists():
             return
-        if self.path.is_dir():
-            raise MtnsailsError(f"{self.path}: is a directory, expected a chat log file")
         if self.jsonl:
             with self._locked(self.path) as handle:
                 self._check_lines(handle)
@@ -354,6 +353,16 @@ class ConversationLogger:
             self.close()
         except MtnsailsError as error:
             print(f"error: {error}", file=sys.stderr)
+
+
+def check_log_path(path: str | os.PathLike) -> None:
+    """Raise MtnsailsError when `path` cannot be a chat log file (a directory, or below a file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise MtnsailsError(f"{path}: is a directory, expected a chat log file")
+    above = next((folder for folder in path.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise MtnsailsError(f"{path}: {above} is a file, so the chat log cannot be created there")
 
 
 def _fsync_directory(directory: Path) -> None:

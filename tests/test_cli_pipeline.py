@@ -82,3 +82,22 @@ def test_a_bad_data_file_stops_the_pipeline_with_one_line(tmp_path, data_text, p
     assert result.stderr.startswith(f"error: {data}") and problem in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "model").exists() and not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--top-p", "1.5"], "--top-p (top_p) = 1.5 must be in (0, 1]"),
+    (["--max-tokens", "0"], "--max-tokens (max_new_tokens) = 0 must be at least 1"),
+    (["--temperature", "nan"], "--temperature: 'nan' is not a finite number"),
+    (["--threads", "0"], "--threads (threads) = 0 must be at least 1"),
+    (["--log-conversations", "--log-file", "."], "is a directory, expected a chat log file"),
+    (["--onnx-output", "model"], "must be separate folders"),
+    (["--onnx-output", "model/onnx"], "must be separate folders"),
+    (["--precision", "int8"], "--precision int8 needs --quantize int8"),
+])
+def test_every_stage_setting_is_checked_before_any_work(tmp_path, flags, problem):
+    args = ["pipeline", "--model-name", "tiny", "--output-dir", "model", "--onnx-output", "onnx",
+            *flags]
+    result = run_cli(*args, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert problem in result.stderr.splitlines()[-1], result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from mtnsails.files import read_metadata
     from mtnsails.trainer import packaged_example_data
 
-    chat.check_prompt(args)
+    check_settings(args)
     data_file = args.data_file or packaged_example_data()
     _stage(args, 1, f"train {args.model_name} on {data_file}")
     model_dir, conversations = train.train(args, next_step=False)  # the data is read once, for both
@@ -85,6 +85,36 @@ def spread(items: list, count: int) -> list:
     if len(items) <= count:
         return items
     return [items[index * len(items) // count] for index in range(count)]
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """Refuse a bad setting of any stage before the first one starts, so that a pipeline never
+    writes its outputs and then fails on a chat setting."""
+    from pathlib import Path
+
+    from mtnsails import settings
+    from mtnsails.errors import MtnsailsError
+    from mtnsails.files import MODEL_FORMAT, ONNX_FORMAT, check_replaceable
+    from mtnsails.generation import session_options
+    from mtnsails.generation_config import GenerationConfig
+    from mtnsails.logger import check_log_path
+    from mtnsails.training_config import TrainingConfig
+
+    chat.check_prompt(args)
+    settings.from_args(TrainingConfig, args).validate()
+    settings.from_args(GenerationConfig, args).validate()
+    session_options(args.threads)  # checks --threads
+    model_dir, onnx_dir = Path(args.output_dir).resolve(), Path(args.onnx_output).resolve()
+    if onnx_dir == model_dir or model_dir in onnx_dir.parents or onnx_dir in model_dir.parents:
+        raise MtnsailsError(f"--onnx-output {args.onnx_output} and --output-dir {args.output_dir} "
+                            "must be separate folders, neither inside the other")
+    check_replaceable(model_dir, MODEL_FORMAT)
+    check_replaceable(onnx_dir, ONNX_FORMAT)
+    if args.precision == "int8" and args.quantize != "int8":
+        raise MtnsailsError("--precision int8 needs --quantize int8: only then does the pipeline "
+                            "write the int8 model")
+    if args.log_conversations:
+        check_log_path(args.log_file)
 
 
 def _stage(args: argparse.Namespace, number: int, title: str) -> None:
