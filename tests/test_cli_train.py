@@ -143,7 +143,7 @@ def test_a_full_disk_during_training_is_a_one_line_error_that_keeps_the_previous
          "--data-file", str(tiny_data), "--epochs", "2", "--save-steps", "2",
          "--output-dir", str(output), "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
-    assert_one_line_error(result, "cannot save a checkpoint in", "File too large")
+    assert_one_line_error(result, "cannot save a checkpoint in")
     assert {path.name: file_sha256(path) for path in output.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no half checkpoint
 
