@@ -146,9 +146,7 @@ def check_replaceable(path: str | os.PathLike, kind: str | None = None) -> None:
     recover_swap(path)
     parent = next(folder for folder in path.parents if folder.exists())  # created when missing
     for folder in ((path,) if path.is_dir() else ()) + (parent,):
-        if not os.access(folder, os.W_OK):
-            raise MtnsailsError(f"{folder}: is read-only, so {path} cannot be written there; "
-                                "choose another output directory")
+        _check_writable(folder, path)
     if not path.exists():
         return
     if not path.is_dir():
@@ -240,6 +238,16 @@ def recover_swap(path: str | os.PathLike) -> None:
     if path.exists():
         for leftover in leftovers[_STAGING] + leftovers[_PREVIOUS]:
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _check_writable(folder: Path, path: Path) -> None:
+    """Raise MtnsailsError unless a folder can be made in `folder` (the surest test: a read-only
+    mount, missing permissions and file systems that refuse even root all show)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mtnsails-probe-", dir=folder))
+    except OSError as error:
+        raise MtnsailsError(f"{folder}: cannot be written ({error.strerror}), so {path} cannot be "
+                            "made there; choose another output directory") from None
 
 
 def _swap_prefix(path: Path, role: str) -> str:

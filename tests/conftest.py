@@ -78,26 +78,6 @@ def nan_copy(model_dir: Path, path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """An empty folder nobody may write to: a read-only tmpfs for root (who ignores file
-    modes), else a folder without write permission. Skips where neither can be had."""
-    path = tmp_path / "read_only"
-    path.mkdir()
-    if os.geteuid() != 0:
-        path.chmod(0o555)
-        yield path
-        path.chmod(0o755)
-        return
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
-
-
 @pytest.fixture(scope="session")
 def untrained_tiny_model_dir(tmp_path_factory) -> Path:
     """The embedded default model, randomly initialised and saved like any HF model."""

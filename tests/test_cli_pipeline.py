@@ -92,7 +92,7 @@ def test_a_bad_data_file_stops_the_pipeline_with_one_line(tmp_path, data_text, p
     (["--log-conversations", "--log-file", "."], "is a directory, expected a chat log file"),
     (["--onnx-output", "model"], "must be separate folders"),
     (["--onnx-output", "model/onnx"], "must be separate folders"),
-    (["--precision", "int8"], "--precision int8 needs --quantize int8"),
+    (["--precision", "int8", "--quantize", "int4"], "--precision int8 needs --quantize int8"),
 ])
 def test_every_stage_setting_is_checked_before_any_work(tmp_path, flags, problem):
     args = ["pipeline", "--model-name", "tiny", "--output-dir", "model", "--onnx-output", "onnx",

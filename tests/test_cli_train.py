@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli, unreadable_file
+from conftest import REPO_ROOT, TINY_CONVERSATIONS, read_only_directory, run_cli, unreadable_file
 from mtnsails.files import file_sha256
 from test_models import BROKEN_MODEL_DIRECTORIES, broken_copy
 
@@ -121,10 +121,11 @@ def test_a_diverging_run_stops_and_keeps_the_previous_model(tmp_path, tiny_data,
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no checkpoints left
 
 
-def test_a_read_only_output_folder_is_refused_before_training(read_only_dir, tiny_data):
+def test_a_read_only_output_folder_is_refused_before_training(tmp_path, tiny_data):
+    read_only = read_only_directory(tmp_path)
     result = run_cli("train", "--model-name", "tiny", "--data-file", str(tiny_data),
-                     "--output-dir", str(read_only_dir / "model"), "--quiet")
-    assert_one_line_error(result, f"{read_only_dir}: is read-only")
+                     "--output-dir", str(read_only / "model"), "--quiet")
+    assert_one_line_error(result, f"{read_only}: cannot be written")
 
 
 def test_a_full_disk_during_training_is_a_one_line_error_that_keeps_the_previous_model(

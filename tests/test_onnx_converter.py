@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import nan_copy, run_cli
+from conftest import nan_copy, read_only_directory, run_cli
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation import OnnxDecoder
@@ -146,11 +146,12 @@ def test_cli_convert_never_replaces_an_export_holding_a_chat_log(untrained_tiny_
     assert (output / "chat_history.json").read_text() == "[]"
 
 
-def test_cli_convert_refuses_a_read_only_output_folder(untrained_tiny_model_dir, read_only_dir):
+def test_cli_convert_refuses_a_read_only_output_folder(untrained_tiny_model_dir, tmp_path):
+    read_only = read_only_directory(tmp_path)
     result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir),
-                     "--onnx-output", str(read_only_dir / "onnx"))
+                     "--onnx-output", str(read_only / "onnx"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"error: {read_only_dir}: is read-only"), result.stderr
+    assert result.stderr.startswith(f"error: {read_only}: cannot be written"), result.stderr
 
 
 def test_original_api(untrained_tiny_model_dir, untrained_onnx_dir):

@@ -110,9 +110,9 @@ def check_settings(args: argparse.Namespace) -> None:
                             "must be separate folders, neither inside the other")
     check_replaceable(model_dir, MODEL_FORMAT)
     check_replaceable(onnx_dir, ONNX_FORMAT)
-    if args.precision == "int8" and args.quantize != "int8":
-        raise MtnsailsError("--precision int8 needs --quantize int8: only then does the pipeline "
-                            "write the int8 model")
+    if args.precision not in ("auto", "fp32") and args.quantize not in (args.precision, "all"):
+        raise MtnsailsError(f"--precision {args.precision} needs --quantize {args.precision} (or "
+                            f"all): only then does the pipeline write the {args.precision} model")
     if args.log_conversations:
         check_log_path(args.log_file)
 
