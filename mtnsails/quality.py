@@ -192,6 +192,7 @@ class QualityReport:
 
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*")
 LETTERS_RE = re.compile(r"[^\W\d_]+")
+NON_LETTERS_RE = re.compile(r"[\W\d_]+")  # removing these leaves the letters
 URL_RE = re.compile(r"(?:https?://|ftp://|www\.)\S*|\b\S+\.(?:com|org|net|io|html?|php)(?:/\S*)?",
                     re.IGNORECASE)
 URL_HINTS = ("://", "www.", ".com", ".org", ".net", ".io", ".htm", ".php")  # cheap pre-check
@@ -336,7 +337,8 @@ def _ngrams(words: list[str], n: int):
 def gibberish_reason(text: str, config: QualityConfig) -> str | None:
     """Symbol soup, link debris, keyboard mash. Code (``` blocks, `inline`) is not judged."""
     prose = CODE_RE.sub(" ", text) if "`" in text else text
-    compact = "".join(prose.split())
+    words = prose.split()
+    compact = "".join(words)
     if not compact:
         return None
     url_chars = 0
@@ -344,15 +346,15 @@ def gibberish_reason(text: str, config: QualityConfig) -> str | None:
         url_chars = sum(len(url) for url in URL_RE.findall(prose))
     if url_chars:
         prose = URL_RE.sub(" ", prose)
+        words = prose.split()
     if url_chars / len(compact) > config.max_url_char_fraction and (
             len(compact) >= config.url_fraction_min_chars
-            or len(prose.split()) < config.min_output_words):
+            or len(words) < config.min_output_words):
         return f"is mostly URLs ({url_chars / len(compact):.0%} of its characters): {_quote(text)}"
-    letters = sum(map(len, LETTERS_RE.findall(prose)))
+    letters = len(NON_LETTERS_RE.sub("", prose))
     if len(compact) - url_chars and letters / (len(compact) - url_chars) < config.min_alpha_ratio:
         return (f"has only {letters / (len(compact) - url_chars):.0%} letters among its "
                 f"characters (minimum {config.min_alpha_ratio:.0%}): {_quote(prose)}")
-    words = prose.split()
     low, high = config.mean_word_length_range
     mean = len("".join(words).translate(PUNCTUATION)) / max(len(words), 1)
     if ((mean > high and len(words) >= config.min_output_words and not CJK_RE.search(prose))
