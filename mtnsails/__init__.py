@@ -22,6 +22,8 @@ _EXPORTS = {
     "ScrapedContentProcessor": "mtnsails.scraped",
     "ChatTemplate": "mtnsails.template",
     "Evaluator": "mtnsails.evaluator",
+    "Promoter": "mtnsails.promoter",
+    "RetrainWatcher": "mtnsails.retrain_watcher",
     "MtnsailsError": "mtnsails.errors",
 }
 

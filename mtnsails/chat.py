@@ -78,6 +78,8 @@ class ChatInterface:
         int8, then fp32). The graph stored optimised for this CPU loads when it fits (see
         optimized_graph); `graph_file` names the graph that runs."""
         self.path = Path(onnx_model_path)
+        self._model_options = {"device": device, "precision": precision, "threads": threads,
+                               "system": system}  # what `reload` opens the model with again
         meta = read_onnx_directory(self.path)
         self.template = ChatTemplate.from_dict(meta.get("template"))
         self.eos_token_id = meta.get("eos_token_id")
@@ -259,6 +261,16 @@ class ChatInterface:
         """Start a new conversation (history forgotten; the log is kept)."""
         self.history.clear()
         self._last_in_history = False
+
+    def reload(self) -> None:
+        """Open the model directory again (a promoted model may have replaced it); the
+        conversation, the log and the generation settings stay. On an error (raised as
+        MtnsailsError) the current model stays."""
+        fresh = ChatInterface(self.path, max_length=self.max_length, generation=self.generation,
+                              **self._model_options)
+        for name in ("template", "eos_token_id", "context_length", "precision", "model_file",
+                     "decoder", "tokenizer", "system", "system_ids"):
+            setattr(self, name, getattr(fresh, name))
 
     def generate_response(self, prompt: str, max_new_tokens: int = 50, temperature: float = 0.7,
                           top_p: float = 0.9, do_sample: bool = True, repetition_penalty: float = 1.2,

@@ -14,7 +14,8 @@ from importlib import import_module
 
 from mtnsails.errors import MtnsailsError
 
-COMMANDS = ("validate", "train", "convert", "chat", "evaluate", "serve", "pipeline", "review")
+COMMANDS = ("validate", "train", "convert", "chat", "evaluate", "serve", "pipeline", "review",
+            "promote", "watch")
 
 
 def build_parser() -> argparse.ArgumentParser:

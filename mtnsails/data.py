@@ -20,11 +20,13 @@ import csv
 import json
 import math
 import os
+import hashlib
 import re
+from dataclasses import dataclass
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import atomic_writer
@@ -55,6 +57,26 @@ class DataFormatError(MtnsailsError, ValueError):
     """A data file or record that cannot be read; the message names the file and where."""
 
 
+@dataclass
+class DataSource:
+    """One file of a combined data set: how many conversations it held and how many it added."""
+
+    path: Path
+    conversations: int  # read from the file
+    added: int  # not already read from an earlier file
+
+    @property
+    def duplicates(self) -> int:
+        """Conversations dropped as exact copies of an earlier file's."""
+        return self.conversations - self.added
+
+    def describe(self) -> str:
+        """E.g. "new.jsonl: 10 conversations (2 already in an earlier file, dropped)"."""
+        text = f"{self.path}: {self.conversations} conversation{'s' * (self.conversations != 1)}"
+        return text + (f" ({self.duplicates} already in an earlier file, dropped)"
+                       if self.duplicates else "")
+
+
 class ConversationDataHandler:
     """Holds conversations and turns them into training text.
 
@@ -69,6 +91,7 @@ class ConversationDataHandler:
         self.conversations: list[dict] = []
         self.template = template or ChatTemplate()
         self.data_path: Path | None = None
+        self.sources: list[DataSource] = []  # the files read by `load_files`
         if data_path is not None:
             self.load_from_json(data_path)
 
@@ -94,6 +117,29 @@ class ConversationDataHandler:
         self.conversations = records
         self.data_path = path
         return records
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | os.PathLike], template: ChatTemplate | None = None
+                   ) -> "ConversationDataHandler":
+        """Load several data files (formats may differ) into one handler; see `load_files`."""
+        handler = cls(template=template)
+        handler.load_files(paths)
+        return handler
+
+    def load_files(self, paths: Sequence[str | os.PathLike]) -> list[dict]:
+        """Read several data files into one set that replaces the held conversations.
+
+        A conversation already read from an earlier file (same input, output, history and system
+        prompt) is dropped; copies inside one file stay (the quality report counts them).
+        `self.sources` says how many conversations each file held and added.
+        """
+        self.conversations = list(iter_files(paths, self.sources))
+        self.data_path = self.sources[0].path if len(self.sources) == 1 else None
+        return self.conversations
+
+    def sources_report(self) -> str:
+        """`sources_report(self.sources)`: per-file counts, "" for a single file."""
+        return sources_report(self.sources)
 
     def add_conversation(self, conversation: dict) -> None:
         """Add one conversation in any accepted record format."""
@@ -589,6 +635,62 @@ def common_system(conversations: Iterable[dict]) -> str | None:
         return None
     count, system = max(carried, key=lambda item: item[0])  # max keeps the first of equal counts
     return system if count >= counts[None] else None
+
+
+def conversation_key(conversation: dict) -> bytes:
+    """A digest of what makes two native conversations the same: input, output, history and
+    system prompt (a chat log's timestamp or verdict does not)."""
+    text = json.dumps([conversation.get("input"), conversation.get("output"),
+                       conversation.get("history") or [], conversation.get("system") or ""],
+                      ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def iter_unique(groups: Iterable[Iterable[dict]], counts: list[list[int]]) -> Iterator[dict]:
+    """Yield the conversations of each group in turn, leaving out any already yielded from an
+    earlier group (same `conversation_key`); copies inside one group stay. `counts` gets one
+    [read, added] pair per group, updated as it goes. Holds a 16-byte digest per conversation,
+    not the conversations, so files stream through."""
+    earlier: set[bytes] = set()
+    for group in groups:
+        tally = [0, 0]
+        counts.append(tally)
+        current: set[bytes] = set()
+        for conversation in group:
+            tally[0] += 1
+            key = conversation_key(conversation)
+            if key in earlier:
+                continue
+            current.add(key)
+            tally[1] += 1
+            yield conversation
+        earlier |= current
+
+
+def combine_conversations(groups: Iterable[list[dict]]) -> tuple[list[dict], list[int]]:
+    """`iter_unique` as a list: the joined conversations and how many each group added."""
+    counts: list[list[int]] = []
+    combined = list(iter_unique(groups, counts))
+    return combined, [added for _, added in counts]
+
+
+def sources_report(sources: list[DataSource]) -> str:
+    """One line per file of a combined set, then the total ("" for a single file)."""
+    if len(sources) < 2:
+        return ""
+    lines = [f"Read {len(sources)} data files:"] + [f"  {source.describe()}" for source in sources]
+    lines.append(f"  -> {sum(source.added for source in sources)} conversations")
+    return "\n".join(lines)
+
+
+def iter_files(paths: Sequence[str | os.PathLike], sources: list[DataSource]) -> Iterator[dict]:
+    """Stream several data files as one set (`iter_unique` over their `iter_conversations`);
+    `sources` gets a `DataSource` per file once it has been read."""
+    if not paths:
+        raise DataFormatError("no data files given")
+    counts: list[list[int]] = []
+    yield from iter_unique((iter_conversations(path) for path in paths), counts)
+    sources[:] = [DataSource(Path(path), read, added) for path, (read, added) in zip(paths, counts)]
 
 
 # -- writing --------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ TORCH_SAVE_HEADS = (b"PK\x03\x04", b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19")
 DEFAULT_ONNX_DIR = "./onnx_model"
 DEFAULT_OPSET = 14
 DEFAULT_LOG_FILE = "./chat_history.json"
+# The conversations a trained model directory was trained on (JSON Lines, written by `train`):
+# its lineage, and what continued training mixes back in.
+TRAINING_DATA_FILE = "training_data.jsonl"
 
 
 def _default_mode(kind: int) -> int:
@@ -171,7 +174,8 @@ def check_replaceable(path: str | os.PathLike, kind: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, kind: str | None = None) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, kind: str | None = None,
+                     keep_previous: str | os.PathLike | None = None) -> Iterator[Path]:
     """Yield a fresh staging directory that replaces `path` only if the block succeeds.
 
     `path` must pass `check_replaceable(path, kind)`. A failed or interrupted block leaves
@@ -180,9 +184,14 @@ def atomic_directory(path: str | os.PathLike, kind: str | None = None) -> Iterat
     and the old one trade places in one `renameat2(RENAME_EXCHANGE)`, so `path` always holds one
     complete tree; elsewhere the swap is two renames, and a run killed between them is finished
     by the next one (`recover_swap`).
+    With `keep_previous` the replaced tree is not deleted but moved there (what was there,
+    which must pass the same check, is deleted), so it can be rolled back.
     """
     path = Path(path).resolve()
     check_replaceable(path, kind)
+    if keep_previous is not None:
+        keep_previous = Path(keep_previous).resolve()
+        check_replaceable(keep_previous, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = _swap_directory(path, _STAGING)
     staging.chmod(_default_mode(0o777))
@@ -200,7 +209,7 @@ def atomic_directory(path: str | os.PathLike, kind: str | None = None) -> Iterat
         if written.is_file() and not written.is_symlink():
             written.chmod(_default_mode(0o666))
     if path.exists() and _exchange(staging, path):
-        shutil.rmtree(staging, ignore_errors=True)  # it now holds the old tree
+        _discard(staging, keep_previous)  # it now holds the old tree
         return
     previous = None
     if path.exists():
@@ -209,7 +218,23 @@ def atomic_directory(path: str | os.PathLike, kind: str | None = None) -> Iterat
         os.replace(path, previous)
     os.replace(staging, path)
     if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
+        _discard(previous, keep_previous)
+
+
+def _discard(old: Path, keep: Path | None) -> None:
+    """Delete the replaced tree `old`; with `keep`, move it there instead (deleting what was
+    there: after an exchange that is what `old` holds)."""
+    if keep is not None:
+        if not keep.exists():
+            os.replace(old, keep)
+            return
+        if not _exchange(old, keep):
+            earlier = _swap_directory(keep, _PREVIOUS)
+            earlier.rmdir()
+            os.replace(keep, earlier)
+            os.replace(old, keep)
+            old = earlier
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def recover_swap(path: str | os.PathLike) -> None:

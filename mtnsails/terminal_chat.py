@@ -68,10 +68,19 @@ class TerminalChat:
         print(*text, end=end, file=self.stdout, flush=True)
 
     def _command(self, line: str, echo: bool) -> bool | None:
-        """Handle /reset, the verdicts and the exit words: True = stop, False = handled,
+        """Handle /reset, /reload, the verdicts and the exit words: True = stop, False = handled,
         None = not a command."""
         if line in EXIT_COMMANDS:
             return True
+        if line == "/reload":  # e.g. after `promote` or `watch` replaced the model directory
+            try:
+                self.chat.reload()
+            except MtnsailsError as error:
+                print(f"reload failed, still the previous model: {error}", file=sys.stderr)
+            else:
+                if echo:
+                    self._say(f"(reloaded {self.chat.path}, {self.chat.precision})")
+            return False
         if line == "/reset":
             self.chat.reset()
             if echo:
@@ -111,8 +120,8 @@ class TerminalChat:
 
     def _interactive(self) -> None:
         self._say(f"Chatting with {self.chat.path} ({self.chat.precision}; {system_line(self.chat)}). "
-                  "/good, /bad or /fix TEXT rate the last answer; /reset starts over; /exit, exit, "
-                  "quit or Ctrl-D leaves.")
+                  "/good, /bad or /fix TEXT rate the last answer; /reset starts over; /reload opens "
+                  "a replaced model; /exit, exit, quit or Ctrl-D leaves.")
         while True:
             try:
                 line = input("You: ").strip()

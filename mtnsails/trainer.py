@@ -26,12 +26,14 @@ from typing import Callable
 from mtnsails.answer_lengths import answer_lengths, length_record
 from mtnsails.checkpoints import checkpoints, newest_complete
 from mtnsails.collator import PaddingCollator, encode_segments
-from mtnsails.data import common_system, exchanges
+from mtnsails.data import (ConversationDataHandler, combine_conversations, common_system,
+                           exchanges, write_conversations)
 from mtnsails.devices import (barrier, device_flags, finish_distributed, is_main_process,
                               torch_threads, world_size)
 from mtnsails.errors import MtnsailsError, first_line
-from mtnsails.files import (METADATA_FILE, MODEL_FORMAT, atomic_directory, atomic_write_text,
-                            check_replaceable, file_sha256, read_json_object)
+from mtnsails.files import (METADATA_FILE, MODEL_FORMAT, TRAINING_DATA_FILE, atomic_directory,
+                            atomic_write_text, check_replaceable, file_sha256, read_json_object,
+                            read_metadata)
 from mtnsails.loss_plot import plot_loss
 from mtnsails.models import EMBEDDED_MODEL_NAME, EmbeddedTrainingDefaults, resolve_model
 from mtnsails.quality import quality_gate
@@ -108,6 +110,8 @@ class LLMTrainer:
         self._data_info: dict = {"data_file": None, "data_sha256": None, "system": None}
         self._answer_tokens: dict | None = None
         self._held_out: list[int] = []
+        self._conversations: list[dict] | None = None  # what the last run trained on
+        self._replayed = 0  # how many of them came from the model it continued
 
     @property
     def is_main_process(self) -> bool:
@@ -126,6 +130,7 @@ class LLMTrainer:
         self.config.validate()
         self._data_info = {"data_file": None, "data_sha256": _sha256_json(train_texts),
                            "system": None}
+        self._conversations, self._replayed = None, 0  # texts: no conversations to keep
         return self._train(lambda template: [parse_text(text, template) for text in train_texts])
 
     def save_model(self, save_path: str | os.PathLike | None = None) -> str:
@@ -140,6 +145,8 @@ class LLMTrainer:
                     self.tokenizer.save_pretrained(staging)
                     atomic_write_text(staging / METADATA_FILE,
                                       json.dumps(self._metadata(), indent=2) + "\n")
+                    if self._conversations is not None:
+                        write_conversations(staging / TRAINING_DATA_FILE, self._conversations)
                     history = self.result.loss_history if self.result else []
                     note = plot_loss(history, staging / "loss.png")
             except MtnsailsError:
@@ -161,15 +168,42 @@ class LLMTrainer:
     # -- the new API ---------------------------------------------------------------------------
 
     def train_conversations(self, conversations: list[dict],
-                            data_file: str | os.PathLike | None = None) -> TrainingResult:
-        """Train on native conversations ({"input", "output"} + optional history/system)."""
+                            data_file: str | os.PathLike | list | None = None) -> TrainingResult:
+        """Train on native conversations ({"input", "output"} + optional history/system).
+
+        `data_file` (a path, or a list of paths the conversations were combined from) is
+        recorded with the model. Continuing from an mtnsails model directory that keeps its
+        training data (`TRAINING_DATA_FILE`), those conversations are mixed back in first
+        unless `config.no_replay`, so the model keeps what it knew.
+        """
+        if isinstance(data_file, (list, tuple)):
+            files = list(data_file)
+        else:
+            files = [data_file] if data_file else []
         self._data_info = {
-            "data_file": str(data_file) if data_file else None,
-            "data_sha256": file_sha256(data_file) if data_file else _sha256_json(conversations),
-            "system": common_system(conversations),  # chat's default system prompt
+            "data_file": str(files[0]) if len(files) == 1 else [str(f) for f in files] or None,
+            "data_sha256": file_sha256(files[0]) if len(files) == 1 else _sha256_json(conversations),
         }
+        replayed = self._replay_conversations()
+        combined, (self._replayed, added) = combine_conversations([replayed, conversations])
+        self._data_info["system"] = common_system(combined)  # chat's default system prompt
+        if replayed and not self.config.quiet and is_main_process():
+            print(f"note: continuing {self.config.model_name}: its {len(replayed)} training "
+                  f"conversations are mixed back in with {added} new ones, so it keeps what it "
+                  "knew (--no-replay trains on the new ones alone)", file=sys.stderr)
+        self._conversations = combined
         return self._train(lambda template: [list(template.segments(exchanges(c), c.get("system")))
-                                             for c in conversations])
+                                             for c in combined])
+
+    def _replay_conversations(self) -> list[dict]:
+        """The conversations the model being continued was trained on ([] when it is not an
+        mtnsails model keeping them, or replay is off)."""
+        path = Path(self.config.model_name).expanduser()
+        if self.config.no_replay or not (path / TRAINING_DATA_FILE).is_file():
+            return []
+        if read_metadata(path).get("format") != MODEL_FORMAT:
+            return []
+        return ConversationDataHandler.from_file(path / TRAINING_DATA_FILE).conversations
 
     # -- the work ------------------------------------------------------------------------------
 
@@ -191,7 +225,8 @@ class LLMTrainer:
         checkpoint = self._resume_checkpoint()  # before any slow work: refuse early
         examples = self._resolve_model(examples, make_examples)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
-        settings = config.resolved(self.resolved.embedded, len(examples))
+        continuing = self.resolved.metadata.get("format") == MODEL_FORMAT
+        settings = config.resolved(self.resolved.embedded, len(examples), continuing)
         epochs, learning_rate = settings.num_epochs, settings.learning_rate
         eval_split = settings.eval_split
         max_length = min(config.max_length, _context_length(model))
@@ -218,7 +253,8 @@ class LLMTrainer:
             "early_stopping_patience": config.early_stopping_patience, "seed": config.seed,
             "device": config.device, "examples": len(encoded), "train_examples": len(train_set),
             "eval_examples": len(eval_set), "truncated_examples": truncated,
-            "processes": world_size(),
+            "processes": world_size(), "continued": continuing,
+            "replayed_conversations": self._replayed,
         }
         trainer, interrupt, divergence = self._build_trainer(model, tokenizer, train_set,
                                                              eval_set, epochs, learning_rate)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mtnsails.devices import DEVICES
 from mtnsails.errors import MtnsailsError
-from mtnsails.models import EmbeddedTrainingDefaults
+from mtnsails.models import ContinuedTrainingDefaults, EmbeddedTrainingDefaults
 from mtnsails.settings import MAX_SEED, flag_of, non_finite, setting
 from mtnsails.template import ChatTemplate
 
@@ -20,9 +20,12 @@ class TrainingConfig:
         "distilgpt2", "hub model name, a local model directory (e.g. ./trained_model to retrain) or "
         "'tiny' for the embedded offline model; distilgpt2 falls back to tiny when it cannot be had")
     output_dir: str = setting("./trained_model", "where the trained model goes")
-    num_epochs: int | None = setting(None, "passes over the data (default: 3; tiny: 40)", flag="--epochs")
+    num_epochs: int | None = setting(
+        None, "passes over the data (default: 3; tiny: 40; continuing a model: 3, tiny: 30)",
+        flag="--epochs")
     batch_size: int = setting(4, "examples per device step")
-    learning_rate: float | None = setting(None, "peak learning rate (default: 5e-5; tiny: 1e-3)")
+    learning_rate: float | None = setting(
+        None, "peak learning rate (default: 5e-5; tiny: 1e-3; continuing a model: 1e-5, tiny: 1e-3)")
     warmup_ratio: float = setting(0.0, "fraction of steps with a rising learning rate")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     gradient_accumulation_steps: int = setting(1, "steps whose gradients add up before one update")
@@ -39,6 +42,9 @@ class TrainingConfig:
     quiet: bool = setting(False, "no progress bars or reports")
     trust_remote_code: bool = setting(
         False, "allow a hub model to run its own Python code (only for models you trust)")
+    no_replay: bool = setting(
+        False, "continuing an mtnsails model (--model-name ./trained_model): train on the new data "
+        "alone, without mixing the model's earlier training data back in")
     template: ChatTemplate = field(default_factory=ChatTemplate)
 
     def validate(self) -> None:
@@ -65,15 +71,21 @@ class TrainingConfig:
         if self.device not in DEVICES:
             raise MtnsailsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
 
-    def resolved(self, embedded: bool, examples: int) -> TrainingConfig:
+    def resolved(self, embedded: bool, examples: int, continuing: bool = False) -> TrainingConfig:
         """A copy with each None default replaced by the model's own: the embedded model's
         `EmbeddedTrainingDefaults`, else fine-tuning defaults (3 epochs, learning rate 5e-5, an
-        eval split of 0.1 with at least 20 examples to train on, else none)."""
+        eval split of 0.1 with at least 20 examples to train on, else none). `continuing` (an
+        mtnsails model trained further) takes epochs and learning rate from
+        `ContinuedTrainingDefaults`."""
         if embedded:
             own = EmbeddedTrainingDefaults()
             epochs, learning_rate, eval_split = own.num_epochs, own.learning_rate, own.eval_split
         else:
             epochs, learning_rate, eval_split = 3, 5e-5, (0.1 if examples >= 20 else 0.0)
+        if continuing:
+            later = ContinuedTrainingDefaults()
+            epochs, learning_rate = ((later.embedded_num_epochs, later.embedded_learning_rate)
+                                     if embedded else (later.num_epochs, later.learning_rate))
         return replace(self, num_epochs=self.num_epochs or epochs,
                        learning_rate=self.learning_rate or learning_rate,
                        eval_split=eval_split if self.eval_split is None else self.eval_split)

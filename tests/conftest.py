@@ -163,3 +163,18 @@ def system_tiny_onnx_dir(tmp_path_factory) -> Path:
     trainer.train_conversations(ConversationDataHandler.from_file(data).conversations, data_file=data)
     ONNXConverter(trainer.save_model(), quiet=True).convert_to_onnx(root / "onnx")
     return root / "onnx"
+
+
+@pytest.fixture(scope="session")
+def worse_onnx_dir(tiny_onnx_dir, tmp_path_factory) -> Path:
+    """`tiny_onnx_dir`'s weights prompted with a template they never saw: a real, clearly worse
+    ONNX model."""
+    import json
+    import shutil
+
+    path = tmp_path_factory.mktemp("worse") / "onnx"
+    shutil.copytree(tiny_onnx_dir, path)
+    meta = json.loads((path / "mtnsails.json").read_text())
+    meta["template"] = {"template": "Q {input} A {output}", "separator": "\n\n"}
+    (path / "mtnsails.json").write_text(json.dumps(meta))
+    return path

@@ -325,3 +325,26 @@ def test_a_model_that_computes_nan_is_refused_in_one_line(tiny_onnx_dir, tmp_pat
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr == (f"error: {model / 'model.onnx'}: the model computes non-finite logits "
                              "(NaN or infinity), so its weights are broken: retrain it\n")
+
+
+def test_reload_picks_up_a_promoted_model_keeping_the_conversation(tiny_onnx_dir, worse_onnx_dir,
+                                                                    tmp_path):
+    import subprocess
+
+    from mtnsails.promoter import Promoter
+
+    live = tmp_path / "live"
+    shutil.copytree(worse_onnx_dir, live)
+    question = TINY_CONVERSATIONS[4]
+    chat = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), "chat", "--model-path",
+                             str(live), "--temperature", "0", "--precision", "fp32"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    chat.stdin.write(question["input"] + "\n")
+    chat.stdin.flush()
+    assert chat.stdout.readline().strip() != question["output"]  # the worse model
+    assert Promoter(live).promote(tiny_onnx_dir, TINY_CONVERSATIONS).promoted
+    chat.stdin.write("/reset\n/reload\n" + question["input"] + "\n")
+    stdout, stderr = chat.communicate(timeout=120)
+    assert chat.returncode == 0, stderr
+    assert stdout.splitlines() == [question["output"]]

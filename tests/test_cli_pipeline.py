@@ -40,7 +40,8 @@ def test_pipeline_end_to_end(tmp_path):
     result = run_cli("pipeline", "--model-name", "tiny", "--data-file", str(data), "--epochs", "2",
                      "--output-dir", "model", "--onnx-output", "onnx", "--max-tokens", "8",
                      "--eval-split", "0.25",
-                     "--log-conversations", "--log-file", "demo.jsonl", cwd=tmp_path, timeout=300)
+                     "--log-conversations", "--log-file", "demo.jsonl", "--promote-to", "live",
+                     cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     stages = [out.index(f"=== [{n}/3]") for n in (1, 2, 3)] + [out.index("=== Summary ===")]
@@ -56,6 +57,7 @@ def test_pipeline_end_to_end(tmp_path):
     assert len(held_out) == 2 and all(0 <= index < 8 for index in held_out)
     assert "Evaluation on the training data: 6 examples: first sentence " in summary
     assert "Evaluation on the eval split: 2 examples: first sentence " in summary
+    assert "promoted: first deploy" in out and (tmp_path / "live" / "model.onnx").is_file()
 
     asked = [line.split("You:", 1)[1].strip() for line in summary.splitlines() if "You:" in line]
     answered = [line.split("Assistant:", 1)[1].strip()
@@ -101,3 +103,13 @@ def test_every_stage_setting_is_checked_before_any_work(tmp_path, flags, problem
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert problem in result.stderr.splitlines()[-1], result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
+
+
+def test_pipeline_refuses_a_live_directory_that_is_not_a_model_before_training(tmp_path):
+    (tmp_path / "live").mkdir()
+    (tmp_path / "live" / "notes.txt").write_text("mine")
+    result = run_cli("pipeline", "--model-name", "tiny", "--promote-to", "live",
+                     "--output-dir", "model", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "not an ONNX model directory" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["live"]  # nothing trained

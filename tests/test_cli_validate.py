@@ -216,3 +216,29 @@ def test_csv_data_validates_and_filters_to_json(tmp_path):
     assert "kept 2 of 3 conversations" in result.stdout
     kept = json.loads((tmp_path / "faq_filtered.json").read_text())
     assert [c["input"] for c in kept] == ["What is a base layer?", "Why pack a headlamp?"]
+
+
+def test_several_files_report_per_file_counts_and_drop_cross_file_copies(tmp_path):
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"input": "What is the capital of Italy?",  # in the first file
+                                 "output": "Rome is the capital of Italy and home to the "
+                                           "Colosseum."}) + "\n"
+                     + json.dumps({"input": "Name a colour.",
+                                   "output": "Green is the colour of fresh grass in spring."}) + "\n")
+    first = DATA_DIR / "bad_conversations.json"
+    text = run_cli("validate", "--data-file", str(first), str(extra))
+    assert text.returncode == 1
+    assert f"{first}: 11 conversations" in text.stdout
+    assert f"{extra}: 2 conversations (1 already in an earlier file, dropped)" in text.stdout
+    assert "-> 12 conversations" in text.stdout
+    report = json.loads(run_cli("validate", "--data-file", str(first), str(extra), "--json").stdout)
+    assert report["total_conversations"] == 12
+    assert [(f["conversations"], f["added"]) for f in report["files"]] == [(11, 11), (2, 1)]
+    filtered = run_cli("validate", "--data-file", str(first), str(extra), "--filter",
+                       "--output", str(tmp_path / "kept.json"), "--quiet")
+    kept = json.loads((tmp_path / "kept.json").read_text())
+    assert filtered.returncode == 1 and [c["input"] for c in kept] == [
+        "What is the capital of Italy?", "Name a fruit.", "Name a colour."]
+    refused = run_cli("validate", "--data-file", str(first), str(extra), "--filter",
+                      "--output", str(extra))
+    assert refused.returncode == 2 and "is an input file" in refused.stderr

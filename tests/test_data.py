@@ -329,3 +329,36 @@ def test_bad_tables_are_one_line_errors(tmp_path, name, content, message):
         ConversationDataHandler(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_several_files_of_different_formats_combine_without_cross_file_copies(tmp_path):
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps([{"question": "What is 2+2?", "answer": "It is 4."},
+                                 {"input": "Hi", "output": "Hello!"},
+                                 {"input": "Hi", "output": "Hello!"}]))  # a copy inside one file
+    second = tmp_path / "second.jsonl"
+    second.write_text("\n".join(json.dumps(record) for record in [
+        {"input": "What is 2+2?", "output": "It is 4.", "timestamp": "2026-01-01"},  # a copy
+        {"input": "What is 2+2?", "output": "It is 4.", "system": "Be brief."},  # not a copy
+        {"prompt": "Bye", "completion": "Goodbye!"}]) + "\n")
+    handler = ConversationDataHandler.from_files([first, second])
+    assert [(c["input"], c.get("system")) for c in handler.conversations] == [
+        ("What is 2+2?", None), ("Hi", None), ("Hi", None), ("What is 2+2?", "Be brief."),
+        ("Bye", None)]
+    assert [(s.path.name, s.conversations, s.added, s.duplicates) for s in handler.sources] == [
+        ("first.json", 3, 3, 0), ("second.jsonl", 3, 2, 1)]
+    report = handler.sources_report()
+    assert "first.json: 3 conversations" in report
+    assert "second.jsonl: 3 conversations (1 already in an earlier file, dropped)" in report
+    assert report.endswith("-> 5 conversations")
+    # one file: the same conversations as from_file, and no report
+    single = ConversationDataHandler.from_files([first])
+    assert single.conversations == ConversationDataHandler.from_file(first).conversations
+    assert single.sources_report() == "" and single.data_path == first
+
+
+def test_a_bad_file_among_several_is_named(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([{"input": "Hi", "output": "Hello!"}]))
+    with pytest.raises(DataFormatError, match=r"missing\.json: no such file"):
+        ConversationDataHandler.from_files([good, tmp_path / "missing.json"])

@@ -4,7 +4,6 @@ against a baseline; the `evaluate` command's report, JSON and exit codes."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -23,17 +22,6 @@ pytestmark = pytest.mark.slow
 def data_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("evaluate") / "tiny.json"
     path.write_text(json.dumps(TINY_CONVERSATIONS))
-    return path
-
-
-@pytest.fixture(scope="module")
-def worse_onnx_dir(tiny_onnx_dir, tmp_path_factory):
-    """The same weights prompted with a template they never saw: a real, clearly worse model."""
-    path = tmp_path_factory.mktemp("worse") / "onnx"
-    shutil.copytree(tiny_onnx_dir, path)
-    meta = json.loads((path / "mtnsails.json").read_text())
-    meta["template"] = {"template": "Q {input} A {output}", "separator": "\n\n"}
-    (path / "mtnsails.json").write_text(json.dumps(meta))
     return path
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import TINY_CONVERSATIONS
 from mtnsails.collator import PaddingCollator, encode_segments
-from mtnsails.data import exchanges
+from mtnsails.data import ConversationDataHandler, exchanges
+from mtnsails.files import TRAINING_DATA_FILE
+from mtnsails.models import ContinuedTrainingDefaults
 from mtnsails.template import ChatTemplate, Segment
 from mtnsails.trainer import LLMTrainer, TrainingConfig, parse_text
 
@@ -238,3 +241,40 @@ def test_resume_goes_back_to_the_newest_complete_checkpoint(tmp_path, capfd):
     assert f"{newest.name} is incomplete (optimizer.pt is cut short or damaged)" in capfd.readouterr().err
     assert result.loss_history[-1]["step"] == 20 and not checkpoints.exists()
 
+
+NEW_CONVERSATIONS = [
+    {"input": "What colour are lemons?", "output": "Lemons are yellow."},
+    TINY_CONVERSATIONS[0],  # already known: not counted twice
+]
+
+
+def continued(model_dir, output, **settings):
+    """Continue `model_dir` for one epoch on NEW_CONVERSATIONS; return (trainer, saved path)."""
+    config = TrainingConfig(model_name=str(model_dir), output_dir=str(output), num_epochs=1,
+                            save_steps=1000, quiet=True, **settings)
+    trainer = LLMTrainer(config=config)
+    trainer.train_conversations(NEW_CONVERSATIONS)
+    return trainer, Path(trainer.save_model())
+
+
+def test_a_model_keeps_its_training_data_and_continuing_mixes_it_back_in(trained_tiny_model_dir,
+                                                                          tmp_path):
+    kept = ConversationDataHandler.from_file(trained_tiny_model_dir / TRAINING_DATA_FILE)
+    assert kept.conversations == TINY_CONVERSATIONS
+    trainer, path = continued(trained_tiny_model_dir, tmp_path / "v2")
+    assert trainer.result.examples == len(TINY_CONVERSATIONS) + 1
+    trained_on = ConversationDataHandler.from_file(path / TRAINING_DATA_FILE).conversations
+    assert trained_on == TINY_CONVERSATIONS + NEW_CONVERSATIONS[:1]  # old first, no copy
+    settings = json.loads((path / "mtnsails.json").read_text())["settings"]
+    assert settings["continued"] is True and settings["replayed_conversations"] == 8
+    assert settings["learning_rate"] == ContinuedTrainingDefaults().embedded_learning_rate
+
+
+def test_no_replay_trains_on_the_new_data_alone(trained_tiny_model_dir, tmp_path):
+    trainer, path = continued(trained_tiny_model_dir, tmp_path / "v2", no_replay=True,
+                              learning_rate=1e-4)
+    assert trainer.result.examples == len(NEW_CONVERSATIONS)
+    trained_on = ConversationDataHandler.from_file(path / TRAINING_DATA_FILE).conversations
+    assert trained_on == NEW_CONVERSATIONS
+    settings = json.loads((path / "mtnsails.json").read_text())["settings"]
+    assert settings["replayed_conversations"] == 0 and settings["learning_rate"] == 1e-4

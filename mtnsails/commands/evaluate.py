@@ -17,7 +17,7 @@ DEFAULT_TOLERANCE = 0.02
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare `evaluate`'s flags."""
     parser.add_argument("--model-path", required=True, help="ONNX model directory to evaluate")
-    parser.add_argument("--data-file", required=True,
+    parser.add_argument("--data-file", required=True, nargs="+", metavar="DATA_FILE",
                         help="questions with reference answers: any format validate reads")
     parser.add_argument("--baseline", help="ONNX model directory to compare with; exit 1 when the "
                                            "model's first-sentence match is lower by more than --tolerance")
@@ -58,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.tolerance <= 1:
         raise MtnsailsError(f"--tolerance = {args.tolerance} must be between 0 and 1 (a fraction)")
-    conversations = ConversationDataHandler.from_file(args.data_file).conversations
+    data = ConversationDataHandler.from_files(args.data_file)
+    if data.sources_report() and not args.quiet and not args.json:
+        print(data.sources_report(), file=sys.stderr)
+    conversations = data.conversations
     # Both models are opened before any question: a directory that is not one fails at once.
     runs = [Evaluator(path, session=args.session, system=args.system, max_new_tokens=args.max_new_tokens,
                       max_length=args.max_length, precision=args.precision,
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     for evaluator in runs:
         if not args.quiet:
             print(f"evaluating {evaluator.model_path} on {len(conversations)} question(s) of "
-                  f"{args.data_file}{' in one session' if args.session else ''}",
+                  f"{', '.join(args.data_file)}{' in one session' if args.session else ''}",
                   file=sys.stderr, flush=True)
         reports.append(evaluator.evaluate(conversations))
     report = reports[0]

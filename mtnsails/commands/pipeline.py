@@ -18,19 +18,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_arguments(parser)
     convert.add_arguments(parser, standalone=False)
     chat.add_arguments(parser, standalone=False)
+    parser.add_argument_group("deployment").add_argument(
+        "--promote-to", metavar="LIVE_DIR",
+        help="at the end, replace LIVE_DIR with the new ONNX model only when it is not worse than "
+        "the model there on the data it was trained on (as promote does; exit 1 when refused)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Train, convert (and verify), then ask the new ONNX model a few questions and summarise.
 
-    Exit 0 on success, 1 when --verify rejected the export (chat is then skipped)."""
+    Exit 0 on success, 1 when --verify rejected the export (chat is then skipped) or
+    --promote-to refused the new model."""
     import shlex
+    from pathlib import Path
 
-    from mtnsails.files import read_metadata
+    from mtnsails.data import ConversationDataHandler
+    from mtnsails.files import TRAINING_DATA_FILE, read_metadata
     from mtnsails.trainer import packaged_example_data
 
     check_settings(args)
-    data_file = args.data_file or packaged_example_data()
+    promoter = None
+    if args.promote_to:
+        from mtnsails.promoter import Promoter
+
+        promoter = Promoter(args.promote_to)  # a live directory that is not a model fails now
+    data_file = ", ".join(map(str, args.data_file or [packaged_example_data()]))
     _stage(args, 1, f"train {args.model_name} on {data_file}")
     model_dir, conversations = train.train(args, next_step=False)  # the data is read once, for both
     _stage(args, 2, f"convert {model_dir} to ONNX")
@@ -59,14 +71,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"  You:       {prompt}\n  Assistant: {answer or '(empty answer)'}")
     if args.log_conversations:
         print(f"Logged the demo to {args.log_file}")
+    # What the model was trained on, in training order: the data plus, continuing a model, the
+    # conversations replayed from it (held_out counts positions in this list).
+    trained_on = ConversationDataHandler.from_file(Path(model_dir) / TRAINING_DATA_FILE).conversations
     held_out = set(meta.get("held_out") or [])
-    parts = [("training data", [c for i, c in enumerate(conversations) if i not in held_out]),
-             ("eval split", [c for i, c in enumerate(conversations) if i in held_out])]
+    parts = [("training data", [c for i, c in enumerate(trained_on) if i not in held_out]),
+             ("eval split", [c for i, c in enumerate(trained_on) if i in held_out])]
     for name, part in parts:
         if part:
             print(f"Evaluation on the {name}: {evaluation_summary(args, onnx_dir, part)}", flush=True)
     print(f"Chat with it:  python main.py chat --model-path {shlex.quote(str(onnx_dir))}", flush=True)
-    return 0
+    if promoter is None:
+        return 0
+    decision = promoter.promote(onnx_dir, trained_on)
+    print(decision.describe(), flush=True)
+    return 0 if decision.promoted else 1
 
 
 def evaluation_summary(args: argparse.Namespace, onnx_dir: str, conversations: list[dict]) -> str:

@@ -13,8 +13,10 @@ HELP = "fine-tune a causal language model on conversations"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare `train`'s flags (the pipeline declares them too) in a "training" group."""
     group = parser.add_argument_group("training")
-    group.add_argument("--data-file", help="training conversations: .json, .jsonl, .csv, .tsv or "
-                       ".parquet (default: the packaged example conversations)")
+    group.add_argument("--data-file", nargs="+", metavar="DATA_FILE",
+                       help="training conversations: one or more files (.json, .jsonl, .csv, .tsv or "
+                       ".parquet; formats may differ); a conversation already in an earlier file is "
+                       "dropped (default: the packaged example conversations)")
     group.add_argument("--force", action="store_true",
                        help="train even when the data quality score is below 50%%")
     settings.add_arguments(group, TrainingConfig)
@@ -29,10 +31,13 @@ def train(args: argparse.Namespace, next_step: bool = True) -> tuple[str, list[d
     from mtnsails.trainer import LLMTrainer, finish_distributed, packaged_example_data, quality_gate
 
     trainer = LLMTrainer(config=settings.from_args(TrainingConfig, args))  # validates: before loading
-    data_file = args.data_file or packaged_example_data()
-    conversations = ConversationDataHandler.from_file(data_file).conversations
+    data_files = args.data_file or [packaged_example_data()]
+    handler = ConversationDataHandler.from_files(data_files)
+    if handler.sources_report() and not args.quiet and trainer.is_main_process:
+        print(handler.sources_report())
+    conversations = handler.conversations
     quality_gate(conversations, force=args.force, quiet=args.quiet)
-    result = trainer.train_conversations(conversations, data_file=data_file)
+    result = trainer.train_conversations(conversations, data_file=data_files)
     path = trainer.save_model()
     if trainer.is_main_process:
         print(result.summary(path, next_step))

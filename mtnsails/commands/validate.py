@@ -11,7 +11,10 @@ HELP = "check a data set's quality (and optionally filter it)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-file", required=True, help="conversations to check: .json, .jsonl, .csv, .tsv or .parquet")
+    parser.add_argument("--data-file", required=True, nargs="+", metavar="DATA_FILE",
+                        help="conversations to check: one or more files (.json, .jsonl, .csv, .tsv "
+                        "or .parquet; formats may differ); a conversation already in an earlier "
+                        "file is dropped")
     parser.add_argument("--filter", action="store_true",
                         help="write only the valid conversations to --output")
     parser.add_argument("--output", help="where --filter writes (default: <input stem>_filtered.json, "
@@ -26,11 +29,12 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from mtnsails.data import (JSONL_SUFFIXES, iter_conversations, require_output_directory,
-                               write_conversations)
+    from mtnsails.data import (JSONL_SUFFIXES, iter_files, require_output_directory,
+                               sources_report, write_conversations)
     from mtnsails.quality import DataQualityValidator
 
-    data_file = Path(args.data_file)
+    data_files = [Path(path) for path in args.data_file]
+    data_file = data_files[0]
     if args.output and not args.filter:
         raise MtnsailsError("--output is only used with --filter; add --filter to write the valid "
                             "conversations")
@@ -38,22 +42,27 @@ def run(args: argparse.Namespace) -> int:
     if args.filter:
         suffix = ".jsonl" if data_file.suffix.lower() in JSONL_SUFFIXES else ".json"
         output = Path(args.output or data_file.with_name(f"{data_file.stem}_filtered{suffix}"))
-        if output.resolve() == data_file.resolve():
-            raise MtnsailsError(f"{output}: is the input file; choose another --output "
+        if output.resolve() in [path.resolve() for path in data_files]:
+            raise MtnsailsError(f"{output}: is an input file; choose another --output "
                                 "(validate never overwrites its input)")
         require_output_directory(output)
-    report = DataQualityValidator().analyze(iter_conversations(data_file))
+    sources: list = []  # filled per file as the files stream through the analysis
+    report = DataQualityValidator().analyze(iter_files(data_files, sources))
     if args.json:
-        print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+        result = report.to_dict()
+        if len(data_files) > 1:
+            result["files"] = [{"path": str(source.path), "conversations": source.conversations,
+                                "added": source.added} for source in sources]
+        print(json.dumps(result, ensure_ascii=False, indent=2))
     elif args.quiet:
         print(report.verdict_line())
     else:
-        print(f"File: {data_file}\n")
+        print(sources_report(sources) + "\n" if len(data_files) > 1 else f"File: {data_file}\n")
         print(report.format_text())
     if output is not None:  # a second pass: the conversations were not kept
         kept = write_conversations(output, (
             conversation for conversation, found
-            in zip(iter_conversations(data_file), report.issues) if not found))
+            in zip(iter_files(data_files, []), report.issues) if not found))
         if not args.quiet:
             print(f"Filtered: kept {kept} of {report.total} conversations, removed "
                   f"{report.total - kept}; wrote {output}",
