@@ -57,18 +57,19 @@ def nan_copy(model_dir: Path, path: Path) -> Path:
     import numpy as np
 
     shutil.copytree(model_dir, path)
-    if (path / "model.onnx").exists():
+    graphs = list(path.glob("*.onnx"))  # the exported ones and their stored optimised versions
+    for graph_file in graphs:
         import onnx
         from onnx import numpy_helper
 
-        graph = onnx.load(str(path / "model.onnx"))
+        graph = onnx.load(str(graph_file))
         for initializer in graph.graph.initializer:
             weights = numpy_helper.to_array(initializer)
             if weights.dtype == np.float32 and weights.size > 1:
                 initializer.CopyFrom(numpy_helper.from_array(np.full_like(weights, np.nan),
                                                              initializer.name))
-        onnx.save(graph, str(path / "model.onnx"))
-    else:
+        onnx.save(graph, str(graph_file))
+    if not graphs:
         from safetensors.numpy import load_file, save_file
 
         weights = load_file(path / "model.safetensors")

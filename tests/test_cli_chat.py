@@ -323,8 +323,9 @@ def test_a_model_that_computes_nan_is_refused_in_one_line(tiny_onnx_dir, tmp_pat
     model = nan_copy(tiny_onnx_dir, tmp_path / "nan_model")
     result = run_cli("chat", "--model-path", str(model), "--precision", "fp32", "--prompt", "Hello!")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr == (f"error: {model / 'model.onnx'}: the model computes non-finite logits "
-                             "(NaN or infinity), so its weights are broken: retrain it\n")
+    assert result.stderr.startswith(f"error: {model / 'model.'}")  # the graph that ran
+    assert result.stderr.endswith(".onnx: the model computes non-finite logits (NaN or infinity), "
+                                  "so its weights are broken: retrain it\n")
 
 
 def test_reload_picks_up_a_promoted_model_keeping_the_conversation(tiny_onnx_dir, worse_onnx_dir,
