@@ -18,7 +18,8 @@ MAX_TOKEN_CHARS = 64
 def encode_segments(tokenizer, segments: list[Segment], max_length: int) -> dict:
     """Token ids and labels of one conversation, built segment by segment as chat builds them.
 
-    Prompt tokens get label -100; each response is followed by EOS, which keeps its label.
+    Prompt tokens get label -100; each response is followed by EOS, which keeps its label
+    (a response that is not `learned` is context: -100, its EOS too).
     Longer than `max_length`: the context is cut from the left. `truncated` is 0 (fits),
     1 (context cut) or 2 (even the last prompt + answer did not fit: the answer's end was cut).
     """
@@ -33,10 +34,11 @@ def encode_segments(tokenizer, segments: list[Segment], max_length: int) -> dict
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     for segment, ids in segment_ids(encode, segments, tokenizer.eos_token_id):
-        if segment.is_response:
+        if segment.is_response and segment.learned:
             labels += ids
         else:
-            last_prompt_start = len(input_ids)
+            if not segment.is_response:
+                last_prompt_start = len(input_ids)
             labels += [-100] * len(ids)
         input_ids += ids
     truncated = 0

@@ -24,10 +24,12 @@ def exchanges(conversation: dict) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class Segment:
-    """A piece of a conversation's text; `is_response` pieces are learned and end in EOS."""
+    """A piece of a conversation's text; `is_response` pieces end in EOS and are learned unless
+    `learned` is False (an answer that is only context, as in augmented history)."""
 
     text: str
     is_response: bool
+    learned: bool = True
 
 
 def segment_ids(encode: Callable[[str], list[int]], segments: Iterable[Segment],

@@ -19,11 +19,12 @@ import shlex
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from mtnsails.answer_lengths import answer_lengths, length_record
+from mtnsails.augment import ConversationAugmenter
 from mtnsails.checkpoints import checkpoints, newest_complete
 from mtnsails.collator import PaddingCollator, encode_segments
 from mtnsails.data import (ConversationDataHandler, combine_conversations, common_system,
@@ -45,6 +46,9 @@ from mtnsails.training_config import TrainingConfig
 __all__ = ["LLMTrainer", "TrainingConfig", "TrainingDiverged", "TrainingInterrupted",
            "TrainingResult", "finish_distributed", "packaged_example_data", "parse_text",
            "plot_loss", "quality_gate"]
+# The training data drawn anew each epoch: (template, indices of the training conversations,
+# segments -> encoded example) -> a map-style dataset, or None to train on the examples as they are.
+Augment = Callable[[ChatTemplate, list[int], Callable[[list[Segment]], dict]], object]
 
 
 def packaged_example_data() -> Path:
@@ -192,8 +196,13 @@ class LLMTrainer:
                   f"conversations are mixed back in with {added} new ones, so it keeps what it "
                   "knew (--no-replay trains on the new ones alone)", file=sys.stderr)
         self._conversations = combined
-        return self._train(lambda template: [list(template.segments(exchanges(c), c.get("system")))
-                                             for c in combined])
+        config = self.config
+        return self._train(
+            lambda template: [list(template.segments(exchanges(c), c.get("system")))
+                              for c in combined],
+            lambda template, kept, encode: ConversationAugmenter(
+                [combined[i] for i in kept], template, config.augment, config.seed, encode)
+            if config.augment.active else None)
 
     def _replay_conversations(self) -> list[dict]:
         """The conversations the model being continued was trained on ([] when it is not an
@@ -207,14 +216,15 @@ class LLMTrainer:
 
     # -- the work ------------------------------------------------------------------------------
 
-    def _train(self, make_examples: Callable[[ChatTemplate], list[list[Segment]]]
-               ) -> TrainingResult:
-        """Train on the examples `make_examples(template)` builds (segments per conversation)."""
+    def _train(self, make_examples: Callable[[ChatTemplate], list[list[Segment]]],
+               augment: Augment | None = None) -> TrainingResult:
+        """Train on the examples `make_examples(template)` builds (segments per conversation),
+        or on `augment(...)`'s dataset of them that varies each epoch (never the held-out ones)."""
         with _removed_without_checkpoint(self.config.checkpoint_dir):
-            return self._run(make_examples)
+            return self._run(make_examples, augment)
 
-    def _run(self, make_examples: Callable[[ChatTemplate], list[list[Segment]]]
-             ) -> TrainingResult:
+    def _run(self, make_examples: Callable[[ChatTemplate], list[list[Segment]]],
+             augment: Augment | None) -> TrainingResult:
         """The run itself: resolve the model, encode, train, record the result."""
         config = self.config
         examples = make_examples(config.template)
@@ -244,6 +254,11 @@ class LLMTrainer:
         train_set, eval_set = _split(encoded, eval_split, config.seed)
         held_out = {id(item) for item in eval_set}
         self._held_out = [index for index, item in enumerate(encoded) if id(item) in held_out]
+        train_data = None
+        if augment is not None:  # the training conversations only, never the held-out ones
+            kept = [index for index, item in enumerate(encoded) if id(item) not in held_out]
+            train_data = augment(config.template, kept,
+                                 lambda segments: encode_segments(tokenizer, segments, max_length))
 
         self._settings = {
             "num_epochs": epochs, "batch_size": config.batch_size, "learning_rate": learning_rate,
@@ -255,8 +270,11 @@ class LLMTrainer:
             "eval_examples": len(eval_set), "truncated_examples": truncated,
             "processes": world_size(), "continued": continuing,
             "replayed_conversations": self._replayed,
+            "augment": asdict(config.augment) if augment and config.augment.active else None,
         }
-        trainer, interrupt, divergence = self._build_trainer(model, tokenizer, train_set,
+        if train_data is None:
+            train_data = _dataset(train_set)
+        trainer, interrupt, divergence = self._build_trainer(model, tokenizer, train_data,
                                                              eval_set, epochs, learning_rate)
         # The embedded model's matrices are too small to gain from more threads (see its defaults)
         threads = (EmbeddedTrainingDefaults.cpu_threads
@@ -395,7 +413,7 @@ class LLMTrainer:
         interrupt, divergence = classes.Interrupt(), classes.StopOnNonFiniteLoss()
         callbacks += [interrupt, divergence]
         trainer = classes.CheckedTrainer(
-            model=model, args=args, train_dataset=_dataset(train_set),
+            model=model, args=args, train_dataset=train_set,
             eval_dataset=_dataset(eval_set) if has_eval else None,
             data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
             callbacks=callbacks)

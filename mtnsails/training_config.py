@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from mtnsails.augment import AugmentConfig
 from mtnsails.devices import DEVICES
 from mtnsails.errors import MtnsailsError
 from mtnsails.models import ContinuedTrainingDefaults, EmbeddedTrainingDefaults
@@ -46,6 +47,7 @@ class TrainingConfig:
         False, "continuing an mtnsails model (--model-name ./trained_model): train on the new data "
         "alone, without mixing the model's earlier training data back in")
     template: ChatTemplate = field(default_factory=ChatTemplate)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # extra examples (mtnsails.augment)
 
     def validate(self) -> None:
         """Raise `MtnsailsError` naming the first setting that is out of range."""
@@ -70,6 +72,7 @@ class TrainingConfig:
             raise MtnsailsError(f"--seed must be from 0 to {MAX_SEED}, got {self.seed}")
         if self.device not in DEVICES:
             raise MtnsailsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
+        self.augment.validate()
 
     def resolved(self, embedded: bool, examples: int, continuing: bool = False) -> TrainingConfig:
         """A copy with each None default replaced by the model's own: the embedded model's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mtnsails import settings
+from mtnsails.augment import AugmentConfig
 from mtnsails.training_config import TrainingConfig
 
 HELP = "fine-tune a causal language model on conversations"
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--force", action="store_true",
                        help="train even when the data quality score is below 50%%")
     settings.add_arguments(group, TrainingConfig)
+    settings.add_arguments(group, AugmentConfig)
 
 
 def train(args: argparse.Namespace, next_step: bool = True) -> tuple[str, list[dict]]:
@@ -30,7 +32,8 @@ def train(args: argparse.Namespace, next_step: bool = True) -> tuple[str, list[d
     from mtnsails.data import ConversationDataHandler
     from mtnsails.trainer import LLMTrainer, finish_distributed, packaged_example_data, quality_gate
 
-    trainer = LLMTrainer(config=settings.from_args(TrainingConfig, args))  # validates: before loading
+    augment = settings.from_args(AugmentConfig, args)
+    trainer = LLMTrainer(config=settings.from_args(TrainingConfig, args, augment=augment))  # validates
     data_files = args.data_file or [packaged_example_data()]
     handler = ConversationDataHandler.from_files(data_files)
     if handler.sources_report() and not args.quiet and trainer.is_main_process:
