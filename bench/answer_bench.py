@@ -82,7 +82,7 @@ def load(path: str) -> list[dict]:
 
 
 def cpu_line() -> str:
-    from mtnsails.generation import cpu_flags
+    from mtnsails.cpu import cpu_flags
 
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
                   .splitlines() if line.startswith("model name")), "unknown CPU")

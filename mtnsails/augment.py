@@ -21,6 +21,7 @@ many steps as the conversations alone.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass, fields
@@ -168,26 +169,19 @@ def packaged_synonyms() -> list[tuple[str, ...]]:
             for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
+@functools.lru_cache(maxsize=1)
 def _synonym_index() -> dict[str, tuple[str, ...]]:
-    index: dict[str, tuple[str, ...]] = {}
-    for group in packaged_synonyms():
-        for word in group:
-            index[word] = group
-    return index
-
-
-_SYNONYMS: dict[str, tuple[str, ...]] | None = None
+    """Each packaged synonym and the group it belongs to (read once)."""
+    return {word: group for group in packaged_synonyms() for word in group}
 
 
 def _swap_synonyms(text: str, rng: random.Random) -> str:
-    global _SYNONYMS
-    if _SYNONYMS is None:
-        _SYNONYMS = _synonym_index()
+    synonyms = _synonym_index()
     words = text.split(" ")
     for index, word in enumerate(words):
         core = word.strip("?!.,").lower()
-        if core in _SYNONYMS and rng.random() < 0.6:
-            choice = rng.choice([other for other in _SYNONYMS[core] if other != core] or [core])
+        if core in synonyms and rng.random() < 0.6:
+            choice = rng.choice([other for other in synonyms[core] if other != core] or [core])
             words[index] = word.lower().replace(core, choice)
     return " ".join(words)
 
