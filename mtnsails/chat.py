@@ -26,6 +26,7 @@ from mtnsails.files import DEFAULT_LOG_FILE, atomic_write_text
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens, setting_label
 from mtnsails.onnx_metadata import PRECISIONS, read_onnx_directory
 from mtnsails.optimized_graph import stored_graph
+from mtnsails.question_matcher import QuestionMatch, QuestionMatcher, refers_back
 from mtnsails.template import ChatTemplate, segment_ids
 
 __all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_directory"]
@@ -67,10 +68,13 @@ class ChatInterface:
                  log_conversations: bool = False, log_file: str | os.PathLike | None = None,
                  auto_flush_interval: int = 10, precision: str = "auto",
                  generation: GenerationConfig | None = None, threads: int | None = None,
-                 system: str | None = None) -> None:
+                 system: str | None = None, match_questions: bool = True) -> None:
         """`max_length` caps the prompt tokens (history + question) given to the model.
         `system` is the system prompt that opens every prompt: None uses the one the model was
         trained with (recorded in mtnsails.json, if any), "" none.
+        `match_questions`: a question that matches a trained stand-alone question in other words
+        (see `QuestionMatcher`) is asked as that question, alone; other questions keep as many
+        earlier exchanges as the training examples had (the model learned to use no more).
         `auto_flush_interval` (original API, seconds) becomes the conversation logger's
         `flush_interval`: how often its writer thread and `flush_logs()` wake up to check on each
         other. Exchanges never wait for it: the logger writes each one as soon as it is logged.
@@ -102,6 +106,10 @@ class ChatInterface:
             self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as error:
             raise MtnsailsError(f"{self.path / 'tokenizer.json'} cannot be read: {error}") from None
+        self.history_exchanges = meta.get("history_exchanges")  # None: as many as fit
+        questions = meta.get("questions") if match_questions else None
+        self.matcher = QuestionMatcher(questions) if questions else None
+        self.last_match: QuestionMatch | None = None  # what the last question was asked as
         self.system = meta.get("system") if system is None else system
         self.system_ids = self.system_prompt_ids(self.system)
         if len(self.system_ids) >= self._prompt_budget(self.generation.max_new_tokens):
@@ -173,9 +181,23 @@ class ChatInterface:
         """`prompt_ids`, and how many of the newest `history` exchanges it holds."""
         new_tokens = self.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
         system_ids = self.system_ids if system is None else self.system_prompt_ids(system)
+        user_input, history = self._as_trained(user_input, history or [])
         ids, start = self._exchanges_within(
             user_input, history, max(1, self._prompt_budget(new_tokens) - len(system_ids)))
-        return system_ids + ids, len(history or []) - start
+        return system_ids + ids, len(history) - start
+
+    def _as_trained(self, user_input: str, history: list[tuple[str, str]]
+                    ) -> tuple[str, list[tuple[str, str]]]:
+        """The question and history the model is asked: a question matching a trained stand-alone
+        question becomes that question, alone, unless it refers back to the conversation ("it",
+        "they", ...); any other keeps the newest `history_exchanges`."""
+        follow_up = bool(history) and refers_back(user_input)
+        self.last_match = self.matcher.match(user_input) if self.matcher and not follow_up else None
+        if self.last_match is not None:
+            return self.last_match.question, []
+        if self.history_exchanges is not None:
+            history = history[len(history) - self.history_exchanges:] if self.history_exchanges else []
+        return user_input, history
 
     def _exchanges_within(self, user_input: str, history: list[tuple[str, str]] | None,
                           budget: int) -> tuple[list[int], int]:

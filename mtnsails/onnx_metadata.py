@@ -58,7 +58,9 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     `context_length` must be a positive integer, `eos_token_id` a non-negative integer (both may
     be absent), `template` a valid chat template and `files` a map of precision to file name;
     `system` (the training data's system prompt) a string and `answer_tokens` (the trained
-    answer lengths) an object with a positive integer `max`, where present; `optimized` the
+    answer lengths) an object with a positive integer `max`, `history_exchanges` (the most
+    earlier exchanges a training example had) a non-negative integer and `questions` (the trained
+    stand-alone questions) a list of strings, where present; `optimized` the
     stored optimised graphs and the CPU flags and onnxruntime version they were made for.
     """
     source = Path(source)
@@ -82,6 +84,15 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
                                     and lengths["max"] >= 1):
         raise MtnsailsError(f"{source}: \"answer_tokens\" must be an object with a positive integer "
                             f"\"max\" (the longest trained answer) or null, got {json.dumps(lengths)}")
+    history = meta.get("history_exchanges")
+    if history is not None and not (_is_integer(history) and history >= 0):
+        raise MtnsailsError(f"{source}: \"history_exchanges\" must be a non-negative integer or null, "
+                            f"got {json.dumps(history)}")
+    questions = meta.get("questions")
+    if questions is not None and not (isinstance(questions, list)
+                                      and all(isinstance(q, str) for q in questions)):
+        raise MtnsailsError(f"{source}: \"questions\" must be a list of strings (the trained "
+                            "questions) or null")
     template = meta.get("template")
     if template is not None:
         if not isinstance(template, dict) or not all(isinstance(template.get(key, ""), str)
@@ -160,6 +171,8 @@ def write_onnx_metadata(onnx_dir: str | os.PathLike, model_path: str | os.PathLi
         # chat's defaults: the system prompt and the token limit the training data implies
         "system": source.get("system"),
         "answer_tokens": source.get("answer_tokens"),
+        "history_exchanges": source.get("history_exchanges"),
+        "questions": source.get("questions"),
     }
     if optimized:
         meta["optimized"] = optimized

@@ -111,7 +111,8 @@ class LLMTrainer:
         self.resolved = None  # mtnsails.models.ResolvedModel of the last run
         self.result: TrainingResult | None = None
         self._settings: dict = {}
-        self._data_info: dict = {"data_file": None, "data_sha256": None, "system": None}
+        self._data_info: dict = {"data_file": None, "data_sha256": None, "system": None,
+                                 "history_exchanges": None, "questions": None}
         self._answer_tokens: dict | None = None
         self._held_out: list[int] = []
         self._conversations: list[dict] | None = None  # what the last run trained on
@@ -191,6 +192,12 @@ class LLMTrainer:
         replayed = self._replay_conversations()
         combined, (self._replayed, added) = combine_conversations([replayed, conversations])
         self._data_info["system"] = common_system(combined)  # chat's default system prompt
+        # chat keeps as many earlier exchanges as the model learned to use, and asks reworded
+        # questions as the trained stand-alone question they match
+        self._data_info["history_exchanges"] = max((len(c.get("history") or []) for c in combined),
+                                                   default=0)
+        self._data_info["questions"] = list(dict.fromkeys(c["input"] for c in combined
+                                                          if not c.get("history")))
         if replayed and not self.config.quiet and is_main_process():
             print(f"note: continuing {self.config.model_name}: its {len(replayed)} training "
                   f"conversations are mixed back in with {added} new ones, so it keeps what it "

@@ -125,7 +125,8 @@ def test_token_limit_trims_the_half_sentence(chat):
 
 
 def test_history_keeps_the_newest_exchanges_within_the_window(tiny_onnx_dir):
-    chat = ChatInterface(tiny_onnx_dir, max_length=60, generation=GREEDY)
+    chat = ChatInterface(tiny_onnx_dir, max_length=60, generation=GREEDY, match_questions=False)
+    chat.history_exchanges = None  # as for a model trained on long sessions: all that fit
     history = [(c["input"], c["output"]) for c in TINY_CONVERSATIONS[:6]]
     ids = chat.prompt_ids("Hello!", history)
     assert len(ids) <= 60
@@ -222,7 +223,8 @@ def test_feedback_amends_the_logged_exchange_with_its_context(tiny_onnx_dir, tmp
 
 
 def test_the_logged_history_is_what_fitted_in_the_prompt(tiny_onnx_dir, tmp_path):
-    chat = ChatInterface(tiny_onnx_dir, max_length=40, generation=GREEDY)
+    chat = ChatInterface(tiny_onnx_dir, max_length=40, generation=GREEDY, match_questions=False)
+    chat.history_exchanges = None  # as for a model trained on long sessions: all that fit
     for conversation in TINY_CONVERSATIONS[:4]:
         chat.reply(conversation["input"])
     record = chat.get_conversation_log()[-1]
@@ -344,3 +346,41 @@ def test_an_answer_stopped_by_the_limit_is_marked_truncated(tiny_onnx_dir, chat)
     assert short.last_stats.truncated and short.last_stats.new_tokens == 3
     assert chat.generate_response("What colour is the sky?", do_sample=False) == "The sky is blue on a clear day."
     assert not chat.last_stats.truncated and chat.last_stats.stop_reason == "eos"
+
+
+def test_questions_asked_one_after_another_get_their_alone_answers(tiny_onnx_dir):
+    """A session's earlier exchanges do not change the answer to a trained question."""
+    from conftest import TINY_CONVERSATIONS
+
+    questions = [c["input"] for c in TINY_CONVERSATIONS if not c.get("history")]
+    greedy = GenerationConfig(temperature=0, max_new_tokens=24)
+    with ChatInterface(tiny_onnx_dir, generation=greedy) as chat:
+        alone = [chat.generate_response(q, max_new_tokens=24, do_sample=False) for q in questions]
+        in_session = [chat.reply(q) for q in questions]
+    assert in_session == alone
+
+
+def test_a_reworded_question_is_asked_as_the_trained_one(tiny_onnx_dir):
+    greedy = GenerationConfig(temperature=0, max_new_tokens=24)
+    with ChatInterface(tiny_onnx_dir, generation=greedy) as chat:
+        answer = chat.reply("so what's the capital city of france")
+        assert chat.last_match.question == "What is the capital of France?"
+        assert "Paris" in answer
+        assert chat.get_conversation_log()[-1]["input"] == "so what's the capital city of france"
+    with ChatInterface(tiny_onnx_dir, generation=greedy, match_questions=False) as chat:
+        chat.reply("so what's the capital city of france")
+        assert chat.matcher is None and chat.last_match is None
+
+
+def test_a_follow_up_keeps_the_history_the_model_was_trained_with(tiny_onnx_dir):
+    """The multi-turn record trained one earlier exchange: chat keeps one, so follow-ups work."""
+    meta = json.loads((tiny_onnx_dir / "mtnsails.json").read_text())
+    assert meta["history_exchanges"] == 1
+    assert "And what is its largest river?" not in meta["questions"]  # follow-ups need context
+    greedy = GenerationConfig(temperature=0, max_new_tokens=24)
+    with ChatInterface(tiny_onnx_dir, generation=greedy) as chat:
+        chat.reply("What do bees make?")
+        chat.history.append(("Which country is Paris in?", "Paris is in France."))
+        ids = chat.prompt_ids("And what is its largest river?", chat.history)
+        text = chat.tokenizer.decode(ids)
+        assert "Which country is Paris in?" in text and "bees" not in text

@@ -74,8 +74,7 @@ def test_piped_feedback_commands_mark_and_fix_the_last_answer(tiny_onnx_dir, tmp
     assert records[1]["model_output"] == "Its longest river is the Loire."
     # each record keeps the history it was asked with (the fix included), so it retrains that way
     assert records[1]["history"] == [{"input": "Which country is Paris in?", "output": "Paris is in France."}]
-    assert records[2]["history"][-1] == {"input": "And what is its largest river?",
-                                         "output": "The Loire is its longest river."}
+    assert "history" not in records[2]  # a trained stand-alone question is asked alone
 
 
 def test_piped_feedback_flag_reads_a_reply_after_each_answer(tiny_onnx_dir, tmp_path):

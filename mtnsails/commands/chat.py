@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
     group.add_argument("--prompt", help="answer this one prompt and exit")
     group.add_argument("--system", help='system prompt that opens every prompt; "" = none '
                        "(default: the one the model was trained with, if any)")
+    group.add_argument("--no-question-matching", action="store_true",
+                       help="ask every question in the user's words (default: a question that "
+                       "matches a trained one in other words is asked as the trained one)")
     settings.add_arguments(group, GenerationConfig, skip=() if standalone else ("seed",))
     group.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="which model file to run; auto = the fastest present: int4, then int8, then fp32 "
@@ -68,7 +71,8 @@ def open_chat(args: argparse.Namespace, model_path: str | None = None) -> ChatIn
     return ChatInterface(model_path or args.model_path, max_length=args.max_length,
                          log_conversations=args.log_conversations, log_file=args.log_file,
                          precision=args.precision, generation=settings.from_args(GenerationConfig, args),
-                         threads=args.threads, system=args.system)
+                         threads=args.threads, system=args.system,
+                         match_questions=not args.no_question_matching)
 
 
 def run(args: argparse.Namespace) -> int:
