@@ -39,7 +39,7 @@ class AugmentConfig:
     """Which share of the training examples is varied each epoch (0 switches a kind off).
 
     Off by default: on the embedded model the varied examples, as measured so far (README,
-    "Answer augmentation"), slow its learning more than they help."""
+    "Answers that hold up in a chat"), slow its learning more than they help."""
 
     enabled: bool = setting(False, "vary the training examples each epoch: some after exchanges "
                             "drawn from the data as history, some reworded", flag="--augment")
