@@ -179,7 +179,8 @@ class LLMTrainer:
         `data_file` (a path, or a list of paths the conversations were combined from) is
         recorded with the model. Continuing from an mtnsails model directory that keeps its
         training data (`TRAINING_DATA_FILE`), those conversations are mixed back in first
-        unless `config.no_replay`, so the model keeps what it knew.
+        unless `config.no_replay`, so the model keeps what it knew. Conversations a person
+        marked bad in chat (`"feedback": "bad"`) are left out.
         """
         if isinstance(data_file, (list, tuple)):
             files = list(data_file)
@@ -189,6 +190,12 @@ class LLMTrainer:
             "data_file": str(files[0]) if len(files) == 1 else [str(f) for f in files] or None,
             "data_sha256": file_sha256(files[0]) if len(files) == 1 else _sha256_json(conversations),
         }
+        marked_bad = sum(c.get("feedback") == "bad" for c in conversations)
+        if marked_bad:  # an answer a person marked wrong in chat is never learned
+            conversations = [c for c in conversations if c.get("feedback") != "bad"]
+            if not self.config.quiet and is_main_process():
+                print(f"note: {marked_bad} conversation(s) marked bad in chat are left out",
+                      file=sys.stderr)
         replayed = self._replay_conversations()
         combined, (self._replayed, added) = combine_conversations([replayed, conversations])
         self._data_info["system"] = common_system(combined)  # chat's default system prompt

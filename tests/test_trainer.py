@@ -270,6 +270,18 @@ def test_a_model_keeps_its_training_data_and_continuing_mixes_it_back_in(trained
     assert settings["learning_rate"] == ContinuedTrainingDefaults().embedded_learning_rate
 
 
+def test_answers_marked_bad_in_chat_are_never_learned(trained_tiny_model_dir, tmp_path):
+    config = TrainingConfig(model_name=str(trained_tiny_model_dir), output_dir=str(tmp_path / "v2"),
+                            num_epochs=1, save_steps=1000, quiet=True, no_replay=True)
+    trainer = LLMTrainer(config=config)
+    wrong = {"input": "What is the capital of Germany?", "output": "Run python main.", "feedback": "bad"}
+    trainer.train_conversations([*NEW_CONVERSATIONS, wrong])
+    path = Path(trainer.save_model())
+    trained_on = ConversationDataHandler.from_file(path / TRAINING_DATA_FILE).conversations
+    assert trainer.result.examples == len(NEW_CONVERSATIONS) and wrong["input"] not in {
+        c["input"] for c in trained_on}
+
+
 def test_no_replay_trains_on_the_new_data_alone(trained_tiny_model_dir, tmp_path):
     trainer, path = continued(trained_tiny_model_dir, tmp_path / "v2", no_replay=True,
                               learning_rate=1e-4)
