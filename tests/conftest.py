@@ -144,6 +144,16 @@ SYSTEM_CONVERSATIONS = [
 ]
 
 
+@pytest.fixture
+def editable_onnx_dir(tiny_onnx_dir, tmp_path) -> Path:
+    """A copy of the tiny export that a test may change or damage."""
+    import shutil
+
+    path = tmp_path / "onnx"
+    shutil.copytree(tiny_onnx_dir, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def system_tiny_onnx_dir(tmp_path_factory) -> Path:
     """The embedded model trained on SYSTEM_CONVERSATIONS (read from a JSON Lines file, as

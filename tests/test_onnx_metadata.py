@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from conftest import run_cli
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.onnx_metadata import read_onnx_directory
-
-
-@pytest.fixture
-def editable_onnx_dir(tiny_onnx_dir, tmp_path):
-    """A copy of the tiny export whose mtnsails.json a test may damage."""
-    path = tmp_path / "onnx"
-    shutil.copytree(tiny_onnx_dir, path)
-    return path
 
 
 def _edit(directory, **changes) -> None:

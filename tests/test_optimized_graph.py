@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from conftest import TINY_CONVERSATIONS, run_cli
@@ -15,13 +14,6 @@ from mtnsails.optimized_graph import fingerprint
 pytestmark = pytest.mark.slow
 GREEDY = GenerationConfig(temperature=0, max_new_tokens=20)
 QUESTION, ANSWER = TINY_CONVERSATIONS[4]["input"], TINY_CONVERSATIONS[4]["output"]
-
-
-@pytest.fixture
-def onnx_copy(tiny_onnx_dir, tmp_path):
-    path = tmp_path / "onnx"
-    shutil.copytree(tiny_onnx_dir, path)
-    return path
 
 
 def _record(directory, **changes) -> None:
@@ -43,23 +35,23 @@ def test_convert_stores_an_optimised_graph_per_precision_for_this_cpu(tiny_onnx_
 
 @pytest.mark.parametrize("change", [{"cpu_flags": ["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8", "x"]},
                                     {"onnxruntime": "0.0.1"}])
-def test_a_graph_optimised_for_another_cpu_or_onnxruntime_is_not_used(onnx_copy, change):
-    _record(onnx_copy, **change)
-    chat = ChatInterface(onnx_copy, precision="int8", generation=GREEDY)
+def test_a_graph_optimised_for_another_cpu_or_onnxruntime_is_not_used(editable_onnx_dir, change):
+    _record(editable_onnx_dir, **change)
+    chat = ChatInterface(editable_onnx_dir, precision="int8", generation=GREEDY)
     assert chat.graph_file.name == "model_int8.onnx"
     assert chat.reply(QUESTION) == ANSWER
 
 
-def test_a_corrupt_optimised_graph_falls_back_to_the_portable_one(onnx_copy):
-    (onnx_copy / "model_int8.optimized.onnx").write_bytes(b"\x08garbage" * 100)
-    chat = ChatInterface(onnx_copy, precision="int8", generation=GREEDY)
+def test_a_corrupt_optimised_graph_falls_back_to_the_portable_one(editable_onnx_dir):
+    (editable_onnx_dir / "model_int8.optimized.onnx").write_bytes(b"\x08garbage" * 100)
+    chat = ChatInterface(editable_onnx_dir, precision="int8", generation=GREEDY)
     assert chat.graph_file.name == "model_int8.onnx"
-    result = run_cli("chat", "--model-path", str(onnx_copy), "--precision", "int8", "--temperature", "0",
+    result = run_cli("chat", "--model-path", str(editable_onnx_dir), "--precision", "int8", "--temperature", "0",
                      "--prompt", QUESTION)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout == ANSWER + "\n"
 
 
-def test_a_missing_optimised_graph_falls_back_to_the_portable_one(onnx_copy):
-    (onnx_copy / "model.optimized.onnx").unlink()
-    assert ChatInterface(onnx_copy, precision="fp32").graph_file.name == "model.onnx"
+def test_a_missing_optimised_graph_falls_back_to_the_portable_one(editable_onnx_dir):
+    (editable_onnx_dir / "model.optimized.onnx").unlink()
+    assert ChatInterface(editable_onnx_dir, precision="fp32").graph_file.name == "model.onnx"
