@@ -64,16 +64,21 @@ def test_data_python_cannot_take_is_a_one_line_error(name, content, phrase, tmp_
 
 
 def test_bad_model_names_are_one_line_errors_that_leave_nothing_behind(
-        tmp_path, tiny_data, untrained_tiny_model_dir):
+        tmp_path, tiny_data, untrained_tiny_model_dir, capsys):
+    from types import SimpleNamespace
+
+    from mtnsails.cli import main
+
     (tmp_path / "not_a_model").mkdir()
     cases = [("someone/no-such-model", "--model-name tiny"),
              ("bad name!!", "not a valid Hugging Face model name"),
              (str(tmp_path / "not_a_model"), "not a saved model")]
     cases += [(str(broken_copy(untrained_tiny_model_dir, tmp_path, damage)), problem)
               for damage, problem in BROKEN_MODEL_DIRECTORIES]
-    for name, phrase in cases:
-        result = run_cli("train", "--data-file", str(tiny_data), "--model-name", name,
-                         "--output-dir", str(tmp_path / "out"), "--quiet")
+    for name, phrase in cases:  # in this process: the same entry point, torch imported once
+        code = main(["train", "--data-file", str(tiny_data), "--model-name", name,
+                     "--output-dir", str(tmp_path / "out"), "--quiet"])
+        result = SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
         assert_one_line_error(result, f"--model-name {name}: ", phrase)
         assert not (tmp_path / "out").exists()
         assert not (tmp_path / "out.checkpoints").exists()  # the run failed before checkpointing
