@@ -49,6 +49,16 @@ def read_only_directory(tmp_path: Path) -> Path:
     return folder
 
 
+def assert_one_line_error(result, *phrases):
+    """A CLI run that failed as bad input should: exit 2, one `error: ...` line holding every
+    phrase on stderr, no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert all(phrase in lines[0] for phrase in phrases), lines[0]
+
+
 def nan_copy(model_dir: Path, path: Path) -> Path:
     """A copy of a model directory (PyTorch or ONNX) whose float weights are all NaN, as a
     diverged training run leaves them."""

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_CONVERSATIONS, read_only_directory, run_cli, unreadable_file
+from conftest import (REPO_ROOT, TINY_CONVERSATIONS, assert_one_line_error, read_only_directory,
+                      run_cli, unreadable_file)
 from mtnsails.files import file_sha256
 from test_models import BROKEN_MODEL_DIRECTORIES, broken_copy
 
@@ -20,15 +21,6 @@ def tiny_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "tiny.json"
     path.write_text(json.dumps(TINY_CONVERSATIONS))
     return path
-
-
-def assert_one_line_error(result, *phrases):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for phrase in phrases:
-        assert phrase in lines[0]
 
 
 @pytest.mark.parametrize("args, phrases", [

@@ -8,20 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CONVERSATIONS, run_cli
+from conftest import TINY_CONVERSATIONS, assert_one_line_error, run_cli
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import read_metadata
 from mtnsails.promoter import Promoter
 
 pytestmark = pytest.mark.slow
-
-
-def assert_one_line_error(result, *phrases):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert all(phrase in lines[0] for phrase in phrases), lines[0]
 
 
 def snapshot(directory: Path) -> dict:
