@@ -222,6 +222,14 @@ def test_common_system_is_the_prompt_most_records_carry():
     assert common_system([{"input": "q", "output": "a"}]) is None and common_system([]) is None
 
 
+def assert_one_line_data_error(path, message: str) -> None:
+    """Loading `path` fails with one line that names the file and says `message`."""
+    with pytest.raises(DataFormatError) as caught:
+        ConversationDataHandler(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("name, text, message", [
     ("big.jsonl", '{"input": "Hi", "output": "Hello.", "n": %s}\n' % ("9" * 5001),
      "line 1: a number of 5001 digits is longer than the 4300 digits Python reads"),
@@ -241,10 +249,7 @@ def test_common_system_is_the_prompt_most_records_carry():
 def test_what_json_or_python_cannot_hold_is_a_one_line_error(tmp_path, name, text, message):
     path = tmp_path / name
     path.write_text(text)
-    with pytest.raises(DataFormatError) as caught:
-        ConversationDataHandler(path)
-    assert str(caught.value).startswith(f"{path}: ")
-    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert_one_line_data_error(path, message)
 
 
 def test_a_surrogate_pair_escape_is_one_character(tmp_path):
@@ -325,10 +330,7 @@ def test_parquet_keeps_nested_conversations(tmp_path):
 def test_bad_tables_are_one_line_errors(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with pytest.raises(DataFormatError) as caught:
-        ConversationDataHandler(path)
-    assert str(caught.value).startswith(f"{path}: ")
-    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert_one_line_data_error(path, message)
 
 
 def test_several_files_of_different_formats_combine_without_cross_file_copies(tmp_path):
