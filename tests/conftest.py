@@ -27,6 +27,32 @@ def run_cli(*args: str, input: str | None = None, cwd: Path | None = None,
     )
 
 
+@pytest.fixture
+def cli_here(capfd, monkeypatch):
+    """`run_cli` through `cli.main` (what main.py calls) in this process: torch and transformers
+    load once per test session instead of once per run (~10 s of CPU each). Where the behaviour
+    needs a process of its own (main.py's exit, signals, start-up imports), use `run_cli`."""
+
+    def run(*args: str, input: str | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        import io
+
+        from mtnsails.cli import main
+
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "stdin", io.StringIO(input or ""))
+        capfd.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse's refusals exit as main.py would
+            code = exit.code
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
+
+
 def unreadable_file(path: Path) -> Path:
     """A file at `path` whose reading fails with an OSError: unreadable by mode, or (for root,
     whom modes do not stop) a link to /proc/self/mem, which fails to read at offset 0."""

@@ -1,4 +1,6 @@
-"""`python main.py train` in real subprocesses: errors, fallback, Ctrl-C + --resume, torchrun."""
+"""`python main.py train`: errors, fallback, Ctrl-C + --resume, torchrun. Real subprocesses where
+the behaviour needs a process (exit before anything loads, a full disk, Ctrl-C, torchrun); the
+other runs go through `cli.main` in this process (`cli_here`), so torch loads once."""
 
 from __future__ import annotations
 
@@ -56,38 +58,34 @@ def test_data_python_cannot_take_is_a_one_line_error(name, content, phrase, tmp_
 
 
 def test_bad_model_names_are_one_line_errors_that_leave_nothing_behind(
-        tmp_path, tiny_data, untrained_tiny_model_dir, capsys):
-    from types import SimpleNamespace
-
-    from mtnsails.cli import main
-
+        tmp_path, tiny_data, untrained_tiny_model_dir, cli_here):
     (tmp_path / "not_a_model").mkdir()
     cases = [("someone/no-such-model", "--model-name tiny"),
              ("bad name!!", "not a valid Hugging Face model name"),
              (str(tmp_path / "not_a_model"), "not a saved model")]
     cases += [(str(broken_copy(untrained_tiny_model_dir, tmp_path, damage)), problem)
               for damage, problem in BROKEN_MODEL_DIRECTORIES]
-    for name, phrase in cases:  # in this process: the same entry point, torch imported once
-        code = main(["train", "--data-file", str(tiny_data), "--model-name", name,
-                     "--output-dir", str(tmp_path / "out"), "--quiet"])
-        result = SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
+    for name, phrase in cases:
+        result = cli_here("train", "--data-file", str(tiny_data), "--model-name", name,
+                          "--output-dir", str(tmp_path / "out"), "--quiet")
         assert_one_line_error(result, f"--model-name {name}: ", phrase)
         assert not (tmp_path / "out").exists()
         assert not (tmp_path / "out.checkpoints").exists()  # the run failed before checkpointing
 
 
-def test_an_output_dir_that_is_not_an_mtnsails_model_is_never_overwritten(tmp_path, tiny_data):
+def test_an_output_dir_that_is_not_an_mtnsails_model_is_never_overwritten(tmp_path, tiny_data,
+                                                                        cli_here):
     users = tmp_path / "thesis"
     users.mkdir()
     (users / "chapter1.tex").write_text("precious")
-    result = run_cli("train", "--data-file", str(tiny_data), "--model-name", "tiny",
-                     "--output-dir", str(users), "--quiet")
+    result = cli_here("train", "--data-file", str(tiny_data), "--model-name", "tiny",
+                      "--output-dir", str(users), "--quiet")
     assert_one_line_error(result, "not an mtnsails output", "never overwritten")
     assert [p.name for p in users.iterdir()] == ["chapter1.tex"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]  # no checkpoints left behind
 
 
-def test_an_earlier_model_holding_the_users_files_is_never_replaced(tmp_path,
+def test_an_earlier_model_holding_the_users_files_is_never_replaced(tmp_path, cli_here,
                                                                    trained_tiny_model_dir):
     import shutil
 
@@ -96,32 +94,33 @@ def test_an_earlier_model_holding_the_users_files_is_never_replaced(tmp_path,
     data = model / "my_data.json"  # the data it trains on lives in the output folder
     data.write_text(json.dumps(TINY_CONVERSATIONS))
     (model / "NOTES.txt").write_text("precious")
-    result = run_cli("train", "--model-name", "tiny", "--data-file", str(data),
-                     "--output-dir", str(model), "--quiet")
+    result = cli_here("train", "--model-name", "tiny", "--data-file", str(data),
+                      "--output-dir", str(model), "--quiet")
     assert_one_line_error(result, f"{model}: holds files mtnsails did not write "
                                   "(NOTES.txt, my_data.json)")
     assert (model / "NOTES.txt").read_text() == "precious" and data.exists()
 
 
-def test_a_diverging_run_stops_and_keeps_the_previous_model(tmp_path, tiny_data,
+def test_a_diverging_run_stops_and_keeps_the_previous_model(tmp_path, tiny_data, cli_here,
                                                            trained_tiny_model_dir):
     import shutil
 
     output = tmp_path / "model"
     shutil.copytree(trained_tiny_model_dir, output)  # a good model from an earlier run
     before = {path.name: file_sha256(path) for path in output.iterdir()}
-    result = run_cli("train", "--model-name", "tiny", "--data-file", str(tiny_data), "--epochs", "2",
-                     "--learning-rate", "1e30", "--output-dir", str(output), "--quiet")
+    result = cli_here("train", "--model-name", "tiny", "--data-file", str(tiny_data),
+                      "--epochs", "2", "--learning-rate", "1e30", "--output-dir", str(output),
+                      "--quiet")
     assert_one_line_error(result, "training stopped at step", "became nan",
                           f"{output} was not replaced")
     assert {path.name: file_sha256(path) for path in output.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no checkpoints left
 
 
-def test_a_read_only_output_folder_is_refused_before_training(tmp_path, tiny_data):
+def test_a_read_only_output_folder_is_refused_before_training(tmp_path, tiny_data, cli_here):
     read_only = read_only_directory(tmp_path)
-    result = run_cli("train", "--model-name", "tiny", "--data-file", str(tiny_data),
-                     "--output-dir", str(read_only / "model"), "--quiet")
+    result = cli_here("train", "--model-name", "tiny", "--data-file", str(tiny_data),
+                      "--output-dir", str(read_only / "model"), "--quiet")
     assert_one_line_error(result, f"{read_only}: cannot be written")
 
 
@@ -156,9 +155,10 @@ def test_a_critical_data_set_blocks_training_unless_forced(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_default_model_offline_falls_back_to_the_embedded_model_with_one_notice(tmp_path, tiny_data):
-    result = run_cli("train", "--data-file", str(tiny_data), "--epochs", "1", "--eval-split",
-                     "0.25", "--output-dir", str(tmp_path / "out"), "--quiet")
+def test_default_model_offline_falls_back_to_the_embedded_model_with_one_notice(tmp_path, tiny_data,
+                                                                              cli_here):
+    result = cli_here("train", "--data-file", str(tiny_data), "--epochs", "1", "--eval-split",
+                      "0.25", "--output-dir", str(tmp_path / "out"), "--quiet")
     assert result.returncode == 0, result.stderr
     notice, = result.stderr.splitlines()  # --quiet: the notice is all there is on stderr
     assert notice.startswith("note: distilgpt2 ") and "embedded 'tiny' model" in notice
@@ -169,11 +169,13 @@ def test_default_model_offline_falls_back_to_the_embedded_model_with_one_notice(
     assert next_command.startswith("Next: python main.py convert --model-path")
 
 
-def test_off_a_terminal_progress_is_one_readable_line_per_logging_step(tmp_path, tiny_data):
+def test_off_a_terminal_progress_is_one_readable_line_per_logging_step(tmp_path, tiny_data,
+                                                                      cli_here):
     import re
 
-    result = run_cli("train", "--model-name", "tiny", "--data-file", str(tiny_data), "--epochs", "2",
-                     "--eval-split", "0.25", "--output-dir", str(tmp_path / "out"))  # piped
+    result = cli_here("train", "--model-name", "tiny", "--data-file", str(tiny_data),
+                      "--epochs", "2", "--eval-split", "0.25",
+                      "--output-dir", str(tmp_path / "out"))  # piped
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "{'" not in result.stderr + result.stdout  # no bars, no dicts
     progress = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
@@ -188,7 +190,7 @@ def test_off_a_terminal_progress_is_one_readable_line_per_logging_step(tmp_path,
     assert result.stdout.splitlines()[-3].startswith("Model saved to")
 
 
-def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_data,
+def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_data, cli_here,
                                                             trained_tiny_model_dir):
     import shutil
 
@@ -196,7 +198,8 @@ def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_dat
     shutil.copytree(trained_tiny_model_dir, output)  # a good model from an earlier run
     before = {path.name: file_sha256(path) for path in output.iterdir()}
     checkpoints = tmp_path / "model.checkpoints"
-    args = ["train", "--model-name", "tiny", "--data-file", str(tiny_data), "--epochs", "60",
+    # 20 epochs x 2 steps: the first checkpoint (step 5) comes long before the end
+    args = ["train", "--model-name", "tiny", "--data-file", str(tiny_data), "--epochs", "20",
             "--save-steps", "5", "--output-dir", str(output)]
     process = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *args, "--quiet"],
                                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -211,18 +214,18 @@ def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_dat
     assert "Traceback" not in stderr and "--resume" in stderr.splitlines()[-1]
     assert {path.name: file_sha256(path) for path in output.iterdir()} == before
     interrupted_at = max(int(path.name.split("-")[1]) for path in checkpoints.glob("checkpoint-*"))
-    assert interrupted_at < 120  # 60 epochs x 2 steps: it stopped early
+    assert interrupted_at < 40  # it stopped early
 
     other_data = tmp_path / "other.json"
     other_data.write_text(json.dumps(TINY_CONVERSATIONS[:4]))
-    result = run_cli(*args, "--data-file", str(other_data), "--resume")
+    result = cli_here(*args, "--data-file", str(other_data), "--resume")
     assert_one_line_error(result, "--resume", "another data")
 
-    result = run_cli(*args, "--resume")
+    result = cli_here(*args, "--resume")
     assert result.returncode == 0, result.stderr
     meta = json.loads((output / "mtnsails.json").read_text())
     steps = [entry["step"] for entry in meta["loss_history"]]
-    assert steps[0] < interrupted_at and steps[-1] == 120  # the history spans both runs
+    assert steps[0] < interrupted_at and steps[-1] == 40  # the history spans both runs
     assert file_sha256(output / "model.safetensors") != before["model.safetensors"]
     assert not checkpoints.exists()  # a finished run leaves nothing to resume
     assert "Model saved to" in result.stdout
