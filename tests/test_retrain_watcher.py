@@ -56,7 +56,7 @@ def test_pending_counts_good_and_fixed_and_waits_for_the_newest_verdict(
 
 
 def test_watch_once_continues_the_model_promotes_and_resumes_from_its_state(
-        setup, trained_tiny_model_dir):
+        setup, trained_tiny_model_dir, cli_here):
     log, live = setup
     before = {path.name: path.read_bytes() for path in live.iterdir()}
     # a learning rate too small to change the answers: the candidate answers as the live
@@ -64,7 +64,7 @@ def test_watch_once_continues_the_model_promotes_and_resumes_from_its_state(
     args = ["watch", "--log-file", str(log), "--live", str(live), "--model-name",
             str(trained_tiny_model_dir), "--threshold", "2", "--once", "--epochs", "1",
             "--learning-rate", "1e-7", "--save-steps", "1000"]
-    result = run_cli(*args)
+    result = cli_here(*args)
     assert result.returncode == 0, result.stderr
     assert "round 1: exchanges 1-4 of the log, 2 marked good or fixed: promoted" in result.stdout
     state = json.loads((live.parent / "live.watch" / "state.json").read_text())
@@ -81,7 +81,7 @@ def test_watch_once_continues_the_model_promotes_and_resumes_from_its_state(
     assert sorted(path.name for path in (live.parent / "live.watch").iterdir()) == [
         "round-1", "state.json"]  # the candidate's ONNX copy is gone
 
-    again = run_cli(*args)  # restart: resumes from the state, nothing new to train on
+    again = cli_here(*args)  # restart: resumes from the state, nothing new to train on
     assert again.returncode == 0 and "waiting: 0 of 2 new exchanges" in again.stdout
     assert json.loads((live.parent / "live.watch" / "state.json").read_text()) == state
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, read_only_directory, run_cli
+from conftest import REPO_ROOT, read_only_directory
 
 from mtnsails.quality import DataQualityValidator
 from mtnsails.scraped import (ScrapedContentProcessor, ScrapedSettings, ScrapeResult, WordCases,
@@ -258,7 +258,8 @@ def test_the_summary_says_what_was_skipped_and_why(site):
 
 # -- the script ---------------------------------------------------------------------------------
 
-def test_script_writes_jsonl_appends_without_duplicates_and_the_output_trains(site, tmp_path):
+def test_script_writes_jsonl_appends_without_duplicates_and_the_output_trains(site, tmp_path,
+                                                                              cli_here):
     output = tmp_path / "chat_data.jsonl"
     done = run_script(str(site), "--output", str(output), "--chunk-words", "60")
     assert done.returncode == 0, done.stderr
@@ -280,8 +281,8 @@ def test_script_writes_jsonl_appends_without_duplicates_and_the_output_trains(si
     assert [pair["input"] for pair in merged[len(first):]] == ["What are tuples?"]
 
     model = tmp_path / "model"
-    trained = run_cli("train", "--data-file", str(output), "--model-name", "tiny", "--epochs", "1",
-                      "--output-dir", str(model), "--quiet")
+    trained = cli_here("train", "--data-file", str(output), "--model-name", "tiny", "--epochs", "1",
+                       "--output-dir", str(model), "--quiet")
     assert trained.returncode == 0, trained.stderr
     assert (model / "mtnsails.json").exists()
 
