@@ -1,21 +1,37 @@
-"""The companion scripts run as a newcomer runs them: `python example.py` and friends, in a subprocess."""
+"""The companion scripts run as a newcomer runs them: `python example.py` and friends. A script
+whose start-up is under test runs in a subprocess; the ones that train run their file as
+`__main__` in this process, so torch and transformers load once per test session."""
 
 from __future__ import annotations
 
 import os
+import runpy
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import EXAMPLE_DATA, REPO_ROOT
 
 
-def run_script(name: str, *args: str, cwd: Path | None = None, python_flags: tuple = (),
+def run_script(name: str, *args: str, python_flags: tuple = (),
                timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *python_flags, name, *args], capture_output=True,
-                          text=True, cwd=cwd or REPO_ROOT, timeout=timeout,
+                          text=True, cwd=REPO_ROOT, timeout=timeout,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def run_script_here(path: Path, *args: str) -> int:
+    """Run the script file as `python PATH ARGS` would, in this process; its exit status."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [str(path), *args])
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as exit:
+            return exit.code
+    return 0
 
 
 def imported_modules(stderr: str) -> set[str]:
@@ -24,10 +40,10 @@ def imported_modules(stderr: str) -> set[str]:
             for line in stderr.splitlines() if line.startswith("import time:")}
 
 
-def test_example_runs_the_whole_workflow_offline(tmp_path):
-    done = run_script("example.py", "--keep", str(tmp_path))
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+def test_example_runs_the_whole_workflow_offline(tmp_path, capsys):
+    code = run_script_here(REPO_ROOT / "example.py", "--keep", str(tmp_path))
+    out, err = capsys.readouterr()
+    assert code == 0, err
     for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert step in out
     assert "Data quality is GOOD" in out and ": verified (" in out
@@ -75,9 +91,9 @@ def test_validate_checks_everything_and_runs_end_to_end():
     assert out.rstrip().endswith("mtnsails is ready: try python example.py or python main.py pipeline")
 
 
-def test_validate_fails_when_files_are_missing(tmp_path):
+def test_validate_fails_when_files_are_missing(tmp_path, capsys):
     shutil.copy(REPO_ROOT / "validate.py", tmp_path / "validate.py")
-    done = run_script("validate.py", cwd=tmp_path)
-    assert done.returncode == 1
-    assert "✗ main.py is missing" in done.stdout and "✗ python main.py --help" in done.stdout
-    assert "problem(s) found" in done.stdout
+    assert run_script_here(tmp_path / "validate.py") == 1
+    out = capsys.readouterr().out
+    assert "✗ main.py is missing" in out and "✗ python main.py --help" in out
+    assert "problem(s) found" in out
