@@ -12,7 +12,7 @@ import hashlib
 import itertools
 from array import array
 from collections import defaultdict
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,26 +30,38 @@ def find_copies(keys: list[str], token_lists: list[list[str]],
     return finder.copies()
 
 
-class _GrowingArray:
-    """A numpy array appended to in blocks (capacity doubles); `view()` is the filled part."""
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices starts[i] .. starts[i] + lengths[i] - 1 of every i, one after another."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)
+
+
+class _Blocks:
+    """A numpy array appended to in blocks and joined only when read: growing a single array
+    by doubling would hold the old and the new copy at once (three times the data)."""
 
     def __init__(self, dtype: type, width: int = 0) -> None:
-        self.width = width
-        self.data = np.empty((1024, width) if width else 1024, dtype=dtype)
-        self.size = 0
+        self.empty = np.empty((0, width) if width else 0, dtype=dtype)
+        self.blocks: list[np.ndarray] = []
 
-    def extend(self, block: np.ndarray) -> None:
-        needed = self.size + len(block)
-        if needed > len(self.data):
-            grown = np.empty((max(needed, 2 * len(self.data)),) + self.data.shape[1:],
-                             dtype=self.data.dtype)
-            grown[:self.size] = self.data[:self.size]
-            self.data = grown
-        self.data[self.size:needed] = block
-        self.size = needed
+    def append(self, block: np.ndarray) -> None:
+        self.blocks.append(block)
 
-    def view(self) -> np.ndarray:
-        return self.data[:self.size]
+    def joined(self) -> np.ndarray:
+        """All blocks as one array (kept as the only block); each block is freed once copied,
+        so joining holds the data about once, not twice."""
+        if len(self.blocks) != 1:
+            blocks, self.blocks = self.blocks[::-1], []
+            total = sum(len(block) for block in blocks)
+            joined = np.empty((total,) + self.empty.shape[1:], dtype=self.empty.dtype)
+            filled = 0
+            while blocks:
+                block = blocks.pop()
+                joined[filled:filled + len(block)] = block
+                filled += len(block)
+                del block
+            self.blocks = [joined]
+        return self.blocks[0]
 
 
 class CopyFinder:
@@ -75,11 +87,11 @@ class CopyFinder:
         self._ids = array("Q")  # word ids of the texts not yet signed
         self._lengths = array("q")  # their word counts
         # Kept per text: the low 16 bits of each MinHash value (two different minima agree by
-        # chance once in 65,536, which the exact check absorbs) and 32-bit shingle hashes
-        # (among a thousand shingles a collision is a one-in-millions event).
-        self._signatures = _GrowingArray(np.uint16, len(self.near.a))
-        self._shingles = _GrowingArray(np.uint32)
-        self._shingle_counts = _GrowingArray(np.int64)
+        # chance once in 65,536, which the exact check absorbs) and its distinct 32-bit shingle
+        # hashes, sorted (among a thousand shingles a collision is a one-in-millions event).
+        self._signatures = _Blocks(np.uint16, len(self.near.a))
+        self._shingles = _Blocks(np.uint32)
+        self._shingle_counts = _Blocks(np.int64)
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -114,11 +126,9 @@ class CopyFinder:
             for index, original in zip(order[exact].tolist(), first[exact].tolist())}
         unique = np.flatnonzero(digests != 0)
         unique = unique[~np.isin(unique, order[exact])]
-        offsets = np.concatenate(([0], np.cumsum(self._shingle_counts.view())))
-        shingles = self._shingles.view()
-        signatures = self._signatures.view()
-        near = self.near.verified(signatures, unique,
-                                  lambda i: shingles[offsets[i]:offsets[i + 1]])
+        offsets = np.concatenate(([0], np.cumsum(self._shingle_counts.joined())))
+        near = self.near.verified(self._signatures.joined(), unique, self._shingles.joined(),
+                                  offsets)
         copies.update(near)
         return copies
 
@@ -128,9 +138,10 @@ class CopyFinder:
         ids = np.frombuffer(self._ids, dtype=np.uint64)
         lengths = np.frombuffer(self._lengths, dtype=np.int64)
         shingles, offsets = self.near.shingles_of_ids(ids, lengths)
-        self._signatures.extend(self.near.signatures(shingles, offsets).astype(np.uint16))
-        self._shingles.extend(shingles.astype(np.uint32))
-        self._shingle_counts.extend(np.diff(offsets))
+        self._signatures.append(self.near.signatures(shingles, offsets).astype(np.uint16))
+        shingles, counts = self.near.distinct_shingles(shingles, offsets)
+        self._shingles.append(shingles)
+        self._shingle_counts.append(counts)
         self._ids, self._lengths = array("Q"), array("q")
 
 
@@ -145,6 +156,7 @@ class NearDuplicateFinder:
     # Shingles hashed at once: CHUNK x permutations x 8 bytes (1.6 MB) stay in the CPU cache,
     # measured twice as fast as 40,000 at a time.
     CHUNK = 2_000
+    PAIRS = 100_000  # candidate pairs checked at once (a few MB of shingle keys)
 
     def __init__(self, config: "QualityConfig") -> None:
         """Hash parameters from a fixed seed; `config` gives the threshold and shingle sizes."""
@@ -164,33 +176,63 @@ class NearDuplicateFinder:
                           dtype=np.uint64)
         lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
         shingles, offsets = self.shingles_of_ids(ids, lengths)
-        return self.verified(self.signatures(shingles, offsets), np.arange(len(token_lists)),
-                             lambda i: shingles[offsets[i]:offsets[i + 1]])
+        signatures = self.signatures(shingles, offsets)
+        shingles, counts = self.distinct_shingles(shingles, offsets)
+        return self.verified(signatures, np.arange(len(token_lists)), shingles,
+                             np.concatenate(([0], np.cumsum(counts))))
 
-    def verified(self, signatures: np.ndarray, members: np.ndarray,
-                 shingles_of: Callable[[int], np.ndarray]) -> dict[int, tuple[int, float]]:
+    def verified(self, signatures: np.ndarray, members: np.ndarray, shingles: np.ndarray,
+                 offsets: np.ndarray) -> dict[int, tuple[int, float]]:
         """Near duplicates among the texts `members` (indices into `signatures`, ascending),
-        candidates checked by exact Jaccard similarity of `shingles_of(index)`."""
-        similar: dict[int, list[tuple[int, float]]] = {}
-        sets: dict[int, set] = {}
-
-        def shingle_set(i: int) -> set:
-            """Text i's shingles as a set, built once."""
-            if i not in sets:
-                sets[i] = set(shingles_of(i).tolist())
-            return sets[i]
-
-        for later, earlier in self._candidates(signatures, members).tolist():
-            first, second = shingle_set(later), shingle_set(earlier)
-            similarity = len(first & second) / len(first | second)
-            if similarity >= self.config.near_duplicate_threshold:
-                similar.setdefault(later, []).append((earlier, similarity))
+        candidates checked by the exact Jaccard similarity of their shingle sets: text i's
+        are `shingles[offsets[i]:offsets[i + 1]]`, distinct and sorted (`distinct_shingles`)."""
+        pairs = self._candidates(signatures, members)  # sorted by later, then earlier
+        similarity = np.empty(len(pairs))
+        for start in range(0, len(pairs), self.PAIRS):
+            block = pairs[start:start + self.PAIRS]
+            similarity[start:start + len(block)] = self._jaccard(block[:, 0], block[:, 1],
+                                                                 shingles, offsets)
+        close = similarity >= self.config.near_duplicate_threshold
         result: dict[int, tuple[int, float]] = {}
-        for later in sorted(similar):  # compare only with texts that are kept
-            kept = [(e, s) for e, s in similar[later] if e not in result]
-            if kept:
-                result[later] = min(kept)
+        # compare only with texts that are kept: the first earlier text that is not a copy
+        for later, earlier, share in zip(pairs[close, 0].tolist(), pairs[close, 1].tolist(),
+                                         similarity[close].tolist()):
+            if later not in result and earlier not in result:
+                result[later] = (earlier, share)
         return result
+
+    @staticmethod
+    def _jaccard(first: np.ndarray, second: np.ndarray, shingles: np.ndarray,
+                 offsets: np.ndarray) -> np.ndarray:
+        """Jaccard similarity of the shingle sets of texts first[k] and second[k], for every k:
+        the pair number k goes into the high 32 bits of each shingle, so one search of the
+        first texts' shingles among the second's (sorted: pair by pair, each set sorted)
+        counts every pair's shared shingles at once."""
+        sizes = []
+        keys = []
+        for texts in (first, second):
+            lengths = offsets[texts + 1] - offsets[texts]
+            pair = np.repeat(np.arange(len(texts), dtype=np.uint64) << np.uint64(32), lengths)
+            keys.append(pair | shingles[_ranges(offsets[texts], lengths)])
+            sizes.append(lengths)
+        found = np.searchsorted(keys[1], keys[0])
+        shared = np.zeros(len(first), dtype=np.int64)
+        if len(keys[1]):
+            hit = keys[1][np.minimum(found, len(keys[1]) - 1)] == keys[0]
+            shared = np.bincount((keys[0][hit] >> np.uint64(32)).astype(np.int64),
+                                 minlength=len(first))
+        return shared / np.maximum(sizes[0] + sizes[1] - shared, 1)
+
+    @staticmethod
+    def distinct_shingles(shingles: np.ndarray, offsets: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """Each text's distinct shingle hashes cut to 32 bits, sorted, one text after another,
+        and how many each text has: what `verified` compares, in the least memory."""
+        texts = len(offsets) - 1
+        text = np.repeat(np.arange(texts, dtype=np.uint64), np.diff(offsets))
+        keys = np.unique((text << np.uint64(32)) | (shingles & np.uint64(0xFFFFFFFF)))
+        counts = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=texts)
+        return keys.astype(np.uint32), counts
 
     def shingles_of_ids(self, ids: np.ndarray, lengths: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray]:
@@ -202,9 +244,7 @@ class NearDuplicateFinder:
         size = np.minimum(size, lengths)
         counts = lengths - size + 1
         padded = np.concatenate((ids, np.zeros(self.config.long_shingle_words, np.uint64)))
-        # position of every shingle's first word, text by text
-        first = np.repeat(starts, counts) + (np.arange(counts.sum())
-                                             - np.repeat(np.cumsum(counts) - counts, counts))
+        first = _ranges(starts, counts)  # position of every shingle's first word, text by text
         width = np.repeat(size, counts)
         hashes = width.astype(np.uint64) * self.mix[15]
         for k in range(int(size.max(initial=0))):
@@ -234,7 +274,8 @@ class NearDuplicateFinder:
         # MinHash agreement estimates Jaccard similarity (standard error <= 0.05 at 100
         # permutations); a margin of 0.15 keeps true pairs and drops most band collisions.
         least = self.config.near_duplicate_threshold - 0.15
-        found = []
+        codes = np.empty(0, dtype=np.int64)  # later * count + earlier, sorted, distinct
+        found: list[np.ndarray] = []  # codes of the latest bands, not yet merged into `codes`
         for band in range(self.config.minhash_bands):
             values = signatures[members, band * rows:(band + 1) * rows].astype(np.uint64)
             keys = (values * self.mix[:rows]).sum(axis=1)
@@ -246,9 +287,15 @@ class NearDuplicateFinder:
                 same = np.flatnonzero(ordered[distance:] == ordered[:-distance])
                 if not len(same):
                     break
-                later, earlier = order[same + distance], order[same]
-                agreement = (signatures[later] == signatures[earlier]).mean(axis=1)
-                keep = agreement >= least
-                found.append(later[keep].astype(np.int64) * count + earlier[keep])
-        codes = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+                for start in range(0, len(same), self.PAIRS):  # bounded temporary arrays
+                    part = same[start:start + self.PAIRS]
+                    later, earlier = order[part + distance], order[part]
+                    agreement = (signatures[later] == signatures[earlier]).mean(axis=1)
+                    keep = agreement >= least
+                    found.append(later[keep].astype(np.int64) * count + earlier[keep])
+            # most pairs recur in several bands: merging as they pile up keeps memory near
+            # the distinct pairs' size
+            if sum(map(len, found)) >= max(len(codes), self.PAIRS):
+                codes, found = np.unique(np.concatenate([codes] + found)), []
+        codes = np.unique(np.concatenate([codes] + found))
         return np.stack((codes // count, codes % count), axis=1)
