@@ -652,19 +652,25 @@ def iter_unique(groups: Iterable[Iterable[dict]], counts: list[list[int]]) -> It
     [read, added] pair per group, updated as it goes. Holds a 16-byte digest per conversation,
     not the conversations, so files stream through."""
     earlier: set[bytes] = set()
-    for group in groups:
+    groups = iter(groups)
+    group = next(groups, None)
+    while group is not None:
+        following = next(groups, None)  # a later group: keep this one's keys for it
         tally = [0, 0]
         counts.append(tally)
         current: set[bytes] = set()
         for conversation in group:
             tally[0] += 1
-            key = conversation_key(conversation)
-            if key in earlier:
-                continue
-            current.add(key)
+            if earlier or following is not None:  # a single group needs no key at all
+                key = conversation_key(conversation)
+                if key in earlier:
+                    continue
+                if following is not None:
+                    current.add(key)
             tally[1] += 1
             yield conversation
         earlier |= current
+        group = following
 
 
 def combine_conversations(groups: Iterable[list[dict]]) -> tuple[list[dict], list[int]]:

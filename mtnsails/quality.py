@@ -13,12 +13,15 @@ Imports only the standard library and numpy: `validate` must start fast and neve
 from __future__ import annotations
 
 import re
+import string
 import sys
 import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, islice
+from operator import eq, ne
 
 from mtnsails.dedup import CopyFinder
 from mtnsails.devices import is_main_process
@@ -113,7 +116,7 @@ class QualityConfig:
     max_dedup_words: int = 1_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a report of millions holds many
 class QualityIssue:
     """One problem: `code` is one of `CODES`, `reason` tells the user what was found."""
 
@@ -207,6 +210,10 @@ CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 HEADING_RE = re.compile(r"^\s*#{1,6}\s", re.MULTILINE)  # markdown headings are not symbol soup
 LIST_ITEM_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s")
 PUNCTUATION = str.maketrans("", "", ".,;:!?\"'()")  # not counted in word lengths
+# The same two character sets as bytes: on ASCII text (most of it) bytes.translate counts them
+# several times faster than str.translate or a regular expression.
+ASCII_PUNCTUATION = b".,;:!?\"'()"
+ASCII_LETTERS = string.ascii_letters.encode("ascii")
 # Markdown emphasis or code marks may close an answer after its last word (`**done**`).
 MARKUP_ENDS = "*`_"
 # Words a sentence cannot end on: a text ending with one (even before "...") was cut off.
@@ -227,7 +234,7 @@ def _is_emoji(char: str) -> bool:
 
 def word_count(text: str) -> int:
     """Words separated by spaces; each Chinese/Japanese character counts as a word of its own."""
-    if not CJK_RE.search(text):
+    if text.isascii() or not CJK_RE.search(text):
         return len(text.split())
     return len(WORD_RE.findall(CJK_RE.sub(" ", text))) + len(CJK_RE.findall(text))
 
@@ -248,6 +255,24 @@ def _duplicates(items: list[str]) -> tuple[int, int, str, int]:
     return count, chars, top, top_count
 
 
+def _letter_count(text: str) -> int:
+    """Letters in `text` (what LETTERS_RE matches)."""
+    if text.isascii():
+        raw = text.encode("ascii")
+        return len(raw) - len(raw.translate(None, ASCII_LETTERS))
+    return len(NON_LETTERS_RE.sub("", text))
+
+
+def _letterless_words(words: list[str]) -> int:
+    """How many of `words` (split on spaces) hold no letter."""
+    joined = " ".join(words)
+    if not joined.isascii():
+        return sum(1 for word in words if not LETTERS_RE.search(word))
+    # a word keeps its length once the letters are deleted only if it had none
+    stripped = joined.encode("ascii").translate(None, ASCII_LETTERS).split(b" ")
+    return sum(map(eq, map(len, words), map(len, stripped)))
+
+
 def _snippet(text: str, limit: int = 100) -> str:
     """`text` cut to `limit` characters, "…" marking the cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -262,14 +287,15 @@ def _quote(text: str, limit: int = 60) -> str:
 
 def repetition_reason(text: str, words: list[str], config: QualityConfig) -> str | None:
     """Loops and repeated content, by the rule suited to the text's length."""
-    run_word, run, longest, longest_word = "", 0, 0, ""
-    for word in words:
-        run = run + 1 if word == run_word else 1
-        run_word = word
-        if run > longest:
-            longest, longest_word = run, word
-    if longest > config.max_word_run:
-        return f"repeats the word {longest_word!r} {longest} times in a row"
+    if any(map(eq, words, islice(words, 1, None))):  # a run needs a word repeated at once
+        run_word, run, longest, longest_word = "", 0, 0, ""
+        for word in words:
+            run = run + 1 if word == run_word else 1
+            run_word = word
+            if run > longest:
+                longest, longest_word = run, word
+        if longest > config.max_word_run:
+            return f"repeats the word {longest_word!r} {longest} times in a row"
     if len(words) >= config.gopher_min_words:
         return _gopher_repetition(text, words, config)
     sentences = [s.strip().lower() for s in SENTENCE_RE.findall(text)
@@ -279,8 +305,7 @@ def repetition_reason(text: str, words: list[str], config: QualityConfig) -> str
         return f"repeats the sentence {_quote(top)} {top_count} times"
     if len(text) >= config.compression_min_chars:
         raw = text.encode("utf-8")
-        deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
-        ratio = len(raw) / len(deflate.compress(raw) + deflate.flush())
+        ratio = len(raw) / len(zlib.compress(raw, 9, wbits=-15))
         if ratio > config.max_compression_ratio:
             trigrams = Counter(" ".join(words[i:i + 3]) for i in range(len(words) - 2))
             phrase, count = trigrams.most_common(1)[0] if trigrams else ("", 0)
@@ -313,17 +338,25 @@ def _gopher_repetition(text: str, words: list[str], config: QualityConfig) -> st
     if len(set(_ngrams(words, shortest))) == len(words) - shortest + 1:
         return None  # no repeated n-gram of the shortest size, so none of the longer ones
     for n, limit in config.max_duplicate_ngram_char_fraction:
+        grams = list(_ngrams(words, n))
+        first = dict(zip(reversed(grams), range(len(grams) - 1, -1, -1)))  # gram -> first place
+        # only a place whose gram occurred before can hold a repeat
+        places = range(len(grams))
+        later = compress(places, map(ne, map(first.__getitem__, grams), places))
         seen: set[tuple[str, ...]] = set()
         repeated_chars, first_repeat, i = 0, None, 0
-        while i <= len(words) - n:
-            gram = tuple(words[i:i + n])
+        for place in later:
+            if place < i:
+                continue
+            seen.update(grams[i:place])  # no repeat among these: each is new
+            gram = grams[place]
             if gram in seen:  # count the repeat once and skip past it, as datatrove does
                 repeated_chars += sum(map(len, gram))
                 first_repeat = first_repeat or gram
-                i += n
+                i = place + n
             else:
                 seen.add(gram)
-                i += 1
+                i = place + 1
         if repeated_chars / len(text) > limit:
             return (f"{repeated_chars / len(text):.0%} of the text is repeated {n}-word "
                     f"sequences such as {' '.join(first_repeat)!r} (limit {limit:.0%})")
@@ -351,12 +384,17 @@ def gibberish_reason(text: str, config: QualityConfig) -> str | None:
             len(compact) >= config.url_fraction_min_chars
             or len(words) < config.min_output_words):
         return f"is mostly URLs ({url_chars / len(compact):.0%} of its characters): {_quote(text)}"
-    letters = len(NON_LETTERS_RE.sub("", prose))
+    letters = _letter_count(prose)
     if len(compact) - url_chars and letters / (len(compact) - url_chars) < config.min_alpha_ratio:
         return (f"has only {letters / (len(compact) - url_chars):.0%} letters among its "
                 f"characters (minimum {config.min_alpha_ratio:.0%}): {_quote(prose)}")
     low, high = config.mean_word_length_range
-    mean = len("".join(words).translate(PUNCTUATION)) / max(len(words), 1)
+    joined = "".join(words) if url_chars else compact
+    if joined.isascii():
+        kept = len(joined.encode("ascii").translate(None, ASCII_PUNCTUATION))
+    else:
+        kept = len(joined.translate(PUNCTUATION))
+    mean = kept / max(len(words), 1)
     if ((mean > high and len(words) >= config.min_output_words and not CJK_RE.search(prose))
             or (mean < low and len(words) >= config.gopher_min_words)):
         return f"has a mean word length of {mean:.1f} characters (expected {low:g}-{high:g})"
@@ -367,7 +405,7 @@ def gibberish_reason(text: str, config: QualityConfig) -> str | None:
     if symbols / len(words) > config.max_symbol_word_ratio:
         return (f"has {symbols} '#' or '...' symbols for {len(words)} words "
                 f"(limit {config.max_symbol_word_ratio} per word)")
-    with_letter = sum(1 for word in words if LETTERS_RE.search(word))
+    with_letter = len(words) - _letterless_words(words)
     if with_letter / len(words) < config.min_words_with_letter:
         return (f"has a letter in only {with_letter / len(words):.0%} of its words "
                 f"(minimum {config.min_words_with_letter:.0%})")
