@@ -8,7 +8,7 @@ import pytest
 from conftest import DATA_DIR, EXAMPLE_DATA, unreadable_file
 
 from mtnsails.data import (ConversationDataHandler, DataFormatError, common_system, exchanges,
-                           iter_conversations)
+                           iter_conversations, iter_unique)
 from mtnsails.errors import MtnsailsError
 
 
@@ -357,6 +357,16 @@ def test_several_files_of_different_formats_combine_without_cross_file_copies(tm
     single = ConversationDataHandler.from_files([first])
     assert single.conversations == ConversationDataHandler.from_file(first).conversations
     assert single.sources_report() == "" and single.data_path == first
+
+
+def test_iter_unique_drops_copies_of_earlier_groups_only():
+    a, b, c = ({"input": f"Q{n}?", "output": f"Answer {n}."} for n in range(3))
+    counts: list[list[int]] = []
+    # the last group is checked against the earlier ones though its own keys are not kept
+    assert list(iter_unique(iter([[a, a], [b, a], [c, b, a, c]]), counts)) == [a, a, b, c, c]
+    assert counts == [[2, 2], [2, 1], [4, 2]]
+    counts = []
+    assert list(iter_unique([[a, a, b]], counts)) == [a, a, b] and counts == [[3, 3]]
 
 
 def test_a_bad_file_among_several_is_named(tmp_path):
