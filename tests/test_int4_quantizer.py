@@ -11,10 +11,11 @@ from conftest import TINY_CONVERSATIONS, run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_int4_round_trip_through_convert_verify_and_chat(trained_tiny_model_dir, tmp_path):
+def test_int4_round_trip_through_convert_verify_and_chat(trained_tiny_model_dir, tmp_path,
+                                                         cli_here):
     output = tmp_path / "onnx"
-    converted = run_cli("convert", "--model-path", str(trained_tiny_model_dir), "--onnx-output", str(output),
-                        "--quantize", "int4", "--verify")
+    converted = cli_here("convert", "--model-path", str(trained_tiny_model_dir),
+                         "--onnx-output", str(output), "--quantize", "int4", "--verify")
     assert converted.returncode == 0, converted.stderr
     assert "int4 greedy token agrees with fp32 PyTorch on" in converted.stdout
     meta = json.loads((output / "mtnsails.json").read_text())

@@ -161,9 +161,9 @@ def test_original_api(untrained_tiny_model_dir, untrained_onnx_dir):
     assert info["format"] == "pytorch" and info["parameters"] == 3_521_536 and info["layers"] == 4
 
 
-def test_cli_convert_quantize_and_verify(untrained_tiny_model_dir, tmp_path):
-    result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir),
-                     "--onnx-output", str(tmp_path / "onnx"), "--quantize", "int8", "--verify")
+def test_cli_convert_quantize_and_verify(untrained_tiny_model_dir, tmp_path, cli_here):
+    result = cli_here("convert", "--model-path", str(untrained_tiny_model_dir),
+                      "--onnx-output", str(tmp_path / "onnx"), "--quantize", "int8", "--verify")
     assert result.returncode == 0, result.stderr
     assert "exported model.onnx" in result.stdout and "quantized model_int8.onnx" in result.stdout
     assert "greedy continuations agree" in result.stdout and "int8 greedy token agrees with fp32 PyTorch" in result.stdout
@@ -171,6 +171,7 @@ def test_cli_convert_quantize_and_verify(untrained_tiny_model_dir, tmp_path):
 
 
 def test_cli_convert_quiet_prints_nothing(untrained_tiny_model_dir, tmp_path):
+    # a process of its own: a warning shown once per process would not show in this one
     result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir), "--onnx-output",
                      str(tmp_path / "onnx"), "--quiet")
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
