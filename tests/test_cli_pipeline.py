@@ -74,12 +74,12 @@ def test_pipeline_end_to_end(tmp_path):
     (None, "no such file"),
     ('[{"input": "Hi", "output": "Hello."},', "not valid JSON"),
 ])
-def test_a_bad_data_file_stops_the_pipeline_with_one_line(tmp_path, data_text, problem):
+def test_a_bad_data_file_stops_the_pipeline_with_one_line(tmp_path, data_text, problem, cli_here):
     data = tmp_path / "data.json"
     if data_text is not None:
         data.write_text(data_text, encoding="utf-8")
-    result = run_cli("pipeline", "--model-name", "tiny", "--data-file", str(data),
-                     "--output-dir", "model", "--onnx-output", "onnx", cwd=tmp_path, timeout=120)
+    result = cli_here("pipeline", "--model-name", "tiny", "--data-file", str(data),
+                      "--output-dir", "model", "--onnx-output", "onnx", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {data}") and problem in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
@@ -96,20 +96,21 @@ def test_a_bad_data_file_stops_the_pipeline_with_one_line(tmp_path, data_text, p
     (["--onnx-output", "model/onnx"], "must be separate folders"),
     (["--precision", "int8", "--quantize", "int4"], "--precision int8 needs --quantize int8"),
 ])
-def test_every_stage_setting_is_checked_before_any_work(tmp_path, flags, problem):
+def test_every_stage_setting_is_checked_before_any_work(tmp_path, flags, problem, cli_here):
     args = ["pipeline", "--model-name", "tiny", "--output-dir", "model", "--onnx-output", "onnx",
             *flags]
-    result = run_cli(*args, cwd=tmp_path, timeout=120)
+    result = cli_here(*args, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert problem in result.stderr.splitlines()[-1], result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
 
 
-def test_pipeline_refuses_a_live_directory_that_is_not_a_model_before_training(tmp_path):
+def test_pipeline_refuses_a_live_directory_that_is_not_a_model_before_training(tmp_path,
+                                                                                cli_here):
     (tmp_path / "live").mkdir()
     (tmp_path / "live" / "notes.txt").write_text("mine")
-    result = run_cli("pipeline", "--model-name", "tiny", "--promote-to", "live",
-                     "--output-dir", "model", cwd=tmp_path)
+    result = cli_here("pipeline", "--model-name", "tiny", "--promote-to", "live",
+                      "--output-dir", "model", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and "not an ONNX model directory" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["live"]  # nothing trained

@@ -1,4 +1,5 @@
-"""`main.py validate` in a real subprocess: formats, bad input, exit codes, --filter, --json."""
+"""`main.py validate`: formats, bad input, exit codes, --filter, --json. Real subprocesses, but
+for the per-format and per-bad-input cases, which run through `cli.main` in this process."""
 
 from __future__ import annotations
 
@@ -18,16 +19,16 @@ BAD_INPUTS = ["not_json.json", "not_json.jsonl", "wrong_top_level.json", "missin
 
 
 @pytest.mark.parametrize("name", FORMATS)
-def test_every_format_validates_with_exit_0(name):
-    result = run_cli("validate", "--data-file", str(DATA_DIR / name))
+def test_every_format_validates_with_exit_0(name, cli_here):
+    result = cli_here("validate", "--data-file", str(DATA_DIR / name))
     assert result.returncode == 0, result.stderr
     assert "Quality score:" in result.stdout
     assert "✓ Data quality is GOOD" in result.stdout.splitlines()[-1]
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
-def test_unusable_input_exits_2_with_a_one_line_error(name):
-    result = run_cli("validate", "--data-file", str(DATA_DIR / name))
+def test_unusable_input_exits_2_with_a_one_line_error(name, cli_here):
+    result = cli_here("validate", "--data-file", str(DATA_DIR / name))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
