@@ -1,4 +1,6 @@
-"""`main.py chat` as a user runs it: one prompt, piped prompts, a terminal session, bad inputs."""
+"""`main.py chat` as a user runs it: one prompt, piped prompts, a terminal session, bad inputs.
+Real subprocesses, but for refused settings and model directories, which run through `cli.main`
+in this process."""
 
 from __future__ import annotations
 
@@ -107,26 +109,28 @@ def test_kill_9_after_a_verdict_was_acknowledged_keeps_it(tiny_onnx_dir, tmp_pat
         ("Bees make honey.", "fixed"), (shown[2].rstrip("\n"), "bad")]
 
 
-def test_feedback_flag_does_not_go_with_prompt(tiny_onnx_dir, tmp_path):
-    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--prompt", "Hello!", "--feedback",
-                     "--log-file", str(tmp_path / "log.json"))
+def test_feedback_flag_does_not_go_with_prompt(tiny_onnx_dir, tmp_path, cli_here):
+    result = cli_here("chat", "--model-path", str(tiny_onnx_dir), "--prompt", "Hello!", "--feedback",
+                      "--log-file", str(tmp_path / "log.json"))
     assert result.returncode == 2 and result.stderr.startswith("error: --feedback")
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "log.json").exists()
 
 
 @pytest.mark.parametrize("prompt", ["", "   "])
-def test_blank_prompt_is_a_one_line_error_and_logs_nothing(tiny_onnx_dir, tmp_path, prompt):
+def test_blank_prompt_is_a_one_line_error_and_logs_nothing(tiny_onnx_dir, tmp_path, prompt,
+                                                          cli_here):
     log = tmp_path / "log.jsonl"
-    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--prompt", prompt,
-                     "--log-conversations", "--log-file", str(log))
+    result = cli_here("chat", "--model-path", str(tiny_onnx_dir), "--prompt", prompt,
+                      "--log-conversations", "--log-file", str(log))
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == "error: --prompt is blank: give the question to answer (or leave --prompt out to chat)\n"
     assert not log.exists()
 
 
-def test_pipeline_refuses_a_blank_prompt_before_training(tmp_path):
-    result = run_cli("pipeline", "--model-name", "tiny", "--epochs", "1", "--quiet", "--prompt", " ",
-                     "--output-dir", str(tmp_path / "model"), "--onnx-output", str(tmp_path / "onnx"))
+def test_pipeline_refuses_a_blank_prompt_before_training(tmp_path, cli_here):
+    result = cli_here("pipeline", "--model-name", "tiny", "--epochs", "1", "--quiet",
+                      "--prompt", " ", "--output-dir", str(tmp_path / "model"),
+                      "--onnx-output", str(tmp_path / "onnx"))
     assert result.returncode == 2 and result.stderr.startswith("error: --prompt is blank")
     assert not (tmp_path / "model").exists() and not (tmp_path / "onnx").exists()
 
@@ -137,14 +141,14 @@ def test_pipeline_refuses_a_blank_prompt_before_training(tmp_path):
     (["--threads", "0"], "--threads (threads) = 0 must be at least 1"),
     (["--max-length", "0"], "--max-length (max_length) = 0 must be at least 1"),
 ])
-def test_bad_settings_name_the_flag(tiny_onnx_dir, flags, expected):
-    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--prompt", "Hello!", *flags)
+def test_bad_settings_name_the_flag(tiny_onnx_dir, flags, expected, cli_here):
+    result = cli_here("chat", "--model-path", str(tiny_onnx_dir), "--prompt", "Hello!", *flags)
     assert result.returncode == 2 and result.stderr == f"error: {expected}\n"
 
 
-def test_a_seed_out_of_range_is_a_one_line_error(tiny_onnx_dir):
-    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--prompt", "Hello!",
-                     "--seed", "-1")
+def test_a_seed_out_of_range_is_a_one_line_error(tiny_onnx_dir, cli_here):
+    result = cli_here("chat", "--model-path", str(tiny_onnx_dir), "--prompt", "Hello!",
+                      "--seed", "-1")
     assert result.returncode == 2
     assert result.stderr == "error: --seed (seed) = -1 must be from 0 to 4294967295\n"
 
@@ -279,7 +283,8 @@ def test_terminal_session_leaves_cleanly(tiny_onnx_dir, leave):
 
 
 @pytest.mark.parametrize("case", ["missing", "pytorch_dir", "corrupt_model", "no_tokenizer", "no_int8"])
-def test_bad_model_directory_is_a_one_line_error(case, tiny_onnx_dir, trained_tiny_model_dir, tmp_path):
+def test_bad_model_directory_is_a_one_line_error(case, tiny_onnx_dir, trained_tiny_model_dir, tmp_path,
+                                                 cli_here):
     model = tmp_path / "onnx"
     flags = []
     if case == "missing":
@@ -298,7 +303,7 @@ def test_bad_model_directory_is_a_one_line_error(case, tiny_onnx_dir, trained_ti
         else:
             (model / "model_int8.onnx").unlink()
             flags, expected = ["--precision", "int8"], "has no int8 model"
-    result = run_cli("chat", "--model-path", str(model), "--prompt", "Hello!", *flags)
+    result = cli_here("chat", "--model-path", str(model), "--prompt", "Hello!", *flags)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert expected in result.stderr
