@@ -143,13 +143,16 @@ class ChatInterface:
         """The graph stored optimised for this CPU when it fits and loads, else the portable one."""
         providers = ["CPUExecutionProvider"] if device == "cpu" else [
             "CUDAExecutionProvider", "CPUExecutionProvider"]
+        shared = meta.get("kv_cache") == "shared"
         stored = stored_graph(self.path, meta, self.precision) if device == "cpu" else None
         if stored is not None:
             try:
-                return stored, OnnxDecoder(stored, threads=threads, providers=providers, optimized=True)
+                return stored, OnnxDecoder(stored, threads=threads, providers=providers, optimized=True,
+                                           shared_cache=shared)
             except MtnsailsError:  # a damaged stored graph: the portable one may still be fine
                 pass
-        return self.model_file, OnnxDecoder(self.model_file, threads=threads, providers=providers)
+        return self.model_file, OnnxDecoder(self.model_file, threads=threads, providers=providers,
+                                            shared_cache=shared)
 
     # -- prompts -------------------------------------------------------------------------------
 

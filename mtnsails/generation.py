@@ -4,7 +4,9 @@
 goes through once, then every step feeds one new token plus the KV cache of all earlier ones.
 The cache never leaves onnxruntime: each step's `present.*` outputs are bound as the next step's
 `past_key_values.*` inputs through IO binding, so no per-step numpy copy or concatenation of the
-cache happens in Python. `generate_tokens` applies the logits processors in the order
+cache happens in Python. A graph whose attention writes the new key and value into its past
+buffer (`shared_cache`, see fused_attention) gets one preallocated buffer per cache tensor, bound
+as both past and present: a step then copies nothing, however long the history. `generate_tokens` applies the logits processors in the order
 transformers' `generate` does, so greedy output matches PyTorch token for token.
 """
 
@@ -23,6 +25,7 @@ from mtnsails.generation_config import GenerationConfig, setting_label
 
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
+CACHE_GROWTH = 256  # positions a shared cache buffer gains beyond what it must hold when it grows
 
 
 def session_options(threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
@@ -49,9 +52,11 @@ class OnnxDecoder:
     """
 
     def __init__(self, model_file: str | os.PathLike, threads: int | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",), optimized: bool = False) -> None:
+                 providers: Sequence[str] = ("CPUExecutionProvider",), optimized: bool = False,
+                 shared_cache: bool = False) -> None:
         """Load `model_file` into onnxruntime (`threads`: intra-op threads, default one per physical
-        core; `optimized`: the file is a graph onnxruntime already optimised, see optimized_graph)."""
+        core; `optimized`: the file is a graph onnxruntime already optimised, see optimized_graph;
+        `shared_cache`: its attention appends to the past buffer in place, see fused_attention)."""
         options = session_options(threads, optimize=not optimized)
         self.model_file = model_file
         try:
@@ -70,14 +75,43 @@ class OnnxDecoder:
         cache_type = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
         self.empty_cache = np.zeros((1, heads, 0, head_dim), dtype=cache_type)
         self.uses_position_ids = "position_ids" in inputs
+        self.shared_cache = shared_cache
+        self._buffers: list[np.ndarray] = []  # shared_cache: [1, heads, capacity, head_dim] each
         self._binding = self.session.io_binding()
+        self._binding.bind_output("logits")  # bound first: get_outputs()[0] is always the logits
         self._mask = np.ones((1, 0), dtype=np.int64)
         self.reset()
 
     def reset(self) -> None:
         """Forget the cached sequence (the next `forward` starts a new one)."""
         self._past: list = [self.empty_cache] * len(self.past_names)
-        self.past_length = 0
+        self.past_length = 0  # a shared buffer's positions from here on are stale and never read
+
+    @property
+    def cache_capacity(self) -> int:
+        """Positions the shared cache buffers hold before they grow (0 before the first step or
+        without `shared_cache`)."""
+        return self._buffers[0].shape[2] if self._buffers else 0
+
+    def _reserve(self, total: int) -> None:
+        """Make the shared cache buffers hold `total` positions (grown geometrically, the cached
+        positions copied once) and bind each as both past and present."""
+        capacity = self.cache_capacity
+        if total <= capacity:
+            return
+        _, heads, _, head_dim = self.empty_cache.shape
+        shape = (1, heads, max(2 * capacity, total + CACHE_GROWTH), head_dim)
+        grown = []
+        for index in range(len(self.past_names)):
+            buffer = np.zeros(shape, dtype=self.empty_cache.dtype)
+            if self._buffers:
+                buffer[:, :, :self.past_length] = self._buffers[index][:, :, :self.past_length]
+            grown.append(buffer)
+        self._buffers = grown
+        for past, present, buffer in zip(self.past_names, self.present_names, grown):
+            value = ort.OrtValue.ortvalue_from_numpy(buffer)  # onnxruntime writes into `buffer` itself
+            self._binding.bind_ortvalue_input(past, value)
+            self._binding.bind_ortvalue_output(present, value)
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
         """Feed `token_ids` after the cached sequence; return logits, shape (positions, vocab).
@@ -95,16 +129,21 @@ class OnnxDecoder:
         if self.uses_position_ids:
             positions = np.arange(self.past_length, total, dtype=np.int64)[None]
             binding.bind_cpu_input("position_ids", positions)
-        for name, value in zip(self.past_names, self._past):
-            if isinstance(value, np.ndarray):
-                binding.bind_cpu_input(name, value)
-            else:  # the previous step's present.* stays inside onnxruntime
-                binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits")
-        for name in self.present_names:
-            binding.bind_output(name)
+        if self.shared_cache:
+            self._reserve(total)
+        else:
+            for name, value in zip(self.past_names, self._past):
+                if isinstance(value, np.ndarray):
+                    binding.bind_cpu_input(name, value)
+                else:  # the previous step's present.* stays inside onnxruntime
+                    binding.bind_ortvalue_input(name, value)
+            for name in self.present_names:
+                binding.bind_output(name)
         self.session.run_with_iobinding(binding)
-        logits, *self._past = binding.get_outputs()
+        logits, *present = binding.get_outputs()
+        if not self.shared_cache:
+            self._past = present
         self.past_length = total
         logits = logits.numpy()[0]
         if not np.isfinite(logits).all():  # weights broken by a diverged training run

@@ -1,7 +1,8 @@
 """Export a trained model to an ONNX directory that `ChatInterface` runs without torch.
 
 The directory holds `model.onnx` (one graph with KV-cache inputs, optimum's
-`text-generation-with-past` export), optionally `model_int8.onnx` (dynamic int8, every MatMul
+`text-generation-with-past` export, its GPT-2 attention fused so the cache grows in place: see
+fused_attention), optionally `model_int8.onnx` (dynamic int8, every MatMul
 including the LM head) and `model_int4.onnx` (int4 blocks, see int4_quantizer), each also as
 onnxruntime optimised it for this CPU (see optimized_graph), the tokenizer files, config.json, generation_config.json and an
 `mtnsails.json` that tells chat the template, EOS id and context length. It is written into a
@@ -27,6 +28,7 @@ from mtnsails.errors import MtnsailsError, first_line
 from mtnsails.files import (DEFAULT_ONNX_DIR, DEFAULT_OPSET, FP32_FILE, INT4_FILE, INT8_FILE, ONNX_FORMAT,
                             PYTORCH_WEIGHTS, atomic_directory, context_length, is_torch_save_file,
                             read_json_object)
+from mtnsails.fused_attention import fuse_attention
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
 from mtnsails.int4_quantizer import Int4Config, quantize_int4
 from mtnsails.onnx_metadata import read_onnx_directory, write_onnx_metadata
@@ -152,7 +154,7 @@ class ONNXConverter:
             raise MtnsailsError(f"quantize {quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
         with atomic_directory(output, kind=ONNX_FORMAT) as staging:
             start = time.perf_counter()
-            self._export(staging, opset_version)
+            kv_cache = "shared" if self._export(staging, opset_version) else None
             self._say(f"exported {FP32_FILE} ({_megabytes(staging / FP32_FILE)}) "
                       f"in {time.perf_counter() - start:.1f} s")
             files = {"fp32": FP32_FILE}
@@ -169,11 +171,12 @@ class ONNXConverter:
             optimized = store_optimized_graphs(staging, files)
             self._say(f"stored {len(optimized['files'])} graph(s) optimised for this CPU "
                       f"in {time.perf_counter() - start:.1f} s")
-            write_onnx_metadata(staging, self.model_path, files, opset_version, optimized)
+            write_onnx_metadata(staging, self.model_path, files, opset_version, optimized, kv_cache)
         self._say(f"ONNX model directory: {output}")
         return str(output)
 
-    def _export(self, staging: Path, opset_version: int) -> None:
+    def _export(self, staging: Path, opset_version: int) -> bool:
+        """Export model.onnx into `staging`; True when its attention was fused (shared KV cache)."""
         with _quiet_libraries():
             from optimum.exporters.onnx import main_export
 
@@ -186,6 +189,7 @@ class ONNXConverter:
         if not (staging / "tokenizer.json").exists():
             raise MtnsailsError(f"{self.model_path} has no fast tokenizer (tokenizer.json): chat needs one")
         keep_last_logits(staging / FP32_FILE)
+        return fuse_attention(staging / FP32_FILE, staging / "config.json")
 
     def quantize_int8(self, onnx_dir: str | os.PathLike) -> Path:
         """Write onnx_dir/model_int8.onnx: dynamic int8 weights for every MatMul, the LM head included.
@@ -231,7 +235,8 @@ class ONNXConverter:
         meta = read_onnx_directory(onnx_dir)
         template = ChatTemplate.from_dict(meta.get("template"))
         eos = meta["eos_token_id"]
-        decoders = {name: OnnxDecoder(onnx_dir / file) for name, file in meta["files"].items()}
+        shared = meta.get("kv_cache") == "shared"  # as chat runs it
+        decoders = {name: OnnxDecoder(onnx_dir / file, shared_cache=shared) for name, file in meta["files"].items()}
         report = VerificationReport()
         agree = dict.fromkeys((name for name in decoders if name != "fp32"), 0)
         with _quiet_libraries():

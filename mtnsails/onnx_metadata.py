@@ -61,7 +61,8 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     answer lengths) an object with a positive integer `max`, `history_exchanges` (the most
     earlier exchanges a training example had) a non-negative integer and `questions` (the trained
     stand-alone questions) a list of strings, where present; `optimized` the
-    stored optimised graphs and the CPU flags and onnxruntime version they were made for.
+    stored optimised graphs and the CPU flags and onnxruntime version they were made for;
+    `kv_cache` "shared" where the graphs' attention appends to the past buffer in place.
     """
     source = Path(source)
     if "files" not in meta:
@@ -69,6 +70,8 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     _check_files(source, meta["files"])
     if "optimized" in meta:
         _check_optimized(source, meta["optimized"])
+    if meta.get("kv_cache") not in (None, "shared"):
+        raise MtnsailsError(f"{source}: \"kv_cache\" must be \"shared\" or absent, got {json.dumps(meta['kv_cache'])}")
     length = meta.get("context_length")
     if length is not None and not (_is_integer(length) and length >= 1):
         raise MtnsailsError(f"{source}: \"context_length\" must be a positive integer, got {json.dumps(length)}")
@@ -145,10 +148,11 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
 
 
 def write_onnx_metadata(onnx_dir: str | os.PathLike, model_path: str | os.PathLike, files: dict,
-                        opset_version: int, optimized: dict | None = None) -> dict:
+                        opset_version: int, optimized: dict | None = None, kv_cache: str | None = None) -> dict:
     """Write onnx_dir/mtnsails.json for a fresh export of `model_path` and return it.
 
-    `files` maps precisions to graph files; `optimized` is `store_optimized_graphs`' record.
+    `files` maps precisions to graph files; `optimized` is `store_optimized_graphs`' record;
+    `kv_cache` "shared" when the graphs' attention was fused (see fused_attention).
     The template and (for configs without one) the context length come from the trained model's
     own mtnsails.json; EOS from config.json, else the tokenizer's first special token.
     """
@@ -176,6 +180,8 @@ def write_onnx_metadata(onnx_dir: str | os.PathLike, model_path: str | os.PathLi
     }
     if optimized:
         meta["optimized"] = optimized
+    if kv_cache:
+        meta["kv_cache"] = kv_cache
     check_onnx_metadata(meta, onnx_dir / METADATA_FILE)
     atomic_write_text(onnx_dir / METADATA_FILE, json.dumps(meta, indent=2) + "\n")
     return meta

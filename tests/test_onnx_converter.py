@@ -94,11 +94,13 @@ def test_int8_file_exists_and_agrees_on_argmax(trained_tiny_model_dir, tiny_onnx
     assert meta["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx"}
     fp32_size = (tiny_onnx_dir / "model.onnx").stat().st_size
     assert (tiny_onnx_dir / "model_int8.onnx").stat().st_size < fp32_size / 3
-    # Every MatMul became an integer MatMul, the LM head included.
+    # Every weight MatMul became an integer MatMul (4 layers x 4, the LM head too); attention
+    # (fused, its cache growing in place) is not quantized.
     import onnx
 
     ops = [node.op_type for node in onnx.load(str(tiny_onnx_dir / "model_int8.onnx")).graph.node]
-    assert "MatMul" not in ops and ops.count("MatMulInteger") == 4 * 6 + 1
+    assert "MatMul" not in ops and ops.count("MatMulInteger") == 4 * 4 + 1
+    assert ops.count("GroupQueryAttention") == 4 and meta["kv_cache"] == "shared"
     report = ONNXConverter(trained_tiny_model_dir, quiet=True).verify(tiny_onnx_dir)
     assert report.ok, report.problems
     assert report.int8_agreement >= 0.9

@@ -44,6 +44,7 @@ def test_reader_returns_what_the_converter_wrote(tiny_onnx_dir):
     ({"system": 3}, '"system" must be a string (the system prompt) or null, got 3'),
     ({"answer_tokens": {"max": 0}}, '"answer_tokens" must be an object with a positive integer "max"'),
     ({"answer_tokens": [40]}, '"answer_tokens" must be an object with a positive integer "max"'),
+    ({"kv_cache": "ring"}, '"kv_cache" must be "shared" or absent, got "ring"'),
     ({"history_exchanges": -1}, '"history_exchanges" must be a non-negative integer or null, got -1'),
     ({"questions": "What?"}, '"questions" must be a list of strings'),
     ({"questions": [1, 2]}, '"questions" must be a list of strings'),
