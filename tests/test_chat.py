@@ -266,7 +266,8 @@ def test_a_wrong_model_path_is_a_one_line_error(tiny_onnx_dir, tmp_path, make, m
     assert str(path) in str(raised.value) and "\n" not in str(raised.value)
 
 
-def test_chat_path_never_imports_torch_or_transformers(tiny_onnx_dir):
+def test_chat_path_never_imports_torch_transformers_or_other_commands(tiny_onnx_dir):
+    # Other command modules pull in training code (mtnsails.data, training_config): a cold start cost.
     code = f"""
 import sys, runpy
 sys.argv = ["main.py", "chat", "--model-path", {str(tiny_onnx_dir)!r}, "--prompt", "Hello!", "--temperature", "0"]
@@ -276,7 +277,8 @@ except SystemExit as done:
     assert not done.code, done.code
 from mtnsails.chat import ChatInterface
 ChatInterface({str(tiny_onnx_dir)!r}).generate_response("Who wrote Hamlet?")
-print(sorted(name for name in ("torch", "transformers", "optimum") if name in sys.modules))
+print(sorted(name for name in ("torch", "transformers", "optimum", "mtnsails.commands.train",
+                                "mtnsails.data") if name in sys.modules))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
                             timeout=120)
