@@ -55,3 +55,12 @@ def test_a_corrupt_optimised_graph_falls_back_to_the_portable_one(editable_onnx_
 def test_a_missing_optimised_graph_falls_back_to_the_portable_one(editable_onnx_dir):
     (editable_onnx_dir / "model.optimized.onnx").unlink()
     assert ChatInterface(editable_onnx_dir, precision="fp32").graph_file.name == "model.onnx"
+
+
+def test_the_optimised_graph_keeps_its_weights_in_a_side_file_and_falls_back_without_it(editable_onnx_dir):
+    graph, weights = editable_onnx_dir / "model_int8.optimized.onnx", editable_onnx_dir / "model_int8.optimized.onnx_data"
+    assert weights.stat().st_size > graph.stat().st_size  # onnxruntime maps the weights, not parses them
+    weights.unlink()
+    chat = ChatInterface(editable_onnx_dir, precision="int8", generation=GREEDY)
+    assert chat.graph_file.name == "model_int8.onnx"
+    assert chat.reply(QUESTION) == ANSWER
