@@ -147,7 +147,7 @@ def test_cli_text_report_in_one_session(tiny_onnx_dir, tmp_path):
     ("bad tolerance", "--tolerance = 2.0 must be between 0 and 1"),
 ])
 def test_cli_bad_input_is_a_one_line_error(case, message, tiny_onnx_dir, trained_tiny_model_dir,
-                                           data_file, tmp_path):
+                                           data_file, tmp_path, cli_here):
     (tmp_path / "bad.json").write_text('[{"input": "Hi", "output": "Hello."},')
     (tmp_path / "empty").mkdir()
     model, data, extra = str(tiny_onnx_dir), str(data_file), []
@@ -163,7 +163,7 @@ def test_cli_bad_input_is_a_one_line_error(case, message, tiny_onnx_dir, trained
         extra = ["--baseline", str(tmp_path / "empty")]
     else:
         extra = ["--tolerance", "2"]
-    result = run_cli("evaluate", "--model-path", model, "--data-file", data, *extra)
+    result = cli_here("evaluate", "--model-path", model, "--data-file", data, *extra)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr

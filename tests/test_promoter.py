@@ -113,22 +113,22 @@ def test_promote_command_refuses_a_worse_model_then_promotes_a_better_one(
     (lambda live: live.write_text("mine"), "the live model is not a directory"),
 ])
 def test_promote_command_refuses_a_live_directory_that_is_not_an_onnx_model(
-        tiny_onnx_dir, tmp_path, make_live, phrase):
+        tiny_onnx_dir, tmp_path, make_live, phrase, cli_here):
     live = tmp_path / "live"
     make_live(live)
     before = snapshot(live) if live.is_dir() else live.read_bytes()
-    result = run_cli("promote", "--candidate", str(tiny_onnx_dir), "--live", str(live))
+    result = cli_here("promote", "--candidate", str(tiny_onnx_dir), "--live", str(live))
     assert_one_line_error(result, phrase)
     assert (snapshot(live) if live.is_dir() else live.read_bytes()) == before
 
 
 def test_promote_command_bad_candidate_and_data_are_one_line_errors(
-        tiny_onnx_dir, trained_tiny_model_dir, tmp_path):
+        tiny_onnx_dir, trained_tiny_model_dir, tmp_path, cli_here):
     live = tmp_path / "live"
-    assert_one_line_error(run_cli("promote", "--candidate", str(trained_tiny_model_dir),
-                                  "--live", str(live)), "the candidate is not an ONNX model")
-    assert_one_line_error(run_cli("promote", "--candidate", str(tiny_onnx_dir), "--live",
-                                  str(live), "--data-file", str(tmp_path / "missing.json")),
+    assert_one_line_error(cli_here("promote", "--candidate", str(trained_tiny_model_dir),
+                                   "--live", str(live)), "the candidate is not an ONNX model")
+    assert_one_line_error(cli_here("promote", "--candidate", str(tiny_onnx_dir), "--live",
+                                   str(live), "--data-file", str(tmp_path / "missing.json")),
                           "missing.json: no such file")
-    assert_one_line_error(run_cli("promote", "--live", str(live)), "--candidate", "--rollback")
+    assert_one_line_error(cli_here("promote", "--live", str(live)), "--candidate", "--rollback")
     assert not live.exists()
