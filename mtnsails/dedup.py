@@ -264,12 +264,18 @@ class NearDuplicateFinder:
         """The MinHash signature (one uint32 per permutation) of each text's shingles."""
         documents = len(offsets) - 1
         signatures = np.empty((documents, len(self.a)), dtype=np.uint32)
+        buffer = np.empty((self.CHUNK, len(self.a)), dtype=np.uint64)  # reused: no allocations
         start_doc = 0
         while start_doc < documents:
             end_doc = int(np.searchsorted(offsets, offsets[start_doc] + self.CHUNK, "right")) - 1
             end_doc = max(end_doc, start_doc + 1)
             lo, hi = offsets[start_doc], offsets[end_doc]
-            values = (shingles[lo:hi, None] * self.a + self.b) >> np.uint64(32)
+            if hi - lo > len(buffer):  # one text with more shingles than a chunk
+                buffer = np.empty((hi - lo, len(self.a)), dtype=np.uint64)
+            values = buffer[:hi - lo]
+            np.multiply(shingles[lo:hi, None], self.a, out=values)
+            values += self.b
+            values >>= np.uint64(32)
             signatures[start_doc:end_doc] = np.minimum.reduceat(
                 values, offsets[start_doc:end_doc] - lo, axis=0)
             start_doc = end_doc

@@ -335,27 +335,39 @@ def _gopher_repetition(text: str, words: list[str], config: QualityConfig) -> st
             return (f"repeats the phrase {' '.join(top)!r} {count} times (its repeats cover "
                     f"{covered / len(text):.0%} of the text; limit {limit:.0%})")
     shortest = min(n for n, _ in config.max_duplicate_ngram_char_fraction)
-    if len(set(_ngrams(words, shortest))) == len(words) - shortest + 1:
+    grams = list(_ngrams(words, shortest))
+    first = dict(zip(reversed(grams), range(len(grams) - 1, -1, -1)))  # gram -> first place
+    if len(first) == len(grams):
         return None  # no repeated n-gram of the shortest size, so none of the longer ones
+    # Places that share a `shortest`-gram, in groups: a longer n-gram can only repeat within
+    # one (the rest of the text is never compared again, so a long answer costs one pass).
+    firsts = list(map(first.__getitem__, grams))
+    shared: dict[int, list[int]] = {}
+    for place in compress(range(len(grams)), map(ne, firsts, range(len(grams)))):
+        shared.setdefault(firsts[place], [firsts[place]]).append(place)
     for n, limit in config.max_duplicate_ngram_char_fraction:
-        grams = list(_ngrams(words, n))
-        first = dict(zip(reversed(grams), range(len(grams) - 1, -1, -1)))  # gram -> first place
-        # only a place whose gram occurred before can hold a repeat
-        places = range(len(grams))
-        later = compress(places, map(ne, map(first.__getitem__, grams), places))
-        seen: set[tuple[str, ...]] = set()
-        repeated_chars, first_repeat, i = 0, None, 0
-        for place in later:
+        earlier: dict[int, list[int]] = {}  # place -> the places before it with its n-gram
+        for group in shared.values():
+            same: dict[tuple[str, ...], list[int]] = {}
+            for place in group:
+                if place + n <= len(words):
+                    same.setdefault(tuple(words[place + shortest:place + n]), []).append(place)
+            for places in same.values():
+                for k in range(1, len(places)):
+                    earlier[places[k]] = places[:k]
+        # datatrove's scan (count a repeat once, skip past it) on the places that can repeat:
+        # an n-gram was seen when one of its earlier places was not skipped
+        repeated_chars, first_repeat, i, skipped = 0, None, 0, set()
+        for place in sorted(earlier):
             if place < i:
                 continue
-            seen.update(grams[i:place])  # no repeat among these: each is new
-            gram = grams[place]
-            if gram in seen:  # count the repeat once and skip past it, as datatrove does
+            if any(before not in skipped for before in earlier[place]):
+                gram = words[place:place + n]
                 repeated_chars += sum(map(len, gram))
                 first_repeat = first_repeat or gram
+                skipped.update(range(place + 1, place + n))
                 i = place + n
             else:
-                seen.add(gram)
                 i = place + 1
         if repeated_chars / len(text) > limit:
             return (f"{repeated_chars / len(text):.0%} of the text is repeated {n}-word "
@@ -469,12 +481,13 @@ class DataQualityValidator:
 
     def check(self, conversation: dict) -> list[QualityIssue]:
         """Per-conversation rules on every exchange of a native conversation."""
-        return self._check(conversation)[0]
+        return self._check(conversation, exchanges(conversation))[0]
 
-    def _check(self, conversation: dict) -> tuple[list[QualityIssue], list[str]]:
+    def _check(self, conversation: dict, turns: list[tuple[str, str]]
+               ) -> tuple[list[QualityIssue], list[str]]:
         """The issues, and the conversation's lower-case words for the copy search (every turn,
-        system included, turns separated by a marker; none when it has no word)."""
-        turns = exchanges(conversation)
+        system included, turns separated by a marker; none when it has no word); `turns` are
+        its `exchanges`."""
         limit = self.config.max_text_chars
         system = conversation.get("system") or ""
         tokens = WORD_RE.findall(system[:limit].lower()) + ["\x1f"]
@@ -541,12 +554,13 @@ class DataQualityValidator:
         snippets: dict[int, tuple[str, str]] = {}
         limit = self.config.max_text_chars
         for index, conversation in enumerate(conversations):
-            found, tokens = self._check(conversation)
+            turns = exchanges(conversation)
+            found, tokens = self._check(conversation, turns)
             issues.append(found)
             if found and len(snippets) < self.config.max_examples:
                 snippets[index] = _snippets(conversation)
             parts = [conversation.get("system") or ""]
-            for turn in exchanges(conversation):
+            for turn in turns:
                 parts += turn
             if feedback_reason(conversation):
                 # An answer marked bad is left out anyway: it must not make its correction a copy.
