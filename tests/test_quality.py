@@ -8,7 +8,8 @@ import pytest
 from conftest import DATA_DIR, EXAMPLE_DATA
 
 from mtnsails.data import ConversationDataHandler
-from mtnsails.quality import CODES, DataQualityValidator, QualityConfig, QualityReport
+from mtnsails.quality import (CODES, DataQualityValidator, QualityConfig, QualityReport,
+                              _gopher_repetition)
 
 GOOD_ANSWERS = [
     "Paris is the capital of France and its largest city.",
@@ -134,6 +135,33 @@ def test_gopher_repetition_rules_fire_on_long_texts(text, reason_part):
     issues = DataQualityValidator().check({"input": "Tell me", "output": text})
     reasons = [issue.reason for issue in issues if issue.code == "repetitive_output"]
     assert reasons and reason_part in reasons[0]
+
+
+def datatrove_repeated_chars(words: list[str], n: int) -> int:
+    """Characters in repeated n-grams as datatrove counts them: a plain scan that counts a
+    repeat once and skips past it (the validator only scans where an n-gram can repeat)."""
+    seen, chars, i = set(), 0, 0
+    while i <= len(words) - n:
+        gram = tuple(words[i:i + n])
+        if gram in seen:
+            chars, i = chars + sum(map(len, gram)), i + n
+        else:
+            seen.add(gram)
+            i += 1
+    return chars
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_repeated_ngram_share_matches_datatrove_scan(seed):
+    rng = random.Random(seed)
+    words = [rng.choice("ab cd efg hi jk".split()) for _ in range(80)]
+    words[10:10] = words[40:52] * 3  # overlapping repeats: the skips decide what counts
+    for n in range(5, 11):
+        # one character of text: the reason's percentage is the repeated characters x 100
+        config = QualityConfig(max_top_ngram_char_fraction=((2, 1e9),),
+                               max_duplicate_ngram_char_fraction=((n, 0.0),))
+        reason = _gopher_repetition("x", words, config)
+        assert reason.startswith(f"{datatrove_repeated_chars(words, n) * 100}% of the text")
 
 
 def test_markdown_headings_in_a_long_answer_are_not_symbol_soup():
