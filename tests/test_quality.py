@@ -8,8 +8,8 @@ import pytest
 from conftest import DATA_DIR, EXAMPLE_DATA
 
 from mtnsails.data import ConversationDataHandler
-from mtnsails.quality import (CODES, DataQualityValidator, QualityConfig, QualityReport,
-                              _gopher_repetition)
+from mtnsails.quality import (CODES, WORD_RE, DataQualityValidator, QualityConfig, QualityReport,
+                              _gopher_repetition, words_of)
 
 GOOD_ANSWERS = [
     "Paris is the capital of France and its largest city.",
@@ -104,6 +104,13 @@ def test_short_last_word_is_not_incomplete():
     # original false positive: a two-letter last word ("AI") counted as a cut
     assert codes("Neural networks are used in AI.") == []
     assert codes("Machine learning is widely used in AI") == ["incomplete_output"]
+
+
+@pytest.mark.parametrize("text", [
+    "don't stop, it's 5 o'clock", "'quoted' and a''b or rock'n'roll'", "snake_case x2 __init__",
+    "tabs\tand\nlines-with-dashes (and) [brackets]!", "l'été où ’twas", "", "' ' '"])
+def test_words_of_splits_like_the_word_pattern(text):
+    assert words_of(text) == WORD_RE.findall(text)
 
 
 def test_ngrams_match_on_word_boundaries_only():
