@@ -220,6 +220,7 @@ ASCII_WORD_BREAKS = bytes(
     for code in range(128)) + bytes(range(128, 256))
 # Markdown emphasis or code marks may close an answer after its last word (`**done**`).
 MARKUP_ENDS = "*`_"
+ENDINGS = SENTENCE_END + CLOSING_MARKS + MARKUP_ENDS  # a complete answer ends on one of these
 # Words a sentence cannot end on: a text ending with one (even before "...") was cut off.
 CONNECTORS = frozenset(
     "and or but nor the a an of to with for from because that which who whose if than as at by "
@@ -314,11 +315,16 @@ def repetition_reason(text: str, words: list[str], config: QualityConfig) -> str
             return f"repeats the word {longest_word!r} {longest} times in a row"
     if len(words) >= config.gopher_min_words:
         return _gopher_repetition(text, words, config)
-    sentences = [s.strip().lower() for s in SENTENCE_RE.findall(text)
-                 if len(s.split()) >= config.repeated_sentence_min_words]
-    _, _, top, top_count = _duplicates(sentences)
-    if top_count > 1:
-        return f"repeats the sentence {_quote(top)} {top_count} times"
+    # A sentence spans whole space-separated words, so one that repeats repeats its first
+    # `repeated_sentence_min_words` words: without such a repeat there is no sentence to find.
+    size = config.repeated_sentence_min_words
+    lowered = text.lower().split()
+    if len(set(_ngrams(lowered, size))) < len(lowered) - size + 1:
+        sentences = [s.strip().lower() for s in SENTENCE_RE.findall(text)
+                     if len(s.split()) >= size]
+        _, _, top, top_count = _duplicates(sentences)
+        if top_count > 1:
+            return f"repeats the sentence {_quote(top)} {top_count} times"
     if len(text) >= config.compression_min_chars:
         raw = text.encode("utf-8")
         ratio = len(raw) / len(zlib.compress(raw, 9, wbits=-15))
@@ -403,7 +409,7 @@ def gibberish_reason(text: str, config: QualityConfig) -> str | None:
     if not compact:
         return None
     url_chars = 0
-    if any(hint in prose for hint in URL_HINTS):
+    if any(map(prose.__contains__, URL_HINTS)):
         url_chars = sum(len(url) for url in URL_RE.findall(prose))
     if url_chars:
         prose = URL_RE.sub(" ", prose)
@@ -447,7 +453,7 @@ def echo_reason(input_words: list[str], output_tokens: list[str],
     input_tokens = set(input_words)
     if not input_tokens or not output_tokens:
         return None
-    copied = sum(1 for token in output_tokens if token in input_tokens)
+    copied = sum(map(input_tokens.__contains__, output_tokens))
     overlap = copied / len(output_tokens)
     if overlap < config.echo_overlap:
         return None
@@ -461,13 +467,14 @@ def incomplete_reason(text: str) -> str | None:
     """Cut mid-sentence: no closing punctuation, or a dangling 'and'/'the' before '...'."""
     stripped = text.rstrip()
     last_char = stripped[-1]
-    tail = WORD_RE.findall(stripped[-40:].lower())
+    ellipsis = stripped.endswith(("...", "…"))
+    if not ellipsis and (last_char in ENDINGS or _is_emoji(last_char)):
+        return None  # the common case, decided before any word is read
+    tail = words_of(stripped[-40:].lower())
     last_word = tail[-1] if tail else ""
-    if stripped.endswith(("...", "…")):
+    if ellipsis:
         if last_word in CONNECTORS and re.search(r"\w\s*(?:\.\.\.|…)$", stripped):
             return f"trails off after the word {last_word!r}: {_quote(stripped[-50:])}"
-        return None
-    if last_char in SENTENCE_END + CLOSING_MARKS + MARKUP_ENDS or _is_emoji(last_char):
         return None
     if LIST_ITEM_RE.match(stripped.rsplit("\n", 1)[-1]):
         return None  # list items often end without a full stop
@@ -581,7 +588,7 @@ class DataQualityValidator:
             if feedback_reason(conversation):
                 # An answer marked bad is left out anyway: it must not make its correction a copy.
                 key, tokens = "", []
-            elif all(len(part) <= limit for part in parts):
+            elif max(map(len, parts)) <= limit:
                 key = " ".join(tokens)
             else:  # the words were cut at the bound: equal only when equal in full
                 key = "\x00" + "\x1f".join(part.lower() for part in parts)
