@@ -5,7 +5,8 @@ Generates varied synthetic conversations (seeded): mostly good ones built from r
 plus a share of bad ones (empty, short, repetitive, echo, cut-off, symbol soup) and of exact and
 near duplicates. Prints conversations/second of `analyze()` in this process, then runs
 `main.py validate --quiet` on a generated file of `--file-count` conversations (one per line)
-in a child process and prints its wall time and peak resident memory. Run it alone:
+in a child process and prints its wall time, CPU time and peak resident memory (CPU time is
+the figure to compare on a shared machine: other work stretches the wall time). Run it alone:
 
     flock /tmp/mtnsails-big.lock python bench/validate_bench.py [--count 100000]
         [--file-count 1000000] [--seed 0]
@@ -117,11 +118,16 @@ def validate_file(count: int, seed: int) -> None:
         result = subprocess.run([sys.executable, str(ROOT / "main.py"), "validate", "--data-file",
                                  str(path), "--quiet"], capture_output=True, text=True)
         seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = usage.ru_maxrss / 1024  # KiB on Linux
+    cpu_seconds = usage.ru_utime + usage.ru_stime
+    load = os.getloadavg()[0]
     if result.returncode not in (0, 1):
         sys.exit(f"validate failed ({result.returncode}): {result.stderr.strip()}")
     print(f"validate --quiet on {count:,} conversations ({size / 1e6:.0f} MB of JSON Lines): "
-          f"{seconds:.1f} s, peak RSS {peak:,.0f} MiB; {result.stdout.strip()}")
+          f"{seconds:.1f} s ({cpu_seconds:.1f} s of CPU time; load average {load:.1f} on "
+          f"{os.cpu_count()} cores at the end), peak RSS {peak:,.0f} MiB; "
+          f"{result.stdout.strip()}")
 
 
 def main() -> None:
