@@ -10,6 +10,10 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' models are tiny: a second torch thread has little to do, and on a CPU that other
+# jobs share the two wait for each other (verify took 1.6 s with one thread, 6-9 s with two on
+# a busy 2-core machine). Set before torch loads, for this process and the ones tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
