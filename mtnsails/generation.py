@@ -191,6 +191,28 @@ class RepeatedNgrams:
 
 
 NUCLEUS_PROBE = 256  # top-p first looks for the nucleus among this many likeliest tokens
+TOP_STRIDE = 16  # top_ids bounds the k largest values by the k largest of every 16th one
+
+
+def top_ids(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the `k` largest `values`, ascending (ties at the k-th value: the lowest indices).
+
+    np.argpartition slows down fifteenfold (3 ms on 50257 logits) when most values are equal, as
+    the logits of ids a model never produces are. Here the k-th largest of every 16th value
+    bounds the k-th largest from below, and only the values above the bound (a few hundred) are
+    sorted: tens of microseconds, tied or not.
+    """
+    if k >= values.size:
+        return np.arange(values.size)
+    strided = values[::TOP_STRIDE]
+    bound = np.sort(strided)[-k] if strided.size >= k else values.min()
+    above = np.flatnonzero(values > bound)
+    if above.size < k:  # at least k values reach the bound, so the k-th largest is the bound itself
+        return np.sort(np.concatenate([above, np.flatnonzero(values == bound)[: k - above.size]]))
+    scores = values[above]
+    kth = np.sort(scores)[-k]
+    larger = above[scores > kth]
+    return np.sort(np.concatenate([larger, above[scores == kth][: k - larger.size]]))
 
 
 def sample(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
@@ -201,7 +223,7 @@ def sample(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generato
     256 likeliest tokens first (exact: the full sort runs only when they hold less than top-p).
     """
     if 0 < config.top_k < logits.size:
-        candidates = np.argpartition(logits, -config.top_k)[-config.top_k:]
+        candidates = top_ids(logits, config.top_k)
     else:
         candidates = np.arange(logits.size)
     scores = logits[candidates].astype(np.float64) / config.temperature
@@ -210,7 +232,7 @@ def sample(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generato
     if config.top_p < 1.0:
         order = None
         if len(candidates) > NUCLEUS_PROBE:
-            probe = np.argpartition(probabilities, -NUCLEUS_PROBE)[-NUCLEUS_PROBE:]
+            probe = top_ids(probabilities, NUCLEUS_PROBE)
             order = probe if probabilities[probe].sum() >= config.top_p else None
         order = np.arange(len(candidates)) if order is None else order
         order = order[np.argsort(-probabilities[order], kind="stable")]

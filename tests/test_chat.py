@@ -303,6 +303,20 @@ def test_sampling_helpers_follow_transformers_semantics():
     assert len({sample(wide, replace(top_p, top_p=0.9), rng) for _ in range(300)}) > 200
 
 
+def test_top_ids_are_the_k_largest_also_when_most_values_tie():
+    from mtnsails.generation import top_ids
+
+    rng = np.random.default_rng(0)
+    tied = np.zeros(50257, dtype=np.float32)  # the logits of ids a model never produces
+    tied[rng.choice(50257, 300, replace=False)] = rng.normal(size=300)
+    for values in (tied, rng.normal(size=50257).astype(np.float32), rng.integers(-2, 3, 5000).astype(np.float32)):
+        for k in (1, 50, 256, 4000):
+            # By value, largest first; equal values by index, lowest first.
+            expected = np.sort(np.lexsort((np.arange(values.size), -values))[:k])
+            assert top_ids(values, k).tolist() == expected.tolist()
+    assert top_ids(np.ones(3, dtype=np.float32), 5).tolist() == [0, 1, 2]
+
+
 def test_system_prompt_round_trip_through_train_convert_chat(system_tiny_onnx_dir, tmp_path):
     # Training recorded the data's system prompt and answer lengths; convert carried them.
     meta = json.loads((system_tiny_onnx_dir / "mtnsails.json").read_text())
