@@ -53,8 +53,9 @@ class Completion:
 class GenerationJob:
     """One request: its conversation, settings and where its text goes.
 
-    `on_text(piece)` and `on_done(completion_or_error)` are called from the scheduler thread;
-    `on_done` gets a `Completion`, or an `MtnsailsError` when the request cannot be answered.
+    `on_text(piece)` and `on_done(completion_or_error)` are called from the scheduler thread
+    (then `BatchScheduler.on_round` once per round); `on_done` gets a `Completion`, or an
+    `MtnsailsError` when the request cannot be answered.
     """
 
     question: str
@@ -108,6 +109,10 @@ class BatchScheduler:
         self._stopping = False
         self.served = 0  # requests answered
         self.cancelled = 0  # requests dropped because their client went away
+        # Called from the decoding thread after each round (admissions, then one decoding step)
+        # once the round's on_text/on_done calls are made: a server can hand all of a round's
+        # text to its event loop in one wake-up instead of one per token (see ChatServer).
+        self.on_round: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="batch-scheduler", daemon=True)
 
     # -- called from other threads -----------------------------------------------------------
@@ -184,10 +189,16 @@ class BatchScheduler:
             self._drop_cancelled()
             if self._active:
                 self._step()
+            self._end_round()
         failure = MtnsailsError("the server is shutting down")
         for job in [*self._waiting, *(sequence.job for sequence in self._active.values())]:
             if not job.cancelled:
                 job.on_done(failure)
+        self._end_round()
+
+    def _end_round(self) -> None:
+        if self.on_round is not None:
+            self.on_round()
 
     def _admit(self, job: GenerationJob) -> None:
         if job.cancelled:
