@@ -1,15 +1,17 @@
 """`serve` throughput on a distilgpt2-sized model (random weights, no download): continuous batching.
 
-    flock /tmp/mtnsails-big.lock python bench/serve_bench.py [--tokens 64] [--requests 4] [--clients 1 4 8]
+    flock /tmp/mtnsails-big.lock python bench/serve_bench.py [--tokens 64] [--requests 4] [--clients 1 4 8] [--rounds 3]
 
 Builds the random-weight distilgpt2-sized model of bench/chat_bench.py (its embedding rows of ids
 the small tokenizer lacks zeroed, so every sampled token is text the server can stream), exports
 it (fp32 + int8), starts `main.py serve` on it (int8), then for each number of concurrent clients
 runs that many streaming clients at once, each asking --requests answers of --tokens new tokens
 one after the other. The clients are raw HTTP streams in one asyncio loop (one `json.loads` per
-event), so that they take as little as possible of the CPU they share with the server. Prints
-the aggregate generated tokens/s (all clients' tokens over the wall time), its ratio to one
-client, and the p50/p95 time to the first token (request sent -> first text received).
+event), so that they take as little as possible of the CPU they share with the server. The
+numbers of clients take turns, --rounds times, and the best round of each is reported (the one
+other jobs on the machine disturbed least): the aggregate generated tokens/s (all clients'
+tokens over the wall time), its ratio to one client, and the p50/p95 time to the first token
+(request sent -> first text received).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
     parser.add_argument("--requests", type=int, default=4, help="answers per client, one after the other")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--rounds", type=int, default=3, help="times each number of clients runs (best kept)")
     parser.add_argument("--threads", type=int, help="serve --threads (default: physical cores)")
     parser.add_argument("--model", type=Path, help="reuse this ONNX directory (default: build one)")
     args = parser.parse_args()
@@ -136,11 +139,20 @@ def main() -> None:
         process, url = start_server(onnx_dir, max(args.clients), args.threads)
         try:
             run_clients(url, 1, 1, 8)  # warm-up: first-run allocations
+            # Client counts take turns, --rounds times: other jobs' load comes and goes, and the
+            # best round of each count is the one it disturbed least (as chat_bench's best_time).
+            best: dict[int, tuple[float, list[float]]] = {}
+            for _ in range(args.rounds):
+                for clients in args.clients:
+                    speed, firsts = run_clients(url, clients, args.requests, args.tokens)
+                    print(f"  {clients} clients: {speed:.1f} tokens/s", file=sys.stderr, flush=True)
+                    if speed > best.get(clients, (0.0,))[0]:
+                        best[clients] = speed, firsts
+            print(f"best of {args.rounds} rounds per number of clients, TTFT from that round")
             print("| clients | aggregate tokens/s | vs 1 client | TTFT p50 | TTFT p95 |\n|---|---|---|---|---|")
-            baseline = None
+            baseline = best[args.clients[0]][0]
             for clients in args.clients:
-                speed, firsts = run_clients(url, clients, args.requests, args.tokens)
-                baseline = baseline or speed
+                speed, firsts = best[clients]
                 print(f"| {clients} | {speed:.1f} | {speed / baseline:.2f}x | {np.percentile(firsts, 50):.3f} s "
                       f"| {np.percentile(firsts, 95):.3f} s |", flush=True)
         finally:
