@@ -68,8 +68,10 @@ class ChatInterface:
                  log_conversations: bool = False, log_file: str | os.PathLike | None = None,
                  auto_flush_interval: int = 10, precision: str = "auto",
                  generation: GenerationConfig | None = None, threads: int | None = None,
-                 system: str | None = None, match_questions: bool = True) -> None:
+                 system: str | None = None, match_questions: bool = True, spin_threads: bool = True) -> None:
         """`max_length` caps the prompt tokens (history + question) given to the model.
+        `spin_threads=False`: idle onnxruntime threads sleep instead of spinning, for a process
+        whose Python threads share the cores with them (`serve`).
         `system` is the system prompt that opens every prompt: None uses the one the model was
         trained with (recorded in mtnsails.json, if any), "" none.
         `match_questions`: a question that matches a trained stand-alone question in other words
@@ -82,8 +84,8 @@ class ChatInterface:
         int8, then fp32). The graph stored optimised for this CPU loads when it fits (see
         optimized_graph); `graph_file` names the graph that runs."""
         self.path = Path(onnx_model_path)
-        self._model_options = {"device": device, "precision": precision, "threads": threads,
-                               "system": system}  # what `reload` opens the model with again
+        self._model_options = {"device": device, "precision": precision, "threads": threads, "system": system,
+                               "spin_threads": spin_threads}  # what `reload` opens the model with again
         meta = read_onnx_directory(self.path)
         self.template = ChatTemplate.from_dict(meta.get("template"))
         self.eos_token_id = meta.get("eos_token_id")
@@ -101,7 +103,7 @@ class ChatInterface:
             raise MtnsailsError(f"auto_flush_interval = {auto_flush_interval} must be above 0 (seconds)")
         self.precision = self._pick_precision(meta["files"], precision)
         self.model_file = self.path / meta["files"][self.precision]
-        self.graph_file, self.decoder = self._load_decoder(meta, device, threads)
+        self.graph_file, self.decoder = self._load_decoder(meta, device, threads, spin_threads)
         try:
             self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as error:
@@ -139,7 +141,7 @@ class ChatInterface:
             raise MtnsailsError(f"{self.path} has no {precision} model{hint}")
         return precision
 
-    def _load_decoder(self, meta: dict, device: str, threads: int | None) -> tuple[Path, OnnxDecoder]:
+    def _load_decoder(self, meta: dict, device: str, threads: int | None, spin: bool) -> tuple[Path, OnnxDecoder]:
         """The graph stored optimised for this CPU when it fits and loads, else the portable one."""
         providers = ["CPUExecutionProvider"] if device == "cpu" else [
             "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -148,11 +150,11 @@ class ChatInterface:
         if stored is not None:
             try:
                 return stored, OnnxDecoder(stored, threads=threads, providers=providers, optimized=True,
-                                           shared_cache=shared)
+                                           shared_cache=shared, spin=spin)
             except MtnsailsError:  # a damaged stored graph: the portable one may still be fine
                 pass
         return self.model_file, OnnxDecoder(self.model_file, threads=threads, providers=providers,
-                                            shared_cache=shared)
+                                            shared_cache=shared, spin=spin)
 
     # -- prompts -------------------------------------------------------------------------------
 

@@ -28,9 +28,11 @@ PRESENT_PREFIX = "present."
 CACHE_GROWTH = 256  # positions a shared cache buffer gains beyond what it must hold when it grows
 
 
-def session_options(threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None = None, optimize: bool = True, spin: bool = True) -> ort.SessionOptions:
     """CPU settings for batch-1 decoding: all graph optimisations (none for a graph stored already
-    optimised, `optimize=False`), one op at a time, one thread per core."""
+    optimised, `optimize=False`), one op at a time, one thread per core. `spin=False`: idle
+    onnxruntime threads sleep instead of spinning, leaving the cores to Python threads between
+    runs (a server's event loop; spinning halved `serve`'s throughput on 2 shared cores)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
@@ -39,6 +41,8 @@ def session_options(threads: int | None = None, optimize: bool = True) -> ort.Se
         raise MtnsailsError(f"{setting_label('threads')} = {threads} must be at least 1")
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # onnxruntime warnings about unused initializers are noise here
     return options
 
@@ -53,11 +57,12 @@ class OnnxDecoder:
 
     def __init__(self, model_file: str | os.PathLike, threads: int | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",), optimized: bool = False,
-                 shared_cache: bool = False) -> None:
+                 shared_cache: bool = False, spin: bool = True) -> None:
         """Load `model_file` into onnxruntime (`threads`: intra-op threads, default one per physical
         core; `optimized`: the file is a graph onnxruntime already optimised, see optimized_graph;
-        `shared_cache`: its attention appends to the past buffer in place, see fused_attention)."""
-        options = session_options(threads, optimize=not optimized)
+        `shared_cache`: its attention appends to the past buffer in place, see fused_attention;
+        `spin`: see session_options)."""
+        options = session_options(threads, optimize=not optimized, spin=spin)
         self.model_file = model_file
         try:
             self.session = ort.InferenceSession(str(model_file), options, providers=list(providers))

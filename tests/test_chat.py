@@ -303,6 +303,21 @@ def test_sampling_helpers_follow_transformers_semantics():
     assert len({sample(wide, replace(top_p, top_p=0.9), rng) for _ in range(300)}) > 200
 
 
+def test_spin_threads_false_lets_idle_onnxruntime_threads_sleep(tiny_onnx_dir):
+    def spinning(chat: ChatInterface) -> str | None:
+        options = chat.decoder.session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: onnxruntime's default, spinning
+            return None
+
+    assert spinning(ChatInterface(tiny_onnx_dir)) is None
+    chat = ChatInterface(tiny_onnx_dir, spin_threads=False)  # as serve opens its model
+    assert spinning(chat) == "0"
+    chat.reload()
+    assert spinning(chat) == "0"  # a reload keeps it
+
+
 def test_top_ids_are_the_k_largest_also_when_most_values_tie():
     from mtnsails.generation import top_ids
 

@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
         logger = ConversationLogger(args.log_file)
 
     def open_model() -> ChatInterface:
+        # The event loop and the decoding thread share the cores with onnxruntime's threads.
         return ChatInterface(args.model_path, max_length=args.max_length, precision=args.precision,
-                             generation=generation, threads=args.threads, system=args.system)
+                             generation=generation, threads=args.threads, system=args.system,
+                             spin_threads=False)
 
     scheduler = BatchScheduler(open_model, max_batch=args.max_batch, max_queue=args.max_queue)
     ChatServer(scheduler, generation, api_key=args.api_key or None, logger=logger).run(
