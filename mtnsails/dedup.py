@@ -2,8 +2,10 @@
 
 Used by `DataQualityValidator` (copies across a data set) and by the scraped-content processor
 (answers that copy one another). Texts are added one at a time (`CopyFinder.add`) and kept only
-as an 8-byte hash, a MinHash signature and their bounded shingle hashes, so a data set of
-millions of conversations is checked without holding its text. Needs only numpy.
+as an 8-byte hash, a MinHash signature and their bounded, distinct shingle hashes, so a data
+set of millions of conversations is checked without holding its text. Candidate pairs are
+checked in blocks by sorted-array search, never as Python sets, so the check's memory stays
+bounded however many candidates there are. Needs only numpy.
 """
 
 from __future__ import annotations
