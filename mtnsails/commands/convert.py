@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
     group.add_argument("--verify", action="store_true",
                        help="compare PyTorch and ONNX Runtime on test prompts; exit 1 if they disagree")
     group.add_argument("--quantize", choices=("none", "int8", "int4", "all"), default="none",
-                       help="also write model_int8.onnx (dynamic int8), model_int4.onnx (int4 blocks of 32) "
+                       help="also write model_int8.onnx (dynamic int8), model_int4.onnx (int4 blocks of 64) "
                             "or both (all) (default: none)")
 
 
