@@ -81,7 +81,8 @@ def _mask_nodes(helper, numpy_helper, graph) -> tuple[list, dict]:
     constants = {"fa_one_i64": np.array([1], np.int64), "fa_one_i32": np.array(1, np.int32),
                  "fa_one_f": np.array(1.0, np.float32), "fa_masked": np.array(np.finfo(np.float32).min, np.float32),
                  "fa_axis0": np.array([0], np.int64), "fa_axis1": np.array([1], np.int64),
-                 "fa_total_index": np.array(1, np.int64), "fa_bias_axes": np.array([1, 2], np.int64)}
+                 "fa_axis2": np.array([2], np.int64), "fa_total_index": np.array(1, np.int64),
+                 "fa_bias_axes": np.array([1, 2], np.int64)}
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
     node = helper.make_node
     nodes = [
@@ -96,12 +97,11 @@ def _mask_nodes(helper, numpy_helper, graph) -> tuple[list, dict]:
         node("Mul", ["fa_hidden", "fa_masked"], ["fa_bias_2d"]),
         node("Unsqueeze", ["fa_bias_2d", "fa_bias_axes"], ["fa_bias_4d"]),
         node("Shape", ["input_ids"], ["fa_ids_shape"]),
-        node("Slice", ["fa_ids_shape", "fa_axis1", "fa_total_index_1d"], ["fa_positions"]),
+        node("Slice", ["fa_ids_shape", "fa_axis1", "fa_axis2"], ["fa_positions"]),
         node("Unsqueeze", ["fa_total_i64", "fa_axis0"], ["fa_total_1d"]),
         node("Concat", ["fa_batch", "fa_one_i64", "fa_positions", "fa_total_1d"], ["fa_bias_shape"], axis=0),
         node("Expand", ["fa_bias_4d", "fa_bias_shape"], ["fa_bias"]),
     ]
-    graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "fa_total_index_1d"))
     return nodes, {"seqlens_k": "fa_seqlens", "total": "fa_total", "bias": "fa_bias"}
 
 
