@@ -8,17 +8,24 @@ multi-byte character, trailing whitespace (the answer is stripped) or the start 
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from tokenizers import Tokenizer
+from typing import TYPE_CHECKING, Sequence
 
 from mtnsails.text_rules import SENTENCE_END_IN_TEXT
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 def trim_dangling_sentence(text: str) -> str:
     """Cut text after its last complete sentence; text without any sentence end stays as it is."""
     ends = [match.end() for match in SENTENCE_END_IN_TEXT.finditer(text)]
     return text[: ends[-1]] if ends else text
+
+
+def one_line(text: str) -> str:
+    """The answer on one line, for output read line by line (piped chat): every line break that
+    `str.splitlines` knows (\\r, \\x1c-\\x1e, \\x85, \\u2028 ...) becomes a space, not just \\n."""
+    return " ".join(text.splitlines())
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:

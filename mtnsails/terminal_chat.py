@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from mtnsails.answer_text import one_line
 from mtnsails.errors import MtnsailsError
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ class TerminalChat:
             if command:
                 return
             if command is None:
-                self._say(self.chat.reply(line).replace("\n", " "))
+                self._say(one_line(self.chat.reply(line)))
                 note_truncation(self.chat)
                 if self.ask_feedback and self._reply_to_question(next(lines, None), echo=False):
                     return

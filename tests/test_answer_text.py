@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tokenizers import Tokenizer
 
-from mtnsails.answer_text import AnswerText, held_back, trim_dangling_sentence
+from mtnsails.answer_text import AnswerText, held_back, one_line, trim_dangling_sentence
 
 
 def test_streaming_holds_back_what_may_not_be_shown():
@@ -18,6 +18,12 @@ def test_streaming_holds_back_what_may_not_be_shown():
 def test_trim_dangling_sentence():
     assert trim_dangling_sentence("No end here") == "No end here"
     assert trim_dangling_sentence('He said "yes." Then he') == 'He said "yes."'
+
+
+def test_one_line_leaves_no_line_break_a_line_reader_would_split_at():
+    answer = "Water it weekly.\nKeep it warm.\x1dNo frost.\u2028Repot\r\nin spring."
+    assert one_line(answer).splitlines() == [one_line(answer)]
+    assert one_line(answer) == "Water it weekly. Keep it warm. No frost. Repot in spring."
 
 
 def test_answer_stops_at_the_first_stop_text_or_eos(tiny_onnx_dir):
