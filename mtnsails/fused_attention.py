@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from mtnsails.files import read_json_object
+from mtnsails.generation import PAST_PREFIX, PRESENT_PREFIX
 
 FUSED_OP = "GroupQueryAttention"
-PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 
 
 def _fusable_config(config: dict) -> bool:
@@ -148,7 +148,9 @@ def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike
         return False
     cache_type = inputs[f"{PAST_PREFIX}{indices[0]}.key"].type.tensor_type
     heads, head_size = cache_type.shape.dim[1].dim_value, cache_type.shape.dim[3].dim_value
-    if not heads or not head_size:
+    if not heads or not head_size or head_size % 8:
+        # onnxruntime's CPU kernel loads such a node but refuses to run it: "head_size must be a
+        # multiple of 8" on the first step, so the model keeps its exported attention.
         return False
     mask_nodes, mask = _mask_nodes(helper, numpy_helper, graph)
     for index, layer in layers.items():

@@ -153,11 +153,16 @@ class OnnxDecoder:
         if not self.shared_cache:
             self._past = present
         self.past_length = total
-        logits = logits.numpy()[0]
-        if not np.isfinite(logits).all():  # weights broken by a diverged training run
-            raise MtnsailsError(f"{self.model_file}: the model computes non-finite logits (NaN or "
-                                "infinity), so its weights are broken: retrain it")
-        return logits
+        return finite_logits(logits.numpy()[0], self.model_file)
+
+
+def finite_logits(logits: np.ndarray, model_file: object) -> np.ndarray:
+    """`logits`, refused when any is NaN or infinite: weights broken by a diverged training run
+    (sampling would fail on them with a numpy error instead of saying why)."""
+    if not np.isfinite(logits).all():
+        raise MtnsailsError(f"{model_file}: the model computes non-finite logits (NaN or "
+                            "infinity), so its weights are broken: retrain it")
+    return logits
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> None:

@@ -48,6 +48,22 @@ def test_other_architectures_are_left_as_exported(plain_export, tmp_path):
     assert (plain_export / "model.onnx").read_bytes() == before
 
 
+def test_heads_onnxruntime_cannot_fuse_are_left_as_exported(tmp_path):
+    """Head size 20 (40 wide, 2 heads): onnxruntime's kernel runs only multiples of 8."""
+    from optimum.exporters.onnx import main_export
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=40, n_layer=1, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "model")
+    main_export(str(tmp_path / "model"), tmp_path / "onnx", task="text-generation-with-past",
+                device="cpu", do_validation=False)
+    before = (tmp_path / "onnx" / "model.onnx").read_bytes()
+    assert not fuse_attention(tmp_path / "onnx" / "model.onnx", tmp_path / "onnx" / "config.json")
+    assert (tmp_path / "onnx" / "model.onnx").read_bytes() == before
+    decoder = OnnxDecoder(tmp_path / "onnx" / "model.onnx")
+    assert decoder.forward([1, 2, 3]).shape[-1] == 64  # the exported graph still runs
+
+
 def test_shared_cache_grows_and_is_reused_after_reset(tiny_onnx_dir):
     shared = OnnxDecoder(tiny_onnx_dir / "model.onnx", shared_cache=True)
     fresh = OnnxDecoder(tiny_onnx_dir / "model.onnx")  # binds a new present every step
