@@ -48,9 +48,14 @@ def cpu_model() -> str:
     return _first("model name") or "unknown CPU"
 
 
+def usable_cpus() -> int:
+    """Logical CPUs this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def physical_cores() -> int:
     """Physical cores available to this process: hyper-threads only slow memory-bound decoding."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    available = usable_cpus()
     cores, physical = set(), "0"
     for line in _cpuinfo().splitlines():
         key, _, value = line.partition(":")

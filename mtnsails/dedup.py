@@ -1,9 +1,10 @@
 """Near-duplicate detection: MinHash signatures of word shingles, LSH banding, exact check.
 
 Used by `DataQualityValidator` (copies across a data set) and by the scraped-content processor
-(answers that copy one another). Texts are added one at a time (`CopyFinder.add`) and kept only
-as an 8-byte hash, a MinHash signature and their bounded, distinct shingle hashes, so a data
-set of millions of conversations is checked without holding its text. Candidate pairs are
+(answers that copy one another). Texts are added one at a time (`CopyFinder.add`), or in
+batches encoded elsewhere (`text_codes`, in a worker process, then `CopyFinder.add_codes`), and
+kept only as an 8-byte hash, a MinHash signature and their bounded, distinct shingle hashes, so
+a data set of millions of conversations is checked without holding its text. Candidate pairs are
 checked in blocks by sorted-array search, never as Python sets, so the check's memory stays
 bounded however many candidates there are. Needs only numpy.
 """
@@ -14,7 +15,8 @@ import hashlib
 import itertools
 from array import array
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -27,9 +29,37 @@ def find_copies(keys: list[str], token_lists: list[list[str]],
     """`CopyFinder.copies()` of texts given as lists: `keys[i]` normalised, `token_lists[i]`
     its words."""
     finder = CopyFinder(config)
-    for key, tokens in zip(keys, token_lists):
-        finder.add(key, tokens)
+    finder.add_codes(text_codes(keys, token_lists, config.max_dedup_words))
     return finder.copies()
+
+
+class TextCodes(NamedTuple):
+    """Texts as `CopyFinder` keeps them, encoded without the finder (in a worker process):
+    each text's key hash (0 for an empty key) and word count, and its words as ids into `words`,
+    this batch's vocabulary in order of first use."""
+
+    digests: array
+    words: list[str]
+    ids: array
+    lengths: array
+
+
+def text_codes(keys: Sequence[str], token_lists: Sequence[list[str]], max_words: int
+               ) -> TextCodes:
+    """`TextCodes` of texts: `keys[i]` normalised, `token_lists[i]` its words (the first
+    `max_words` count)."""
+    digests, ids, lengths = array("Q"), array("Q"), array("q")
+    vocabulary = defaultdict(itertools.count().__next__)  # word -> id, in order of first use
+    for key, tokens in zip(keys, token_lists):
+        digest = 0
+        if key:
+            digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"),
+                                                    digest_size=8).digest(), "little") | 1
+        digests.append(digest)
+        tokens = tokens[:max_words]
+        ids.extend(map(vocabulary.__getitem__, tokens))
+        lengths.append(len(tokens))
+    return TextCodes(digests, list(vocabulary), ids, lengths)
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -108,14 +138,18 @@ class CopyFinder:
     def add(self, key: str, tokens: list[str]) -> None:
         """Add the next text: `key` its normalised form (only a hash of it is kept), `tokens`
         its words for near-duplicate shingles."""
-        digest = 0
-        if key:
-            digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"),
-                                                    digest_size=8).digest(), "little") | 1
-        self._digests.append(digest)
-        tokens = tokens[:self.config.max_dedup_words]
-        self._ids.extend(map(self._vocabulary.__getitem__, tokens))
-        self._lengths.append(len(tokens))
+        self.add_codes(text_codes([key], [tokens], self.config.max_dedup_words))
+
+    def add_codes(self, codes: TextCodes) -> None:
+        """Add the next texts, encoded by `text_codes`. A batch's words get the finder's ids in
+        the batch's order of first use, so batches added in order give every word the id that
+        adding their texts one by one gives (the shingle hashes depend on the ids)."""
+        self._digests.extend(codes.digests)
+        ids = np.fromiter(map(self._vocabulary.__getitem__, codes.words), dtype=np.uint64,
+                          count=len(codes.words))
+        self._ids.frombytes(ids[np.frombuffer(codes.ids, dtype=np.uint64).astype(np.intp)]
+                            .tobytes())
+        self._lengths.extend(codes.lengths)
         if len(self._ids) >= self.CHUNK_WORDS:
             self._sign_pending()
 

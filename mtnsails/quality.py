@@ -13,17 +13,20 @@ Imports only the standard library and numpy: `validate` must start fast and neve
 from __future__ import annotations
 
 import re
+import signal
 import string
 import sys
 import unicodedata
 import zlib
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, islice
+from itertools import chain, compress, islice
 from operator import eq, ne
+from typing import NamedTuple
 
-from mtnsails.dedup import CopyFinder
+from mtnsails.cpu import usable_cpus
+from mtnsails.dedup import CopyFinder, TextCodes, text_codes
 from mtnsails.devices import is_main_process
 from mtnsails.errors import MtnsailsError
 from mtnsails.template import exchanges
@@ -114,6 +117,12 @@ class QualityConfig:
     # count as exact copies only when equal in full, ignoring case).
     max_text_chars: int = 20_000
     max_dedup_words: int = 1_000
+    # `analyze` checks conversations in chunks of `chunk_conversations`; those after the first
+    # `parallel_min_conversations` in `workers` processes (0: one per usable CPU, 1: all in
+    # this process). Starting the workers costs about as much as checking PARMIN conversations.
+    workers: int = 0
+    parallel_min_conversations: int = 20_000
+    chunk_conversations: int = 2_000
 
 
 @dataclass(frozen=True, slots=True)  # slots: a report of millions holds many
@@ -570,29 +579,18 @@ class DataQualityValidator:
         `conversations` may be a stream (`data.iter_conversations`): each is checked and
         dropped, only its issues and a fixed-size fingerprint for the copy search are kept.
         The examples are then the first conversations that fail a rule of their own (a list
-        also shows copies among them).
+        also shows copies among them). Beyond `parallel_min_conversations`, the rules and the
+        copy fingerprints run in `workers` processes, chunk by chunk, with the same results.
         """
         finder = CopyFinder(self.config)
         issues: list[list[QualityIssue]] = []
         snippets: dict[int, tuple[str, str]] = {}
-        limit = self.config.max_text_chars
-        for index, conversation in enumerate(conversations):
-            turns = exchanges(conversation)
-            found, tokens = self._check(conversation, turns)
-            issues.append(found)
-            if found and len(snippets) < self.config.max_examples:
-                snippets[index] = _snippets(conversation)
-            parts = [conversation.get("system") or ""]
-            for turn in turns:
-                parts += turn
-            if feedback_reason(conversation):
-                # An answer marked bad is left out anyway: it must not make its correction a copy.
-                key, tokens = "", []
-            elif max(map(len, parts)) <= limit:
-                key = " ".join(tokens)
-            else:  # the words were cut at the bound: equal only when equal in full
-                key = "\x00" + "\x1f".join(part.lower() for part in parts)
-            finder.add(key, tokens)
+        for found, chunk_snippets, codes in self._checked_chunks(conversations):
+            for offset, snippet in chunk_snippets.items():
+                if len(snippets) < self.config.max_examples:
+                    snippets[len(issues) + offset] = snippet
+            issues += found
+            finder.add_codes(codes)
         for index, issue in self._duplicates(finder).items():
             issues[index].append(issue)
         counts = {code: 0 for code in CODES}
@@ -613,6 +611,38 @@ class DataQualityValidator:
                                examples=examples)
         report.recommendations = recommendations(report, self.config)
         return report
+
+    def _checked_chunks(self, conversations: Iterable[dict]) -> Iterator[ChunkResult]:
+        """`check_chunk` of each `chunk_conversations` conversations, in order: the first
+        `parallel_min_conversations` in this process (starting workers costs more than a small
+        data set takes), the rest in worker processes, a bounded number of chunks in flight."""
+        config = self.config
+        stream = iter(conversations)
+        chunks = iter(lambda: list(islice(stream, config.chunk_conversations)), [])
+        serial = -(-config.parallel_min_conversations // config.chunk_conversations)
+        for chunk in islice(chunks, serial):
+            yield check_chunk(self, chunk)
+        workers = config.workers or usable_cpus()
+        chunk = next(chunks, None)
+        if chunk is None or workers < 2:
+            yield from (check_chunk(self, chunk) for chunk in chain([chunk] if chunk else [],
+                                                                       chunks))
+            return
+        import multiprocessing
+
+        # fork: starts fastest, and unlike spawn and forkserver it does not run the caller's
+        # main module again (a script without `if __name__ == "__main__":` would recurse)
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        # leaving the block (an error, Ctrl-C) terminates the workers
+        with context.Pool(workers, initializer=_ignore_interrupts) as pool:
+            pending: deque = deque()
+            for chunk in chain([chunk], chunks):
+                pending.append(pool.apply_async(check_chunk, (self, chunk)))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().get()
+            while pending:
+                yield pending.popleft().get()
 
     def filter_valid(self, conversations: list[dict]) -> list[dict]:
         """The conversations without any issue (the first of a set of duplicates stays)."""
@@ -635,6 +665,47 @@ class DataQualityValidator:
                     "near_duplicate", f"near duplicate of conversation {original} "
                     f"({similarity:.0%} of word shingles shared); keep one of them")
         return found
+
+
+class ChunkResult(NamedTuple):
+    """What `check_chunk` hands back for a chunk of conversations: their issues, the snippets of
+    the first `max_examples` with an issue (by offset in the chunk) and their copy fingerprints."""
+
+    issues: list[list[QualityIssue]]
+    snippets: dict[int, tuple[str, str]]
+    codes: TextCodes
+
+
+def check_chunk(validator: DataQualityValidator, conversations: list[dict]) -> ChunkResult:
+    """The per-conversation half of `analyze` (rules, copy keys, fingerprints) for a chunk; a
+    module function so worker processes can run it."""
+    limit = validator.config.max_text_chars
+    issues, snippets, keys, token_lists = [], {}, [], []
+    for offset, conversation in enumerate(conversations):
+        turns = exchanges(conversation)
+        found, tokens = validator._check(conversation, turns)
+        issues.append(found)
+        if found and len(snippets) < validator.config.max_examples:
+            snippets[offset] = _snippets(conversation)
+        parts = [conversation.get("system") or ""]
+        for turn in turns:
+            parts += turn
+        if feedback_reason(conversation):
+            # An answer marked bad is left out anyway: it must not make its correction a copy.
+            key, tokens = "", []
+        elif max(map(len, parts)) <= limit:
+            key = " ".join(tokens)
+        else:  # the words were cut at the bound: equal only when equal in full
+            key = "\x00" + "\x1f".join(part.lower() for part in parts)
+        keys.append(key)
+        token_lists.append(tokens)
+    return ChunkResult(issues, snippets,
+                       text_codes(keys, token_lists, validator.config.max_dedup_words))
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them: no traceback from each worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _snippets(conversation: dict) -> tuple[str, str]:

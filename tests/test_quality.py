@@ -358,3 +358,64 @@ def test_quality_does_not_import_the_data_module():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
+
+
+def mixed_conversations(count: int, seed: int = 3) -> list[dict]:
+    """Varied answers, bad ones, and exact and near copies of conversations up to 500 back (so
+    copies cross chunk boundaries)."""
+    rng = random.Random(seed)
+    words = ("river stone cloud apple engine garden violin winter market lantern harbour "
+             "pencil forest copper meadow signal basket candle orbit thunder").split()
+    conversations: list[dict] = []
+    for index in range(count):
+        roll = rng.random()
+        if roll < 0.1 and conversations:
+            conversation = dict(rng.choice(conversations[-500:]))
+        elif roll < 0.2 and conversations:
+            source = rng.choice(conversations[-500:])
+            tokens = source["output"].split() or ["Empty"]
+            tokens[rng.randrange(len(tokens))] = rng.choice(words)
+            conversation = {"input": source["input"], "output": " ".join(tokens)}
+        else:
+            answer = " ".join(rng.choice(words) for _ in range(rng.randint(1, 40)))
+            conversation = {"input": f"Question {index} about {rng.choice(words)}?",
+                            "output": answer.capitalize() + rng.choice([".", "", " and the"])}
+        conversations.append(conversation)
+    return conversations
+
+
+def test_workers_give_the_report_of_one_process():
+    import multiprocessing
+
+    conversations = mixed_conversations(3000)
+    # chunks of 64, the first 200 conversations here, the rest in two worker processes
+    chunked = dict(chunk_conversations=64, parallel_min_conversations=200)
+    alone = DataQualityValidator(QualityConfig(workers=1, **chunked))
+    together = DataQualityValidator(QualityConfig(workers=2, **chunked))
+    children = []
+
+    def stream(items):  # notes the worker processes running while the stream is read
+        for index, conversation in enumerate(items):
+            if index % 500 == 0:
+                children.append(len(multiprocessing.active_children()))
+            yield conversation
+
+    one = alone.analyze(stream(conversations))
+    assert not any(children)  # workers=1: everything in this process
+    assert one.counts["duplicate"] > 100 and one.counts["near_duplicate"] > 100
+    children.clear()
+    parallel = together.analyze(stream(conversations))
+    assert max(children) == 2 and not multiprocessing.active_children()
+    assert parallel.to_dict() == one.to_dict()
+    assert together.analyze(conversations).to_dict() == DataQualityValidator().analyze(
+        conversations).to_dict() == alone.analyze(conversations).to_dict()
+
+
+def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_workers():
+    import multiprocessing
+
+    conversations = mixed_conversations(400) + [["not", "a", "conversation"]]
+    config = QualityConfig(workers=2, chunk_conversations=64, parallel_min_conversations=128)
+    with pytest.raises(AttributeError):
+        DataQualityValidator(config).analyze(conversations)
+    assert not multiprocessing.active_children()
