@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import TINY_CONVERSATIONS
 
+from mtnsails import batch_decoder
 from mtnsails.batch_decoder import BatchDecoder
 from mtnsails.chat import ChatInterface
 from mtnsails.generation import GenerationConfig, OnnxDecoder, TokenChooser, generate_tokens
@@ -54,7 +57,7 @@ def decode_together(batch: BatchDecoder, prompts: list[list[int]], joining: int)
 @pytest.mark.parametrize("joining", [1, 3])
 def test_batched_greedy_decoding_equals_decoding_alone(chat, joining):
     alone = [list(generate_tokens(chat.decoder, ids, GREEDY)) for ids in prompts(chat)]
-    batch = BatchDecoder(OnnxDecoder(chat.model_file))
+    batch = BatchDecoder(OnnxDecoder(chat.model_file))  # a fresh present.* every step
     together = decode_together(batch, prompts(chat), joining)
     assert len(batch) == 0 and batch.width == 0
     for index, tokens in enumerate(alone):
@@ -65,6 +68,27 @@ def test_batched_greedy_decoding_equals_decoding_alone(chat, joining):
     expected = [reference.forward(ids)[-1]] + [reference.forward([token])[-1] for token in alone[-1][:-1]]
     np.testing.assert_allclose(np.stack([logits for _, logits in together[len(alone) - 1]]),
                                np.stack(expected), atol=1e-4)
+
+
+def test_shared_cache_rows_join_leave_and_grow_as_decoded_alone(chat, tiny_onnx_dir, monkeypatch):
+    assert json.loads((tiny_onnx_dir / "mtnsails.json").read_text())["kv_cache"] == "shared"
+    alone = [list(generate_tokens(chat.decoder, ids, GREEDY)) for ids in prompts(chat)]
+    # No spare room: the buffers grow (and are copied) whenever the common width outruns them.
+    monkeypatch.setattr(batch_decoder, "CACHE_GROWTH", 0)
+    capacities = set()
+
+    class Recording(BatchDecoder):
+        def step(self, tokens):
+            logits = super().step(tokens)
+            capacities.add(self.cache_capacity)
+            return logits
+
+    batch = Recording(OnnxDecoder(chat.model_file, shared_cache=True))
+    together = decode_together(batch, prompts(chat), joining=2)
+    assert len(batch) == 0 and batch.width == 0
+    assert len(capacities) > 2  # it grew past its first room more than once
+    for index, tokens in enumerate(alone):
+        assert [token for token, _ in together[index]] == tokens
 
 
 def test_misuse_is_refused(chat):
