@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.generation import CACHE_GROWTH, OnnxDecoder
+from mtnsails.generation import CACHE_GROWTH, OnnxDecoder, finite_logits
 
 
 def _stack_right_aligned(old: np.ndarray, new: np.ndarray, axis: int) -> np.ndarray:
@@ -141,7 +141,7 @@ class BatchDecoder:
             self._past = present
         self._mask = mask
         self.lengths = self.lengths + 1
-        return logits.numpy()[:, -1]
+        return finite_logits(logits.numpy()[:, -1], self.decoder.model_file)
 
     def _share(self, parts: list, width: int, room: int = 0) -> None:
         """Lay the shared cache buffers out afresh from `parts`, (cache tensors, rows, end) each:

@@ -100,3 +100,25 @@ def test_misuse_is_refused(chat):
         batch.step([1, 2])
     with pytest.raises(ValueError, match="at least one prompt token"):
         batch.add("b", [])
+
+
+def test_a_step_with_non_finite_logits_is_refused_with_the_model_named(tiny_onnx_dir, tmp_path):
+    """Weights that break only at a later position (its position embedding is NaN): the prompt
+    decodes, the step that reaches that position is refused instead of sampling from NaN."""
+    import onnx
+    from onnx import numpy_helper
+
+    from mtnsails.errors import MtnsailsError
+
+    graph = onnx.load(str(tiny_onnx_dir / "model.onnx"))
+    context = json.loads((tiny_onnx_dir / "config.json").read_text())["n_positions"]
+    positions = next(weights for weights in graph.graph.initializer
+                     if len(weights.dims) == 2 and weights.dims[0] == context)
+    broken = numpy_helper.to_array(positions).copy()
+    broken[3] = np.nan
+    positions.CopyFrom(numpy_helper.from_array(broken, positions.name))
+    onnx.save(graph, str(tmp_path / "model.onnx"))
+    batch = BatchDecoder(OnnxDecoder(tmp_path / "model.onnx"))
+    batch.add("a", [5, 6, 7])  # positions 0-2
+    with pytest.raises(MtnsailsError, match="model.onnx: the model computes non-finite logits"):
+        batch.step([8])  # position 3
