@@ -200,7 +200,11 @@ class NearDuplicateFinder:
     # Shingles hashed at once: CHUNK x permutations x 8 bytes (1.6 MB) stay in the CPU cache,
     # measured twice as fast as 40,000 at a time.
     CHUNK = 2_000
-    PAIRS = 100_000  # candidate pairs checked at once (a few MB of shingle keys)
+    PAIRS = 100_000  # candidate pairs checked at once
+    # Shingle keys of the pairs checked at once: about 40 bytes of temporary arrays each, so a
+    # block stays near 80 MB whatever the texts' lengths (100,000 pairs of 1,000-shingle answers
+    # took 4.5 GB in one block).
+    PAIR_SHINGLES = 2_000_000
 
     def __init__(self, config: "QualityConfig") -> None:
         """Hash parameters from a fixed seed; `config` gives the threshold and shingle sizes."""
@@ -232,10 +236,16 @@ class NearDuplicateFinder:
         are `shingles[offsets[i]:offsets[i + 1]]`, distinct and sorted (`distinct_shingles`)."""
         pairs = self._candidates(signatures, members)  # sorted by later, then earlier
         similarity = np.empty(len(pairs))
-        for start in range(0, len(pairs), self.PAIRS):
-            block = pairs[start:start + self.PAIRS]
-            similarity[start:start + len(block)] = self._jaccard(block[:, 0], block[:, 1],
-                                                                 shingles, offsets)
+        counts = np.diff(offsets)
+        keys_before = np.cumsum(counts[pairs[:, 0]] + counts[pairs[:, 1]])  # keys up to each pair
+        start = 0
+        while start < len(pairs):
+            # at most PAIRS pairs and PAIR_SHINGLES keys (long texts' pairs hold thousands each)
+            budget = (keys_before[start - 1] if start else 0) + self.PAIR_SHINGLES
+            end = min(start + self.PAIRS, max(start + 1, int(np.searchsorted(keys_before, budget, "right"))))
+            similarity[start:end] = self._jaccard(pairs[start:end, 0], pairs[start:end, 1],
+                                                  shingles, offsets)
+            start = end
         close = similarity >= self.config.near_duplicate_threshold
         result: dict[int, tuple[int, float]] = {}
         # compare only with texts that are kept: the first earlier text that is not a copy

@@ -56,3 +56,11 @@ def test_copies_do_not_depend_on_how_texts_are_buffered_or_when_they_are_read():
             finder.add(" ".join(tokens), tokens)
     copies = small.copies()
     assert copies == whole.copies() and copies[7] == (3, None) and len(copies) > 40
+
+
+def test_pairs_are_checked_in_blocks_bounded_by_their_shingles_with_the_same_result():
+    token_lists = texts(400, seed=2)
+    whole = NearDuplicateFinder(QualityConfig()).find(token_lists)
+    bounded = NearDuplicateFinder(QualityConfig())
+    bounded.PAIR_SHINGLES = 60  # two or three pairs of these texts a block
+    assert bounded.find(token_lists) == whole and len(whole) > 50
