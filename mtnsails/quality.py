@@ -761,7 +761,9 @@ QUALITY_BLOCKS = "critical"  # verdict (< 50 % valid conversations) that stops t
 def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = False
                  ) -> QualityReport:
     """Show the data-quality report; refuse a critical data set unless `force`. Returns the report."""
-    report = DataQualityValidator().analyze(conversations)
+    # One process: training has loaded torch, whose threads a fork would copy mid-flight, and
+    # under torchrun every rank would start workers of its own on the same cores.
+    report = DataQualityValidator(QualityConfig(workers=1)).analyze(conversations)
     main = is_main_process()  # every rank checks (all stop together); only rank 0 prints
     if main and not quiet:
         print(report.format_text())

@@ -9,7 +9,7 @@ from conftest import DATA_DIR, EXAMPLE_DATA
 
 from mtnsails.data import ConversationDataHandler
 from mtnsails.quality import (CODES, WORD_RE, DataQualityValidator, QualityConfig, QualityReport,
-                              _gopher_repetition, words_of)
+                              _gopher_repetition, quality_gate, words_of)
 
 GOOD_ANSWERS = [
     "Paris is the capital of France and its largest city.",
@@ -419,3 +419,21 @@ def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_workers():
     with pytest.raises(AttributeError):
         DataQualityValidator(config).analyze(conversations)
     assert not multiprocessing.active_children()
+
+
+def test_the_training_quality_gate_checks_in_its_own_process():
+    """Training has torch's threads running: forking workers from it is not safe."""
+    import multiprocessing
+
+    children = []
+
+    class Watched(list):  # notes the worker processes running while the gate reads the data
+        def __iter__(self):
+            for index, conversation in enumerate(list.__iter__(self)):
+                if index % 2000 == 0:
+                    children.append(len(multiprocessing.active_children()))
+                yield conversation
+
+    data = Watched(mixed_conversations(QualityConfig().parallel_min_conversations + 4000))
+    report = quality_gate(data, force=True, quiet=True)
+    assert report.total == len(data) and len(children) > 10 and not any(children)
