@@ -22,10 +22,9 @@ from __future__ import annotations
 from typing import Hashable, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.generation import CACHE_GROWTH, OnnxDecoder, finite_logits
+from mtnsails.generation import OnnxDecoder, bind_shared_cache, finite_logits, grown_capacity
 
 
 def _stack_right_aligned(old: np.ndarray, new: np.ndarray, axis: int) -> np.ndarray:
@@ -151,7 +150,7 @@ class BatchDecoder:
         bound as both past and present of its tensor."""
         capacity = self.cache_capacity
         if max(room, width + 1) > capacity:
-            capacity = max(2 * capacity, max(room, width + 1) + CACHE_GROWTH)
+            capacity = grown_capacity(capacity, max(room, width + 1))
         buffers = []
         for index in range(len(self.decoder.past_names)):
             sources = [tensors[index][rows, :, max(end - width, 0):end] for tensors, rows, end in parts]
@@ -168,10 +167,7 @@ class BatchDecoder:
         self._binding.bind_output("logits")  # bound first: get_outputs()[0] is always the logits
         if not len(buffers[0]):  # no rows left: nothing to bind until one joins
             return
-        for past, present, buffer in zip(self.decoder.past_names, self.decoder.present_names, buffers):
-            value = ort.OrtValue.ortvalue_from_numpy(buffer)  # onnxruntime writes into `buffer` itself
-            self._binding.bind_ortvalue_input(past, value)
-            self._binding.bind_ortvalue_output(present, value)
+        bind_shared_cache(self._binding, self.decoder, buffers)
 
     @staticmethod
     def _cached(value) -> np.ndarray:

@@ -108,7 +108,7 @@ class OnnxDecoder:
         if total <= capacity:
             return
         _, heads, _, head_dim = self.empty_cache.shape
-        shape = (1, heads, max(2 * capacity, total + CACHE_GROWTH), head_dim)
+        shape = (1, heads, grown_capacity(capacity, total), head_dim)
         grown = []
         for index in range(len(self.past_names)):
             buffer = np.zeros(shape, dtype=self.empty_cache.dtype)
@@ -116,10 +116,7 @@ class OnnxDecoder:
                 buffer[:, :, :self.past_length] = self._buffers[index][:, :, :self.past_length]
             grown.append(buffer)
         self._buffers = grown
-        for past, present, buffer in zip(self.past_names, self.present_names, grown):
-            value = ort.OrtValue.ortvalue_from_numpy(buffer)  # onnxruntime writes into `buffer` itself
-            self._binding.bind_ortvalue_input(past, value)
-            self._binding.bind_ortvalue_output(present, value)
+        bind_shared_cache(self._binding, self, grown)
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
         """Feed `token_ids` after the cached sequence; return logits, shape (positions, vocab).
@@ -154,6 +151,22 @@ class OnnxDecoder:
             self._past = present
         self.past_length = total
         return finite_logits(logits.numpy()[0], self.model_file)
+
+
+def grown_capacity(capacity: int, needed: int) -> int:
+    """Positions a shared cache buffer of `capacity` holds once grown to hold `needed`: doubled
+    (each growth copies the cache, so growing geometrically copies it a few times at most) and
+    never less than `needed` plus CACHE_GROWTH."""
+    return max(2 * capacity, needed + CACHE_GROWTH)
+
+
+def bind_shared_cache(binding: ort.IOBinding, decoder: OnnxDecoder, buffers: list) -> None:
+    """Bind each cache buffer as both the past input and the present output of its tensor:
+    the fused attention writes the new positions into it in place."""
+    for past, present, buffer in zip(decoder.past_names, decoder.present_names, buffers):
+        value = ort.OrtValue.ortvalue_from_numpy(buffer)  # onnxruntime writes into `buffer` itself
+        binding.bind_ortvalue_input(past, value)
+        binding.bind_ortvalue_output(present, value)
 
 
 def finite_logits(logits: np.ndarray, model_file: object) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import TINY_CONVERSATIONS
 
-from mtnsails import batch_decoder
+from mtnsails import generation
 from mtnsails.batch_decoder import BatchDecoder
 from mtnsails.chat import ChatInterface
 from mtnsails.generation import GenerationConfig, OnnxDecoder, TokenChooser, generate_tokens
@@ -74,7 +74,7 @@ def test_shared_cache_rows_join_leave_and_grow_as_decoded_alone(chat, tiny_onnx_
     assert json.loads((tiny_onnx_dir / "mtnsails.json").read_text())["kv_cache"] == "shared"
     alone = [list(generate_tokens(chat.decoder, ids, GREEDY)) for ids in prompts(chat)]
     # No spare room: the buffers grow (and are copied) whenever the common width outruns them.
-    monkeypatch.setattr(batch_decoder, "CACHE_GROWTH", 0)
+    monkeypatch.setattr(generation, "CACHE_GROWTH", 0)
     capacities = set()
 
     class Recording(BatchDecoder):
