@@ -75,6 +75,31 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return values[np.concatenate(([True], values[1:] != values[:-1]))] if len(values) else values
 
 
+def _buckets(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The LSH buckets of more than one member: the places in `keys` of their members, bucket
+    by bucket and in ascending order within each (a stable sort's order), those keys, and each
+    member's bucket size.
+
+    A stable argsort of 64-bit keys is the slow part of the candidate search: instead each key's
+    high bits and its place share one word, sorted by numpy's vectorised sort. Two different
+    keys with equal high bits (rare with well-mixed keys) could interleave: then the stable
+    argsort runs after all."""
+    count = len(keys)
+    low = np.uint64((1 << max(1, (count - 1).bit_length())) - 1)
+    combined = (keys & ~low) | np.arange(count, dtype=np.uint64)
+    combined.sort()
+    place = (combined & low).astype(np.intp)
+    ordered, high = keys[place], combined & ~low
+    if np.any((high[1:] == high[:-1]) & (ordered[1:] != ordered[:-1])):
+        place = np.argsort(keys, kind="stable")
+        ordered = keys[place]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    sizes = np.diff(np.append(starts, count))
+    sizes = np.repeat(sizes, sizes)
+    shared = sizes > 1
+    return place[shared], ordered[shared], sizes[shared]
+
+
 class _Blocks:
     """A numpy array appended to in blocks and joined only when read: growing a single array
     by doubling would hold the old and the new copy at once (three times the data)."""
@@ -333,26 +358,40 @@ class NearDuplicateFinder:
         rows, count = self.config.minhash_rows, len(signatures)
         # MinHash agreement estimates Jaccard similarity (standard error <= 0.05 at 100
         # permutations); a margin of 0.15 keeps true pairs and drops most band collisions.
+        # Counted as matching values: the least count whose share reaches the margin.
         least = self.config.near_duplicate_threshold - 0.15
+        permutations = signatures.shape[1]
+        least_matching = next(k for k in range(permutations + 1) if k / permutations >= least)
         codes = np.empty(0, dtype=np.int64)  # later * count + earlier, sorted, distinct
         found: list[np.ndarray] = []  # codes of the latest bands, not yet merged into `codes`
         for band in range(self.config.minhash_bands):
-            values = signatures[members, band * rows:(band + 1) * rows].astype(np.uint64)
-            keys = (values * self.mix[:rows]).sum(axis=1)
+            values = signatures[members, band * rows:(band + 1) * rows]
+            if rows * values.itemsize == 8:  # the band's values side by side are one word
+                keys = values.view(np.uint64)[:, 0] * self.mix[0]  # odd: equal iff equal
+            else:
+                keys = (values.astype(np.uint64) * self.mix[:rows]).sum(axis=1)
             del values
-            sort = np.argsort(keys, kind="stable")  # stable: a bucket keeps input order
-            order, ordered = members[sort], keys[sort]
-            # pair each bucket member with up to `max_bucket_candidates` members before it
+            place, keys, sizes = _buckets(keys)
+            order = members[place]
+            # each bucket member is paired with up to `max_bucket_candidates` members before
+            # it, the pairs at one distance at once; the rows are gathered once, in bucket
+            # order, so the pairs compare neighbouring rows
+            ordered = np.take(signatures, order, axis=0)
             for distance in range(1, self.config.max_bucket_candidates + 1):
-                same = np.flatnonzero(ordered[distance:] == ordered[:-distance])
-                if not len(same):
+                reach = sizes > distance
+                if not reach.any():
                     break
+                if np.count_nonzero(reach) < 0.8 * len(reach):  # drop buckets out of reach
+                    ordered, order, keys, sizes = (ordered[reach], order[reach], keys[reach],
+                                                   sizes[reach])
+                same = keys[distance:] == keys[:-distance]
                 for start in range(0, len(same), self.PAIRS):  # bounded temporary arrays
-                    part = same[start:start + self.PAIRS]
-                    later, earlier = order[part + distance], order[part]
-                    agreement = (signatures[later] == signatures[earlier]).mean(axis=1)
-                    keep = agreement >= least
-                    found.append(later[keep].astype(np.int64) * count + earlier[keep])
+                    end = min(start + self.PAIRS, len(same))
+                    matching = (ordered[start + distance:end + distance] == ordered[start:end]
+                                ).view(np.uint8).sum(axis=1, dtype=np.uint16)
+                    keep = np.flatnonzero(same[start:end] & (matching >= least_matching)) + start
+                    found.append(order[keep + distance].astype(np.int64) * count + order[keep])
+            del ordered
             # most pairs recur in several bands: merging as they pile up keeps memory near
             # the distinct pairs' size
             if sum(map(len, found)) >= max(len(codes), self.PAIRS):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from mtnsails.dedup import CopyFinder, NearDuplicateFinder
+import numpy as np
+
+from mtnsails.dedup import CopyFinder, NearDuplicateFinder, _buckets
 from mtnsails.quality import QualityConfig
 
 WORDS = "river delta silt sea boat tide harbour sand reed heron salt marsh".split()
@@ -64,3 +66,49 @@ def test_pairs_are_checked_in_blocks_bounded_by_their_shingles_with_the_same_res
     bounded = NearDuplicateFinder(QualityConfig())
     bounded.PAIR_SHINGLES = 60  # two or three pairs of these texts a block
     assert bounded.find(token_lists) == whole and len(whole) > 50
+
+
+def naive_candidates(finder: NearDuplicateFinder, signatures, members) -> set[tuple[int, int]]:
+    """The candidate rule written plainly: in every band, each member of a bucket (members in
+    their order) is paired with up to `max_bucket_candidates` members before it, kept when
+    its signature agrees on at least the threshold less 0.15."""
+    config = finder.config
+    rows, least = config.minhash_rows, config.near_duplicate_threshold - 0.15
+    pairs = set()
+    for band in range(config.minhash_bands):
+        buckets: dict[tuple, list[int]] = {}
+        for member in members.tolist():
+            buckets.setdefault(tuple(signatures[member, band * rows:(band + 1) * rows]),
+                               []).append(member)
+        for bucket in buckets.values():
+            for place, later in enumerate(bucket):
+                for earlier in bucket[max(0, place - config.max_bucket_candidates):place]:
+                    if (signatures[later] == signatures[earlier]).mean() >= least:
+                        pairs.add((later, earlier))
+    return pairs
+
+
+def test_candidate_pairs_are_those_of_the_plain_rule_in_large_buckets_too():
+    finder = NearDuplicateFinder(QualityConfig())
+    rng = np.random.default_rng(3)
+    # few distinct values: buckets of dozens of members, beyond the 10 compared
+    signatures = rng.integers(0, 2, size=(300, 100), dtype=np.uint16)
+    members = np.sort(rng.choice(300, size=250, replace=False))
+    pairs = finder._candidates(signatures, members)
+    assert {tuple(pair) for pair in pairs.tolist()} == naive_candidates(finder, signatures,
+                                                                        members)
+    assert len(pairs) > 1000 and (np.diff(pairs[:, 0] * 300 + pairs[:, 1]) > 0).all()
+    wide = signatures.astype(np.uint32)  # `find`'s signatures: a band is wider than a word
+    assert (finder._candidates(wide, members) == pairs).all()
+
+
+def test_buckets_keep_members_in_order_when_keys_share_their_high_bits():
+    keys = np.array([5, 7, 5, 9, 7, 5, 2**40 + 7, 2**40 + 5, 2**40 + 7], dtype=np.uint64)
+    place, ordered, sizes = _buckets(keys)  # 5 and 7 share every high bit: the slow sort runs
+    expected = np.argsort(keys, kind="stable")
+    expected = expected[np.isin(keys[expected], [5, 7, 2**40 + 7])]
+    assert place.tolist() == expected.tolist() and (ordered == keys[expected]).all()
+    assert sizes.tolist() == [3, 3, 3, 2, 2, 2, 2]
+    spread = keys * np.uint64(0x9E3779B97F4A7C15)  # mixed keys: the vectorised sort suffices
+    place, _, sizes = _buckets(spread)
+    assert sorted(place.tolist()) == [0, 1, 2, 4, 5, 6, 8] and sizes.tolist().count(3) == 3
