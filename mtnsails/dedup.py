@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import signal
 from array import array
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+from mtnsails.cpu import usable_cpus
 
 if TYPE_CHECKING:
     from mtnsails.quality import QualityConfig
@@ -98,6 +101,54 @@ def _buckets(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sizes = np.repeat(sizes, sizes)
     shared = sizes > 1
     return place[shared], ordered[shared], sizes[shared]
+
+
+def _in_processes(function: Callable[[Any], np.ndarray], parts: Sequence) -> list[np.ndarray]:
+    """[function(part) for part in parts]: the first part in this process, each other one at
+    the same time in a forked copy of it, which reads this process's arrays without copying
+    them (fork shares memory until it is written) and sends back only its result. A copy that
+    fails or dies (out of memory, say) leaves its part to this process, which then raises
+    whatever the part raises; without fork everything runs here."""
+    import multiprocessing
+
+    if len(parts) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [function(part) for part in parts]
+    context = multiprocessing.get_context("fork")
+    children = []
+    try:
+        for part in parts[1:]:
+            receiver, sender = context.Pipe(duplex=False)
+            child = context.Process(target=_send_result, args=(sender, function, part),
+                                    daemon=True)
+            child.start()
+            sender.close()
+            children.append((child, receiver))
+        results = [function(parts[0])]
+        for (child, receiver), part in zip(children, parts[1:]):
+            try:
+                result = receiver.recv()
+            except EOFError:
+                result = None
+            results.append(function(part) if result is None else result)
+        return results
+    finally:
+        for child, receiver in children:
+            receiver.close()
+            child.terminate()
+            child.join()
+
+
+def _send_result(connection: Any, function: Callable[[Any], np.ndarray], part: Any) -> None:
+    """Run in a forked process by `_in_processes`: function(part) sent back, or None when it
+    fails (the parent then runs the part itself, so any error is raised there, once). Ctrl-C
+    is left to the parent, which ends this process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = function(part)
+    except BaseException:  # the parent's own run of the part raises it
+        result = None
+    connection.send(result)
+    connection.close()
 
 
 class _Blocks:
@@ -258,19 +309,21 @@ class NearDuplicateFinder:
                  offsets: np.ndarray) -> dict[int, tuple[int, float]]:
         """Near duplicates among the texts `members` (indices into `signatures`, ascending),
         candidates checked by the exact Jaccard similarity of their shingle sets: text i's
-        are `shingles[offsets[i]:offsets[i + 1]]`, distinct and sorted (`distinct_shingles`)."""
-        pairs = self._candidates(signatures, members)  # sorted by later, then earlier
-        similarity = np.empty(len(pairs))
+        are `shingles[offsets[i]:offsets[i + 1]]`, distinct and sorted (`distinct_shingles`).
+        From `parallel_min_conversations` members the search is shared among `workers`
+        processes (see `_in_processes`)."""
+        processes = 1
+        if len(members) >= self.config.parallel_min_conversations:
+            processes = self.config.workers or usable_cpus()
+        pairs = self._candidates(signatures, members, processes)  # sorted by later, then earlier
         counts = np.diff(offsets)
         keys_before = np.cumsum(counts[pairs[:, 0]] + counts[pairs[:, 1]])  # keys up to each pair
-        start = 0
-        while start < len(pairs):
-            # at most PAIRS pairs and PAIR_SHINGLES keys (long texts' pairs hold thousands each)
-            budget = (keys_before[start - 1] if start else 0) + self.PAIR_SHINGLES
-            end = min(start + self.PAIRS, max(start + 1, int(np.searchsorted(keys_before, budget, "right"))))
-            similarity[start:end] = self._jaccard(pairs[start:end, 0], pairs[start:end, 1],
-                                                  shingles, offsets)
-            start = end
+        # each process checks a run of pairs holding an equal share of the shingle keys
+        bounds = np.searchsorted(keys_before, np.arange(1, processes) * (
+            keys_before[-1] / processes if len(pairs) else 0)).tolist()
+        similarity = np.concatenate(_in_processes(
+            lambda run: self._similarities(pairs, keys_before, shingles, offsets, *run),
+            list(zip([0] + bounds, bounds + [len(pairs)]))))
         close = similarity >= self.config.near_duplicate_threshold
         result: dict[int, tuple[int, float]] = {}
         # compare only with texts that are kept: the first earlier text that is not a copy
@@ -279,6 +332,21 @@ class NearDuplicateFinder:
             if later not in result and earlier not in result:
                 result[later] = (earlier, share)
         return result
+
+    def _similarities(self, pairs: np.ndarray, keys_before: np.ndarray, shingles: np.ndarray,
+                      offsets: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """The Jaccard similarity of `pairs[start:stop]`, in blocks of at most PAIRS pairs and
+        PAIR_SHINGLES keys (long texts' pairs hold thousands each)."""
+        similarity = np.empty(stop - start)
+        block = start
+        while block < stop:
+            budget = (keys_before[block - 1] if block else 0) + self.PAIR_SHINGLES
+            end = min(block + self.PAIRS, stop,
+                      max(block + 1, int(np.searchsorted(keys_before, budget, "right"))))
+            similarity[block - start:end - start] = self._jaccard(
+                pairs[block:end, 0], pairs[block:end, 1], shingles, offsets)
+            block = end
+        return similarity
 
     @staticmethod
     def _jaccard(first: np.ndarray, second: np.ndarray, shingles: np.ndarray,
@@ -352,9 +420,22 @@ class NearDuplicateFinder:
             start_doc = end_doc
         return signatures
 
-    def _candidates(self, signatures: np.ndarray, members: np.ndarray) -> np.ndarray:
+    def _candidates(self, signatures: np.ndarray, members: np.ndarray,
+                    processes: int = 1) -> np.ndarray:
         """(later, earlier) pairs of `members` that share a whole LSH band and whose signatures
-        agree on nearly the threshold's share of values (the exact check follows)."""
+        agree on nearly the threshold's share of values (the exact check follows); the bands
+        are shared among `processes` processes."""
+        bands = range(self.config.minhash_bands)
+        codes = _distinct(np.concatenate(_in_processes(
+            lambda part: self._band_candidates(signatures, members, part),
+            [bands[first::processes] for first in range(processes)])))
+        count = len(signatures)
+        return np.stack((codes // count, codes % count), axis=1)
+
+    def _band_candidates(self, signatures: np.ndarray, members: np.ndarray,
+                         bands: Sequence[int]) -> np.ndarray:
+        """`_candidates` of the given bands, as codes later * len(signatures) + earlier,
+        sorted and distinct."""
         rows, count = self.config.minhash_rows, len(signatures)
         # MinHash agreement estimates Jaccard similarity (standard error <= 0.05 at 100
         # permutations); a margin of 0.15 keeps true pairs and drops most band collisions.
@@ -364,7 +445,7 @@ class NearDuplicateFinder:
         least_matching = next(k for k in range(permutations + 1) if k / permutations >= least)
         codes = np.empty(0, dtype=np.int64)  # later * count + earlier, sorted, distinct
         found: list[np.ndarray] = []  # codes of the latest bands, not yet merged into `codes`
-        for band in range(self.config.minhash_bands):
+        for band in bands:
             values = signatures[members, band * rows:(band + 1) * rows]
             if rows * values.itemsize == 8:  # the band's values side by side are one word
                 keys = values.view(np.uint64)[:, 0] * self.mix[0]  # odd: equal iff equal
@@ -396,5 +477,4 @@ class NearDuplicateFinder:
             # the distinct pairs' size
             if sum(map(len, found)) >= max(len(codes), self.PAIRS):
                 codes, found = _distinct(np.concatenate([codes] + found)), []
-        codes = _distinct(np.concatenate([codes] + found))
-        return np.stack((codes // count, codes % count), axis=1)
+        return _distinct(np.concatenate([codes] + found))

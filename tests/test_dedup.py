@@ -100,6 +100,15 @@ def test_candidate_pairs_are_those_of_the_plain_rule_in_large_buckets_too():
     assert len(pairs) > 1000 and (np.diff(pairs[:, 0] * 300 + pairs[:, 1]) > 0).all()
     wide = signatures.astype(np.uint32)  # `find`'s signatures: a band is wider than a word
     assert (finder._candidates(wide, members) == pairs).all()
+    # bands shared among three processes (two of them forked): the same pairs
+    assert (finder._candidates(signatures, members, processes=3) == pairs).all()
+
+
+def test_a_large_set_is_checked_in_worker_processes_with_the_same_result():
+    token_lists = texts(600, seed=4)
+    alone = NearDuplicateFinder(QualityConfig(workers=1)).find(token_lists)
+    shared = NearDuplicateFinder(QualityConfig(workers=3, parallel_min_conversations=100))
+    assert shared.find(token_lists) == alone and len(alone) > 100
 
 
 def test_buckets_keep_members_in_order_when_keys_share_their_high_bits():
