@@ -105,7 +105,7 @@ def _mask_nodes(helper, numpy_helper, graph) -> tuple[list, dict]:
     return nodes, {"seqlens_k": "fa_seqlens", "total": "fa_total", "bias": "fa_bias"}
 
 
-def _prune(graph) -> None:
+def prune(graph) -> None:
     """Remove nodes nothing reads (the unfused attention and its mask) and unused initializers."""
     outputs = {output.name for output in graph.output}
     while True:
@@ -174,7 +174,7 @@ def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike
             del graph.node[concat]
     for offset, node in enumerate(mask_nodes):  # from graph inputs only: first
         graph.node.insert(offset, node)
-    _prune(graph)
+    prune(graph)
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(model_file))

@@ -28,7 +28,7 @@ from mtnsails.errors import MtnsailsError, first_line
 from mtnsails.files import (DEFAULT_ONNX_DIR, DEFAULT_OPSET, FP32_FILE, INT4_FILE, INT8_FILE, ONNX_FORMAT,
                             PYTORCH_WEIGHTS, atomic_directory, context_length, is_torch_save_file,
                             read_json_object)
-from mtnsails.fused_attention import fuse_attention
+from mtnsails.fused_attention import fuse_attention, prune
 from mtnsails.generation import GenerationConfig, OnnxDecoder, generate_tokens
 from mtnsails.int4_quantizer import Int4Config, quantize_int4
 from mtnsails.onnx_metadata import read_onnx_directory, write_onnx_metadata
@@ -189,6 +189,7 @@ class ONNXConverter:
         if not (staging / "tokenizer.json").exists():
             raise MtnsailsError(f"{self.model_path} has no fast tokenizer (tokenizer.json): chat needs one")
         keep_last_logits(staging / FP32_FILE)
+        unflatten_linears(staging / FP32_FILE)
         return fuse_attention(staging / FP32_FILE, staging / "config.json")
 
     def quantize_int8(self, onnx_dir: str | os.PathLike) -> Path:
@@ -358,6 +359,102 @@ def keep_last_logits(model_file: Path) -> None:
     logits = next(output for output in graph.output if output.name == "logits")
     logits.type.tensor_type.shape.dim[1].dim_value = 1
     onnx.save(model, str(model_file))
+
+
+def _constant(graph, name: str):
+    """The value of `name` as a list when a Constant node or an initializer holds it, else None."""
+    from onnx import numpy_helper
+
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t).tolist()
+    tensor = next((tensor for tensor in graph.initializer if tensor.name == name), None)
+    return numpy_helper.to_array(tensor).tolist() if tensor is not None else None
+
+
+def _dimension_of(graph, producers: dict, name: str) -> tuple[str, int] | None:
+    """(x, axis) when `name` is one dimension of tensor x as a 1-element shape, as the export
+    computes it: Unsqueeze(Gather(Shape(x), axis)) or Unsqueeze(Squeeze(Slice(Shape(x), -1, end)))
+    (axis -1); None otherwise."""
+    unsqueeze = producers.get(name)
+    if unsqueeze is None or unsqueeze.op_type != "Unsqueeze" or _constant(graph, unsqueeze.input[1]) != [0]:
+        return None
+    picked = producers.get(unsqueeze.input[0])
+    if picked is not None and picked.op_type == "Squeeze":
+        picked = producers.get(picked.input[0])
+        if (picked is None or picked.op_type != "Slice" or _constant(graph, picked.input[1]) != [-1]
+                or (len(picked.input) > 3 and _constant(graph, picked.input[3]) != [0])):
+            return None
+        axis = -1
+    elif picked is not None and picked.op_type == "Gather" and not any(
+            attribute.name == "axis" and attribute.i for attribute in picked.attribute):
+        axis = _constant(graph, picked.input[1])
+    else:
+        return None
+    shape = producers.get(picked.input[0])
+    if shape is None or shape.op_type != "Shape" or shape.attribute or not isinstance(axis, int):
+        return None
+    return shape.input[0], axis
+
+
+def unflatten_linears(model_file: Path) -> int:
+    """Let each linear layer multiply the [batch, positions, in] activations as they are.
+
+    The export runs GPT-2's Conv1D layers as Reshape(x, [-1, in]) -> Gemm -> Reshape(back to
+    [batch, positions, out]), the shapes computed at every step by about ten Shape, Gather,
+    Slice, Squeeze, Unsqueeze and Concat nodes per layer: over 250 of the graph's 380 nodes at
+    distilgpt2's size, each a kernel launch per token. MatMul(x, W) + b computes the same rows
+    from x directly. Returns how many linear layers were rewritten (0 for other exports).
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    graph = model.graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    rewritten = 0
+    for gemm in [node for node in graph.node if node.op_type == "Gemm"]:
+        attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in gemm.attribute}
+        flatten, after = producers.get(gemm.input[0]), consumers.get(gemm.output[0], [])
+        if (gemm.input[1] not in initializers or attributes.get("transA", 0) or attributes.get("transB", 0)
+                or attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0
+                or flatten is None or flatten.op_type != "Reshape" or len(consumers[flatten.output[0]]) != 1
+                or len(after) != 1 or after[0].op_type != "Reshape"):
+            continue
+        source = flatten.input[0]
+        flat_shape, out_shape = producers.get(flatten.input[1]), producers.get(after[0].input[1])
+        if flat_shape is None or out_shape is None or "Concat" != flat_shape.op_type or "Concat" != out_shape.op_type:
+            continue
+        # flatten: [-1, x.shape[-1]]; after: [x.shape[0], ..., x.shape[k], out] for every leading axis
+        if (len(flat_shape.input) != 2 or _constant(graph, flat_shape.input[0]) != [-1]
+                or _dimension_of(graph, producers, flat_shape.input[1]) != (source, -1)):
+            continue
+        leading = [_dimension_of(graph, producers, name) for name in out_shape.input[:-1]]
+        if leading != [(source, axis) for axis in range(len(leading))] or not leading:
+            continue
+        if _constant(graph, out_shape.input[-1]) is None:
+            continue
+        name = gemm.name or gemm.output[0]
+        index = list(graph.node).index(gemm)
+        nodes = [helper.make_node("MatMul", [source, gemm.input[1]], [after[0].output[0]], name=f"{name}_matmul")]
+        if len(gemm.input) > 2 and gemm.input[2]:
+            nodes[0].output[0] = f"{gemm.output[0]}_unbiased"
+            nodes.append(helper.make_node("Add", [nodes[0].output[0], gemm.input[2]], [after[0].output[0]],
+                                          name=f"{name}_bias"))
+        graph.node.remove(gemm)
+        for offset, node in enumerate(nodes):
+            graph.node.insert(index + offset, node)
+        graph.node.remove(after[0])
+        rewritten += 1
+    if rewritten:
+        prune(graph)
+        onnx.save(model, str(model_file))
+    return rewritten
 
 
 def untranspose_head(model_file: Path) -> None:

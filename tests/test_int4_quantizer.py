@@ -38,15 +38,31 @@ def test_int4_round_trip_through_convert_verify_and_chat(trained_tiny_model_dir,
     assert answered.stdout == conversation["output"] + "\n"
 
 
-def test_gemm_becomes_matmul_plus_bias_on_the_same_weight(tiny_onnx_dir):
+def test_gemm_becomes_matmul_plus_bias_on_the_same_weight(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
     from mtnsails.int4_quantizer import gemm_to_matmul
 
-    model = onnx.load(str(tiny_onnx_dir / "model.onnx"))
+    # convert already multiplies GPT-2's activations without Gemm (see unflatten_linears): a
+    # 2-D linear layer of another export still reaches the quantizer as Gemm.
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="linear")], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 3])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     weights = sum(tensor.ByteSize() for tensor in model.graph.initializer)
-    gemms = [node for node in model.graph.node if node.op_type == "Gemm"]
-    assert gemm_to_matmul(model.graph) == len(gemms) > 0
-    assert not any(node.op_type == "Gemm" for node in model.graph.node)
+    assert gemm_to_matmul(model.graph) == 1
+    assert [node.op_type for node in model.graph.node] == ["MatMul", "Add"]
     assert sum(tensor.ByteSize() for tensor in model.graph.initializer) == weights  # nothing copied
+    onnx.save(model, str(tmp_path / "linear.onnx"))
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    (y,) = ort.InferenceSession(str(tmp_path / "linear.onnx")).run(None, {"x": x})
+    assert np.allclose(y, x @ weight + bias, atol=1e-5)
 
 
 def test_a_converted_directory_quantizes_its_untransposed_head_too(tiny_onnx_dir, tmp_path):

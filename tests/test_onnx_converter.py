@@ -7,6 +7,7 @@ import pickle
 import shutil
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from conftest import nan_copy, read_only_directory, run_cli
@@ -43,6 +44,17 @@ def test_export_writes_a_complete_chat_directory(untrained_onnx_dir):
     # Tied embedding / LM head stored once (accelerate installed): about the safetensors size.
     info = ONNXConverter.get_model_info(untrained_onnx_dir)
     assert info["format"] == "onnx" and info["files"]["model.onnx"] < 1.1 * 4 * 3_521_536 + 1e6
+
+
+def test_linear_layers_multiply_the_activations_as_they_are(untrained_onnx_dir):
+    # No Gemm between a flattening Reshape and one back, with the ten shape nodes computing them
+    # at every step: MatMul + Add on [batch, positions, hidden] (the logits test checks the result).
+    graph = onnx.load(str(untrained_onnx_dir / "model.onnx"), load_external_data=False).graph
+    ops = [node.op_type for node in graph.node]
+    layers = json.loads((untrained_onnx_dir / "config.json").read_text())["n_layer"]
+    assert "Gemm" not in ops and ops.count("MatMul") == 4 * layers
+    matmul_inputs = {node.input[0] for node in graph.node if node.op_type == "MatMul"}
+    assert not any(node.op_type == "Reshape" and node.output[0] in matmul_inputs for node in graph.node)
 
 
 def test_onnx_logits_match_pytorch_within_1e_4(untrained_tiny_model_dir, untrained_onnx_dir):
