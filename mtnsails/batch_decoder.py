@@ -10,11 +10,15 @@ cache joins the batch) and leave (`remove`) between steps; between joins and lea
 stay inside onnxruntime (each step's `present.*` is bound as the next step's past).
 
 With a graph whose attention appends to its past buffer in place (the decoder's `shared_cache`,
-see fused_attention), each cache tensor is one buffer with room along the positions, bound as
-both past and present: every step writes one column, at the common width, for all rows at once,
-and nothing is copied. Only a join (the new row's prompt cache written in, right-aligned), a
-leave (the row dropped, the batch narrowed) or growing the room copies the cache. Without it,
-each step's fresh present copied the whole batch's cache: a batch-4 step cost 1.3x a batch-1 step.
+see fused_attention), each cache tensor is one buffer with room for more rows and positions; the
+batch's rows are its first ones, bound as both past and present: every step writes one column, at
+the common width, for all rows at once, and nothing is copied. A join writes the new row's prompt
+cache into the next free row, a leave moves the last row into the freed one, both in place (a
+fresh buffer per join or leave cost 10 to 20 ms at batch 4: allocating and faulting in its pages
+took most of it). The batch is narrowed to its longest sequence when a leave leaves more than
+NARROW_SLACK padding positions (moving every row's columns left costs about what a step spends
+reading the padding in 20 to 30 steps). Without `shared_cache`, each step's fresh present copied
+the whole batch's cache: a batch-4 step cost 1.3x a batch-1 step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation import OnnxDecoder, bind_shared_cache, finite_logits, grown_capacity
+
+NARROW_SLACK = 32  # padding positions a leave may leave in a shared cache before the batch is narrowed
 
 
 def _stack_right_aligned(old: np.ndarray, new: np.ndarray, axis: int) -> np.ndarray:
@@ -62,21 +68,24 @@ class BatchDecoder:
         self.lengths = np.zeros(0, dtype=np.int64)  # tokens each sequence holds (prompt + new)
         self._mask = np.zeros((0, 0), dtype=np.int64)  # rows left-padded to the longest sequence
         empty = decoder.empty_cache[:0]  # no rows, no positions
-        self._past: list = [empty] * len(decoder.past_names)  # shared_cache: [rows, heads, room, head_dim]
+        self._past: list = [empty] * len(decoder.past_names)  # without shared_cache: the batch's cache
         self.shared_cache = decoder.shared_cache
+        self._buffers: list[np.ndarray] = []  # shared_cache: [row room, heads, position room, head_dim] each
         self._binding = self.session.io_binding()
 
     @property
     def cache_capacity(self) -> int:
-        """Positions the shared cache buffers hold before they grow (0 without `shared_cache`)."""
-        return self._past[0].shape[2] if self.shared_cache else 0
+        """Positions the shared cache buffers hold before they grow (0 before the first join or
+        without `shared_cache`)."""
+        return self._buffers[0].shape[2] if self._buffers else 0
 
     def __len__(self) -> int:
         return len(self.keys)
 
     @property
     def width(self) -> int:
-        """Positions of the batch's cache: the longest sequence's length."""
+        """Positions of the batch's cache: the longest sequence's length (with `shared_cache`, up
+        to NARROW_SLACK more after a leave)."""
         return self._mask.shape[1]
 
     def add(self, key: Hashable, prompt_ids: Sequence[int]) -> np.ndarray:
@@ -92,8 +101,7 @@ class BatchDecoder:
         feeds.update((name, self.decoder.empty_cache) for name in self.decoder.past_names)
         logits, *present = self.session.run(["logits", *self.decoder.present_names], feeds)
         if self.shared_cache:
-            self._share([(self._past, slice(None), self.width), (present, slice(None), length)],
-                        max(self.width, length))
+            self._join_shared(present)
         else:
             self._past = [_stack_right_aligned(self._cached(old), new, 2) for old, new in zip(self._past, present)]
         self._mask = _stack_right_aligned(self._mask, np.ones((1, length), dtype=np.int64), 1)
@@ -102,16 +110,18 @@ class BatchDecoder:
         return logits[0, -1]
 
     def remove(self, key: Hashable) -> None:
-        """Drop `key`'s sequence (the batch narrows to its new longest sequence)."""
+        """Drop `key`'s sequence; the batch narrows to its new longest sequence (with
+        `shared_cache`: when that saves more than NARROW_SLACK positions, and the last row takes
+        the freed row's place in `keys`)."""
         row = self.keys.index(key)
+        if self.shared_cache:
+            self._leave_shared(row)
+            return
         del self.keys[row]
         keep = np.arange(len(self.lengths)) != row
         self.lengths = self.lengths[keep]
         start = self.width - (int(self.lengths.max()) if len(self.keys) else 0)
-        if self.shared_cache:
-            self._share([(self._past, keep, self.width)], self.width - start)
-        else:
-            self._past = [self._cached(past)[keep, :, start:] for past in self._past]
+        self._past = [self._cached(past)[keep, :, start:] for past in self._past]
         self._mask = self._mask[keep, start:]  # one copy each, contiguous for onnxruntime
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
@@ -120,7 +130,8 @@ class BatchDecoder:
             raise ValueError(f"step() takes one token per sequence: {len(self.keys)}, got {len(tokens)}")
         mask = np.concatenate([self._mask, np.ones((len(self.keys), 1), dtype=np.int64)], axis=1)
         if self.shared_cache and mask.shape[1] > self.cache_capacity:
-            self._share([(self._past, slice(None), self.width)], self.width, room=mask.shape[1])
+            self._reserve(len(self.keys), mask.shape[1])
+            self._bind_shared()
         binding = self._binding
         binding.bind_cpu_input("input_ids", np.asarray(tokens, dtype=np.int64)[:, None])
         binding.bind_cpu_input("attention_mask", mask)
@@ -142,32 +153,64 @@ class BatchDecoder:
         self.lengths = self.lengths + 1
         return finite_logits(logits.numpy()[:, -1], self.decoder.model_file)
 
-    def _share(self, parts: list, width: int, room: int = 0) -> None:
-        """Lay the shared cache buffers out afresh from `parts`, (cache tensors, rows, end) each:
-        those rows' columns up to `end`, their last `width` at most kept, right-aligned at
-        `width`, the parts' rows one after the other. The room along the positions stays unless
-        `width` + 1 or `room` positions need more (then it grows geometrically). Each buffer is
-        bound as both past and present of its tensor."""
+    def _join_shared(self, present: list) -> None:
+        """Write a prompt's cache (`present`, one row) into the next free row, right-aligned at
+        the batch's width (the other rows move right first when the prompt is the longest)."""
+        rows, width, length = len(self.keys), self.width, present[0].shape[2]
+        wider = max(width, length)
+        self._reserve(rows + 1, wider + 1)
+        for buffer, new in zip(self._buffers, present):
+            if wider > width and rows:
+                buffer[:rows, :, wider - width:wider] = buffer[:rows, :, :width]
+            buffer[rows, :, wider - length:wider] = new[0]
+        self._bind_shared(rows + 1)
+
+    def _leave_shared(self, row: int) -> None:
+        """Drop `row`: the last row moves into its place; the batch narrows to its longest
+        sequence when that leaves more than NARROW_SLACK padding positions (or no row)."""
+        last, width = len(self.keys) - 1, self.width
+        if row != last:
+            for buffer in self._buffers:
+                buffer[row, :, :width] = buffer[last, :, :width]
+            self.keys[row], self.lengths[row], self._mask[row] = self.keys[last], self.lengths[last], self._mask[last]
+        del self.keys[last]
+        self.lengths, self._mask = self.lengths[:last], self._mask[:last]
+        longest = int(self.lengths.max()) if last else 0
+        if width - longest > (NARROW_SLACK if last else 0):
+            for buffer in self._buffers:
+                buffer[:last, :, :longest] = buffer[:last, :, width - longest:width]
+            self._mask = self._mask[:, width - longest:]
+        self._mask = np.ascontiguousarray(self._mask)
+        self._bind_shared(last)
+
+    def _reserve(self, rows: int, positions: int) -> None:
+        """Make the shared cache buffers hold `rows` rows of `positions` positions: when they
+        cannot, new ones (rows doubled, positions grown as `grown_capacity` says) get the
+        batch's cache, copied once."""
+        row_room = self._buffers[0].shape[0] if self._buffers else 0
         capacity = self.cache_capacity
-        if max(room, width + 1) > capacity:
-            capacity = grown_capacity(capacity, max(room, width + 1))
+        if rows <= row_room and positions <= capacity:
+            return
+        if positions > capacity:
+            capacity = grown_capacity(capacity, positions)
+        _, heads, _, head_dim = self.decoder.empty_cache.shape
+        shape = (max(rows, 2 * row_room), heads, capacity, head_dim)
+        batch, width = len(self.keys), self.width
         buffers = []
         for index in range(len(self.decoder.past_names)):
-            sources = [tensors[index][rows, :, max(end - width, 0):end] for tensors, rows, end in parts]
-            _, heads, _, head_dim = sources[0].shape
-            buffer = np.zeros((sum(len(source) for source in sources), heads, capacity, head_dim),
-                              dtype=sources[0].dtype)
-            row = 0
-            for source in sources:
-                buffer[row:row + len(source), :, width - source.shape[2]:width] = source
-                row += len(source)
+            buffer = np.zeros(shape, dtype=self.decoder.empty_cache.dtype)
+            if batch:
+                buffer[:batch, :, :width] = self._buffers[index][:batch, :, :width]
             buffers.append(buffer)
-        self._past = buffers
+        self._buffers = buffers
+
+    def _bind_shared(self, rows: int | None = None) -> None:
+        """Bind the buffers' first `rows` rows (default: the batch's) as both past and present."""
+        rows = len(self.keys) if rows is None else rows
         self._binding = self.session.io_binding()
         self._binding.bind_output("logits")  # bound first: get_outputs()[0] is always the logits
-        if not len(buffers[0]):  # no rows left: nothing to bind until one joins
-            return
-        bind_shared_cache(self._binding, self.decoder, buffers)
+        if rows:  # no rows: nothing to bind until one joins
+            bind_shared_cache(self._binding, self.decoder, [buffer[:rows] for buffer in self._buffers])
 
     @staticmethod
     def _cached(value) -> np.ndarray:

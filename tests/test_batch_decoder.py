@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import TINY_CONVERSATIONS
 
-from mtnsails import generation
+from mtnsails import batch_decoder, generation
 from mtnsails.batch_decoder import BatchDecoder
 from mtnsails.chat import ChatInterface
 from mtnsails.generation import GenerationConfig, OnnxDecoder, TokenChooser, generate_tokens
@@ -45,7 +45,8 @@ def decode_together(batch: BatchDecoder, prompts: list[list[int]], joining: int)
             del waiting[:joining]
         for key in [key for key in batch.keys if len(out[key]) == GREEDY.max_new_tokens]:
             batch.remove(key)
-            assert batch.width == max(batch.lengths, default=0)  # narrowed to the longest left
+            padding = batch.width - max(batch.lengths, default=0)  # narrowed to the longest left
+            assert padding == 0 or (batch.shared_cache and padding <= batch_decoder.NARROW_SLACK)
         if len(batch):
             rows = batch.step([out[key][-1][0] for key in batch.keys])
             for key, logits in zip(batch.keys, rows):
@@ -70,23 +71,27 @@ def test_batched_greedy_decoding_equals_decoding_alone(chat, joining):
                                np.stack(expected), atol=1e-4)
 
 
-def test_shared_cache_rows_join_leave_and_grow_as_decoded_alone(chat, tiny_onnx_dir, monkeypatch):
+@pytest.mark.parametrize("slack", [0, 4])
+def test_shared_cache_rows_join_leave_and_grow_as_decoded_alone(chat, tiny_onnx_dir, monkeypatch, slack):
     assert json.loads((tiny_onnx_dir / "mtnsails.json").read_text())["kv_cache"] == "shared"
     alone = [list(generate_tokens(chat.decoder, ids, GREEDY)) for ids in prompts(chat)]
     # No spare room: the buffers grow (and are copied) whenever the common width outruns them.
     monkeypatch.setattr(generation, "CACHE_GROWTH", 0)
-    capacities = set()
+    monkeypatch.setattr(batch_decoder, "NARROW_SLACK", slack)  # 0: every leave narrows the batch
+    capacities, paddings = set(), set()
 
     class Recording(BatchDecoder):
         def step(self, tokens):
             logits = super().step(tokens)
             capacities.add(self.cache_capacity)
+            paddings.add(self.width - max(self.lengths))
             return logits
 
     batch = Recording(OnnxDecoder(chat.model_file, shared_cache=True))
     together = decode_together(batch, prompts(chat), joining=2)
     assert len(batch) == 0 and batch.width == 0
     assert len(capacities) > 2  # it grew past its first room more than once
+    assert max(paddings) == 0 if slack == 0 else 0 < max(paddings) <= slack  # leaves kept some padding
     for index, tokens in enumerate(alone):
         assert [token for token, _ in together[index]] == tokens
 
