@@ -28,6 +28,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import orjson
+
 from mtnsails.errors import MtnsailsError
 from mtnsails.files import atomic_writer
 from mtnsails.template import ChatTemplate, Segment, exchanges
@@ -275,7 +277,7 @@ def _iter_all(path: Path) -> Iterator[tuple[str, Any]]:
             yield from _table_records(path, TABLE_SUFFIXES[suffix])
         elif suffix in JSONL_SUFFIXES:
             with open(path, "rb") as handle:
-                yield from _jsonl_records(path, _decoded_lines(path, handle))
+                yield from _jsonl_records(path, enumerate(handle, start=1))
         else:
             yield from _json_records(path)
     except OSError as error:
@@ -286,22 +288,21 @@ def iter_conversations(path: str | os.PathLike) -> Iterator[dict]:
     """Yield the file's conversations normalised, one at a time (a large file is never held
     whole); raises DataFormatError for a bad record or a file without conversations."""
     path = Path(path)
-    count = 0
+    count, prefix = 0, f"{path}: "
     for where, record in iter_records(path):
-        yield normalize_record(record, f"{path}: {where}")
+        yield normalize_record(record, prefix + where)
         count += 1
     if not count:
         raise DataFormatError(f"{path}: contains no conversations")
 
 
-def _decoded_lines(path: Path, lines: Iterable[bytes]) -> Iterator[tuple[int, str]]:
-    """(line number, text) of UTF-8 lines (a byte-order mark is dropped)."""
-    for number, raw in enumerate(lines, start=1):
-        try:
-            yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as error:
-            raise DataFormatError(f"{path}: line {number}: not valid UTF-8 (byte "
-                                  f"0x{raw[error.start]:02x}); save the file as UTF-8") from None
+def _decoded(path: Path, number: int, raw: bytes) -> str:
+    """Line `number` of the file as text (a byte-order mark opening the file is dropped)."""
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{path}: line {number}: not valid UTF-8 (byte "
+                              f"0x{raw[error.start]:02x}); save the file as UTF-8") from None
 
 
 def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -347,12 +348,20 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
         index += 1
 
 
-def _jsonl_records(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[str, Any]]:
-    """The records of JSON Lines given with their line ends. A last line that does not parse
-    and has no newline is a record whose write a crash cut short (any log can end so): skipped
-    with a warning."""
+def _jsonl_records(path: Path, lines: Iterable[tuple[int, bytes | str]]
+                   ) -> Iterator[tuple[str, Any]]:
+    """The records of JSON Lines given numbered, with their line ends, as read (bytes) or as
+    text. A last line that does not parse and has no newline is a record whose write a crash cut
+    short (any log can end so): skipped with a warning."""
     seen = False
     for number, line in lines:
+        record = _quick_loads(line)
+        if record is not _SLOW:
+            seen = True
+            yield f"line {number}", record
+            continue
+        if isinstance(line, bytes):
+            line = _decoded(path, number, line)
         if not line.strip():
             continue
         seen = True
@@ -368,6 +377,26 @@ def _jsonl_records(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[tup
         yield f"line {number}", record
     if not seen:
         raise DataFormatError(f"{path}: the file is empty")
+
+
+_SLOW = object()  # `_quick_loads`: this line is for `_loads`
+# Deleting every other byte leaves a line's digits and opening brackets.
+NOT_DIGITS_OR_BRACKETS = bytes(set(range(256)) - set(b"0123456789[{"))
+
+
+def _quick_loads(line: bytes | str) -> Any:
+    """orjson's reading of a line read as bytes, where it can only agree with `_loads`: valid
+    UTF-8 JSON with fewer than 19 digits and opening brackets together (orjson reads integers
+    beyond 64 bits as floats, Python refuses integers of more digits than it reads, and each
+    parser has its own nesting limit). Anything else, including every line orjson refuses,
+    returns `_SLOW`: `_loads` reads it (or says exactly what is wrong, as it always has).
+    orjson reads a line several times faster than the standard library."""
+    if isinstance(line, str) or len(line.translate(None, NOT_DIGITS_OR_BRACKETS)) >= 19:
+        return _SLOW
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _SLOW
 
 
 def _loads(text: str, path: Path, where: str = "") -> Any:
@@ -492,6 +521,9 @@ def _json_type(value: Any) -> str:
 
 def normalize_record(record: Any, where: str) -> dict:
     """Turn one record of any accepted format into the native form, or raise DataFormatError."""
+    if (type(record) is dict and len(record) == 2 and type(record.get("input")) is str
+            and type(record.get("output")) is str):
+        return {"input": record["input"], "output": record["output"]}  # already native
     if not isinstance(record, dict):
         raise DataFormatError(f"{where}: expected an object, got {_json_type(record)}")
     if "conversations" in record:

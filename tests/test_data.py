@@ -8,7 +8,7 @@ import pytest
 from conftest import DATA_DIR, EXAMPLE_DATA, unreadable_file
 
 from mtnsails.data import (ConversationDataHandler, DataFormatError, common_system, exchanges,
-                           iter_conversations, iter_unique)
+                           iter_conversations, iter_records, iter_unique)
 from mtnsails.errors import MtnsailsError
 
 
@@ -262,6 +262,23 @@ def test_an_unreadable_file_is_a_one_line_error(tmp_path):
     path = unreadable_file(tmp_path / "data.jsonl")
     with pytest.raises(DataFormatError, match=r"data.jsonl: cannot be read \("):
         ConversationDataHandler(path)
+
+
+def test_json_lines_read_as_the_standard_library_reads_them(tmp_path):
+    # orjson reads most lines; these are the values where it could differ, and must not
+    lines = ['{"input": "BOM?", "output": "Before this line: dropped."}',
+             '{"input": "Hi", "output": "Hello.", "n": 123456789012345678901234}',  # > 64 bits
+             '{"input": "Pi?", "output": "About 3.14.", "x": 3.141592653589793, "z": 1e-300}',
+             '{"input": "Caf\\u00e9?", "output": "Sure \\ud83d\\ude00", "tags": [[[1]], '
+             '{"a": null}], "ok": true}',
+             '\u00a0 ',  # a no-break space: a blank line to Python, invalid JSON to orjson
+             '{"input": "Again", "output": "Twice.", "input": "Once"}',  # the last key wins
+             '[' * 600 + ']' * 600]
+    path = tmp_path / "values.jsonl"
+    path.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")  # a byte-order mark
+    records = [record for _, record in iter_records(path)]
+    assert records == [json.loads(line) for line in lines if line.strip()]
+    assert type(records[1]["n"]) is int and records[3]["output"] == "Sure \U0001F600"
 
 
 def test_json_lines_are_read_one_at_a_time(tmp_path):
