@@ -86,8 +86,18 @@ class OnnxDecoder:
         self.shared_cache = shared_cache
         self._buffers: list[np.ndarray] = []  # shared_cache: [1, heads, capacity, head_dim] each
         self._binding = self.session.io_binding()
-        self._binding.bind_output("logits")  # bound first: get_outputs()[0] is always the logits
+        logits = next(value for value in self.session.get_outputs() if value.name == "logits")
+        self._logits = None  # shared_cache: the one buffer the logits are written into
+        if shared_cache and logits.shape[1] == 1 and isinstance(logits.shape[2], int):
+            # A graph from `convert` returns the last position only: one buffer bound once, read
+            # after each step without asking onnxruntime for its 13 outputs (0.14 ms a token).
+            self._logits = np.empty((1, 1, logits.shape[2]), dtype=np.float16 if "float16" in logits.type
+                                    else np.float32)
+            self._binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
+        else:
+            self._binding.bind_output("logits")  # bound first: get_outputs()[0] is always the logits
         self._mask = np.ones((1, 0), dtype=np.int64)
+        self._positions = np.zeros((1, 0), dtype=np.int64)
         self.reset()
 
     def reset(self) -> None:
@@ -125,16 +135,16 @@ class OnnxDecoder:
         returns every position fed. Either way row -1 is the next-token distribution.
         """
         total = self.past_length + len(token_ids)
-        if self._mask.shape[1] < total:  # one growing buffer of ones, sliced per step (no per-step allocation)
+        if self._mask.shape[1] < total:  # growing buffers of ones and positions, sliced per step
             self._mask = np.ones((1, max(total, 2 * self._mask.shape[1])), dtype=np.int64)
+            self._positions = np.arange(self._mask.shape[1], dtype=np.int64)[None]
         binding = self._binding
-        input_ids = np.asarray([token_ids], dtype=np.int64)
-        binding.bind_cpu_input("input_ids", input_ids)
+        binding.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
         binding.bind_cpu_input("attention_mask", self._mask[:, :total])
         if self.uses_position_ids:
-            positions = np.arange(self.past_length, total, dtype=np.int64)[None]
-            binding.bind_cpu_input("position_ids", positions)
-        binding.bind_output("logits")
+            binding.bind_cpu_input("position_ids", self._positions[:, self.past_length:total])
+        if self._logits is None:
+            binding.bind_output("logits")
         if self.shared_cache:
             self._reserve(total)
         else:
@@ -146,10 +156,12 @@ class OnnxDecoder:
             for name in self.present_names:
                 binding.bind_output(name)
         self.session.run_with_iobinding(binding)
+        self.past_length = total
+        if self._logits is not None:  # copied: the buffer is written again by the next step
+            return finite_logits(self._logits[0].copy(), self.model_file)
         logits, *present = binding.get_outputs()
         if not self.shared_cache:
             self._past = present
-        self.past_length = total
         return finite_logits(logits.numpy()[0], self.model_file)
 
 
@@ -287,7 +299,8 @@ class TokenChooser:
 
     def choose(self, logits: np.ndarray) -> int:
         """The next token given the model's next-token `logits` (left unchanged); it joins the context."""
-        scores = logits.copy()
+        # Only the penalty and the n-gram ban change scores in place (sampling reads them).
+        scores = logits.copy() if self.penalise or self.ngrams is not None else logits
         if self.penalise:
             apply_repetition_penalty(scores, self.seen_ids, self.config.repetition_penalty)
         if self.ngrams is not None:

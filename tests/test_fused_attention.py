@@ -80,3 +80,13 @@ def test_shared_cache_grows_and_is_reused_after_reset(tiny_onnx_dir):
     fresh.reset()
     for ids in (prompt[:3], [7], [8]):
         np.testing.assert_allclose(shared.forward(ids), fresh.forward(ids), atol=1e-5)
+
+
+def test_logits_a_step_returned_stay_as_they_were(tiny_onnx_dir):
+    # The shared-cache decoder reads the logits from one output buffer that every step writes.
+    decoder = OnnxDecoder(tiny_onnx_dir / "model.onnx", shared_cache=True)
+    first = decoder.forward(list(range(100, 110)))
+    kept = first.copy()
+    second = decoder.forward([7])
+    np.testing.assert_array_equal(first, kept)
+    assert not np.array_equal(first, second)
