@@ -211,6 +211,10 @@ class CopyFinder:
     def __len__(self) -> int:
         return len(self._digests)
 
+    def digest(self, index: int) -> int:
+        """The key hash of text `index` (0 for an empty key)."""
+        return self._digests[index]
+
     def add(self, key: str, tokens: list[str]) -> None:
         """Add the next text: `key` its normalised form (only a hash of it is kept), `tokens`
         its words for near-duplicate shingles."""

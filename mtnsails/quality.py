@@ -7,23 +7,28 @@ Rules are small functions in the style of datatrove's filters; each returns a `Q
 reliable on a sentence or two (repeated sentences, runs of one word, compression ratio).
 Across the data set, exact duplicates are found by a normalised-text hash and near duplicates
 by MinHash + LSH banding (vectorised with numpy, verified by exact Jaccard similarity).
-Imports only the standard library and numpy: `validate` must start fast and never load torch.
+Imports only the standard library, numpy and orjson: `validate` must start fast and never
+load torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
 import string
 import sys
 import unicodedata
 import zlib
+from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, islice
 from operator import eq, ne
 from typing import NamedTuple
+
+import orjson
 
 from mtnsails.cpu import usable_cpus
 from mtnsails.dedup import CopyFinder, TextCodes, text_codes
@@ -587,12 +592,14 @@ class DataQualityValidator:
         finder = CopyFinder(self.config)
         issues: list[list[QualityIssue]] = []
         snippets: dict[int, tuple[str, str]] = {}
-        for found, chunk_snippets, codes in self._checked_chunks(conversations):
-            for offset, snippet in chunk_snippets.items():
+        for result, repeats in self._checked_chunks(conversations):
+            if repeats:
+                result = _with_repeats(result, repeats, len(issues), issues, snippets, finder)
+            for offset, snippet in result.snippets.items():
                 if len(snippets) < self.config.max_examples:
                     snippets[len(issues) + offset] = snippet
-            issues += found
-            finder.add_codes(codes)
+            issues += result.issues
+            finder.add_codes(result.codes)
         for index, issue in self._duplicates(finder).items():
             issues[index].append(issue)
         counts = {code: 0 for code in CODES}
@@ -614,21 +621,22 @@ class DataQualityValidator:
         report.recommendations = recommendations(report, self.config)
         return report
 
-    def _checked_chunks(self, conversations: Iterable[dict]) -> Iterator[ChunkResult]:
-        """`check_chunk` of each `chunk_conversations` conversations, in order: the first
-        `parallel_min_conversations` in this process (starting workers costs more than a small
-        data set takes), the rest in worker processes, a bounded number of chunks in flight."""
+    def _checked_chunks(self, conversations: Iterable[dict]
+                        ) -> Iterator[tuple[ChunkResult, dict[int, int]]]:
+        """`check_chunk` of the new conversations of each chunk of `chunk_conversations`, with
+        the chunk's repeats (`_new_chunks`), in order: the first `parallel_min_conversations`
+        in this process (starting workers costs more than a small data set takes), the rest in
+        worker processes, a bounded number of chunks in flight."""
         config = self.config
-        stream = iter(conversations)
-        chunks = iter(lambda: list(islice(stream, config.chunk_conversations)), [])
+        chunks = _new_chunks(conversations, config.chunk_conversations)
         serial = -(-config.parallel_min_conversations // config.chunk_conversations)
-        for chunk in islice(chunks, serial):
-            yield check_chunk(self, chunk)
+        for new, repeats in islice(chunks, serial):
+            yield check_chunk(self, new), repeats
         workers = config.workers or usable_cpus()
         chunk = next(chunks, None)
         if chunk is None or workers < 2:
-            yield from (check_chunk(self, chunk) for chunk in chain([chunk] if chunk else [],
-                                                                       chunks))
+            yield from ((check_chunk(self, new), repeats)
+                        for new, repeats in chain([chunk] if chunk else [], chunks))
             return
         import multiprocessing
 
@@ -639,12 +647,14 @@ class DataQualityValidator:
         # leaving the block (an error, Ctrl-C) terminates the workers
         with context.Pool(workers, initializer=_ignore_interrupts) as pool:
             pending: deque = deque()
-            for chunk in chain([chunk], chunks):
-                pending.append(pool.apply_async(check_chunk, (self, chunk)))
+            for new, repeats in chain([chunk], chunks):
+                pending.append((pool.apply_async(check_chunk, (self, new)), repeats))
                 if len(pending) > 2 * workers:
-                    yield pending.popleft().get()
+                    result, repeats = pending.popleft()
+                    yield result.get(), repeats
             while pending:
-                yield pending.popleft().get()
+                result, repeats = pending.popleft()
+                yield result.get(), repeats
 
     def filter_valid(self, conversations: list[dict]) -> list[dict]:
         """The conversations without any issue (the first of a set of duplicates stays)."""
@@ -703,6 +713,83 @@ def check_chunk(validator: DataQualityValidator, conversations: list[dict]) -> C
         token_lists.append(tokens)
     return ChunkResult(issues, snippets,
                        text_codes(keys, token_lists, validator.config.max_dedup_words))
+
+
+# Conversations remembered to find repeats (`_new_chunks`): between this many and twice as
+# many of the latest, 16 bytes of digest and an index each (about 100 bytes in a dict).
+REMEMBERED = 100_000
+
+
+def _new_chunks(conversations: Iterable[dict], size: int
+                ) -> Iterator[tuple[list[dict], dict[int, int]]]:
+    """The conversations in chunks of `size`, each as the conversations not read before and
+    {place in the chunk of a repeat: index of its first reading}. A repeat has the fields and
+    values of an earlier conversation (a data set's exact copies, a line logged twice): the
+    rules would give it the same issues, so it is not checked again. The latest `REMEMBERED`
+    or more conversations are remembered, by digest; an older copy is simply checked again."""
+    recent: dict[bytes, int] = {}
+    older: dict[bytes, int] = {}
+    stream = iter(conversations)
+    start = 0
+    while chunk := list(islice(stream, size)):
+        new, repeats = [], {}
+        for place, conversation in enumerate(chunk):
+            key = _content_key(conversation)
+            earlier = recent.get(key, older.get(key))
+            if earlier is not None:
+                repeats[place] = earlier
+                continue
+            if key is not None:
+                recent[key] = start + place
+            new.append(conversation)
+        if len(recent) >= REMEMBERED:
+            older, recent = recent, {}
+        start += len(chunk)
+        yield new, repeats
+
+
+def _content_key(conversation: dict) -> bytes | None:
+    """A digest of the conversation's fields and values in order (None when they are not all
+    JSON: such a conversation is never taken for a repeat)."""
+    try:
+        return hashlib.blake2b(orjson.dumps(conversation), digest_size=16).digest()
+    except TypeError:  # orjson.JSONEncodeError included
+        return None
+
+
+def _with_repeats(result: ChunkResult, repeats: dict[int, int], start: int,
+                  issues: list[list[QualityIssue]], snippets: dict[int, tuple[str, str]],
+                  finder: CopyFinder) -> ChunkResult:
+    """The `ChunkResult` of a whole chunk (its first conversation number `start`) from that of
+    its new conversations and its repeats: a repeat gets its first reading's issues, snippet
+    and key hash (from this chunk, or from `issues`, `snippets` and `finder` for earlier
+    ones), and no words: as an exact copy it never enters the near-duplicate search."""
+    found: list[list[QualityIssue]] = []
+    chunk_snippets: dict[int, tuple[str, str]] = {}
+    digests, lengths = array("Q"), array("q")
+    new = 0
+    for place in range(len(result.issues) + len(repeats)):
+        original = repeats.get(place)
+        if original is None:
+            found.append(result.issues[new])
+            digests.append(result.codes.digests[new])
+            lengths.append(result.codes.lengths[new])
+            snippet = result.snippets.get(new)
+            new += 1
+        elif original >= start:
+            found.append(list(found[original - start]))
+            digests.append(digests[original - start])
+            lengths.append(0)
+            snippet = chunk_snippets.get(original - start)
+        else:
+            found.append(list(issues[original]))
+            digests.append(finder.digest(original))
+            lengths.append(0)
+            snippet = snippets.get(original)
+        if snippet is not None:
+            chunk_snippets[place] = snippet
+    return ChunkResult(found, chunk_snippets,
+                       result.codes._replace(digests=digests, lengths=lengths))
 
 
 def _ignore_interrupts() -> None:

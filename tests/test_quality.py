@@ -411,6 +411,35 @@ def test_workers_give_the_report_of_one_process():
         conversations).to_dict() == alone.analyze(conversations).to_dict()
 
 
+def test_a_repeat_gets_the_report_of_its_first_reading_without_a_second_check(monkeypatch):
+    from mtnsails import quality
+
+    cut = {"input": "Why is the sky blue?", "output": "Because the light and the"}
+    conversations = [cut, dict(cut), {"input": "Hi", "output": ""}, dict(cut)]
+    conversations += mixed_conversations(3000)  # 10 % exact copies of one up to 500 back
+    chunked = dict(chunk_conversations=64, parallel_min_conversations=200)
+    one = DataQualityValidator(QualityConfig(workers=1, **chunked))
+    pairs = DataQualityValidator(QualityConfig(workers=1, chunk_conversations=2))
+    with monkeypatch.context() as unseen:  # no repeats: every conversation checked on its own
+        unseen.setattr(quality, "_content_key", lambda conversation: None)
+        expected = one.analyze(iter(conversations)).to_dict()
+        expected_pairs = pairs.analyze(iter(conversations[:50])).to_dict()
+    assert [example["index"] for example in expected["problematic_examples"]][:4] == [0, 1, 2, 3]
+    assert pairs.analyze(iter(conversations[:50])).to_dict() == expected_pairs  # 3 repeats 0
+    monkeypatch.setattr(quality, "REMEMBERED", 300)  # older copies are checked again
+    assert one.analyze(iter(conversations)).to_dict() == expected
+    together = DataQualityValidator(QualityConfig(workers=2, **chunked))
+    assert together.analyze(iter(conversations)).to_dict() == expected
+    checked: list[int] = []
+    check_chunk = quality.check_chunk
+    monkeypatch.setattr(quality, "check_chunk",
+                        lambda validator, chunk: checked.append(len(chunk))
+                        or check_chunk(validator, chunk))
+    one.analyze(iter(conversations))
+    distinct = len({tuple(conversation.items()) for conversation in conversations})
+    assert distinct <= sum(checked) < len(conversations) - 250  # each one once, or nearly
+
+
 def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_workers():
     import multiprocessing
 
