@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import signal
+import sys
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -25,6 +26,9 @@ from mtnsails.cpu import usable_cpus
 
 if TYPE_CHECKING:
     from mtnsails.quality import QualityConfig
+
+
+HIGH_HALF = 1 if sys.byteorder == "little" else 0  # where a uint64's high uint32 lies
 
 
 def find_copies(keys: list[str], token_lists: list[list[str]],
@@ -418,9 +422,9 @@ class NearDuplicateFinder:
             values = buffer[:hi - lo]
             np.multiply(shingles[lo:hi, None], self.a, out=values)
             values += self.b
-            values >>= np.uint64(32)
+            # the minimum of the values' high 32-bit halves, read in place (no shift pass)
             signatures[start_doc:end_doc] = np.minimum.reduceat(
-                values, offsets[start_doc:end_doc] - lo, axis=0)
+                values.view(np.uint32)[:, HIGH_HALF::2], offsets[start_doc:end_doc] - lo, axis=0)
             start_doc = end_doc
         return signatures
 

@@ -25,7 +25,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, islice
-from operator import eq, ne
+from operator import eq, itemgetter, ne
 from typing import NamedTuple
 
 import orjson
@@ -260,6 +260,12 @@ def word_count(text: str) -> int:
     return len(WORD_RE.findall(CJK_RE.sub(" ", text))) + len(CJK_RE.findall(text))
 
 
+def _most_common(counts: Counter) -> tuple:
+    """`counts.most_common(1)[0]`: the most frequent item (the first counted of equal counts)
+    and its count, without most_common's general case (a heap, imported on each call)."""
+    return max(counts.items(), key=itemgetter(1))
+
+
 def _duplicates(items: list[str]) -> tuple[int, int, str, int]:
     """(duplicate count, characters in duplicates, most repeated item, its count)."""
     seen: set[str] = set()
@@ -272,7 +278,7 @@ def _duplicates(items: list[str]) -> tuple[int, int, str, int]:
             seen.add(item)
     if not count:
         return 0, 0, "", 0
-    top, top_count = Counter(items).most_common(1)[0]
+    top, top_count = _most_common(Counter(items))
     return count, chars, top, top_count
 
 
@@ -346,7 +352,7 @@ def repetition_reason(text: str, words: list[str], config: QualityConfig) -> str
         ratio = len(raw) / len(zlib.compress(raw, 9, wbits=-15))
         if ratio > config.max_compression_ratio:
             trigrams = Counter(" ".join(words[i:i + 3]) for i in range(len(words) - 2))
-            phrase, count = trigrams.most_common(1)[0] if trigrams else ("", 0)
+            phrase, count = _most_common(trigrams) if trigrams else ("", 0)
             return (f"compresses {ratio:.1f}x (limit {config.max_compression_ratio}): it repeats "
                     f"{phrase!r} {count} times")
     return None
@@ -367,7 +373,7 @@ def _gopher_repetition(text: str, words: list[str], config: QualityConfig) -> st
     if len(set(_ngrams(words, 2))) == len(words) - 1:
         return None  # no word pair repeats, so no longer n-gram can either
     for n, limit in config.max_top_ngram_char_fraction:
-        (top, count), = Counter(_ngrams(words, n)).most_common(1)
+        top, count = _most_common(Counter(_ngrams(words, n)))
         covered = (sum(map(len, top)) + n - 1) * count  # the n-gram as text, times its count
         if count > 1 and covered / len(text) > limit:
             return (f"repeats the phrase {' '.join(top)!r} {count} times (its repeats cover "
