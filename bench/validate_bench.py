@@ -5,9 +5,10 @@ Generates varied synthetic conversations (seeded): mostly good ones built from r
 plus a share of bad ones (empty, short, repetitive, echo, cut-off, symbol soup) and of exact and
 near duplicates. Prints conversations/second of `analyze()` in this process, then runs
 `main.py validate --quiet` on a generated file of `--file-count` conversations (one per line)
-in a child process and prints its wall time, CPU time (its workers' included) and peak resident
-memory (validate's and its workers' summed; CPU time is the figure to compare on a shared
-machine: other work stretches the wall time). Run it alone:
+in a child process and prints its wall time, CPU time (its workers' included) and peak memory
+(validate's and its workers' proportional set size summed, and their resident set size summed;
+CPU time is the figure to compare on a shared machine: other work stretches the wall time).
+Run it alone:
 
     flock /tmp/mtnsails-big.lock python bench/validate_bench.py [--count 100000]
         [--file-count 1000000] [--seed 0]
@@ -113,16 +114,25 @@ def cpu_time() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def tree_rss(pid: int) -> int:
-    """Resident KiB of process `pid` and its descendants (sampled from /proc; 0 once gone)."""
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in KiB of process `pid` and its descendants, each summed (sampled from /proc;
+    0 once gone). A page a forked process still shares with its parent is in the RSS of both,
+    so the RSS sum counts it twice; PSS splits it among them, so the PSS sum is the memory the
+    processes take together."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
-        return 0
+        return 0, 0
     rss = next((int(line.split()[1]) for line in status.splitlines()
                 if line.startswith("VmRSS:")), 0)
-    return rss + sum(tree_rss(int(child)) for child in children)
+    pss = next((int(line.split()[1]) for line in rollup.splitlines()
+                if line.startswith("Pss:")), 0)
+    for child in children:
+        child_rss, child_pss = tree_memory(int(child))
+        rss, pss = rss + child_rss, pss + child_pss
+    return rss, pss
 
 
 def validate_file(count: int, seed: int) -> None:
@@ -133,29 +143,32 @@ def validate_file(count: int, seed: int) -> None:
             for conversation in generate(count, seed):
                 handle.write(json.dumps(conversation) + "\n")
         size = path.stat().st_size
+        load_before = os.getloadavg()[0]  # others' work: it stretches the wall time
         start, start_cpu = time.perf_counter(), cpu_time()
         process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "validate",
                                     "--data-file", str(path), "--quiet"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # validate's worker processes are its children: their memory counts too, summed
-        total_peak = 0
+        rss_peak = pss_peak = 0
         while process.poll() is None:
-            total_peak = max(total_peak, tree_rss(process.pid))
+            rss, pss = tree_memory(process.pid)
+            rss_peak, pss_peak = max(rss_peak, rss), max(pss_peak, pss)
             time.sleep(0.2)
         seconds = time.perf_counter() - start
         result = subprocess.CompletedProcess(process.args, process.returncode,
                                              *process.communicate())
         cpu_seconds = cpu_time() - start_cpu  # validate's and its workers'
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    peak = max(usage.ru_maxrss / 1024, total_peak / 1024)  # KiB on Linux
+    peak = max(usage.ru_maxrss / 1024, rss_peak / 1024)  # KiB on Linux
     load = os.getloadavg()[0]
     if result.returncode not in (0, 1):
         sys.exit(f"validate failed ({result.returncode}): {result.stderr.strip()}")
     print(f"validate --quiet on {count:,} conversations ({size / 1e6:.0f} MB of JSON Lines): "
-          f"{seconds:.1f} s ({cpu_seconds:.1f} s of CPU time; load average {load:.1f} on "
-          f"{os.cpu_count()} cores at the end), peak RSS {peak:,.0f} MiB (validate and its "
-          f"workers together); "
-          f"{result.stdout.strip()}")
+          f"{seconds:.1f} s ({cpu_seconds:.1f} s of CPU time; load average {load_before:.1f} "
+          f"before, {load:.1f} at the end, on {os.cpu_count()} cores), peak memory "
+          f"{pss_peak / 1024:,.0f} MiB (PSS of validate and its workers together; their RSS "
+          f"summed, which counts pages a forked worker shares with validate twice: "
+          f"{peak:,.0f} MiB); {result.stdout.strip()}")
 
 
 def main() -> None:
