@@ -276,7 +276,11 @@ def sample(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generato
         order = order[np.argsort(-probabilities[order], kind="stable")]
         keep = order[: int(np.searchsorted(np.cumsum(probabilities[order]), config.top_p)) + 1]
         candidates, probabilities = candidates[keep], probabilities[keep] / probabilities[keep].sum()
-    return int(candidates[rng.choice(len(probabilities), p=probabilities)])
+    # Generator.choice(len(p), p=p)'s own draw, without its checks of `p` (tens of microseconds,
+    # as long as the rest of sampling): one uniform number against the cumulative distribution.
+    cdf = np.cumsum(probabilities)
+    cdf /= cdf[-1]
+    return int(candidates[np.searchsorted(cdf, rng.random(), side="right")])
 
 
 class TokenChooser:
