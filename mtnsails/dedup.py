@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import signal
 import sys
 from array import array
 from collections import defaultdict
@@ -107,52 +106,18 @@ def _buckets(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return place[shared], ordered[shared], sizes[shared]
 
 
-def _in_processes(function: Callable[[Any], np.ndarray], parts: Sequence) -> list[np.ndarray]:
-    """[function(part) for part in parts]: the first part in this process, each other one at
-    the same time in a forked copy of it, which reads this process's arrays without copying
-    them (fork shares memory until it is written) and sends back only its result. A copy that
-    fails or dies (out of memory, say) leaves its part to this process, which then raises
-    whatever the part raises; without fork everything runs here."""
-    import multiprocessing
-
-    if len(parts) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+def _in_threads(function: Callable[[Any], np.ndarray], parts: Sequence) -> list[np.ndarray]:
+    """[function(part) for part in parts]: the first part in this thread, each other one at the
+    same time in a thread of its own. numpy releases the interpreter lock while it sorts, gathers
+    and compares, so the parts run on several cores, in one process: no memory is copied or
+    counted twice. An error in a part is raised here."""
+    if len(parts) < 2:
         return [function(part) for part in parts]
-    context = multiprocessing.get_context("fork")
-    children = []
-    try:
-        for part in parts[1:]:
-            receiver, sender = context.Pipe(duplex=False)
-            child = context.Process(target=_send_result, args=(sender, function, part),
-                                    daemon=True)
-            child.start()
-            sender.close()
-            children.append((child, receiver))
-        results = [function(parts[0])]
-        for (child, receiver), part in zip(children, parts[1:]):
-            try:
-                result = receiver.recv()
-            except EOFError:
-                result = None
-            results.append(function(part) if result is None else result)
-        return results
-    finally:
-        for child, receiver in children:
-            receiver.close()
-            child.terminate()
-            child.join()
+    from concurrent.futures import ThreadPoolExecutor
 
-
-def _send_result(connection: Any, function: Callable[[Any], np.ndarray], part: Any) -> None:
-    """Run in a forked process by `_in_processes`: function(part) sent back, or None when it
-    fails (the parent then runs the part itself, so any error is raised there, once). Ctrl-C
-    is left to the parent, which ends this process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        result = function(part)
-    except BaseException:  # the parent's own run of the part raises it
-        result = None
-    connection.send(result)
-    connection.close()
+    with ThreadPoolExecutor(len(parts) - 1) as pool:
+        others = [pool.submit(function, part) for part in parts[1:]]
+        return [function(parts[0])] + [other.result() for other in others]
 
 
 class _Blocks:
@@ -319,17 +284,17 @@ class NearDuplicateFinder:
         candidates checked by the exact Jaccard similarity of their shingle sets: text i's
         are `shingles[offsets[i]:offsets[i + 1]]`, distinct and sorted (`distinct_shingles`).
         From `parallel_min_conversations` members the search is shared among `workers`
-        processes (see `_in_processes`)."""
-        processes = 1
+        threads (see `_in_threads`)."""
+        threads = 1
         if len(members) >= self.config.parallel_min_conversations:
-            processes = self.config.workers or usable_cpus()
-        pairs = self._candidates(signatures, members, processes)  # sorted by later, then earlier
+            threads = self.config.workers or usable_cpus()
+        pairs = self._candidates(signatures, members, threads)  # sorted by later, then earlier
         counts = np.diff(offsets)
         keys_before = np.cumsum(counts[pairs[:, 0]] + counts[pairs[:, 1]])  # keys up to each pair
-        # each process checks a run of pairs holding an equal share of the shingle keys
-        bounds = np.searchsorted(keys_before, np.arange(1, processes) * (
-            keys_before[-1] / processes if len(pairs) else 0)).tolist()
-        similarity = np.concatenate(_in_processes(
+        # each thread checks a run of pairs holding an equal share of the shingle keys
+        bounds = np.searchsorted(keys_before, np.arange(1, threads) * (
+            keys_before[-1] / threads if len(pairs) else 0)).tolist()
+        similarity = np.concatenate(_in_threads(
             lambda run: self._similarities(pairs, keys_before, shingles, offsets, *run),
             list(zip([0] + bounds, bounds + [len(pairs)]))))
         close = similarity >= self.config.near_duplicate_threshold
@@ -429,14 +394,14 @@ class NearDuplicateFinder:
         return signatures
 
     def _candidates(self, signatures: np.ndarray, members: np.ndarray,
-                    processes: int = 1) -> np.ndarray:
+                    threads: int = 1) -> np.ndarray:
         """(later, earlier) pairs of `members` that share a whole LSH band and whose signatures
         agree on nearly the threshold's share of values (the exact check follows); the bands
-        are shared among `processes` processes."""
+        are shared among `threads` threads."""
         bands = range(self.config.minhash_bands)
-        codes = _distinct(np.concatenate(_in_processes(
+        codes = _distinct(np.concatenate(_in_threads(
             lambda part: self._band_candidates(signatures, members, part),
-            [bands[first::processes] for first in range(processes)])))
+            [bands[first::threads] for first in range(threads)])))
         count = len(signatures)
         return np.stack((codes // count, codes % count), axis=1)
 

@@ -100,11 +100,11 @@ def test_candidate_pairs_are_those_of_the_plain_rule_in_large_buckets_too():
     assert len(pairs) > 1000 and (np.diff(pairs[:, 0] * 300 + pairs[:, 1]) > 0).all()
     wide = signatures.astype(np.uint32)  # `find`'s signatures: a band is wider than a word
     assert (finder._candidates(wide, members) == pairs).all()
-    # bands shared among three processes (two of them forked): the same pairs
-    assert (finder._candidates(signatures, members, processes=3) == pairs).all()
+    # bands shared among three threads: the same pairs
+    assert (finder._candidates(signatures, members, threads=3) == pairs).all()
 
 
-def test_a_large_set_is_checked_in_worker_processes_with_the_same_result():
+def test_a_large_set_is_checked_in_threads_with_the_same_result():
     token_lists = texts(600, seed=4)
     alone = NearDuplicateFinder(QualityConfig(workers=1)).find(token_lists)
     shared = NearDuplicateFinder(QualityConfig(workers=3, parallel_min_conversations=100))
