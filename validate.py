@@ -39,6 +39,7 @@ REQUIRED_FILES = [
 # (import name, distribution name whose version is shown, required)
 DEPENDENCIES = [
     ("numpy", "numpy", True),
+    ("orjson", "orjson", True),  # validate reads JSON Lines with it
     ("tokenizers", "tokenizers", True),
     ("onnxruntime", "onnxruntime", True),
     ("torch", "torch", True),
