@@ -28,7 +28,8 @@ from typing import Hashable, Sequence
 import numpy as np
 
 from mtnsails.errors import MtnsailsError
-from mtnsails.generation import OnnxDecoder, bind_shared_cache, finite_logits, grown_capacity
+from mtnsails.generation import (OnnxDecoder, bind_shared_cache, finite_logits, grown_cache_buffers,
+                                 grown_capacity)
 
 NARROW_SLACK = 32  # padding positions a leave may leave in a shared cache before the batch is narrowed
 
@@ -181,28 +182,25 @@ class BatchDecoder:
                 buffer[:last, :, :longest] = buffer[:last, :, width - longest:width]
             self._mask = self._mask[:, width - longest:]
         self._mask = np.ascontiguousarray(self._mask)
+        if not last:  # an idle server holds no cache: the next join allocates what it needs
+            self._buffers = []
         self._bind_shared(last)
 
     def _reserve(self, rows: int, positions: int) -> None:
         """Make the shared cache buffers hold `rows` rows of `positions` positions: when they
-        cannot, new ones (rows doubled, positions grown as `grown_capacity` says) get the
-        batch's cache, copied once."""
+        cannot, new ones (rows doubled only when the rows do not fit, positions grown as
+        `grown_capacity` says) get the batch's cache, copied once."""
         row_room = self._buffers[0].shape[0] if self._buffers else 0
         capacity = self.cache_capacity
         if rows <= row_room and positions <= capacity:
             return
+        if rows > row_room:
+            row_room = max(rows, 2 * row_room)
         if positions > capacity:
             capacity = grown_capacity(capacity, positions)
         _, heads, _, head_dim = self.decoder.empty_cache.shape
-        shape = (max(rows, 2 * row_room), heads, capacity, head_dim)
-        batch, width = len(self.keys), self.width
-        buffers = []
-        for index in range(len(self.decoder.past_names)):
-            buffer = np.zeros(shape, dtype=self.decoder.empty_cache.dtype)
-            if batch:
-                buffer[:batch, :, :width] = self._buffers[index][:batch, :, :width]
-            buffers.append(buffer)
-        self._buffers = buffers
+        self._buffers = grown_cache_buffers(self.decoder, self._buffers, (row_room, heads, capacity, head_dim),
+                                            len(self.keys), self.width)
 
     def _bind_shared(self, rows: int | None = None) -> None:
         """Bind the buffers' first `rows` rows (default: the batch's) as both past and present."""

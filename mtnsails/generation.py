@@ -119,14 +119,8 @@ class OnnxDecoder:
             return
         _, heads, _, head_dim = self.empty_cache.shape
         shape = (1, heads, grown_capacity(capacity, total), head_dim)
-        grown = []
-        for index in range(len(self.past_names)):
-            buffer = np.zeros(shape, dtype=self.empty_cache.dtype)
-            if self._buffers:
-                buffer[:, :, :self.past_length] = self._buffers[index][:, :, :self.past_length]
-            grown.append(buffer)
-        self._buffers = grown
-        bind_shared_cache(self._binding, self, grown)
+        self._buffers = grown_cache_buffers(self, self._buffers, shape, 1, self.past_length)
+        bind_shared_cache(self._binding, self, self._buffers)
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
         """Feed `token_ids` after the cached sequence; return logits, shape (positions, vocab).
@@ -170,6 +164,18 @@ def grown_capacity(capacity: int, needed: int) -> int:
     (each growth copies the cache, so growing geometrically copies it a few times at most) and
     never less than `needed` plus CACHE_GROWTH."""
     return max(2 * capacity, needed + CACHE_GROWTH)
+
+
+def grown_cache_buffers(decoder: OnnxDecoder, buffers: list, shape: tuple, rows: int, positions: int) -> list:
+    """New zeroed cache buffers of `shape`, one per cache tensor of `decoder`, holding the first
+    `rows` rows and `positions` positions of `buffers` (the old ones; none before the first)."""
+    grown = []
+    for index in range(len(decoder.past_names)):
+        buffer = np.zeros(shape, dtype=decoder.empty_cache.dtype)
+        if buffers:
+            buffer[:rows, :, :positions] = buffers[index][:rows, :, :positions]
+        grown.append(buffer)
+    return grown
 
 
 def bind_shared_cache(binding: ort.IOBinding, decoder: OnnxDecoder, buffers: list) -> None:

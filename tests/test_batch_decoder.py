@@ -96,6 +96,23 @@ def test_shared_cache_rows_join_leave_and_grow_as_decoded_alone(chat, tiny_onnx_
         assert [token for token, _ in together[index]] == tokens
 
 
+def test_shared_cache_reserves_rows_only_for_rows_and_frees_them_when_idle(chat, monkeypatch):
+    monkeypatch.setattr(generation, "CACHE_GROWTH", 0)  # every few steps the positions outgrow the buffers
+    batch = BatchDecoder(OnnxDecoder(chat.model_file, shared_cache=True))
+    ids = prompts(chat)[0]
+    batch.add("alone", ids)
+    capacities = set()
+    for _ in range(3 * len(ids)):
+        batch.step([ids[-1]])
+        capacities.add(batch.cache_capacity)
+        assert batch._buffers[0].shape[0] == 1  # one sequence: positions grew, rows did not
+    assert len(capacities) > 1
+    batch.remove("alone")
+    assert batch.cache_capacity == 0  # nothing held while no one is served
+    first = batch.add("next", ids)  # and the next request starts afresh
+    np.testing.assert_allclose(first, OnnxDecoder(chat.model_file).forward(ids)[-1], atol=1e-4)
+
+
 def test_misuse_is_refused(chat):
     batch = BatchDecoder(chat.decoder)
     batch.add("a", prompts(chat)[0])
