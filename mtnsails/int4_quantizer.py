@@ -41,24 +41,33 @@ def _initializers(graph) -> dict:
     return {tensor.name: tensor for tensor in graph.initializer}
 
 
-def gemm_to_matmul(graph) -> int:
-    """Replace each Gemm(A, W, b) (no transposes, alpha = beta = 1) by MatMul(A, W) + b; return how many."""
+def gemm_as_matmul(gemm, initializers, source: str, output: str) -> list | None:
+    """MatMul(source, W) [+ b] nodes writing `output` that compute Gemm(A, W, b) for rows of A
+    given as `source`; None unless `gemm` is a Gemm of a constant W with no transposes and
+    alpha = beta = 1."""
     from onnx import helper
 
+    attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in gemm.attribute}
+    if (gemm.op_type != "Gemm" or gemm.input[1] not in initializers or attributes.get("transA", 0)
+            or attributes.get("transB", 0) or attributes.get("alpha", 1.0) != 1.0
+            or attributes.get("beta", 1.0) != 1.0):
+        return None
+    name = gemm.name or gemm.output[0]
+    nodes = [helper.make_node("MatMul", [source, gemm.input[1]], [output], name=f"{name}_matmul")]
+    if len(gemm.input) > 2 and gemm.input[2]:
+        nodes[0].output[0] = f"{gemm.output[0]}_unbiased"
+        nodes.append(helper.make_node("Add", [nodes[0].output[0], gemm.input[2]], [output], name=f"{name}_bias"))
+    return nodes
+
+
+def gemm_to_matmul(graph) -> int:
+    """Replace each Gemm(A, W, b) (no transposes, alpha = beta = 1) by MatMul(A, W) + b; return how many."""
     initializers = _initializers(graph)
     replaced = 0
     for index, node in reversed(list(enumerate(graph.node))):
-        attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in initializers or attributes.get("transA", 0)
-                or attributes.get("transB", 0) or attributes.get("alpha", 1.0) != 1.0
-                or attributes.get("beta", 1.0) != 1.0):
+        nodes = gemm_as_matmul(node, initializers, node.input[0], node.output[0]) if node.op_type == "Gemm" else None
+        if nodes is None:
             continue
-        name = node.name or node.output[0]
-        nodes = [helper.make_node("MatMul", node.input[:2], [node.output[0]], name=f"{name}_matmul")]
-        if len(node.input) > 2 and node.input[2]:
-            nodes[0].output[0] = f"{node.output[0]}_unbiased"
-            nodes.append(helper.make_node("Add", [nodes[0].output[0], node.input[2]], [node.output[0]],
-                                          name=f"{name}_bias"))
         del graph.node[index]
         for offset, new in enumerate(nodes):
             graph.node.insert(index + offset, new)

@@ -63,6 +63,10 @@ def test_gemm_becomes_matmul_plus_bias_on_the_same_weight(tmp_path):
     x = rng.standard_normal((5, 8)).astype(np.float32)
     (y,) = ort.InferenceSession(str(tmp_path / "linear.onnx")).run(None, {"x": x})
     assert np.allclose(y, x @ weight + bias, atol=1e-5)
+    # A transposed weight is not a plain MatMul of it: left as it is.
+    del graph.node[:]
+    graph.node.append(helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="linear", transB=1))
+    assert gemm_to_matmul(graph) == 0 and [node.op_type for node in graph.node] == ["Gemm"]
 
 
 def test_a_converted_directory_quantizes_its_untransposed_head_too(tiny_onnx_dir, tmp_path):
