@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Hashable, Sequence
 
 import numpy as np
+import onnxruntime as ort
 
 from mtnsails.errors import MtnsailsError
 from mtnsails.generation import (OnnxDecoder, bind_shared_cache, finite_logits, grown_cache_buffers,
@@ -72,6 +73,8 @@ class BatchDecoder:
         self._past: list = [empty] * len(decoder.past_names)  # without shared_cache: the batch's cache
         self.shared_cache = decoder.shared_cache
         self._buffers: list[np.ndarray] = []  # shared_cache: [row room, heads, position room, head_dim] each
+        # shared_cache with a fixed vocabulary: [row room, 1, vocabulary], the rows' logits, bound once
+        self._logits: np.ndarray | None = None
         self._binding = self.session.io_binding()
 
     @property
@@ -126,7 +129,10 @@ class BatchDecoder:
         self._mask = self._mask[keep, start:]  # one copy each, contiguous for onnxruntime
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
-        """Feed one token per sequence (in `keys` order); return next-token logits, one row each."""
+        """Feed one token per sequence (in `keys` order); return next-token logits, one row each.
+
+        With `shared_cache` the rows may be a view of a buffer that the next step overwrites:
+        copy what must outlive it."""
         if len(tokens) != len(self.keys):
             raise ValueError(f"step() takes one token per sequence: {len(self.keys)}, got {len(tokens)}")
         mask = np.concatenate([self._mask, np.ones((len(self.keys), 1), dtype=np.int64)], axis=1)
@@ -137,7 +143,8 @@ class BatchDecoder:
         binding.bind_cpu_input("input_ids", np.asarray(tokens, dtype=np.int64)[:, None])
         binding.bind_cpu_input("attention_mask", mask)
         binding.bind_cpu_input("position_ids", self.lengths[:, None].copy())
-        binding.bind_output("logits")
+        if self._logits is None:
+            binding.bind_output("logits")
         if not self.shared_cache:
             for name, value in zip(self.decoder.past_names, self._past):
                 if isinstance(value, np.ndarray):
@@ -147,11 +154,13 @@ class BatchDecoder:
             for name in self.decoder.present_names:
                 binding.bind_output(name)
         self.session.run_with_iobinding(binding)
+        self._mask = mask
+        self.lengths = self.lengths + 1
+        if self._logits is not None:
+            return finite_logits(self._logits[: len(self.keys), 0], self.decoder.model_file)
         logits, *present = binding.get_outputs()
         if not self.shared_cache:
             self._past = present
-        self._mask = mask
-        self.lengths = self.lengths + 1
         return finite_logits(logits.numpy()[:, -1], self.decoder.model_file)
 
     def _join_shared(self, present: list) -> None:
@@ -183,7 +192,7 @@ class BatchDecoder:
             self._mask = self._mask[:, width - longest:]
         self._mask = np.ascontiguousarray(self._mask)
         if not last:  # an idle server holds no cache: the next join allocates what it needs
-            self._buffers = []
+            self._buffers, self._logits = [], None
         self._bind_shared(last)
 
     def _reserve(self, rows: int, positions: int) -> None:
@@ -201,12 +210,18 @@ class BatchDecoder:
         _, heads, _, head_dim = self.decoder.empty_cache.shape
         self._buffers = grown_cache_buffers(self.decoder, self._buffers, (row_room, heads, capacity, head_dim),
                                             len(self.keys), self.width)
+        vocabulary = self.decoder.fixed_vocabulary
+        if vocabulary and (self._logits is None or len(self._logits) != row_room):
+            self._logits = np.empty((row_room, 1, vocabulary), dtype=self.decoder.logits_type)
 
     def _bind_shared(self, rows: int | None = None) -> None:
         """Bind the buffers' first `rows` rows (default: the batch's) as both past and present."""
         rows = len(self.keys) if rows is None else rows
         self._binding = self.session.io_binding()
-        self._binding.bind_output("logits")  # bound first: get_outputs()[0] is always the logits
+        if self._logits is not None and rows:
+            self._binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits[:rows]))
+        else:
+            self._binding.bind_output("logits")  # bound first: get_outputs()[0] is always the logits
         if rows:  # no rows: nothing to bind until one joins
             bind_shared_cache(self._binding, self.decoder, [buffer[:rows] for buffer in self._buffers])
 

@@ -318,18 +318,42 @@ def test_spin_threads_false_lets_idle_onnxruntime_threads_sleep(tiny_onnx_dir):
     assert spinning(chat) == "0"  # a reload keeps it
 
 
-def test_top_ids_are_the_k_largest_also_when_most_values_tie():
+def test_top_ids_are_the_k_largest_largest_first_also_when_most_values_tie():
     from mtnsails.generation import top_ids
 
     rng = np.random.default_rng(0)
     tied = np.zeros(50257, dtype=np.float32)  # the logits of ids a model never produces
     tied[rng.choice(50257, 300, replace=False)] = rng.normal(size=300)
-    for values in (tied, rng.normal(size=50257).astype(np.float32), rng.integers(-2, 3, 5000).astype(np.float32)):
-        for k in (1, 50, 256, 4000):
+    for values in (tied, rng.normal(size=50257).astype(np.float32), rng.integers(-2, 3, 5000).astype(np.float32),
+                   np.full(40, 1.5, dtype=np.float32)):
+        for k in (1, 3, 50, 256, 4000):
             # By value, largest first; equal values by index, lowest first.
-            expected = np.sort(np.lexsort((np.arange(values.size), -values))[:k])
+            expected = np.lexsort((np.arange(values.size), -values))[:k]
             assert top_ids(values, k).tolist() == expected.tolist()
-    assert top_ids(np.ones(3, dtype=np.float32), 5).tolist() == [0, 1, 2]
+    assert top_ids(np.array([1, 3, 2], dtype=np.float32), 5).tolist() == [1, 2, 0]
+
+
+def test_choosing_a_token_leaves_the_logits_as_they_were():
+    """The penalty and the n-gram ban work on the logits in place and are undone afterwards:
+    the token is the one a penalised, banned copy gives, and the caller's logits are unchanged."""
+    from mtnsails.generation import RepeatedNgrams, TokenChooser, apply_repetition_penalty
+
+    rng = np.random.default_rng(3)
+    context = [5, 7, 5, 9, 5, 7]  # "5 7" was followed by 5 before: 5 is banned after "... 5 7"
+    for config in (GenerationConfig(temperature=0, repetition_penalty=1.3, no_repeat_ngram_size=3),
+                   GenerationConfig(repetition_penalty=1.3, no_repeat_ngram_size=3, seed=11)):
+        for _ in range(20):
+            logits = rng.normal(size=64).astype(np.float32)
+            logits[[5, 7, 9]] += 4  # the context's tokens lead, so the penalty and the ban matter
+            before = logits.copy()
+            expected_scores = logits.copy()
+            apply_repetition_penalty(expected_scores, np.array(sorted(set(context))), 1.3)
+            RepeatedNgrams(3, context).ban(expected_scores)
+            reference = TokenChooser(replace(config, repetition_penalty=1.0, no_repeat_ngram_size=0), [])
+            reference.rng = np.random.default_rng(11)
+            chooser = TokenChooser(config, context, np.random.default_rng(11))
+            assert chooser.choose(logits) == reference.choose(expected_scores)
+            assert logits.tobytes() == before.tobytes()
 
 
 def test_system_prompt_round_trip_through_train_convert_chat(system_tiny_onnx_dir, tmp_path):
