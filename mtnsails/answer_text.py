@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+from tokenizers.decoders import DecodeStream
+
 from mtnsails.text_rules import SENTENCE_END_IN_TEXT
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ class AnswerText:
         self.streamed = 0  # characters of the stripped answer handed out by `add`
         self.stop_reason: str | None = None  # "eos", "stop" (a stop text) or None (still going)
         self.stop_text: str | None = None  # the stop text that ended the answer
+        self._stream: DecodeStream | None = DecodeStream(skip_special_tokens=False)
 
     def add(self, token: int) -> str:
         """Take the answer's next token; return the text that became safe to show ("" if none)."""
@@ -68,7 +71,7 @@ class AnswerText:
             return ""
         self.ids.append(token)
         searched = len(self.text.rstrip("\ufffd"))  # an incomplete character's U+FFFD may still change
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        self.text = self._decoded(token)
         # Only the new end can hold a stop text: the text before it was searched already.
         cuts = [(cut, stop) for stop in self.stops
                 if (cut := self.text.find(stop, max(0, searched - len(stop)))) >= 0]
@@ -82,6 +85,20 @@ class AnswerText:
             return ""
         piece, self.streamed = visible[self.streamed:safe], safe
         return piece
+
+    def _decoded(self, token: int) -> str:
+        """The answer's text with `token` added. The tokenizer's stream decoder adds the new
+        token's text (decoding every token again grows with the answer: 20 us a token at 64
+        tokens, against 4); it holds back an incomplete character until it is whole, where a
+        full decode shows U+FFFD meanwhile, which is never shown either. A tokenizer whose
+        stream decoder refuses a token is decoded whole from then on."""
+        if self._stream is not None:
+            try:
+                piece = self._stream.step(self.tokenizer, token)
+                return self.text if piece is None else self.text + piece
+            except Exception:  # tokenizers raises its own errors for prefixes it cannot follow
+                self._stream = None
+        return self.tokenizer.decode(self.ids, skip_special_tokens=False)
 
     def finish(self, trim: bool = False) -> str:
         """The whole answer, stripped; `trim` cuts a sentence left unfinished (use it when the

@@ -39,3 +39,16 @@ def test_answer_stops_at_the_first_stop_text_or_eos(tiny_onnx_dir):
     assert "".join(pieces) == "It is four." and answer.finish() == "It is four."
     eos = AnswerText(tokenizer, ["User:"], eos_token_id=0)
     assert [eos.add(token) for token in ids[:2] + [0]][-1] == "" and eos.stop_reason == "eos"
+
+
+def test_streamed_text_is_the_whole_decode_also_across_split_characters(tiny_onnx_dir):
+    """Multi-byte characters split over several byte tokens are shown once whole, and the pieces
+    add up to what decoding all the tokens at once gives."""
+    tokenizer = Tokenizer.from_file(str(tiny_onnx_dir / "tokenizer.json"))
+    text = " Crème brûlée at 5 °C — 北京 🚀 ok. Ünïcödé."
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    assert any("\ufffd" in tokenizer.decode(ids[:end]) for end in range(len(ids)))  # characters split
+    answer = AnswerText(tokenizer, ["User:"], eos_token_id=None)
+    pieces = [answer.add(token) for token in ids]
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) == answer.finish() == tokenizer.decode(ids).strip() == text.strip()
