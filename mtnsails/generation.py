@@ -190,9 +190,11 @@ def bind_shared_cache(binding: ort.IOBinding, decoder: OnnxDecoder, buffers: lis
 
 
 def finite_logits(logits: np.ndarray, model_file: object) -> np.ndarray:
-    """`logits`, refused when any is NaN or infinite: weights broken by a diverged training run
-    (sampling would fail on them with a numpy error instead of saying why)."""
-    if not np.isfinite(logits).all():
+    """`logits`, refused when any is NaN or +infinity, or none is finite: weights broken by a
+    diverged training run (sampling would fail on them with a numpy error instead of saying why).
+    -infinity, a token that can never be chosen, is a logit like any other. Checked by the
+    maximum (NaN wins it): 0.16 ms for a batch step's 4 rows against 0.25 ms for a flag per logit."""
+    if not np.isfinite(logits.max()):
         raise MtnsailsError(f"{model_file}: the model computes non-finite logits (NaN or "
                             "infinity), so its weights are broken: retrain it")
     return logits

@@ -144,3 +144,19 @@ def test_a_step_with_non_finite_logits_is_refused_with_the_model_named(tiny_onnx
     batch.add("a", [5, 6, 7])  # positions 0-2
     with pytest.raises(MtnsailsError, match="model.onnx: the model computes non-finite logits"):
         batch.step([8])  # position 3
+
+
+def test_minus_infinity_is_a_logit_but_nan_and_plus_infinity_are_refused():
+    from mtnsails.errors import MtnsailsError
+    from mtnsails.generation import finite_logits
+
+    logits = np.zeros((2, 5), dtype=np.float32)
+    logits[0, 1] = -np.inf  # a token that can never be chosen (a model may mask its vocabulary)
+    assert finite_logits(logits, "m.onnx") is logits
+    for broken in (np.nan, np.inf):
+        bad = logits.copy()
+        bad[1, 3] = broken
+        with pytest.raises(MtnsailsError, match="m.onnx: the model computes non-finite logits"):
+            finite_logits(bad, "m.onnx")
+    with pytest.raises(MtnsailsError, match="non-finite"):
+        finite_logits(np.full(4, -np.inf, dtype=np.float32), "m.onnx")  # nothing can be chosen
