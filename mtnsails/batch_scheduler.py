@@ -1,7 +1,8 @@
 """The decoding loop of `serve`: one thread owns the model and decodes all requests in flight together.
 
 Requests wait in a queue; between two decoding steps the loop admits waiting requests while the
-batch has room (each one's prompt runs once, then it joins the batch), drops requests whose
+batch has room (their prompts run once, those of similar lengths together in one run, then
+they join the batch), drops requests whose
 client went away, and ends those that are done, so sequences join and leave the batch at any
 step (continuous batching). Every step then feeds one token per sequence through one
 onnxruntime run. Answers are decoded exactly as chat decodes them (`TokenChooser`,
@@ -184,8 +185,7 @@ class BatchScheduler:
                 reload_now = self._reload_requested and not self._active
             if reload_now:
                 self._reload()
-            for job in admitted:
-                self._admit(job)
+            self._admit(admitted)
             self._drop_cancelled()
             if self._active:
                 self._step()
@@ -200,24 +200,30 @@ class BatchScheduler:
         if self.on_round is not None:
             self.on_round()
 
-    def _admit(self, job: GenerationJob) -> None:
-        if job.cancelled:
-            self._count_cancelled()
+    def _admit(self, jobs: list[GenerationJob]) -> None:
+        """Join the batch with `jobs` (their prompts run together where their lengths allow)."""
+        sequences = []
+        for job in jobs:
+            if job.cancelled:
+                self._count_cancelled()
+                continue
+            try:
+                if job.model is not self.model:  # prepared before a reload: rebuild with the new model
+                    self.prepare(job)
+            except MtnsailsError as error:
+                job.on_done(error)
+                continue
+            rng = np.random.default_rng(job.config.seed)
+            sequences.append(_Sequence(job, TokenChooser(job.config, job.prompt_ids, rng),
+                                       AnswerText(self.model.tokenizer, [self.model.template.user_marker, *job.stops],
+                                                  self.model.eos_token_id)))
+        if not sequences:
             return
-        try:
-            if job.model is not self.model:  # prepared before a reload: rebuild with the new model
-                self.prepare(job)
-        except MtnsailsError as error:
-            job.on_done(error)
-            return
-        rng = np.random.default_rng(job.config.seed)
-        sequence = _Sequence(job, TokenChooser(job.config, job.prompt_ids, rng),
-                             AnswerText(self.model.tokenizer, [self.model.template.user_marker, *job.stops],
-                                        self.model.eos_token_id))
-        key = id(sequence)
         with self._condition:
-            self._active[key] = sequence
-        self._advance(key, self._batch.add(key, job.prompt_ids))
+            self._active.update((id(sequence), sequence) for sequence in sequences)
+        rows = self._batch.add_many([(id(sequence), sequence.job.prompt_ids) for sequence in sequences])
+        for sequence, logits in zip(sequences, rows):
+            self._advance(id(sequence), logits)
 
     def _step(self) -> None:
         keys = list(self._batch.keys)

@@ -29,18 +29,22 @@ def prompts(chat: ChatInterface) -> list[list[int]]:
         chat.prompt_ids("Tell me a long story about a spider who wanted to make honey like the bees")]
 
 
-def decode_together(batch: BatchDecoder, prompts: list[list[int]], joining: int) -> dict[int, list]:
-    """Greedy-decode every prompt in `batch`: `joining` new sequences join every other step and
-    each leaves after GREEDY.max_new_tokens; return each sequence's (token, logits) pairs."""
+def decode_together(batch: BatchDecoder, prompts: list[list[int]], joining: int,
+                    add_many: bool = False) -> dict[int, list]:
+    """Greedy-decode every prompt in `batch`: `joining` new sequences join every other step (with
+    `add_many`: in one call, their prompts sharing runs) and each leaves after
+    GREEDY.max_new_tokens; return each sequence's (token, logits) pairs."""
     waiting = list(range(len(prompts)))
     choosers: dict[int, TokenChooser] = {}
     out: dict[int, list] = {index: [] for index in waiting}
     step = 0
     while waiting or len(batch):
         if step % 2 == 0:
-            for index in waiting[:joining]:
+            joiners = waiting[:joining]
+            rows = (batch.add_many([(index, prompts[index]) for index in joiners]) if add_many
+                    else [batch.add(index, prompts[index]) for index in joiners])
+            for index, logits in zip(joiners, rows):
                 choosers[index] = TokenChooser(GREEDY, prompts[index])
-                logits = batch.add(index, prompts[index])
                 out[index].append((choosers[index].choose(logits), logits))
             del waiting[:joining]
         for key in [key for key in batch.keys if len(out[key]) == GREEDY.max_new_tokens]:
@@ -55,11 +59,11 @@ def decode_together(batch: BatchDecoder, prompts: list[list[int]], joining: int)
     return out
 
 
-@pytest.mark.parametrize("joining", [1, 3])
-def test_batched_greedy_decoding_equals_decoding_alone(chat, joining):
+@pytest.mark.parametrize("joining, add_many", [(1, False), (3, False), (3, True)])
+def test_batched_greedy_decoding_equals_decoding_alone(chat, joining, add_many):
     alone = [list(generate_tokens(chat.decoder, ids, GREEDY)) for ids in prompts(chat)]
     batch = BatchDecoder(OnnxDecoder(chat.model_file))  # a fresh present.* every step
-    together = decode_together(batch, prompts(chat), joining)
+    together = decode_together(batch, prompts(chat), joining, add_many)
     assert len(batch) == 0 and batch.width == 0
     for index, tokens in enumerate(alone):
         assert [token for token, _ in together[index]] == tokens
@@ -69,6 +73,28 @@ def test_batched_greedy_decoding_equals_decoding_alone(chat, joining):
     expected = [reference.forward(ids)[-1]] + [reference.forward([token])[-1] for token in alone[-1][:-1]]
     np.testing.assert_allclose(np.stack([logits for _, logits in together[len(alone) - 1]]),
                                np.stack(expected), atol=1e-4)
+
+
+def test_prompts_of_similar_lengths_share_a_run_with_bounded_padding(chat, monkeypatch):
+    groups = batch_decoder.prefill_groups([("a", [1] * 20), ("b", [1] * 8), ("c", [1] * 21), ("d", [1] * 24)])
+    assert [[key for key, _ in group] for group in groups] == [["b"], ["a", "c", "d"]]  # 8 would pad 3x
+    assert all(len(group) * max(len(ids) for _, ids in group) <= batch_decoder.PREFILL_PADDING
+               * sum(len(ids) for _, ids in group) for group in groups)
+    monkeypatch.setattr(batch_decoder, "PREFILL_TOKENS", 48)  # two 24-token prompts fill a run
+    assert [len(group) for group in batch_decoder.prefill_groups([(key, [1] * 24) for key in "abc"])] == [2, 1]
+    # Left-padded in one run, each prompt's logits and cache are its own.
+    ids = prompts(chat)
+    assert len({len(prompt) for prompt in ids[:3]}) > 1 and len(batch_decoder.prefill_groups(list(enumerate(ids[:3])))) == 1
+    batch = BatchDecoder(chat.decoder)
+    together = batch.add_many(list(enumerate(ids[:3])))
+    for index, prompt in enumerate(ids[:3]):
+        reference = OnnxDecoder(chat.model_file)
+        np.testing.assert_allclose(together[index], reference.forward(prompt)[-1], atol=1e-4)
+    step = batch.step([5 + key for key in batch.keys])  # the keys joined shortest prompt first
+    for index, prompt in enumerate(ids[:3]):
+        reference = OnnxDecoder(chat.model_file)
+        reference.forward(prompt)
+        np.testing.assert_allclose(step[batch.keys.index(index)], reference.forward([5 + index])[-1], atol=1e-4)
 
 
 @pytest.mark.parametrize("slack", [0, 4])
