@@ -221,13 +221,30 @@ class BatchScheduler:
             return
         with self._condition:
             self._active.update((id(sequence), sequence) for sequence in sequences)
-        rows = self._batch.add_many([(id(sequence), sequence.job.prompt_ids) for sequence in sequences])
+        try:
+            rows = self._batch.add_many([(id(sequence), sequence.job.prompt_ids) for sequence in sequences])
+        except MtnsailsError as error:  # the model computes NaN for a prompt: those requests fail
+            self._fail([id(sequence) for sequence in sequences], error)
+            return
         for sequence, logits in zip(sequences, rows):
             self._advance(id(sequence), logits)
 
+    def _fail(self, keys: list[int], error: MtnsailsError) -> None:
+        """End the sequences `keys` (in the batch or not yet) with `error`."""
+        for key in keys:
+            if key in self._batch.keys:
+                self._batch.remove(key)
+            with self._condition:
+                sequence = self._active.pop(key)
+            sequence.job.on_done(error)
+
     def _step(self) -> None:
         keys = list(self._batch.keys)
-        rows = self._batch.step([self._active[key].last_token for key in keys])
+        try:
+            rows = self._batch.step([self._active[key].last_token for key in keys])
+        except MtnsailsError as error:  # the model computes NaN at a position: the batch cannot go on
+            self._fail(keys, error)
+            return
         for key, logits in zip(keys, rows):
             self._advance(key, logits)
 
