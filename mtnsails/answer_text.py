@@ -63,6 +63,7 @@ class AnswerText:
         self.stop_reason: str | None = None  # "eos", "stop" (a stop text) or None (still going)
         self.stop_text: str | None = None  # the stop text that ended the answer
         self._stream: DecodeStream | None = DecodeStream(skip_special_tokens=False)
+        self._stream_text = ""  # what the stream decoder has given so far
 
     def add(self, token: int) -> str:
         """Take the answer's next token; return the text that became safe to show ("" if none)."""
@@ -87,17 +88,22 @@ class AnswerText:
         return piece
 
     def _decoded(self, token: int) -> str:
-        """The answer's text with `token` added. The tokenizer's stream decoder adds the new
-        token's text (decoding every token again grows with the answer: 20 us a token at 64
-        tokens, against 4); it holds back an incomplete character until it is whole, where a
-        full decode shows U+FFFD meanwhile, which is never shown either. A tokenizer whose
-        stream decoder refuses a token is decoded whole from then on."""
+        """The answer's whole text with `token` added, as decoding all its tokens gives it.
+
+        The tokenizer's stream decoder adds each token's text (decoding every token again grows
+        with the answer: 20 us a token at 64 tokens, against 4). It holds a character back until
+        its last byte has come; meanwhile (and from then on for a tokenizer whose stream decoder
+        refuses a token) the tokens are decoded whole, an unfinished character showing as U+FFFD.
+        """
         if self._stream is not None:
             try:
                 piece = self._stream.step(self.tokenizer, token)
-                return self.text if piece is None else self.text + piece
             except Exception:  # tokenizers raises its own errors for prefixes it cannot follow
                 self._stream = None
+            else:
+                if piece is not None:
+                    self._stream_text += piece
+                    return self._stream_text
         return self.tokenizer.decode(self.ids, skip_special_tokens=False)
 
     def finish(self, trim: bool = False) -> str:

@@ -52,3 +52,22 @@ def test_streamed_text_is_the_whole_decode_also_across_split_characters(tiny_onn
     pieces = [answer.add(token) for token in ids]
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces) == answer.finish() == tokenizer.decode(ids).strip() == text.strip()
+
+
+def test_an_answer_ending_inside_a_character_keeps_the_text_before_it():
+    """A token can end with the first byte of a character (byte-level BPE merges "br" with the
+    first byte of "û"): when the answer stops there, its text is everything before that byte."""
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(["Crème brûlée, Crème brûlée"] * 20, trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    cut = next(token for token in range(tokenizer.get_vocab_size())
+               if (text := tokenizer.decode([token])).endswith("\ufffd") and text.rstrip("\ufffd").strip())
+    ids = tokenizer.encode("Crème", add_special_tokens=False).ids + [cut]
+    answer = AnswerText(tokenizer, ["User:"], eos_token_id=None)
+    streamed = "".join(answer.add(token) for token in ids)
+    whole = tokenizer.decode(ids).replace("\ufffd", "").strip()
+    assert answer.finish() == whole and whole.startswith(streamed) and len(whole) > len("Crème")
