@@ -118,24 +118,25 @@ class BatchDecoder:
         return self.add_many([(key, prompt_ids)])[0]
 
     def add_many(self, prompts: Sequence[tuple[Hashable, Sequence[int]]]) -> list[np.ndarray]:
-        """Run several `(key, prompt_ids)` and join the batch with them; return their next-token
-        logits in order. Prompts of similar lengths share one run (left-padded to the longest,
-        see `prefill_groups`): four 25-token prompts took 52 ms in one run against 80 in four,
-        the weights being read once."""
+        """Run several `(key, prompt_ids)` and join the batch with them, in that order; return
+        their next-token logits. Prompts of similar lengths share one run (left-padded to the
+        longest, see `prefill_groups`): four 25-token prompts took 52 ms in one run against 80 in
+        four, the weights being read once. Every run happens before any joins, so a run that
+        fails (MtnsailsError: the model computes NaN for a prompt) leaves the batch as it was."""
         keys = [key for key, _ in prompts]
         for index, key in enumerate(keys):
             if key in self.keys or key in keys[:index]:
                 raise ValueError(f"sequence {key!r} is already in the batch")
         if not all(len(prompt_ids) for _, prompt_ids in prompts):
             raise ValueError("a sequence needs at least one prompt token")
-        logits: dict[Hashable, np.ndarray] = {}
-        for group in prefill_groups(prompts):
-            logits.update(self._prefill(group))
-        return [logits[key] for key in keys]
+        prefilled = {key: result for group in prefill_groups(prompts) for key, result in self._prefill(group).items()}
+        for key in keys:
+            self._join(key, prefilled[key][1])
+        return [prefilled[key][0] for key in keys]
 
-    def _prefill(self, prompts: Sequence[tuple[Hashable, Sequence[int]]]) -> dict[Hashable, np.ndarray]:
+    def _prefill(self, prompts: Sequence[tuple[Hashable, Sequence[int]]]) -> dict[Hashable, tuple[np.ndarray, list]]:
         """One run for `prompts`, each row left-padded to the longest (masked, its positions
-        counted from its first token); each joins the batch with its own positions of the cache."""
+        counted from its first token): each key's next-token logits and its own positions of the cache."""
         width = max(len(prompt_ids) for _, prompt_ids in prompts)
         ids, mask, positions = (np.zeros((len(prompts), width), dtype=np.int64) for _ in range(3))
         for row, (_, prompt_ids) in enumerate(prompts):
@@ -147,11 +148,11 @@ class BatchDecoder:
         feeds.update((name, empty) for name in self.decoder.past_names)
         logits, *present = self.session.run(["logits", *self.decoder.present_names], feeds)
         logits = finite_logits(logits[:, -1], self.decoder.model_file)
-        for row, (key, prompt_ids) in enumerate(prompts):
-            self._join(key, [cache[row:row + 1, :, width - len(prompt_ids):] for cache in present])
-        return {key: logits[row] for row, (key, _) in enumerate(prompts)}
+        return {key: (logits[row], [cache[row:row + 1, :, width - len(prompt_ids):] for cache in present])
+                for row, (key, prompt_ids) in enumerate(prompts)}
 
     def _join(self, key: Hashable, prompt_cache: list[np.ndarray]) -> None:
+        """Add a sequence whose prompt ran (`prompt_cache`: its cache, one row) under `key`."""
         length = prompt_cache[0].shape[2]
         if self.shared_cache:
             self._join_shared(prompt_cache)

@@ -45,7 +45,7 @@ def decode_together(batch: BatchDecoder, prompts: list[list[int]], joining: int,
                     else [batch.add(index, prompts[index]) for index in joiners])
             for index, logits in zip(joiners, rows):
                 choosers[index] = TokenChooser(GREEDY, prompts[index])
-                out[index].append((choosers[index].choose(logits), logits))
+                out[index].append((choosers[index].choose(logits), logits.copy()))
             del waiting[:joining]
         for key in [key for key in batch.keys if len(out[key]) == GREEDY.max_new_tokens]:
             batch.remove(key)
@@ -53,8 +53,8 @@ def decode_together(batch: BatchDecoder, prompts: list[list[int]], joining: int,
             assert padding == 0 or (batch.shared_cache and padding <= batch_decoder.NARROW_SLACK)
         if len(batch):
             rows = batch.step([out[key][-1][0] for key in batch.keys])
-            for key, logits in zip(batch.keys, rows):
-                out[key].append((choosers[key].choose(logits), logits))
+            for key, logits in zip(batch.keys, rows):  # a view of the step's buffer: kept as a copy
+                out[key].append((choosers[key].choose(logits), logits.copy()))
         step += 1
     return out
 
@@ -90,7 +90,8 @@ def test_prompts_of_similar_lengths_share_a_run_with_bounded_padding(chat, monke
     for index, prompt in enumerate(ids[:3]):
         reference = OnnxDecoder(chat.model_file)
         np.testing.assert_allclose(together[index], reference.forward(prompt)[-1], atol=1e-4)
-    step = batch.step([5 + key for key in batch.keys])  # the keys joined shortest prompt first
+    assert batch.keys == [0, 1, 2]  # joined in the order given, whatever runs their prompts shared
+    step = batch.step([5 + key for key in batch.keys])
     for index, prompt in enumerate(ids[:3]):
         reference = OnnxDecoder(chat.model_file)
         reference.forward(prompt)
@@ -167,6 +168,11 @@ def test_a_step_with_non_finite_logits_is_refused_with_the_model_named(tiny_onnx
     positions.CopyFrom(numpy_helper.from_array(broken, positions.name))
     onnx.save(graph, str(tmp_path / "model.onnx"))
     batch = BatchDecoder(OnnxDecoder(tmp_path / "model.onnx"))
+    # A prompt that reaches position 3 fails, in a run of its own (too long to share one with
+    # "ok", whose run succeeds first): neither joins, the batch is as it was.
+    with pytest.raises(MtnsailsError, match="model.onnx: the model computes non-finite logits"):
+        batch.add_many([("ok", [5, 6]), ("long", list(range(5, 13)))])
+    assert batch.keys == [] and batch.width == 0
     batch.add("a", [5, 6, 7])  # positions 0-2
     with pytest.raises(MtnsailsError, match="model.onnx: the model computes non-finite logits"):
         batch.step([8])  # position 3
@@ -186,3 +192,6 @@ def test_minus_infinity_is_a_logit_but_nan_and_plus_infinity_are_refused():
             finite_logits(bad, "m.onnx")
     with pytest.raises(MtnsailsError, match="non-finite"):
         finite_logits(np.full(4, -np.inf, dtype=np.float32), "m.onnx")  # nothing can be chosen
+    logits[1] = -np.inf
+    with pytest.raises(MtnsailsError, match="non-finite"):
+        finite_logits(logits, "m.onnx")  # nothing can be chosen in the second row
