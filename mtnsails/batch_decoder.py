@@ -7,8 +7,8 @@ one batch, left-padded to the longest: each row's real positions are its last `l
 and its attention mask hides the padding, while its position ids count only its own tokens, so a
 row computes what it would compute alone. Sequences join (`add`, `add_many`: the prompts run,
 those of similar lengths in one run padded the same way, then their caches join the batch) and
-leave (`remove`) between steps; between joins and leaves the caches
-stay inside onnxruntime (each step's `present.*` is bound as the next step's past).
+leave (`remove`) between steps; between joins and leaves the caches stay inside onnxruntime
+(each step's `present.*` is bound as the next step's past).
 
 With a graph whose attention appends to its past buffer in place (the decoder's `shared_cache`,
 see fused_attention), each cache tensor is one buffer with room for more rows and positions; the

@@ -1,10 +1,9 @@
 """The decoding loop of `serve`: one thread owns the model and decodes all requests in flight together.
 
 Requests wait in a queue; between two decoding steps the loop admits waiting requests while the
-batch has room (their prompts run once, those of similar lengths together in one run, then
-they join the batch), drops requests whose
-client went away, and ends those that are done, so sequences join and leave the batch at any
-step (continuous batching). Every step then feeds one token per sequence through one
+batch has room (their prompts run once, those of similar lengths together in one run, then they
+join the batch), drops requests whose client went away, and ends those that are done, so
+sequences join and leave the batch at any step (continuous batching). Every step then feeds one token per sequence through one
 onnxruntime run. Answers are decoded exactly as chat decodes them (`TokenChooser`,
 `AnswerText`), so a greedy answer is the one chat gives.
 
