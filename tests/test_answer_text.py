@@ -71,3 +71,21 @@ def test_an_answer_ending_inside_a_character_keeps_the_text_before_it():
     streamed = "".join(answer.add(token) for token in ids)
     whole = tokenizer.decode(ids).replace("\ufffd", "").strip()
     assert answer.finish() == whole and whole.startswith(streamed) and len(whole) > len("Crème")
+
+
+def test_a_stream_decoder_that_refuses_a_token_hands_over_to_whole_decoding(tiny_onnx_dir):
+    """tokenizers' stream decoder raises for a prefix it cannot follow (a rare decoder setup):
+    from then on the answer is decoded whole, with the same text."""
+    tokenizer = Tokenizer.from_file(str(tiny_onnx_dir / "tokenizer.json"))
+    ids = tokenizer.encode(" It is four. Crème brûlée.", add_special_tokens=False).ids
+
+    class Refusing:
+        def step(self, tokenizer, token):
+            raise Exception("Invalid prefix encountered")
+
+    answer = AnswerText(tokenizer, ["User:"], eos_token_id=None)
+    pieces = [answer.add(token) for token in ids[:3]]
+    answer._stream = Refusing()
+    pieces += [answer.add(token) for token in ids[3:]]
+    assert answer._stream is None
+    assert "".join(pieces) == answer.finish() == tokenizer.decode(ids).strip()
