@@ -13,9 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtnsails.data import ConversationDataHandler
-from mtnsails.errors import MtnsailsError
-from mtnsails.quality import CODES, LABELS, DataQualityValidator, QualityReport
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.data.handler import ConversationDataHandler
+from mtnsails.quality.config import CODES, LABELS
+from mtnsails.quality.report import QualityReport
+from mtnsails.quality.validator import DataQualityValidator
 
 GOOD = [
     {"input": "What is the capital of France?",

@@ -18,9 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from mtnsails import (ChatInterface, ConversationDataHandler, DataQualityValidator,
-                      GenerationConfig, LLMTrainer, MtnsailsError, ONNXConverter, TrainingConfig)
-from mtnsails.trainer import packaged_example_data
+from mtnsails import (
+    ChatInterface,
+    ConversationDataHandler,
+    DataQualityValidator,
+    GenerationConfig,
+    LLMTrainer,
+    MtnsailsError,
+    ONNXConverter,
+    TrainingConfig,
+)
+from mtnsails.train.trainer import packaged_example_data
 
 PROMPTS = ["What is mtnsails?", "How do I convert a trained model to ONNX?",
            "Do I need a GPU to use mtnsails?"]

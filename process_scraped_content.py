@@ -5,7 +5,7 @@
     python main.py train --data-file chat_data.json
 
 See the README's "Scraped web content" section; the work is done by
-`mtnsails.scraped.ScrapedContentProcessor`.
+`mtnsails.data.scraped.ScrapedContentProcessor`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mtnsails.errors import MtnsailsError
-from mtnsails.questions import DEFAULT_TEMPLATE
-from mtnsails.scraped import ScrapedContentProcessor, ScrapedSettings
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.data.questions import DEFAULT_TEMPLATE
+from mtnsails.data.scraped import ScrapedContentProcessor, ScrapedSettings
 
 
 def build_parser() -> argparse.ArgumentParser:

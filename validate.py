@@ -22,19 +22,13 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+STAGES = ("core", "model_dir", "quality", "data", "train", "inference", "export", "serve", "loop", "commands")
 REQUIRED_FILES = [
-    "main.py", "requirements.txt", "mtnsails/__init__.py", "mtnsails/cli.py", "mtnsails/data.py",
-    "mtnsails/quality.py", "mtnsails/template.py", "mtnsails/models.py", "mtnsails/trainer.py",
-    "mtnsails/onnx_converter.py", "mtnsails/chat.py", "mtnsails/logger.py", "mtnsails/scraped.py",
-    "mtnsails/errors.py", "mtnsails/files.py", "mtnsails/generation.py", "mtnsails/collator.py",
-    "mtnsails/dedup.py", "mtnsails/html_text.py", "mtnsails/questions.py", "mtnsails/text_rules.py",
-    "mtnsails/settings.py", "mtnsails/training_config.py", "mtnsails/generation_config.py",
-    "mtnsails/terminal_chat.py", "mtnsails/commands/__init__.py",
-    "mtnsails/cpu.py", "mtnsails/onnx_metadata.py", "mtnsails/log_review.py",
-    "mtnsails/answer_lengths.py", "mtnsails/evaluator.py", "mtnsails/int4_quantizer.py",
-    "mtnsails/optimized_graph.py",
-    "mtnsails/resources/example_conversations.json",
-    "mtnsails/resources/corpus.txt", "process_scraped_content.py",
+    "main.py", "requirements.txt", "pyproject.toml", "process_scraped_content.py",
+    "mtnsails/__init__.py", "mtnsails/cli.py",
+    *(f"mtnsails/{stage}/__init__.py" for stage in STAGES),
+    "mtnsails/train/resources/example_conversations.json",
+    "mtnsails/train/resources/corpus.txt", "mtnsails/train/resources/synonyms.txt",
 ]
 # (import name, distribution name whose version is shown, required)
 DEPENDENCIES = [
@@ -52,8 +46,9 @@ DEPENDENCIES = [
     ("optimum.exporters.onnx", "optimum-onnx", True),  # the exporter lives in optimum-onnx
     ("onnx_ir", "onnx-ir", True),  # onnxruntime's int4 quantizer needs it
     ("matplotlib", "matplotlib", False),  # only for loss.png after training
+    ("starlette", "starlette", False),  # only for serve
+    ("uvicorn", "uvicorn", False),  # only for serve
 ]
-COMMANDS = ["validate", "train", "convert", "chat", "pipeline"]
 
 
 class Checklist:
@@ -100,6 +95,23 @@ def check_files(checks: Checklist) -> None:
         checks.ok(f"all {len(REQUIRED_FILES)} required files present in {ROOT}")
 
 
+def check_modules(checks: Checklist) -> None:
+    """Import every module of the package in a fresh process: a module left out of a copy, or
+    one that imports a missing one, shows here rather than in the middle of a run."""
+    code = ("import importlib, pkgutil, mtnsails\n"
+            "names = [m.name for m in pkgutil.walk_packages(mtnsails.__path__, 'mtnsails.')\n"
+            "         if not m.name.endswith('__main__')]\n"
+            "for name in names:\n"
+            "    importlib.import_module(name)\n"
+            "print(len(names))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if done.returncode == 0:
+        checks.ok(f"all {done.stdout.strip()} modules of the mtnsails package import")
+    else:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        checks.fail(f"the mtnsails package does not import: {last}")
+
+
 def check_dependencies(checks: Checklist) -> None:
     checks.section(f"Python {sys.version.split()[0]} and dependencies")
     if sys.version_info < (3, 10):
@@ -138,6 +150,9 @@ def run_main(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def check_cli(checks: Checklist) -> None:
     checks.section("Command line")
+    sys.path.insert(0, str(ROOT))
+    from mtnsails.cli import COMMANDS
+
     for args in [["--help"]] + [[command, "--help"] for command in COMMANDS]:
         shown = "python main.py " + " ".join(args)
         try:
@@ -205,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = Checklist()
     check_files(checks)
     check_dependencies(checks)
+    if not checks.failed:
+        check_modules(checks)
     check_cli(checks)
     check_offline_model(checks)
     if args.full and not checks.failed:

@@ -4,7 +4,7 @@
         --reworded bench/data/heldout_reworded.json --system-data bench/data/heldout_system.json
 
 Trains the embedded model ("tiny", default flags) on --data-file, converts it to ONNX (default
-flags) and asks it with `mtnsails.evaluator.Evaluator` (greedy, the model's recorded system prompt).
+flags) and asks it with `mtnsails.loop.evaluator.Evaluator` (greedy, the model's recorded system prompt).
 An answer is right when the reference answer's first sentence appears in it
 (`first_sentence_match`). Figures:
 
@@ -17,7 +17,7 @@ An answer is right when the reference answer's first sentence appears in it
   with the default settings (no system prompt given).
 
 Prints the CPU model and flags, the training wall time of each model, and the figures.
-`--augment` trains with the varied examples of mtnsails.augment (`train --augment`; shares below).
+`--augment` trains with the varied examples of mtnsails.train.augment (`train --augment`; shares below).
 """
 
 from __future__ import annotations
@@ -36,15 +36,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from mtnsails.augment import AugmentConfig  # noqa: E402
-from mtnsails.data import ConversationDataHandler  # noqa: E402
+from mtnsails.data.handler import ConversationDataHandler  # noqa: E402
+from mtnsails.train.augment import AugmentConfig  # noqa: E402
 
 
 def train_and_convert(data: list[dict], workdir: Path, augment: AugmentConfig,
                       epochs: int | None) -> tuple[Path, float]:
     """Train tiny on `data`, export it; return the ONNX directory and the training seconds."""
-    from mtnsails.onnx_converter import ONNXConverter
-    from mtnsails.trainer import LLMTrainer, TrainingConfig
+    from mtnsails.export.converter import ONNXConverter
+    from mtnsails.train.config import TrainingConfig
+    from mtnsails.train.trainer import LLMTrainer
 
     model_dir = workdir / "model"
     config = TrainingConfig(model_name="tiny", output_dir=str(model_dir), quiet=True,
@@ -63,8 +64,8 @@ def score(onnx_dir: Path, pairs: list[dict], session: bool, penalty: float | Non
           ) -> tuple[int, list[str]]:
     """Right answers of `pairs` (Evaluator, greedy; one conversation when `session`; with chat's
     `repetition_penalty` when `penalty` is given); the misses."""
-    from mtnsails.evaluator import Evaluator
-    from mtnsails.generation_config import GenerationConfig
+    from mtnsails.inference.generation_config import GenerationConfig
+    from mtnsails.loop.evaluator import Evaluator
 
     generation = None if penalty is None else GenerationConfig(temperature=0,
                                                                repetition_penalty=penalty)
@@ -82,7 +83,7 @@ def load(path: str) -> list[dict]:
 
 
 def cpu_line() -> str:
-    from mtnsails.cpu import cpu_flags
+    from mtnsails.core.cpu import cpu_flags
 
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
                   .splitlines() if line.startswith("model name")), "unknown CPU")
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--data-file", required=True, help="single-turn pairs to train on")
     parser.add_argument("--reworded", help="rewordings of trained questions with their answers")
     parser.add_argument("--system-data", help="records carrying a system prompt (a second model)")
-    parser.add_argument("--augment", action="store_true", help="train with mtnsails.augment")
+    parser.add_argument("--augment", action="store_true", help="train with mtnsails.train.augment")
     parser.add_argument("--history-share", type=float, help="override AugmentConfig.history_share")
     parser.add_argument("--max-history", type=int, help="override AugmentConfig.max_history")
     parser.add_argument("--reworded-share", type=float, help="override AugmentConfig.reworded_share")

@@ -38,7 +38,7 @@ def build_distilgpt2_sized(directory: Path) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from mtnsails.models import build_embedded_tokenizer
+    from mtnsails.train.models import build_embedded_tokenizer
 
     tokenizer = build_embedded_tokenizer([PROMPT])
     eos = tokenizer.eos_token_id
@@ -97,7 +97,7 @@ def optimum_runner(onnx_dir: Path, ids: list[int], tokens: int):
 
 
 def chat_runner(onnx_dir: Path, setting: tuple[str, int | None], tokens: int):
-    from mtnsails.chat import ChatInterface
+    from mtnsails.inference.chat import ChatInterface
 
     precision, threads = setting
     chat = ChatInterface(onnx_dir, precision=precision, threads=threads)
@@ -112,7 +112,7 @@ def chat_runner(onnx_dir: Path, setting: tuple[str, int | None], tokens: int):
 
 def long_context_runner(onnx_dir: Path, precision: str, tokens: int):
     """Seconds per decoding step after a 900-token history over those after a 20-token one."""
-    from mtnsails.chat import ChatInterface
+    from mtnsails.inference.chat import ChatInterface
 
     decoder = ChatInterface(onnx_dir, precision=precision).decoder
     history = list(range(1000, 1000 + LONG_HISTORY))
@@ -176,7 +176,7 @@ def worker(name: str, work: Path, tokens: int, runs: int) -> None:
     if factory is chat_runner:
         run = chat_runner(work / subdirectory, extra, tokens)
     else:
-        from mtnsails.chat import ChatInterface
+        from mtnsails.inference.chat import ChatInterface
 
         ids = ChatInterface(work / "onnx", precision="fp32").prompt_ids(PROMPT)
         run = factory(work / subdirectory, ids, tokens)
@@ -194,8 +194,8 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.work, args.tokens, args.runs)
         return
-    from mtnsails.cpu import cpu_model, physical_cores, vector_flags
-    from mtnsails.onnx_converter import ONNXConverter
+    from mtnsails.core.cpu import cpu_model, physical_cores, vector_flags
+    from mtnsails.export.converter import ONNXConverter
 
     print(f"CPU: {cpu_model()}; vector flags: {' '.join(vector_flags()) or 'none of avx2/avx512/vnni/amx'}; "
           f"{physical_cores()} physical cores")

@@ -45,14 +45,15 @@ VARIANTS = {
 
 def cpu_description() -> str:
     """CPU model and the vector flags that matter for the kernels."""
-    from mtnsails.cpu import cpu_model, vector_flags
+    from mtnsails.core.cpu import cpu_model, vector_flags
 
     return f"{cpu_model()}; flags: {' '.join(vector_flags()) or 'none of avx2/avx512f/avx512_vnni/amx'}"
 
 
 def train(model_name: str, output: Path, conversations: list[dict], **overrides) -> float:
     """Train and save; return the seconds spent."""
-    from mtnsails.trainer import LLMTrainer, TrainingConfig
+    from mtnsails.train.config import TrainingConfig
+    from mtnsails.train.trainer import LLMTrainer
 
     start = time.perf_counter()
     config = TrainingConfig(model_name=model_name, output_dir=str(output), quiet=True,
@@ -65,8 +66,8 @@ def train(model_name: str, output: Path, conversations: list[dict], **overrides)
 
 def answered(model_dir: Path, conversations: list[dict]) -> list[bool]:
     """Convert `model_dir` to ONNX and say which questions it answers (first sentence)."""
-    from mtnsails.evaluator import Evaluator
-    from mtnsails.onnx_converter import ONNXConverter
+    from mtnsails.export.converter import ONNXConverter
+    from mtnsails.loop.evaluator import Evaluator
 
     onnx_dir = model_dir.with_name(model_dir.name + "-onnx")
     ONNXConverter(model_dir, quiet=True).convert_to_onnx(onnx_dir)
@@ -84,7 +85,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
 
-    from mtnsails.data import ConversationDataHandler
+    from mtnsails.data.handler import ConversationDataHandler
 
     base = ConversationDataHandler.from_file(DATA / "retrain_base.jsonl").conversations
     new = ConversationDataHandler.from_file(DATA / "retrain_new.jsonl").conversations

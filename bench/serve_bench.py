@@ -123,7 +123,7 @@ def run_clients(url: str, clients: int, requests: int, tokens: int) -> tuple[flo
 
 
 def cpu_description() -> str:
-    from mtnsails.cpu import cpu_model, physical_cores, vector_flags
+    from mtnsails.core.cpu import cpu_model, physical_cores, vector_flags
 
     return (f"{cpu_model()}, {physical_cores()} physical cores, "
             f"flags: {' '.join(vector_flags()) or 'none of avx2/avx512/amx'}")
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="serve --threads (default: physical cores)")
     parser.add_argument("--model", type=Path, help="reuse this ONNX directory (default: build one)")
     args = parser.parse_args()
-    from mtnsails.onnx_converter import ONNXConverter
+    from mtnsails.export.converter import ONNXConverter
 
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
         work = Path(tmp)

@@ -42,9 +42,9 @@ def batches(approach: str, tokenizer, batch_size: int, steps: int, seed: int = 0
     from transformers import DataCollatorForLanguageModeling
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from mtnsails.collator import PaddingCollator, encode_segments
-    from mtnsails.data import ConversationDataHandler
-    from mtnsails.trainer import packaged_example_data
+    from mtnsails.data.handler import ConversationDataHandler
+    from mtnsails.train.collator import PaddingCollator, encode_segments
+    from mtnsails.train.trainer import packaged_example_data
 
     handler = ConversationDataHandler.from_file(packaged_example_data())
     rng = random.Random(seed)
@@ -88,9 +88,9 @@ def run(approach: str, steps: int, batch_size: int) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from mtnsails.data import ConversationDataHandler
-    from mtnsails.models import build_embedded_tokenizer
-    from mtnsails.trainer import packaged_example_data
+    from mtnsails.data.handler import ConversationDataHandler
+    from mtnsails.train.models import build_embedded_tokenizer
+    from mtnsails.train.trainer import packaged_example_data
 
     texts = ConversationDataHandler.from_file(packaged_example_data()).format_for_training()
     tokenizer = build_embedded_tokenizer(texts)

@@ -32,8 +32,8 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mtnsails.cpu import cpu_model, vector_flags  # noqa: E402
-from mtnsails.quality import DataQualityValidator  # noqa: E402
+from mtnsails.core.cpu import cpu_model, vector_flags  # noqa: E402
+from mtnsails.quality.validator import DataQualityValidator  # noqa: E402
 
 POOL = 10_000  # recent conversations that duplicates are drawn from
 

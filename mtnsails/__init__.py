@@ -9,22 +9,22 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ConversationDataHandler": "mtnsails.data",
-    "DataQualityValidator": "mtnsails.quality",
-    "QualityConfig": "mtnsails.quality",
-    "LLMTrainer": "mtnsails.trainer",
-    "TrainingConfig": "mtnsails.training_config",
-    "ONNXConverter": "mtnsails.onnx_converter",
-    "ChatInterface": "mtnsails.chat",
-    "GenerationConfig": "mtnsails.generation_config",
-    "ConversationLogger": "mtnsails.logger",
-    "LogReview": "mtnsails.log_review",
-    "ScrapedContentProcessor": "mtnsails.scraped",
-    "ChatTemplate": "mtnsails.template",
-    "Evaluator": "mtnsails.evaluator",
-    "Promoter": "mtnsails.promoter",
-    "RetrainWatcher": "mtnsails.retrain_watcher",
-    "MtnsailsError": "mtnsails.errors",
+    "ConversationDataHandler": "mtnsails.data.handler",
+    "DataQualityValidator": "mtnsails.quality.validator",
+    "QualityConfig": "mtnsails.quality.config",
+    "LLMTrainer": "mtnsails.train.trainer",
+    "TrainingConfig": "mtnsails.train.config",
+    "ONNXConverter": "mtnsails.export.converter",
+    "ChatInterface": "mtnsails.inference.chat",
+    "GenerationConfig": "mtnsails.inference.generation_config",
+    "ConversationLogger": "mtnsails.data.logger",
+    "LogReview": "mtnsails.loop.review",
+    "ScrapedContentProcessor": "mtnsails.data.scraped",
+    "ChatTemplate": "mtnsails.model_dir.template",
+    "Evaluator": "mtnsails.loop.evaluator",
+    "Promoter": "mtnsails.loop.promoter",
+    "RetrainWatcher": "mtnsails.loop.watcher",
+    "MtnsailsError": "mtnsails.core.errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -12,7 +12,7 @@ import os
 import sys
 from importlib import import_module
 
-from mtnsails.errors import MtnsailsError
+from mtnsails.core.errors import MtnsailsError
 
 COMMANDS = ("validate", "train", "convert", "chat", "evaluate", "serve", "pipeline", "review",
             "promote", "watch")

@@ -122,7 +122,7 @@ def nan_copy(model_dir: Path, path: Path) -> Path:
 @pytest.fixture(scope="session")
 def untrained_tiny_model_dir(tmp_path_factory) -> Path:
     """The embedded default model, randomly initialised and saved like any HF model."""
-    from mtnsails.models import build_embedded_model
+    from mtnsails.train.models import build_embedded_model
 
     model, tokenizer = build_embedded_model(["User: hello\nAssistant: Hello! How can I help?"])
     path = tmp_path_factory.mktemp("untrained_tiny")
@@ -149,7 +149,8 @@ TINY_CONVERSATIONS = [
 def trained_tiny_model_dir(tmp_path_factory) -> Path:
     """The embedded model trained (in-process, real training) until it greedily answers every
     TINY_CONVERSATIONS question with its trained answer; an mtnsails model directory."""
-    from mtnsails.trainer import LLMTrainer, TrainingConfig
+    from mtnsails.train.config import TrainingConfig
+    from mtnsails.train.trainer import LLMTrainer
 
     path = tmp_path_factory.mktemp("trained_tiny") / "model"
     config = TrainingConfig(model_name="tiny", output_dir=str(path), num_epochs=60,
@@ -164,7 +165,7 @@ def trained_tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx_dir(trained_tiny_model_dir, tmp_path_factory) -> Path:
     """`trained_tiny_model_dir` exported by ONNXConverter: model.onnx + model_int8.onnx + tokenizer."""
-    from mtnsails.onnx_converter import ONNXConverter
+    from mtnsails.export.converter import ONNXConverter
 
     path = tmp_path_factory.mktemp("tiny_onnx") / "onnx"
     ONNXConverter(trained_tiny_model_dir, quiet=True).convert_to_onnx(path, quantize="int8")
@@ -201,9 +202,10 @@ def system_tiny_onnx_dir(tmp_path_factory) -> Path:
     travel into the ONNX directory."""
     import json
 
-    from mtnsails.data import ConversationDataHandler
-    from mtnsails.onnx_converter import ONNXConverter
-    from mtnsails.trainer import LLMTrainer, TrainingConfig
+    from mtnsails.data.handler import ConversationDataHandler
+    from mtnsails.export.converter import ONNXConverter
+    from mtnsails.train.config import TrainingConfig
+    from mtnsails.train.trainer import LLMTrainer
 
     root = tmp_path_factory.mktemp("system_tiny")
     data = root / "system.jsonl"

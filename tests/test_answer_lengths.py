@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mtnsails.answer_lengths import (DEFAULT_MAX_NEW_TOKENS, answer_lengths, length_record,
-                                     token_limit)
+from mtnsails.model_dir.answer_lengths import DEFAULT_MAX_NEW_TOKENS, answer_lengths, length_record, token_limit
 
 
 def test_each_run_of_learned_labels_is_an_answer_without_its_eos():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tokenizers import Tokenizer
 
-from mtnsails.answer_text import AnswerText, held_back, one_line, trim_dangling_sentence
+from mtnsails.inference.answer_text import AnswerText, held_back, one_line, trim_dangling_sentence
 
 
 def test_streaming_holds_back_what_may_not_be_shown():

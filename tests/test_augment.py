@@ -5,12 +5,12 @@ import random
 import pytest
 from conftest import TINY_CONVERSATIONS
 
-from mtnsails.augment import HOW_TO, AugmentConfig, ConversationAugmenter, reword
-from mtnsails.collator import encode_segments
-from mtnsails.errors import MtnsailsError
-from mtnsails.models import build_embedded_tokenizer
-from mtnsails.template import ChatTemplate, Segment
-from mtnsails.training_config import TrainingConfig
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.model_dir.template import ChatTemplate, Segment
+from mtnsails.train.augment import HOW_TO, AugmentConfig, ConversationAugmenter, reword
+from mtnsails.train.collator import encode_segments
+from mtnsails.train.config import TrainingConfig
+from mtnsails.train.models import build_embedded_tokenizer
 
 TEMPLATE = ChatTemplate()
 ALWAYS_HISTORY = AugmentConfig(enabled=True, history_share=1.0, max_history=3, reworded_share=0.0)

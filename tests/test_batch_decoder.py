@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from conftest import TINY_CONVERSATIONS
 
-from mtnsails import batch_decoder, generation
-from mtnsails.batch_decoder import BatchDecoder
-from mtnsails.chat import ChatInterface
-from mtnsails.generation import GenerationConfig, OnnxDecoder, TokenChooser, generate_tokens
+from mtnsails.inference import batch_decoder, generation
+from mtnsails.inference.batch_decoder import BatchDecoder
+from mtnsails.inference.chat import ChatInterface
+from mtnsails.inference.generation import OnnxDecoder, TokenChooser, generate_tokens
+from mtnsails.inference.generation_config import GenerationConfig
 
 GREEDY = GenerationConfig(max_new_tokens=12, temperature=0)
 
@@ -157,7 +158,7 @@ def test_a_step_with_non_finite_logits_is_refused_with_the_model_named(tiny_onnx
     import onnx
     from onnx import numpy_helper
 
-    from mtnsails.errors import MtnsailsError
+    from mtnsails.core.errors import MtnsailsError
 
     graph = onnx.load(str(tiny_onnx_dir / "model.onnx"))
     context = json.loads((tiny_onnx_dir / "config.json").read_text())["n_positions"]
@@ -179,8 +180,8 @@ def test_a_step_with_non_finite_logits_is_refused_with_the_model_named(tiny_onnx
 
 
 def test_minus_infinity_is_a_logit_but_nan_and_plus_infinity_are_refused():
-    from mtnsails.errors import MtnsailsError
-    from mtnsails.generation import finite_logits
+    from mtnsails.core.errors import MtnsailsError
+    from mtnsails.inference.generation import finite_logits
 
     logits = np.zeros((2, 5), dtype=np.float32)
     logits[0, 1] = -np.inf  # a token that can never be chosen (a model may mask its vocabulary)

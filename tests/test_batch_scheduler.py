@@ -6,9 +6,9 @@ import threading
 
 from conftest import TINY_CONVERSATIONS
 
-from mtnsails.batch_scheduler import BatchScheduler, Completion, GenerationJob
-from mtnsails.chat import ChatInterface
-from mtnsails.generation import GenerationConfig
+from mtnsails.inference.chat import ChatInterface
+from mtnsails.inference.generation_config import GenerationConfig
+from mtnsails.serve.scheduler import BatchScheduler, Completion, GenerationJob
 
 GREEDY = GenerationConfig(max_new_tokens=24, temperature=0)
 
@@ -55,7 +55,7 @@ def test_a_model_that_computes_nan_fails_its_requests_and_the_loop_goes_on(edita
     import onnx
     from onnx import numpy_helper
 
-    from mtnsails.errors import MtnsailsError
+    from mtnsails.core.errors import MtnsailsError
 
     meta_file = editable_onnx_dir / "mtnsails.json"
     meta = json.loads(meta_file.read_text())

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, SYSTEM_CONVERSATIONS, SYSTEM_PROMPT, TINY_CONVERSATIONS
 
-from mtnsails.chat import ChatInterface, GenerationConfig
-from mtnsails.data import ConversationDataHandler
-from mtnsails.errors import MtnsailsError
-from mtnsails.generation import OnnxDecoder
-from mtnsails.logger import ConversationLogger
-from mtnsails.template import ChatTemplate, segment_ids
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.data.handler import ConversationDataHandler
+from mtnsails.data.logger import ConversationLogger
+from mtnsails.inference.chat import ChatInterface
+from mtnsails.inference.generation import OnnxDecoder
+from mtnsails.inference.generation_config import GenerationConfig
+from mtnsails.model_dir.template import ChatTemplate, segment_ids
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +71,8 @@ def test_greedy_matches_pytorch_generate_token_for_token(chat, trained_tiny_mode
 def test_prompt_is_tokenized_exactly_like_training(chat, trained_tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from mtnsails.data import exchanges
-    from mtnsails.trainer import encode_segments
+    from mtnsails.model_dir.template import exchanges
+    from mtnsails.train.collator import encode_segments
 
     tokenizer = AutoTokenizer.from_pretrained(trained_tiny_model_dir)
     conversation = TINY_CONVERSATIONS[-1]  # multi-turn: history + question
@@ -267,7 +268,7 @@ def test_a_wrong_model_path_is_a_one_line_error(tiny_onnx_dir, tmp_path, make, m
 
 
 def test_chat_path_never_imports_torch_transformers_or_other_commands(tiny_onnx_dir):
-    # Other command modules pull in training code (mtnsails.data, training_config): a cold start cost.
+    # Other command modules pull in training code (mtnsails.data.records, training_config): a cold start cost.
     code = f"""
 import sys, runpy
 sys.argv = ["main.py", "chat", "--model-path", {str(tiny_onnx_dir)!r}, "--prompt", "Hello!", "--temperature", "0"]
@@ -275,10 +276,10 @@ try:
     runpy.run_path({str(REPO_ROOT / "main.py")!r}, run_name="__main__")
 except SystemExit as done:
     assert not done.code, done.code
-from mtnsails.chat import ChatInterface
+from mtnsails.inference.chat import ChatInterface
 ChatInterface({str(tiny_onnx_dir)!r}).generate_response("Who wrote Hamlet?")
 print(sorted(name for name in ("torch", "transformers", "optimum", "mtnsails.commands.train",
-                                "mtnsails.data") if name in sys.modules))
+                                "mtnsails.data.records") if name in sys.modules))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
                             timeout=120)
@@ -287,7 +288,7 @@ print(sorted(name for name in ("torch", "transformers", "optimum", "mtnsails.com
 
 
 def test_sampling_helpers_follow_transformers_semantics():
-    from mtnsails.generation import RepeatedNgrams, apply_repetition_penalty, sample
+    from mtnsails.inference.generation import RepeatedNgrams, apply_repetition_penalty, sample
 
     logits = np.array([2.0, -2.0, 1.0, 0.5], dtype=np.float32)
     apply_repetition_penalty(logits, np.array([0, 1, 1]), 2.0)
@@ -319,7 +320,7 @@ def test_spin_threads_false_lets_idle_onnxruntime_threads_sleep(tiny_onnx_dir):
 
 
 def test_top_ids_are_the_k_largest_largest_first_also_when_most_values_tie():
-    from mtnsails.generation import top_ids
+    from mtnsails.inference.generation import top_ids
 
     rng = np.random.default_rng(0)
     tied = np.zeros(50257, dtype=np.float32)  # the logits of ids a model never produces
@@ -336,7 +337,7 @@ def test_top_ids_are_the_k_largest_largest_first_also_when_most_values_tie():
 def test_choosing_a_token_leaves_the_logits_as_they_were():
     """The penalty and the n-gram ban work on the logits in place and are undone afterwards:
     the token is the one a penalised, banned copy gives, and the caller's logits are unchanged."""
-    from mtnsails.generation import RepeatedNgrams, TokenChooser, apply_repetition_penalty
+    from mtnsails.inference.generation import RepeatedNgrams, TokenChooser, apply_repetition_penalty
 
     rng = np.random.default_rng(3)
     context = [5, 7, 5, 9, 5, 7]  # "5 7" was followed by 5 before: 5 is banned after "... 5 7"

@@ -19,8 +19,8 @@ import openai
 import pytest
 from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
 
-from mtnsails.chat import ChatInterface
-from mtnsails.generation import GenerationConfig
+from mtnsails.inference.chat import ChatInterface
+from mtnsails.inference.generation_config import GenerationConfig
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-123"

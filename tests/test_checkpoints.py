@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
-from mtnsails.checkpoints import checkpoint_problem, newest_complete
+from mtnsails.train.checkpoints import checkpoint_problem, newest_complete
 
 
 def _checkpoint(directory, step):

@@ -50,7 +50,7 @@ def test_piped_stdin_answers_one_prompt_per_line_keeping_history(tiny_onnx_dir, 
 
 def logged(log) -> list[dict]:
     """The log as a trainer reads it: one record per exchange, its final verdict."""
-    from mtnsails.data import ConversationDataHandler
+    from mtnsails.data.handler import ConversationDataHandler
 
     return ConversationDataHandler(log).conversations
 
@@ -339,7 +339,7 @@ def test_reload_picks_up_a_promoted_model_keeping_the_conversation(tiny_onnx_dir
                                                                     tmp_path):
     import subprocess
 
-    from mtnsails.promoter import Promoter
+    from mtnsails.loop.promoter import Promoter
 
     live = tmp_path / "live"
     shutil.copytree(worse_onnx_dir, live)

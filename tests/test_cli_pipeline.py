@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import TINY_CONVERSATIONS, run_cli
+
 from mtnsails.cli import build_parser
 from mtnsails.commands.pipeline import demo_prompts
-from mtnsails.data import ConversationDataHandler
-from mtnsails.logger import ConversationLogger
+from mtnsails.data.handler import ConversationDataHandler
+from mtnsails.data.logger import ConversationLogger
 
 
 def test_pipeline_takes_every_flag_once_and_derives_the_model_paths():

@@ -12,11 +12,10 @@ import sys
 import time
 
 import pytest
-
-from conftest import (REPO_ROOT, TINY_CONVERSATIONS, assert_one_line_error, read_only_directory,
-                      run_cli, unreadable_file)
-from mtnsails.files import file_sha256
+from conftest import REPO_ROOT, TINY_CONVERSATIONS, assert_one_line_error, read_only_directory, run_cli, unreadable_file
 from test_models import BROKEN_MODEL_DIRECTORIES, broken_copy
+
+from mtnsails.core.files import file_sha256
 
 
 @pytest.fixture(scope="module")

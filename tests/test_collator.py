@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from mtnsails import collator
-from mtnsails.collator import encode_segments
-from mtnsails.template import ChatTemplate
+from mtnsails.model_dir.template import ChatTemplate
+from mtnsails.train import collator
+from mtnsails.train.collator import encode_segments
 
 
 class RecordingTokenizer:

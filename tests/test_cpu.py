@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from mtnsails.cpu import VECTOR_FLAGS, cpu_flags, cpu_model, physical_cores, vector_flags
+from mtnsails.core.cpu import VECTOR_FLAGS, cpu_flags, cpu_model, physical_cores, vector_flags
 
 
 def test_facts_come_from_cpuinfo_where_there_is_one():

@@ -7,9 +7,10 @@ import json
 import pytest
 from conftest import DATA_DIR, EXAMPLE_DATA, unreadable_file
 
-from mtnsails.data import (ConversationDataHandler, DataFormatError, common_system, exchanges,
-                           iter_conversations, iter_records, iter_unique)
-from mtnsails.errors import MtnsailsError
+from mtnsails.core.errors import DataFormatError, MtnsailsError
+from mtnsails.data.handler import ConversationDataHandler, common_system, iter_unique
+from mtnsails.data.records import iter_conversations, iter_records
+from mtnsails.model_dir.template import exchanges
 
 
 @pytest.mark.parametrize("name, count, first", [

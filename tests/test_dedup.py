@@ -6,8 +6,8 @@ import random
 
 import numpy as np
 
-from mtnsails.dedup import CopyFinder, NearDuplicateFinder, _buckets
-from mtnsails.quality import QualityConfig
+from mtnsails.quality.config import QualityConfig
+from mtnsails.quality.dedup import CopyFinder, NearDuplicateFinder, _buckets
 
 WORDS = "river delta silt sea boat tide harbour sand reed heron salt marsh".split()
 

@@ -10,10 +10,18 @@ import sys
 import pytest
 from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
 
-from mtnsails.chat import ChatInterface, GenerationConfig
-from mtnsails.errors import MtnsailsError
-from mtnsails.evaluator import (Comparison, Evaluator, ExampleResult, first_sentence_match,
-                                format_report, normalize_answer, token_f1)
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.inference.chat import ChatInterface
+from mtnsails.inference.generation_config import GenerationConfig
+from mtnsails.loop.evaluator import (
+    Comparison,
+    Evaluator,
+    ExampleResult,
+    first_sentence_match,
+    format_report,
+    normalize_answer,
+    token_f1,
+)
 
 pytestmark = pytest.mark.slow
 

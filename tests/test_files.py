@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from mtnsails.errors import MtnsailsError
-from mtnsails.files import (METADATA_FILE, MODEL_FORMAT, ONNX_FORMAT, atomic_directory,
-                            atomic_write_text, check_replaceable, file_sha256, read_metadata,
-                            recover_swap)
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.core.files import atomic_write_text, file_sha256
+from mtnsails.model_dir.metadata import METADATA_FILE, MODEL_FORMAT, ONNX_FORMAT, read_metadata
+from mtnsails.model_dir.output import atomic_directory, check_replaceable, recover_swap
 
 
 def _earlier_output(path, **files):
@@ -152,7 +152,7 @@ def test_a_run_killed_while_writing_leaves_the_old_output_and_its_staging_is_cle
     model = _earlier_output(tmp_path / "model", weights="old")
     writer = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from mtnsails.files import atomic_directory\n"
+         "from mtnsails.model_dir.output import atomic_directory\n"
          "with atomic_directory(sys.argv[1]) as staging:\n"
          "    (staging / 'weights').write_text('half')\n"
          "    print('writing', flush=True)\n"

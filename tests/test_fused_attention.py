@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from mtnsails.fused_attention import FUSED_OP, fuse_attention
-from mtnsails.generation import CACHE_GROWTH, GenerationConfig, OnnxDecoder, generate_tokens
+from mtnsails.export.fused_attention import FUSED_OP, fuse_attention
+from mtnsails.inference.generation import CACHE_GROWTH, OnnxDecoder, generate_tokens
+from mtnsails.inference.generation_config import GenerationConfig
 
 
 @pytest.fixture(scope="module")

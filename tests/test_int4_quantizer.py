@@ -43,7 +43,7 @@ def test_gemm_becomes_matmul_plus_bias_on_the_same_weight(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from mtnsails.int4_quantizer import gemm_to_matmul
+    from mtnsails.export.int4 import gemm_to_matmul
 
     # convert already multiplies GPT-2's activations without Gemm (see unflatten_linears): a
     # 2-D linear layer of another export still reaches the quantizer as Gemm.
@@ -70,7 +70,7 @@ def test_gemm_becomes_matmul_plus_bias_on_the_same_weight(tmp_path):
 
 
 def test_a_converted_directory_quantizes_its_untransposed_head_too(tiny_onnx_dir, tmp_path):
-    from mtnsails.int4_quantizer import quantize_int4
+    from mtnsails.export.int4 import quantize_int4
 
     # convert leaves the fp32 head as FusedMatMul(x, wte, transB=1): it is still the tied head.
     quantize_int4(tiny_onnx_dir / "model.onnx", tmp_path / "model_int4.onnx")

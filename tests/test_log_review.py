@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import run_cli
 
-from mtnsails.data import ConversationDataHandler
-from mtnsails.log_review import LogReview
+from mtnsails.data.handler import ConversationDataHandler
+from mtnsails.loop.review import LogReview
 
 # A chat log as `chat --log-conversations --log-file log.jsonl` writes it: the verdict on the
 # Germany question came after the exchange, as a new version of it (same exchange_id).

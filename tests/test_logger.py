@@ -14,11 +14,11 @@ import threading
 import time
 
 import pytest
-
 from conftest import REPO_ROOT, TINY_CONVERSATIONS
-from mtnsails.data import ConversationDataHandler
-from mtnsails.errors import MtnsailsError
-from mtnsails.logger import ConversationLogger
+
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.data.handler import ConversationDataHandler
+from mtnsails.data.logger import ConversationLogger
 
 
 def read_log(path) -> list[dict]:
@@ -211,7 +211,7 @@ def test_bad_records_fail_the_caller_not_the_writer(tmp_path):
 
 
 def test_two_processes_logging_to_one_file_lose_nothing(log_path):
-    code = ("import sys\nfrom mtnsails.logger import ConversationLogger\n"
+    code = ("import sys\nfrom mtnsails.data.logger import ConversationLogger\n"
             "with ConversationLogger(sys.argv[1]) as logger:\n"
             "    for i in range(100):\n        logger.log(f'{sys.argv[2]} {i}', 'ok')\n")
     children = [run_child(code, str(log_path), name) for name in ("a", "b")]
@@ -223,8 +223,8 @@ def test_two_processes_logging_to_one_file_lose_nothing(log_path):
 
 def test_a_file_size_limit_never_leaves_half_a_record(log_path):
     """`ulimit -f` stops the writes part-way through a record; the log stays whole and valid."""
-    code = ("import sys\nfrom mtnsails.errors import MtnsailsError\n"
-            "from mtnsails.logger import ConversationLogger\n"
+    code = ("import sys\nfrom mtnsails.core.errors import MtnsailsError\n"
+            "from mtnsails.data.logger import ConversationLogger\n"
             "logger = ConversationLogger(sys.argv[1])\n"
             "for i in range(200):\n"
             "    logger.log(f'question {i}', 'answer ' * 40)\n"
@@ -246,7 +246,7 @@ def run_child(code: str, *args: str, **popen) -> subprocess.Popen:
 
 
 def test_exit_without_close_still_saves_everything(log_path):
-    code = ("import sys\nfrom mtnsails.logger import ConversationLogger\n"
+    code = ("import sys\nfrom mtnsails.data.logger import ConversationLogger\n"
             "logger = ConversationLogger(sys.argv[1])\n"
             "for i in range(50):\n    logger.log(f'q{i}', f'a{i}')\n")
     assert run_child(code, str(log_path)).wait(timeout=60) == 0
@@ -256,7 +256,7 @@ def test_exit_without_close_still_saves_everything(log_path):
 # A chat in miniature, with no model to slow it down: log each exchange, then show its answer.
 CHATTING_CHILD = """
 import sys
-from mtnsails.logger import ConversationLogger
+from mtnsails.data.logger import ConversationLogger
 logger = ConversationLogger(sys.argv[1])
 for i in range(1_000_000):
     logger.log(f"question {i}", f"answer {i} \u00e9 \\"quoted\\" " + "words " * (i % 40))
@@ -311,7 +311,7 @@ def test_kill_9_during_a_scripted_chat_keeps_every_answered_exchange(log_path, t
 # A chat in miniature that marks every answer bad and says so once the verdict is saved.
 VERDICT_CHILD = """
 import sys
-from mtnsails.logger import ConversationLogger
+from mtnsails.data.logger import ConversationLogger
 logger = ConversationLogger(sys.argv[1])
 for i in range(1_000_000):
     exchange = logger.log(f"question {i}", f"answer {i}")

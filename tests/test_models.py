@@ -7,10 +7,10 @@ import pickle
 import shutil
 
 import pytest
-
 from conftest import TINY_CONVERSATIONS
-from mtnsails.errors import MtnsailsError
-from mtnsails.models import build_embedded_model, resolve_model
+
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.train.models import build_embedded_model, resolve_model
 
 TEXTS = [f"User: {c['input']}\nAssistant: {c['output']}" for c in TINY_CONVERSATIONS]
 
@@ -142,7 +142,7 @@ def test_a_name_no_hub_model_can_have_is_refused_at_once():
 
 
 def test_the_embedded_tokenizer_learns_from_a_bounded_start_of_each_text():
-    from mtnsails.models import TOKENIZER_TEXT_CHARS, build_embedded_tokenizer
+    from mtnsails.train.models import TOKENIZER_TEXT_CHARS, build_embedded_tokenizer
 
     huge = "Pack a warm layer and a rain shell before the trail. " * 40_000  # 2 MB
     whole = build_embedded_tokenizer([huge])

@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 from conftest import nan_copy, read_only_directory, run_cli
 
-from mtnsails.errors import MtnsailsError
-from mtnsails.generation import OnnxDecoder
-from mtnsails.onnx_converter import ONNXConverter
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.export.converter import ONNXConverter
+from mtnsails.inference.generation import OnnxDecoder
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_verify_reports_agreement(untrained_tiny_model_dir, untrained_onnx_dir):
 
 
 def test_verify_fails_when_onnx_is_another_model(untrained_onnx_dir, tmp_path):
-    from mtnsails.models import EmbeddedModelSpec, build_embedded_model
+    from mtnsails.train.models import EmbeddedModelSpec, build_embedded_model
 
     # Same tokenizer, other random weights: the ONNX file no longer matches this model.
     model, tokenizer = build_embedded_model(["User: hello\nAssistant: Hello! How can I help?"],

@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import run_cli
 
-from mtnsails.errors import MtnsailsError
-from mtnsails.onnx_metadata import read_onnx_directory
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.model_dir.onnx_metadata import read_onnx_directory
 
 
 def _edit(directory, **changes) -> None:

@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import TINY_CONVERSATIONS, run_cli
 
-from mtnsails.chat import ChatInterface
-from mtnsails.generation_config import GenerationConfig
-from mtnsails.optimized_graph import fingerprint
+from mtnsails.inference.chat import ChatInterface
+from mtnsails.inference.generation_config import GenerationConfig
+from mtnsails.inference.optimized_graph import fingerprint
 
 pytestmark = pytest.mark.slow
 GREEDY = GenerationConfig(temperature=0, max_new_tokens=20)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import TINY_CONVERSATIONS, assert_one_line_error, run_cli
 
-from mtnsails.errors import MtnsailsError
-from mtnsails.files import read_metadata
-from mtnsails.promoter import Promoter
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.loop.promoter import Promoter
+from mtnsails.model_dir.metadata import read_metadata
 
 pytestmark = pytest.mark.slow
 

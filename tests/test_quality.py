@@ -7,9 +7,11 @@ import random
 import pytest
 from conftest import DATA_DIR, EXAMPLE_DATA
 
-from mtnsails.data import ConversationDataHandler
-from mtnsails.quality import (CODES, WORD_RE, DataQualityValidator, QualityConfig, QualityReport,
-                              _gopher_repetition, quality_gate, words_of)
+from mtnsails.data.handler import ConversationDataHandler
+from mtnsails.quality.config import CODES, QualityConfig
+from mtnsails.quality.report import QualityReport
+from mtnsails.quality.rules import WORD_RE, _gopher_repetition, words_of
+from mtnsails.quality.validator import DataQualityValidator, quality_gate
 
 GOOD_ANSWERS = [
     "Paris is the capital of France and its largest city.",
@@ -354,7 +356,7 @@ def test_quality_does_not_import_the_data_module():
     import subprocess
     import sys
 
-    code = "import sys, mtnsails.quality; print('mtnsails.data' in sys.modules)"
+    code = "import sys, mtnsails.quality.validator; print('mtnsails.data.records' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
@@ -412,7 +414,7 @@ def test_workers_give_the_report_of_one_process():
 
 
 def test_a_repeat_gets_the_report_of_its_first_reading_without_a_second_check(monkeypatch):
-    from mtnsails import quality
+    from mtnsails.quality import validator as quality
 
     cut = {"input": "Why is the sky blue?", "output": "Because the light and the"}
     conversations = [cut, dict(cut), {"input": "Hi", "output": ""}, dict(cut)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mtnsails.question_matcher import DEFAULT_THRESHOLD, QuestionMatcher
+from mtnsails.inference.question_matcher import DEFAULT_THRESHOLD, QuestionMatcher
 
 TRAINED = ["How do I fix a flat tyre?", "What is a derailleur?", "How should I store my bike in winter?",
            "Why does my chain keep falling off?"]

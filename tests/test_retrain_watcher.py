@@ -12,10 +12,10 @@ import sys
 import pytest
 from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
 
-from mtnsails.data import ConversationDataHandler
-from mtnsails.errors import MtnsailsError
-from mtnsails.files import TRAINING_DATA_FILE
-from mtnsails.retrain_watcher import RetrainWatcher
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.data.handler import ConversationDataHandler
+from mtnsails.loop.watcher import RetrainWatcher
+from mtnsails.model_dir.metadata import TRAINING_DATA_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,19 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, read_only_directory
 
-from mtnsails.quality import DataQualityValidator
-from mtnsails.scraped import (ScrapedContentProcessor, ScrapedSettings, ScrapeResult, WordCases,
-                              chunks, classify, html_to_text, natural_question, page_lines,
-                              sections_of, sentences)
+from mtnsails.core.text_rules import sentences
+from mtnsails.data.html_text import html_to_text
+from mtnsails.data.questions import WordCases, natural_question
+from mtnsails.data.scraped import (
+    ScrapedContentProcessor,
+    ScrapedSettings,
+    ScrapeResult,
+    chunks,
+    classify,
+    page_lines,
+    sections_of,
+)
+from mtnsails.quality.validator import DataQualityValidator
 
 SCRIPT = REPO_ROOT / "process_scraped_content.py"
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mtnsails.template import ChatTemplate, Segment
+from mtnsails.model_dir.template import ChatTemplate, Segment
 
 
 def test_default_template_renders_the_original_training_text():

@@ -7,15 +7,16 @@ import math
 from pathlib import Path
 
 import torch
+from conftest import TINY_CONVERSATIONS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import TINY_CONVERSATIONS
-from mtnsails.collator import PaddingCollator, encode_segments
-from mtnsails.data import ConversationDataHandler, exchanges
-from mtnsails.files import TRAINING_DATA_FILE
-from mtnsails.models import ContinuedTrainingDefaults
-from mtnsails.template import ChatTemplate, Segment
-from mtnsails.trainer import LLMTrainer, TrainingConfig, parse_text
+from mtnsails.data.handler import ConversationDataHandler
+from mtnsails.model_dir.metadata import TRAINING_DATA_FILE
+from mtnsails.model_dir.template import ChatTemplate, Segment, exchanges
+from mtnsails.train.collator import PaddingCollator, encode_segments
+from mtnsails.train.config import TrainingConfig
+from mtnsails.train.models import ContinuedTrainingDefaults
+from mtnsails.train.trainer import LLMTrainer, parse_text
 
 
 def greedy_answer(model, tokenizer, conversation: dict) -> str:
@@ -133,7 +134,7 @@ def test_original_api_and_retraining_with_an_eval_split(trained_tiny_model_dir, 
 def test_settings_out_of_range_are_one_line_errors():
     import pytest
 
-    from mtnsails.errors import MtnsailsError
+    from mtnsails.core.errors import MtnsailsError
 
     for settings, flag in [({"num_epochs": 0}, "--epochs"), ({"batch_size": -1}, "--batch-size"),
                            ({"eval_split": 1.5}, "--eval-split"), ({"device": "tpu"}, "--device"),
@@ -145,7 +146,7 @@ def test_settings_out_of_range_are_one_line_errors():
 
 
 def test_resolved_fills_each_unset_setting_with_the_models_own_default():
-    from mtnsails.models import EmbeddedTrainingDefaults
+    from mtnsails.train.models import EmbeddedTrainingDefaults
 
     unset = TrainingConfig()
     tiny = unset.resolved(embedded=True, examples=100)
@@ -165,7 +166,7 @@ def test_a_model_save_that_runs_out_of_space_is_one_line_and_changes_nothing(
 
     import pytest
 
-    from mtnsails.errors import MtnsailsError
+    from mtnsails.core.errors import MtnsailsError
 
     trainer = LLMTrainer(config=TrainingConfig(model_name="tiny", quiet=True))
     trainer.load_trained_model(trained_tiny_model_dir)
@@ -184,7 +185,7 @@ def refusal(output_dir, resume: bool = False) -> str:
     """The one-line error `train_conversations` raises before it loads any model."""
     import pytest
 
-    from mtnsails.errors import MtnsailsError
+    from mtnsails.core.errors import MtnsailsError
 
     trainer = LLMTrainer(config=TrainingConfig(model_name="tiny", output_dir=str(output_dir),
                                                resume=resume, quiet=True))
@@ -216,7 +217,7 @@ def test_resume_goes_back_to_the_newest_complete_checkpoint(tmp_path, capfd):
 
     import pytest
 
-    from mtnsails.trainer import TrainingInterrupted
+    from mtnsails.train.trainer import TrainingInterrupted
 
     config = TrainingConfig(model_name="tiny", output_dir=str(tmp_path / "model"), num_epochs=10,
                             save_steps=2, quiet=True, seed=0)

@@ -6,13 +6,13 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from mtnsails import settings
-from mtnsails.errors import MtnsailsError
-from mtnsails.files import DEFAULT_LOG_FILE
-from mtnsails.generation_config import GenerationConfig
+from mtnsails.core import settings
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.inference.generation_config import GenerationConfig
+from mtnsails.model_dir.metadata import DEFAULT_LOG_FILE
 
 if TYPE_CHECKING:
-    from mtnsails.chat import ChatInterface
+    from mtnsails.inference.chat import ChatInterface
 
 HELP = "chat with an ONNX model"
 PRECISIONS = ("auto", "fp32", "int8", "int4")  # --precision of chat and serve
@@ -66,7 +66,7 @@ def check_prompt(args: argparse.Namespace) -> None:
 
 def open_chat(args: argparse.Namespace, model_path: str | None = None) -> ChatInterface:
     """The ChatInterface that `args` describe (the caller closes it)."""
-    from mtnsails.chat import ChatInterface
+    from mtnsails.inference.chat import ChatInterface
 
     return ChatInterface(model_path or args.model_path, max_length=args.max_length,
                          log_conversations=args.log_conversations, log_file=args.log_file,
@@ -77,7 +77,7 @@ def open_chat(args: argparse.Namespace, model_path: str | None = None) -> ChatIn
 
 def run(args: argparse.Namespace) -> int:
     """Answer --prompt once, or chat (streamed in a terminal, one answer per line when piped); exit 0."""
-    from mtnsails.terminal_chat import TerminalChat, announce_system, note_truncation
+    from mtnsails.inference.terminal_chat import TerminalChat, announce_system, note_truncation
 
     check_prompt(args)
     if args.feedback:

@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from mtnsails.files import DEFAULT_ONNX_DIR, DEFAULT_OPSET
+from mtnsails.model_dir.metadata import DEFAULT_ONNX_DIR, DEFAULT_OPSET
 
 if TYPE_CHECKING:
-    from mtnsails.onnx_converter import VerificationReport
+    from mtnsails.export.converter import VerificationReport
 
 HELP = "export a trained model to ONNX for fast CPU chat"
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
 def convert(args: argparse.Namespace, model_path: str | None = None
             ) -> tuple[str, VerificationReport | None]:
     """Export (and verify) as `convert` describes; return (onnx directory, VerificationReport or None)."""
-    from mtnsails.onnx_converter import ONNXConverter
+    from mtnsails.export.converter import ONNXConverter
 
     converter = ONNXConverter(model_path or args.model_path, quiet=args.quiet)
     onnx_dir = converter.convert_to_onnx(args.onnx_output, opset_version=args.opset_version,

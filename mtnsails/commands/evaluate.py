@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from mtnsails.commands.chat import PRECISIONS, PROMPT_TOKENS
-from mtnsails.errors import MtnsailsError
-from mtnsails.settings import finite_float
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.core.settings import finite_float
 
 HELP = "score a model's answers against reference answers (and a baseline model)"
 DEFAULT_TOLERANCE = 0.02
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     --tolerance, 0 otherwise (2 for a bad data file or model directory)."""
     import json
 
-    from mtnsails.data import ConversationDataHandler
-    from mtnsails.evaluator import Comparison, Evaluator, format_report
+    from mtnsails.data.handler import ConversationDataHandler
+    from mtnsails.loop.evaluator import Comparison, Evaluator, format_report
 
     if not 0 <= args.tolerance <= 1:
         raise MtnsailsError(f"--tolerance = {args.tolerance} must be between 0 and 1 (a fraction)")

@@ -32,14 +32,14 @@ def run(args: argparse.Namespace) -> int:
     import shlex
     from pathlib import Path
 
-    from mtnsails.data import ConversationDataHandler
-    from mtnsails.files import TRAINING_DATA_FILE, read_metadata
-    from mtnsails.trainer import packaged_example_data
+    from mtnsails.data.handler import ConversationDataHandler
+    from mtnsails.model_dir.metadata import TRAINING_DATA_FILE, read_metadata
+    from mtnsails.train.trainer import packaged_example_data
 
     check_settings(args)
     promoter = None
     if args.promote_to:
-        from mtnsails.promoter import Promoter
+        from mtnsails.loop.promoter import Promoter
 
         promoter = Promoter(args.promote_to)  # a live directory that is not a model fails now
     data_file = ", ".join(map(str, args.data_file or [packaged_example_data()]))
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluation_summary(args: argparse.Namespace, onnx_dir: str, conversations: list[dict]) -> str:
     """Score the new model's greedy answers on (up to EVALUATED of) `conversations`, each alone."""
-    from mtnsails.evaluator import Evaluator
+    from mtnsails.loop.evaluator import Evaluator
 
     sample = spread(conversations, EVALUATED)
     report = Evaluator(onnx_dir, system=args.system, max_new_tokens=args.max_new_tokens,
@@ -111,13 +111,14 @@ def check_settings(args: argparse.Namespace) -> None:
     writes its outputs and then fails on a chat setting."""
     from pathlib import Path
 
-    from mtnsails import settings
-    from mtnsails.errors import MtnsailsError
-    from mtnsails.files import MODEL_FORMAT, ONNX_FORMAT, check_replaceable
-    from mtnsails.generation import session_options
-    from mtnsails.generation_config import GenerationConfig
-    from mtnsails.logger import check_log_path
-    from mtnsails.training_config import TrainingConfig
+    from mtnsails.core import settings
+    from mtnsails.core.errors import MtnsailsError
+    from mtnsails.data.logger import check_log_path
+    from mtnsails.inference.generation import session_options
+    from mtnsails.inference.generation_config import GenerationConfig
+    from mtnsails.model_dir.metadata import MODEL_FORMAT, ONNX_FORMAT
+    from mtnsails.model_dir.output import check_replaceable
+    from mtnsails.train.config import TrainingConfig
 
     chat.check_prompt(args)
     settings.from_args(TrainingConfig, args).validate()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from mtnsails.errors import MtnsailsError
-from mtnsails.settings import finite_float
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.core.settings import finite_float
 
 HELP = "deploy a new ONNX model to a live directory only when it is not worse (or roll back)"
 
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when the candidate was promoted (or rolled back), 1 when it was refused."""
-    from mtnsails.promoter import Promoter
+    from mtnsails.loop.promoter import Promoter
 
     if args.rollback == bool(args.candidate):
         raise MtnsailsError("give --candidate ONNX_DIR to promote, or --rollback")
@@ -49,9 +49,9 @@ def comparison_data(args: argparse.Namespace) -> list[dict]:
     """The conversations of --data-file, or those the candidate's source model was trained on."""
     from pathlib import Path
 
-    from mtnsails.data import ConversationDataHandler
-    from mtnsails.files import TRAINING_DATA_FILE, read_metadata
-    from mtnsails.promoter import check_onnx_directory
+    from mtnsails.data.handler import ConversationDataHandler
+    from mtnsails.loop.promoter import check_onnx_directory
+    from mtnsails.model_dir.metadata import TRAINING_DATA_FILE, read_metadata
 
     if args.data_file:
         handler = ConversationDataHandler.from_files(args.data_file)

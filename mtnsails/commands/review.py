@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Walk the exchanges not reviewed yet; exit 0 when stopped or done (the output is written)."""
-    from mtnsails.log_review import LogReview
+    from mtnsails.loop.review import LogReview
 
     LogReview(args.log, args.output).walk()
     return 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from mtnsails import settings
 from mtnsails.commands.chat import PRECISIONS, PROMPT_TOKENS
-from mtnsails.files import DEFAULT_LOG_FILE
-from mtnsails.generation_config import GenerationConfig
+from mtnsails.core import settings
+from mtnsails.inference.generation_config import GenerationConfig
+from mtnsails.model_dir.metadata import DEFAULT_LOG_FILE
 
 HELP = "serve an ONNX model over the OpenAI chat-completions API (batched decoding)"
 API_KEY_VARIABLE = "MTNSAILS_API_KEY"
@@ -47,14 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or Ctrl-C; exit 0."""
-    from mtnsails.batch_scheduler import BatchScheduler
-    from mtnsails.chat import ChatInterface
-    from mtnsails.chat_server import ChatServer
+    from mtnsails.inference.chat import ChatInterface
+    from mtnsails.serve.scheduler import BatchScheduler
+    from mtnsails.serve.server import ChatServer
 
     generation = settings.from_args(GenerationConfig, args)
     logger = None
     if args.log_conversations:
-        from mtnsails.logger import ConversationLogger
+        from mtnsails.data.logger import ConversationLogger
 
         logger = ConversationLogger(args.log_file)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from mtnsails import settings
-from mtnsails.augment import AugmentConfig
-from mtnsails.training_config import TrainingConfig
+from mtnsails.core import settings
+from mtnsails.train.augment import AugmentConfig
+from mtnsails.train.config import TrainingConfig
 
 HELP = "fine-tune a causal language model on conversations"
 
@@ -29,8 +29,10 @@ def train(args: argparse.Namespace, next_step: bool = True) -> tuple[str, list[d
 
     Returns the model directory and the conversations read (the pipeline's demo asks some).
     `next_step=False` leaves out the "Next: convert" hint (the pipeline converts by itself)."""
-    from mtnsails.data import ConversationDataHandler
-    from mtnsails.trainer import LLMTrainer, finish_distributed, packaged_example_data, quality_gate
+    from mtnsails.core.ranks import finish_distributed
+    from mtnsails.data.handler import ConversationDataHandler
+    from mtnsails.quality.validator import quality_gate
+    from mtnsails.train.trainer import LLMTrainer, packaged_example_data
 
     augment = settings.from_args(AugmentConfig, args)
     trainer = LLMTrainer(config=settings.from_args(TrainingConfig, args, augment=augment))  # validates

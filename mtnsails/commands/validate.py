@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mtnsails.errors import MtnsailsError
+from mtnsails.core.errors import MtnsailsError
 
 HELP = "check a data set's quality (and optionally filter it)"
 
@@ -29,9 +29,9 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from mtnsails.data import (JSONL_SUFFIXES, iter_files, require_output_directory,
-                               sources_report, write_conversations)
-    from mtnsails.quality import DataQualityValidator
+    from mtnsails.data.handler import iter_files, sources_report
+    from mtnsails.data.records import JSONL_SUFFIXES, require_output_directory, write_conversations
+    from mtnsails.quality.validator import DataQualityValidator
 
     data_files = [Path(path) for path in args.data_file]
     data_file = data_files[0]

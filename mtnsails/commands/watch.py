@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from mtnsails import settings
-from mtnsails.settings import finite_float
-from mtnsails.training_config import TrainingConfig
+from mtnsails.core import settings
+from mtnsails.core.settings import finite_float
+from mtnsails.train.config import TrainingConfig
 
 HELP = "retrain from a feedback log and deploy only models that are not worse"
 
@@ -39,10 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 after --once or a clean stop (Ctrl-C, SIGTERM); 2 for unusable input."""
-    from mtnsails.retrain_watcher import RetrainWatcher
+    from mtnsails.loop.watcher import RetrainWatcher
 
     if args.threshold < 1:
-        from mtnsails.errors import MtnsailsError
+        from mtnsails.core.errors import MtnsailsError
 
         raise MtnsailsError(f"--threshold must be at least 1, got {args.threshold}")
     training = settings.from_args(TrainingConfig, args)

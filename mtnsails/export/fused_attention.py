@@ -1,0 +1,182 @@
+"""One fused attention node per layer, whose KV cache can grow in place.
+
+optimum exports GPT-2's attention as separate nodes: every step concatenates the whole cache
+with the new key and value (`present = Concat(past, new)`), transposes and scales the key cache
+again for the scores, and int8 quantization then quantizes that cache too. Those copies grow
+with the history (with 900 tokens of history a step cost 1.7x (fp32) to 3x (int8, int4) a step
+with 20). `fuse_attention` replaces each layer's attention by onnxruntime's GroupQueryAttention
+(as many key/value heads as query heads, i.e. plain multi-head attention): given a past buffer
+that is also bound as the present output, it writes the new key and value into that buffer and
+reads the cache where it lies. The graph keeps its inputs and outputs (attention_mask,
+position_ids, past_key_values.*, present.*), so a caller that binds a fresh present every step
+(`BatchDecoder`) still works; the attention mask becomes an additive bias, so left padding
+stays hidden.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mtnsails.core.files import read_json_object
+from mtnsails.inference.generation import PAST_PREFIX, PRESENT_PREFIX
+
+FUSED_OP = "GroupQueryAttention"
+
+
+def _fusable_config(config: dict) -> bool:
+    """GPT-2 with its usual 1/sqrt(head size) scale (what the fused node computes)."""
+    return (config.get("model_type") == "gpt2" and config.get("scale_attn_weights", True)
+            and not config.get("scale_attn_by_inverse_layer_idx") and not config.get("reorder_and_upcast_attn"))
+
+
+def _perm(node) -> list[int]:
+    return next((list(attribute.ints) for attribute in node.attribute if attribute.name == "perm"), [])
+
+
+def _match_layer(index: str, producers: dict, consumers: dict) -> dict | None:
+    """The tensors around layer `index`'s attention: query/key/value [batch, positions, hidden]
+    from one Split, and the attention output [batch, positions, hidden]; None when the layer is
+    not the exported pattern (Concat(past, Transpose(Reshape(new))) per cache, probabilities @
+    present value, Transpose, Reshape)."""
+    found = {}
+    splits = set()
+    for kind in ("key", "value"):
+        concat = producers.get(f"{PRESENT_PREFIX}{index}.{kind}")
+        if concat is None or concat.op_type != "Concat" or list(concat.input[:1]) != [f"{PAST_PREFIX}{index}.{kind}"]:
+            return None
+        transpose = producers.get(concat.input[1])
+        if transpose is None or transpose.op_type != "Transpose" or _perm(transpose) != [0, 2, 1, 3]:
+            return None
+        reshape = producers.get(transpose.input[0])
+        split = producers.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
+        if split is None or split.op_type != "Split" or len(split.output) != 3:
+            return None
+        splits.add(split.name or id(split))
+        found[kind] = reshape.input[0]
+        found["split"] = split
+    split = found.pop("split")
+    if len(splits) != 1 or list(split.output[1:]) != [found["key"], found["value"]]:
+        return None
+    found["query"] = split.output[0]
+    weighted = [node for node in consumers.get(f"{PRESENT_PREFIX}{index}.value", []) if node.op_type == "MatMul"]
+    if len(weighted) != 1:
+        return None
+    transpose = consumers.get(weighted[0].output[0], [])
+    if len(transpose) != 1 or transpose[0].op_type != "Transpose" or _perm(transpose[0]) != [0, 2, 1, 3]:
+        return None
+    reshape = [node for node in consumers.get(transpose[0].output[0], []) if node.op_type != "Shape"]
+    if len(reshape) != 1 or reshape[0].op_type != "Reshape":
+        return None
+    found["output"] = reshape[0].output[0]
+    return found
+
+
+def _mask_nodes(helper, numpy_helper, graph) -> tuple[list, dict]:
+    """Nodes turning attention_mask [batch, total] into what the fused node reads: an additive
+    bias [batch, 1, positions, total] (0 where attended, the lowest float where masked), each
+    row's total length minus one (all rows are as long as the mask) and the total length."""
+    constants = {"fa_one_i64": np.array([1], np.int64), "fa_one_i32": np.array(1, np.int32),
+                 "fa_one_f": np.array(1.0, np.float32), "fa_masked": np.array(np.finfo(np.float32).min, np.float32),
+                 "fa_axis0": np.array([0], np.int64), "fa_axis1": np.array([1], np.int64),
+                 "fa_axis2": np.array([2], np.int64), "fa_total_index": np.array(1, np.int64),
+                 "fa_bias_axes": np.array([1, 2], np.int64)}
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
+    node = helper.make_node
+    nodes = [
+        node("Shape", ["attention_mask"], ["fa_mask_shape"]),
+        node("Gather", ["fa_mask_shape", "fa_total_index"], ["fa_total_i64"], axis=0),
+        node("Cast", ["fa_total_i64"], ["fa_total"], to=6),  # int32, as the fused node reads it
+        node("Sub", ["fa_total", "fa_one_i32"], ["fa_last"]),
+        node("Slice", ["fa_mask_shape", "fa_axis0", "fa_axis1"], ["fa_batch"]),
+        node("Expand", ["fa_last", "fa_batch"], ["fa_seqlens"]),
+        node("Cast", ["attention_mask"], ["fa_mask_f"], to=1),
+        node("Sub", ["fa_one_f", "fa_mask_f"], ["fa_hidden"]),
+        node("Mul", ["fa_hidden", "fa_masked"], ["fa_bias_2d"]),
+        node("Unsqueeze", ["fa_bias_2d", "fa_bias_axes"], ["fa_bias_4d"]),
+        node("Shape", ["input_ids"], ["fa_ids_shape"]),
+        node("Slice", ["fa_ids_shape", "fa_axis1", "fa_axis2"], ["fa_positions"]),
+        node("Unsqueeze", ["fa_total_i64", "fa_axis0"], ["fa_total_1d"]),
+        node("Concat", ["fa_batch", "fa_one_i64", "fa_positions", "fa_total_1d"], ["fa_bias_shape"], axis=0),
+        node("Expand", ["fa_bias_4d", "fa_bias_shape"], ["fa_bias"]),
+    ]
+    return nodes, {"seqlens_k": "fa_seqlens", "total": "fa_total", "bias": "fa_bias"}
+
+
+def prune(graph) -> None:
+    """Remove nodes nothing reads (the unfused attention and its mask) and unused initializers."""
+    outputs = {output.name for output in graph.output}
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [node for node in graph.node if not any(name in used for name in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for tensor in [tensor for tensor in graph.initializer if tensor.name not in used]:
+        graph.initializer.remove(tensor)
+
+
+def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike) -> bool:
+    """Rewrite `model_file` in place with one GroupQueryAttention node per layer; True when done.
+
+    False (the file untouched) for models other than GPT-2 with its standard attention scale, or
+    a graph whose attention is not the pattern optimum exports for it.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if not _fusable_config(read_json_object(Path(config_file))):
+        return False
+    model = onnx.load(str(model_file), load_external_data=False)
+    graph = model.graph
+    inputs = {value.name: value for value in graph.input}
+    if "attention_mask" not in inputs:
+        return False
+    indices = [output.name[len(PRESENT_PREFIX):-len(".key")] for output in graph.output
+               if output.name.startswith(PRESENT_PREFIX) and output.name.endswith(".key")]
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    layers = {index: _match_layer(index, producers, consumers) for index in indices}
+    if not layers or any(layer is None for layer in layers.values()):
+        return False
+    cache_type = inputs[f"{PAST_PREFIX}{indices[0]}.key"].type.tensor_type
+    heads, head_size = cache_type.shape.dim[1].dim_value, cache_type.shape.dim[3].dim_value
+    if not heads or not head_size or head_size % 8:
+        # onnxruntime's CPU kernel loads such a node but refuses to run it: "head_size must be a
+        # multiple of 8" on the first step, so the model keeps its exported attention.
+        return False
+    mask_nodes, mask = _mask_nodes(helper, numpy_helper, graph)
+    for index, layer in layers.items():
+        # The fused node takes the place of the attention output's Reshape: every input it reads
+        # is computed before that, and only the output projection (after it) reads its output.
+        nodes = list(graph.node)
+        position = next(i for i, node in enumerate(nodes) if layer["output"] in node.output)
+        graph.node.insert(position, helper.make_node(
+            FUSED_OP, [layer["query"], layer["key"], layer["value"], f"{PAST_PREFIX}{index}.key",
+                       f"{PAST_PREFIX}{index}.value", mask["seqlens_k"], mask["total"], "", "", "", mask["bias"]],
+            [layer["output"], f"{PRESENT_PREFIX}{index}.key", f"{PRESENT_PREFIX}{index}.value"],
+            name=f"layer_{index}_attention", domain="com.microsoft", num_heads=heads, kv_num_heads=heads))
+        del graph.node[position + 1]
+        # onnx's shape inference knows no contrib op: the quantizers need the output's type given
+        for stale in [info for info in graph.value_info if info.name == layer["output"]]:
+            graph.value_info.remove(stale)
+        graph.value_info.append(helper.make_tensor_value_info(
+            layer["output"], cache_type.elem_type, ["batch_size", "sequence_length", heads * head_size]))
+        for name in (f"{PRESENT_PREFIX}{index}.key", f"{PRESENT_PREFIX}{index}.value"):
+            concat = next(i for i, node in enumerate(graph.node) if name in node.output and node.op_type == "Concat")
+            del graph.node[concat]
+    for offset, node in enumerate(mask_nodes):  # from graph inputs only: first
+        graph.node.insert(offset, node)
+    prune(graph)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(model_file))
+    return True
+

@@ -1,0 +1,2 @@
+"""Training: fine-tune a causal language model on conversations with transformers' `Trainer`
+(settings, the model to start from, batches, checkpoints, devices, augmentation, the loss plot)."""
