@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from conftest import run_cli
+from conftest import REPO_ROOT, assert_one_line_error, read_only_directory, run_cli
 
 from mtnsails.data.handler import ConversationDataHandler
 from mtnsails.loop.review import LogReview
@@ -107,6 +109,22 @@ def test_bad_inputs_are_one_line_errors_and_nothing_is_lost(tmp_path, make, mess
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_an_output_folder_that_takes_no_files_is_a_one_line_error(tmp_path):
+    result = review(write_log(tmp_path / "chat.jsonl"), read_only_directory(tmp_path) / "rv.json", "q\n")
+    assert_one_line_error(result, "rv.json", "cannot write into")
+
+
+def test_piped_answers_that_are_not_utf8_are_asked_again_never_written(tmp_path):
+    log, output = write_log(tmp_path / "chat.jsonl"), tmp_path / "reviewed.json"
+    script = b"e caf\xe9 au lait\nk\nq\n"  # Latin-1 bytes, as a terminal in another encoding sends
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "review", str(log),
+                             "--output", str(output)], input=script, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"not valid UTF-8" in result.stdout and b"Traceback" not in result.stderr
+    assert json.loads(output.read_text("utf-8"))[0] == {key: LOG[0][key] for key in ("input", "output")} | {
+        "exchange_id": "a"}
 
 
 def test_a_state_file_of_another_log_is_refused(tmp_path):

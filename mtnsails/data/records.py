@@ -22,6 +22,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -452,3 +453,9 @@ def require_output_directory(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise DataFormatError(f"{path}: directory {path.parent} does not exist")
+    try:  # modes do not stop root: only a real write tells whether the folder takes files
+        descriptor, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError as error:
+        raise DataFormatError(f"{path}: cannot write into {path.parent} ({error.strerror})") from None
+    os.close(descriptor)
+    os.unlink(probe)

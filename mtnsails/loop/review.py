@@ -31,6 +31,18 @@ ACTIONS = {"k": "keep", "keep": "keep", "d": "drop", "drop": "drop", "e": "edit"
            "q": "quit", "quit": "quit"}
 
 
+NOT_UTF8 = "\udcff"  # a line stdin could not decode: never valid text
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding undecodable bytes (surrogate escapes), which no file can store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class LogReview:
     """The review of the chat log `log` into `output`, resumed from its state file if any.
 
@@ -77,8 +89,11 @@ class LogReview:
     def _save(self) -> None:
         """The state first: should the output then be lost, the next run writes it again."""
         state = {"log": str(self.log.resolve()), "decisions": self.decisions}
-        atomic_write_text(self.state_path, json.dumps(state, ensure_ascii=False, indent=1) + "\n")
-        write_conversations(self.output, self.kept())
+        try:
+            atomic_write_text(self.state_path, json.dumps(state, ensure_ascii=False, indent=1) + "\n")
+            write_conversations(self.output, self.kept())
+        except OSError as error:
+            raise MtnsailsError(f"{self.output}: cannot be written ({error.strerror})") from None
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -100,6 +115,8 @@ class LogReview:
         if action == "edit":
             if not (answer or "").strip():
                 raise MtnsailsError("an edit needs the right answer (it is blank)")
+            if not is_utf8(answer):
+                raise MtnsailsError("an edit's answer must be valid UTF-8 text")
             self.decisions.append({"edit": answer.strip()})
         elif action in ("keep", "drop"):
             self.decisions.append(action)
@@ -144,7 +161,10 @@ class LogReview:
                     print(file=stdout)
                     return None
             print(prompt.rstrip(), file=stdout, flush=True)  # piped: one line, for the transcript
-            line = stdin.readline()
+            try:
+                line = stdin.readline()
+            except UnicodeDecodeError:  # a strict stdin refuses the bytes itself
+                return NOT_UTF8
             return line.strip() if line else None
 
         def say(text: str = "") -> None:
@@ -161,6 +181,9 @@ class LogReview:
                 reply = read(f"Enter = {default}, {other}, e = edit the answer, q = quit: ")
                 if reply is None:
                     reply = "q"
+                if not is_utf8(reply):
+                    say("(that line is not valid UTF-8 text: answer again)")
+                    continue
                 name, _, text = reply.partition(" ")
                 if not reply:
                     action = default
@@ -171,6 +194,9 @@ class LogReview:
                     continue
                 if action == "edit" and not text.strip():
                     text = read("Right answer: ") or ""
+                    if not is_utf8(text):
+                        say("(that answer is not valid UTF-8 text: the exchange is not decided)")
+                        continue
                     if not text.strip():
                         say("(no answer given: the exchange is not decided)")
                         continue
