@@ -370,9 +370,8 @@ def test_nothing_usable_is_an_error_not_an_empty_file(tmp_path):
 def test_a_read_only_output_folder_is_a_one_line_error(site, tmp_path):
     output = read_only_directory(tmp_path) / "pairs.json"
     done = run_script(str(site), "--output", str(output))
-    assert done.returncode == 2, done.stderr  # (the warnings before it name skipped pages)
-    assert done.stderr.splitlines()[-1] == (f"error: {output}: cannot write the conversations "
-                                            "(Permission denied)")
+    assert done.returncode == 2, done.stderr  # found before any page is read
+    assert done.stderr.splitlines() == [f"error: {output}: cannot write into {output.parent} (Permission denied)"]
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 
