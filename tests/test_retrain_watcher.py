@@ -8,9 +8,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
-from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
+from conftest import REPO_ROOT, TINY_CONVERSATIONS, assert_one_line_error, run_cli
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.data.handler import ConversationDataHandler
@@ -113,6 +114,33 @@ def test_bad_inputs_are_one_line_errors_and_change_nothing(setup, trained_tiny_m
         watcher = RetrainWatcher(log, trained_tiny_model_dir, live, threshold=1, quiet=True)
         watcher.state["consumed"] = 9
         watcher.pending()
+
+
+@pytest.mark.parametrize("interval", ["0", "-1"])
+def test_an_interval_that_is_not_above_zero_is_refused_before_anything(tmp_path, interval):
+    result = run_cli("watch", "--log-file", str(tmp_path / "chat.jsonl"), "--live", str(tmp_path / "live"),
+                     "--interval", interval)
+    assert_one_line_error(result, "--interval must be above 0 seconds")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_log_not_there_yet_is_said_once_and_one_in_a_missing_folder_is_refused(
+        setup, trained_tiny_model_dir, tmp_path):
+    _, live = setup
+    missing = tmp_path / "later.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "main.py"), "watch", "--log-file", str(missing), "--live",
+         str(live), "--model-name", str(trained_tiny_model_dir), "--interval", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("watching")
+    assert "later.jsonl (it does not exist yet)" in process.stdout.readline()
+    time.sleep(1)  # some 20 more looks at the log
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0 and stdout.count("waiting") == 0, stdout  # said once, above
+    result = run_cli("watch", "--log-file", str(tmp_path / "nodir" / "chat.jsonl"), "--live", str(live),
+                     "--model-name", str(trained_tiny_model_dir), "--once")
+    assert_one_line_error(result, "nodir", "does not exist")
 
 
 def test_sigterm_stops_the_watch_loop_cleanly(setup, trained_tiny_model_dir):

@@ -41,10 +41,12 @@ def run(args: argparse.Namespace) -> int:
     """Exit 0 after --once or a clean stop (Ctrl-C, SIGTERM); 2 for unusable input."""
     from mtnsails.loop.watcher import RetrainWatcher
 
-    if args.threshold < 1:
-        from mtnsails.core.errors import MtnsailsError
+    from mtnsails.core.errors import MtnsailsError
 
+    if args.threshold < 1:
         raise MtnsailsError(f"--threshold must be at least 1, got {args.threshold}")
+    if not args.interval > 0:
+        raise MtnsailsError(f"--interval must be above 0 seconds, got {args.interval:g}")
     training = settings.from_args(TrainingConfig, args)
     training.validate()
     watcher = RetrainWatcher(args.log_file, args.model_name, args.live, threshold=args.threshold,

@@ -76,6 +76,8 @@ class RetrainWatcher:
         if threshold < 1:
             raise MtnsailsError(f"threshold must be at least 1, got {threshold}")
         self.log_file = Path(log_file)
+        if not self.log_file.parent.is_dir():
+            raise MtnsailsError(f"{self.log_file}: directory {self.log_file.parent} does not exist")
         self.live = Path(live_dir).expanduser().resolve()
         self.work_dir = self.live.with_name(self.live.name + ".watch")
         self.state_file = Path(state_file) if state_file else self.work_dir / "state.json"
@@ -84,6 +86,7 @@ class RetrainWatcher:
         self.quantize = quantize
         self.quiet = quiet
         self._echo = echo
+        self._last_wait = ""  # the waiting line is said again only when it changes
         self.promoter = Promoter(self.live, tolerance=tolerance)  # checks the live directory
         self.stop_requested = threading.Event()
         self.state = self._load_state(Path(model_dir) if model_dir else None)
@@ -149,8 +152,11 @@ class RetrainWatcher:
         a stop was requested before the round finished: nothing of it is kept)."""
         new, consumed = self.pending()
         if len(new) < self.threshold:
-            self._say(f"waiting: {len(new)} of {self.threshold} new exchanges marked good or "
-                      f"fixed in {self.log_file}")
+            where = self.log_file if self.log_file.exists() else f"{self.log_file} (it does not exist yet)"
+            wait = f"waiting: {len(new)} of {self.threshold} new exchanges marked good or fixed in {where}"
+            if wait != self._last_wait:
+                self._say(wait)
+                self._last_wait = wait
             return None
         number = self.state["rounds"] + 1
         round_dir = self.work_dir / f"round-{number}"
@@ -225,6 +231,8 @@ class RetrainWatcher:
     def watch(self, interval: float = 30.0) -> int:
         """Check the log every `interval` seconds and run rounds until a stop is requested;
         return the number of rounds run."""
+        if not interval > 0:
+            raise MtnsailsError(f"interval must be above 0 seconds, got {interval:g}")
         rounds = 0
         while not self.stop_requested.is_set():
             rounds += self.run_once() is not None
