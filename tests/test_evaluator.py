@@ -153,6 +153,7 @@ def test_cli_text_report_in_one_session(tiny_onnx_dir, tmp_path):
     ("empty directory", "is not an ONNX model directory"),
     ("bad baseline", "is not an ONNX model directory"),
     ("bad tolerance", "--tolerance = 2.0 must be between 0 and 1"),
+    ("tolerance without baseline", "--tolerance compares with a baseline: give --baseline"),
 ])
 def test_cli_bad_input_is_a_one_line_error(case, message, tiny_onnx_dir, trained_tiny_model_dir,
                                            data_file, tmp_path, cli_here):
@@ -169,8 +170,10 @@ def test_cli_bad_input_is_a_one_line_error(case, message, tiny_onnx_dir, trained
         model = str(tmp_path / "empty")
     elif case == "bad baseline":
         extra = ["--baseline", str(tmp_path / "empty")]
+    elif case == "bad tolerance":
+        extra = ["--baseline", str(tiny_onnx_dir), "--tolerance", "2"]
     else:
-        extra = ["--tolerance", "2"]
+        extra = ["--tolerance", "0.5"]
     result = cli_here("evaluate", "--model-path", model, "--data-file", data, *extra)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr

@@ -132,3 +132,7 @@ def test_promote_command_bad_candidate_and_data_are_one_line_errors(
                           "missing.json: no such file")
     assert_one_line_error(cli_here("promote", "--live", str(live)), "--candidate", "--rollback")
     assert not live.exists()
+    nowhere = tmp_path / "nodir" / "live"
+    assert_one_line_error(cli_here("promote", "--candidate", str(tiny_onnx_dir), "--live", str(nowhere)),
+                          "nodir", "does not exist")
+    assert not nowhere.parent.exists()

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "(default: each model's own, as chat uses it)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout, nothing else")
-    parser.add_argument("--tolerance", type=finite_float, default=DEFAULT_TOLERANCE,
+    parser.add_argument("--tolerance", type=finite_float,
                         help=f"how much lower (0-1) the first-sentence match may be than the "
                              f"baseline's (default: {DEFAULT_TOLERANCE})")
     parser.add_argument("--max-tokens", dest="max_new_tokens", type=int,
@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     from mtnsails.data.handler import ConversationDataHandler
     from mtnsails.loop.evaluator import Comparison, Evaluator, format_report
 
+    if args.tolerance is None:
+        args.tolerance = DEFAULT_TOLERANCE
+    elif args.baseline is None:
+        raise MtnsailsError("--tolerance compares with a baseline: give --baseline ONNX_DIR too")
     if not 0 <= args.tolerance <= 1:
         raise MtnsailsError(f"--tolerance = {args.tolerance} must be between 0 and 1 (a fraction)")
     data = ConversationDataHandler.from_files(args.data_file)

@@ -94,6 +94,8 @@ class Promoter:
         self.progress = progress  # called with ("candidate" | "live", done, total)
         if self.live.exists():
             check_onnx_directory(self.live, "live model")
+        elif not self.live.parent.is_dir():  # a typo in the path, not a place to create
+            raise MtnsailsError(f"{live_dir}: directory {self.live.parent} does not exist")
 
     def promote(self, candidate_dir: str | os.PathLike, conversations: list[dict]
                 ) -> PromotionDecision:
