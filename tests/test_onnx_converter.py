@@ -218,6 +218,14 @@ def test_cli_convert_errors(case, message, untrained_tiny_model_dir, untrained_o
     assert not output.exists()
 
 
+def test_a_damaged_tokenizer_is_named_with_its_parse_error(untrained_tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(untrained_tiny_model_dir, model)
+    (model / "tokenizer.json").write_text('{"version": "1.0", "model": ', encoding="utf-8")  # cut short
+    with pytest.raises(MtnsailsError, match=r"tokenizer\.json: cannot be read as a tokenizer \(.*EOF"):
+        ONNXConverter(model)
+
+
 def test_converter_rejects_bad_quantize(untrained_tiny_model_dir, tmp_path):
     with pytest.raises(MtnsailsError, match="quantize"):
         ONNXConverter(untrained_tiny_model_dir).convert_to_onnx(tmp_path / "x", quantize="int5")

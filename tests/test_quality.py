@@ -468,3 +468,9 @@ def test_the_training_quality_gate_checks_in_its_own_process():
     data = Watched(mixed_conversations(QualityConfig().parallel_min_conversations + 4000))
     report = quality_gate(data, force=True, quiet=True)
     assert report.total == len(data) and len(children) > 10 and not any(children)
+
+
+def test_no_valid_conversation_gets_no_advice_to_filter_down_to_them():
+    report = DataQualityValidator().analyze([{"input": "Hi", "output": ""}, {"input": "Yo", "output": "ok ok ok"}])
+    assert report.valid == 0
+    assert not any("--filter" in line for line in report.recommendations), report.recommendations

@@ -141,6 +141,14 @@ class ONNXConverter:
         if weights.is_file() and not is_torch_save_file(weights):
             raise MtnsailsError(f"{weights}: not a PyTorch weights file (torch.save or "
                                 "model.safetensors); it is never unpickled")
+        tokenizer = self.model_path / "tokenizer.json"
+        if tokenizer.is_file():  # a damaged one would otherwise read as "no fast tokenizer" after the export
+            from tokenizers import Tokenizer
+
+            try:
+                Tokenizer.from_file(str(tokenizer))
+            except Exception as error:  # tokenizers raises a bare Exception for a bad file
+                raise MtnsailsError(f"{tokenizer}: cannot be read as a tokenizer ({first_line(error)})") from None
 
     def _say(self, message: str) -> None:
         if not self.quiet:

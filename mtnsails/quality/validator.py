@@ -365,7 +365,7 @@ def recommendations(report: QualityReport, config: QualityConfig) -> list[str]:
     }
     result = [advice[code].format(n=counts[code], w=config.min_output_words)
               for code in CODES if counts.get(code)]
-    if report.valid < total:
+    if 0 < report.valid < total:
         result.append("Run `validate --data-file FILE --filter` to write only the "
                       f"{report.valid} valid conversations to a new file.")
     if report.verdict == "critical":
