@@ -36,14 +36,6 @@ def test_unusable_input_exits_2_with_a_one_line_error(name, cli_here):
     assert result.stdout == ""
 
 
-def test_a_log_with_a_torn_last_line_validates_with_a_warning(tmp_path):
-    log = tmp_path / "chat_history.jsonl"
-    log.write_text((DATA_DIR / "native.jsonl").read_text() + '{"input": "torn", "out')
-    result = run_cli("validate", "--data-file", str(log))
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.startswith(f"warning: {log}: line ") and "cut short" in result.stderr
-
-
 def test_example_data_is_good():
     result = run_cli("validate", "--data-file", str(EXAMPLE_DATA))
     assert result.returncode == 0
@@ -243,3 +235,16 @@ def test_several_files_report_per_file_counts_and_drop_cross_file_copies(tmp_pat
     refused = run_cli("validate", "--data-file", str(first), str(extra), "--filter",
                       "--output", str(extra))
     assert refused.returncode == 2 and "is an input file" in refused.stderr
+
+
+def test_a_jsonl_file_cut_short_counts_the_lost_record_and_exits_1(tmp_path):
+    data = tmp_path / "chat.jsonl"
+    whole = "".join(json.dumps({"input": f"What is {n} plus {n}?", "output": f"{n} plus {n} is {2 * n}."}) + "\n"
+                    for n in (2, 3, 4))
+    data.write_text(whole + '{"input": "Hi", "outp', encoding="utf-8")
+    result = run_cli("validate", "--data-file", str(data), "--filter")
+    assert result.returncode == 1, result.stderr
+    assert "record cut short:      1" in result.stdout and "Total conversations:   4" in result.stdout
+    assert f"{data}: line 4 is cut short (an interrupted write): the record is lost" in result.stdout
+    assert (tmp_path / "chat_filtered.jsonl").read_text(encoding="utf-8") == whole
+    assert "warning" not in result.stderr  # counted in the report instead

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when at least 50 % of the conversations are valid, 1 below, 2 for unusable input."""
+    """Exit 0 when at least 50 % of the conversations are valid and no record is cut short, 1
+    otherwise, 2 for unusable input."""
     import json
     from pathlib import Path
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                                 "(validate never overwrites its input)")
         require_output_directory(output)
     sources: list = []  # filled per file as the files stream through the analysis
-    report = DataQualityValidator().analyze(iter_files(data_files, sources))
+    report = DataQualityValidator().analyze(iter_files(data_files, sources, keep_cut_short=True))
     if args.json:
         result = report.to_dict()
         if len(data_files) > 1:
@@ -62,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if output is not None:  # a second pass: the conversations were not kept
         kept = write_conversations(output, (
             conversation for conversation, found
-            in zip(iter_files(data_files, []), report.issues) if not found))
+            in zip(iter_files(data_files, [], keep_cut_short=True), report.issues) if not found))
         if not args.quiet:
             print(f"Filtered: kept {kept} of {report.total} conversations, removed "
                   f"{report.total - kept}; wrote {output}",
                   file=sys.stderr if args.json else sys.stdout)
-    return 0 if report.quality_score >= 0.5 else 1
+    return 0 if report.quality_score >= 0.5 and not report.counts.get("cut_short") else 1

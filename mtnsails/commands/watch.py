@@ -39,9 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 after --once or a clean stop (Ctrl-C, SIGTERM); 2 for unusable input."""
-    from mtnsails.loop.watcher import RetrainWatcher
-
     from mtnsails.core.errors import MtnsailsError
+    from mtnsails.loop.watcher import RetrainWatcher
 
     if args.threshold < 1:
         raise MtnsailsError(f"--threshold must be at least 1, got {args.threshold}")

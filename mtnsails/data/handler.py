@@ -231,11 +231,13 @@ def sources_report(sources: list[DataSource]) -> str:
     return "\n".join(lines)
 
 
-def iter_files(paths: Sequence[str | os.PathLike], sources: list[DataSource]) -> Iterator[dict]:
+def iter_files(paths: Sequence[str | os.PathLike], sources: list[DataSource],
+               keep_cut_short: bool = False) -> Iterator[dict]:
     """Stream several data files as one set (`iter_unique` over their `iter_conversations`);
-    `sources` gets a `DataSource` per file once it has been read."""
+    `sources` gets a `DataSource` per file once it has been read. `keep_cut_short` as for
+    `iter_conversations`."""
     if not paths:
         raise DataFormatError("no data files given")
     counts: list[list[int]] = []
-    yield from iter_unique((iter_conversations(path) for path in paths), counts)
+    yield from iter_unique((iter_conversations(path, keep_cut_short) for path in paths), counts)
     sources[:] = [DataSource(Path(path), read, added) for path, (read, added) in zip(paths, counts)]

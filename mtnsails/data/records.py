@@ -31,6 +31,7 @@ import orjson
 from mtnsails.core.errors import DataFormatError, MtnsailsError
 from mtnsails.core.files import atomic_writer
 from mtnsails.data.turns import _json_type, _objects, _sharegpt_turns, _string, openai_turns, split_turns
+from mtnsails.quality.config import CUT_SHORT
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 # A chat log's name for one exchange across its versions (see ConversationLogger.amend).
@@ -58,7 +59,7 @@ def read_records(path: str | os.PathLike) -> list[tuple[str, Any]]:
     return list(iter_records(path))
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+def iter_records(path: str | os.PathLike, keep_cut_short: bool = False) -> Iterator[tuple[str, Any]]:
     """Yield (location, raw record) pairs; JSON Lines are read one line at a time.
 
     A chat log may hold several versions of one exchange (a verdict given after it was logged
@@ -70,9 +71,11 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
     Raises DataFormatError naming the file and the place for anything unreadable: a missing
     or unreadable file, an unsupported suffix, text that is not UTF-8, invalid JSON, numbers
     JSON cannot hold (NaN, Infinity, more digits than Python reads) or lone surrogates.
+    `keep_cut_short`: a JSON Lines record cut short by a crash is yielded as a `CUT_SHORT`
+    marker (for `validate` to count) instead of being skipped with a warning.
     """
     path = Path(path)
-    records = _iter_all(path)
+    records = _iter_all(path, keep_cut_short)
     if path.suffix.lower() in JSONL_SUFFIXES and not _mentions(path, f'"{EXCHANGE_ID}"'):
         yield from records
         return
@@ -105,7 +108,7 @@ def _mentions(path: Path, text: str) -> bool:
     return False
 
 
-def _iter_all(path: Path) -> Iterator[tuple[str, Any]]:
+def _iter_all(path: Path, keep_cut_short: bool = False) -> Iterator[tuple[str, Any]]:
     """Every (location, raw record) pair of the file, versions of one exchange included."""
     suffix = path.suffix.lower()
     if not path.exists():
@@ -121,20 +124,22 @@ def _iter_all(path: Path) -> Iterator[tuple[str, Any]]:
             yield from _table_records(path, TABLE_SUFFIXES[suffix])
         elif suffix in JSONL_SUFFIXES:
             with open(path, "rb") as handle:
-                yield from _jsonl_records(path, enumerate(handle, start=1))
+                yield from _jsonl_records(path, enumerate(handle, start=1), keep_cut_short)
         else:
             yield from _json_records(path)
     except OSError as error:
         raise DataFormatError(f"{path}: cannot be read ({error.strerror or error})") from None
 
 
-def iter_conversations(path: str | os.PathLike) -> Iterator[dict]:
+def iter_conversations(path: str | os.PathLike, keep_cut_short: bool = False) -> Iterator[dict]:
     """Yield the file's conversations normalised, one at a time (a large file is never held
-    whole); raises DataFormatError for a bad record or a file without conversations."""
+    whole); raises DataFormatError for a bad record or a file without conversations.
+    `keep_cut_short` as for `iter_records`: the marker is yielded as it is."""
     path = Path(path)
     count, prefix = 0, f"{path}: "
-    for where, record in iter_records(path):
-        yield normalize_record(record, prefix + where)
+    for where, record in iter_records(path, keep_cut_short):
+        marker = keep_cut_short and isinstance(record, dict) and CUT_SHORT in record
+        yield record if marker else normalize_record(record, prefix + where)
         count += 1
     if not count:
         raise DataFormatError(f"{path}: contains no conversations")
@@ -192,11 +197,11 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
         index += 1
 
 
-def _jsonl_records(path: Path, lines: Iterable[tuple[int, bytes | str]]
+def _jsonl_records(path: Path, lines: Iterable[tuple[int, bytes | str]], keep_cut_short: bool = False
                    ) -> Iterator[tuple[str, Any]]:
     """The records of JSON Lines given numbered, with their line ends, as read (bytes) or as
     text. A last line that does not parse and has no newline is a record whose write a crash cut
-    short (any log can end so): skipped with a warning."""
+    short (any log can end so): skipped with a warning, or yielded as a `CUT_SHORT` marker."""
     seen = False
     for number, line in lines:
         record = _quick_loads(line)
@@ -213,8 +218,11 @@ def _jsonl_records(path: Path, lines: Iterable[tuple[int, bytes | str]]
             record = _loads(line, path, f"line {number}: ")
         except json.JSONDecodeError as error:
             if not line.endswith("\n"):
-                print(f"warning: {path}: line {number} is cut short (an interrupted write); "
-                      "skipped it", file=sys.stderr)
+                if keep_cut_short:
+                    yield f"line {number}", {CUT_SHORT: f"{path}: line {number}"}
+                else:
+                    print(f"warning: {path}: line {number} is cut short (an interrupted write); "
+                          "skipped it", file=sys.stderr)
                 break
             raise DataFormatError(f"{path}: line {number}: not valid JSON: {error.msg} "
                                   f"(column {error.colno})") from None

@@ -5,14 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CODES = ("empty_output", "empty_input", "short_output", "repetitive_output", "gibberish_output",
-         "echo_output", "incomplete_output", "duplicate", "near_duplicate", "marked_bad")
+         "echo_output", "incomplete_output", "duplicate", "near_duplicate", "marked_bad", "cut_short")
+# A reader marks a record whose write a crash cut short with this key (its value says where), so
+# that `validate` counts the lost record instead of passing over it.
+CUT_SHORT = "cut_short"
 # Count keys of the original MTN Sails report (e.g. `empty_outputs`) plus the new codes.
 COUNT_KEYS = {code: code + "s" for code in CODES}
 LABELS = {"empty_output": "empty output", "empty_input": "empty input",
           "short_output": "too-short output", "repetitive_output": "repetitive output",
           "gibberish_output": "gibberish output", "echo_output": "output echoes input",
           "incomplete_output": "incomplete output", "duplicate": "exact duplicate",
-          "near_duplicate": "near duplicate", "marked_bad": "marked bad in chat"}
+          "near_duplicate": "near duplicate", "marked_bad": "marked bad in chat",
+          "cut_short": "record cut short"}
 RULE_FLAGS = {"repetitive_output": "check_repetition", "short_output": "check_length",
               "gibberish_output": "check_gibberish", "echo_output": "check_echo",
               "incomplete_output": "check_incomplete"}

@@ -28,7 +28,7 @@ from mtnsails.core.cpu import usable_cpus
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.ranks import is_main_process
 from mtnsails.model_dir.template import exchanges
-from mtnsails.quality.config import CODES, LABELS, RULE_FLAGS, QualityConfig
+from mtnsails.quality.config import CODES, CUT_SHORT, LABELS, RULE_FLAGS, QualityConfig
 from mtnsails.quality.dedup import CopyFinder, TextCodes, text_codes
 from mtnsails.quality.report import QualityIssue, QualityReport
 from mtnsails.quality.rules import (
@@ -64,6 +64,9 @@ class DataQualityValidator:
         """The issues, and the conversation's lower-case words for the copy search (every turn,
         system included, turns separated by a marker; none when it has no word); `turns` are
         its `exchanges`."""
+        if CUT_SHORT in conversation:
+            return [QualityIssue("cut_short", f"{conversation[CUT_SHORT]} is cut short (an interrupted "
+                                              "write): the record is lost")], []
         limit = self.config.max_text_chars
         system = conversation.get("system") or ""
         tokens = words_of(system[:limit].lower()) + ["\x1f"]
@@ -362,6 +365,8 @@ def recommendations(report: QualityReport, config: QualityConfig) -> list[str]:
         "near_duplicate": "{n} conversation(s) are near copies of earlier ones: keep one of each.",
         "marked_bad": "{n} answer(s) were marked bad in chat: leave them out, or correct them "
                       "with `review`.",
+        "cut_short": "{n} record(s) end the file cut short (a write was interrupted): training "
+                     "skips them; export the file again if that record matters.",
     }
     result = [advice[code].format(n=counts[code], w=config.min_output_words)
               for code in CODES if counts.get(code)]
