@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -386,9 +387,11 @@ def test_file_links_out_of_the_input_folder_are_skipped_with_a_note(tmp_path, ca
     (crawl / "notes.txt").symlink_to(secret)
     result = ScrapedContentProcessor().process([crawl])
     assert "password" not in json.dumps(result.conversations)
-    assert result.skipped == {"links outside the input folder": 1} and result.files_read == 2
-    assert capsys.readouterr().err == (f"note: {crawl / 'notes.txt'}: links to {secret}, "
-                                       f"outside {crawl}; skipped\n")
+    assert result.skipped == {"links outside the input folder": 1, "same text as another page": 1}
+    assert result.files_read == 1  # a link within the crawl is the same page: read once
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {crawl / 'notes.txt'}: links to {secret}, outside {crawl}; skipped",
+        f"note: {crawl / 'page.txt'}: same text as {crawl / 'inside.txt'}; read once"]
 
 
 def test_a_list_under_a_heading_belongs_to_its_answer():
@@ -479,3 +482,28 @@ def test_markdown_list_items_keep_their_wrapped_lines_and_code_is_dropped():
     [section] = sections_of(classify(page_lines(markdown, ".md")))
     assert section.heading == "Tools"
     assert section.paragraphs == ["The kit includes: a parser that reads every file once; a writer."]
+
+
+def test_a_page_read_twice_counts_once_mirror_or_alias(site, tmp_path, capsys):
+    structured = sorted(path for path in site.rglob("content_*.txt") if path.read_text().startswith("#"))
+    first, other = structured[:2]
+    processor = ScrapedContentProcessor(ScrapedSettings(chunk_words=40))
+
+    def pairs_in(folder: Path, *pages: Path) -> list[tuple[str, str]]:
+        folder.mkdir()
+        for number, page in enumerate(pages):
+            shutil.copy(page, folder / f"page{number}{page.suffix}")
+        result = processor.process([folder])
+        return sorted((pair["input"], pair["output"]) for pair in result.conversations), result
+
+    alone, _ = pairs_in(tmp_path / "alone", first)
+    assert alone  # the page makes pairs
+    twice, result = pairs_in(tmp_path / "twice", first, first)
+    (tmp_path / "twice" / "alias.txt").symlink_to(tmp_path / "twice" / "page0.txt")
+    assert twice == alone and result.skipped == {"same text as another page": 1} and result.files_read == 1
+    assert "page1.txt: same text as" in capsys.readouterr().err
+    with_alias = processor.process([tmp_path / "twice"]).conversations
+    assert sorted((pair["input"], pair["output"]) for pair in with_alias) == alone
+    three, _ = pairs_in(tmp_path / "three", first, first, other)
+    # every question of the page is still asked (a line both distinct pages share may go as boilerplate)
+    assert {question for question, _ in alone} <= {question for question, _ in three} and len(three) > len(alone)

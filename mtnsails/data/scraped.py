@@ -26,6 +26,7 @@ Nothing here imports torch; no path is ever built from the pages' contents.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -180,7 +181,6 @@ def read_page(path: Path, settings: ScrapedSettings, result: ScrapeResult) -> st
     if not text.strip():
         result.skipped["empty"] += 1
         return None
-    result.files_read += 1
     return text
 
 
@@ -491,10 +491,19 @@ class ScrapedContentProcessor:
         roots = [Path(root) for root in roots]
         paths = find_pages(roots, result)
         pages: dict[Path, list[Line]] = {}
+        first_with: dict[bytes, Path] = {}  # a page's text digest -> the first page that had it
         for path in paths:
             text = read_page(path, self.settings, result)
-            if text is not None:
-                pages[path] = page_lines(text, path.suffix.lower())
+            if text is None:
+                continue
+            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            if digest in first_with:  # a mirror or an alias: read once, or its lines look like boilerplate
+                print(f"note: {path}: same text as {first_with[digest]}; read once", file=sys.stderr)
+                result.skipped["same text as another page"] += 1
+                continue
+            first_with[digest] = path
+            result.files_read += 1
+            pages[path] = page_lines(text, path.suffix.lower())
         self._drop_boilerplate(pages, result)
         pairs = []
         for path, lines in pages.items():
