@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from conftest import TINY_CONVERSATIONS, run_cli
 
+from mtnsails.core.errors import MtnsailsError
 from mtnsails.inference.chat import ChatInterface
 from mtnsails.inference.generation_config import GenerationConfig
 from mtnsails.inference.optimized_graph import fingerprint
@@ -50,6 +52,24 @@ def test_a_corrupt_optimised_graph_falls_back_to_the_portable_one(editable_onnx_
                      "--prompt", QUESTION)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout == ANSWER + "\n"
+
+
+def test_a_model_onnx_copied_over_from_another_export_runs_as_itself(editable_onnx_dir, system_tiny_onnx_dir):
+    """The stored graph was made from the old model.onnx: it must not answer for the new one."""
+    old = ChatInterface(editable_onnx_dir, precision="fp32", generation=GREEDY).reply(QUESTION)
+    shutil.copy(system_tiny_onnx_dir / "model.onnx", editable_onnx_dir / "model.onnx")
+    chat = ChatInterface(editable_onnx_dir, precision="fp32", generation=GREEDY)
+    assert chat.graph_file.name == "model.onnx" and chat.reply(QUESTION) != old
+
+
+@pytest.mark.parametrize("keep", [0.5, 0])
+def test_a_model_onnx_cut_short_or_emptied_is_refused_naming_it(editable_onnx_dir, keep):
+    graph = editable_onnx_dir / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:int(graph.stat().st_size * keep)])
+    with pytest.raises(MtnsailsError, match="model.onnx"):
+        ChatInterface(editable_onnx_dir, precision="fp32")
+    result = run_cli("chat", "--model-path", str(editable_onnx_dir), "--precision", "fp32", "--prompt", QUESTION)
+    assert result.returncode == 2 and "model.onnx" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_missing_optimised_graph_falls_back_to_the_portable_one(editable_onnx_dir):

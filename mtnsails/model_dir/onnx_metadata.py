@@ -55,6 +55,9 @@ def _check_optimized(source: Path, optimized: object) -> None:
     if not isinstance(optimized, dict) or not isinstance(optimized.get("files"), dict):
         raise MtnsailsError(f"{source}: \"optimized\" must be an object with a \"files\" map")
     _check_files(source, optimized["files"], "optimized.files")
+    sources = optimized.get("sources", {})  # absent in exports made before it was recorded
+    if not isinstance(sources, dict) or not all(isinstance(digest, str) for digest in sources.values()):
+        raise MtnsailsError(f"{source}: \"optimized.sources\" must map precisions to digest strings")
     flags, version = optimized.get("cpu_flags"), optimized.get("onnxruntime")
     if not isinstance(flags, list) or not all(isinstance(flag, str) for flag in flags) or not isinstance(version, str):
         raise MtnsailsError(f"{source}: \"optimized\" must record \"cpu_flags\" (a list of strings) "
