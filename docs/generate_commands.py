@@ -55,8 +55,7 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 def scraped_content_parser() -> argparse.ArgumentParser:
     """process_scraped_content.py's parser (a script at the repository root, not a module)."""
-    spec = importlib.util.spec_from_file_location("process_scraped_content",
-                                                  ROOT / "process_scraped_content.py")
+    spec = importlib.util.spec_from_file_location("process_scraped_content", ROOT / "process_scraped_content.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script.build_parser()
@@ -84,8 +83,11 @@ def metavar(action: argparse.Action) -> str:
 
 
 def documented(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [action for action in parser._actions
-            if action.help != argparse.SUPPRESS and not isinstance(action, argparse._HelpAction)]
+    return [
+        action
+        for action in parser._actions
+        if action.help != argparse.SUPPRESS and not isinstance(action, argparse._HelpAction)
+    ]
 
 
 def usage(prog: str, parser: argparse.ArgumentParser) -> str:
@@ -124,7 +126,7 @@ def default_cell(action: argparse.Action, text: str) -> tuple[str, str]:
     if action.required or (not action.option_strings and action.nargs not in ("?", "*")):
         return "required", text
     if match:
-        return match.group(1), text[:match.start()]
+        return match.group(1), text[: match.start()]
     if isinstance(action, argparse._StoreTrueAction):
         return "off", text
     if isinstance(action, argparse._StoreFalseAction):
@@ -158,8 +160,9 @@ def command_section(title: str, prog: str, parser: argparse.ArgumentParser) -> l
     if parser.description:
         lines += [" ".join(parser.description.split()), ""]
     lines += ["```text", usage(prog, parser), "```", ""]
-    groups = [(group.title, [a for a in group._group_actions if a in documented(parser)])
-              for group in parser._action_groups]
+    groups = [
+        (group.title, [a for a in group._group_actions if a in documented(parser)]) for group in parser._action_groups
+    ]
     groups = [(name, actions) for name, actions in groups if actions]
     for name, actions in groups:
         if len(groups) > 1:
@@ -175,21 +178,28 @@ def render() -> str:
 
     parsers = subcommands(build_parser())
     lines = [HEADER, "| command | what it does |", "|---|---|"]
-    lines += [f"| [`{name}`](#{name}) | {cell(' '.join((parser.description or '').split()))} |"
-              for name, parser in parsers.items()]
-    lines += ["| [`process_scraped_content.py`](#process_scraped_contentpy) | web pages to "
-              "question/answer pairs (a script beside `main.py`) |", ""]
+    lines += [
+        f"| [`{name}`](#{name}) | {cell(' '.join((parser.description or '').split()))} |"
+        for name, parser in parsers.items()
+    ]
+    lines += [
+        "| [`process_scraped_content.py`](#process_scraped_contentpy) | web pages to "
+        "question/answer pairs (a script beside `main.py`) |",
+        "",
+    ]
     for name, parser in parsers.items():
         lines += command_section(name, f"mtnsails {name}", parser)
-    lines += command_section("process_scraped_content.py", "python process_scraped_content.py",
-                             scraped_content_parser())
+    lines += command_section(
+        "process_scraped_content.py", "python process_scraped_content.py", scraped_content_parser()
+    )
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write docs/commands.md from the argparse parsers.")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when docs/commands.md is out of date")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when docs/commands.md is out of date"
+    )
     args = parser.parse_args(argv)
     text = render()
     current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""

@@ -60,7 +60,8 @@ def test_commands_reference_is_up_to_date():
     written = (REPO_ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
     assert written == generated, (
         "docs/commands.md differs from what the argparse parsers generate: run "
-        "`python docs/generate_commands.py` and commit docs/commands.md")
+        "`python docs/generate_commands.py` and commit docs/commands.md"
+    )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda path: str(path.relative_to(REPO_ROOT)))
@@ -107,7 +108,7 @@ def names_something(dotted: str) -> bool:
         if (path / part).is_dir():
             path = path / part
         elif (path / f"{part}.py").is_file():
-            rest = parts[index + 1:]
+            rest = parts[index + 1 :]
             return not rest or (len(rest) <= 2 and rest[0] in defined_names(path / f"{part}.py"))
         else:
             return (path / "__init__.py").is_file() and part in defined_names(path / "__init__.py")

@@ -42,8 +42,15 @@ def test_a_section_shows_description_usage_and_every_option():
     assert "mtnsails toy --data-file DATA_FILE [DATA_FILE ...] [--output OUTPUT]" in text
     assert "[--seed SEED] LOG\n```" in text
     rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| `")}
-    assert set(rows) == {"`LOG`", "`--data-file DATA_FILE [DATA_FILE ...]`", "`--output OUTPUT`",
-                         "`--level LEVEL`", "`--mode {a,b}`", "`--quiet`", "`--seed SEED`"}
+    assert set(rows) == {
+        "`LOG`",
+        "`--data-file DATA_FILE [DATA_FILE ...]`",
+        "`--output OUTPUT`",
+        "`--level LEVEL`",
+        "`--mode {a,b}`",
+        "`--quiet`",
+        "`--seed SEED`",
+    }
     assert rows["`LOG`"] == "| `LOG` | required | the log to read |"
     assert rows["`--data-file DATA_FILE [DATA_FILE ...]`"].endswith("| required | input files |")
     # a default the help names moves to the default column; HTML-like text is escaped
@@ -81,14 +88,15 @@ def test_the_reference_covers_every_subcommand_and_the_scraping_script():
 
 def test_building_every_parser_imports_no_torch():
     """The generator (and `--help`) must stay cheap: command modules import torch when they run."""
-    code = (f"import sys, importlib.util\n"
-            f"spec = importlib.util.spec_from_file_location('g', {str(GENERATOR)!r})\n"
-            "g = importlib.util.module_from_spec(spec); spec.loader.exec_module(g); g.render()\n"
-            "heavy = [m for m in ('torch', 'transformers', 'optimum', 'datasets', 'onnxruntime') "
-            "if m in sys.modules]\n"
-            "print(heavy); raise SystemExit(bool(heavy))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
-                            timeout=120)
+    code = (
+        f"import sys, importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('g', {str(GENERATOR)!r})\n"
+        "g = importlib.util.module_from_spec(spec); spec.loader.exec_module(g); g.render()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'optimum', 'datasets', 'onnxruntime') "
+        "if m in sys.modules]\n"
+        "print(heavy); raise SystemExit(bool(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, f"building the parsers imported {result.stdout.strip()}{result.stderr}"
 
 
