@@ -6,8 +6,8 @@
 
 Steps: load the packaged example conversations -> check their quality -> train a model for a
 short run -> export it to ONNX and verify the export against PyTorch -> chat with a few prompts,
-logging the exchanges to a file (the file trains the next model: see "Retraining from chat logs"
-in the README). Works offline: the embedded model needs no download.
+logging the exchanges to a file (the file trains the next model: see docs/retraining-loop.md).
+Works offline: the embedded model needs no download.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     python main.py validate --data-file chat_data.json
     python main.py train --data-file chat_data.json
 
-See the README's "Scraped web content" section; the work is done by
+See docs/data-formats.md, "Scraped web content" (flags: docs/commands.md); the work is done by
 `mtnsails.data.scraped.ScrapedContentProcessor`.
 """
 

@@ -31,7 +31,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `mtnsails` parser: one subcommand per name in COMMANDS, its `run` in `args.handler`.
 
     With `command` (one of COMMANDS) only that subcommand is built: importing every command
-    module costs about 0.25 s, a third of a cold `chat --prompt`."""
+    module would add a noticeable part of a cold `chat --prompt` (docs/performance.md)."""
     parser = OneLineErrorParser(
         prog="mtnsails",
         description="Turn question/answer conversations into a small chat model that runs fast on a CPU.",

@@ -1,8 +1,10 @@
-"""The documentation stays true: docs/API.md's examples run, and README's flag tables match argparse."""
+"""The documentation stays true: docs/API.md's examples run, docs/commands.md is what the parsers
+generate, every link inside the repository resolves, and every module path the pages name exists."""
 
 from __future__ import annotations
 
-import argparse
+import ast
+import importlib.util
 import re
 
 import pytest
@@ -10,35 +12,34 @@ from conftest import REPO_ROOT
 
 API_DOC = REPO_ROOT / "docs" / "API.md"
 README = REPO_ROOT / "README.md"
+PAGES = [README, *sorted((REPO_ROOT / "docs").glob("*.md"))]
+GENERATOR = REPO_ROOT / "docs" / "generate_commands.py"
 
 
 def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", markdown, re.MULTILINE | re.DOTALL)
 
 
-def section(markdown: str, heading: str) -> str:
-    """The text under a `## heading` up to the next `## ` heading."""
-    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", markdown,
-                      re.MULTILINE | re.DOTALL)
-    assert match, f"README has no '## {heading}' section"
-    return match.group(1)
+def load_generator():
+    spec = importlib.util.spec_from_file_location("generate_commands", GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def table_flags(text: str) -> list[str]:
-    """Flags in the first column of markdown tables: | `--flag` | default | meaning |."""
-    return re.findall(r"^\| `(--[a-z0-9-]+)` \|", text, re.MULTILINE)
+def without_code_blocks(markdown: str) -> str:
+    return re.sub(r"^```.*?^```", "", markdown, flags=re.MULTILINE | re.DOTALL)
 
 
-def parser_flags(parser: argparse.ArgumentParser) -> set[str]:
-    return {option for action in parser._actions for option in action.option_strings
-            if option.startswith("--") and option != "--help"}
-
-
-def subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    raise AssertionError("the CLI has no subcommands")
+def anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens, repeats -1, -2."""
+    seen: dict[str, int] = {}
+    result = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", without_code_blocks(markdown), re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        result.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return result
 
 
 def test_api_doc_examples_run(tmp_path, monkeypatch):
@@ -54,74 +55,80 @@ def test_api_doc_examples_run(tmp_path, monkeypatch):
             pytest.fail(f"docs/API.md python block {number} failed: {error!r}\n{block}")
 
 
-def test_every_readme_flag_exists_in_argparse_and_vice_versa():
-    from mtnsails.cli import build_parser
-
-    commands = section(README.read_text(encoding="utf-8"), "Commands")
-    documented = {name: table_flags(body) for name, body in
-                  re.findall(r"^### (\S+)\n(.*?)(?=^### |\Z)", commands, re.MULTILINE | re.DOTALL)}
-    parsers = subcommand_parsers(build_parser())
-    assert sorted(documented) == sorted(parsers), "README documents other subcommands than the CLI has"
-    for name, parser in parsers.items():
-        flags = documented[name]
-        assert len(flags) == len(set(flags)), f"### {name}: a flag is listed twice"
-        actual = parser_flags(parser)
-        assert not set(flags) - actual, f"### {name}: README documents flags the CLI lacks"
-        assert not actual - set(flags), f"### {name}: flags missing from README's table"
+def test_commands_reference_is_up_to_date():
+    generated = load_generator().render()
+    written = (REPO_ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
+    assert written == generated, (
+        "docs/commands.md differs from what the argparse parsers generate: run "
+        "`python docs/generate_commands.py` and commit docs/commands.md"
+    )
 
 
-def default_matches(default, cell: str) -> bool:
-    """Does README's default column say what argparse's default is?"""
-    if isinstance(default, bool):
-        return cell == ("on" if default else "off")
-    if isinstance(default, (int, float)):
-        number = re.match(r"[0-9.e+-]+", cell)
-        return number is not None and float(number.group()) == default
-    return f"`{default}`" in cell
+@pytest.mark.parametrize("page", PAGES, ids=lambda path: str(path.relative_to(REPO_ROOT)))
+def test_links_inside_the_repository_resolve(page):
+    """Every relative link names an existing file, and every #anchor a heading of its page."""
+    text = page.read_text(encoding="utf-8")
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", without_code_blocks(text)):
+        if re.match(r"[a-z]+:", target):
+            continue  # https://..., mailto:
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text(encoding="utf-8")):
+            broken.append(f"{target}: no such heading")
+    assert not broken, f"{page.relative_to(REPO_ROOT)}: broken links: {broken}"
 
 
-def documented_defaults(text: str) -> dict[str, str]:
-    return dict(re.findall(r"^\| `(--[a-z0-9-]+)` \| ([^|]*) \|", text, re.MULTILINE))
+def defined_names(module_file) -> set[str]:
+    """Top-level names a module defines or imports, read from its source (nothing is imported)."""
+    names = set()
+    for node in ast.parse(module_file.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
 
 
-def test_readme_defaults_match_argparse():
-    from mtnsails.cli import build_parser
+def names_something(dotted: str) -> bool:
+    """Is `mtnsails.a.b.Name` a package, module, or a name one of them defines?"""
+    import mtnsails
 
-    commands = section(README.read_text(encoding="utf-8"), "Commands")
-    tables = {name: documented_defaults(body) for name, body in
-              re.findall(r"^### (\S+)\n(.*?)(?=^### |\Z)", commands, re.MULTILINE | re.DOTALL)}
-    for name, parser in subcommand_parsers(build_parser()).items():
-        for action in parser._actions:
-            flag = next((o for o in action.option_strings if o.startswith("--")), None)
-            if flag in tables[name] and action.default is not None:
-                assert default_matches(action.default, tables[name][flag]), (
-                    f"### {name}: README says {flag} defaults to {tables[name][flag]!r}, "
-                    f"argparse says {action.default!r}")
-
-
-def test_scraped_content_flags_match_the_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("process_scraped_content",
-                                                  REPO_ROOT / "process_scraped_content.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    text = section(README.read_text(encoding="utf-8"), "Scraped web content")
-    parser = script.build_parser()
-    assert sorted(table_flags(text)) == sorted(parser_flags(parser))
-    defaults = documented_defaults(text)
-    for action in parser._actions:
-        flag = next((o for o in action.option_strings if o.startswith("--")), None)
-        if flag in defaults and action.default is not None:
-            assert default_matches(action.default, defaults[flag]), flag
+    parts = dotted.split(".")
+    if len(parts) == 2 and parts[1] in mtnsails.__all__:
+        return True  # the package's lazy exports
+    path = REPO_ROOT
+    for index, part in enumerate(parts):
+        if (path / part).is_dir():
+            path = path / part
+        elif (path / f"{part}.py").is_file():
+            rest = parts[index + 1 :]
+            return not rest or (len(rest) <= 2 and rest[0] in defined_names(path / f"{part}.py"))
+        else:
+            return (path / "__init__.py").is_file() and part in defined_names(path / "__init__.py")
+    return True
 
 
-def test_flag_check_catches_drift():
-    """The comparison above can fail: a table missing a flag or naming a stale one is noticed."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data-file")
-    parser.add_argument("--quiet", action="store_true")
-    table = "| flag | default | meaning |\n|---|---|---|\n| `--data-file` | x | y |\n| `--old` | x | y |\n"
-    assert set(table_flags(table)) ^ parser_flags(parser) == {"--old", "--quiet"}
-    assert default_matches(0.0, "0") and default_matches("cpu", "`cpu`") and default_matches(False, "off")
-    assert not default_matches(4, "8") and not default_matches("./a", "`./b`")
+@pytest.mark.parametrize("page", PAGES, ids=lambda path: str(path.relative_to(REPO_ROOT)))
+def test_named_modules_and_files_exist(page):
+    """Module paths (`mtnsails.data.handler.ConversationDataHandler`) and repository files
+    (`mtnsails/quality/rules.py`, `bench/chat_bench.py`) named by the page exist."""
+    text = page.read_text(encoding="utf-8")
+    dotted = set(re.findall(r"\bmtnsails(?:\.[A-Za-z_]\w*)+", text)) - {"mtnsails.json"}
+    missing = sorted(name for name in dotted if not names_something(name))
+    files = set(re.findall(r"\b((?:mtnsails|bench|tests|docs)/[\w./*-]*\w)", text))
+    missing += sorted(f for f in files if not any(REPO_ROOT.glob(f)))
+    assert not missing, f"{page.relative_to(REPO_ROOT)} names what does not exist: {missing}"
+
+
+def test_readme_is_a_five_minute_read():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 300, "README.md is over 300 lines: move detail to docs/"
+    bash = "\n".join(re.findall(r"^```bash\n(.*?)^```", text, re.MULTILINE | re.DOTALL))
+    assert "HF_HUB_OFFLINE=1 python -m pytest -q" in bash.splitlines(), "CI runs this line verbatim"

@@ -1,6 +1,6 @@
 """Scraped web pages to question/answer pairs.
 
-Input is what scrapyer writes (see the README's "Scraped web content"): `content_<hash>.txt`
+Input is what scrapyer writes (see docs/data-formats.md, "Scraped web content"): `content_<hash>.txt`
 pages, flat or nested, in default mode (every text node on its own line, so one sentence can be
 split over several lines) or `--preserve-structure` mode (`# Title` / `## Section` headings,
 `• ` list items, blank lines between paragraphs), RSS item texts, plus the `.md`, `.html` and

@@ -216,7 +216,7 @@ class ONNXConverter:
 
         optimum's AVX-512 VNNI (or AVX2) dynamic config quantizes all MatMuls; onnxruntime's
         `quantize_dynamic` defaults leave 13 of them (the 768x50257 head among them) in fp32 and
-        run slower than fp32 (measured on a distilgpt2-sized model: 62.9 tok/s int8 vs 81.6 fp32).
+        run slower than fp32 (docs/performance.md).
         """
         from optimum.onnxruntime import ORTQuantizer
         from optimum.onnxruntime.configuration import AutoQuantizationConfig
@@ -226,7 +226,7 @@ class ONNXConverter:
         with _quiet_libraries():
             quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=FP32_FILE)
             quantizer.quantize(save_dir=onnx_dir, file_suffix="int8",
-                               # per-tensor: per-channel scales measured slower (2.85 vs 2.74 ms/step)
+                               # per-tensor: per-channel scales decoded slower
                                quantization_config=make_config(is_static=False, per_channel=False))
         return onnx_dir / INT8_FILE
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-# Chosen by measurements on distilgpt2-sized weights (README "Chat speed"): blocks of 64 load in
-# two thirds of the time of blocks of 32 (fewer scales to pack) and decode as fast or faster, for
-# a logit error 9 % above theirs (128: half the load time again, 21 % more error).
+# Blocks of 64 load faster than blocks of 32 (fewer scales to pack) and decode as fast, for a
+# little more logit error; accuracy level 4 (int8 activations) picks the fast kernels
+# (figures on distilgpt2-sized weights: docs/performance.md).
 INT4_BLOCK_SIZE = 64
 INT4_ACCURACY_LEVEL = 4
 

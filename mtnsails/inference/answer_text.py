@@ -90,8 +90,8 @@ class AnswerText:
     def _decoded(self, token: int) -> str:
         """The answer's whole text with `token` added, as decoding all its tokens gives it.
 
-        The tokenizer's stream decoder adds each token's text (decoding every token again grows
-        with the answer: 20 us a token at 64 tokens, against 4). It holds a character back until
+        The tokenizer's stream decoder adds each token's text (decoding every token again would
+        cost more with every token of the answer). It holds a character back until
         its last byte has come; meanwhile (and from then on for a tokenizer whose stream decoder
         refuses a token) the tokens are decoded whole, an unfinished character showing as U+FFFD.
         """

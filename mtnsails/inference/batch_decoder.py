@@ -15,11 +15,10 @@ see fused_attention), each cache tensor is one buffer with room for more rows an
 batch's rows are its first ones, bound as both past and present: every step writes one column, at
 the common width, for all rows at once, and nothing is copied. A join writes the new row's prompt
 cache into the next free row, a leave moves the last row into the freed one, both in place (a
-fresh buffer per join or leave cost 10 to 20 ms at batch 4: allocating and faulting in its pages
-took most of it). The batch is narrowed to its longest sequence when a leave leaves more than
-NARROW_SLACK padding positions (moving every row's columns left costs about what a step spends
-reading the padding in 20 to 30 steps). Without `shared_cache`, each step's fresh present copied
-the whole batch's cache: a batch-4 step cost 1.3x a batch-1 step.
+fresh buffer per join or leave would be allocated and faulted in each time). The batch is
+narrowed to its longest sequence when a leave leaves more than NARROW_SLACK padding positions
+(moving every row's columns left costs about what some tens of steps spend reading the padding).
+Without `shared_cache`, each step's fresh present copies the whole batch's cache.
 """
 
 from __future__ import annotations
@@ -125,9 +124,9 @@ class BatchDecoder:
     def add_many(self, prompts: Sequence[tuple[Hashable, Sequence[int]]]) -> list[np.ndarray]:
         """Run several `(key, prompt_ids)` and join the batch with them, in that order; return
         their next-token logits. Prompts of similar lengths share one run (left-padded to the
-        longest, see `prefill_groups`): four 25-token prompts took 52 ms in one run against 80 in
-        four, the weights being read once. Every run happens before any joins, so a run that
-        fails (MtnsailsError: the model computes NaN for a prompt) leaves the batch as it was."""
+        longest, see `prefill_groups`), so the weights are read once for them. Every run
+        happens before any joins, so a run that fails (MtnsailsError: the model computes NaN
+        for a prompt) leaves the batch as it was."""
         keys = [key for key, _ in prompts]
         for index, key in enumerate(keys):
             if key in self.keys or key in keys[:index]:

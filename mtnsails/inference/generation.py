@@ -44,8 +44,8 @@ def session_options(threads: int | None = None, optimize: bool = True, spin: boo
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # onnxruntime warnings about unused initializers are noise here
-    # Packing the weights into the kernels' layouts is most of a stored graph's load time; on all
-    # threads it took 20 to 25 % off loading distilgpt2's fp32, int8 and int4 graphs.
+    # Packing the weights into the kernels' layouts is most of a stored graph's load time: do it
+    # on all threads.
     options.add_session_config_entry("session.prepack.enable_parallel", "1")
     return options
 
@@ -90,7 +90,7 @@ class OnnxDecoder:
         self.logits_type = np.float16 if "float16" in logits.type else np.float32
         # A graph from `convert` returns the last position only, over a vocabulary of fixed size:
         # with shared_cache, its logits go to one buffer bound once, read after each step without
-        # asking onnxruntime for its 13 outputs (0.14 ms a token; BatchDecoder does the same).
+        # asking onnxruntime for its 13 outputs each step (BatchDecoder does the same).
         self.fixed_vocabulary = logits.shape[2] if logits.shape[1] == 1 and isinstance(logits.shape[2], int) else None
         self._logits = None  # shared_cache: the one buffer the logits are written into
         if shared_cache and self.fixed_vocabulary:
@@ -193,8 +193,8 @@ def finite_logits(logits: np.ndarray, model_file: object) -> np.ndarray:
     """`logits` (one row, or one per sequence), refused when any is NaN or +infinity, or a row
     has no finite one: weights broken by a diverged training run (sampling would fail on them
     with a numpy error instead of saying why). -infinity, a token that can never be chosen, is a
-    logit like any other. Checked by each row's maximum (NaN wins it): 0.16 ms for a batch
-    step's 4 rows against 0.25 ms for a flag per logit."""
+    logit like any other. Checked by each row's maximum (NaN wins it), cheaper than a flag per
+    logit."""
     if not np.isfinite(logits.max(axis=-1)).all():
         raise MtnsailsError(f"{model_file}: the model computes non-finite logits (NaN or "
                             "infinity), so its weights are broken: retrain it")
@@ -249,10 +249,10 @@ TOP_STRIDE = 16  # top_ids bounds the k largest values by the k largest of every
 def top_ids(values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the `k` largest `values`, largest first (equal values: the lowest index first).
 
-    np.argpartition slows down fifteenfold (3 ms on 50257 logits) when most values are equal, as
-    the logits of ids a model never produces are. Here the k-th largest of every 16th value
-    bounds the k-th largest from below, and only the values above the bound (a few hundred) are
-    sorted: tens of microseconds, tied or not.
+    np.argpartition slows down many times over when most values are equal, as the logits of ids
+    a model never produces are. Here the k-th largest of every 16th value bounds the k-th
+    largest from below, and only the values above the bound (a few hundred) are sorted: tens of
+    microseconds, tied or not.
     """
     strided = values[::TOP_STRIDE]
     if k >= values.size or strided.size < k:
@@ -267,7 +267,7 @@ def top_ids(values: np.ndarray, k: int) -> np.ndarray:
 def sample(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
     """Temperature, then top-k, then top-p (transformers' warper order), then draw one token.
 
-    Sorting the whole vocabulary costs about 1 ms a token, as much as an int8 decoding step, so
+    Sorting the whole vocabulary costs about as much as an int8 decoding step, so
     only the top-k candidates are sorted, and without top-k the nucleus is looked for among the
     256 likeliest tokens first (exact: the full sort runs only when they hold less than top-p).
     Every pass over the vocabulary costs tens of microseconds (it does not stay in the cache),

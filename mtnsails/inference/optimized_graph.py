@@ -1,17 +1,16 @@
 """Graphs stored as onnxruntime optimised them, so chat starts without optimising again.
 
-Loading an exported graph spends most of its time in onnxruntime's graph optimisation (about
-1.5 s for distilgpt2's fp32 graph). `convert` therefore also saves each graph after that
-optimisation (`<name>.optimized.onnx`) and records, in mtnsails.json, the CPU vector flags and
-onnxruntime version it was made with: the fully optimised graph may use kernels and layouts of
-this CPU, and a digest of the portable graph it was made from. Chat loads it with optimisation
-switched off only where all three still match (a `model.onnx` copied over from another export
-must never run as the old model), and falls back to the portable graph otherwise or when it
-cannot be loaded.
+Loading an exported graph spends most of its time in onnxruntime's graph optimisation.
+`convert` therefore also saves each graph after that optimisation (`<name>.optimized.onnx`) and
+records, in mtnsails.json, the CPU vector flags and onnxruntime version it was made with (the
+fully optimised graph may use kernels and layouts of this CPU) and a digest of the portable graph
+it was made from. Chat loads it with optimisation switched off only where all three still match
+(a `model.onnx` copied over from another export must never run as the old model), and falls back
+to the portable graph otherwise or when it cannot be loaded.
 
 Its weights sit in a side file (`<name>.optimized.onnx_data`, large tensors page-aligned), which
-onnxruntime memory-maps instead of parsing them out of the protobuf and copying them: on
-distilgpt2's graphs that makes loading 2 to 3 times faster (bench/chat_bench.py, cold start).
+onnxruntime memory-maps instead of parsing them out of the protobuf and copying them: it
+loads several times faster (bench/chat_bench.py's cold start; docs/performance.md).
 """
 
 from __future__ import annotations

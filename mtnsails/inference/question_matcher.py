@@ -19,9 +19,9 @@ from typing import Iterable
 
 import numpy as np
 
-# Chosen on a tuning set of 40 bicycle questions and 20 rewordings by another person
-# (bench/data/tuning_*.json): at 0.35, 18 rewordings find their own question (scores 0.36-1.0),
-# 1 another, 1 none, and 7 of 40 unrelated (houseplant) questions match some bicycle question.
+# Chosen on the tuning set bench/data/tuning_*.json (questions and rewordings by another
+# person): most rewordings find their own question, few unrelated questions match one
+# (the counts: docs/training.md).
 DEFAULT_THRESHOLD = 0.35
 NGRAM_SIZES = (3, 4, 5)
 _NOT_WORD = re.compile(r"[^\w\s]")

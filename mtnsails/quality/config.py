@@ -95,10 +95,8 @@ class QualityConfig:
     max_dedup_words: int = 1_000
     # `analyze` checks conversations in chunks of `chunk_conversations`; those after the first
     # `parallel_min_conversations` in `workers` processes (0: one per usable CPU, 1: all in
-    # this process); the copy search's final check runs in as many threads. Measured on 2 busy
-    # cores, 2 workers from the start took longer than one process up to 10,000 conversations
-    # (2.3 s against 2.0 s) and less at 20,000 (2.5 s against 3.8 s): filling the pipeline of
-    # chunks costs about a second.
+    # this process); the copy search's final check runs in as many threads. Below the threshold
+    # filling the workers' pipeline of chunks costs more than it saves (docs/performance.md).
     workers: int = 0
     parallel_min_conversations: int = 20_000
     chunk_conversations: int = 2_000

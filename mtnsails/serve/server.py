@@ -293,8 +293,8 @@ class ChatServer:
         """Hand each scheduler round's events to the event loop in one wake-up (its own thread).
 
         Waking the loop is a system call that lets go of the GIL, and the decoding thread that
-        made it would then wait while the loop holds the GIL (2 to 4 ms a token, measured on a
-        busy 2-core host). This thread makes that call instead, once per round: it gets the GIL
+        made it would then wait while the loop holds the GIL, for milliseconds a token on a busy
+        CPU. This thread makes that call instead, once per round: it gets the GIL
         when the decoding thread enters onnxruntime, so the streams are written during the step.
         """
         while True:

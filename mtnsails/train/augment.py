@@ -37,8 +37,8 @@ from mtnsails.model_dir.template import ChatTemplate, Segment, exchanges
 class AugmentConfig:
     """Which share of the training examples is varied each epoch (0 switches a kind off).
 
-    Off by default: on the embedded model the varied examples, as measured so far (README,
-    "Answers that hold up in a chat"), slow its learning more than they help."""
+    Off by default: on the embedded model the varied examples slow its learning more than they
+    help (docs/training.md, "Answers that hold up in a chat")."""
 
     enabled: bool = setting(False, "vary the training examples each epoch: some after exchanges "
                             "drawn from the data as history, some reworded", flag="--augment")

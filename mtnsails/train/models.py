@@ -123,12 +123,11 @@ class EmbeddedTrainingDefaults:
     pretrained model's fine-tuning defaults (5e-5, 3 epochs). A held-out split is off by default:
     a model that knows only your data cannot answer unseen questions, so its eval loss rises while
     it learns your answers, and keeping the "best" model would keep an under-trained one.
-    Measured: `train --model-name tiny` on the packaged examples reproduces all 58 answers
-    greedily (25 epochs: 93 %).
+    40 epochs are what it takes to reproduce every packaged example answer greedily.
 
     Its matrices are too small to gain from several CPU threads, and on a busy CPU threads that
-    wait for each other thrash: training on the packaged examples took 63 s with one thread and
-    249 s with two on a 2-core machine that other jobs shared. `OMP_NUM_THREADS` overrides this.
+    wait for each other thrash, so it trains with one (figures: docs/performance.md).
+    `OMP_NUM_THREADS` overrides this.
     """
 
     learning_rate: float = 1e-3
@@ -143,12 +142,9 @@ class ContinuedTrainingDefaults:
     user sets them; its earlier training data is mixed back in (replay) by default.
 
     Pretrained models continue with a fifth of their fine-tuning learning rate, as upstream did.
-    The embedded model was measured with bench/retrain_bench.py (trained on 40 pairs, continued
-    on 10 new ones, replaying the 40): what prevents forgetting is the replay, not a lower
-    learning rate (with replay every variant kept 40/40 old answers; without it, 0-57 %), while
-    a lower rate or fewer epochs did not teach the new answers (5e-4 x 20 epochs: 7/10,
-    2e-4 x 20 and 1e-3 x 10: 0/10; 1e-3 x 20, x 30 and x 40: 10/10). 30 epochs leave a margin
-    above the 20 that sufficed, at three quarters of the cost of training from scratch.
+    The embedded model keeps its own learning rate: replay, not a lower rate, is what prevents
+    forgetting, and a lower rate or fewer epochs do not teach it the new answers; 30 epochs
+    leave a margin above the 20 that sufficed (bench/retrain_bench.py, docs/retraining-loop.md).
     """
 
     learning_rate: float = 1e-5
