@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_CONVERSATIONS, run_cli
+from conftest import TINY_CONVERSATIONS, assert_one_line_error, run_cli
 
 from mtnsails.cli import build_parser
 from mtnsails.commands.pipeline import demo_prompts
@@ -95,6 +95,7 @@ def test_a_bad_data_file_stops_the_pipeline_with_one_line(tmp_path, data_text, p
     (["--onnx-output", "model"], "must be separate folders"),
     (["--onnx-output", "model/onnx"], "must be separate folders"),
     (["--precision", "int8", "--quantize", "int4"], "--precision int8 needs --quantize int8"),
+    (["--opset-version", "13"], "--opset-version 13 must be from 14 to 20"),
 ])
 def test_every_stage_setting_is_checked_before_any_work(tmp_path, flags, problem, cli_here):
     args = ["pipeline", "--model-name", "tiny", "--output-dir", "model", "--onnx-output", "onnx",
@@ -114,3 +115,10 @@ def test_pipeline_refuses_a_live_directory_that_is_not_a_model_before_training(t
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and "not an ONNX model directory" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["live"]  # nothing trained
+
+
+def test_a_bad_opset_fails_at_once_without_training(tmp_path):
+    result = run_cli("pipeline", "--model-name", "tiny", "--output-dir", "model",
+                     "--onnx-output", "onnx", "--opset-version", "99", cwd=tmp_path)
+    assert_one_line_error(result, "--opset-version 99 must be from 14 to 20")
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []  # no stage began, nothing written

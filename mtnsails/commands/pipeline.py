@@ -108,7 +108,7 @@ def spread(items: list, count: int) -> list:
 
 def check_settings(args: argparse.Namespace) -> None:
     """Refuse a bad setting of any stage before the first one starts, so that a pipeline never
-    writes its outputs and then fails on a chat setting."""
+    trains and writes a model and then fails on a convert or chat setting."""
     from pathlib import Path
 
     from mtnsails.core import settings
@@ -121,6 +121,7 @@ def check_settings(args: argparse.Namespace) -> None:
     from mtnsails.train.config import TrainingConfig
 
     chat.check_prompt(args)
+    convert.check_settings(args)
     settings.from_args(TrainingConfig, args).validate()
     settings.from_args(GenerationConfig, args).validate()
     session_options(args.threads)  # checks --threads
