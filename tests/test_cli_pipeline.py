@@ -46,6 +46,7 @@ def test_pipeline_end_to_end(tmp_path):
     out = result.stdout
     stages = [out.index(f"=== [{n}/3]") for n in (1, 2, 3)] + [out.index("=== Summary ===")]
     assert stages == sorted(stages)
+    assert f"=== [1/3] train tiny (embedded) on {data} ===" in out
     assert json.loads((tmp_path / "model" / "mtnsails.json").read_text())["data_file"] == str(data)
     assert (tmp_path / "onnx" / "model.onnx").is_file()
     summary = out[stages[-1]:]
@@ -122,3 +123,16 @@ def test_a_bad_opset_fails_at_once_without_training(tmp_path):
                      "--onnx-output", "onnx", "--opset-version", "99", cwd=tmp_path)
     assert_one_line_error(result, "--opset-version 99 must be from 14 to 20")
     assert result.stdout == "" and list(tmp_path.iterdir()) == []  # no stage began, nothing written
+
+
+def test_the_first_stage_names_the_model_really_trained(tmp_path, cli_here):
+    """Offline, the default distilgpt2 falls back to the embedded model: the stage header says
+    so (the quality gate then stops this run before any training)."""
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps([{"input": f"Question {i}?", "output": "ok ok ok ok ok ok ok ok"}
+                                for i in range(10)]))
+    result = cli_here("pipeline", "--data-file", str(data), "--output-dir", "model",
+                      "--onnx-output", "onnx", cwd=tmp_path)
+    assert result.returncode == 2 and "--force" in result.stderr.splitlines()[-1]
+    header = result.stdout.strip().splitlines()[0]
+    assert header == f"=== [1/3] train tiny (embedded; distilgpt2 needs the network) on {data} ==="

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, convert (and verify), then ask the new ONNX model a few questions and summarise.
 
+    Each stage's header says what it does (the first names the model really trained, which
+    offline may be the embedded fallback), and its output follows under it.
+
     Exit 0 on success, 1 when --verify rejected the export (chat is then skipped) or
     --promote-to refused the new model."""
     import shlex
@@ -43,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
         promoter = Promoter(args.promote_to)  # a live directory that is not a model fails now
     data_file = ", ".join(map(str, args.data_file or [packaged_example_data()]))
-    _stage(args, 1, f"train {args.model_name} on {data_file}")
-    model_dir, conversations = train.train(args, next_step=False)  # the data is read once, for both
+    trainer = train.make_trainer(args)
+    _stage(args, 1, f"train {trainer.model_choice().describe()} on {data_file}")
+    model_dir, conversations = train.train(args, next_step=False, trainer=trainer)  # reads the data once
     _stage(args, 2, f"convert {model_dir} to ONNX")
     onnx_dir, report = convert.convert(args, model_path=model_dir)
     if report is not None and not report.ok:

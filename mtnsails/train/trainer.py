@@ -40,7 +40,13 @@ from mtnsails.train.collator import PaddingCollator, encode_segments
 from mtnsails.train.config import TrainingConfig
 from mtnsails.train.devices import device_flags, torch_threads
 from mtnsails.train.loss_plot import plot_loss
-from mtnsails.train.models import EMBEDDED_MODEL_NAME, EmbeddedTrainingDefaults, resolve_model
+from mtnsails.train.models import (
+    EMBEDDED_MODEL_NAME,
+    EmbeddedTrainingDefaults,
+    ModelChoice,
+    choose_model,
+    resolve_model,
+)
 
 # Importable from here as before: scripts and the CLI use them with LLMTrainer.
 __all__ = ["LLMTrainer", "TrainingConfig", "TrainingDiverged", "TrainingInterrupted",
@@ -109,6 +115,7 @@ class LLMTrainer:
         self.model = None
         self.tokenizer = None
         self.resolved = None  # mtnsails.train.models.ResolvedModel of the last run
+        self._choice: ModelChoice | None = None  # what the next run trains (see model_choice)
         self.result: TrainingResult | None = None
         self._settings: dict = {}
         self._data_info: dict = {"data_file": None, "data_sha256": None, "system": None,
@@ -122,6 +129,13 @@ class LLMTrainer:
     def is_main_process(self) -> bool:
         """False on the other ranks of a torchrun/accelerate run (only rank 0 writes files)."""
         return is_main_process()
+
+    def model_choice(self) -> ModelChoice:
+        """Which model the next run trains, decided (and loaded, unless embedded) once: the
+        pipeline calls this to name the model in its stage header before the data is read."""
+        if self._choice is None:
+            self._choice = choose_model(self.config.model_name, self.config.trust_remote_code)
+        return self._choice
 
     # -- the original API ----------------------------------------------------------------------
 
@@ -328,8 +342,8 @@ class LLMTrainer:
         """Set `self.resolved`; return the examples, rebuilt if the model brings its own template."""
         config = self.config
         texts = ["".join(segment.text for segment in segments) for segments in examples]
-        self.resolved = resolve_model(config.model_name, texts,
-                                      trust_remote_code=config.trust_remote_code)
+        choice, self._choice = self.model_choice(), None  # a later run decides anew
+        self.resolved = resolve_model(config.model_name, texts, choice=choice)
         if self.resolved.notice and is_main_process():
             print(self.resolved.notice, file=sys.stderr)
         model = self.resolved.model
