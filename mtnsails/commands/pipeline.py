@@ -58,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
     _stage(args, 3, f"chat demo: {len(prompts)} question(s) from "
            f"{'--prompt' if args.prompt else data_file}")
     with chat.open_chat(args, model_path=onnx_dir) as session:
-        answers = []
         for prompt in prompts:
-            answers.append(session.reply(prompt))
+            answer = session.reply(prompt)
             session.reset()  # each demo question stands alone
+            if not args.quiet:
+                print(f"  You:       {prompt}\n  Assistant: {answer or '(empty answer)'}", flush=True)
         precision = session.precision
 
     meta = read_metadata(model_dir)
@@ -71,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
     print("\n=== Summary ===")
     print(f"Trained model: {model_dir} ({losses or 'no loss recorded'})")
     print(f"ONNX model:    {onnx_dir} (the demo ran the {precision} file)")
-    for prompt, answer in zip(prompts, answers):
-        print(f"  You:       {prompt}\n  Assistant: {answer or '(empty answer)'}")
     if args.log_conversations:
         print(f"Logged the demo to {args.log_file}")
     # What the model was trained on, in training order: the data plus, continuing a model, the
