@@ -29,7 +29,13 @@ from mtnsails.core.ranks import barrier, finish_distributed, is_main_process, wo
 from mtnsails.data.handler import ConversationDataHandler, combine_conversations, common_system
 from mtnsails.data.records import write_conversations
 from mtnsails.model_dir.answer_lengths import answer_lengths, length_record
-from mtnsails.model_dir.metadata import METADATA_FILE, MODEL_FORMAT, TRAINING_DATA_FILE, read_metadata
+from mtnsails.model_dir.metadata import (
+    METADATA_FILE,
+    MODEL_FORMAT,
+    TRAINING_DATA_FILE,
+    describe_training,
+    read_metadata,
+)
 from mtnsails.model_dir.output import atomic_directory, check_replaceable
 from mtnsails.model_dir.template import ChatTemplate, Segment, exchanges
 from mtnsails.quality.validator import quality_gate
@@ -261,6 +267,10 @@ class LLMTrainer:
         _quiet_libraries(config.quiet)
         check_replaceable(config.output_dir, MODEL_FORMAT)  # refuse before hours of training
         checkpoint = self._resume_checkpoint()  # before any slow work: refuse early
+        earlier = describe_training(config.output_dir)
+        if earlier and not config.quiet and is_main_process():  # users rerun train: say what goes
+            print(f"note: replacing the model in {config.output_dir} ({earlier}) once this run "
+                  "succeeds; choose another --output-dir to keep it", file=sys.stderr)
         examples = self._resolve_model(examples, make_examples)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
         continuing = self.resolved.metadata.get("format") == MODEL_FORMAT
