@@ -8,9 +8,10 @@ ships in the package. It is built deterministically from a fixed seed in well un
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from mtnsails.core.errors import MtnsailsError, first_line
 from mtnsails.core.files import is_torch_save_file

@@ -19,9 +19,9 @@ import shlex
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from mtnsails.core.errors import MtnsailsError, first_line
 from mtnsails.core.files import atomic_write_text, file_sha256, read_json_object
