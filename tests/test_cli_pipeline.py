@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_CONVERSATIONS, run_cli
+from conftest import TINY_CONVERSATIONS, assert_one_line_error, run_cli
 
 from mtnsails.cli import build_parser
 from mtnsails.commands.pipeline import demo_prompts
@@ -46,6 +46,7 @@ def test_pipeline_end_to_end(tmp_path):
     out = result.stdout
     stages = [out.index(f"=== [{n}/3]") for n in (1, 2, 3)] + [out.index("=== Summary ===")]
     assert stages == sorted(stages)
+    assert f"=== [1/3] train tiny (embedded) on {data} ===" in out
     assert json.loads((tmp_path / "model" / "mtnsails.json").read_text())["data_file"] == str(data)
     assert (tmp_path / "onnx" / "model.onnx").is_file()
     summary = out[stages[-1]:]
@@ -59,9 +60,11 @@ def test_pipeline_end_to_end(tmp_path):
     assert "Evaluation on the eval split: 2 examples: first sentence " in summary
     assert "promoted: first deploy" in out and (tmp_path / "live" / "model.onnx").is_file()
 
-    asked = [line.split("You:", 1)[1].strip() for line in summary.splitlines() if "You:" in line]
-    answered = [line.split("Assistant:", 1)[1].strip()
-                for line in summary.splitlines() if "Assistant:" in line]
+    # The demo's questions and answers show under its own header, not again in the summary.
+    demo = out[stages[2]:stages[3]].splitlines()
+    asked = [line.split("You:", 1)[1].strip() for line in demo if "You:" in line]
+    answered = [line.split("Assistant:", 1)[1].strip() for line in demo if "Assistant:" in line]
+    assert "You:" not in summary and "Assistant:" not in summary
     assert asked == demo_prompts(ConversationDataHandler.from_file(data).conversations)
     assert len(answered) == 3
     logged = [json.loads(line) for line in (tmp_path / "demo.jsonl").read_text().splitlines()]
@@ -95,6 +98,7 @@ def test_a_bad_data_file_stops_the_pipeline_with_one_line(tmp_path, data_text, p
     (["--onnx-output", "model"], "must be separate folders"),
     (["--onnx-output", "model/onnx"], "must be separate folders"),
     (["--precision", "int8", "--quantize", "int4"], "--precision int8 needs --quantize int8"),
+    (["--opset-version", "13"], "--opset-version 13 must be from 14 to 20"),
 ])
 def test_every_stage_setting_is_checked_before_any_work(tmp_path, flags, problem, cli_here):
     args = ["pipeline", "--model-name", "tiny", "--output-dir", "model", "--onnx-output", "onnx",
@@ -114,3 +118,23 @@ def test_pipeline_refuses_a_live_directory_that_is_not_a_model_before_training(t
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and "not an ONNX model directory" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["live"]  # nothing trained
+
+
+def test_a_bad_opset_fails_at_once_without_training(tmp_path):
+    result = run_cli("pipeline", "--model-name", "tiny", "--output-dir", "model",
+                     "--onnx-output", "onnx", "--opset-version", "99", cwd=tmp_path)
+    assert_one_line_error(result, "--opset-version 99 must be from 14 to 20")
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []  # no stage began, nothing written
+
+
+def test_the_first_stage_names_the_model_really_trained(tmp_path, cli_here):
+    """Offline, the default distilgpt2 falls back to the embedded model: the stage header says
+    so (the quality gate then stops this run before any training)."""
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps([{"input": f"Question {i}?", "output": "ok ok ok ok ok ok ok ok"}
+                                for i in range(10)]))
+    result = cli_here("pipeline", "--data-file", str(data), "--output-dir", "model",
+                      "--onnx-output", "onnx", cwd=tmp_path)
+    assert result.returncode == 2 and "--force" in result.stderr.splitlines()[-1]
+    header = result.stdout.strip().splitlines()[0]
+    assert header == f"=== [1/3] train tiny (embedded; distilgpt2 needs the network) on {data} ==="

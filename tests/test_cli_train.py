@@ -101,6 +101,26 @@ def test_an_earlier_model_holding_the_users_files_is_never_replaced(tmp_path, cl
     assert (model / "NOTES.txt").read_text() == "precious" and data.exists()
 
 
+def test_replacing_an_earlier_model_says_so_before_training(tmp_path, tiny_data, cli_here):
+    from datetime import datetime
+
+    args = ["train", "--model-name", "tiny", "--data-file", str(tiny_data), "--epochs", "1",
+            "--output-dir", str(tmp_path / "model")]
+    first = cli_here(*args)
+    assert first.returncode == 0, first.stderr
+    assert "replacing" not in first.stderr  # nothing was there
+    trained = datetime.fromtimestamp((tmp_path / "model" / "mtnsails.json").stat().st_mtime)
+    again = cli_here(*args)  # users rerun train: it replaces the model, and says so first
+    assert again.returncode == 0, again.stderr
+    lines = again.stderr.splitlines()
+    note = next(index for index, line in enumerate(lines) if "replacing" in line)
+    assert lines[note] == (f"note: replacing the model in {tmp_path / 'model'} (trained "
+                           f"{trained:%Y-%m-%d %H:%M} on tiny.json (8 examples) from tiny) once this "
+                           "run succeeds; choose another --output-dir to keep it")
+    assert note < next(index for index, line in enumerate(lines) if line.startswith("epoch "))
+    assert "Model saved to" in again.stdout
+
+
 def test_a_diverging_run_stops_and_keeps_the_previous_model(tmp_path, tiny_data, cli_here,
                                                            trained_tiny_model_dir):
     import shutil

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, convert (and verify), then ask the new ONNX model a few questions and summarise.
 
+    Each stage's header says what it does (the first names the model really trained, which
+    offline may be the embedded fallback), and its output follows under it.
+
     Exit 0 on success, 1 when --verify rejected the export (chat is then skipped) or
     --promote-to refused the new model."""
     import shlex
@@ -43,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
         promoter = Promoter(args.promote_to)  # a live directory that is not a model fails now
     data_file = ", ".join(map(str, args.data_file or [packaged_example_data()]))
-    _stage(args, 1, f"train {args.model_name} on {data_file}")
-    model_dir, conversations = train.train(args, next_step=False)  # the data is read once, for both
+    trainer = train.make_trainer(args)
+    _stage(args, 1, f"train {trainer.model_choice().describe()} on {data_file}")
+    model_dir, conversations = train.train(args, next_step=False, trainer=trainer)  # reads the data once
     _stage(args, 2, f"convert {model_dir} to ONNX")
     onnx_dir, report = convert.convert(args, model_path=model_dir)
     if report is not None and not report.ok:
@@ -54,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
     _stage(args, 3, f"chat demo: {len(prompts)} question(s) from "
            f"{'--prompt' if args.prompt else data_file}")
     with chat.open_chat(args, model_path=onnx_dir) as session:
-        answers = []
         for prompt in prompts:
-            answers.append(session.reply(prompt))
+            answer = session.reply(prompt)
             session.reset()  # each demo question stands alone
+            if not args.quiet:
+                print(f"  You:       {prompt}\n  Assistant: {answer or '(empty answer)'}", flush=True)
         precision = session.precision
 
     meta = read_metadata(model_dir)
@@ -67,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
     print("\n=== Summary ===")
     print(f"Trained model: {model_dir} ({losses or 'no loss recorded'})")
     print(f"ONNX model:    {onnx_dir} (the demo ran the {precision} file)")
-    for prompt, answer in zip(prompts, answers):
-        print(f"  You:       {prompt}\n  Assistant: {answer or '(empty answer)'}")
     if args.log_conversations:
         print(f"Logged the demo to {args.log_file}")
     # What the model was trained on, in training order: the data plus, continuing a model, the
@@ -108,7 +111,7 @@ def spread(items: list, count: int) -> list:
 
 def check_settings(args: argparse.Namespace) -> None:
     """Refuse a bad setting of any stage before the first one starts, so that a pipeline never
-    writes its outputs and then fails on a chat setting."""
+    trains and writes a model and then fails on a convert or chat setting."""
     from pathlib import Path
 
     from mtnsails.core import settings
@@ -121,6 +124,7 @@ def check_settings(args: argparse.Namespace) -> None:
     from mtnsails.train.config import TrainingConfig
 
     chat.check_prompt(args)
+    convert.check_settings(args)
     settings.from_args(TrainingConfig, args).validate()
     settings.from_args(GenerationConfig, args).validate()
     session_options(args.threads)  # checks --threads

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from mtnsails.core import settings
 from mtnsails.train.augment import AugmentConfig
 from mtnsails.train.config import TrainingConfig
+
+if TYPE_CHECKING:  # a command imports what it runs only when it runs (see cli.py)
+    from mtnsails.train.trainer import LLMTrainer
 
 HELP = "fine-tune a causal language model on conversations"
 
@@ -24,18 +28,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     settings.add_arguments(group, AugmentConfig)
 
 
-def train(args: argparse.Namespace, next_step: bool = True) -> tuple[str, list[dict]]:
-    """Run the quality gate and training that `args` describe.
+def make_trainer(args: argparse.Namespace) -> LLMTrainer:
+    """The trainer `args` describe, its settings checked (nothing loaded yet)."""
+    from mtnsails.train.trainer import LLMTrainer
+
+    augment = settings.from_args(AugmentConfig, args)
+    return LLMTrainer(config=settings.from_args(TrainingConfig, args, augment=augment))  # validates
+
+
+def train(args: argparse.Namespace, next_step: bool = True, trainer: LLMTrainer | None = None
+          ) -> tuple[str, list[dict]]:
+    """Run the quality gate and training that `args` describe (with `trainer`, made by
+    `make_trainer(args)`: the pipeline asks it which model it trains before this starts).
 
     Returns the model directory and the conversations read (the pipeline's demo asks some).
     `next_step=False` leaves out the "Next: convert" hint (the pipeline converts by itself)."""
     from mtnsails.core.ranks import finish_distributed
     from mtnsails.data.handler import ConversationDataHandler
     from mtnsails.quality.validator import quality_gate
-    from mtnsails.train.trainer import LLMTrainer, packaged_example_data
+    from mtnsails.train.trainer import packaged_example_data
 
-    augment = settings.from_args(AugmentConfig, args)
-    trainer = LLMTrainer(config=settings.from_args(TrainingConfig, args, augment=augment))  # validates
+    trainer = trainer or make_trainer(args)
     data_files = args.data_file or [packaged_example_data()]
     handler = ConversationDataHandler.from_files(data_files)
     if handler.sources_report() and not args.quiet and trainer.is_main_process:

@@ -4,6 +4,7 @@ mtnsails output, and where outputs go unless told otherwise."""
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 from mtnsails.core.files import read_json_object
@@ -35,3 +36,25 @@ def context_length(config: dict) -> int | None:
 def read_metadata(directory: str | os.PathLike) -> dict:
     """The directory's `mtnsails.json` as a dict ({} when there is none)."""
     return read_json_object(Path(directory) / METADATA_FILE)
+
+
+def describe_training(directory: str | os.PathLike) -> str | None:
+    """When and on what the mtnsails model in `directory` was trained, from its `mtnsails.json`
+    (written last when the model was saved, so its time is the training's end), e.g.
+    "trained 2025-06-01 14:03 on data.json (58 examples) from tiny"; None when `directory` holds
+    no mtnsails model. A run about to replace that model says so with it."""
+    metadata = read_metadata(directory)
+    if metadata.get("format") != MODEL_FORMAT:
+        return None
+    trained = datetime.fromtimestamp((Path(directory) / METADATA_FILE).stat().st_mtime)
+    text = f"trained {trained:%Y-%m-%d %H:%M}"
+    files = metadata.get("data_file")
+    files = [files] if isinstance(files, str) else files if isinstance(files, list) else []
+    if files:
+        text += " on " + ", ".join(Path(str(file)).name for file in files)
+    examples = (metadata.get("settings") or {}).get("examples")
+    if examples:
+        text += f" ({examples} examples)"
+    if metadata.get("base_model"):
+        text += f" from {metadata['base_model']}"
+    return text

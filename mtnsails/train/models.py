@@ -8,9 +8,10 @@ ships in the package. It is built deterministically from a fixed seed in well un
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from mtnsails.core.errors import MtnsailsError, first_line
 from mtnsails.core.files import is_torch_save_file
@@ -165,52 +166,84 @@ class ResolvedModel:
     notice: str | None = None  # one line to show the user (the embedded fallback says why)
 
 
-def resolve_model(
-    name: str,
-    texts: Iterable[str] = (),
-    trust_remote_code: bool = False,
-) -> ResolvedModel:
-    """Turn a `--model-name` into a model and tokenizer, trying in order:
+@dataclass
+class ModelChoice:
+    """Which model a `--model-name` trains, known before the data is read: the pipeline names it
+    in its first stage header, and `resolve_model` finishes it (the embedded model is built on
+    the data, so only then)."""
 
-    1. `tiny`: the embedded model, always (its tokenizer is trained on `texts`);
+    name: str  # what the user asked for
+    fallback: str | None = None  # why the default name falls back to the embedded model
+    resolved: ResolvedModel | None = None  # already loaded (a directory, the cache, the hub)
+
+    def describe(self) -> str:
+        """The model as a stage header names it, e.g. "distilgpt2", "tiny (embedded)" or
+        "tiny (embedded; distilgpt2 needs the network)"."""
+        if self.fallback:
+            return f"{EMBEDDED_MODEL_NAME} (embedded; {self.name} needs the network)"
+        return f"{self.name} (embedded)" if self.resolved is None else self.name
+
+
+def choose_model(name: str, trust_remote_code: bool = False) -> ModelChoice:
+    """Decide what `--model-name` trains, trying in order:
+
+    1. `tiny`: the embedded model, always (built later, on the data, by `resolve_model`);
     2. a local directory: an earlier mtnsails model or any saved Hugging Face causal LM;
     3. the local Hugging Face cache (no network);
     4. the hub, after a reachability check of a few seconds (skipped when `HF_HUB_OFFLINE=1`);
-    5. the embedded model, only for the default name `distilgpt2`, with a notice saying why.
+    5. the embedded model, only for the default name `distilgpt2`, saying why.
 
-    An explicitly named model that cannot be had raises `MtnsailsError` with a hint.
+    A model found is loaded now. An explicitly named model that cannot be had raises
+    `MtnsailsError` with a hint.
     """
     if name == EMBEDDED_MODEL_NAME:
-        return _embedded(name, texts)
+        return ModelChoice(name)
     path = Path(name).expanduser()
     if path.is_dir():
-        return _from_directory(path, name, trust_remote_code)
+        return ModelChoice(name, resolved=_from_directory(path, name, trust_remote_code))
     if _looks_like_path(name):
         raise MtnsailsError(f"--model-name {name}: no such directory")
     _check_hub_name(name)
     offline = _hub_offline()
     loaded = _from_hub(name, trust_remote_code, local_files_only=True)
     if loaded is not None:
-        return ResolvedModel(*loaded, name=name, embedded=False, metadata={})
+        return ModelChoice(name, resolved=ResolvedModel(*loaded, name=name, embedded=False, metadata={}))
     reason = "HF_HUB_OFFLINE is set" if offline else _hub_unreachable(name)
     if reason is None:
         loaded = _from_hub(name, trust_remote_code, local_files_only=False)
         if loaded is not None:
-            return ResolvedModel(*loaded, name=name, embedded=False, metadata={})
+            return ModelChoice(name, resolved=ResolvedModel(*loaded, name=name, embedded=False, metadata={}))
         reason = "the download failed"
     if name == DEFAULT_MODEL_NAME:
-        resolved = _embedded(name, texts)
-        resolved.notice = (
-            f"note: {name} is not in the local cache and cannot be downloaded ({reason}); training "
-            f"the embedded '{EMBEDDED_MODEL_NAME}' model instead, which learns only from your data: "
-            "for real quality, run once with network access so a hub model is downloaded and cached"
-        )
-        return resolved
+        return ModelChoice(name, fallback=reason)
     raise MtnsailsError(
         f"--model-name {name}: not a local directory, not in the local Hugging Face cache, and "
         f"{reason}; check the name, download it once with network access, or use "
         f"--model-name {EMBEDDED_MODEL_NAME}"
     )
+
+
+def resolve_model(
+    name: str,
+    texts: Iterable[str] = (),
+    trust_remote_code: bool = False,
+    choice: ModelChoice | None = None,
+) -> ResolvedModel:
+    """Turn a `--model-name` into a model and tokenizer, as `choose_model` decides (or decided:
+    `choice`); the embedded model's tokenizer is trained on `texts`, and its fallback for the
+    default name carries a notice saying why."""
+    choice = choice or choose_model(name, trust_remote_code)
+    if choice.resolved is not None:
+        return choice.resolved
+    resolved = _embedded(name, texts)
+    if choice.fallback:
+        resolved.notice = (
+            f"note: {name} is not in the local cache and cannot be downloaded ({choice.fallback}); "
+            f"training the embedded '{EMBEDDED_MODEL_NAME}' model instead, which learns only from "
+            "your data: for real quality, run once with network access so a hub model is "
+            "downloaded and cached"
+        )
+    return resolved
 
 
 def _embedded(name: str, texts: Iterable[str]) -> ResolvedModel:

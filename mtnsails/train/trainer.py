@@ -19,9 +19,9 @@ import shlex
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from mtnsails.core.errors import MtnsailsError, first_line
 from mtnsails.core.files import atomic_write_text, file_sha256, read_json_object
@@ -29,7 +29,13 @@ from mtnsails.core.ranks import barrier, finish_distributed, is_main_process, wo
 from mtnsails.data.handler import ConversationDataHandler, combine_conversations, common_system
 from mtnsails.data.records import write_conversations
 from mtnsails.model_dir.answer_lengths import answer_lengths, length_record
-from mtnsails.model_dir.metadata import METADATA_FILE, MODEL_FORMAT, TRAINING_DATA_FILE, read_metadata
+from mtnsails.model_dir.metadata import (
+    METADATA_FILE,
+    MODEL_FORMAT,
+    TRAINING_DATA_FILE,
+    describe_training,
+    read_metadata,
+)
 from mtnsails.model_dir.output import atomic_directory, check_replaceable
 from mtnsails.model_dir.template import ChatTemplate, Segment, exchanges
 from mtnsails.quality.validator import quality_gate
@@ -40,7 +46,13 @@ from mtnsails.train.collator import PaddingCollator, encode_segments
 from mtnsails.train.config import TrainingConfig
 from mtnsails.train.devices import device_flags, torch_threads
 from mtnsails.train.loss_plot import plot_loss
-from mtnsails.train.models import EMBEDDED_MODEL_NAME, EmbeddedTrainingDefaults, resolve_model
+from mtnsails.train.models import (
+    EMBEDDED_MODEL_NAME,
+    EmbeddedTrainingDefaults,
+    ModelChoice,
+    choose_model,
+    resolve_model,
+)
 
 # Importable from here as before: scripts and the CLI use them with LLMTrainer.
 __all__ = ["LLMTrainer", "TrainingConfig", "TrainingDiverged", "TrainingInterrupted",
@@ -109,6 +121,7 @@ class LLMTrainer:
         self.model = None
         self.tokenizer = None
         self.resolved = None  # mtnsails.train.models.ResolvedModel of the last run
+        self._choice: ModelChoice | None = None  # what the next run trains (see model_choice)
         self.result: TrainingResult | None = None
         self._settings: dict = {}
         self._data_info: dict = {"data_file": None, "data_sha256": None, "system": None,
@@ -122,6 +135,13 @@ class LLMTrainer:
     def is_main_process(self) -> bool:
         """False on the other ranks of a torchrun/accelerate run (only rank 0 writes files)."""
         return is_main_process()
+
+    def model_choice(self) -> ModelChoice:
+        """Which model the next run trains, decided (and loaded, unless embedded) once: the
+        pipeline calls this to name the model in its stage header before the data is read."""
+        if self._choice is None:
+            self._choice = choose_model(self.config.model_name, self.config.trust_remote_code)
+        return self._choice
 
     # -- the original API ----------------------------------------------------------------------
 
@@ -247,6 +267,10 @@ class LLMTrainer:
         _quiet_libraries(config.quiet)
         check_replaceable(config.output_dir, MODEL_FORMAT)  # refuse before hours of training
         checkpoint = self._resume_checkpoint()  # before any slow work: refuse early
+        earlier = describe_training(config.output_dir)
+        if earlier and not config.quiet and is_main_process():  # users rerun train: say what goes
+            print(f"note: replacing the model in {config.output_dir} ({earlier}) once this run "
+                  "succeeds; choose another --output-dir to keep it", file=sys.stderr)
         examples = self._resolve_model(examples, make_examples)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
         continuing = self.resolved.metadata.get("format") == MODEL_FORMAT
@@ -328,8 +352,8 @@ class LLMTrainer:
         """Set `self.resolved`; return the examples, rebuilt if the model brings its own template."""
         config = self.config
         texts = ["".join(segment.text for segment in segments) for segments in examples]
-        self.resolved = resolve_model(config.model_name, texts,
-                                      trust_remote_code=config.trust_remote_code)
+        choice, self._choice = self.model_choice(), None  # a later run decides anew
+        self.resolved = resolve_model(config.model_name, texts, choice=choice)
         if self.resolved.notice and is_main_process():
             print(self.resolved.notice, file=sys.stderr)
         model = self.resolved.model
