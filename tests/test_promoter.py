@@ -43,7 +43,8 @@ def test_a_worse_candidate_leaves_the_live_directory_untouched(tiny_onnx_dir, wo
     assert not decision.promoted
     assert decision.comparison.report.first_sentence_match < 1.0
     assert decision.comparison.baseline.first_sentence_match == 1.0
-    assert decision.reason.startswith("the candidate is worse: first sentence match")
+    assert decision.reason.startswith("the candidate is worse (tolerance 0.0%")
+    assert "retention (training data): first sentence match" in decision.reason
     assert "live model unchanged" in decision.describe()
     assert snapshot(live) == before and not (tmp_path / "live.prev").exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["live"]  # no staging left
@@ -97,7 +98,7 @@ def test_promote_command_refuses_a_worse_model_then_promotes_a_better_one(
     better = run_cli("promote", "--candidate", str(tiny_onnx_dir), "--live", str(live), "--quiet")
     # no --data-file: the data the candidate was trained on (training_data.jsonl of its source)
     assert better.returncode == 0, better.stderr
-    assert "promoted: the candidate is not worse: first sentence match 100.0%" in better.stdout
+    assert "promoted: the candidate is not worse: retention (training data): first sentence match 100.0%" in better.stdout
     assert snapshot(live.with_name("live.prev")) == before
     worse = run_cli("promote", "--candidate", str(worse_onnx_dir), "--live", str(live),
                     "--data-file", str(data))
@@ -136,3 +137,54 @@ def test_promote_command_bad_candidate_and_data_are_one_line_errors(
     assert_one_line_error(cli_here("promote", "--candidate", str(tiny_onnx_dir), "--live", str(nowhere)),
                           "nodir", "does not exist")
     assert not nowhere.parent.exists()
+
+
+HELD_OUT = [TINY_CONVERSATIONS[4], TINY_CONVERSATIONS[5]]  # two plus two, bees
+NOT_HELD_OUT = [conversation for conversation in TINY_CONVERSATIONS if conversation not in HELD_OUT]
+
+
+@pytest.fixture(scope="module")
+def overfitted_onnx_dir(tmp_path_factory) -> Path:
+    """A candidate that learned its own data by heart and nothing else: the tiny model trained
+    on TINY_CONVERSATIONS without HELD_OUT."""
+    from mtnsails.export.converter import ONNXConverter
+    from mtnsails.train.config import TrainingConfig
+    from mtnsails.train.trainer import LLMTrainer
+
+    root = tmp_path_factory.mktemp("overfitted")
+    config = TrainingConfig(model_name="tiny", output_dir=str(root / "model"), num_epochs=60,
+                            learning_rate=2e-3, batch_size=4, save_steps=1000, quiet=True, seed=0)
+    trainer = LLMTrainer(config=config)
+    trainer.train_conversations(NOT_HELD_OUT)
+    trainer.save_model()
+    ONNXConverter(root / "model", quiet=True).convert_to_onnx(root / "onnx")
+    return root / "onnx"
+
+
+def test_a_candidate_that_keeps_its_training_answers_but_loses_the_held_out_ones_is_refused(
+        tiny_onnx_dir, overfitted_onnx_dir, tmp_path):
+    live = tmp_path / "live"
+    shutil.copytree(tiny_onnx_dir, live)
+    before = snapshot(live)
+    promoter = Promoter(live)
+    retention = promoter.compare(overfitted_onnx_dir, NOT_HELD_OUT)
+    assert retention.passed  # on what it trained on, nothing is forgotten: that gate alone promotes
+    decision = promoter.promote(overfitted_onnx_dir, NOT_HELD_OUT, held_out=HELD_OUT)
+    assert not decision.promoted and snapshot(live) == before
+    assert decision.held_out.report.first_sentence_match < decision.held_out.baseline.first_sentence_match == 1.0
+    assert "held out: first sentence match" in decision.reason and "retention (training data)" in decision.reason
+    assert decision.to_dict()["live_held_out_match"] == 1.0
+
+
+def test_promote_command_takes_a_held_out_set_and_says_without_one_that_overfitting_is_unchecked(
+        tiny_onnx_dir, overfitted_onnx_dir, tmp_path, cli_here):
+    live, eval_file, kept = tmp_path / "live", tmp_path / "eval.json", tmp_path / "kept.json"
+    shutil.copytree(tiny_onnx_dir, live)
+    eval_file.write_text(json.dumps(HELD_OUT))
+    kept.write_text(json.dumps(NOT_HELD_OUT))
+    refused = cli_here("promote", "--candidate", str(overfitted_onnx_dir), "--live", str(live),
+                       "--data-file", str(kept), "--eval-file", str(eval_file), "--quiet")
+    assert refused.returncode == 1 and "refused" in refused.stdout and "held out:" in refused.stdout
+    promoted = cli_here("promote", "--candidate", str(overfitted_onnx_dir), "--live", str(live),
+                        "--data-file", str(kept), "--quiet")
+    assert promoted.returncode == 0 and "overfitting is not checked" in promoted.stdout

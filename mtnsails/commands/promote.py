@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-file", nargs="+", metavar="DATA_FILE",
                         help="conversations both models answer: one or more files, formats may "
                         "differ (default: the data the candidate was trained on)")
+    parser.add_argument("--eval-file", nargs="+", metavar="EVAL_FILE",
+                        help="a held-out evaluation set neither model was trained on: the candidate "
+                        "must not be worse on it either (without one, overfitting is not checked)")
     parser.add_argument("--tolerance", type=finite_float, default=0.0,
                         help="how far (0-1) the candidate's first-sentence match may fall below the "
                         "live model's (default: 0.0)")
@@ -40,7 +43,12 @@ def run(args: argparse.Namespace) -> int:
     if args.rollback:
         decision = promoter.rollback()
     else:
-        decision = promoter.promote(args.candidate, comparison_data(args))
+        held_out = None
+        if args.eval_file:
+            from mtnsails.data.handler import ConversationDataHandler
+
+            held_out = ConversationDataHandler.from_files(args.eval_file).conversations
+        decision = promoter.promote(args.candidate, comparison_data(args), held_out)
     print(decision.describe(), flush=True)
     return 0 if decision.promoted else 1
 

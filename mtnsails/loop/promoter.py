@@ -1,8 +1,11 @@
 """Promote a new ONNX model to the live directory only when it answers at least as well.
 
-The candidate and the live model answer the same questions (`Evaluator`, greedy); the candidate
-replaces the live directory atomically only when its first-sentence match is not below the live
-model's by more than `tolerance`. The replaced model is kept beside it as `<live>.prev`, so a
+The candidate and the live model answer the same questions (`Evaluator`, greedy) from two sets:
+the conversations they were trained on (retention: are the old answers kept?) and a held-out set
+no model was trained on (does the candidate still answer what it never memorised?). A candidate
+that memorises its new data scores well on the first and loses ground on the second, so it
+replaces the live directory atomically only when its first-sentence match is below the live
+model's by no more than `tolerance` on either set. The replaced model is kept beside it as `<live>.prev`, so a
 rollback is one call (or two renames by hand). A first deploy (no live directory yet) is always
 promoted.
 
@@ -49,7 +52,8 @@ class PromotionDecision:
     reason: str
     live: Path
     previous: Path | None  # where the replaced live model was kept (None: nothing was replaced)
-    comparison: Comparison | None = None  # None for a first deploy
+    comparison: Comparison | None = None  # on the retention set; None for a first deploy
+    held_out: Comparison | None = None  # on the held-out set; None without one
 
     def describe(self) -> str:
         """Lines for the user: the decision, the reason and where things are."""
@@ -73,6 +77,10 @@ class PromotionDecision:
             result["live_first_sentence_match"] = round(
                 self.comparison.baseline.first_sentence_match, 4)
             result["worse_examples"] = len(self.comparison.worse)
+        if self.held_out is not None:
+            result["candidate_held_out_match"] = round(self.held_out.report.first_sentence_match, 4)
+            result["live_held_out_match"] = round(self.held_out.baseline.first_sentence_match, 4)
+            result["held_out_examples"] = self.held_out.report.examples
         return result
 
 
@@ -97,10 +105,11 @@ class Promoter:
         elif not self.live.parent.is_dir():  # a typo in the path, not a place to create
             raise MtnsailsError(f"{live_dir}: directory {self.live.parent} does not exist")
 
-    def promote(self, candidate_dir: str | os.PathLike, conversations: list[dict]
-                ) -> PromotionDecision:
-        """Evaluate the candidate against the live model on `conversations`; copy it into the
-        live directory (keeping the old one as `<live>.prev`) only when it is not worse."""
+    def promote(self, candidate_dir: str | os.PathLike, conversations: list[dict],
+                held_out: list[dict] | None = None) -> PromotionDecision:
+        """Evaluate the candidate against the live model on `conversations` (what they were trained
+        on) and on `held_out` (an evaluation set neither was trained on); copy it into the live
+        directory (keeping the old one as `<live>.prev`) only when it is worse on neither."""
         candidate = check_onnx_directory(Path(candidate_dir).expanduser(), "candidate").resolve()
         if candidate == self.live:
             raise MtnsailsError(f"{candidate}: the candidate is the live model itself")
@@ -110,17 +119,20 @@ class Promoter:
             self._install(candidate)
             return PromotionDecision(True, "first deploy: there was no live model yet",
                                      self.live, None)
-        comparison = self.compare(candidate, conversations)
-        new, old = comparison.report.first_sentence_match, comparison.baseline.first_sentence_match
-        scores = (f"first sentence match {new:.1%} against the live model's {old:.1%} on "
-                  f"{comparison.report.examples} conversations")
-        if not comparison.passed:
-            return PromotionDecision(False, f"the candidate is worse: {scores} (tolerance "
-                                     f"{self.tolerance:.1%}, {len(comparison.worse)} answers worse)",
-                                     self.live, None, comparison)
+        retention = self.compare(candidate, conversations)
+        held = self.compare(candidate, held_out) if held_out else None
+        scores = [_scores("retention (training data)", retention)]
+        scores.append(_scores("held out", held) if held else
+                      "held out: no set given, so overfitting is not checked")
+        worse = [comparison for comparison in (retention, held) if comparison and not comparison.passed]
+        if worse:
+            answers = sum(len(comparison.worse) for comparison in worse)
+            return PromotionDecision(False, f"the candidate is worse (tolerance {self.tolerance:.1%}, "
+                                     f"{answers} answers worse): " + "; ".join(scores),
+                                     self.live, None, retention, held)
         self._install(candidate)
-        return PromotionDecision(True, f"the candidate is not worse: {scores}", self.live,
-                                 self.previous, comparison)
+        return PromotionDecision(True, "the candidate is not worse: " + "; ".join(scores), self.live,
+                                 self.previous, retention, held)
 
     def compare(self, candidate: str | os.PathLike, conversations: list[dict]) -> Comparison:
         """The candidate's answers scored next to the live model's (the baseline)."""
@@ -147,3 +159,9 @@ class Promoter:
         """Copy `source` into the live directory atomically, keeping the old one as `.prev`."""
         with atomic_directory(self.live, kind=ONNX_FORMAT, keep_previous=self.previous) as staging:
             shutil.copytree(source, staging, dirs_exist_ok=True)
+
+
+def _scores(name: str, comparison: Comparison) -> str:
+    """"held out: first sentence match 60.0% against the live model's 80.0% on 5 conversations"."""
+    return (f"{name}: first sentence match {comparison.report.first_sentence_match:.1%} against the live "
+            f"model's {comparison.baseline.first_sentence_match:.1%} on {comparison.report.examples} conversations")
