@@ -106,7 +106,9 @@ class TerminalChat:
         except MtnsailsError as error:
             self._say(f"({error})")
             return
-        unsaved = "" if self.chat.logger is not None else "; not saved: the chat is not logged"
+        # Name the flag: a user who rates answers in an unlogged chat needs it to keep them.
+        unsaved = ("" if self.chat.logger is not None
+                   else "; not saved: start chat with --log-conversations to keep feedback")
         self._say(f"({ACKNOWLEDGED[verdict]}{unsaved})")
 
     def _reply_to_question(self, line: str | None, echo: bool) -> bool:
