@@ -185,6 +185,31 @@ SYSTEM_CONVERSATIONS = [
 ]
 
 
+# Questions TINY_CONVERSATIONS does not have: a model trained on them records other questions.
+OTHER_CONVERSATIONS = [
+    {"input": "How many days are in a week?", "output": "A week has seven days."},
+    {"input": "Which mountain is the tallest on Earth?", "output": "Mount Everest is the tallest."},
+]
+
+
+@pytest.fixture(scope="session")
+def other_onnx_dir(tmp_path_factory) -> Path:
+    """The embedded model trained briefly on OTHER_CONVERSATIONS, then exported: a real model
+    directory whose recorded questions (and history length, 0) differ from `tiny_onnx_dir`'s.
+    Its answers are not learned: tests use it for what the directory records."""
+    from mtnsails.export.converter import ONNXConverter
+    from mtnsails.train.config import TrainingConfig
+    from mtnsails.train.trainer import LLMTrainer
+
+    root = tmp_path_factory.mktemp("other_tiny")
+    config = TrainingConfig(model_name="tiny", output_dir=str(root / "model"), num_epochs=1,
+                            batch_size=4, save_steps=1000, quiet=True, seed=0)
+    trainer = LLMTrainer(config=config)
+    trainer.train_conversations(OTHER_CONVERSATIONS)
+    ONNXConverter(trainer.save_model(), quiet=True).convert_to_onnx(root / "onnx")
+    return root / "onnx"
+
+
 @pytest.fixture
 def editable_onnx_dir(tiny_onnx_dir, tmp_path) -> Path:
     """A copy of the tiny export that a test may change or damage."""

@@ -6,7 +6,7 @@ import threading
 
 from conftest import TINY_CONVERSATIONS
 
-from mtnsails.inference.chat import ChatInterface
+from mtnsails.inference.engine import ChatEngine, EngineSettings
 from mtnsails.inference.generation_config import GenerationConfig
 from mtnsails.serve.scheduler import BatchScheduler, Completion, GenerationJob
 
@@ -14,7 +14,7 @@ GREEDY = GenerationConfig(max_new_tokens=24, temperature=0)
 
 
 def test_answers_stream_and_each_round_ends_with_on_round(tiny_onnx_dir):
-    scheduler = BatchScheduler(lambda: ChatInterface(tiny_onnx_dir, precision="fp32"), max_batch=4)
+    scheduler = BatchScheduler(lambda: ChatEngine(tiny_onnx_dir, EngineSettings(precision="fp32")), max_batch=4)
     events: list[tuple] = []  # appended by the scheduler thread only
     answered = threading.Semaphore(0)
 
@@ -23,8 +23,8 @@ def test_answers_stream_and_each_round_ends_with_on_round(tiny_onnx_dir):
             events.append(("done", question, result))
             answered.release()
 
-        return GenerationJob(question, [], None, GREEDY, (), on_text=lambda piece: events.append(("text", question, piece)),
-                             on_done=done)
+        return GenerationJob(question, [], None, GREEDY, (),
+                             on_text=lambda piece: events.append(("text", question, piece)), on_done=done)
 
     # A server hands a round's events over when on_round comes (ChatServer wakes its loop then).
     scheduler.on_round = lambda: events.append(("round",))
@@ -70,7 +70,7 @@ def test_a_model_that_computes_nan_fails_its_requests_and_the_loop_goes_on(edita
     positions.CopyFrom(numpy_helper.from_array(broken, positions.name))
     onnx.save(graph, str(editable_onnx_dir / "model.onnx"))
 
-    scheduler = BatchScheduler(lambda: ChatInterface(editable_onnx_dir, precision="fp32"), max_batch=4)
+    scheduler = BatchScheduler(lambda: ChatEngine(editable_onnx_dir, EngineSettings(precision="fp32")), max_batch=4)
     results: dict[str, object] = {}
     answered = threading.Semaphore(0)
 

@@ -428,6 +428,31 @@ def test_a_reworded_question_is_asked_as_the_trained_one(tiny_onnx_dir):
         assert chat.matcher is None and chat.last_match is None
 
 
+def test_after_a_promotion_reload_asks_the_new_models_questions(tiny_onnx_dir, other_onnx_dir,
+                                                                 tmp_path):
+    """`/reload` after `promote` or `watch` replaced the directory: matching, the history length
+    and everything else the directory records come from the new model, none from the old."""
+    from conftest import OTHER_CONVERSATIONS
+
+    from mtnsails.loop.promoter import Promoter
+
+    live = tmp_path / "live"
+    shutil.copytree(tiny_onnx_dir, live)
+    with ChatInterface(live, generation=GREEDY) as chat:
+        chat.reply("so what's the capital city of france")
+        assert chat.last_match.question == "What is the capital of France?"
+        assert chat.history_exchanges == 1
+        assert Promoter(live).promote(other_onnx_dir, OTHER_CONVERSATIONS).promoted
+        chat.reload()
+        chat.reset()
+        chat.reply("what is the tallest mountain on earth")
+        assert chat.last_match.question == "Which mountain is the tallest on Earth?"
+        chat.reply("so what's the capital city of france")
+        assert chat.last_match is None  # the old model's question is gone with it
+        assert chat.history_exchanges == 0 and chat.matcher.questions == [
+            conversation["input"] for conversation in OTHER_CONVERSATIONS]
+
+
 def test_a_follow_up_keeps_the_history_the_model_was_trained_with(tiny_onnx_dir):
     """The multi-turn record trained one earlier exchange: chat keeps one, so follow-ups work."""
     meta = json.loads((tiny_onnx_dir / "mtnsails.json").read_text())

@@ -90,6 +90,15 @@ def test_piped_feedback_flag_reads_a_reply_after_each_answer(tiny_onnx_dir, tmp_
         ("bad", result.stdout.splitlines()[2]), ("fixed", "It is blue.")]
 
 
+def test_a_verdict_in_a_chat_that_is_not_logged_names_the_flag_that_keeps_it(tiny_onnx_dir, cli_here):
+    result = cli_here("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "0",
+                      input="What do bees make?\n/good\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "Bees make honey and wax.",
+        "(marked good; not saved: start chat with --log-conversations to keep feedback)"]
+
+
 @pytest.mark.parametrize("name", ["log.json", "log.jsonl"])
 def test_kill_9_after_a_verdict_was_acknowledged_keeps_it(tiny_onnx_dir, tmp_path, name):
     log = tmp_path / name

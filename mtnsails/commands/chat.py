@@ -65,7 +65,7 @@ def check_prompt(args: argparse.Namespace) -> None:
 
 
 def open_chat(args: argparse.Namespace, model_path: str | None = None) -> ChatInterface:
-    """The ChatInterface that `args` describe (the caller closes it)."""
+    """The chat that `args` describe (the caller closes it)."""
     from mtnsails.inference.chat import ChatInterface
 
     return ChatInterface(model_path or args.model_path, max_length=args.max_length,

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or Ctrl-C; exit 0."""
-    from mtnsails.inference.chat import ChatInterface
+    from mtnsails.inference.engine import ChatEngine, EngineSettings
     from mtnsails.serve.scheduler import BatchScheduler
     from mtnsails.serve.server import ChatServer
 
@@ -58,11 +58,12 @@ def run(args: argparse.Namespace) -> int:
 
         logger = ConversationLogger(args.log_file)
 
-    def open_model() -> ChatInterface:
-        # The event loop and the decoding thread share the cores with onnxruntime's threads.
-        return ChatInterface(args.model_path, max_length=args.max_length, precision=args.precision,
-                             generation=generation, threads=args.threads, system=args.system,
-                             spin_threads=False)
+    # The event loop and the decoding thread share the cores with onnxruntime's threads.
+    engine_settings = EngineSettings(precision=args.precision, threads=args.threads, spin_threads=False,
+                                     max_length=args.max_length, system=args.system, generation=generation)
+
+    def open_model() -> ChatEngine:
+        return ChatEngine(args.model_path, engine_settings)
 
     scheduler = BatchScheduler(open_model, max_batch=args.max_batch, max_queue=args.max_queue)
     ChatServer(scheduler, generation, api_key=args.api_key or None, logger=logger).run(

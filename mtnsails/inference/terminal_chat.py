@@ -1,10 +1,10 @@
-"""`TerminalChat`: the chat loop of the `chat` command, over a `ChatInterface`.
+"""`TerminalChat`: the chat loop of the `chat` command, over a `ChatSession`.
 
 In a terminal answers stream as they are generated; with piped stdin each line is one question
 and each answer one line of stdout, so scripts can drive a chat. The engine knows nothing of
 terminals: this module is the only one that reads a keyboard.
 
-`/good`, `/bad` and `/fix TEXT` give the last answer a verdict (`ChatInterface.feedback`), each
+`/good`, `/bad` and `/fix TEXT` give the last answer a verdict (`ChatSession.feedback`), each
 acknowledged by one line in parentheses once it is saved; with `ask_feedback` the chat asks
 after every answer (Enter = good, b = bad, any other text = the right answer; piped, the line
 after each question is that reply).
@@ -19,25 +19,25 @@ from mtnsails.core.errors import MtnsailsError
 from mtnsails.inference.answer_text import one_line
 
 if TYPE_CHECKING:
-    from mtnsails.inference.chat import ChatInterface
+    from mtnsails.inference.session import ChatSession
 
 EXIT_COMMANDS = {"/exit", "exit", "quit", "/quit"}
 FEEDBACK_PROMPT = "Feedback (Enter = keep, b = bad, or type the right answer): "
 ACKNOWLEDGED = {"good": "marked good", "bad": "marked bad", "fixed": "answer fixed"}
 
 
-def system_line(chat: ChatInterface) -> str:
+def system_line(chat: ChatSession) -> str:
     """Which system prompt is in effect, for the user: "system prompt: '...'" or "... none"."""
     return f"system prompt: {chat.system!r}" if chat.system else "system prompt: none"
 
 
-def announce_system(chat: ChatInterface) -> None:
+def announce_system(chat: ChatSession) -> None:
     """Say on stderr which system prompt is in effect, when there is one (stdout holds answers)."""
     if chat.system:
         print(system_line(chat), file=sys.stderr, flush=True)
 
 
-def note_truncation(chat: ChatInterface) -> None:
+def note_truncation(chat: ChatSession) -> None:
     """Say on stderr when the token limit stopped the last answer."""
     if chat.last_stats is not None and chat.last_stats.truncated:
         print(f"note: the answer reached the limit of {chat.generation.max_new_tokens} new tokens "
@@ -48,7 +48,7 @@ def note_truncation(chat: ChatInterface) -> None:
 class TerminalChat:
     """Run a conversation with `chat` on stdin/stdout (closes `chat`'s log when it ends)."""
 
-    def __init__(self, chat: ChatInterface, stdin: TextIO | None = None,
+    def __init__(self, chat: ChatSession, stdin: TextIO | None = None,
                  stdout: TextIO | None = None, ask_feedback: bool = False) -> None:
         self.chat = chat
         self.stdin = stdin or sys.stdin
@@ -80,7 +80,7 @@ class TerminalChat:
                 print(f"reload failed, still the previous model: {error}", file=sys.stderr)
             else:
                 if echo:
-                    self._say(f"(reloaded {self.chat.path}, {self.chat.precision})")
+                    self._say(f"(reloaded {self.chat.engine.path}, {self.chat.engine.precision})")
             return False
         if line == "/reset":
             self.chat.reset()
@@ -106,7 +106,9 @@ class TerminalChat:
         except MtnsailsError as error:
             self._say(f"({error})")
             return
-        unsaved = "" if self.chat.logger is not None else "; not saved: the chat is not logged"
+        # Name the flag: a user who rates answers in an unlogged chat needs it to keep them.
+        unsaved = ("" if self.chat.logger is not None
+                   else "; not saved: start chat with --log-conversations to keep feedback")
         self._say(f"({ACKNOWLEDGED[verdict]}{unsaved})")
 
     def _reply_to_question(self, line: str | None, echo: bool) -> bool:
@@ -120,7 +122,7 @@ class TerminalChat:
         return command
 
     def _interactive(self) -> None:
-        self._say(f"Chatting with {self.chat.path} ({self.chat.precision}; {system_line(self.chat)}). "
+        self._say(f"Chatting with {self.chat.engine.path} ({self.chat.engine.precision}; {system_line(self.chat)}). "
                   "/good, /bad or /fix TEXT rate the last answer; /reset starts over; /reload opens "
                   "a replaced model; /exit, exit, quit or Ctrl-D leaves.")
         while True:
@@ -139,7 +141,7 @@ class TerminalChat:
             self._say("Assistant: ", end="")
             shown: list[str] = []
 
-            def show(piece: str) -> None:
+            def show(piece: str, shown: list[str] = shown) -> None:  # this answer's list
                 shown.append(piece)
                 self._say(piece, end="")
 

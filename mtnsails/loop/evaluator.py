@@ -29,8 +29,8 @@ import os
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
 
 from mtnsails.core.text_rules import CLOSING_MARKS, SENTENCE_END, sentences
 from mtnsails.inference.generation_config import GenerationConfig
@@ -94,7 +94,7 @@ class ExampleResult:
 
     @classmethod
     def score(cls, index: int, question: str, reference: str, answer: str, answer_tokens: int,
-              truncated: bool, history: int = 0) -> "ExampleResult":
+              truncated: bool, history: int = 0) -> ExampleResult:
         """Score `answer` against `reference`."""
         return cls(index, question, reference, answer,
                    normalize_answer(answer) == normalize_answer(reference),
@@ -177,7 +177,7 @@ class Comparison:
     def worse(self) -> list[tuple[ExampleResult, ExampleResult]]:
         """(model, baseline) results where the model lost the first-sentence match or, keeping
         it as it was, scored a lower token F1."""
-        return [(new, old) for new, old in zip(self.report.results, self.baseline.results)
+        return [(new, old) for new, old in zip(self.report.results, self.baseline.results, strict=False)
                 if (new.first_sentence_match, new.token_f1) < (old.first_sentence_match, old.token_f1)]
 
     @property
@@ -261,14 +261,16 @@ class Evaluator:
     progress: Callable[[int, int], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from mtnsails.inference.chat import ChatInterface
+        from mtnsails.inference.engine import ChatEngine, EngineSettings
+        from mtnsails.inference.session import ChatSession
 
         generation = self.generation or GenerationConfig(temperature=0, repetition_penalty=1.0)
         if self.max_new_tokens is not None:
             generation = replace(generation, max_new_tokens=self.max_new_tokens)
         # Opened here so that a directory that is not an ONNX model fails before any work.
-        self.chat = ChatInterface(self.model_path, max_length=self.max_length, precision=self.precision,
-                                  generation=generation, threads=self.threads, system=self.system)
+        self.chat = ChatSession(ChatEngine(self.model_path, EngineSettings(
+            precision=self.precision, threads=self.threads, max_length=self.max_length,
+            system=self.system, generation=generation)))
 
     def evaluate_file(self, data_file: str | os.PathLike) -> EvaluationReport:
         """Evaluate every record of a data file (any format `validate` reads)."""
@@ -295,5 +297,5 @@ class Evaluator:
             if self.progress is not None:
                 self.progress(index + 1, len(conversations))
         chat.reset()
-        chat.clear_conversation_log()
+        chat.conversation_log.clear()
         return EvaluationReport(str(self.model_path), results, self.session, chat.system or None)

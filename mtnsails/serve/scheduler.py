@@ -3,14 +3,15 @@
 Requests wait in a queue; between two decoding steps the loop admits waiting requests while the
 batch has room (their prompts run once, those of similar lengths together in one run, then they
 join the batch), drops requests whose client went away, and ends those that are done, so
-sequences join and leave the batch at any step (continuous batching). Every step then feeds one token per sequence through one
-onnxruntime run. Answers are decoded exactly as chat decodes them (`TokenChooser`,
-`AnswerText`), so a greedy answer is the one chat gives.
+sequences join and leave the batch at any step (continuous batching). Every step then feeds one
+token per sequence through one onnxruntime run. Answers are decoded exactly as chat decodes them
+(`TokenChooser`, `AnswerText`), so a greedy answer is the one chat gives.
 
 Hot reload: when the model directory is replaced (its inode or its mtnsails.json changes) or
-`reload()` is called, the loop admits no new request until the batch has emptied, then loads the
-new model and carries on with it; requests keep waiting meanwhile, none is dropped. A directory
-that fails to load leaves the old model serving (a warning goes to stderr).
+`reload()` is called, the loop admits no new request until the batch has emptied, then opens a
+new `ChatEngine` and carries on with it (nothing of the old model is kept); requests keep
+waiting meanwhile, none is dropped. A directory that fails to load leaves the old model serving
+(a warning goes to stderr).
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ import os
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.inference.answer_text import AnswerText
 from mtnsails.inference.batch_decoder import BatchDecoder
-from mtnsails.inference.chat import ChatInterface
+from mtnsails.inference.engine import ChatEngine
 from mtnsails.inference.generation import TokenChooser
 from mtnsails.inference.generation_config import GenerationConfig
 
@@ -66,7 +67,7 @@ class GenerationJob:
     on_text: Callable[[str], None]
     on_done: Callable[[Completion | MtnsailsError], None]
     cancelled: bool = False
-    model: ChatInterface | None = None  # the model `prompt_ids` were built with
+    model: ChatEngine | None = None  # the model `prompt_ids` were built with
     prompt_ids: list[int] = field(default_factory=list)
 
     def cancel(self) -> None:
@@ -84,13 +85,13 @@ class _Sequence:
 
 
 class BatchScheduler:
-    """Decode `GenerationJob`s together on the model `open_model()` returns.
+    """Decode `GenerationJob`s together on the model (a `ChatEngine`) `open_model()` returns.
 
-    >>> scheduler = BatchScheduler(lambda: ChatInterface("onnx_model"), max_batch=8)  # doctest: +SKIP
+    >>> scheduler = BatchScheduler(lambda: ChatEngine("onnx_model"), max_batch=8)  # doctest: +SKIP
     >>> scheduler.start(); job = scheduler.prepare(...); scheduler.submit(job)
     """
 
-    def __init__(self, open_model: Callable[[], ChatInterface], max_batch: int = 8, max_queue: int = 32) -> None:
+    def __init__(self, open_model: Callable[[], ChatEngine], max_batch: int = 8, max_queue: int = 32) -> None:
         """`max_batch` requests are decoded together at most, `max_queue` more may wait."""
         if max_batch < 1:
             raise MtnsailsError(f"max_batch = {max_batch} must be at least 1")
@@ -126,7 +127,7 @@ class BatchScheduler:
         model = self.model
         if job.config.max_new_tokens is None:  # neither the request nor the server set a limit
             job.config = replace(job.config, max_new_tokens=model.generation.max_new_tokens)
-        prompt = model.prompt_ids(job.question, job.history, job.config.max_new_tokens, system=job.system)
+        prompt = model.prompt(job.question, job.history, job.config.max_new_tokens, system=job.system).ids
         if len(prompt) + job.config.max_new_tokens > model.context_length:
             raise MtnsailsError(f"the prompt ({len(prompt)} tokens) and max_tokens "
                                 f"({job.config.max_new_tokens}) exceed the model's context of "
@@ -164,7 +165,6 @@ class BatchScheduler:
             self._condition.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self.model.close()
 
     # -- the decoding thread -----------------------------------------------------------------
 
@@ -225,7 +225,7 @@ class BatchScheduler:
         except MtnsailsError as error:  # the model computes NaN for a prompt: those requests fail
             self._fail([id(sequence) for sequence in sequences], error)
             return
-        for sequence, logits in zip(sequences, rows):
+        for sequence, logits in zip(sequences, rows, strict=True):  # one row per prompt
             self._advance(id(sequence), logits)
 
     def _fail(self, keys: list[int], error: MtnsailsError) -> None:
@@ -244,7 +244,7 @@ class BatchScheduler:
         except MtnsailsError as error:  # the model computes NaN at a position: the batch cannot go on
             self._fail(keys, error)
             return
-        for key, logits in zip(keys, rows):
+        for key, logits in zip(keys, rows, strict=True):  # one row per sequence
             self._advance(key, logits)
 
     def _advance(self, key: int, logits: np.ndarray) -> None:
@@ -316,6 +316,5 @@ class BatchScheduler:
             print(f"warning: model reload failed, still serving the previous model: {error}",
                   file=sys.stderr, flush=True)
             return
-        old, self.model, self._batch = self.model, model, BatchDecoder(model.decoder)
-        old.close()
+        self.model, self._batch = model, BatchDecoder(model.decoder)
         print(f"reloaded the model from {model.path} ({model.precision})", file=sys.stderr, flush=True)
