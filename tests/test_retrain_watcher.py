@@ -15,7 +15,7 @@ from conftest import REPO_ROOT, TINY_CONVERSATIONS, assert_one_line_error, run_c
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.data.handler import ConversationDataHandler
-from mtnsails.loop.watcher import RetrainWatcher
+from mtnsails.loop.watcher import RetrainWatcher, is_held_out
 from mtnsails.model_dir.metadata import TRAINING_DATA_FILE
 
 pytestmark = pytest.mark.slow
@@ -47,13 +47,15 @@ def setup(tiny_onnx_dir, tmp_path):
 def test_pending_counts_good_and_fixed_and_waits_for_the_newest_verdict(
         setup, trained_tiny_model_dir):
     log, live = setup
-    watcher = RetrainWatcher(log, trained_tiny_model_dir, live, threshold=3, quiet=True)
-    new, consumed = watcher.pending()
-    assert [e["feedback"] for e in new] == ["good", "fixed"] and consumed == 4
-    assert watcher.run_once() is None  # 2 of 3: no round, nothing written
+    watcher = RetrainWatcher(log, trained_tiny_model_dir, live, threshold=2, quiet=True)
+    new, held_out, consumed = watcher.pending()
+    assert is_held_out(LOG[0]) and not any(map(is_held_out, LOG[1:]))  # lemons: kept for evaluation
+    assert [e["feedback"] for e in new] == ["fixed"] and held_out == [LOG[0]] and consumed == 4
+    assert watcher.run_once() is None  # 1 of 2: no round, nothing written
     assert not watcher.state_file.exists() and not watcher.work_dir.exists()
     write_log(log, LOG[:-1] + [{**LOG[-1], "feedback": "good"}])  # the verdict came
-    assert (len(watcher.pending()[0]), watcher.pending()[1]) == (3, 5)
+    new, held_out, consumed = watcher.pending()
+    assert (len(new), held_out, consumed) == (2, [LOG[0]], 5)
 
 
 def test_watch_once_continues_the_model_promotes_and_resumes_from_its_state(
@@ -63,27 +65,29 @@ def test_watch_once_continues_the_model_promotes_and_resumes_from_its_state(
     # a learning rate too small to change the answers: the candidate answers as the live
     # model does, so it is "not worse" and is promoted
     args = ["watch", "--log-file", str(log), "--live", str(live), "--model-name",
-            str(trained_tiny_model_dir), "--threshold", "2", "--once", "--epochs", "1",
+            str(trained_tiny_model_dir), "--threshold", "1", "--once", "--epochs", "1",
             "--learning-rate", "1e-7", "--save-steps", "1000"]
     result = cli_here(*args)
     assert result.returncode == 0, result.stderr
-    assert "round 1: exchanges 1-4 of the log, 2 marked good or fixed: promoted" in result.stdout
+    assert "round 1: exchanges 1-4 of the log, 1 marked good or fixed: promoted" in result.stdout
+    assert "on the 9 conversations trained on and 1 held out" in result.stdout
     state = json.loads((live.parent / "live.watch" / "state.json").read_text())
     assert (state["consumed"], state["rounds"]) == (4, 1)
     decision = state["decisions"][0]
-    assert decision["promoted"] and decision["exchanges"] == [0, 4] and decision["trained"] == 2
+    assert decision["promoted"] and decision["exchanges"] == [0, 4] and decision["trained"] == 1
+    assert decision["held_out_examples"] == 1  # the lemons, never trained on
     model = live.parent / "live.watch" / "round-1" / "model"
     assert state["model"] == str(model)
     trained_on = ConversationDataHandler.from_file(model / TRAINING_DATA_FILE).conversations
     assert [c["input"] for c in trained_on] == [c["input"] for c in TINY_CONVERSATIONS] + [
-        "What colour are lemons?", "What is the capital of Germany?"]  # replay + good + fixed
+        "What is the capital of Germany?"]  # replay + the fixed answer; the lemons are held out
     assert {path.name: path.read_bytes() for path in (live.parent / "live.prev").iterdir()} == before
     assert json.loads((live / "mtnsails.json").read_text())["source_model"] == str(model)
     assert sorted(path.name for path in (live.parent / "live.watch").iterdir()) == [
         "round-1", "state.json"]  # the candidate's ONNX copy is gone
 
     again = cli_here(*args)  # restart: resumes from the state, nothing new to train on
-    assert again.returncode == 0 and "waiting: 0 of 2 new exchanges" in again.stdout
+    assert again.returncode == 0 and "waiting: 0 of 1 new exchanges" in again.stdout
     assert json.loads((live.parent / "live.watch" / "state.json").read_text()) == state
 
 
@@ -101,6 +105,8 @@ def test_bad_inputs_are_one_line_errors_and_change_nothing(setup, trained_tiny_m
          "not a trained mtnsails model directory"),
         (["--log-file", str(log), "--live", str(live)], "name the trained model"),
         (["--log-file", str(log), "--live", str(live), "--threshold", "0"], "--threshold"),
+        (["--log-file", str(log), "--live", str(live), "--eval-file", str(tmp_path / "gone.json")],
+         "gone.json: no such file"),
     ]
     for args, phrase in cases:
         model = [] if "--model-name" in args or "name the trained" in phrase else [

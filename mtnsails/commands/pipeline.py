@@ -18,10 +18,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_arguments(parser)
     convert.add_arguments(parser, standalone=False)
     chat.add_arguments(parser, standalone=False)
-    parser.add_argument_group("deployment").add_argument(
+    deployment = parser.add_argument_group("deployment")
+    deployment.add_argument(
         "--promote-to", metavar="LIVE_DIR",
         help="at the end, replace LIVE_DIR with the new ONNX model only when it is not worse than "
-        "the model there on the data it was trained on (as promote does; exit 1 when refused)")
+        "the model there on the data it was trained on, nor on the held-out set: the eval split "
+        "and --eval-file (as promote does; exit 1 when refused)")
+    deployment.add_argument(
+        "--eval-file", nargs="+", metavar="EVAL_FILE",
+        help="with --promote-to: conversations the new model was not trained on, which it must "
+        "not answer worse than the live model")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,11 +46,17 @@ def run(args: argparse.Namespace) -> int:
     from mtnsails.train.trainer import packaged_example_data
 
     check_settings(args)
-    promoter = None
+    promoter, eval_set = None, []
+    if args.eval_file and not args.promote_to:
+        from mtnsails.core.errors import MtnsailsError
+
+        raise MtnsailsError("--eval-file judges a promotion: give --promote-to LIVE_DIR too")
     if args.promote_to:
         from mtnsails.loop.promoter import Promoter
 
         promoter = Promoter(args.promote_to)  # a live directory that is not a model fails now
+        if args.eval_file:  # read now: a bad file fails before training
+            eval_set = ConversationDataHandler.from_files(args.eval_file).conversations
     data_file = ", ".join(map(str, args.data_file or [packaged_example_data()]))
     trainer = train.make_trainer(args)
     _stage(args, 1, f"train {trainer.model_choice().describe()} on {data_file}")
@@ -86,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"Chat with it:  python main.py chat --model-path {shlex.quote(str(onnx_dir))}", flush=True)
     if promoter is None:
         return 0
-    decision = promoter.promote(onnx_dir, trained_on)
+    trained, eval_split = (part for _, part in parts)
+    decision = promoter.promote(onnx_dir, trained, eval_split + eval_set)
     print(decision.describe(), flush=True)
     return 0 if decision.promoted else 1
 

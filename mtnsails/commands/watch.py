@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=finite_float, default=0.0,
                         help="how far (0-1) a new model's first-sentence match may fall below the "
                         "live model's and still be promoted (default: 0.0)")
+    parser.add_argument("--eval-file", nargs="+", metavar="EVAL_FILE",
+                        help="conversations no round trains on, judged in every round beside the "
+                        "exchanges the log holds out (one marked exchange in ten)")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none",
                         help="also write model_int8.onnx for each new model (default: none)")
     group = parser.add_argument_group("training (each round continues the current model)")
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     training.validate()
     watcher = RetrainWatcher(args.log_file, args.model_name, args.live, threshold=args.threshold,
                              state_file=args.state, training=training, tolerance=args.tolerance,
-                             quantize=args.quantize, quiet=args.quiet)
+                             quantize=args.quantize, quiet=args.quiet, eval_files=args.eval_file)
     with watcher.stopping_on_signals():
         if args.once:
             watcher.run_once()

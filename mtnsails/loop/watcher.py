@@ -2,9 +2,13 @@
 
 A round starts when at least `threshold` new exchanges marked good or fixed (`"feedback":
 "good" | "fixed"`) have arrived in the log since the last round; exchanges marked bad, or not
-marked, never train. The round continues training the current model on them (its earlier data
-mixed back in: replay), converts the result to ONNX and hands it to `Promoter`, which replaces
-the live directory only when the new model is not worse.
+marked, never train. About one marked exchange in ten (`is_held_out`, a fixed rule on its
+content) is set aside instead: no round ever trains on it, and every later round's candidate must
+not answer the exchanges set aside so far (with the user's `eval_file`, if any) worse than the live
+model. The round continues training the current model on the rest (its earlier data mixed back
+in: replay), converts the result to ONNX and hands it to `Promoter`, which replaces the live
+directory only when the new model is worse neither on what it was trained on nor on the held-out
+set: a model that memorises its new data and loses its manners elsewhere is refused.
 
 Everything lives beside the live directory, in `<live>.watch/`: `state.json` (exchanges consumed,
 rounds, decisions; written atomically, so a restart resumes) and `round-N/` while a round runs.
@@ -37,6 +41,15 @@ from mtnsails.model_dir.metadata import MODEL_FORMAT, TRAINING_DATA_FILE, read_m
 
 TRAINED_VERDICTS = ("good", "fixed")
 STATE_VERSION = 1
+HELD_OUT_BUCKETS = 10  # one marked exchange in this many is held out for evaluation
+
+
+def is_held_out(exchange: dict) -> bool:
+    """Whether a marked exchange is set aside for evaluation, never trained on: decided by its
+    content alone (`conversation_key`), so the same exchange is held out in every round."""
+    from mtnsails.data.handler import conversation_key
+
+    return conversation_key(exchange)[0] % HELD_OUT_BUCKETS == 0
 
 
 @dataclass
@@ -63,14 +76,17 @@ class RetrainWatcher:
     later rounds continue the last promoted one (recorded in the state file, so `model_dir` may
     be None on a restart). `training` holds the training settings (its
     model_name and output_dir are the watcher's). `state_file` defaults to
-    `<live>.watch/state.json`.
+    `<live>.watch/state.json`. `eval_files` hold conversations that no round trains on, judged
+    in every round beside the exchanges the log holds out (`is_held_out`).
     """
 
     def __init__(self, log_file: str | os.PathLike, model_dir: str | os.PathLike | None,
                  live_dir: str | os.PathLike, threshold: int = 10,
                  state_file: str | os.PathLike | None = None, training=None,
                  tolerance: float = 0.0, quantize: str = "none", quiet: bool = False,
-                 echo: Callable[[str], None] = print) -> None:
+                 echo: Callable[[str], None] = print,
+                 eval_files: list[str | os.PathLike] | None = None) -> None:
+        from mtnsails.data.handler import ConversationDataHandler
         from mtnsails.loop.promoter import Promoter
 
         if threshold < 1:
@@ -88,6 +104,8 @@ class RetrainWatcher:
         self._echo = echo
         self._last_wait = ""  # the waiting line is said again only when it changes
         self.promoter = Promoter(self.live, tolerance=tolerance)  # checks the live directory
+        # The user's fixed evaluation set, read now so that a bad file fails before any round.
+        self.eval_conversations = ConversationDataHandler.from_files(eval_files).conversations if eval_files else []
         self.stop_requested = threading.Event()
         self.state = self._load_state(Path(model_dir) if model_dir else None)
 
@@ -132,8 +150,9 @@ class RetrainWatcher:
             return []
         return ConversationDataHandler.from_file(self.log_file).conversations
 
-    def pending(self) -> tuple[list[dict], int]:
-        """(new exchanges marked good or fixed, the consumed count after taking them)."""
+    def pending(self) -> tuple[list[dict], list[dict], int]:
+        """(new exchanges marked good or fixed to train on, every marked exchange held out for
+        evaluation up to the new consumed count, that count)."""
         exchanges = self.read_log()
         consumed = self.state["consumed"]
         if len(exchanges) < consumed:
@@ -141,19 +160,21 @@ class RetrainWatcher:
                                 f"{consumed} already consumed ({self.state_file}): was the log "
                                 "replaced? Delete the state file to start over")
         # The newest exchange may still get its verdict: wait for it.
-        ready = len(exchanges) - (bool(exchanges) and not exchanges[-1].get("feedback"))
-        fresh = exchanges[consumed:max(consumed, ready)]
-        return [e for e in fresh if e.get("feedback") in TRAINED_VERDICTS], max(consumed, ready)
+        ready = max(consumed, len(exchanges) - (bool(exchanges) and not exchanges[-1].get("feedback")))
+        marked = [(index, e) for index, e in enumerate(exchanges[:ready]) if e.get("feedback") in TRAINED_VERDICTS]
+        new = [e for index, e in marked if index >= consumed and not is_held_out(e)]
+        return new, [e for _, e in marked if is_held_out(e)], ready
 
     # -- rounds ----------------------------------------------------------------------------
 
     def run_once(self) -> RoundReport | None:
         """Run a round if enough new exchanges are marked good or fixed; None otherwise (or when
         a stop was requested before the round finished: nothing of it is kept)."""
-        new, consumed = self.pending()
+        new, held_out, consumed = self.pending()
         if len(new) < self.threshold:
             where = self.log_file if self.log_file.exists() else f"{self.log_file} (it does not exist yet)"
-            wait = f"waiting: {len(new)} of {self.threshold} new exchanges marked good or fixed in {where}"
+            wait = (f"waiting: {len(new)} of {self.threshold} new exchanges marked good or fixed to train on "
+                    f"in {where} ({len(held_out)} held out for evaluation)")
             if wait != self._last_wait:
                 self._say(wait)
                 self._last_wait = wait
@@ -162,7 +183,7 @@ class RetrainWatcher:
         round_dir = self.work_dir / f"round-{number}"
         self._remove_stale_rounds()
         try:
-            decision = self._round(number, round_dir, new)
+            decision = self._round(number, round_dir, new, self.eval_conversations + held_out)
         except BaseException:
             shutil.rmtree(round_dir, ignore_errors=True)
             raise
@@ -187,8 +208,9 @@ class RetrainWatcher:
         self._say(report.describe())
         return report
 
-    def _round(self, number: int, round_dir: Path, new: list[dict]):
-        """Train, convert, promote; None when a stop was requested between steps."""
+    def _round(self, number: int, round_dir: Path, new: list[dict], held_out: list[dict]):
+        """Train on `new`, convert, promote judged on the training data and `held_out`; None when
+        a stop was requested between steps."""
         from mtnsails.data.handler import ConversationDataHandler
         from mtnsails.export.converter import ONNXConverter
         from mtnsails.train.config import TrainingConfig
@@ -216,9 +238,9 @@ class RetrainWatcher:
         if self.stop_requested.is_set():
             return None
         trained_on = ConversationDataHandler.from_file(round_dir / "model" / TRAINING_DATA_FILE)
-        self._say(f"round {number}: comparing with the live model on "
-                  f"{len(trained_on)} conversations")
-        return self.promoter.promote(onnx_dir, trained_on.conversations)
+        self._say(f"round {number}: comparing with the live model on the {len(trained_on)} conversations "
+                  f"trained on and {len(held_out)} held out")
+        return self.promoter.promote(onnx_dir, trained_on.conversations, held_out)
 
     def _remove_stale_rounds(self) -> None:
         """Round directories left by a crash (not the current model's) are removed."""
