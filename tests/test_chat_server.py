@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,10 +18,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import REPO_ROOT, TINY_CONVERSATIONS, run_cli
+from conftest import REPO_ROOT, TINY_CONVERSATIONS, assert_one_line_error, run_cli
 
 from mtnsails.inference.chat import ChatInterface
 from mtnsails.inference.generation_config import GenerationConfig
+from mtnsails.serve.server import APIError, parse_request
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-123"
@@ -164,6 +166,8 @@ QUESTION = [{"role": "user", "content": "Hello!"}]
     ({"messages": QUESTION, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
     ({"messages": QUESTION, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
     ({"messages": QUESTION, "temperature": "hot"}, 400, "temperature"),
+    (b'{"messages": [{"role": "user", "content": "Hello!"}], "temperature": NaN}', 400, None),  # not JSON
+    (b'{"messages": [{"role": "user", "content": "Hello!"}], "top_p": Infinity}', 400, None),
     ({"messages": QUESTION, "top_p": 0}, 400, "top_p"),
     ({"messages": QUESTION, "max_tokens": 100000}, 400, "messages"),  # beyond the context
     ({"messages": QUESTION, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
@@ -177,6 +181,39 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
     assert error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_parse_request_refuses_non_finite_numbers_given_as_python_values():
+    for name in ("temperature", "top_p"):
+        with pytest.raises(APIError, match=f"'{name}' must be a finite number"):
+            parse_request({"messages": QUESTION, name: float("nan")}, GenerationConfig())
+
+
+def test_null_stream_and_the_developer_role_are_taken_as_openai_clients_send_them(server):
+    body = {"messages": [{"role": "developer", "content": "Be brief."}, *QUESTION], "stream": None,
+            "temperature": 0, "stream_options": None, "stop": None, "max_tokens": None}
+    response = post(server, body)
+    assert response.status_code == 200, response.text
+    job, stream, _ = parse_request(body, GenerationConfig())
+    assert job.system == "Be brief." and stream is False
+
+
+def test_a_body_whose_chunking_breaks_gets_400_and_leaves_no_traceback_in_the_log(server):
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                           + KEY.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"mes\r\nzz\r\n")
+        reply = connection.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert ask(server.client(), "Hello!").choices[0].message.content  # still serving
+    time.sleep(0.2)  # the reader thread copies the log
+    assert not any("Traceback" in line or "ClientDisconnect" in line for line in server.stderr), server.stderr
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_a_port_out_of_range_is_a_one_line_error(tiny_onnx_dir, port):
+    assert_one_line_error(run_cli("serve", "--model-path", str(tiny_onnx_dir), "--port", port),
+                          f"--port {port} is not a port")
 
 
 def test_unknown_routes_and_methods(server):

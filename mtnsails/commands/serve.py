@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from mtnsails.serve.scheduler import BatchScheduler
     from mtnsails.serve.server import ChatServer
 
+    if not 0 <= args.port <= 65535:
+        from mtnsails.core.errors import MtnsailsError
+
+        raise MtnsailsError(f"--port {args.port} is not a port: it must be 0 (any free one) to 65535")
     generation = settings.from_args(GenerationConfig, args)
     logger = None
     if args.log_conversations:

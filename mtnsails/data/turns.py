@@ -56,14 +56,19 @@ def _sharegpt_turns(turns: Any, where: str) -> list[tuple[str, str]]:
     return result
 
 
+# OpenAI's roles -> ours: "developer" is what current OpenAI clients send for system instructions.
+OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
 def openai_turns(messages: Any, where: str) -> list[tuple[str, str]]:
     """OpenAI `messages` -> (role, text) turns; a bad message raises naming `where` and its index."""
     result = []
     for turn_where, message in _objects(messages, "messages", where):
         role = _string(message, "role", turn_where)
-        if role not in ("system", "user", "assistant"):
-            raise DataFormatError(f"{turn_where}: unsupported role '{role}' "
-                                  "(expected system, user or assistant)")
+        role = OPENAI_ROLES.get(role)
+        if role is None:
+            raise DataFormatError(f"{turn_where}: unsupported role '{message['role']}' "
+                                  "(expected system, developer, user or assistant)")
         content = message.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import math
 import signal
 import socket
 import sys
@@ -26,7 +27,7 @@ from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -58,14 +59,20 @@ class APIError(Exception):
                                        "code": self.code}}, status_code=self.status)
 
 
+def _refuse_constant(name: str) -> Any:
+    """JSON has no NaN or Infinity; Python's reader would accept them and sample with NaN."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _number(body: dict, name: str, low: float, high: float | None = None, integer: bool = False) -> Any:
-    """body[name] checked as a number in [low, high] (None when absent)."""
+    """body[name] checked as a number in [low, high] (None when absent or null)."""
     value = body.get(name)
     if value is None:
         return None
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise APIError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", name)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        raise APIError(400, f"'{name}' must be {'an integer' if integer else 'a finite number'}, got {value!r}",
+                       name)
     if value < low or (high is not None and value > high):
         bounds = f"at least {low}" if high is None else f"between {low} and {high}"
         raise APIError(400, f"'{name}' = {value} must be {bounds}", name)
@@ -109,7 +116,8 @@ def parse_request(body: Any, defaults: GenerationConfig) -> tuple[GenerationJob,
     if settings["seed"] is not None:
         settings["seed"] %= 2 ** 63  # numpy seeds are non-negative
     config = replace(defaults, **{name: value for name, value in settings.items() if value is not None})
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    stream = False if stream is None else stream  # OpenAI's API takes null for every optional field
     if not isinstance(stream, bool):
         raise APIError(400, f"'stream' must be true or false, got {stream!r}", "stream")
     options = body.get("stream_options") or {}
@@ -220,14 +228,18 @@ class ChatServer:
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes", None, "request_too_large")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes", None, "request_too_large")
-            chunks.append(chunk)
         try:
-            return json.loads(b"".join(chunks))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes", None,
+                                   "request_too_large")
+                chunks.append(chunk)
+        except ClientDisconnect:  # the body broke off (bad chunking, a client gone): uvicorn answered it
+            raise APIError(400, "the request body ended before it was complete", None, "incomplete_body") from None
+        try:
+            return json.loads(b"".join(chunks), parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise APIError(400, f"the request body is not valid JSON: {error}", None, "invalid_json") from None
 
     @staticmethod
