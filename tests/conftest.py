@@ -22,6 +22,21 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 EXAMPLE_DATA = REPO_ROOT / "example_conversations.json"
 
 
+# The session fixtures that train or export a model (each the start of a chain: tiny_onnx_dir,
+# editable_onnx_dir and worse_onnx_dir stand on trained_tiny_model_dir). A test that uses one,
+# itself or through another fixture, is `slow`; `item.fixturenames` is the whole closure, so a
+# new fixture built on these is caught too. A test that trains or exports without one of these
+# (a CLI subprocess, a script) carries the marker itself.
+MODEL_FIXTURES = frozenset({"trained_tiny_model_dir", "system_tiny_onnx_dir"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def run_cli(*args: str, input: str | None = None, cwd: Path | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python main.py ARGS` in a real subprocess and capture its output as text."""

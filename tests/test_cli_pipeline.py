@@ -32,6 +32,7 @@ def test_demo_asks_standalone_questions_spread_over_the_data(tmp_path):
     assert prompts[0] == TINY_CONVERSATIONS[0]["input"]
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end(tmp_path):
     data = tmp_path / "chat_history.json"  # a chat log trains as it is (timestamps and all)
     with ConversationLogger(data) as logger:

@@ -175,6 +175,7 @@ def test_a_critical_data_set_blocks_training_unless_forced(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_default_model_offline_falls_back_to_the_embedded_model_with_one_notice(tmp_path, tiny_data):
     # a process of its own: a warning shown once per process would not show in this one
     result = run_cli("train", "--data-file", str(tiny_data), "--epochs", "1", "--eval-split",
@@ -189,6 +190,7 @@ def test_default_model_offline_falls_back_to_the_embedded_model_with_one_notice(
     assert next_command.startswith("Next: python main.py convert --model-path")
 
 
+@pytest.mark.slow
 def test_off_a_terminal_progress_is_one_readable_line_per_logging_step(tmp_path, tiny_data,
                                                                       cli_here):
     import re
@@ -251,6 +253,7 @@ def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_dat
     assert "Model saved to" in result.stdout
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_training_on_cpu(tmp_path, tiny_data):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -42,6 +42,7 @@ def anchors(markdown: str) -> set[str]:
     return result
 
 
+@pytest.mark.slow  # its blocks train and export a model
 def test_api_doc_examples_run(tmp_path, monkeypatch):
     """Every python block of docs/API.md, in order, in one namespace, in a fresh directory."""
     blocks = python_blocks(API_DOC.read_text(encoding="utf-8"))

@@ -49,6 +49,7 @@ def test_other_architectures_are_left_as_exported(plain_export, tmp_path):
     assert (plain_export / "model.onnx").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_heads_onnxruntime_cannot_fuse_are_left_as_exported(tmp_path):
     """Head size 20 (40 wide, 2 heads): onnxruntime's kernel runs only multiples of 8."""
     from optimum.exporters.onnx import main_export

@@ -268,6 +268,7 @@ def test_the_summary_says_what_was_skipped_and_why(site):
 
 # -- the script ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_script_writes_jsonl_appends_without_duplicates_and_the_output_trains(site, tmp_path,
                                                                               cli_here):
     output = tmp_path / "chat_data.jsonl"

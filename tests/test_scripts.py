@@ -39,6 +39,7 @@ def imported_modules(stderr: str) -> set[str]:
             for line in stderr.splitlines() if line.startswith("import time:")}
 
 
+@pytest.mark.slow
 def test_example_runs_the_whole_workflow_offline(tmp_path, capsys):
     code = run_script_here(REPO_ROOT / "example.py", "--keep", str(tmp_path))
     out, err = capsys.readouterr()
@@ -78,6 +79,7 @@ def test_demo_data_quality_reports_an_unreadable_data_file(tmp_path):
     assert done.stderr.startswith("error: ") and "missing 'output'" in done.stderr
 
 
+@pytest.mark.slow
 def test_validate_checks_everything_and_runs_end_to_end(capsys):
     code = run_script_here(REPO_ROOT / "validate.py", "--full")  # main.py runs in subprocesses
     out = capsys.readouterr().out

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TINY_CONVERSATIONS
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -209,6 +210,7 @@ def test_checkpoints_of_an_interrupted_run_are_never_silently_dropped_or_misread
     assert (checkpoints / "checkpoint-1").is_dir() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_resume_goes_back_to_the_newest_complete_checkpoint(tmp_path, capfd):
     import os
     import signal
