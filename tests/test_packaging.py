@@ -233,6 +233,11 @@ def test_the_wheel_runs_chat_with_the_light_dependencies_alone(installation, tin
                                 "--prompt", conversation["input"], "--temperature", "0")
     assert answered.returncode == 0, answered.stderr[-3000:]
     assert answered.stdout == conversation["output"] + "\n"
+    for command, extra in (["serve", "--model-path", str(tiny_onnx_dir), "--port", "0"], "serve"), (
+            ["train", "--model-name", "tiny", "--output-dir", str(installation.root / "model")], "train"):
+        missing = installation.run(str(installation.command), *command)
+        assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr[-3000:]
+        assert missing.stderr.startswith(f"error: {command[0]} needs ") and f"mtnsails[{extra}]" in missing.stderr
 
 
 @pytest.mark.slow
