@@ -79,6 +79,19 @@ def test_piped_feedback_commands_mark_and_fix_the_last_answer(tiny_onnx_dir, tmp
     assert "history" not in records[2]  # a trained stand-alone question is asked alone
 
 
+def test_an_unknown_slash_command_is_refused_never_asked_nor_logged(tiny_onnx_dir, tmp_path):
+    log = tmp_path / "log.jsonl"
+    script = "Who wrote Hamlet?\n/frobnicate\n/GOOD\n/usr/bin\n"
+    result = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "0", "--precision", "fp32",
+                     "--log-conversations", "--log-file", str(log), input=script)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("(unknown command /frobnicate: /good, /bad or /fix TEXT")
+    assert lines[2] == "(marked good)"  # commands are taken in any case
+    assert len(lines) == 4  # a path is no command: it is asked
+    assert [(r["input"], r.get("feedback")) for r in logged(log)] == [("Who wrote Hamlet?", "good"), ("/usr/bin", None)]
+
+
 def test_piped_feedback_flag_reads_a_reply_after_each_answer(tiny_onnx_dir, tmp_path):
     log = tmp_path / "log.jsonl"
     script = "What do bees make?\n\nWho wrote Hamlet?\nb\nWhat colour is the sky?\nIt is blue.\n/reset\n"

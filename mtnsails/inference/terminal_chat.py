@@ -12,6 +12,7 @@ after each question is that reply).
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from mtnsails.inference.session import ChatSession
 
 EXIT_COMMANDS = {"/exit", "exit", "quit", "/quit"}
+COMMANDS = "/good, /bad or /fix TEXT rate the last answer; /reset starts over; /reload opens a replaced model; /exit leaves"
+SLASH_WORD = re.compile(r"/[A-Za-z]+")  # what a command looks like; a path such as /usr/bin does not
 FEEDBACK_PROMPT = "Feedback (Enter = keep, b = bad, or type the right answer): "
 ACKNOWLEDGED = {"good": "marked good", "bad": "marked bad", "fixed": "answer fixed"}
 
@@ -69,9 +72,14 @@ class TerminalChat:
         print(*text, end=end, file=self.stdout, flush=True)
 
     def _command(self, line: str, echo: bool) -> bool | None:
-        """Handle /reset, /reload, the verdicts and the exit words: True = stop, False = handled,
-        None = not a command."""
-        if line in EXIT_COMMANDS:
+        """Handle /reset, /reload, the verdicts and the exit words (in any case): True = stop,
+        False = handled, None = not a command. Any other "/word" is refused with the list of
+        commands: a mistyped command must not reach the model, nor the log as training data."""
+        name, _, text = line.partition(" ")
+        if SLASH_WORD.fullmatch(name):
+            line = name.lower() + line[len(name):]
+            name = name.lower()
+        if line.lower() in EXIT_COMMANDS:
             return True
         if line == "/reload":  # e.g. after `promote` or `watch` replaced the model directory
             try:
@@ -87,12 +95,14 @@ class TerminalChat:
             if echo:
                 self._say("(conversation reset)")
             return False
-        name, _, text = line.partition(" ")
         if name in ("/good", "/bad"):
             self._give(name[1:])
             return False
         if name == "/fix":
             self._give("fixed", text.strip())
+            return False
+        if SLASH_WORD.fullmatch(name):
+            self._say(f"(unknown command {name}: {COMMANDS})")
             return False
         return None
 
@@ -123,8 +133,7 @@ class TerminalChat:
 
     def _interactive(self) -> None:
         self._say(f"Chatting with {self.chat.engine.path} ({self.chat.engine.precision}; {system_line(self.chat)}). "
-                  "/good, /bad or /fix TEXT rate the last answer; /reset starts over; /reload opens "
-                  "a replaced model; /exit, exit, quit or Ctrl-D leaves.")
+                  f"{COMMANDS} (so do exit, quit or Ctrl-D).")
         while True:
             try:
                 line = input("You: ").strip()
