@@ -133,10 +133,15 @@ def test_history_and_system_prompt_build_the_chat_prompt(server, tiny_onnx_dir):
     chat.history = [("Which country is Paris in?", "Paris is in France.")]
     assert with_system.choices[0].message.content == chat.reply("And what is its largest river?")
     assert with_system.usage.prompt_tokens == chat.last_stats.prompt_tokens > answer.usage.prompt_tokens
-    records = [json.loads(line) for line in server.log.read_text().splitlines()]
-    assert {"input": "And what is its largest river?", "output": with_system.choices[0].message.content,
-            "history": [{"input": "Which country is Paris in?", "output": "Paris is in France."}],
-            "system": system}.items() <= records[-1].items()
+    expected = {"input": "And what is its largest river?", "output": with_system.choices[0].message.content,
+                "history": [{"input": "Which country is Paris in?", "output": "Paris is in France."}],
+                "system": system}
+    for _ in range(100):  # the exchange is logged just after the reply is sent
+        records = [json.loads(line) for line in server.log.read_text().splitlines()]
+        if any(expected.items() <= record.items() for record in records):
+            break
+        time.sleep(0.05)
+    assert any(expected.items() <= record.items() for record in records), records[-3:]
     assert KEY not in server.log.read_text()
 
 
@@ -273,6 +278,13 @@ def test_a_full_server_refuses_at_once_and_a_gone_client_frees_its_slot(tiny_onn
         assert ask(client, "Hello!").choices[0].message.content == "Hello! How can I help you today?"
     finally:
         assert server.stop() == 0
+
+
+def test_the_servers_log_defaults_to_json_lines():
+    from mtnsails.cli import build_parser
+
+    args = build_parser("serve").parse_args(["serve", "--model-path", "m", "--log-conversations"])
+    assert args.log_file.endswith(".jsonl")
 
 
 def test_sigterm_finishes_requests_in_flight_and_keeps_the_log(tiny_onnx_dir, tmp_path):

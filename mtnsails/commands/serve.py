@@ -8,7 +8,7 @@ import os
 from mtnsails.commands.chat import PRECISIONS, PROMPT_TOKENS
 from mtnsails.core import settings
 from mtnsails.inference.generation_config import GenerationConfig
-from mtnsails.model_dir.metadata import DEFAULT_LOG_FILE
+from mtnsails.model_dir.metadata import DEFAULT_SERVE_LOG_FILE
 
 HELP = "serve an ONNX model over the OpenAI chat-completions API (batched decoding)"
 API_KEY_VARIABLE = "MTNSAILS_API_KEY"
@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="requests waiting for a batch slot at most; more get 503 at once (default: 32)")
     group.add_argument("--log-conversations", action="store_true",
                        help="append every answered exchange to --log-file (training format)")
-    group.add_argument("--log-file", default=DEFAULT_LOG_FILE,
-                       help=f"conversation log, .json array or .jsonl (default: {DEFAULT_LOG_FILE})")
+    group.add_argument("--log-file", default=DEFAULT_SERVE_LOG_FILE,
+                       help=f"conversation log, .jsonl or .json array (default: {DEFAULT_SERVE_LOG_FILE})")
     group.add_argument("--quiet", action="store_true", help="no start-up line on stderr")
 
 

@@ -22,6 +22,9 @@ PYTORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.
 DEFAULT_ONNX_DIR = "./onnx_model"
 DEFAULT_OPSET = 14
 DEFAULT_LOG_FILE = "./chat_history.json"
+# `serve` logs many exchanges a minute: JSON Lines appends each with one write and fsync, where a
+# JSON array is read and rewritten whole.
+DEFAULT_SERVE_LOG_FILE = "./chat_history.jsonl"
 # The conversations a trained model directory was trained on (JSON Lines, written by `train`):
 # its lineage, and what continued training mixes back in.
 TRAINING_DATA_FILE = "training_data.jsonl"

@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -191,13 +192,13 @@ class ChatServer:
             return Response(status_code=499)  # nobody is listening any more
         if isinstance(completion, MtnsailsError):
             return APIError(503, str(completion), None, "server_unavailable", "server_error").response()
-        await self._log(job, completion)
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": int(time.time()),
             "model": self.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
                          "logprobs": None, "finish_reason": completion.finish_reason}],
-            "usage": _usage(completion)})
+            "usage": _usage(completion)},
+            background=BackgroundTask(self._log, job, completion))  # logged after the reply is sent
 
     async def models(self, request: Request) -> Response:
         try:
