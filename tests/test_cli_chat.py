@@ -192,14 +192,6 @@ def test_a_piped_line_that_is_not_utf8_is_answered_and_the_next_one_too(tiny_onn
     assert len(answers) == 2 and answers[1] == "Bees make honey and wax."
 
 
-def test_seeded_sampling_session_is_reproducible(tiny_onnx_dir):
-    args = ("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "3", "--top-k", "0", "--seed", "3")
-    prompts = "Who are you?\nWho are you?\n"
-    first, second = run_cli(*args, input=prompts), run_cli(*args, input=prompts)
-    assert first.returncode == 0 and first.stdout == second.stdout
-    assert len(first.stdout.splitlines()) == 2
-
-
 def spawn_chat(tiny_onnx_dir, *flags: str) -> pexpect.spawn:
     """The chat on a terminal of its own, Ctrl-C enabled as in a person's shell (a test run
     started in the background inherits it ignored, and the chat would never see it)."""
