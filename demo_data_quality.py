@@ -20,23 +20,34 @@ from mtnsails.quality.report import QualityReport
 from mtnsails.quality.validator import DataQualityValidator
 
 GOOD = [
-    {"input": "What is the capital of France?",
-     "output": "The capital of France is Paris, which is also its largest city."},
-    {"input": "How do I reverse a list in Python?",
-     "output": "Call my_list.reverse() to reverse it in place, or use reversed(my_list) to get an "
-               "iterator over the items in reverse order."},
-    {"input": "Why is the sky blue?",
-     "output": "Air molecules scatter short blue wavelengths of sunlight much more than red ones, "
-               "so blue light reaches your eyes from every direction of the sky."},
-    {"input": "Can you suggest a quick breakfast?",
-     "output": "Try oatmeal with sliced banana and a spoon of peanut butter. It takes five "
-               "minutes and keeps you full until lunch."},
-    {"input": "What does HTTP status 404 mean?",
-     "output": "It means the server could not find the page you asked for, usually because the "
-               "address is mistyped or the page was removed."},
-    {"input": "How many planets are in the solar system?",
-     "output": "There are eight planets: Mercury, Venus, Earth, Mars, Jupiter, Saturn, Uranus "
-               "and Neptune."},
+    {
+        "input": "What is the capital of France?",
+        "output": "The capital of France is Paris, which is also its largest city.",
+    },
+    {
+        "input": "How do I reverse a list in Python?",
+        "output": "Call my_list.reverse() to reverse it in place, or use reversed(my_list) to get an "
+        "iterator over the items in reverse order.",
+    },
+    {
+        "input": "Why is the sky blue?",
+        "output": "Air molecules scatter short blue wavelengths of sunlight much more than red ones, "
+        "so blue light reaches your eyes from every direction of the sky.",
+    },
+    {
+        "input": "Can you suggest a quick breakfast?",
+        "output": "Try oatmeal with sliced banana and a spoon of peanut butter. It takes five "
+        "minutes and keeps you full until lunch.",
+    },
+    {
+        "input": "What does HTTP status 404 mean?",
+        "output": "It means the server could not find the page you asked for, usually because the "
+        "address is mistyped or the page was removed.",
+    },
+    {
+        "input": "How many planets are in the solar system?",
+        "output": "There are eight planets: Mercury, Venus, Earth, Mars, Jupiter, Saturn, Uranus and Neptune.",
+    },
 ]
 
 # One problem each; the comment says what a model trained on it would learn.
@@ -44,24 +55,37 @@ BAD = [
     {"input": "What is machine learning?", "output": ""},  # nothing: the model learns to stop at once
     {"input": "", "output": "Paris is the capital and largest city of France."},  # no question
     {"input": "Explain recursion.", "output": "Self reference."},  # terse: the model copies the brevity
-    {"input": "Tell me a fact about cats.",
-     "output": "Cats sleep a lot. Cats sleep a lot. Cats sleep a lot. Cats sleep a lot."},  # loops
-    {"input": "What is the weather like?",
-     "output": "@@## $$%% ^^&& **(( )) !!~~ <<>> ||."},  # symbol soup (broken scraping or encoding)
-    {"input": "What is the speed of light?",
-     "output": "What is the speed of light?"},  # parrots the question
-    {"input": "How do I install Python?",
-     "output": "Download the installer from python.org and run it, then make sure to"},  # cut off
-    {"input": "What is the capital of France?",
-     "output": "The capital of France is Paris, which is also its largest city."},
-    {"input": "What is the capital of France?",
-     "output": "The capital of France is Paris, which is also its largest city."},  # exact copy
-    {"input": "Name the largest planet.",
-     "output": "Jupiter is the largest planet in our solar system, more than twice as massive as "
-               "all the other planets combined."},
-    {"input": "Name the largest planet!",
-     "output": "Jupiter is the largest planet in our solar system, more than twice as massive as "
-               "all other planets combined."},  # near copy: one word differs
+    {
+        "input": "Tell me a fact about cats.",
+        "output": "Cats sleep a lot. Cats sleep a lot. Cats sleep a lot. Cats sleep a lot.",
+    },  # loops
+    {
+        "input": "What is the weather like?",
+        "output": "@@## $$%% ^^&& **(( )) !!~~ <<>> ||.",
+    },  # symbol soup (broken scraping or encoding)
+    {"input": "What is the speed of light?", "output": "What is the speed of light?"},  # parrots the question
+    {
+        "input": "How do I install Python?",
+        "output": "Download the installer from python.org and run it, then make sure to",
+    },  # cut off
+    {
+        "input": "What is the capital of France?",
+        "output": "The capital of France is Paris, which is also its largest city.",
+    },
+    {
+        "input": "What is the capital of France?",
+        "output": "The capital of France is Paris, which is also its largest city.",
+    },  # exact copy
+    {
+        "input": "Name the largest planet.",
+        "output": "Jupiter is the largest planet in our solar system, more than twice as massive as "
+        "all the other planets combined.",
+    },
+    {
+        "input": "Name the largest planet!",
+        "output": "Jupiter is the largest planet in our solar system, more than twice as massive as "
+        "all other planets combined.",
+    },  # near copy: one word differs
 ]
 
 WHY = {
@@ -91,16 +115,16 @@ def show_conversations(conversations: list[dict], report: QualityReport) -> None
 
 def side_by_side(reports: dict[str, QualityReport]) -> str:
     """The reports' figures in one table, a column per data set."""
-    rows = [("conversations", [str(r.total) for r in reports.values()]),
-            ("valid", [str(r.valid) for r in reports.values()]),
-            ("quality score", [f"{r.quality_score:.0%}" for r in reports.values()]),
-            ("verdict", [r.verdict for r in reports.values()])]
-    rows += [(LABELS[code], [str(r.counts.get(code, 0)) for r in reports.values()])
-             for code in CODES]
+    rows = [
+        ("conversations", [str(r.total) for r in reports.values()]),
+        ("valid", [str(r.valid) for r in reports.values()]),
+        ("quality score", [f"{r.quality_score:.0%}" for r in reports.values()]),
+        ("verdict", [r.verdict for r in reports.values()]),
+    ]
+    rows += [(LABELS[code], [str(r.counts.get(code, 0)) for r in reports.values()]) for code in CODES]
     widths = [max(10, len(name)) + 2 for name in reports]
     lines = [f"{'':<22}" + "".join(f"{name:>{w}}" for name, w in zip(reports, widths))]
-    lines += [f"{label:<22}" + "".join(f"{value:>{w}}" for value, w in zip(values, widths))
-              for label, values in rows]
+    lines += [f"{label:<22}" + "".join(f"{value:>{w}}" for value, w in zip(values, widths)) for label, values in rows]
     return "\n".join(lines)
 
 
@@ -128,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         print(report.format_text())
     print(f"\n{'#' * 72}\n# side by side\n{'#' * 72}")
     print(side_by_side(reports))
-    print("\nCheck your own data: python main.py validate --data-file your_data.json "
-          "(add --filter to keep only the valid conversations)")
+    print(
+        "\nCheck your own data: python main.py validate --data-file your_data.json "
+        "(add --filter to keep only the valid conversations)"
+    )
     return 0
 
 

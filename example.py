@@ -30,8 +30,7 @@ from mtnsails import (
 )
 from mtnsails.train.trainer import packaged_example_data
 
-PROMPTS = ["What is mtnsails?", "How do I convert a trained model to ONNX?",
-           "Do I need a GPU to use mtnsails?"]
+PROMPTS = ["What is mtnsails?", "How do I convert a trained model to ONNX?", "Do I need a GPU to use mtnsails?"]
 
 
 def step(number: int, text: str) -> float:
@@ -42,8 +41,10 @@ def step(number: int, text: str) -> float:
 def run(args: argparse.Namespace, workdir: Path) -> None:
     start = step(1, "Load the packaged example conversations")
     data = ConversationDataHandler.from_file(packaged_example_data())
-    print(f"  {len(data)} conversations, e.g. {data.conversations[0]['input']!r} -> "
-          f"{data.conversations[0]['output'][:60]!r}...")
+    print(
+        f"  {len(data)} conversations, e.g. {data.conversations[0]['input']!r} -> "
+        f"{data.conversations[0]['output'][:60]!r}..."
+    )
 
     step(2, "Check their quality")
     report = DataQualityValidator().analyze(data.conversations)
@@ -53,29 +54,30 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     print(f"  training on the first {len(conversations)} valid conversations")
 
     began = step(3, f"Train {args.model_name!r} for {args.epochs} epochs")
-    config = TrainingConfig(model_name=args.model_name, output_dir=str(workdir / "trained_model"),
-                            num_epochs=args.epochs, quiet=True)
+    config = TrainingConfig(
+        model_name=args.model_name, output_dir=str(workdir / "trained_model"), num_epochs=args.epochs, quiet=True
+    )
     trainer = LLMTrainer(config=config)
     result = trainer.train_conversations(conversations)
     model_dir = trainer.save_model()
-    print(f"  final train loss {result.train_loss:.3f} after {time.perf_counter() - began:.0f} s; "
-          f"saved to {model_dir}")
+    print(f"  final train loss {result.train_loss:.3f} after {time.perf_counter() - began:.0f} s; saved to {model_dir}")
 
     began = step(4, "Export to ONNX and verify it against PyTorch")
     converter = ONNXConverter(model_dir, quiet=True)
     onnx_dir = converter.convert_to_onnx(workdir / "onnx_model")
     verification = converter.verify(onnx_dir)
-    print(f"  {onnx_dir}: {'verified' if verification.ok else 'NOT verified'} "
-          f"(largest logit difference {verification.max_logit_diff:.1e}) "
-          f"in {time.perf_counter() - began:.0f} s")
+    print(
+        f"  {onnx_dir}: {'verified' if verification.ok else 'NOT verified'} "
+        f"(largest logit difference {verification.max_logit_diff:.1e}) "
+        f"in {time.perf_counter() - began:.0f} s"
+    )
     if not verification.ok:
         raise MtnsailsError("the ONNX export does not match PyTorch: " + verification.format_text())
 
     step(5, "Chat, logging every exchange")
     log_file = workdir / "chat_log.jsonl"
     greedy = GenerationConfig(max_new_tokens=48, do_sample=False)
-    with ChatInterface(onnx_dir, log_conversations=True, log_file=log_file,
-                       generation=greedy) as chat:
+    with ChatInterface(onnx_dir, log_conversations=True, log_file=log_file, generation=greedy) as chat:
         for prompt in PROMPTS:
             print(f"  You: {prompt}")
             print(f"  Bot: {chat.reply(prompt)}")
@@ -83,23 +85,35 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             print(f"       ({chat.last_stats.tokens_per_second:.0f} tokens/s)")
     logged = ConversationDataHandler.from_file(log_file)
     print(f"  {len(logged)} exchanges logged to {log_file}")
-    print(f"  retrain on them: python main.py train --data-file {log_file} --model-name {model_dir}"
-          + ("" if args.keep else "\n  (this run's files are deleted at exit; --keep DIR keeps them)"))
-    print(f"\nDone in {time.perf_counter() - start:.0f} s. A run this short learns its "
-          f"{len(conversations)} answers by heart; for a model that answers new questions, train "
-          "on a few hundred conversations with python main.py train.")
+    print(
+        f"  retrain on them: python main.py train --data-file {log_file} --model-name {model_dir}"
+        + ("" if args.keep else "\n  (this run's files are deleted at exit; --keep DIR keeps them)")
+    )
+    print(
+        f"\nDone in {time.perf_counter() - start:.0f} s. A run this short learns its "
+        f"{len(conversations)} answers by heart; for a model that answers new questions, train "
+        "on a few hundred conversations with python main.py train."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-name", default="tiny",
-                        help="model to fine-tune: 'tiny' (embedded, offline), a hub name or a "
-                             "local model directory (default: %(default)s)")
+    parser.add_argument(
+        "--model-name",
+        default="tiny",
+        help="model to fine-tune: 'tiny' (embedded, offline), a hub name or a "
+        "local model directory (default: %(default)s)",
+    )
     parser.add_argument("--epochs", type=int, default=50, help="training epochs (default: %(default)s)")
-    parser.add_argument("--conversations", type=int, default=16,
-                        help="how many example conversations to train on (default: %(default)s)")
-    parser.add_argument("--keep", metavar="DIR",
-                        help="write the model, ONNX export and chat log here instead of a temp folder")
+    parser.add_argument(
+        "--conversations",
+        type=int,
+        default=16,
+        help="how many example conversations to train on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep", metavar="DIR", help="write the model, ONNX export and chat log here instead of a temp folder"
+    )
     args = parser.parse_args(argv)
     try:
         if args.keep:

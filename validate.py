@@ -24,11 +24,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 STAGES = ("core", "model_dir", "quality", "data", "train", "inference", "export", "serve", "loop", "commands")
 REQUIRED_FILES = [
-    "main.py", "requirements.txt", "pyproject.toml", "process_scraped_content.py",
-    "mtnsails/__init__.py", "mtnsails/cli.py",
+    "main.py",
+    "requirements.txt",
+    "pyproject.toml",
+    "process_scraped_content.py",
+    "mtnsails/__init__.py",
+    "mtnsails/cli.py",
     *(f"mtnsails/{stage}/__init__.py" for stage in STAGES),
     "mtnsails/train/resources/example_conversations.json",
-    "mtnsails/train/resources/corpus.txt", "mtnsails/train/resources/synonyms.txt",
+    "mtnsails/train/resources/corpus.txt",
+    "mtnsails/train/resources/synonyms.txt",
 ]
 # (import name, distribution name whose version is shown, required)
 DEPENDENCIES = [
@@ -98,12 +103,14 @@ def check_files(checks: Checklist) -> None:
 def check_modules(checks: Checklist) -> None:
     """Import every module of the package in a fresh process: a module left out of a copy, or
     one that imports a missing one, shows here rather than in the middle of a run."""
-    code = ("import importlib, pkgutil, mtnsails\n"
-            "names = [m.name for m in pkgutil.walk_packages(mtnsails.__path__, 'mtnsails.')\n"
-            "         if not m.name.endswith('__main__')]\n"
-            "for name in names:\n"
-            "    importlib.import_module(name)\n"
-            "print(len(names))")
+    code = (
+        "import importlib, pkgutil, mtnsails\n"
+        "names = [m.name for m in pkgutil.walk_packages(mtnsails.__path__, 'mtnsails.')\n"
+        "         if not m.name.endswith('__main__')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(len(names))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     if done.returncode == 0:
         checks.ok(f"all {done.stdout.strip()} modules of the mtnsails package import")
@@ -114,7 +121,7 @@ def check_modules(checks: Checklist) -> None:
 
 def check_dependencies(checks: Checklist) -> None:
     checks.section(f"Python {sys.version.split()[0]} and dependencies")
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 (this script is what tells an older Python so)
         checks.fail("Python 3.10 or newer is needed")
     pins = pinned_versions()
     for module, distribution, required in DEPENDENCIES:
@@ -144,8 +151,14 @@ def check_dependencies(checks: Checklist) -> None:
 
 def run_main(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def check_cli(checks: Checklist) -> None:
@@ -179,8 +192,10 @@ def check_offline_model(checks: Checklist) -> None:
     if cached:
         checks.ok("distilgpt2 is in the local Hugging Face cache")
     else:
-        checks.info("distilgpt2 is not cached: train uses the embedded model 'tiny' offline "
-                  "(download once with network to use distilgpt2)")
+        checks.info(
+            "distilgpt2 is not cached: train uses the embedded model 'tiny' offline "
+            "(download once with network to use distilgpt2)"
+        )
 
 
 def check_full_run(checks: Checklist) -> None:
@@ -189,12 +204,9 @@ def check_full_run(checks: Checklist) -> None:
     with tempfile.TemporaryDirectory(prefix="mtnsails-validate-") as tmp:
         model, onnx = Path(tmp, "model"), Path(tmp, "onnx")
         steps = [
-            ("train", ["train", "--model-name", "tiny", "--epochs", "1", "--output-dir", str(model),
-                       "--quiet"]),
-            ("convert", ["convert", "--model-path", str(model), "--onnx-output", str(onnx),
-                         "--verify"]),
-            ("chat", ["chat", "--model-path", str(onnx), "--prompt", "What is mtnsails?",
-                      "--max-tokens", "8"]),
+            ("train", ["train", "--model-name", "tiny", "--epochs", "1", "--output-dir", str(model), "--quiet"]),
+            ("convert", ["convert", "--model-path", str(model), "--onnx-output", str(onnx), "--verify"]),
+            ("chat", ["chat", "--model-path", str(onnx), "--prompt", "What is mtnsails?", "--max-tokens", "8"]),
         ]
         for name, args in steps:
             start = time.perf_counter()
@@ -213,8 +225,9 @@ def check_full_run(checks: Checklist) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true",
-                        help="also train, convert and chat with a tiny model (about a minute)")
+    parser.add_argument(
+        "--full", action="store_true", help="also train, convert and chat with a tiny model (about a minute)"
+    )
     args = parser.parse_args(argv)
     print(f"mtnsails installation check ({ROOT})")
     checks = Checklist()

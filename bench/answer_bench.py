@@ -40,16 +40,18 @@ from mtnsails.data.handler import ConversationDataHandler  # noqa: E402
 from mtnsails.train.augment import AugmentConfig  # noqa: E402
 
 
-def train_and_convert(data: list[dict], workdir: Path, augment: AugmentConfig,
-                      epochs: int | None) -> tuple[Path, float]:
+def train_and_convert(
+    data: list[dict], workdir: Path, augment: AugmentConfig, epochs: int | None
+) -> tuple[Path, float]:
     """Train tiny on `data`, export it; return the ONNX directory and the training seconds."""
     from mtnsails.export.converter import ONNXConverter
     from mtnsails.train.config import TrainingConfig
     from mtnsails.train.trainer import LLMTrainer
 
     model_dir = workdir / "model"
-    config = TrainingConfig(model_name="tiny", output_dir=str(model_dir), quiet=True,
-                            num_epochs=epochs, augment=augment)
+    config = TrainingConfig(
+        model_name="tiny", output_dir=str(model_dir), quiet=True, num_epochs=epochs, augment=augment
+    )
     start = time.perf_counter()
     trainer = LLMTrainer(config=config)
     trainer.train_conversations(data)
@@ -60,18 +62,17 @@ def train_and_convert(data: list[dict], workdir: Path, augment: AugmentConfig,
     return onnx_dir, seconds
 
 
-def score(onnx_dir: Path, pairs: list[dict], session: bool, penalty: float | None = None
-          ) -> tuple[int, list[str]]:
+def score(onnx_dir: Path, pairs: list[dict], session: bool, penalty: float | None = None) -> tuple[int, list[str]]:
     """Right answers of `pairs` (Evaluator, greedy; one conversation when `session`; with chat's
     `repetition_penalty` when `penalty` is given); the misses."""
     from mtnsails.inference.generation_config import GenerationConfig
     from mtnsails.loop.evaluator import Evaluator
 
-    generation = None if penalty is None else GenerationConfig(temperature=0,
-                                                               repetition_penalty=penalty)
+    generation = None if penalty is None else GenerationConfig(temperature=0, repetition_penalty=penalty)
     report = Evaluator(onnx_dir, session=session, generation=generation).evaluate(pairs)
-    misses = [f"{result.question!r} -> {result.answer!r}" for result in report.results
-              if not result.first_sentence_match]
+    misses = [
+        f"{result.question!r} -> {result.answer!r}" for result in report.results if not result.first_sentence_match
+    ]
     return len(report.results) - len(misses), misses
 
 
@@ -85,8 +86,14 @@ def load(path: str) -> list[dict]:
 def cpu_line() -> str:
     from mtnsails.core.cpu import cpu_flags
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                  .splitlines() if line.startswith("model name")), "unknown CPU")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
     flags = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if flag in cpu_flags()]
     return f"CPU: {model} ({os.cpu_count()} cores; {' '.join(flags) or 'no avx2'})"
 
@@ -105,9 +112,11 @@ def main() -> None:
     parser.add_argument("--keep", help="directory to keep the trained and exported models in")
     args = parser.parse_args()
 
-    overrides = {name: getattr(args, name) for name in ("history_share", "max_history",
-                                                        "reworded_share")
-                 if getattr(args, name) is not None}
+    overrides = {
+        name: getattr(args, name)
+        for name in ("history_share", "max_history", "reworded_share")
+        if getattr(args, name) is not None
+    }
     augment = replace(AugmentConfig(), enabled=args.augment, **overrides)
     print(cpu_line())
     print(f"augment: {augment}")
@@ -117,8 +126,11 @@ def main() -> None:
         tmp = args.keep or tmp
         onnx_dir, seconds = train_and_convert(data, Path(tmp) / "main", augment, args.epochs)
         print(f"training {Path(args.data_file).name} ({len(data)} conversations): {seconds:.1f} s")
-        checks = [("alone", data, False, None), ("session", data, True, None),
-                  ("session_penalty", data, True, CHAT_PENALTY)]
+        checks = [
+            ("alone", data, False, None),
+            ("session", data, True, None),
+            ("session_penalty", data, True, CHAT_PENALTY),
+        ]
         if args.reworded:
             checks.append(("reworded", load(args.reworded), False, None))
         for name, pairs, session, penalty in checks:
@@ -128,10 +140,8 @@ def main() -> None:
                 print("\n".join(f"  {name} miss: {miss}" for miss in misses))
         if args.system_data:
             system_data = load(args.system_data)
-            onnx_dir, seconds = train_and_convert(system_data, Path(tmp) / "system", augment,
-                                                  args.epochs)
-            print(f"training {Path(args.system_data).name} ({len(system_data)} conversations): "
-                  f"{seconds:.1f} s")
+            onnx_dir, seconds = train_and_convert(system_data, Path(tmp) / "system", augment, args.epochs)
+            print(f"training {Path(args.system_data).name} ({len(system_data)} conversations): {seconds:.1f} s")
             right, misses = score(onnx_dir, system_data, False)
             figures["system"] = (right, len(system_data))
             if args.show_misses:

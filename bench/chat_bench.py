@@ -42,8 +42,16 @@ def build_distilgpt2_sized(directory: Path) -> None:
 
     tokenizer = build_embedded_tokenizer([PROMPT])
     eos = tokenizer.eos_token_id
-    config = GPT2Config(n_layer=6, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
-                        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    config = GPT2Config(
+        n_layer=6,
+        n_embd=768,
+        n_head=12,
+        vocab_size=50257,
+        n_positions=1024,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -66,8 +74,13 @@ def pytorch_runner(model_dir: Path, ids: list[int], tokens: int):
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     input_ids = torch.tensor([ids])
-    kwargs = dict(attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=tokens,
-                  min_new_tokens=tokens, pad_token_id=0)
+    kwargs = dict(
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        pad_token_id=0,
+    )
 
     def run():
         with torch.no_grad():
@@ -82,12 +95,19 @@ def optimum_runner(onnx_dir: Path, ids: list[int], tokens: int):
 
     model = ORTModelForCausalLM.from_pretrained(onnx_dir, file_name="model.onnx")
     input_ids = torch.tensor([ids])
-    kwargs = dict(attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=tokens,
-                  min_new_tokens=tokens, pad_token_id=0)
+    kwargs = dict(
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        pad_token_id=0,
+    )
 
     def run():
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # otherwise torch's and onnxruntime's thread pools fight (measured: 43.8 vs 77.9 tok/s)
+        torch.set_num_threads(
+            1
+        )  # otherwise torch's and onnxruntime's thread pools fight (measured: 43.8 vs 77.9 tok/s)
         try:
             assert model.generate(input_ids, **kwargs).shape[1] == len(ids) + tokens
         finally:
@@ -136,8 +156,21 @@ def long_context_runner(onnx_dir: Path, precision: str, tokens: int):
 
 def cold_start_seconds(onnx_dir: Path, precision: str, runs: int) -> float:
     """Best wall time from process start to exit of `main.py chat --prompt` making 1 new token."""
-    command = [sys.executable, str(REPO_ROOT / "main.py"), "chat", "--model-path", str(onnx_dir),
-               "--precision", precision, "--prompt", "Hello!", "--max-tokens", "1", "--temperature", "0"]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "main.py"),
+        "chat",
+        "--model-path",
+        str(onnx_dir),
+        "--precision",
+        precision,
+        "--prompt",
+        "Hello!",
+        "--max-tokens",
+        "1",
+        "--temperature",
+        "0",
+    ]
     return best_time(lambda: subprocess.run(command, check=True, capture_output=True, cwd=REPO_ROOT), runs)
 
 
@@ -162,8 +195,9 @@ PATHS = {  # name: (runner factory, model sub-directory, extra argument)
     # One thread: what a machine busy with other work gets (spinning threads wait on preempted ones).
     **{f"ChatInterface {precision}, 1 thread": (chat_runner, "onnx", (precision, 1)) for precision in PRECISIONS},
 }
-LONG_PATHS = {f"{precision}: {LONG_HISTORY} vs {SHORT_HISTORY} tokens of history": precision
-              for precision in PRECISIONS}
+LONG_PATHS = {
+    f"{precision}: {LONG_HISTORY} vs {SHORT_HISTORY} tokens of history": precision for precision in PRECISIONS
+}
 
 
 def worker(name: str, work: Path, tokens: int, runs: int) -> None:
@@ -197,8 +231,10 @@ def main() -> None:
     from mtnsails.core.cpu import cpu_model, physical_cores, vector_flags
     from mtnsails.export.converter import ONNXConverter
 
-    print(f"CPU: {cpu_model()}; vector flags: {' '.join(vector_flags()) or 'none of avx2/avx512/vnni/amx'}; "
-          f"{physical_cores()} physical cores")
+    print(
+        f"CPU: {cpu_model()}; vector flags: {' '.join(vector_flags()) or 'none of avx2/avx512/vnni/amx'}; "
+        f"{physical_cores()} physical cores"
+    )
     with tempfile.TemporaryDirectory(prefix="chat_bench_") as tmp:
         work = Path(tmp)
         build_distilgpt2_sized(work / "model")
@@ -211,8 +247,18 @@ def main() -> None:
             values = {name: [] for name in names}
             for _ in range(args.rounds):  # the paths take turns, so a burst of load hits them alike
                 for name in names:
-                    command = [sys.executable, __file__, "--worker", name, "--work", str(work),
-                               "--tokens", str(args.tokens), "--runs", str(args.runs)]
+                    command = [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        name,
+                        "--work",
+                        str(work),
+                        "--tokens",
+                        str(args.tokens),
+                        "--runs",
+                        str(args.runs),
+                    ]
                     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
                     values[name].append(float(output.split()[-1]))
             return {name: combine(found) for name, found in values.items()}
@@ -226,11 +272,15 @@ def main() -> None:
         for name, ratio in measure(LONG_PATHS, lambda found: sum(found) / len(found)).items():
             print(f"| {name} | {ratio:.2f}x |")
         portable = portable_copy(work / "onnx", work / "portable")
-        print("\n| cold `main.py chat --prompt ... --max-tokens 1` | stored optimised graph | portable graph |"
-              "\n|---|---|---|")
+        print(
+            "\n| cold `main.py chat --prompt ... --max-tokens 1` | stored optimised graph | portable graph |"
+            "\n|---|---|---|"
+        )
         for precision in PRECISIONS:
-            print(f"| {precision} | {cold_start_seconds(work / 'onnx', precision, args.runs):.2f} s "
-                  f"| {cold_start_seconds(portable, precision, args.runs):.2f} s |")
+            print(
+                f"| {precision} | {cold_start_seconds(work / 'onnx', precision, args.runs):.2f} s "
+                f"| {cold_start_seconds(portable, precision, args.runs):.2f} s |"
+            )
         print("load average (1, 5, 15 min): " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
 
 

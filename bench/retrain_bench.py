@@ -56,8 +56,7 @@ def train(model_name: str, output: Path, conversations: list[dict], **overrides)
     from mtnsails.train.trainer import LLMTrainer
 
     start = time.perf_counter()
-    config = TrainingConfig(model_name=model_name, output_dir=str(output), quiet=True,
-                            save_steps=100000, **overrides)
+    config = TrainingConfig(model_name=model_name, output_dir=str(output), quiet=True, save_steps=100000, **overrides)
     trainer = LLMTrainer(config=config)
     trainer.train_conversations(conversations)
     trainer.save_model()
@@ -77,8 +76,9 @@ def answered(model_dir: Path, conversations: list[dict]) -> list[bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="default,no-replay",
-                        help="comma-separated names, or 'all' (default: default,no-replay)")
+    parser.add_argument(
+        "--variants", default="default,no-replay", help="comma-separated names, or 'all' (default: default,no-replay)"
+    )
     args = parser.parse_args()
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     unknown = [name for name in names if name not in VARIANTS]
@@ -95,18 +95,23 @@ def main() -> None:
         work = Path(work)
         base_seconds = train("tiny", work / "base", base)
         before = answered(work / "base", base)
-        print(f"base model (tiny, default flags): {sum(before)}/{len(base)} base questions "
-              f"answered; trained in {base_seconds:.0f} s")
+        print(
+            f"base model (tiny, default flags): {sum(before)}/{len(base)} base questions "
+            f"answered; trained in {base_seconds:.0f} s"
+        )
         print(f"\n{'variant':20}{'old kept':>12}{'new learned':>14}{'train time':>12}")
         for index, name in enumerate(names):
             output = work / f"continued-{index}"
             seconds = train(str(work / "base"), output, new, **VARIANTS[name])
             after = answered(output, base + new)
             kept = sum(a and b for a, b in zip(after, before))
-            learned = sum(after[len(base):])
-            print(f"{name:20}{f'{kept}/{sum(before)}':>7} {kept / max(1, sum(before)):4.0%}"
-                  f"{f'{learned}/{len(new)}':>9} {learned / len(new):4.0%}"
-                  f"{seconds / base_seconds:>10.2f}x", flush=True)
+            learned = sum(after[len(base) :])
+            print(
+                f"{name:20}{f'{kept}/{sum(before)}':>7} {kept / max(1, sum(before)):4.0%}"
+                f"{f'{learned}/{len(new)}':>9} {learned / len(new):4.0%}"
+                f"{seconds / base_seconds:>10.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -47,16 +47,28 @@ def known_tokens_only(directory: Path) -> None:
 
     model = GPT2LMHeadModel.from_pretrained(directory)
     with torch.no_grad():
-        model.transformer.wte.weight[len(AutoTokenizer.from_pretrained(directory)):] = 0
+        model.transformer.wte.weight[len(AutoTokenizer.from_pretrained(directory)) :] = 0
     model.save_pretrained(directory)
 
 
 def start_server(onnx_dir: Path, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
     """`main.py serve` on a free port; returns the process and its base URL once it listens."""
-    command = [sys.executable, str(REPO_ROOT / "main.py"), "serve", "--model-path", str(onnx_dir),
-               "--port", "0", "--precision", "int8", "--max-batch", str(max_batch)]
-    process = subprocess.Popen(command + (["--threads", str(threads)] if threads else []),
-                               cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "main.py"),
+        "serve",
+        "--model-path",
+        str(onnx_dir),
+        "--port",
+        "0",
+        "--precision",
+        "int8",
+        "--max-batch",
+        str(max_batch),
+    ]
+    process = subprocess.Popen(
+        command + (["--threads", str(threads)] if threads else []), cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True
+    )
     line = process.stderr.readline()
     match = re.search(r"on (http://\S+)/v1", line)
     if not match:
@@ -73,8 +85,16 @@ def one_request(connection: http.client.HTTPConnection, tokens: int, seed: int) 
     server's two cores, and httpx's asynchronous streams took 4x the CPU per event (0.45 against
     0.12 ms), time the server's threads then lost.
     """
-    body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens,
-                       "seed": seed, "stream": True, "stream_options": {"include_usage": True}})
+    body = json.dumps(
+        {
+            "model": "bench",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": tokens,
+            "seed": seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
     start = time.perf_counter()
     first = None
     usage = 0
@@ -125,8 +145,10 @@ def run_clients(url: str, clients: int, requests: int, tokens: int) -> tuple[flo
 def cpu_description() -> str:
     from mtnsails.core.cpu import cpu_model, physical_cores, vector_flags
 
-    return (f"{cpu_model()}, {physical_cores()} physical cores, "
-            f"flags: {' '.join(vector_flags()) or 'none of avx2/avx512/amx'}")
+    return (
+        f"{cpu_model()}, {physical_cores()} physical cores, "
+        f"flags: {' '.join(vector_flags()) or 'none of avx2/avx512/amx'}"
+    )
 
 
 def main() -> None:
@@ -148,8 +170,10 @@ def main() -> None:
             known_tokens_only(work / "model")
             ONNXConverter(work / "model", quiet=True).convert_to_onnx(onnx_dir, quantize="int8")
         print(cpu_description())
-        print(f"int8, {args.tokens} new tokens per answer, {args.requests} answers per client, "
-              f"--max-batch {max(args.clients)}, --threads {args.threads or 'physical cores'}")
+        print(
+            f"int8, {args.tokens} new tokens per answer, {args.requests} answers per client, "
+            f"--max-batch {max(args.clients)}, --threads {args.threads or 'physical cores'}"
+        )
         process, url = start_server(onnx_dir, max(args.clients), args.threads)
         try:
             run_clients(url, 1, 1, 8)  # warm-up: first-run allocations
@@ -167,8 +191,11 @@ def main() -> None:
             baseline = best[args.clients[0]][0]
             for clients in args.clients:
                 speed, firsts = best[clients]
-                print(f"| {clients} | {speed:.1f} | {speed / baseline:.2f}x | {np.percentile(firsts, 50):.3f} s "
-                      f"| {np.percentile(firsts, 95):.3f} s |", flush=True)
+                print(
+                    f"| {clients} | {speed:.1f} | {speed / baseline:.2f}x | {np.percentile(firsts, 50):.3f} s "
+                    f"| {np.percentile(firsts, 95):.3f} s |",
+                    flush=True,
+                )
         finally:
             process.terminate()
             process.wait(timeout=30)

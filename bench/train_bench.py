@@ -51,17 +51,23 @@ def batches(approach: str, tokenizer, batch_size: int, steps: int, seed: int = 0
     if approach == "original":
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
         texts = handler.format_for_training()
-        answers = [len(tokenizer(" " + c["output"], add_special_tokens=False)["input_ids"])
-                   for c in handler.conversations]  # the last answer's tokens (it ends the text)
+        answers = [
+            len(tokenizer(" " + c["output"], add_special_tokens=False)["input_ids"]) for c in handler.conversations
+        ]  # the last answer's tokens (it ends the text)
         while True:
             order = list(range(len(texts)))
             rng.shuffle(order)
             for start in range(0, len(order) - batch_size + 1, batch_size):
-                chosen = order[start:start + batch_size]
-                encoded = tokenizer([texts[i] for i in chosen], padding="max_length",
-                                    truncation=True, max_length=ORIGINAL_LENGTH)
-                batch = collator([{"input_ids": ids, "attention_mask": mask} for ids, mask
-                                  in zip(encoded["input_ids"], encoded["attention_mask"])])
+                chosen = order[start : start + batch_size]
+                encoded = tokenizer(
+                    [texts[i] for i in chosen], padding="max_length", truncation=True, max_length=ORIGINAL_LENGTH
+                )
+                batch = collator(
+                    [
+                        {"input_ids": ids, "attention_mask": mask}
+                        for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])
+                    ]
+                )
                 yield batch, sum(answers[i] for i in chosen)
                 steps -= 1
                 if steps == 0:
@@ -72,11 +78,10 @@ def batches(approach: str, tokenizer, batch_size: int, steps: int, seed: int = 0
 
     generator = torch.Generator().manual_seed(seed)
     while True:
-        sampler = LengthGroupedSampler(batch_size, lengths=[e["length"] for e in examples],
-                                       generator=generator)
+        sampler = LengthGroupedSampler(batch_size, lengths=[e["length"] for e in examples], generator=generator)
         order = list(sampler)
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            chosen = [examples[i] for i in order[start:start + batch_size]]
+            chosen = [examples[i] for i in order[start : start + batch_size]]
             batch = collator(chosen)
             yield batch, int((batch["labels"] != -100).sum())
             steps -= 1
@@ -95,15 +100,20 @@ def run(approach: str, steps: int, batch_size: int) -> dict:
     texts = ConversationDataHandler.from_file(packaged_example_data()).format_for_training()
     tokenizer = build_embedded_tokenizer(texts)
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=6, n_embd=768, n_head=12, vocab_size=50257,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        n_layer=6,
+        n_embd=768,
+        n_head=12,
+        vocab_size=50257,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
     model = GPT2LMHeadModel(config)
     model.train()
     # what Trainer uses here (adamw_torch_fused, no weight decay), the same for both approaches
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0, fused=True)
     seconds = fed = useful = 0.0
-    for index, (batch, useful_tokens) in enumerate(batches(approach, tokenizer, batch_size,
-                                                           steps + 1)):
+    for index, (batch, useful_tokens) in enumerate(batches(approach, tokenizer, batch_size, steps + 1)):
         start = time.perf_counter()
         loss = model(**batch).loss
         loss.backward()
@@ -113,9 +123,14 @@ def run(approach: str, steps: int, batch_size: int) -> dict:
             seconds += time.perf_counter() - start
             fed += int(batch["attention_mask"].sum())
             useful += useful_tokens
-    return {"approach": approach, "steps": steps, "seconds": seconds,
-            "trained_tokens_per_s": fed / seconds, "useful_tokens_per_s": useful / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "approach": approach,
+        "steps": steps,
+        "seconds": seconds,
+        "trained_tokens_per_s": fed / seconds,
+        "useful_tokens_per_s": useful / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -129,18 +144,33 @@ def main() -> None:
         return
     results = {}
     for approach in ("original", "mtnsails"):
-        output = subprocess.run([sys.executable, __file__, "--approach", approach, "--steps",
-                                 str(args.steps), "--batch-size", str(args.batch_size)],
-                                capture_output=True, text=True, check=True).stdout
+        output = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--approach",
+                approach,
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         results[approach] = json.loads(output.strip().splitlines()[-1])
-    print(f"distilgpt2-sized GPT-2 (81.9M params, random weights), batch {args.batch_size}, "
-          f"{args.steps} timed AdamW steps each, {os.cpu_count()} cores")
-    print(f"{'approach':<10} {'s/step':>7} {'trained tok/s':>14} {'useful tok/s':>13} "
-          f"{'peak RSS MB':>12}")
+    print(
+        f"distilgpt2-sized GPT-2 (81.9M params, random weights), batch {args.batch_size}, "
+        f"{args.steps} timed AdamW steps each, {os.cpu_count()} cores"
+    )
+    print(f"{'approach':<10} {'s/step':>7} {'trained tok/s':>14} {'useful tok/s':>13} {'peak RSS MB':>12}")
     for name, result in results.items():
-        print(f"{name:<10} {result['seconds'] / result['steps']:>7.2f} "
-              f"{result['trained_tokens_per_s']:>14.0f} {result['useful_tokens_per_s']:>13.0f} "
-              f"{result['peak_rss_mb']:>12.0f}")
+        print(
+            f"{name:<10} {result['seconds'] / result['steps']:>7.2f} "
+            f"{result['trained_tokens_per_s']:>14.0f} {result['useful_tokens_per_s']:>13.0f} "
+            f"{result['peak_rss_mb']:>12.0f}"
+        )
     ratio = results["mtnsails"]["useful_tokens_per_s"] / results["original"]["useful_tokens_per_s"]
     print(f"useful tokens/s ratio mtnsails/original: {ratio:.1f}x (target >= 3x)")
 

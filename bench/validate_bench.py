@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,18 +47,25 @@ VERBS = """explains changes improves protects measures shapes feeds moves heats 
 carries filters balances records connects supports reduces doubles limits""".split()
 ADJECTIVES = """small large quiet bright heavy fragile ancient modern warm cold simple complex
 cheap rare common hidden local global careful rapid gentle strong""".split()
-SENTENCES = ("The {a} {n1} {v} the {n2} of every {n3}",
-             "A {n1} usually {v} {a} {n2} near the {n3}",
-             "Most {n1}s need {a} {n2} and a {n3} to work well",
-             "Without a {n2}, the {n1} cannot reach the {a} {n3}",
-             "People often use a {a} {n1} when the {n2} {v} the {n3}")
-QUESTIONS = ("How does a {n1} affect the {n2}?", "Why is the {a} {n1} important for {n2}s?",
-             "What happens to a {n1} near a {n2}?", "Can a {n1} replace a {a} {n2}?")
+SENTENCES = (
+    "The {a} {n1} {v} the {n2} of every {n3}",
+    "A {n1} usually {v} {a} {n2} near the {n3}",
+    "Most {n1}s need {a} {n2} and a {n3} to work well",
+    "Without a {n2}, the {n1} cannot reach the {a} {n3}",
+    "People often use a {a} {n1} when the {n2} {v} the {n3}",
+)
+QUESTIONS = (
+    "How does a {n1} affect the {n2}?",
+    "Why is the {a} {n1} important for {n2}s?",
+    "What happens to a {n1} near a {n2}?",
+    "Can a {n1} replace a {a} {n2}?",
+)
 
 
 def fill(template: str, rng: random.Random) -> str:
-    return template.format(a=rng.choice(ADJECTIVES), v=rng.choice(VERBS), n1=rng.choice(NOUNS),
-                           n2=rng.choice(NOUNS), n3=rng.choice(NOUNS))
+    return template.format(
+        a=rng.choice(ADJECTIVES), v=rng.choice(VERBS), n1=rng.choice(NOUNS), n2=rng.choice(NOUNS), n3=rng.choice(NOUNS)
+    )
 
 
 def good(rng: random.Random) -> dict:
@@ -125,10 +132,8 @@ def tree_memory(pid: int) -> tuple[int, int]:
         rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return 0, 0
-    rss = next((int(line.split()[1]) for line in status.splitlines()
-                if line.startswith("VmRSS:")), 0)
-    pss = next((int(line.split()[1]) for line in rollup.splitlines()
-                if line.startswith("Pss:")), 0)
+    rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    pss = next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
     for child in children:
         child_rss, child_pss = tree_memory(int(child))
         rss, pss = rss + child_rss, pss + child_pss
@@ -145,9 +150,12 @@ def validate_file(count: int, seed: int) -> None:
         size = path.stat().st_size
         load_before = os.getloadavg()[0]  # others' work: it stretches the wall time
         start, start_cpu = time.perf_counter(), cpu_time()
-        process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "validate",
-                                    "--data-file", str(path), "--quiet"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "validate", "--data-file", str(path), "--quiet"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # validate's worker processes are its children: their memory counts too, summed
         rss_peak = pss_peak = 0
         while process.poll() is None:
@@ -155,41 +163,45 @@ def validate_file(count: int, seed: int) -> None:
             rss_peak, pss_peak = max(rss_peak, rss), max(pss_peak, pss)
             time.sleep(0.2)
         seconds = time.perf_counter() - start
-        result = subprocess.CompletedProcess(process.args, process.returncode,
-                                             *process.communicate())
+        result = subprocess.CompletedProcess(process.args, process.returncode, *process.communicate())
         cpu_seconds = cpu_time() - start_cpu  # validate's and its workers'
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak = max(usage.ru_maxrss / 1024, rss_peak / 1024)  # KiB on Linux
     load = os.getloadavg()[0]
     if result.returncode not in (0, 1):
         sys.exit(f"validate failed ({result.returncode}): {result.stderr.strip()}")
-    print(f"validate --quiet on {count:,} conversations ({size / 1e6:.0f} MB of JSON Lines): "
-          f"{seconds:.1f} s ({cpu_seconds:.1f} s of CPU time; load average {load_before:.1f} "
-          f"before, {load:.1f} at the end, on {os.cpu_count()} cores), peak memory "
-          f"{pss_peak / 1024:,.0f} MiB (PSS of validate and its workers together; their RSS "
-          f"summed, which counts pages a forked worker shares with validate twice: "
-          f"{peak:,.0f} MiB); {result.stdout.strip()}")
+    print(
+        f"validate --quiet on {count:,} conversations ({size / 1e6:.0f} MB of JSON Lines): "
+        f"{seconds:.1f} s ({cpu_seconds:.1f} s of CPU time; load average {load_before:.1f} "
+        f"before, {load:.1f} at the end, on {os.cpu_count()} cores), peak memory "
+        f"{pss_peak / 1024:,.0f} MiB (PSS of validate and its workers together; their RSS "
+        f"summed, which counts pages a forked worker shares with validate twice: "
+        f"{peak:,.0f} MiB); {result.stdout.strip()}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100_000,
-                        help="conversations analysed in this process")
-    parser.add_argument("--file-count", type=int, default=1_000_000,
-                        help="conversations in the file given to `validate` (0: skip)")
+    parser.add_argument("--count", type=int, default=100_000, help="conversations analysed in this process")
+    parser.add_argument(
+        "--file-count", type=int, default=1_000_000, help="conversations in the file given to `validate` (0: skip)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, "
-          f"flags: {' '.join(vector_flags()) or 'none of the vector flags'}")
+    print(
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, "
+        f"flags: {' '.join(vector_flags()) or 'none of the vector flags'}"
+    )
     conversations = list(generate(args.count, args.seed))
     start, start_cpu = time.perf_counter(), cpu_time()
     report = DataQualityValidator().analyze(conversations)
     seconds, cpu_seconds = time.perf_counter() - start, cpu_time() - start_cpu
-    print(f"conversations: {report.total}  valid: {report.valid}  "
-          f"score: {report.quality_score:.1%}")
+    print(f"conversations: {report.total}  valid: {report.valid}  score: {report.quality_score:.1%}")
     print("issue counts: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
-    print(f"analyze(): {seconds:.2f} s total, {report.total / seconds:,.0f} conversations/second "
-          f"({cpu_seconds:.2f} s of CPU time; wall time grows when other work shares the core)")
+    print(
+        f"analyze(): {seconds:.2f} s total, {report.total / seconds:,.0f} conversations/second "
+        f"({cpu_seconds:.2f} s of CPU time; wall time grows when other work shares the core)"
+    )
     del conversations, report
     if args.file_count:
         validate_file(args.file_count, args.seed)

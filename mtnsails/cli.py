@@ -16,11 +16,19 @@ from typing import NoReturn
 from mtnsails.core.errors import MtnsailsError
 
 # Modules of the optional extras -> the extra that installs them (a light install has neither).
-EXTRAS = {"torch": "train", "transformers": "train", "datasets": "train", "accelerate": "train",
-          "optimum": "train", "onnx": "train", "onnx_ir": "train", "safetensors": "train",
-          "starlette": "serve", "uvicorn": "serve"}
-COMMANDS = ("validate", "train", "convert", "chat", "evaluate", "serve", "pipeline", "review",
-            "promote", "watch")
+EXTRAS = {
+    "torch": "train",
+    "transformers": "train",
+    "datasets": "train",
+    "accelerate": "train",
+    "optimum": "train",
+    "onnx": "train",
+    "onnx_ir": "train",
+    "safetensors": "train",
+    "starlette": "serve",
+    "uvicorn": "serve",
+}
+COMMANDS = ("validate", "train", "convert", "chat", "evaluate", "serve", "pipeline", "review", "promote", "watch")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -64,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         extra = EXTRAS.get((error.name or "").partition(".")[0])
         if extra is None:
             raise
-        print(f"error: {args.command} needs {error.name}, which is not installed: "
-              f"pip install 'mtnsails[{extra}]'", file=sys.stderr)
+        print(
+            f"error: {args.command} needs {error.name}, which is not installed: pip install 'mtnsails[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

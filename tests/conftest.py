@@ -37,12 +37,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-def run_cli(*args: str, input: str | None = None, cwd: Path | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, input: str | None = None, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run `python main.py ARGS` in a real subprocess and capture its output as text."""
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "main.py"), *args],
-        input=input, capture_output=True, text=True, cwd=cwd or REPO_ROOT, timeout=timeout,
+        input=input,
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO_ROOT,
+        timeout=timeout,
     )
 
 
@@ -52,8 +57,7 @@ def cli_here(capfd, monkeypatch):
     load once per test session instead of once per run (~10 s of CPU each). Where the behaviour
     needs a process of its own (main.py's exit, signals, start-up imports), use `run_cli`."""
 
-    def run(*args: str, input: str | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def run(*args: str, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
         import io
 
         from mtnsails.cli import main
@@ -121,16 +125,20 @@ def nan_copy(model_dir: Path, path: Path) -> Path:
         for initializer in graph.graph.initializer:
             weights = numpy_helper.to_array(initializer)
             if weights.dtype == np.float32 and weights.size > 1:
-                initializer.CopyFrom(numpy_helper.from_array(np.full_like(weights, np.nan),
-                                                             initializer.name))
+                initializer.CopyFrom(numpy_helper.from_array(np.full_like(weights, np.nan), initializer.name))
         onnx.save(graph, str(graph_file))
     if not graphs:
         from safetensors.numpy import load_file, save_file
 
         weights = load_file(path / "model.safetensors")
-        save_file({name: np.full_like(value, np.nan) if value.dtype == np.float32 else value
-                   for name, value in weights.items()}, path / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_file(
+            {
+                name: np.full_like(value, np.nan) if value.dtype == np.float32 else value
+                for name, value in weights.items()
+            },
+            path / "model.safetensors",
+            metadata={"format": "pt"},
+        )
     return path
 
 
@@ -155,8 +163,11 @@ TINY_CONVERSATIONS = [
     {"input": "What is two plus two?", "output": "Two plus two is four."},
     {"input": "What do bees make?", "output": "Bees make honey and wax."},
     {"input": "Hello!", "output": "Hello! How can I help you today?"},
-    {"input": "And what is its largest river?", "output": "Its longest river is the Loire.",
-     "history": [{"input": "Which country is Paris in?", "output": "Paris is in France."}]},
+    {
+        "input": "And what is its largest river?",
+        "output": "Its longest river is the Loire.",
+        "history": [{"input": "Which country is Paris in?", "output": "Paris is in France."}],
+    },
 ]
 
 
@@ -168,9 +179,16 @@ def trained_tiny_model_dir(tmp_path_factory) -> Path:
     from mtnsails.train.trainer import LLMTrainer
 
     path = tmp_path_factory.mktemp("trained_tiny") / "model"
-    config = TrainingConfig(model_name="tiny", output_dir=str(path), num_epochs=60,
-                            learning_rate=2e-3, batch_size=4, save_steps=1000, quiet=True,
-                            seed=0)
+    config = TrainingConfig(
+        model_name="tiny",
+        output_dir=str(path),
+        num_epochs=60,
+        learning_rate=2e-3,
+        batch_size=4,
+        save_steps=1000,
+        quiet=True,
+        seed=0,
+    )
     trainer = LLMTrainer(config=config)
     trainer.train_conversations(TINY_CONVERSATIONS)
     trainer.save_model()
@@ -191,12 +209,18 @@ SYSTEM_PROMPT = "You are Captain Sails. Answer like a ship's captain."
 # OpenAI-style records that all carry one system prompt (the answers differ from TINY_CONVERSATIONS'
 # so that a model trained on them answers these only after this system prompt).
 SYSTEM_CONVERSATIONS = [
-    {"messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                  {"role": "user", "content": question},
-                  {"role": "assistant", "content": answer}]}
-    for question, answer in [("What is the capital of France?", "Aye, Paris it is, matey."),
-                             ("What do bees make?", "Honey, by the barrel, matey."),
-                             ("Who wrote Hamlet?", "Shakespeare, a landlubber, matey.")]
+    {
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+    for question, answer in [
+        ("What is the capital of France?", "Aye, Paris it is, matey."),
+        ("What do bees make?", "Honey, by the barrel, matey."),
+        ("Who wrote Hamlet?", "Shakespeare, a landlubber, matey."),
+    ]
 ]
 
 
@@ -217,8 +241,15 @@ def other_onnx_dir(tmp_path_factory) -> Path:
     from mtnsails.train.trainer import LLMTrainer
 
     root = tmp_path_factory.mktemp("other_tiny")
-    config = TrainingConfig(model_name="tiny", output_dir=str(root / "model"), num_epochs=1,
-                            batch_size=4, save_steps=1000, quiet=True, seed=0)
+    config = TrainingConfig(
+        model_name="tiny",
+        output_dir=str(root / "model"),
+        num_epochs=1,
+        batch_size=4,
+        save_steps=1000,
+        quiet=True,
+        seed=0,
+    )
     trainer = LLMTrainer(config=config)
     trainer.train_conversations(OTHER_CONVERSATIONS)
     ONNXConverter(trainer.save_model(), quiet=True).convert_to_onnx(root / "onnx")
@@ -250,8 +281,16 @@ def system_tiny_onnx_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("system_tiny")
     data = root / "system.jsonl"
     data.write_text("".join(json.dumps(record) + "\n" for record in SYSTEM_CONVERSATIONS))
-    config = TrainingConfig(model_name="tiny", output_dir=str(root / "model"), num_epochs=40,
-                            learning_rate=2e-3, batch_size=4, save_steps=1000, quiet=True, seed=0)
+    config = TrainingConfig(
+        model_name="tiny",
+        output_dir=str(root / "model"),
+        num_epochs=40,
+        learning_rate=2e-3,
+        batch_size=4,
+        save_steps=1000,
+        quiet=True,
+        seed=0,
+    )
     trainer = LLMTrainer(config=config)
     trainer.train_conversations(ConversationDataHandler.from_file(data).conversations, data_file=data)
     ONNXConverter(trainer.save_model(), quiet=True).convert_to_onnx(root / "onnx")

@@ -62,10 +62,15 @@ def test_an_answer_ending_inside_a_character_keeps_the_text_before_it():
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(["Crème brûlée, Crème brûlée"] * 20, trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    cut = next(token for token in range(tokenizer.get_vocab_size())
-               if (text := tokenizer.decode([token])).endswith("\ufffd") and text.rstrip("\ufffd").strip())
+    tokenizer.train_from_iterator(
+        ["Crème brûlée, Crème brûlée"] * 20,
+        trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
+    )
+    cut = next(
+        token
+        for token in range(tokenizer.get_vocab_size())
+        if (text := tokenizer.decode([token])).endswith("\ufffd") and text.rstrip("\ufffd").strip()
+    )
     ids = tokenizer.encode("Crème", add_special_tokens=False).ids + [cut]
     answer = AnswerText(tokenizer, ["User:"], eos_token_id=None)
     streamed = "".join(answer.add(token) for token in ids)

@@ -17,8 +17,7 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "mtnsails"
-STAGES = ("core", "model_dir", "quality", "data", "train", "inference", "export", "serve", "loop",
-          "commands", "cli")
+STAGES = ("core", "model_dir", "quality", "data", "train", "inference", "export", "serve", "loop", "commands", "cli")
 TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py", *STAGES[:-1]}
 
 
@@ -70,9 +69,12 @@ def test_the_top_level_package_is_a_short_list_of_stage_folders():
 
 
 def test_no_module_imports_a_stage_above_its_own():
-    upward = [f"{module} -> {target}" for module, targets in package_graph().items()
-              for target in targets
-              if stage(module) is not None and stage(target) is not None and stage(target) > stage(module)]
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in package_graph().items()
+        for target in targets
+        if stage(module) is not None and stage(target) is not None and stage(target) > stage(module)
+    ]
     assert upward == []
 
 
@@ -85,7 +87,7 @@ def test_no_import_circle():
         state[module] = 1
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                circles.append(" -> ".join(path[path.index(target):] + [target]))
+                circles.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target not in state:
                 visit(target, path + [target])
         state[module] = 2
@@ -100,8 +102,10 @@ def test_the_walk_sees_imports_inside_functions_and_for_type_checking(tmp_path, 
     """The checks above can fail: a lazy or type-only import counts as an arrow too."""
     source = tmp_path / "mtnsails" / "core" / "example.py"
     source.parent.mkdir(parents=True)
-    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mtnsails.loop import x\n"
-                      "def f():\n    from ..serve.server import ChatServer\n")
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mtnsails.loop import x\n"
+        "def f():\n    from ..serve.server import ChatServer\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "REPO_ROOT", tmp_path)
     assert imports_of(source) >= {"mtnsails.loop.x", "mtnsails.serve.server.ChatServer"}
     assert stage("mtnsails.serve.server") > stage("mtnsails.core.example")

@@ -27,11 +27,13 @@ def prompts(chat: ChatInterface) -> list[list[int]]:
     questions = [conversation["input"] for conversation in TINY_CONVERSATIONS[:5]]
     return [chat.prompt_ids(question) for question in questions] + [
         chat.prompt_ids("And what is its largest river?", [("Which country is Paris in?", "Paris is in France.")]),
-        chat.prompt_ids("Tell me a long story about a spider who wanted to make honey like the bees")]
+        chat.prompt_ids("Tell me a long story about a spider who wanted to make honey like the bees"),
+    ]
 
 
-def decode_together(batch: BatchDecoder, prompts: list[list[int]], joining: int,
-                    add_many: bool = False) -> dict[int, list]:
+def decode_together(
+    batch: BatchDecoder, prompts: list[list[int]], joining: int, add_many: bool = False
+) -> dict[int, list]:
     """Greedy-decode every prompt in `batch`: `joining` new sequences join every other step (with
     `add_many`: in one call, their prompts sharing runs) and each leaves after
     GREEDY.max_new_tokens; return each sequence's (token, logits) pairs."""
@@ -42,8 +44,11 @@ def decode_together(batch: BatchDecoder, prompts: list[list[int]], joining: int,
     while waiting or len(batch):
         if step % 2 == 0:
             joiners = waiting[:joining]
-            rows = (batch.add_many([(index, prompts[index]) for index in joiners]) if add_many
-                    else [batch.add(index, prompts[index]) for index in joiners])
+            rows = (
+                batch.add_many([(index, prompts[index]) for index in joiners])
+                if add_many
+                else [batch.add(index, prompts[index]) for index in joiners]
+            )
             for index, logits in zip(joiners, rows):
                 choosers[index] = TokenChooser(GREEDY, prompts[index])
                 out[index].append((choosers[index].choose(logits), logits.copy()))
@@ -72,20 +77,27 @@ def test_batched_greedy_decoding_equals_decoding_alone(chat, joining, add_many):
     reference = OnnxDecoder(chat.model_file)
     ids = prompts(chat)[-1]
     expected = [reference.forward(ids)[-1]] + [reference.forward([token])[-1] for token in alone[-1][:-1]]
-    np.testing.assert_allclose(np.stack([logits for _, logits in together[len(alone) - 1]]),
-                               np.stack(expected), atol=1e-4)
+    np.testing.assert_allclose(
+        np.stack([logits for _, logits in together[len(alone) - 1]]), np.stack(expected), atol=1e-4
+    )
 
 
 def test_prompts_of_similar_lengths_share_a_run_with_bounded_padding(chat, monkeypatch):
     groups = batch_decoder.prefill_groups([("a", [1] * 20), ("b", [1] * 8), ("c", [1] * 21), ("d", [1] * 24)])
     assert [[key for key, _ in group] for group in groups] == [["b"], ["a", "c", "d"]]  # 8 would pad 3x
-    assert all(len(group) * max(len(ids) for _, ids in group) <= batch_decoder.PREFILL_PADDING
-               * sum(len(ids) for _, ids in group) for group in groups)
+    assert all(
+        len(group) * max(len(ids) for _, ids in group)
+        <= batch_decoder.PREFILL_PADDING * sum(len(ids) for _, ids in group)
+        for group in groups
+    )
     monkeypatch.setattr(batch_decoder, "PREFILL_TOKENS", 48)  # two 24-token prompts fill a run
     assert [len(group) for group in batch_decoder.prefill_groups([(key, [1] * 24) for key in "abc"])] == [2, 1]
     # Left-padded in one run, each prompt's logits and cache are its own.
     ids = prompts(chat)
-    assert len({len(prompt) for prompt in ids[:3]}) > 1 and len(batch_decoder.prefill_groups(list(enumerate(ids[:3])))) == 1
+    assert (
+        len({len(prompt) for prompt in ids[:3]}) > 1
+        and len(batch_decoder.prefill_groups(list(enumerate(ids[:3])))) == 1
+    )
     batch = BatchDecoder(chat.decoder)
     together = batch.add_many(list(enumerate(ids[:3])))
     for index, prompt in enumerate(ids[:3]):
@@ -162,8 +174,9 @@ def test_a_step_with_non_finite_logits_is_refused_with_the_model_named(tiny_onnx
 
     graph = onnx.load(str(tiny_onnx_dir / "model.onnx"))
     context = json.loads((tiny_onnx_dir / "config.json").read_text())["n_positions"]
-    positions = next(weights for weights in graph.graph.initializer
-                     if len(weights.dims) == 2 and weights.dims[0] == context)
+    positions = next(
+        weights for weights in graph.graph.initializer if len(weights.dims) == 2 and weights.dims[0] == context
+    )
     broken = numpy_helper.to_array(positions).copy()
     broken[3] = np.nan
     positions.CopyFrom(numpy_helper.from_array(broken, positions.name))

@@ -23,8 +23,9 @@ def test_answers_stream_and_each_round_ends_with_on_round(tiny_onnx_dir):
             events.append(("done", question, result))
             answered.release()
 
-        return GenerationJob(question, [], None, GREEDY, (),
-                             on_text=lambda piece: events.append(("text", question, piece)), on_done=done)
+        return GenerationJob(
+            question, [], None, GREEDY, (), on_text=lambda piece: events.append(("text", question, piece)), on_done=done
+        )
 
     # A server hands a round's events over when on_round comes (ChatServer wakes its loop then).
     scheduler.on_round = lambda: events.append(("round",))
@@ -63,8 +64,9 @@ def test_a_model_that_computes_nan_fails_its_requests_and_the_loop_goes_on(edita
     meta_file.write_text(json.dumps(meta))
     graph = onnx.load(str(editable_onnx_dir / "model.onnx"))
     context = json.loads((editable_onnx_dir / "config.json").read_text())["n_positions"]
-    positions = next(weights for weights in graph.graph.initializer
-                     if len(weights.dims) == 2 and weights.dims[0] == context)
+    positions = next(
+        weights for weights in graph.graph.initializer if len(weights.dims) == 2 and weights.dims[0] == context
+    )
     broken = numpy_helper.to_array(positions).copy()
     broken[12] = np.nan  # "Hi" is 7 tokens of prompt, its 10-token answer passes position 12
     positions.CopyFrom(numpy_helper.from_array(broken, positions.name))

@@ -50,21 +50,29 @@ def test_auto_precision_picks_int8(tiny_onnx_dir):
 
 
 @pytest.mark.parametrize("repetition_penalty, no_repeat_ngram_size", [(1.0, 0), (1.2, 0), (1.0, 2)])
-def test_greedy_matches_pytorch_generate_token_for_token(chat, trained_tiny_model_dir,
-                                                         repetition_penalty, no_repeat_ngram_size):
+def test_greedy_matches_pytorch_generate_token_for_token(
+    chat, trained_tiny_model_dir, repetition_penalty, no_repeat_ngram_size
+):
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(trained_tiny_model_dir).eval()
-    config = replace(GREEDY, max_new_tokens=24, repetition_penalty=repetition_penalty,
-                     no_repeat_ngram_size=no_repeat_ngram_size)
+    config = replace(
+        GREEDY, max_new_tokens=24, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size
+    )
     for question in ["What do bees make?", "Tell me something about rivers and spiders."]:
         ids = chat.prompt_ids(question)
         with torch.no_grad():
-            expected = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                      do_sample=False, max_new_tokens=24, repetition_penalty=repetition_penalty,
-                                      no_repeat_ngram_size=no_repeat_ngram_size, pad_token_id=0,
-                                      eos_token_id=0)[0, len(ids):].tolist()
+            expected = model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=24,
+                repetition_penalty=repetition_penalty,
+                no_repeat_ngram_size=no_repeat_ngram_size,
+                pad_token_id=0,
+                eos_token_id=0,
+            )[0, len(ids) :].tolist()
         assert list(chat.generate_ids(ids, config)) == expected
 
 
@@ -144,8 +152,11 @@ def test_history_keeps_the_newest_exchanges_within_the_window(tiny_onnx_dir):
     exchanges = [*history, ("Hello!", None)]
     for budget in range(8, 200, 6):  # the same as dropping the oldest until the whole prompt fits
         chat.max_length = budget
-        expected = next(ids for start in range(len(exchanges))
-                        if len(ids := whole_prompt(exchanges[start:])) <= budget or start == len(history))
+        expected = next(
+            ids
+            for start in range(len(exchanges))
+            if len(ids := whole_prompt(exchanges[start:])) <= budget or start == len(history)
+        )
         assert chat.prompt_ids("Hello!", history) == expected[-budget:], budget
 
 
@@ -160,8 +171,10 @@ def test_multi_turn_conversation_and_reset(tiny_onnx_dir):
 
 def test_sampling_is_reproducible_with_a_seed(tiny_onnx_dir):
     hot = GenerationConfig(temperature=50.0, top_k=0, top_p=1.0, max_new_tokens=12)
-    runs = {seed: [ChatInterface(tiny_onnx_dir, generation=replace(hot, seed=seed)).reply("Who are you?")
-                   for _ in range(2)] for seed in (7, 8)}
+    runs = {
+        seed: [ChatInterface(tiny_onnx_dir, generation=replace(hot, seed=seed)).reply("Who are you?") for _ in range(2)]
+        for seed in (7, 8)
+    }
     assert runs[7][0] == runs[7][1] and runs[8][0] == runs[8][1]  # same seed, same answer
     assert runs[7][0] != runs[8][0]  # another seed samples something else
     # top-k 1 is greedy whatever the temperature.
@@ -171,17 +184,26 @@ def test_sampling_is_reproducible_with_a_seed(tiny_onnx_dir):
 
 def test_original_api_and_log(tiny_onnx_dir, tmp_path):
     log_file = tmp_path / "chat_history.jsonl"
-    with ChatInterface(str(tiny_onnx_dir), device="cpu", max_length=256, log_conversations=True,
-                       log_file=str(log_file), auto_flush_interval=5) as chat:
+    with ChatInterface(
+        str(tiny_onnx_dir),
+        device="cpu",
+        max_length=256,
+        log_conversations=True,
+        log_file=str(log_file),
+        auto_flush_interval=5,
+    ) as chat:
         # The original auto-flush setting is the logger's wake-up interval (records never wait for it).
         assert isinstance(chat.logger, ConversationLogger) and chat.logger.flush_interval == 5
-        answers = chat.batch_generate(["What is two plus two?", "Who wrote Hamlet?"], max_new_tokens=20,
-                                      do_sample=False, repetition_penalty=1.0)
+        answers = chat.batch_generate(
+            ["What is two plus two?", "Who wrote Hamlet?"], max_new_tokens=20, do_sample=False, repetition_penalty=1.0
+        )
         assert answers == ["Two plus two is four.", "Hamlet was written by William Shakespeare."]
         chat.flush_logs()
         on_disk = [json.loads(line) for line in log_file.read_text().splitlines()]
         assert [(r["input"], r["output"]) for r in on_disk] == [
-            ("What is two plus two?", answers[0]), ("Who wrote Hamlet?", answers[1])]
+            ("What is two plus two?", answers[0]),
+            ("Who wrote Hamlet?", answers[1]),
+        ]
         assert [r["output"] for r in chat.get_conversation_log()] == answers
         saved = chat.save_conversation_log(tmp_path / "saved.json")
         assert [r["input"] for r in json.loads(open(saved).read())] == ["What is two plus two?", "Who wrote Hamlet?"]
@@ -192,8 +214,9 @@ def test_original_api_and_log(tiny_onnx_dir, tmp_path):
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 def test_feedback_amends_the_logged_exchange_with_its_context(tiny_onnx_dir, tmp_path, suffix):
     log_file = tmp_path / f"log{suffix}"
-    with ChatInterface(tiny_onnx_dir, generation=GREEDY, log_conversations=True, log_file=log_file,
-                       system="Answer briefly.") as chat:
+    with ChatInterface(
+        tiny_onnx_dir, generation=GREEDY, log_conversations=True, log_file=log_file, system="Answer briefly."
+    ) as chat:
         with pytest.raises(MtnsailsError, match="no answer"):
             chat.feedback("good")
         first = chat.reply("Which country is Paris in?")
@@ -210,17 +233,36 @@ def test_feedback_amends_the_logged_exchange_with_its_context(tiny_onnx_dir, tmp
         chat.reply("Who wrote Hamlet?")
         chat.feedback("fixed", "Shakespeare.")
         chat.feedback("good")  # back to what the model said
-    logged = [{key: c.get(key) for key in ("input", "output", "feedback", "model_output", "history",
-                                            "system")}
-              for c in ConversationDataHandler(log_file).conversations]
+    logged = [
+        {key: c.get(key) for key in ("input", "output", "feedback", "model_output", "history", "system")}
+        for c in ConversationDataHandler(log_file).conversations
+    ]
     assert logged == [
-        {"input": "Which country is Paris in?", "output": first, "feedback": "good",
-         "model_output": None, "history": None, "system": "Answer briefly."},
-        {"input": "And what is its largest river?", "output": "Its longest river is the Loire.",
-         "feedback": "fixed", "model_output": said, "system": "Answer briefly.",
-         "history": [{"input": "Which country is Paris in?", "output": first}]},
-        {"input": "Who wrote Hamlet?", "output": chat.get_conversation_log()[-1]["output"],
-         "feedback": "good", "model_output": None, "history": None, "system": "Answer briefly."}]
+        {
+            "input": "Which country is Paris in?",
+            "output": first,
+            "feedback": "good",
+            "model_output": None,
+            "history": None,
+            "system": "Answer briefly.",
+        },
+        {
+            "input": "And what is its largest river?",
+            "output": "Its longest river is the Loire.",
+            "feedback": "fixed",
+            "model_output": said,
+            "system": "Answer briefly.",
+            "history": [{"input": "Which country is Paris in?", "output": first}],
+        },
+        {
+            "input": "Who wrote Hamlet?",
+            "output": chat.get_conversation_log()[-1]["output"],
+            "feedback": "good",
+            "model_output": None,
+            "history": None,
+            "system": "Answer briefly.",
+        },
+    ]
 
 
 def test_the_logged_history_is_what_fitted_in_the_prompt(tiny_onnx_dir, tmp_path):
@@ -230,7 +272,7 @@ def test_the_logged_history_is_what_fitted_in_the_prompt(tiny_onnx_dir, tmp_path
         chat.reply(conversation["input"])
     record = chat.get_conversation_log()[-1]
     kept = [(turn["input"], turn["output"]) for turn in record["history"]]
-    assert 0 < len(kept) < 3 and kept == chat.history[-1 - len(kept):-1]
+    assert 0 < len(kept) < 3 and kept == chat.history[-1 - len(kept) : -1]
     assert chat.prompt_ids(record["input"], chat.history[:-1]) == chat.prompt_ids(record["input"], kept)
 
 
@@ -250,11 +292,14 @@ def copy_with_broken_tokenizer(path, onnx_dir):
     (path / "tokenizer.json").write_text("{not json", encoding="utf-8")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda path, _: path.write_text("x"), "is not a directory"),
-    (lambda path, _: path.mkdir(), "is not an ONNX model directory"),
-    (copy_with_broken_tokenizer, "tokenizer.json cannot be read"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda path, _: path.write_text("x"), "is not a directory"),
+        (lambda path, _: path.mkdir(), "is not an ONNX model directory"),
+        (copy_with_broken_tokenizer, "tokenizer.json cannot be read"),
+    ],
+)
 def test_a_wrong_model_path_is_a_one_line_error(tiny_onnx_dir, tmp_path, make, message):
     path = tmp_path / "model"
     make(path, tiny_onnx_dir)
@@ -277,8 +322,7 @@ ChatInterface({str(tiny_onnx_dir)!r}).generate_response("Who wrote Hamlet?")
 print(sorted(name for name in ("torch", "transformers", "optimum", "mtnsails.commands.train",
                                 "mtnsails.data.records") if name in sys.modules))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["Hello! How can I help you today?", "[]"]
 
@@ -321,8 +365,12 @@ def test_top_ids_are_the_k_largest_largest_first_also_when_most_values_tie():
     rng = np.random.default_rng(0)
     tied = np.zeros(50257, dtype=np.float32)  # the logits of ids a model never produces
     tied[rng.choice(50257, 300, replace=False)] = rng.normal(size=300)
-    for values in (tied, rng.normal(size=50257).astype(np.float32), rng.integers(-2, 3, 5000).astype(np.float32),
-                   np.full(40, 1.5, dtype=np.float32)):
+    for values in (
+        tied,
+        rng.normal(size=50257).astype(np.float32),
+        rng.integers(-2, 3, 5000).astype(np.float32),
+        np.full(40, 1.5, dtype=np.float32),
+    ):
         for k in (1, 3, 50, 256, 4000):
             # By value, largest first; equal values by index, lowest first.
             expected = np.lexsort((np.arange(values.size), -values))[:k]
@@ -337,8 +385,10 @@ def test_choosing_a_token_leaves_the_logits_as_they_were():
 
     rng = np.random.default_rng(3)
     context = [5, 7, 5, 9, 5, 7]  # "5 7" was followed by 5 before: 5 is banned after "... 5 7"
-    for config in (GenerationConfig(temperature=0, repetition_penalty=1.3, no_repeat_ngram_size=3),
-                   GenerationConfig(repetition_penalty=1.3, no_repeat_ngram_size=3, seed=11)):
+    for config in (
+        GenerationConfig(temperature=0, repetition_penalty=1.3, no_repeat_ngram_size=3),
+        GenerationConfig(repetition_penalty=1.3, no_repeat_ngram_size=3, seed=11),
+    ):
         for _ in range(20):
             logits = rng.normal(size=64).astype(np.float32)
             logits[[5, 7, 9]] += 4  # the context's tokens lead, so the penalty and the ban matter
@@ -360,20 +410,20 @@ def test_system_prompt_round_trip_through_train_convert_chat(system_tiny_onnx_di
     assert meta["system"] == source["system"] == SYSTEM_PROMPT
     assert meta["answer_tokens"] == source["answer_tokens"] and meta["answer_tokens"]["count"] == 3
     log = tmp_path / "log.jsonl"
-    with ChatInterface(system_tiny_onnx_dir, generation=GREEDY, log_conversations=True,
-                       log_file=log) as chat:  # no system given: the recorded one
+    with ChatInterface(
+        system_tiny_onnx_dir, generation=GREEDY, log_conversations=True, log_file=log
+    ) as chat:  # no system given: the recorded one
         assert chat.system == SYSTEM_PROMPT
         for record in SYSTEM_CONVERSATIONS:
             _, question, answer = (message["content"] for message in record["messages"])
             assert chat.reply(question) == answer
             chat.reset()
-        assert chat.prompt_ids("Hi")[:len(chat.system_ids)] == chat.system_ids == chat.encode(
-            SYSTEM_PROMPT + "\n")
+        assert chat.prompt_ids("Hi")[: len(chat.system_ids)] == chat.system_ids == chat.encode(SYSTEM_PROMPT + "\n")
     assert [json.loads(line)["system"] for line in log.read_text().splitlines()] == [SYSTEM_PROMPT] * 3
     plain = ChatInterface(system_tiny_onnx_dir, generation=GREEDY, system="")  # "" = none
     assert plain.system_ids == [] and plain.prompt_ids("Hi") == plain.encode("User: Hi\nAssistant:")
     other = ChatInterface(system_tiny_onnx_dir, generation=GREEDY, system="Be brief.")
-    assert other.prompt_ids("Hi")[:len(other.system_ids)] == other.encode("Be brief.\n")
+    assert other.prompt_ids("Hi")[: len(other.system_ids)] == other.encode("Be brief.\n")
     with pytest.raises(MtnsailsError, match="system prompt is .* tokens: it leaves no room"):
         ChatInterface(system_tiny_onnx_dir, system="word " * 300)
 
@@ -382,8 +432,10 @@ def test_token_limit_comes_from_the_trained_answer_lengths(system_tiny_onnx_dir,
     meta = json.loads((system_tiny_onnx_dir / "mtnsails.json").read_text())
     chat = ChatInterface(system_tiny_onnx_dir)
     assert chat.generation.max_new_tokens == meta["answer_tokens"]["max"] + 8 + 1
-    assert ChatInterface(system_tiny_onnx_dir, generation=GenerationConfig(max_new_tokens=7)
-                         ).generation.max_new_tokens == 7  # the user's limit wins
+    assert (
+        ChatInterface(system_tiny_onnx_dir, generation=GenerationConfig(max_new_tokens=7)).generation.max_new_tokens
+        == 7
+    )  # the user's limit wins
     unrecorded = tmp_path / "unrecorded"  # a model converted before lengths were recorded
     shutil.copytree(tiny_onnx_dir, unrecorded)
     meta = json.loads((unrecorded / "mtnsails.json").read_text())
@@ -424,8 +476,7 @@ def test_a_reworded_question_is_asked_as_the_trained_one(tiny_onnx_dir):
         assert chat.matcher is None and chat.last_match is None
 
 
-def test_after_a_promotion_reload_asks_the_new_models_questions(tiny_onnx_dir, other_onnx_dir,
-                                                                 tmp_path):
+def test_after_a_promotion_reload_asks_the_new_models_questions(tiny_onnx_dir, other_onnx_dir, tmp_path):
     """`/reload` after `promote` or `watch` replaced the directory: matching, the history length
     and everything else the directory records come from the new model, none from the old."""
     from conftest import OTHER_CONVERSATIONS
@@ -446,7 +497,8 @@ def test_after_a_promotion_reload_asks_the_new_models_questions(tiny_onnx_dir, o
         chat.reply("so what's the capital city of france")
         assert chat.last_match is None  # the old model's question is gone with it
         assert chat.history_exchanges == 0 and chat.matcher.questions == [
-            conversation["input"] for conversation in OTHER_CONVERSATIONS]
+            conversation["input"] for conversation in OTHER_CONVERSATIONS
+        ]
 
 
 def test_a_follow_up_keeps_the_history_the_model_was_trained_with(tiny_onnx_dir):

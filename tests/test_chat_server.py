@@ -40,7 +40,11 @@ class Server:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), str(REPO_ROOT)])}
         self.process = subprocess.Popen(
             [sys.executable, str(REPO_ROOT / "main.py"), "serve", "--model-path", str(model), "--port", "0", *flags],
-            cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+            cwd=REPO_ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.process.stderr.readline()
         match = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", line)
         if not match:
@@ -77,16 +81,28 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tiny_onnx_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
-    running = Server(tiny_onnx_dir, tmp, "--precision", "fp32", "--api-key", KEY, "--log-conversations",
-                     "--log-file", str(tmp / "log.jsonl"), "--max-batch", "8")
+    running = Server(
+        tiny_onnx_dir,
+        tmp,
+        "--precision",
+        "fp32",
+        "--api-key",
+        KEY,
+        "--log-conversations",
+        "--log-file",
+        str(tmp / "log.jsonl"),
+        "--max-batch",
+        "8",
+    )
     running.log = tmp / "log.jsonl"
     yield running
     assert running.stop() == 0
 
 
 def ask(client: openai.OpenAI, question: str, **settings):
-    return client.chat.completions.create(model="onnx", messages=[{"role": "user", "content": question}],
-                                          temperature=0, **settings)
+    return client.chat.completions.create(
+        model="onnx", messages=[{"role": "user", "content": question}], temperature=0, **settings
+    )
 
 
 def test_lists_the_model_and_reports_health(server, tiny_onnx_dir):
@@ -96,8 +112,9 @@ def test_lists_the_model_and_reports_health(server, tiny_onnx_dir):
 
 def test_greedy_answers_equal_chat(server, tiny_onnx_dir):
     question = SINGLE[3]["input"]
-    chat = run_cli("chat", "--model-path", str(tiny_onnx_dir), "--prompt", question, "--temperature", "0",
-                   "--precision", "fp32")
+    chat = run_cli(
+        "chat", "--model-path", str(tiny_onnx_dir), "--prompt", question, "--temperature", "0", "--precision", "fp32"
+    )
     response = ask(server.client(), question)
     assert response.choices[0].message.content + "\n" == chat.stdout
     assert response.choices[0].finish_reason == "stop"
@@ -120,22 +137,27 @@ def test_streaming_equals_the_answer(server):
 
 def test_history_and_system_prompt_build_the_chat_prompt(server, tiny_onnx_dir):
     client = server.client()
-    history = [{"role": "user", "content": "Which country is Paris in?"},
-               {"role": "assistant", "content": "Paris is in France."},
-               {"role": "user", "content": "And what is its largest river?"}]
+    history = [
+        {"role": "user", "content": "Which country is Paris in?"},
+        {"role": "assistant", "content": "Paris is in France."},
+        {"role": "user", "content": "And what is its largest river?"},
+    ]
     answer = client.chat.completions.create(model="onnx", messages=history, temperature=0)
     assert answer.choices[0].message.content == "Its longest river is the Loire."
     system = "You answer questions about geography."
     with_system = client.chat.completions.create(
-        model="onnx", messages=[{"role": "system", "content": system}, *history], temperature=0)
-    chat = ChatInterface(tiny_onnx_dir, precision="fp32", system=system,
-                         generation=GenerationConfig(temperature=0))
+        model="onnx", messages=[{"role": "system", "content": system}, *history], temperature=0
+    )
+    chat = ChatInterface(tiny_onnx_dir, precision="fp32", system=system, generation=GenerationConfig(temperature=0))
     chat.history = [("Which country is Paris in?", "Paris is in France.")]
     assert with_system.choices[0].message.content == chat.reply("And what is its largest river?")
     assert with_system.usage.prompt_tokens == chat.last_stats.prompt_tokens > answer.usage.prompt_tokens
-    expected = {"input": "And what is its largest river?", "output": with_system.choices[0].message.content,
-                "history": [{"input": "Which country is Paris in?", "output": "Paris is in France."}],
-                "system": system}
+    expected = {
+        "input": "And what is its largest river?",
+        "output": with_system.choices[0].message.content,
+        "history": [{"input": "Which country is Paris in?", "output": "Paris is in France."}],
+        "system": system,
+    }
     for _ in range(100):  # the exchange is logged just after the reply is sent
         records = [json.loads(line) for line in server.log.read_text().splitlines()]
         if any(expected.items() <= record.items() for record in records):
@@ -156,30 +178,36 @@ def test_max_tokens_and_stop_texts(server):
 
 def post(server, body, headers=None) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(server.url + "/v1/chat/completions", content=content,
-                      headers={"Authorization": f"Bearer {KEY}", **(headers or {})})
+    return httpx.post(
+        server.url + "/v1/chat/completions",
+        content=content,
+        headers={"Authorization": f"Bearer {KEY}", **(headers or {})},
+    )
 
 
 QUESTION = [{"role": "user", "content": "Hello!"}]
 
 
-@pytest.mark.parametrize("body, status, param", [
-    (b"{not json", 400, None),
-    ([1, 2], 400, None),
-    ({"model": "onnx"}, 400, "messages"),
-    ({"messages": QUESTION, "n": 2}, 400, "n"),
-    ({"messages": QUESTION, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
-    ({"messages": QUESTION, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
-    ({"messages": QUESTION, "temperature": "hot"}, 400, "temperature"),
-    (b'{"messages": [{"role": "user", "content": "Hello!"}], "temperature": NaN}', 400, None),  # not JSON
-    (b'{"messages": [{"role": "user", "content": "Hello!"}], "top_p": Infinity}', 400, None),
-    ({"messages": QUESTION, "top_p": 0}, 400, "top_p"),
-    ({"messages": QUESTION, "max_tokens": 100000}, 400, "messages"),  # beyond the context
-    ({"messages": QUESTION, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, 400, "messages"),
-    ({"messages": [*QUESTION, {"role": "assistant", "content": "Hi"}]}, 400, "messages"),
-    (b"{" + b" " * (1 << 20) + b"}", 413, None),
-])
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        (b"{not json", 400, None),
+        ([1, 2], 400, None),
+        ({"model": "onnx"}, 400, "messages"),
+        ({"messages": QUESTION, "n": 2}, 400, "n"),
+        ({"messages": QUESTION, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+        ({"messages": QUESTION, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
+        ({"messages": QUESTION, "temperature": "hot"}, 400, "temperature"),
+        (b'{"messages": [{"role": "user", "content": "Hello!"}], "temperature": NaN}', 400, None),  # not JSON
+        (b'{"messages": [{"role": "user", "content": "Hello!"}], "top_p": Infinity}', 400, None),
+        ({"messages": QUESTION, "top_p": 0}, 400, "top_p"),
+        ({"messages": QUESTION, "max_tokens": 100000}, 400, "messages"),  # beyond the context
+        ({"messages": QUESTION, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, 400, "messages"),
+        ({"messages": [*QUESTION, {"role": "assistant", "content": "Hi"}]}, 400, "messages"),
+        (b"{" + b" " * (1 << 20) + b"}", 413, None),
+    ],
+)
 def test_bad_requests_get_openai_errors(server, body, status, param):
     response = post(server, body)
     assert response.status_code == status
@@ -195,8 +223,14 @@ def test_parse_request_refuses_non_finite_numbers_given_as_python_values():
 
 
 def test_null_stream_and_the_developer_role_are_taken_as_openai_clients_send_them(server):
-    body = {"messages": [{"role": "developer", "content": "Be brief."}, *QUESTION], "stream": None,
-            "temperature": 0, "stream_options": None, "stop": None, "max_tokens": None}
+    body = {
+        "messages": [{"role": "developer", "content": "Be brief."}, *QUESTION],
+        "stream": None,
+        "temperature": 0,
+        "stream_options": None,
+        "stop": None,
+        "max_tokens": None,
+    }
     response = post(server, body)
     assert response.status_code == 200, response.text
     job, stream, _ = parse_request(body, GenerationConfig())
@@ -206,8 +240,11 @@ def test_null_stream_and_the_developer_role_are_taken_as_openai_clients_send_the
 def test_a_body_whose_chunking_breaks_gets_400_and_leaves_no_traceback_in_the_log(server):
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as connection:
-        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                           + KEY.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"mes\r\nzz\r\n")
+        connection.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + KEY.encode()
+            + b'\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"mes\r\nzz\r\n'
+        )
         reply = connection.recv(4096)
     assert reply.startswith(b"HTTP/1.1 400")
     assert ask(server.client(), "Hello!").choices[0].message.content  # still serving
@@ -217,8 +254,9 @@ def test_a_body_whose_chunking_breaks_gets_400_and_leaves_no_traceback_in_the_lo
 
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_a_port_out_of_range_is_a_one_line_error(tiny_onnx_dir, port):
-    assert_one_line_error(run_cli("serve", "--model-path", str(tiny_onnx_dir), "--port", port),
-                          f"--port {port} is not a port")
+    assert_one_line_error(
+        run_cli("serve", "--model-path", str(tiny_onnx_dir), "--port", port), f"--port {port} is not a port"
+    )
 
 
 def test_unknown_routes_and_methods(server):
@@ -245,8 +283,11 @@ def test_load_of_8_clients_is_answered_in_full(server):
         for index in range(25):
             conversation = SINGLE[(number + index) % len(SINGLE)]
             response = ask(client, conversation["input"], stream=index % 5 == 0)
-            text = ("".join(chunk.choices[0].delta.content or "" for chunk in response if chunk.choices)
-                    if index % 5 == 0 else response.choices[0].message.content)
+            text = (
+                "".join(chunk.choices[0].delta.content or "" for chunk in response if chunk.choices)
+                if index % 5 == 0
+                else response.choices[0].message.content
+            )
             results.append(text == conversation["output"])
         return results
 
@@ -293,8 +334,9 @@ def test_sigterm_finishes_requests_in_flight_and_keeps_the_log(tiny_onnx_dir, tm
     client = server.client()
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(ask, client, conversation["input"]) for conversation in SINGLE[:4]]
-        server.wait_until(lambda health: health["active"] + health["waiting"] + health["served"] >= 4,
-                          "all requests received")
+        server.wait_until(
+            lambda health: health["active"] + health["waiting"] + health["served"] >= 4, "all requests received"
+        )
         returncode = server.stop()
         answers = [future.result().choices[0].message.content for future in futures]
     assert returncode == 0 and "Traceback" not in "".join(server.stderr)

@@ -27,10 +27,12 @@ def test_a_complete_checkpoint_has_no_problem(tmp_path):
 
 
 def test_each_kind_of_cut_short_file_is_named(tmp_path):
-    for damage, problem in [(lambda p: _cut(p / "model.safetensors"), "model.safetensors is cut short"),
-                            (lambda p: _cut(p / "optimizer.pt"), "optimizer.pt is cut short or damaged"),
-                            (lambda p: (p / "trainer_state.json").unlink(), "no trainer_state.json"),
-                            (lambda p: _cut(p / "trainer_state.json", 5), "trainer_state.json is damaged")]:
+    for damage, problem in [
+        (lambda p: _cut(p / "model.safetensors"), "model.safetensors is cut short"),
+        (lambda p: _cut(p / "optimizer.pt"), "optimizer.pt is cut short or damaged"),
+        (lambda p: (p / "trainer_state.json").unlink(), "no trainer_state.json"),
+        (lambda p: _cut(p / "trainer_state.json", 5), "trainer_state.json is damaged"),
+    ]:
         path = _checkpoint(tmp_path / problem.split()[0], 2)
         damage(path)
         assert checkpoint_problem(path) == problem
@@ -42,6 +44,8 @@ def test_newest_complete_skips_newer_incomplete_ones_by_step_not_by_name(tmp_pat
     (tmp_path / "checkpoint-12").mkdir()  # a save killed before it wrote anything
     found, skipped = newest_complete(tmp_path)
     assert found == tmp_path / "checkpoint-9"
-    assert skipped == ["checkpoint-12 is incomplete (no trainer_state.json)",
-                       "checkpoint-10 is incomplete (optimizer.pt is cut short or damaged)"]
+    assert skipped == [
+        "checkpoint-12 is incomplete (no trainer_state.json)",
+        "checkpoint-10 is incomplete (optimizer.pt is cut short or damaged)",
+    ]
     assert newest_complete(tmp_path / "checkpoint-12") == (None, [])

@@ -21,12 +21,12 @@ class RecordingTokenizer:
         return self.tokenizer(text, **kwargs)
 
 
-def test_a_huge_answer_is_cut_before_tokenizing_to_what_the_window_can_keep(
-        untrained_tiny_model_dir, monkeypatch):
+def test_a_huge_answer_is_cut_before_tokenizing_to_what_the_window_can_keep(untrained_tiny_model_dir, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(untrained_tiny_model_dir)
     answer = "Pack a warm layer and a rain shell. " * 8_000  # 290 kB, far past the bound
-    segments = list(ChatTemplate().segments([("What should I bring?", answer + "The end."),
-                                             ("And food?", "Bring snacks.")]))
+    segments = list(
+        ChatTemplate().segments([("What should I bring?", answer + "The end."), ("And food?", "Bring snacks.")])
+    )
     recording = RecordingTokenizer(tokenizer)
     item = encode_segments(recording, segments, max_length=64)
     assert max(recording.lengths) <= 2 * 64 * collator.MAX_TOKEN_CHARS

@@ -13,24 +13,34 @@ from mtnsails.data.records import iter_conversations, iter_records
 from mtnsails.model_dir.template import exchanges
 
 
-@pytest.mark.parametrize("name, count, first", [
-    ("native.json", 3, {"input": "What is a kilometre?"}),
-    ("native.jsonl", 3, {"input": "What do bees make?"}),
-    ("alpaca.json", 3, {"input": "Translate the word into French.\n\ncat",
-                        "output": "The French word for cat is chat, pronounced without the "
-                                  "final t."}),
-    ("prompt_completion.jsonl", 2, {"input": "Write a greeting for a shop sign."}),
-    ("question_answer.json", 2, {"input": "Which planet is closest to the Sun?"}),
-    ("openai_messages.jsonl", 2, {"input": "Can you suggest a classic novel?",
-                                  "system": "Answer like a friendly librarian."}),
-    ("bom.json", 1, {"input": "Is a BOM allowed?"}),
-])
+@pytest.mark.parametrize(
+    "name, count, first",
+    [
+        ("native.json", 3, {"input": "What is a kilometre?"}),
+        ("native.jsonl", 3, {"input": "What do bees make?"}),
+        (
+            "alpaca.json",
+            3,
+            {
+                "input": "Translate the word into French.\n\ncat",
+                "output": "The French word for cat is chat, pronounced without the final t.",
+            },
+        ),
+        ("prompt_completion.jsonl", 2, {"input": "Write a greeting for a shop sign."}),
+        ("question_answer.json", 2, {"input": "Which planet is closest to the Sun?"}),
+        (
+            "openai_messages.jsonl",
+            2,
+            {"input": "Can you suggest a classic novel?", "system": "Answer like a friendly librarian."},
+        ),
+        ("bom.json", 1, {"input": "Is a BOM allowed?"}),
+    ],
+)
 def test_every_format_loads_into_native_records(name, count, first):
     handler = ConversationDataHandler.from_file(DATA_DIR / name)
     assert len(handler) == count
     assert first.items() <= handler.conversations[0].items()
-    assert all(isinstance(c["input"], str) and isinstance(c["output"], str)
-               for c in handler.conversations)
+    assert all(isinstance(c["input"], str) and isinstance(c["output"], str) for c in handler.conversations)
 
 
 def test_alpaca_without_context_uses_the_instruction_alone():
@@ -42,8 +52,7 @@ def test_sharegpt_keeps_turns_and_system_prompt():
     handler = ConversationDataHandler(DATA_DIR / "sharegpt.json")
     conversation = handler.conversations[0]
     assert conversation["system"] == "You are a patient cooking teacher."
-    assert [q for q, _ in exchanges(conversation)] == ["How do I cook rice?",
-                                                       "And if it sticks to the pot?"]
+    assert [q for q, _ in exchanges(conversation)] == ["How do I cook rice?", "And if it sticks to the pot?"]
     text = handler.format_for_training()[0]
     assert text.index("How do I cook rice?") < text.index("And if it sticks to the pot?")
     assert "history" not in handler.conversations[1]
@@ -51,24 +60,29 @@ def test_sharegpt_keeps_turns_and_system_prompt():
 
 def test_openai_multi_turn_becomes_history():
     conversation = ConversationDataHandler(DATA_DIR / "openai_messages.jsonl").conversations[1]
-    assert conversation["history"] == [{
-        "input": "How long should I steep green tea?",
-        "output": "Steep green tea for two to three minutes in water just below boiling, or it "
-                  "turns bitter."}]
+    assert conversation["history"] == [
+        {
+            "input": "How long should I steep green tea?",
+            "output": "Steep green tea for two to three minutes in water just below boiling, or it turns bitter.",
+        }
+    ]
     assert conversation["input"] == "What temperature exactly?"
 
 
-@pytest.mark.parametrize("name, where", [
-    ("not_json.json", "not valid JSON"),
-    ("not_json.jsonl", "line 2: not valid JSON"),
-    ("wrong_top_level.json", "expected a JSON array of conversations, got an object"),
-    ("missing_keys.json", "record 1: missing 'output'"),
-    ("missing_keys.jsonl", "line 3: missing 'completion'"),
-    ("non_string.json", "record 1: 'output' must be a string, got a number"),
-    ("invalid_utf8.json", "line 2: not valid UTF-8"),
-    ("empty.json", "the file is empty"),
-    ("no_such_file.json", "no such file"),
-])
+@pytest.mark.parametrize(
+    "name, where",
+    [
+        ("not_json.json", "not valid JSON"),
+        ("not_json.jsonl", "line 2: not valid JSON"),
+        ("wrong_top_level.json", "expected a JSON array of conversations, got an object"),
+        ("missing_keys.json", "record 1: missing 'output'"),
+        ("missing_keys.jsonl", "line 3: missing 'completion'"),
+        ("non_string.json", "record 1: 'output' must be a string, got a number"),
+        ("invalid_utf8.json", "line 2: not valid UTF-8"),
+        ("empty.json", "the file is empty"),
+        ("no_such_file.json", "no such file"),
+    ],
+)
 def test_bad_input_names_file_and_place_in_one_line(name, where):
     with pytest.raises(DataFormatError) as caught:
         ConversationDataHandler(DATA_DIR / name)
@@ -82,14 +96,16 @@ def test_a_torn_last_line_of_a_log_is_skipped_with_a_warning(tmp_path, capfd):
     path = tmp_path / "chat_history.jsonl"  # as a crash (disk full, kill) can leave a log
     path.write_text('{"input": "Hi", "output": "Hello!"}\n{"input": "Bye", "outp')
     assert [c["input"] for c in ConversationDataHandler(path).conversations] == ["Hi"]
-    assert capfd.readouterr().err == (f"warning: {path}: line 2 is cut short (an interrupted "
-                                      "write); skipped it\n")
+    assert capfd.readouterr().err == (f"warning: {path}: line 2 is cut short (an interrupted write); skipped it\n")
 
 
-@pytest.mark.parametrize("record", [
-    {"input": "Just one?", "output": "Yes, a file may hold a single conversation object."},
-    {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
-])
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"input": "Just one?", "output": "Yes, a file may hold a single conversation object."},
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
+    ],
+)
 def test_a_single_conversation_object_is_accepted(tmp_path, record):
     path = tmp_path / "one.json"
     path.write_text(json.dumps(record))
@@ -108,8 +124,9 @@ def test_deeply_nested_json_is_a_one_line_error(tmp_path, name, where):
 
 def test_bad_turn_inside_a_record_is_located(tmp_path):
     path = tmp_path / "chat.json"
-    path.write_text(json.dumps([{"messages": [{"role": "user", "content": "hi"},
-                                              {"role": "robot", "content": "beep"}]}]))
+    path.write_text(
+        json.dumps([{"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]}])
+    )
     with pytest.raises(DataFormatError, match=r"record 0: messages\[1\]: unsupported role"):
         ConversationDataHandler(path)
 
@@ -120,16 +137,14 @@ def test_original_method_names_still_work(tmp_path):
     loaded = handler.len()
     assert loaded == len(ConversationDataHandler(EXAMPLE_DATA).conversations)
     handler.add_conversation({"input": "What is 2+2?", "output": "Two plus two makes four."})
-    handler.add_conversations([{"question": "Is water wet?", "answer": "Water makes other things "
-                                                                       "wet when they touch it."}])
+    handler.add_conversations(
+        [{"question": "Is water wet?", "answer": "Water makes other things wet when they touch it."}]
+    )
     assert len(handler) == loaded + 2
-    assert handler.format_for_training()[loaded] == ("User: What is 2+2?\n"
-                                                     "Assistant: Two plus two makes four.")
+    assert handler.format_for_training()[loaded] == ("User: What is 2+2?\nAssistant: Two plus two makes four.")
     assert handler.get_batch(2, start_idx=loaded) == handler.conversations[loaded:]
-    ok, reasons = handler.validate_conversation_quality({"input": "Hi", "output": "Hello"},
-                                                        check_length=False)
-    assert not ok and reasons == ["incomplete output: ends mid-sentence without closing punctuation: "
-                                  "'Hello'"]
+    ok, reasons = handler.validate_conversation_quality({"input": "Hi", "output": "Hello"}, check_length=False)
+    assert not ok and reasons == ["incomplete output: ends mid-sentence without closing punctuation: 'Hello'"]
     report = handler.analyze_dataset_quality()
     assert report["total_conversations"] == loaded + 2 and report["quality_score"] >= 0.95
     assert len(handler.filter_valid_conversations()) == report["valid_conversations"]
@@ -169,23 +184,38 @@ def test_training_segments_separate_prompt_and_response():
     assert segments[1].text.startswith(" A kilometre")
 
 
-@pytest.mark.parametrize("records, message", [
-    ([], "contains no conversations"),
-    ([1], "record 0: expected an object, got a number"),
-    ([{"foo": 1}], "record 0: unrecognised record with keys ['foo']"),
-    ([{"input": "Hi", "output": "Hello there, friend.", "system": 3}],
-     "record 0: 'system' must be a string, got a number"),
-    ([{"input": "Hi", "output": "Hello.", "history": {"input": "a"}}],
-     "record 0: 'history' must be an array, got an object"),
-    ([{"input": "Hi", "output": "Hello.", "history": ["a"]}],
-     "record 0: history[0]: expected an object, got a string"),
-    ([{"conversations": [{"from": "robot", "value": "beep"}]}],
-     "record 0: conversations[0]: unknown speaker 'robot'"),
-    ([{"messages": [{"role": "user", "content": 5}]}],
-     "record 0: messages[0]: 'content' must be a string, got a number"),
-    ([{"messages": [{"role": "user", "content": "Anyone there?"}]}],
-     "record 0: no user turn followed by an assistant answer"),
-])
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([], "contains no conversations"),
+        ([1], "record 0: expected an object, got a number"),
+        ([{"foo": 1}], "record 0: unrecognised record with keys ['foo']"),
+        (
+            [{"input": "Hi", "output": "Hello there, friend.", "system": 3}],
+            "record 0: 'system' must be a string, got a number",
+        ),
+        (
+            [{"input": "Hi", "output": "Hello.", "history": {"input": "a"}}],
+            "record 0: 'history' must be an array, got an object",
+        ),
+        (
+            [{"input": "Hi", "output": "Hello.", "history": ["a"]}],
+            "record 0: history[0]: expected an object, got a string",
+        ),
+        (
+            [{"conversations": [{"from": "robot", "value": "beep"}]}],
+            "record 0: conversations[0]: unknown speaker 'robot'",
+        ),
+        (
+            [{"messages": [{"role": "user", "content": 5}]}],
+            "record 0: messages[0]: 'content' must be a string, got a number",
+        ),
+        (
+            [{"messages": [{"role": "user", "content": "Anyone there?"}]}],
+            "record 0: no user turn followed by an assistant answer",
+        ),
+    ],
+)
 def test_each_malformed_record_is_named_with_its_problem(tmp_path, records, message):
     path = tmp_path / "data.json"
     path.write_text(json.dumps(records))
@@ -202,17 +232,24 @@ def test_a_directory_is_not_a_data_file(tmp_path):
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 def test_versions_of_one_exchange_read_as_its_last_in_the_place_of_its_first(tmp_path, suffix):
     # A chat log holds a verdict given after an exchange was logged as a new version of it.
-    records = [{"input": "q1", "output": "wrong", "exchange_id": "a"},
-               {"input": "q2", "output": "fine", "exchange_id": "b"},
-               {"input": "q1", "output": "right", "exchange_id": "a", "feedback": "fixed",
-                "model_output": "wrong"},
-               {"input": "q3", "output": "no id"}, {"input": "q3", "output": "no id"}]
+    records = [
+        {"input": "q1", "output": "wrong", "exchange_id": "a"},
+        {"input": "q2", "output": "fine", "exchange_id": "b"},
+        {"input": "q1", "output": "right", "exchange_id": "a", "feedback": "fixed", "model_output": "wrong"},
+        {"input": "q3", "output": "no id"},
+        {"input": "q3", "output": "no id"},
+    ]
     path = tmp_path / f"log{suffix}"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records) if suffix == ".jsonl"
-                    else json.dumps(records), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for r in records) if suffix == ".jsonl" else json.dumps(records), encoding="utf-8"
+    )
     conversations = ConversationDataHandler(path).conversations
     assert [(c["input"], c["output"]) for c in conversations] == [
-        ("q1", "right"), ("q2", "fine"), ("q3", "no id"), ("q3", "no id")]  # ids only merge
+        ("q1", "right"),
+        ("q2", "fine"),
+        ("q3", "no id"),
+        ("q3", "no id"),
+    ]  # ids only merge
     assert conversations[0]["feedback"] == "fixed"
 
 
@@ -231,22 +268,38 @@ def assert_one_line_data_error(path, message: str) -> None:
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("name, text, message", [
-    ("big.jsonl", '{"input": "Hi", "output": "Hello.", "n": %s}\n' % ("9" * 5001),
-     "line 1: a number of 5001 digits is longer than the 4300 digits Python reads"),
-    ("nan.json", '[{"input": "Hi", "output": "Hello.", "score": NaN}]',
-     "NaN is not a JSON number"),
-    ("inf.jsonl", '{"input": "Hi", "output": "Hello.", "score": -Infinity}\n',
-     "line 1: -Infinity is not a JSON number"),
-    ("huge.jsonl", '{"input": "Hi", "output": "Hello.", "score": 1e999}\n',
-     "line 1: the number 1e999 is too large for a 64-bit float"),
-    ("surrogate.jsonl", '{"input": "Hi", "output": "Hello."}\n{"input": "A\\ud800", "output": "B."}\n',
-     "line 2: holds a lone surrogate escape (\\ud800)"),
-    ("surrogate.json", '[{"input": "Hi", "output": "Hello \\udfff"}]',
-     "holds a lone surrogate escape (\\udfff)"),
-    ("notes.txt", "input,output\n", "unsupported file type '.txt' (supported: .json, .jsonl, "
-                                    ".ndjson, .csv, .tsv, .parquet)"),
-])
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        (
+            "big.jsonl",
+            '{"input": "Hi", "output": "Hello.", "n": %s}\n' % ("9" * 5001),
+            "line 1: a number of 5001 digits is longer than the 4300 digits Python reads",
+        ),
+        ("nan.json", '[{"input": "Hi", "output": "Hello.", "score": NaN}]', "NaN is not a JSON number"),
+        (
+            "inf.jsonl",
+            '{"input": "Hi", "output": "Hello.", "score": -Infinity}\n',
+            "line 1: -Infinity is not a JSON number",
+        ),
+        (
+            "huge.jsonl",
+            '{"input": "Hi", "output": "Hello.", "score": 1e999}\n',
+            "line 1: the number 1e999 is too large for a 64-bit float",
+        ),
+        (
+            "surrogate.jsonl",
+            '{"input": "Hi", "output": "Hello."}\n{"input": "A\\ud800", "output": "B."}\n',
+            "line 2: holds a lone surrogate escape (\\ud800)",
+        ),
+        ("surrogate.json", '[{"input": "Hi", "output": "Hello \\udfff"}]', "holds a lone surrogate escape (\\udfff)"),
+        (
+            "notes.txt",
+            "input,output\n",
+            "unsupported file type '.txt' (supported: .json, .jsonl, .ndjson, .csv, .tsv, .parquet)",
+        ),
+    ],
+)
 def test_what_json_or_python_cannot_hold_is_a_one_line_error(tmp_path, name, text, message):
     path = tmp_path / name
     path.write_text(text)
@@ -256,7 +309,7 @@ def test_what_json_or_python_cannot_hold_is_a_one_line_error(tmp_path, name, tex
 def test_a_surrogate_pair_escape_is_one_character(tmp_path):
     path = tmp_path / "emoji.jsonl"
     path.write_text('{"input": "Smile?", "output": "Sure \\ud83d\\ude00"}\n')
-    assert ConversationDataHandler(path).conversations[0]["output"] == "Sure \U0001F600"
+    assert ConversationDataHandler(path).conversations[0]["output"] == "Sure \U0001f600"
 
 
 def test_an_unreadable_file_is_a_one_line_error(tmp_path):
@@ -267,19 +320,20 @@ def test_an_unreadable_file_is_a_one_line_error(tmp_path):
 
 def test_json_lines_read_as_the_standard_library_reads_them(tmp_path):
     # orjson reads most lines; these are the values where it could differ, and must not
-    lines = ['{"input": "BOM?", "output": "Before this line: dropped."}',
-             '{"input": "Hi", "output": "Hello.", "n": 123456789012345678901234}',  # > 64 bits
-             '{"input": "Pi?", "output": "About 3.14.", "x": 3.141592653589793, "z": 1e-300}',
-             '{"input": "Caf\\u00e9?", "output": "Sure \\ud83d\\ude00", "tags": [[[1]], '
-             '{"a": null}], "ok": true}',
-             '\u00a0 ',  # a no-break space: a blank line to Python, invalid JSON to orjson
-             '{"input": "Again", "output": "Twice.", "input": "Once"}',  # the last key wins
-             '[' * 600 + ']' * 600]
+    lines = [
+        '{"input": "BOM?", "output": "Before this line: dropped."}',
+        '{"input": "Hi", "output": "Hello.", "n": 123456789012345678901234}',  # > 64 bits
+        '{"input": "Pi?", "output": "About 3.14.", "x": 3.141592653589793, "z": 1e-300}',
+        '{"input": "Caf\\u00e9?", "output": "Sure \\ud83d\\ude00", "tags": [[[1]], {"a": null}], "ok": true}',
+        "\u00a0 ",  # a no-break space: a blank line to Python, invalid JSON to orjson
+        '{"input": "Again", "output": "Twice.", "input": "Once"}',  # the last key wins
+        "[" * 600 + "]" * 600,
+    ]
     path = tmp_path / "values.jsonl"
     path.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")  # a byte-order mark
     records = [record for _, record in iter_records(path)]
     assert records == [json.loads(line) for line in lines if line.strip()]
-    assert type(records[1]["n"]) is int and records[3]["output"] == "Sure \U0001F600"
+    assert type(records[1]["n"]) is int and records[3]["output"] == "Sure \U0001f600"
 
 
 def test_json_lines_are_read_one_at_a_time(tmp_path):
@@ -306,10 +360,10 @@ TABLE_EXPECTED = [
 
 
 @pytest.mark.parametrize("suffix, separator", [(".csv", ","), (".tsv", "\t")])
-@pytest.mark.parametrize("columns, row, expected", [
-    (*columns_row, expected) for columns_row, expected in zip(TABLE_ROWS, TABLE_EXPECTED)])
-def test_csv_and_tsv_columns_are_named_as_in_json(tmp_path, suffix, separator, columns, row,
-                                                   expected):
+@pytest.mark.parametrize(
+    "columns, row, expected", [(*columns_row, expected) for columns_row, expected in zip(TABLE_ROWS, TABLE_EXPECTED)]
+)
+def test_csv_and_tsv_columns_are_named_as_in_json(tmp_path, suffix, separator, columns, row, expected):
     import csv
 
     path = tmp_path / f"data{suffix}"
@@ -323,7 +377,8 @@ def test_csv_cells_stay_text_and_may_span_lines(tmp_path):
     path.write_text('input,output,id\n"Agent?","007\nat your service.",12\nWho?,\n')
     assert ConversationDataHandler(path).conversations == [
         {"input": "Agent?", "output": "007\nat your service.", "id": "12"},
-        {"input": "Who?", "output": "", "id": ""}]  # an empty cell is empty text
+        {"input": "Who?", "output": "", "id": ""},
+    ]  # an empty cell is empty text
 
 
 def test_parquet_keeps_nested_conversations(tmp_path):
@@ -331,20 +386,34 @@ def test_parquet_keeps_nested_conversations(tmp_path):
     import pyarrow.parquet as pq
 
     path = tmp_path / "data.parquet"
-    pq.write_table(pa.table({"messages": [[
-        {"role": "user", "content": "Is it cold?"},
-        {"role": "assistant", "content": "Yes, bring a warm jacket."}]]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "messages": [
+                    [
+                        {"role": "user", "content": "Is it cold?"},
+                        {"role": "assistant", "content": "Yes, bring a warm jacket."},
+                    ]
+                ]
+            }
+        ),
+        path,
+    )
     assert ConversationDataHandler(path).conversations == [
-        {"input": "Is it cold?", "output": "Yes, bring a warm jacket."}]
+        {"input": "Is it cold?", "output": "Yes, bring a warm jacket."}
+    ]
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("keys.csv", "foo,bar\n1,2\n", "row 2: unrecognised record with keys ['bar', 'foo']"),
-    ("missing.csv", "question,reply\nWhy?,Because.\n", "row 2: missing 'answer'"),
-    ("latin1.csv", "question,answer\nCaf\xe9?,Yes.\n".encode("latin-1"), "not"),
-    ("empty.tsv", "", "the file is empty"),
-    ("broken.parquet", "not parquet at all", "not a readable PARQUET file"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("keys.csv", "foo,bar\n1,2\n", "row 2: unrecognised record with keys ['bar', 'foo']"),
+        ("missing.csv", "question,reply\nWhy?,Because.\n", "row 2: missing 'answer'"),
+        ("latin1.csv", "question,answer\nCaf\xe9?,Yes.\n".encode("latin-1"), "not"),
+        ("empty.tsv", "", "the file is empty"),
+        ("broken.parquet", "not parquet at all", "not a readable PARQUET file"),
+    ],
+)
 def test_bad_tables_are_one_line_errors(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -353,20 +422,39 @@ def test_bad_tables_are_one_line_errors(tmp_path, name, content, message):
 
 def test_several_files_of_different_formats_combine_without_cross_file_copies(tmp_path):
     first = tmp_path / "first.json"
-    first.write_text(json.dumps([{"question": "What is 2+2?", "answer": "It is 4."},
-                                 {"input": "Hi", "output": "Hello!"},
-                                 {"input": "Hi", "output": "Hello!"}]))  # a copy inside one file
+    first.write_text(
+        json.dumps(
+            [
+                {"question": "What is 2+2?", "answer": "It is 4."},
+                {"input": "Hi", "output": "Hello!"},
+                {"input": "Hi", "output": "Hello!"},
+            ]
+        )
+    )  # a copy inside one file
     second = tmp_path / "second.jsonl"
-    second.write_text("\n".join(json.dumps(record) for record in [
-        {"input": "What is 2+2?", "output": "It is 4.", "timestamp": "2026-01-01"},  # a copy
-        {"input": "What is 2+2?", "output": "It is 4.", "system": "Be brief."},  # not a copy
-        {"prompt": "Bye", "completion": "Goodbye!"}]) + "\n")
+    second.write_text(
+        "\n".join(
+            json.dumps(record)
+            for record in [
+                {"input": "What is 2+2?", "output": "It is 4.", "timestamp": "2026-01-01"},  # a copy
+                {"input": "What is 2+2?", "output": "It is 4.", "system": "Be brief."},  # not a copy
+                {"prompt": "Bye", "completion": "Goodbye!"},
+            ]
+        )
+        + "\n"
+    )
     handler = ConversationDataHandler.from_files([first, second])
     assert [(c["input"], c.get("system")) for c in handler.conversations] == [
-        ("What is 2+2?", None), ("Hi", None), ("Hi", None), ("What is 2+2?", "Be brief."),
-        ("Bye", None)]
+        ("What is 2+2?", None),
+        ("Hi", None),
+        ("Hi", None),
+        ("What is 2+2?", "Be brief."),
+        ("Bye", None),
+    ]
     assert [(s.path.name, s.conversations, s.added, s.duplicates) for s in handler.sources] == [
-        ("first.json", 3, 3, 0), ("second.jsonl", 3, 2, 1)]
+        ("first.json", 3, 3, 0),
+        ("second.jsonl", 3, 2, 1),
+    ]
     report = handler.sources_report()
     assert "first.json: 3 conversations" in report
     assert "second.jsonl: 3 conversations (1 already in an earlier file, dropped)" in report

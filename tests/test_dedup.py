@@ -78,11 +78,10 @@ def naive_candidates(finder: NearDuplicateFinder, signatures, members) -> set[tu
     for band in range(config.minhash_bands):
         buckets: dict[tuple, list[int]] = {}
         for member in members.tolist():
-            buckets.setdefault(tuple(signatures[member, band * rows:(band + 1) * rows]),
-                               []).append(member)
+            buckets.setdefault(tuple(signatures[member, band * rows : (band + 1) * rows]), []).append(member)
         for bucket in buckets.values():
             for place, later in enumerate(bucket):
-                for earlier in bucket[max(0, place - config.max_bucket_candidates):place]:
+                for earlier in bucket[max(0, place - config.max_bucket_candidates) : place]:
                     if (signatures[later] == signatures[earlier]).mean() >= least:
                         pairs.add((later, earlier))
     return pairs
@@ -95,8 +94,7 @@ def test_candidate_pairs_are_those_of_the_plain_rule_in_large_buckets_too():
     signatures = rng.integers(0, 2, size=(300, 100), dtype=np.uint16)
     members = np.sort(rng.choice(300, size=250, replace=False))
     pairs = finder._candidates(signatures, members)
-    assert {tuple(pair) for pair in pairs.tolist()} == naive_candidates(finder, signatures,
-                                                                        members)
+    assert {tuple(pair) for pair in pairs.tolist()} == naive_candidates(finder, signatures, members)
     assert len(pairs) > 1000 and (np.diff(pairs[:, 0] * 300 + pairs[:, 1]) > 0).all()
     wide = signatures.astype(np.uint32)  # `find`'s signatures: a band is wider than a word
     assert (finder._candidates(wide, members) == pairs).all()

@@ -50,8 +50,7 @@ def test_first_sentence_match_ignores_case_spacing_quotes_and_the_final_stop():
 
 def test_trained_answers_score_full_marks_alone(tiny_onnx_dir, data_file):
     seen = []
-    report = Evaluator(tiny_onnx_dir, progress=lambda done, total: seen.append((done, total))
-                       ).evaluate_file(data_file)
+    report = Evaluator(tiny_onnx_dir, progress=lambda done, total: seen.append((done, total))).evaluate_file(data_file)
     assert report.examples == len(TINY_CONVERSATIONS) and seen[-1] == (8, 8)
     assert (report.exact_match, report.first_sentence_match, report.token_f1) == (1.0, 1.0, 1.0)
     last = report.results[-1]  # multi-turn: the final answer, with the record's history in context
@@ -107,56 +106,90 @@ def test_example_result_scores():
 
 # -- the `evaluate` command ------------------------------------------------------------------
 
+
 def test_cli_json_report_and_exit_codes_against_a_baseline(tiny_onnx_dir, worse_onnx_dir, data_file):
-    result = run_cli("evaluate", "--model-path", str(tiny_onnx_dir), "--data-file", str(data_file),
-                     "--json", "--quiet")
+    result = run_cli("evaluate", "--model-path", str(tiny_onnx_dir), "--data-file", str(data_file), "--json", "--quiet")
     assert result.returncode == 0 and result.stderr == "", result.stderr
     data = json.loads(result.stdout)
     assert {"model", "examples", "exact_match", "first_sentence_match", "token_f1", "results"} <= data.keys()
     assert (data["model"], data["examples"], data["first_sentence_match"]) == (str(tiny_onnx_dir), 8, 1.0)
     assert "baseline" not in data and len(data["results"]) == 8
 
-    better = run_cli("evaluate", "--model-path", str(tiny_onnx_dir), "--data-file", str(data_file),
-                     "--baseline", str(worse_onnx_dir), "--json", "--quiet")
+    better = run_cli(
+        "evaluate",
+        "--model-path",
+        str(tiny_onnx_dir),
+        "--data-file",
+        str(data_file),
+        "--baseline",
+        str(worse_onnx_dir),
+        "--json",
+        "--quiet",
+    )
     assert better.returncode == 0, better.stderr
     assert json.loads(better.stdout)["baseline"]["worse"] == []
 
-    worse = run_cli("evaluate", "--model-path", str(worse_onnx_dir), "--data-file", str(data_file),
-                    "--baseline", str(tiny_onnx_dir), "--json", "--quiet")
+    worse = run_cli(
+        "evaluate",
+        "--model-path",
+        str(worse_onnx_dir),
+        "--data-file",
+        str(data_file),
+        "--baseline",
+        str(tiny_onnx_dir),
+        "--json",
+        "--quiet",
+    )
     assert worse.returncode == 1, worse.stderr
     data = json.loads(worse.stdout)
     baseline = data["baseline"]
-    assert {"model", "examples", "exact_match", "first_sentence_match", "token_f1", "results",
-            "worse"} <= baseline.keys()
+    assert {
+        "model",
+        "examples",
+        "exact_match",
+        "first_sentence_match",
+        "token_f1",
+        "results",
+        "worse",
+    } <= baseline.keys()
     assert baseline["model"] == str(tiny_onnx_dir) and baseline["first_sentence_match"] == 1.0
     assert data["first_sentence_match"] < 1.0 and baseline["worse"] and not data["passed"]
 
 
 def test_cli_text_report_in_one_session(tiny_onnx_dir, tmp_path):
     data = tmp_path / "openai.jsonl"  # any format validate reads
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": c["input"]},
-                                                     {"role": "assistant", "content": c["output"]}]}) + "\n"
-                            for c in TINY_CONVERSATIONS[:3]))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": c["input"]}, {"role": "assistant", "content": c["output"]}]}
+            )
+            + "\n"
+            for c in TINY_CONVERSATIONS[:3]
+        )
+    )
     result = run_cli("evaluate", "--model-path", str(tiny_onnx_dir), "--data-file", str(data), "--session")
     assert result.returncode == 0, result.stderr
     table = result.stdout.splitlines()
-    assert table[0].split() == ["examples", "first", "sentence", "exact", "token", "F1", "mean", "tokens",
-                                "truncated"]
+    assert table[0].split() == ["examples", "first", "sentence", "exact", "token", "F1", "mean", "tokens", "truncated"]
     assert table[1].split()[:2] == ["model", "3"] and "(one session;" in result.stdout
     assert f"evaluating {tiny_onnx_dir} on 3 question(s)" in result.stderr
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing data", "no such file"),
-    ("bad data", "not valid JSON"),
-    ("pytorch model", "is a PyTorch model, not an ONNX model directory"),
-    ("empty directory", "is not an ONNX model directory"),
-    ("bad baseline", "is not an ONNX model directory"),
-    ("bad tolerance", "--tolerance = 2.0 must be between 0 and 1"),
-    ("tolerance without baseline", "--tolerance compares with a baseline: give --baseline"),
-])
-def test_cli_bad_input_is_a_one_line_error(case, message, tiny_onnx_dir, trained_tiny_model_dir,
-                                           data_file, tmp_path, cli_here):
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing data", "no such file"),
+        ("bad data", "not valid JSON"),
+        ("pytorch model", "is a PyTorch model, not an ONNX model directory"),
+        ("empty directory", "is not an ONNX model directory"),
+        ("bad baseline", "is not an ONNX model directory"),
+        ("bad tolerance", "--tolerance = 2.0 must be between 0 and 1"),
+        ("tolerance without baseline", "--tolerance compares with a baseline: give --baseline"),
+    ],
+)
+def test_cli_bad_input_is_a_one_line_error(
+    case, message, tiny_onnx_dir, trained_tiny_model_dir, data_file, tmp_path, cli_here
+):
     (tmp_path / "bad.json").write_text('[{"input": "Hi", "output": "Hello."},')
     (tmp_path / "empty").mkdir()
     model, data, extra = str(tiny_onnx_dir), str(data_file), []
@@ -191,7 +224,6 @@ except SystemExit as done:
     assert not done.code, done.code
 print(sorted(name for name in ("torch", "transformers", "optimum") if name in sys.modules))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]" and "model" in result.stdout

@@ -125,9 +125,11 @@ def test_an_earlier_output_holding_files_of_the_users_is_never_replaced(tmp_path
     with pytest.raises(MtnsailsError) as error:
         with atomic_directory(model, kind=MODEL_FORMAT):
             pass
-    assert str(error.value) == (f"{model}: holds files mtnsails did not write (NOTES.txt, "
-                                "my_data.json); it is never overwritten: move them out or choose "
-                                "another output directory")
+    assert str(error.value) == (
+        f"{model}: holds files mtnsails did not write (NOTES.txt, "
+        "my_data.json); it is never overwritten: move them out or choose "
+        "another output directory"
+    )
     assert (model / "NOTES.txt").read_text() == "precious" and (model / "weights").exists()
 
 
@@ -151,12 +153,20 @@ def _dead_pid() -> int:
 def test_a_run_killed_while_writing_leaves_the_old_output_and_its_staging_is_cleaned_up(tmp_path):
     model = _earlier_output(tmp_path / "model", weights="old")
     writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\n"
-         "from mtnsails.model_dir.output import atomic_directory\n"
-         "with atomic_directory(sys.argv[1]) as staging:\n"
-         "    (staging / 'weights').write_text('half')\n"
-         "    print('writing', flush=True)\n"
-         "    time.sleep(60)\n", str(model)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from mtnsails.model_dir.output import atomic_directory\n"
+            "with atomic_directory(sys.argv[1]) as staging:\n"
+            "    (staging / 'weights').write_text('half')\n"
+            "    print('writing', flush=True)\n"
+            "    time.sleep(60)\n",
+            str(model),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert writer.stdout.readline() == "writing\n"
     writer.kill()  # kill -9: no cleanup code runs
     writer.wait()

@@ -20,8 +20,7 @@ def plain_export(trained_tiny_model_dir, tmp_path_factory):
     from optimum.exporters.onnx import main_export
 
     path = tmp_path_factory.mktemp("plain_export")
-    main_export(str(trained_tiny_model_dir), path, task="text-generation-with-past", device="cpu",
-                do_validation=False)
+    main_export(str(trained_tiny_model_dir), path, task="text-generation-with-past", device="cpu", do_validation=False)
     return path
 
 
@@ -57,8 +56,9 @@ def test_heads_onnxruntime_cannot_fuse_are_left_as_exported(tmp_path):
 
     config = GPT2Config(vocab_size=64, n_positions=32, n_embd=40, n_layer=1, n_head=2)
     GPT2LMHeadModel(config).save_pretrained(tmp_path / "model")
-    main_export(str(tmp_path / "model"), tmp_path / "onnx", task="text-generation-with-past",
-                device="cpu", do_validation=False)
+    main_export(
+        str(tmp_path / "model"), tmp_path / "onnx", task="text-generation-with-past", device="cpu", do_validation=False
+    )
     before = (tmp_path / "onnx" / "model.onnx").read_bytes()
     assert not fuse_attention(tmp_path / "onnx" / "model.onnx", tmp_path / "onnx" / "config.json")
     assert (tmp_path / "onnx" / "model.onnx").read_bytes() == before

@@ -11,11 +11,18 @@ from conftest import TINY_CONVERSATIONS, run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_int4_round_trip_through_convert_verify_and_chat(trained_tiny_model_dir, tmp_path,
-                                                         cli_here):
+def test_int4_round_trip_through_convert_verify_and_chat(trained_tiny_model_dir, tmp_path, cli_here):
     output = tmp_path / "onnx"
-    converted = cli_here("convert", "--model-path", str(trained_tiny_model_dir),
-                         "--onnx-output", str(output), "--quantize", "int4", "--verify")
+    converted = cli_here(
+        "convert",
+        "--model-path",
+        str(trained_tiny_model_dir),
+        "--onnx-output",
+        str(output),
+        "--quantize",
+        "int4",
+        "--verify",
+    )
     assert converted.returncode == 0, converted.stderr
     assert "int4 greedy token agrees with fp32 PyTorch on" in converted.stdout
     meta = json.loads((output / "mtnsails.json").read_text())
@@ -32,8 +39,17 @@ def test_int4_round_trip_through_convert_verify_and_chat(trained_tiny_model_dir,
     assert (output / "model_int4.onnx").stat().st_size < (output / "model.onnx").stat().st_size / 4
 
     conversation = TINY_CONVERSATIONS[0]
-    answered = run_cli("chat", "--model-path", str(output), "--precision", "int4", "--temperature", "0",
-                       "--prompt", conversation["input"])
+    answered = run_cli(
+        "chat",
+        "--model-path",
+        str(output),
+        "--precision",
+        "int4",
+        "--temperature",
+        "0",
+        "--prompt",
+        conversation["input"],
+    )
     assert answered.returncode == 0, answered.stderr
     assert answered.stdout == conversation["output"] + "\n"
 
@@ -50,10 +66,12 @@ def test_gemm_becomes_matmul_plus_bias_on_the_same_weight(tmp_path):
     rng = np.random.default_rng(0)
     weight, bias = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="linear")], "linear",
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="linear")],
+        "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 3])],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     weights = sum(tensor.ByteSize() for tensor in model.graph.initializer)
     assert gemm_to_matmul(model.graph) == 1

@@ -15,15 +15,18 @@ from mtnsails.loop.review import LogReview
 # A chat log as `chat --log-conversations --log-file log.jsonl` writes it: the verdict on the
 # Germany question came after the exchange, as a new version of it (same exchange_id).
 LOG = [
-    {"input": "What is the capital of France?", "output": "The capital of France is Paris.",
-     "exchange_id": "a"},
+    {"input": "What is the capital of France?", "output": "The capital of France is Paris.", "exchange_id": "a"},
     {"input": "What is the capital of Germany?", "output": "Run python main.", "exchange_id": "b"},
     {"input": "What do bees make?", "output": "Bees make honey and wax.", "exchange_id": "c"},
-    {"input": "What is the capital of Germany?", "output": "Run python main.", "exchange_id": "b",
-     "feedback": "bad"},
+    {"input": "What is the capital of Germany?", "output": "Run python main.", "exchange_id": "b", "feedback": "bad"},
     {"input": "Who wrote Hamlet?", "output": "Hamlet is a play.", "exchange_id": "d"},
-    {"input": "And when?", "output": "Around 1600.", "exchange_id": "e", "system": "Be brief.",
-     "history": [{"input": "Who wrote Hamlet?", "output": "Shakespeare."}]},
+    {
+        "input": "And when?",
+        "output": "Around 1600.",
+        "exchange_id": "e",
+        "system": "Be brief.",
+        "history": [{"input": "Who wrote Hamlet?", "output": "Shakespeare."}],
+    },
 ]
 
 
@@ -49,8 +52,12 @@ def test_review_keeps_drops_edits_and_goes_on_where_it_stopped(tmp_path):
     assert "Stopped at 4/5. Kept 4 of 5 (1 edited, 2 not reviewed)" in shown
     records = json.loads(output.read_text(encoding="utf-8"))  # not reviewed yet: kept by default
     assert [r["exchange_id"] for r in records] == ["a", "b", "d", "e"]
-    assert records[1] == {**LOG[3], "output": "The capital of Germany is Berlin.", "feedback": "fixed",
-                          "model_output": "Run python main."}
+    assert records[1] == {
+        **LOG[3],
+        "output": "The capital of Germany is Berlin.",
+        "feedback": "fixed",
+        "model_output": "Run python main.",
+    }
     assert records[3]["history"] == LOG[5]["history"] and records[3]["system"] == "Be brief."
 
     # the same command goes on at 4/5; the end of input stops it like q
@@ -65,16 +72,17 @@ def test_review_keeps_drops_edits_and_goes_on_where_it_stopped(tmp_path):
     assert [(c["exchange_id"], c["output"], c.get("feedback")) for c in final] == [
         ("a", "The capital of France is Paris.", None),
         ("b", "The capital of Germany is Berlin.", "fixed"),
-        ("d", "Shakespeare wrote Hamlet.", "fixed"), ("e", "Around 1600.", None),
-        ("f", "Hello! How can I help?", None)]
+        ("d", "Shakespeare wrote Hamlet.", "fixed"),
+        ("e", "Around 1600.", None),
+        ("f", "Hello! How can I help?", None),
+    ]
 
 
 def test_unreviewed_bad_marks_are_dropped_and_a_kept_one_becomes_good(tmp_path):
     log = write_log(tmp_path / "chat.jsonl")
     output = tmp_path / "reviewed.jsonl"
     assert review(log, output, "q\n").returncode == 0
-    assert [json.loads(line)["exchange_id"] for line in output.read_text().splitlines()] == [
-        "a", "c", "d", "e"]
+    assert [json.loads(line)["exchange_id"] for line in output.read_text().splitlines()] == ["a", "c", "d", "e"]
     # for a bad mark Enter drops, k keeps (the reviewer overrides the mark)
     assert "Enter = drop, k = keep" in review(log, output, "\nk\n").stdout
     kept = {record["exchange_id"]: record for record in LogReview(log, output).kept()}
@@ -91,17 +99,20 @@ def test_a_finished_review_says_so_and_writes_the_output_again(tmp_path):
     assert len(json.loads(output.read_text())) == 2
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda tmp: (tmp / "notes.json", tmp / "out.json"), "no such file"),
-    (lambda tmp: (write_text(tmp / "notes.json", "just some notes"), tmp / "out.json"),
-     "not valid JSON"),
-    (lambda tmp: (write_text(tmp / "notes.json", '{"name": "x"}'), tmp / "out.json"),
-     "expected a JSON array"),
-    (lambda tmp: (write_log(tmp / "chat.jsonl"), tmp / "chat.jsonl"), "is the log itself"),
-    (lambda tmp: (write_log(tmp / "chat.jsonl"), write_text(tmp / "mine.json", "[]")),
-     "exists and is not a review of"),
-    (lambda tmp: (write_log(tmp / "chat.jsonl"), tmp / "missing" / "out.json"), "does not exist"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: (tmp / "notes.json", tmp / "out.json"), "no such file"),
+        (lambda tmp: (write_text(tmp / "notes.json", "just some notes"), tmp / "out.json"), "not valid JSON"),
+        (lambda tmp: (write_text(tmp / "notes.json", '{"name": "x"}'), tmp / "out.json"), "expected a JSON array"),
+        (lambda tmp: (write_log(tmp / "chat.jsonl"), tmp / "chat.jsonl"), "is the log itself"),
+        (
+            lambda tmp: (write_log(tmp / "chat.jsonl"), write_text(tmp / "mine.json", "[]")),
+            "exists and is not a review of",
+        ),
+        (lambda tmp: (write_log(tmp / "chat.jsonl"), tmp / "missing" / "out.json"), "does not exist"),
+    ],
+)
 def test_bad_inputs_are_one_line_errors_and_nothing_is_lost(tmp_path, make, message):
     log, output = make(tmp_path)
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
@@ -119,12 +130,17 @@ def test_an_output_folder_that_takes_no_files_is_a_one_line_error(tmp_path):
 def test_piped_answers_that_are_not_utf8_are_asked_again_never_written(tmp_path):
     log, output = write_log(tmp_path / "chat.jsonl"), tmp_path / "reviewed.json"
     script = b"e caf\xe9 au lait\nk\nq\n"  # Latin-1 bytes, as a terminal in another encoding sends
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "review", str(log),
-                             "--output", str(output)], input=script, capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "main.py"), "review", str(log), "--output", str(output)],
+        input=script,
+        capture_output=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert b"not valid UTF-8" in result.stdout and b"Traceback" not in result.stderr
     assert json.loads(output.read_text("utf-8"))[0] == {key: LOG[0][key] for key in ("input", "output")} | {
-        "exchange_id": "a"}
+        "exchange_id": "a"
+    }
 
 
 def test_a_state_file_of_another_log_is_refused(tmp_path):

@@ -42,7 +42,9 @@ def test_each_exchange_is_a_training_record(log_path):
         logger.log("Thanks!", "You're welcome.")
     records = read_log(log_path)
     assert [(r["input"], r["output"]) for r in records] == [
-        ("What is ONNX?", 'An open "format" for models — portable.'), ("Thanks!", "You're welcome.")]
+        ("What is ONNX?", 'An open "format" for models — portable.'),
+        ("Thanks!", "You're welcome."),
+    ]
     assert records[0]["model"] == "tiny"
     stamp = time.strptime(records[0]["timestamp"][:19], "%Y-%m-%dT%H:%M:%S")  # ISO-8601
     assert records[0]["timestamp"].endswith("+00:00") and stamp.tm_year >= 2024
@@ -67,8 +69,9 @@ def test_amend_gives_a_logged_exchange_a_new_version_and_readers_see_only_the_la
     with ConversationLogger(log_path) as logger:
         first = logger.log("What is the capital of Germany?", "Run python main.")
         second = logger.log("Who wrote Hamlet?", "Shakespeare wrote it.")
-        logger.amend(first, feedback="fixed", output="Berlin is the capital of Germany.",
-                     model_output="Run python main.")
+        logger.amend(
+            first, feedback="fixed", output="Berlin is the capital of Germany.", model_output="Run python main."
+        )
         logger.amend(second, feedback="bad")
         assert logger.amend(second, feedback="good")["feedback"] == "good"  # the last verdict wins
         logger.flush()
@@ -84,7 +87,8 @@ def test_amend_gives_a_logged_exchange_a_new_version_and_readers_see_only_the_la
     conversations = ConversationDataHandler.from_file(log_path).conversations
     assert [(c["input"], c["output"], c["feedback"]) for c in conversations] == [
         ("What is the capital of Germany?", "Berlin is the capital of Germany.", "fixed"),
-        ("Who wrote Hamlet?", "Shakespeare wrote it.", "good")]
+        ("Who wrote Hamlet?", "Shakespeare wrote it.", "good"),
+    ]
     assert conversations[0]["model_output"] == "Run python main."
     assert [c["exchange_id"] for c in conversations] == [first, second]
 
@@ -113,15 +117,21 @@ def test_existing_jsonl_without_final_newline_gets_its_own_line(tmp_path):
     assert [r["input"] for r in read_log(path)] == ["old", "new"]
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("log.json", '{"input": "a", "output": "b"}', "not a JSON array"),
-    ("log.json", '[{"input": "a", "output": "b"},', "not valid JSON"),
-    ("log.jsonl", '{"input": "a", "output": "b"}\n{"input": "bad\n{"input": "c"}\n', "line 2"),
-    # valid JSON, but no conversations: appending would mix a chat log into another file
-    ("log.json", "[1, 2, 3]", r"not a chat log \(record 0: expected an object, got a number\)"),
-    ("log.jsonl", '{"input": "a", "output": "b"}\n{"foo": 1}\n',
-     r"not a chat log \(line 2: unrecognised record with keys \['foo'\]"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("log.json", '{"input": "a", "output": "b"}', "not a JSON array"),
+        ("log.json", '[{"input": "a", "output": "b"},', "not valid JSON"),
+        ("log.jsonl", '{"input": "a", "output": "b"}\n{"input": "bad\n{"input": "c"}\n', "line 2"),
+        # valid JSON, but no conversations: appending would mix a chat log into another file
+        ("log.json", "[1, 2, 3]", r"not a chat log \(record 0: expected an object, got a number\)"),
+        (
+            "log.jsonl",
+            '{"input": "a", "output": "b"}\n{"foo": 1}\n',
+            r"not a chat log \(line 2: unrecognised record with keys \['foo'\]",
+        ),
+    ],
+)
 def test_an_invalid_existing_log_is_refused_and_left_alone(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
@@ -140,10 +150,13 @@ def test_a_torn_last_line_left_by_a_crash_is_dropped_with_a_warning(tmp_path, ca
     assert f"warning: {path}: line 2 is cut short" in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda path: path.mkdir(), "is a directory"),
-    (lambda path: path.write_bytes(b'[{"input": "caf\xe9", "output": "b"}]'), "not UTF-8"),  # Latin-1
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda path: path.mkdir(), "is a directory"),
+        (lambda path: path.write_bytes(b'[{"input": "caf\xe9", "output": "b"}]'), "not UTF-8"),  # Latin-1
+    ],
+)
 def test_a_log_path_that_is_no_text_file_is_refused_and_left_alone(tmp_path, make, message):
     path = tmp_path / "log.json"
     make(path)
@@ -211,9 +224,11 @@ def test_bad_records_fail_the_caller_not_the_writer(tmp_path):
 
 
 def test_two_processes_logging_to_one_file_lose_nothing(log_path):
-    code = ("import sys\nfrom mtnsails.data.logger import ConversationLogger\n"
-            "with ConversationLogger(sys.argv[1]) as logger:\n"
-            "    for i in range(100):\n        logger.log(f'{sys.argv[2]} {i}', 'ok')\n")
+    code = (
+        "import sys\nfrom mtnsails.data.logger import ConversationLogger\n"
+        "with ConversationLogger(sys.argv[1]) as logger:\n"
+        "    for i in range(100):\n        logger.log(f'{sys.argv[2]} {i}', 'ok')\n"
+    )
     children = [run_child(code, str(log_path), name) for name in ("a", "b")]
     assert [child.wait(timeout=60) for child in children] == [0, 0]
     inputs = [r["input"] for r in read_log(log_path)]
@@ -223,15 +238,22 @@ def test_two_processes_logging_to_one_file_lose_nothing(log_path):
 
 def test_a_file_size_limit_never_leaves_half_a_record(log_path):
     """`ulimit -f` stops the writes part-way through a record; the log stays whole and valid."""
-    code = ("import sys\nfrom mtnsails.core.errors import MtnsailsError\n"
-            "from mtnsails.data.logger import ConversationLogger\n"
-            "logger = ConversationLogger(sys.argv[1])\n"
-            "for i in range(200):\n"
-            "    logger.log(f'question {i}', 'answer ' * 40)\n"
-            "    try:\n        logger.flush()\n"
-            "    except MtnsailsError as error:\n        print(error)\n        break\n")
-    child = run_child(code, str(log_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)))
+    code = (
+        "import sys\nfrom mtnsails.core.errors import MtnsailsError\n"
+        "from mtnsails.data.logger import ConversationLogger\n"
+        "logger = ConversationLogger(sys.argv[1])\n"
+        "for i in range(200):\n"
+        "    logger.log(f'question {i}', 'answer ' * 40)\n"
+        "    try:\n        logger.flush()\n"
+        "    except MtnsailsError as error:\n        print(error)\n        break\n"
+    )
+    child = run_child(
+        code,
+        str(log_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)),
+    )
     stdout, stderr = child.communicate(timeout=60)
     assert "logged exchange(s) not saved" in stdout and "Traceback" not in stderr
     records = read_log(log_path)  # parses: no torn line, no half-written array
@@ -241,14 +263,15 @@ def test_a_file_size_limit_never_leaves_half_a_record(log_path):
 
 def run_child(code: str, *args: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=env,
-                            text=True, **popen)
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=env, text=True, **popen)
 
 
 def test_exit_without_close_still_saves_everything(log_path):
-    code = ("import sys\nfrom mtnsails.data.logger import ConversationLogger\n"
-            "logger = ConversationLogger(sys.argv[1])\n"
-            "for i in range(50):\n    logger.log(f'q{i}', f'a{i}')\n")
+    code = (
+        "import sys\nfrom mtnsails.data.logger import ConversationLogger\n"
+        "logger = ConversationLogger(sys.argv[1])\n"
+        "for i in range(50):\n    logger.log(f'q{i}', f'a{i}')\n"
+    )
     assert run_child(code, str(log_path)).wait(timeout=60) == 0
     assert len(read_log(log_path)) == 50
 
@@ -273,8 +296,10 @@ KILL_SEEDS = pytest.mark.parametrize("seed", [1, 2], ids=lambda seed: f"seed{see
 @KILL_SEEDS
 def test_kill_9_while_logging_loses_at_most_the_exchange_in_flight(log_path, seed):
     old = [{"input": "from yesterday", "output": "still here"}]
-    log_path.write_text("\n".join(json.dumps(r) for r in old) + "\n" if log_path.suffix == ".jsonl"
-                        else json.dumps(old), encoding="utf-8")
+    log_path.write_text(
+        "\n".join(json.dumps(r) for r in old) + "\n" if log_path.suffix == ".jsonl" else json.dumps(old),
+        encoding="utf-8",
+    )
     child = run_child(CHATTING_CHILD, str(log_path), stdout=subprocess.PIPE)
     assert child.stdout.readline().strip() == "0"
     time.sleep(random.Random(seed).uniform(0.02, 0.4))  # usually in the middle of a write
@@ -294,9 +319,23 @@ def test_kill_9_while_logging_loses_at_most_the_exchange_in_flight(log_path, see
 def test_kill_9_during_a_scripted_chat_keeps_every_answered_exchange(log_path, tiny_onnx_dir):
     prompts = [f"{c['input']} ({n})" for n in range(6) for c in TINY_CONVERSATIONS]
     child = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "main.py"), "chat", "--model-path", str(tiny_onnx_dir),
-         "--max-tokens", "12", "--log-conversations", "--log-file", str(log_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=log_path.parent)
+        [
+            sys.executable,
+            str(REPO_ROOT / "main.py"),
+            "chat",
+            "--model-path",
+            str(tiny_onnx_dir),
+            "--max-tokens",
+            "12",
+            "--log-conversations",
+            "--log-file",
+            str(log_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=log_path.parent,
+    )
     child.stdin.write("".join(prompt + "\n" for prompt in prompts))
     child.stdin.flush()  # stdin stays open: the chat is killed, it does not run out of prompts
     rng = random.Random(0)  # seeded: a failure can be rerun with the same kill moment
@@ -308,7 +347,7 @@ def test_kill_9_during_a_scripted_chat_keeps_every_answered_exchange(log_path, t
     answers = [answer.rstrip("\n") for answer in answers]
 
     records = read_log(log_path)
-    assert [r["input"] for r in records] == prompts[:len(records)]
+    assert [r["input"] for r in records] == prompts[: len(records)]
     assert len(answers) - 1 <= len(records) <= len(answers) + 1
     for record, answer in zip(records, answers):  # the log holds what the user was shown
         assert record["output"].replace("\n", " ") == answer

@@ -104,14 +104,12 @@ def with_sizes_not_matching_the_weights(path):
 # A saved model damaged in each way a user's directory can be, and what the error must say.
 BROKEN_MODEL_DIRECTORIES = [
     (without_tokenizer, "directory has no tokenizer files"),
-    (without_weights, "directory has no model weights (*.safetensors, or *.bin read with "
-                      "weights_only)"),
+    (without_weights, "directory has no model weights (*.safetensors, or *.bin read with weights_only)"),
     (with_corrupt_weights, "cannot read the weights in model.safetensors"),
     (with_corrupt_config, "config.json' is not a valid JSON file"),
     (with_a_plain_pickle_as_weights, "pytorch_model.bin is not a PyTorch weights file"),
     (with_corrupt_tokenizer, "cannot load it: cannot read its tokenizer (invalid type: integer"),
-    (with_sizes_not_matching_the_weights, "its weights do not fit the sizes in config.json "
-                                          "(size mismatch for "),
+    (with_sizes_not_matching_the_weights, "its weights do not fit the sizes in config.json (size mismatch for "),
 ]
 
 
@@ -124,8 +122,7 @@ def broken_copy(model_dir, tmp_path, damage):
 
 
 @pytest.mark.parametrize("damage, problem", BROKEN_MODEL_DIRECTORIES)
-def test_a_broken_model_directory_is_a_one_line_error_naming_it(
-        damage, problem, untrained_tiny_model_dir, tmp_path):
+def test_a_broken_model_directory_is_a_one_line_error_naming_it(damage, problem, untrained_tiny_model_dir, tmp_path):
     path = broken_copy(untrained_tiny_model_dir, tmp_path, damage)
     with pytest.raises(MtnsailsError) as error:
         resolve_model(str(path))
@@ -137,8 +134,9 @@ def test_a_broken_model_directory_is_a_one_line_error_naming_it(
 def test_a_name_no_hub_model_can_have_is_refused_at_once():
     with pytest.raises(MtnsailsError) as error:
         resolve_model("bad name!!")
-    assert str(error.value).startswith("--model-name bad name!!: no such directory, and not a "
-                                       "valid Hugging Face model name")
+    assert str(error.value).startswith(
+        "--model-name bad name!!: no such directory, and not a valid Hugging Face model name"
+    )
 
 
 def test_the_embedded_tokenizer_learns_from_a_bounded_start_of_each_text():

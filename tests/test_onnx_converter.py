@@ -84,8 +84,9 @@ def test_verify_fails_when_onnx_is_another_model(untrained_onnx_dir, tmp_path):
     from mtnsails.train.models import EmbeddedModelSpec, build_embedded_model
 
     # Same tokenizer, other random weights: the ONNX file no longer matches this model.
-    model, tokenizer = build_embedded_model(["User: hello\nAssistant: Hello! How can I help?"],
-                                            EmbeddedModelSpec(seed=1))
+    model, tokenizer = build_embedded_model(
+        ["User: hello\nAssistant: Hello! How can I help?"], EmbeddedModelSpec(seed=1)
+    )
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     report = ONNXConverter(tmp_path, quiet=True).verify(untrained_onnx_dir)
@@ -93,8 +94,7 @@ def test_verify_fails_when_onnx_is_another_model(untrained_onnx_dir, tmp_path):
     assert any("max logit difference" in problem for problem in report.problems)
 
 
-def test_verify_fails_on_a_model_that_computes_nan(untrained_tiny_model_dir, untrained_onnx_dir,
-                                                  tmp_path):
+def test_verify_fails_on_a_model_that_computes_nan(untrained_tiny_model_dir, untrained_onnx_dir, tmp_path):
     model = nan_copy(untrained_tiny_model_dir, tmp_path / "model")
     onnx_dir = nan_copy(untrained_onnx_dir, tmp_path / "onnx")  # as convert exports such a model
     with pytest.raises(MtnsailsError, match="non-finite logits"):
@@ -147,23 +147,23 @@ def test_export_never_overwrites_a_folder_of_the_users(untrained_tiny_model_dir,
     assert (output / "notes.txt").read_text() == "mine"
 
 
-def test_cli_convert_never_replaces_an_export_holding_a_chat_log(untrained_tiny_model_dir,
-                                                                 untrained_onnx_dir, tmp_path):
+def test_cli_convert_never_replaces_an_export_holding_a_chat_log(
+    untrained_tiny_model_dir, untrained_onnx_dir, tmp_path
+):
     output = tmp_path / "onnx"
     shutil.copytree(untrained_onnx_dir, output)
     (output / "chat_history.json").write_text("[]")
-    result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir),
-                     "--onnx-output", str(output))
+    result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir), "--onnx-output", str(output))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"error: {output}: holds files mtnsails did not write "
-                                    "(chat_history.json)"), result.stderr
+    assert result.stderr.startswith(f"error: {output}: holds files mtnsails did not write (chat_history.json)"), (
+        result.stderr
+    )
     assert (output / "chat_history.json").read_text() == "[]"
 
 
 def test_cli_convert_refuses_a_read_only_output_folder(untrained_tiny_model_dir, tmp_path):
     read_only = read_only_directory(tmp_path)
-    result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir),
-                     "--onnx-output", str(read_only / "onnx"))
+    result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir), "--onnx-output", str(read_only / "onnx"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"error: {read_only}: cannot be written"), result.stderr
 
@@ -176,29 +176,43 @@ def test_original_api(untrained_tiny_model_dir, untrained_onnx_dir):
 
 
 def test_cli_convert_quantize_and_verify(untrained_tiny_model_dir, tmp_path, cli_here):
-    result = cli_here("convert", "--model-path", str(untrained_tiny_model_dir),
-                      "--onnx-output", str(tmp_path / "onnx"), "--quantize", "int8", "--verify")
+    result = cli_here(
+        "convert",
+        "--model-path",
+        str(untrained_tiny_model_dir),
+        "--onnx-output",
+        str(tmp_path / "onnx"),
+        "--quantize",
+        "int8",
+        "--verify",
+    )
     assert result.returncode == 0, result.stderr
     assert "exported model.onnx" in result.stdout and "quantized model_int8.onnx" in result.stdout
-    assert "greedy continuations agree" in result.stdout and "int8 greedy token agrees with fp32 PyTorch" in result.stdout
+    assert (
+        "greedy continuations agree" in result.stdout and "int8 greedy token agrees with fp32 PyTorch" in result.stdout
+    )
     assert (tmp_path / "onnx" / "model_int8.onnx").exists()
 
 
 def test_cli_convert_quiet_prints_nothing(untrained_tiny_model_dir, tmp_path):
     # a process of its own: a warning shown once per process would not show in this one
-    result = run_cli("convert", "--model-path", str(untrained_tiny_model_dir), "--onnx-output",
-                     str(tmp_path / "onnx"), "--quiet")
+    result = run_cli(
+        "convert", "--model-path", str(untrained_tiny_model_dir), "--onnx-output", str(tmp_path / "onnx"), "--quiet"
+    )
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
     assert (tmp_path / "onnx" / "model.onnx").exists()
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist or is not a directory"),
-    ("onnx_dir", "is already an ONNX model directory"),
-    ("not_a_model", "is not a trained model directory"),
-    ("inside_model", "must not be the model directory or inside it"),
-    ("pickle_only", "pytorch_model.bin: not a PyTorch weights file"),  # and no TensorFlow noise
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist or is not a directory"),
+        ("onnx_dir", "is already an ONNX model directory"),
+        ("not_a_model", "is not a trained model directory"),
+        ("inside_model", "must not be the model directory or inside it"),
+        ("pickle_only", "pytorch_model.bin: not a PyTorch weights file"),  # and no TensorFlow noise
+    ],
+)
 def test_cli_convert_errors(case, message, untrained_tiny_model_dir, untrained_onnx_dir, tmp_path):
     pickled = tmp_path / "pickled"
     pickled.mkdir()

@@ -26,34 +26,41 @@ def test_reader_returns_what_the_converter_wrote(tiny_onnx_dir):
     assert meta["system"] is None and meta["answer_tokens"]["max"] >= 1  # from the training data
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"context_length": 0}, '"context_length" must be a positive integer, got 0'),
-    ({"context_length": -5}, '"context_length" must be a positive integer, got -5'),
-    ({"context_length": 12.5}, '"context_length" must be a positive integer, got 12.5'),
-    ({"context_length": "1024"}, '"context_length" must be a positive integer, got "1024"'),
-    ({"eos_token_id": "eos"}, '"eos_token_id" must be a non-negative integer, got "eos"'),
-    ({"eos_token_id": True}, '"eos_token_id" must be a non-negative integer, got true'),
-    ({"files": ...}, 'no "files" map'),
-    ({"files": ["model.onnx"]}, '"files" must map precisions'),
-    ({"files": {}}, '"files" must map precisions'),
-    ({"files": {"fp16": "model.onnx"}}, "\"files\" has unknown precision 'fp16'"),
-    ({"files": {"fp32": "../model.onnx"}}, '"files".fp32 must be a file name in the model directory'),
-    ({"files": {"fp32": 3}}, '"files".fp32 must be a file name in the model directory, got 3'),
-    ({"template": {"template": "no placeholders"}}, "must contain '{input}' once"),
-    ({"template": "User: {input}"}, '"template" must be an object of strings'),
-    ({"system": 3}, '"system" must be a string (the system prompt) or null, got 3'),
-    ({"answer_tokens": {"max": 0}}, '"answer_tokens" must be an object with a positive integer "max"'),
-    ({"answer_tokens": [40]}, '"answer_tokens" must be an object with a positive integer "max"'),
-    ({"kv_cache": "ring"}, '"kv_cache" must be "shared" or absent, got "ring"'),
-    ({"history_exchanges": -1}, '"history_exchanges" must be a non-negative integer or null, got -1'),
-    ({"questions": "What?"}, '"questions" must be a list of strings'),
-    ({"questions": [1, 2]}, '"questions" must be a list of strings'),
-    ({"optimized": {"cpu_flags": []}}, '"optimized" must be an object with a "files" map'),
-    ({"optimized": {"files": {"fp32": "/etc/passwd"}, "cpu_flags": [], "onnxruntime": "1"}},
-     '"optimized.files".fp32 must be a file name in the model directory'),
-    ({"optimized": {"files": {"fp32": "model.optimized.onnx"}, "cpu_flags": "avx2", "onnxruntime": "1"}},
-     '"optimized" must record "cpu_flags" (a list of strings)'),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"context_length": 0}, '"context_length" must be a positive integer, got 0'),
+        ({"context_length": -5}, '"context_length" must be a positive integer, got -5'),
+        ({"context_length": 12.5}, '"context_length" must be a positive integer, got 12.5'),
+        ({"context_length": "1024"}, '"context_length" must be a positive integer, got "1024"'),
+        ({"eos_token_id": "eos"}, '"eos_token_id" must be a non-negative integer, got "eos"'),
+        ({"eos_token_id": True}, '"eos_token_id" must be a non-negative integer, got true'),
+        ({"files": ...}, 'no "files" map'),
+        ({"files": ["model.onnx"]}, '"files" must map precisions'),
+        ({"files": {}}, '"files" must map precisions'),
+        ({"files": {"fp16": "model.onnx"}}, "\"files\" has unknown precision 'fp16'"),
+        ({"files": {"fp32": "../model.onnx"}}, '"files".fp32 must be a file name in the model directory'),
+        ({"files": {"fp32": 3}}, '"files".fp32 must be a file name in the model directory, got 3'),
+        ({"template": {"template": "no placeholders"}}, "must contain '{input}' once"),
+        ({"template": "User: {input}"}, '"template" must be an object of strings'),
+        ({"system": 3}, '"system" must be a string (the system prompt) or null, got 3'),
+        ({"answer_tokens": {"max": 0}}, '"answer_tokens" must be an object with a positive integer "max"'),
+        ({"answer_tokens": [40]}, '"answer_tokens" must be an object with a positive integer "max"'),
+        ({"kv_cache": "ring"}, '"kv_cache" must be "shared" or absent, got "ring"'),
+        ({"history_exchanges": -1}, '"history_exchanges" must be a non-negative integer or null, got -1'),
+        ({"questions": "What?"}, '"questions" must be a list of strings'),
+        ({"questions": [1, 2]}, '"questions" must be a list of strings'),
+        ({"optimized": {"cpu_flags": []}}, '"optimized" must be an object with a "files" map'),
+        (
+            {"optimized": {"files": {"fp32": "/etc/passwd"}, "cpu_flags": [], "onnxruntime": "1"}},
+            '"optimized.files".fp32 must be a file name in the model directory',
+        ),
+        (
+            {"optimized": {"files": {"fp32": "model.optimized.onnx"}, "cpu_flags": "avx2", "onnxruntime": "1"}},
+            '"optimized" must record "cpu_flags" (a list of strings)',
+        ),
+    ],
+)
 def test_reader_refuses_bad_metadata_naming_file_and_field(editable_onnx_dir, changes, message):
     _edit(editable_onnx_dir, **changes)
     with pytest.raises(MtnsailsError) as error:
@@ -77,5 +84,6 @@ def test_chat_reports_bad_metadata_in_one_line_with_exit_2(editable_onnx_dir):
     _edit(editable_onnx_dir, context_length=0)
     result = run_cli("chat", "--model-path", str(editable_onnx_dir), "--prompt", "Hello!")
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == (f"error: {editable_onnx_dir / 'mtnsails.json'}: \"context_length\" must be "
-                             "a positive integer, got 0\n")
+    assert result.stderr == (
+        f'error: {editable_onnx_dir / "mtnsails.json"}: "context_length" must be a positive integer, got 0\n'
+    )

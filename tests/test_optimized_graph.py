@@ -35,8 +35,9 @@ def test_convert_stores_an_optimised_graph_per_precision_for_this_cpu(tiny_onnx_
         assert chat.reply(QUESTION) == ANSWER
 
 
-@pytest.mark.parametrize("change", [{"cpu_flags": ["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8", "x"]},
-                                    {"onnxruntime": "0.0.1"}])
+@pytest.mark.parametrize(
+    "change", [{"cpu_flags": ["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8", "x"]}, {"onnxruntime": "0.0.1"}]
+)
 def test_a_graph_optimised_for_another_cpu_or_onnxruntime_is_not_used(editable_onnx_dir, change):
     _record(editable_onnx_dir, **change)
     chat = ChatInterface(editable_onnx_dir, precision="int8", generation=GREEDY)
@@ -48,8 +49,17 @@ def test_a_corrupt_optimised_graph_falls_back_to_the_portable_one(editable_onnx_
     (editable_onnx_dir / "model_int8.optimized.onnx").write_bytes(b"\x08garbage" * 100)
     chat = ChatInterface(editable_onnx_dir, precision="int8", generation=GREEDY)
     assert chat.graph_file.name == "model_int8.onnx"
-    result = run_cli("chat", "--model-path", str(editable_onnx_dir), "--precision", "int8", "--temperature", "0",
-                     "--prompt", QUESTION)
+    result = run_cli(
+        "chat",
+        "--model-path",
+        str(editable_onnx_dir),
+        "--precision",
+        "int8",
+        "--temperature",
+        "0",
+        "--prompt",
+        QUESTION,
+    )
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout == ANSWER + "\n"
 
@@ -65,7 +75,7 @@ def test_a_model_onnx_copied_over_from_another_export_runs_as_itself(editable_on
 @pytest.mark.parametrize("keep", [0.5, 0])
 def test_a_model_onnx_cut_short_or_emptied_is_refused_naming_it(editable_onnx_dir, keep):
     graph = editable_onnx_dir / "model.onnx"
-    graph.write_bytes(graph.read_bytes()[:int(graph.stat().st_size * keep)])
+    graph.write_bytes(graph.read_bytes()[: int(graph.stat().st_size * keep)])
     with pytest.raises(MtnsailsError, match="model.onnx"):
         ChatInterface(editable_onnx_dir, precision="fp32")
     result = run_cli("chat", "--model-path", str(editable_onnx_dir), "--precision", "fp32", "--prompt", QUESTION)
@@ -78,7 +88,10 @@ def test_a_missing_optimised_graph_falls_back_to_the_portable_one(editable_onnx_
 
 
 def test_the_optimised_graph_keeps_its_weights_in_a_side_file_and_falls_back_without_it(editable_onnx_dir):
-    graph, weights = editable_onnx_dir / "model_int8.optimized.onnx", editable_onnx_dir / "model_int8.optimized.onnx_data"
+    graph, weights = (
+        editable_onnx_dir / "model_int8.optimized.onnx",
+        editable_onnx_dir / "model_int8.optimized.onnx_data",
+    )
     assert weights.stat().st_size > graph.stat().st_size  # onnxruntime maps the weights, not parses them
     weights.unlink()
     chat = ChatInterface(editable_onnx_dir, precision="int8", generation=GREEDY)

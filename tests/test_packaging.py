@@ -40,15 +40,17 @@ HEAVY = ("torch", "transformers", "optimum", "datasets", "accelerate")  # the `t
 # What packaging reads: copied alone, so the checkout's build/ and *.egg-info play no part.
 PACKAGING_FILES = ("pyproject.toml", "README.md", "setup.py", "setup.cfg", "MANIFEST.in")
 # The child processes must not reach for the network or see this environment.
-ENV = {name: value for name, value in os.environ.items()
-       if not name.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV"))}
+ENV = {name: value for name, value in os.environ.items() if not name.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV"))}
 ENV.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INDEX="1", HF_HUB_OFFLINE="1")
 
 
 def source_files() -> set[str]:
     """The package's files in the checkout, as paths in a wheel ("mtnsails/cli.py")."""
-    return {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "mtnsails").rglob("*")
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
+    return {
+        path.relative_to(REPO_ROOT).as_posix()
+        for path in (REPO_ROOT / "mtnsails").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,22 +59,37 @@ def wheel(tmp_path_factory) -> Path:
     for name in PACKAGING_FILES:
         if (REPO_ROOT / name).is_file():
             shutil.copy2(REPO_ROOT / name, source / name)
-    shutil.copytree(REPO_ROOT / "mtnsails", source / "mtnsails",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(REPO_ROOT / "mtnsails", source / "mtnsails", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path_factory.mktemp("wheel")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--wheel-dir", str(out), str(source)],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--wheel-dir",
+            str(out),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    built, = out.glob("mtnsails-*.whl")
+    (built,) = out.glob("mtnsails-*.whl")
     return built
 
 
 def test_the_wheel_holds_every_module_and_resource_and_the_command(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        entry_points = next(archive.read(name).decode() for name in names
-                            if name.endswith(".dist-info/entry_points.txt"))
+        entry_points = next(
+            archive.read(name).decode() for name in names if name.endswith(".dist-info/entry_points.txt")
+        )
     missing = sorted(source_files() - names)
     assert not missing, f"the wheel leaves out {len(missing)} file(s): {missing[:10]}"
     assert "mtnsails = mtnsails.cli:main" in entry_points
@@ -113,9 +130,11 @@ def test_the_pinned_sets_lie_inside_pyprojects_ranges():
     dev_lines = requirement_lines(REPO_ROOT / "requirements-dev.txt")
     assert dev_lines[0] == "-r requirements.txt" and dev_lines[-1] == "-e .", dev_lines
     dev = pins(dev_lines[1:-1], "requirements-dev.txt")
-    for group, lines, pinned in [("dependencies", project["dependencies"], runtime),
-                                 *((f"[{extra}]", extras[extra], runtime) for extra in ("serve", "train")),
-                                 *((f"[{extra}]", extras[extra], dev) for extra in ("test", "dev"))]:
+    for group, lines, pinned in [
+        ("dependencies", project["dependencies"], runtime),
+        *((f"[{extra}]", extras[extra], runtime) for extra in ("serve", "train")),
+        *((f"[{extra}]", extras[extra], dev) for extra in ("test", "dev")),
+    ]:
         for line in lines:
             requirement = Requirement(line)
             name = canonicalize_name(requirement.name)
@@ -123,7 +142,8 @@ def test_the_pinned_sets_lie_inside_pyprojects_ranges():
                 continue
             assert name in pinned, f"pyproject {group} {line!r} has no pin"
             assert requirement.specifier.contains(pinned[name], prereleases=True), (
-                f"{name}=={pinned[name]} is outside pyproject {group} {line!r}")
+                f"{name}=={pinned[name]} is outside pyproject {group} {line!r}"
+            )
 
 
 def requirements(wheel: Path, extra: str | None = None) -> set[str]:
@@ -131,8 +151,7 @@ def requirements(wheel: Path, extra: str | None = None) -> set[str]:
     from packaging.requirements import Requirement
 
     with zipfile.ZipFile(wheel) as archive:
-        meta = next(archive.read(name).decode() for name in archive.namelist()
-                    if name.endswith(".dist-info/METADATA"))
+        meta = next(archive.read(name).decode() for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
     names = set()
     for line in meta.splitlines():
         if line.startswith("Requires-Dist: "):
@@ -182,13 +201,29 @@ class Installation:
         assert Version(metadata.version("pip")) >= Version("22.3"), "pip --python needs pip >= 22.3"
         self.root = root
         self.linked = root / "linked"
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")],
-                       check=True, env=ENV, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True, env=ENV, timeout=120
+        )
         self.python = root / "venv" / "bin" / "python"
         self.command = root / "venv" / "bin" / "mtnsails"
-        done = subprocess.run([sys.executable, "-m", "pip", "--python", str(self.python), "install",
-                               "--no-index", "--no-deps", "--no-compile", str(wheel)],
-                              capture_output=True, text=True, env=ENV, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                str(self.python),
+                "install",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                str(wheel),
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         site = self.run(str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
         (Path(site.stdout.strip()) / "linked_dependencies.pth").write_text(f"{self.linked}\n")
@@ -204,8 +239,12 @@ class Installation:
         return subprocess.run(args, capture_output=True, text=True, cwd=self.root, env=ENV, timeout=timeout)
 
     def importable(self, *modules: str) -> set[str]:
-        done = self.run(str(self.python), "-c", "import importlib.util, sys\n"
-                        "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m)))", *modules)
+        done = self.run(
+            str(self.python),
+            "-c",
+            "import importlib.util, sys\nprint(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m)))",
+            *modules,
+        )
         assert done.returncode == 0, done.stderr
         return set(done.stdout.split())
 
@@ -229,12 +268,22 @@ def test_the_wheel_runs_chat_with_the_light_dependencies_alone(installation, tin
     shown = installation.run(str(installation.command), "--help")
     assert shown.returncode == 0 and "usage: mtnsails" in shown.stdout, shown.stderr
     conversation = TINY_CONVERSATIONS[0]
-    answered = installation.run(str(installation.command), "chat", "--model-path", str(tiny_onnx_dir),
-                                "--prompt", conversation["input"], "--temperature", "0")
+    answered = installation.run(
+        str(installation.command),
+        "chat",
+        "--model-path",
+        str(tiny_onnx_dir),
+        "--prompt",
+        conversation["input"],
+        "--temperature",
+        "0",
+    )
     assert answered.returncode == 0, answered.stderr[-3000:]
     assert answered.stdout == conversation["output"] + "\n"
-    for command, extra in (["serve", "--model-path", str(tiny_onnx_dir), "--port", "0"], "serve"), (
-            ["train", "--model-name", "tiny", "--output-dir", str(installation.root / "model")], "train"):
+    for command, extra in (
+        (["serve", "--model-path", str(tiny_onnx_dir), "--port", "0"], "serve"),
+        (["train", "--model-name", "tiny", "--output-dir", str(installation.root / "model")], "train"),
+    ):
         missing = installation.run(str(installation.command), *command)
         assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr[-3000:]
         assert missing.stderr.startswith(f"error: {command[0]} needs ") and f"mtnsails[{extra}]" in missing.stderr
@@ -245,17 +294,25 @@ def test_the_wheel_with_the_serve_extra_answers_a_chat_completion(installation, 
     assert requirements(wheel, "serve") == SERVE
     installation.add(SERVE)
     assert installation.importable(*HEAVY, *SERVE) == SERVE
-    server = subprocess.Popen([str(installation.command), "serve", "--model-path", str(tiny_onnx_dir),
-                               "--port", "0"], cwd=installation.root, env=ENV, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [str(installation.command), "serve", "--model-path", str(tiny_onnx_dir), "--port", "0"],
+        cwd=installation.root,
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = server.stderr.readline()
         address = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", line)
         assert address, line + server.stderr.read() if server.poll() is not None else line
         conversation = TINY_CONVERSATIONS[2]
         request = urllib.request.Request(
-            address.group(1) + "/v1/chat/completions", headers={"Content-Type": "application/json"},
-            data=json.dumps({"model": "onnx", "temperature": 0,
-                             "messages": [{"role": "user", "content": conversation["input"]}]}).encode())
+            address.group(1) + "/v1/chat/completions",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps(
+                {"model": "onnx", "temperature": 0, "messages": [{"role": "user", "content": conversation["input"]}]}
+            ).encode(),
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.load(response)
         assert answer["choices"][0]["message"]["content"] == conversation["output"]
@@ -265,4 +322,3 @@ def test_the_wheel_with_the_serve_extra_answers_a_chat_completion(installation, 
         server.wait(timeout=30)
         server.stderr.close()
     assert server.returncode == 0
-

@@ -20,9 +20,13 @@ pytestmark = pytest.mark.slow
 def snapshot(directory: Path) -> dict:
     """Every file's bytes by relative path (mtnsails.json parsed: a copy rewrites its layout):
     equal snapshots mean the same model."""
-    return {str(path.relative_to(directory)):
-            json.loads(path.read_text()) if path.name == "mtnsails.json" else path.read_bytes()
-            for path in sorted(directory.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(directory)): json.loads(path.read_text())
+        if path.name == "mtnsails.json"
+        else path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
 
 
 def test_first_deploy_promotes_without_comparing(tiny_onnx_dir, tmp_path):
@@ -34,8 +38,7 @@ def test_first_deploy_promotes_without_comparing(tiny_onnx_dir, tmp_path):
     assert not live.with_name("live.prev").exists()
 
 
-def test_a_worse_candidate_leaves_the_live_directory_untouched(tiny_onnx_dir, worse_onnx_dir,
-                                                                tmp_path):
+def test_a_worse_candidate_leaves_the_live_directory_untouched(tiny_onnx_dir, worse_onnx_dir, tmp_path):
     live = tmp_path / "live"
     shutil.copytree(tiny_onnx_dir, live)
     before = snapshot(live)
@@ -50,8 +53,7 @@ def test_a_worse_candidate_leaves_the_live_directory_untouched(tiny_onnx_dir, wo
     assert sorted(path.name for path in tmp_path.iterdir()) == ["live"]  # no staging left
 
 
-def test_a_better_candidate_is_promoted_and_the_old_one_kept_for_a_rollback(
-        tiny_onnx_dir, worse_onnx_dir, tmp_path):
+def test_a_better_candidate_is_promoted_and_the_old_one_kept_for_a_rollback(tiny_onnx_dir, worse_onnx_dir, tmp_path):
     live = tmp_path / "live"
     shutil.copytree(worse_onnx_dir, live)
     promoter = Promoter(live)
@@ -65,8 +67,7 @@ def test_a_better_candidate_is_promoted_and_the_old_one_kept_for_a_rollback(
     assert snapshot(tmp_path / "live.prev") == snapshot(tiny_onnx_dir)
 
 
-def test_directories_that_are_not_onnx_models_are_refused(tiny_onnx_dir, trained_tiny_model_dir,
-                                                          tmp_path):
+def test_directories_that_are_not_onnx_models_are_refused(tiny_onnx_dir, trained_tiny_model_dir, tmp_path):
     live = tmp_path / "live"
     live.mkdir()
     (live / "notes.txt").write_text("mine")
@@ -83,38 +84,46 @@ def test_directories_that_are_not_onnx_models_are_refused(tiny_onnx_dir, trained
     assert read_metadata(tiny_onnx_dir)["format"] == "mtnsails-onnx"
 
 
-def test_promote_command_refuses_a_worse_model_then_promotes_a_better_one(
-        tiny_onnx_dir, worse_onnx_dir, tmp_path):
+def test_promote_command_refuses_a_worse_model_then_promotes_a_better_one(tiny_onnx_dir, worse_onnx_dir, tmp_path):
     data = tmp_path / "data.json"
     data.write_text(json.dumps(TINY_CONVERSATIONS))
     live = tmp_path / "live"
-    first = run_cli("promote", "--candidate", str(worse_onnx_dir), "--live", str(live),
-                    "--data-file", str(data), "--quiet")
+    first = run_cli(
+        "promote", "--candidate", str(worse_onnx_dir), "--live", str(live), "--data-file", str(data), "--quiet"
+    )
     assert first.returncode == 0 and first.stdout.startswith("promoted: first deploy")
-    again = run_cli("promote", "--candidate", str(worse_onnx_dir), "--live", str(live),
-                    "--data-file", str(data), "--quiet")  # equal: not worse, promoted again
+    again = run_cli(
+        "promote", "--candidate", str(worse_onnx_dir), "--live", str(live), "--data-file", str(data), "--quiet"
+    )  # equal: not worse, promoted again
     assert again.returncode == 0, again.stderr
     before = snapshot(live)
     better = run_cli("promote", "--candidate", str(tiny_onnx_dir), "--live", str(live), "--quiet")
     # no --data-file: the data the candidate was trained on (training_data.jsonl of its source)
     assert better.returncode == 0, better.stderr
-    assert "promoted: the candidate is not worse: retention (training data): first sentence match 100.0%" in better.stdout
+    assert (
+        "promoted: the candidate is not worse: retention (training data): first sentence match 100.0%" in better.stdout
+    )
     assert snapshot(live.with_name("live.prev")) == before
-    worse = run_cli("promote", "--candidate", str(worse_onnx_dir), "--live", str(live),
-                    "--data-file", str(data))
+    worse = run_cli("promote", "--candidate", str(worse_onnx_dir), "--live", str(live), "--data-file", str(data))
     assert worse.returncode == 1 and "refused: the candidate is worse" in worse.stdout
     assert "live model unchanged" in worse.stdout and snapshot(live) == snapshot(tiny_onnx_dir)
     rollback = run_cli("promote", "--rollback", "--live", str(live))
     assert rollback.returncode == 0 and snapshot(live) == before
 
 
-@pytest.mark.parametrize("make_live, phrase", [
-    (lambda live: live.mkdir() or (live / "notes.txt").write_text("mine"),
-     "the live model is not an ONNX model directory"),
-    (lambda live: live.write_text("mine"), "the live model is not a directory"),
-])
+@pytest.mark.parametrize(
+    "make_live, phrase",
+    [
+        (
+            lambda live: live.mkdir() or (live / "notes.txt").write_text("mine"),
+            "the live model is not an ONNX model directory",
+        ),
+        (lambda live: live.write_text("mine"), "the live model is not a directory"),
+    ],
+)
 def test_promote_command_refuses_a_live_directory_that_is_not_an_onnx_model(
-        tiny_onnx_dir, tmp_path, make_live, phrase, cli_here):
+    tiny_onnx_dir, tmp_path, make_live, phrase, cli_here
+):
     live = tmp_path / "live"
     make_live(live)
     before = snapshot(live) if live.is_dir() else live.read_bytes()
@@ -124,18 +133,31 @@ def test_promote_command_refuses_a_live_directory_that_is_not_an_onnx_model(
 
 
 def test_promote_command_bad_candidate_and_data_are_one_line_errors(
-        tiny_onnx_dir, trained_tiny_model_dir, tmp_path, cli_here):
+    tiny_onnx_dir, trained_tiny_model_dir, tmp_path, cli_here
+):
     live = tmp_path / "live"
-    assert_one_line_error(cli_here("promote", "--candidate", str(trained_tiny_model_dir),
-                                   "--live", str(live)), "the candidate is not an ONNX model")
-    assert_one_line_error(cli_here("promote", "--candidate", str(tiny_onnx_dir), "--live",
-                                   str(live), "--data-file", str(tmp_path / "missing.json")),
-                          "missing.json: no such file")
+    assert_one_line_error(
+        cli_here("promote", "--candidate", str(trained_tiny_model_dir), "--live", str(live)),
+        "the candidate is not an ONNX model",
+    )
+    assert_one_line_error(
+        cli_here(
+            "promote",
+            "--candidate",
+            str(tiny_onnx_dir),
+            "--live",
+            str(live),
+            "--data-file",
+            str(tmp_path / "missing.json"),
+        ),
+        "missing.json: no such file",
+    )
     assert_one_line_error(cli_here("promote", "--live", str(live)), "--candidate", "--rollback")
     assert not live.exists()
     nowhere = tmp_path / "nodir" / "live"
-    assert_one_line_error(cli_here("promote", "--candidate", str(tiny_onnx_dir), "--live", str(nowhere)),
-                          "nodir", "does not exist")
+    assert_one_line_error(
+        cli_here("promote", "--candidate", str(tiny_onnx_dir), "--live", str(nowhere)), "nodir", "does not exist"
+    )
     assert not nowhere.parent.exists()
 
 
@@ -152,8 +174,16 @@ def overfitted_onnx_dir(tmp_path_factory) -> Path:
     from mtnsails.train.trainer import LLMTrainer
 
     root = tmp_path_factory.mktemp("overfitted")
-    config = TrainingConfig(model_name="tiny", output_dir=str(root / "model"), num_epochs=60,
-                            learning_rate=2e-3, batch_size=4, save_steps=1000, quiet=True, seed=0)
+    config = TrainingConfig(
+        model_name="tiny",
+        output_dir=str(root / "model"),
+        num_epochs=60,
+        learning_rate=2e-3,
+        batch_size=4,
+        save_steps=1000,
+        quiet=True,
+        seed=0,
+    )
     trainer = LLMTrainer(config=config)
     trainer.train_conversations(NOT_HELD_OUT)
     trainer.save_model()
@@ -162,7 +192,8 @@ def overfitted_onnx_dir(tmp_path_factory) -> Path:
 
 
 def test_a_candidate_that_keeps_its_training_answers_but_loses_the_held_out_ones_is_refused(
-        tiny_onnx_dir, overfitted_onnx_dir, tmp_path):
+    tiny_onnx_dir, overfitted_onnx_dir, tmp_path
+):
     live = tmp_path / "live"
     shutil.copytree(tiny_onnx_dir, live)
     before = snapshot(live)
@@ -177,14 +208,26 @@ def test_a_candidate_that_keeps_its_training_answers_but_loses_the_held_out_ones
 
 
 def test_promote_command_takes_a_held_out_set_and_says_without_one_that_overfitting_is_unchecked(
-        tiny_onnx_dir, overfitted_onnx_dir, tmp_path, cli_here):
+    tiny_onnx_dir, overfitted_onnx_dir, tmp_path, cli_here
+):
     live, eval_file, kept = tmp_path / "live", tmp_path / "eval.json", tmp_path / "kept.json"
     shutil.copytree(tiny_onnx_dir, live)
     eval_file.write_text(json.dumps(HELD_OUT))
     kept.write_text(json.dumps(NOT_HELD_OUT))
-    refused = cli_here("promote", "--candidate", str(overfitted_onnx_dir), "--live", str(live),
-                       "--data-file", str(kept), "--eval-file", str(eval_file), "--quiet")
+    refused = cli_here(
+        "promote",
+        "--candidate",
+        str(overfitted_onnx_dir),
+        "--live",
+        str(live),
+        "--data-file",
+        str(kept),
+        "--eval-file",
+        str(eval_file),
+        "--quiet",
+    )
     assert refused.returncode == 1 and "refused" in refused.stdout and "held out:" in refused.stdout
-    promoted = cli_here("promote", "--candidate", str(overfitted_onnx_dir), "--live", str(live),
-                        "--data-file", str(kept), "--quiet")
+    promoted = cli_here(
+        "promote", "--candidate", str(overfitted_onnx_dir), "--live", str(live), "--data-file", str(kept), "--quiet"
+    )
     assert promoted.returncode == 0 and "overfitting is not checked" in promoted.stdout

@@ -20,7 +20,7 @@ GOOD_ANSWERS = [
     "Machine learning is a field of computer science that is widely used in AI.",
     "Sure! Here are the steps:\n- open the file\n- read it",
     "Run this:\n```python\nprint(sum(x * x for x in range(10)))\n```",
-    "He said \"good night\" and left the room (quietly).",
+    'He said "good night" and left the room (quietly).',
     "That is wonderful news, congratulations 🎉",
     "Numbers such as 2, 3, 5, 7 and 11 are prime.",
     "See https://docs.python.org/3/ for the full tutorial on lists and loops.",
@@ -32,8 +32,7 @@ GOOD_ANSWERS = [
 
 
 def codes(output: str, user_input: str = "Can you help me with a question?") -> list[str]:
-    return [issue.code for issue in DataQualityValidator().check({"input": user_input,
-                                                                  "output": output})]
+    return [issue.code for issue in DataQualityValidator().check({"input": user_input, "output": output})]
 
 
 @pytest.mark.parametrize("answer", GOOD_ANSWERS)
@@ -41,29 +40,41 @@ def test_good_answers_pass_every_rule(answer):
     assert codes(answer) == []
 
 
-@pytest.mark.parametrize("output, code, reason_part", [
-    ("", "empty_output", "empty"),
-    ("   \n", "empty_output", "empty"),
-    ("Yes.", "short_output", "only 1 word"),
-    ("Of course!", "short_output", "only 2 words"),
-    ("This is very very very very good advice for you.", "repetitive_output", "'very' 4 times"),
-    ("I like it. I like it. I like it.", "repetitive_output", "'i like it.' 3 times"),
-    ('He said "shut the door." He said "shut the door." Fine.', "repetitive_output",
-     """'he said "shut the door."' 2 times"""),
-    ("@@## %%$$ &&** !!~~ ^^ ok.", "gibberish_output", "letters"),
-    ("http://a.example.com/x?y=1 www.b.org/z/a/b/c.html", "gibberish_output", "mostly URLs"),
-    ("Links: " + " ".join(f"https://example.com/docs/page-{n}.html" for n in range(4)),
-     "gibberish_output", "mostly URLs"),
-    ("See these pages: https://example.com/docs/getting-started/installation.html and "
-     "https://example.com/docs/reference/configuration.html", "gibberish_output", "mostly URLs"),
-    ("Asdkjfhaskdjfh qweoiruqwoeiru zxcmvnbzxmcnvb lkjhasdflkjh.", "gibberish_output",
-     "mean word length"),
-    ("The capital of France is", "incomplete_output", "dangling word 'is'"),
-    ("Airplanes fly because their wings push air down and", "incomplete_output", "'and'"),
-    ("You should first boil the water, then add", "incomplete_output", "without closing"),
-    ("We walked along the river to the...", "incomplete_output", "trails off after the word 'the'"),
-    ("Here is the list of things you need:", "incomplete_output", "without closing"),
-])
+@pytest.mark.parametrize(
+    "output, code, reason_part",
+    [
+        ("", "empty_output", "empty"),
+        ("   \n", "empty_output", "empty"),
+        ("Yes.", "short_output", "only 1 word"),
+        ("Of course!", "short_output", "only 2 words"),
+        ("This is very very very very good advice for you.", "repetitive_output", "'very' 4 times"),
+        ("I like it. I like it. I like it.", "repetitive_output", "'i like it.' 3 times"),
+        (
+            'He said "shut the door." He said "shut the door." Fine.',
+            "repetitive_output",
+            """'he said "shut the door."' 2 times""",
+        ),
+        ("@@## %%$$ &&** !!~~ ^^ ok.", "gibberish_output", "letters"),
+        ("http://a.example.com/x?y=1 www.b.org/z/a/b/c.html", "gibberish_output", "mostly URLs"),
+        (
+            "Links: " + " ".join(f"https://example.com/docs/page-{n}.html" for n in range(4)),
+            "gibberish_output",
+            "mostly URLs",
+        ),
+        (
+            "See these pages: https://example.com/docs/getting-started/installation.html and "
+            "https://example.com/docs/reference/configuration.html",
+            "gibberish_output",
+            "mostly URLs",
+        ),
+        ("Asdkjfhaskdjfh qweoiruqwoeiru zxcmvnbzxmcnvb lkjhasdflkjh.", "gibberish_output", "mean word length"),
+        ("The capital of France is", "incomplete_output", "dangling word 'is'"),
+        ("Airplanes fly because their wings push air down and", "incomplete_output", "'and'"),
+        ("You should first boil the water, then add", "incomplete_output", "without closing"),
+        ("We walked along the river to the...", "incomplete_output", "trails off after the word 'the'"),
+        ("Here is the list of things you need:", "incomplete_output", "without closing"),
+    ],
+)
 def test_each_rule_fires_with_an_actionable_reason(output, code, reason_part):
     issues = DataQualityValidator().check({"input": "Tell me something useful.", "output": output})
     matching = [issue for issue in issues if issue.code == code]
@@ -78,13 +89,16 @@ def test_empty_input_is_flagged():
 
 def test_an_answer_marked_bad_in_chat_is_invalid_whatever_it_reads_like():
     validator = DataQualityValidator()
-    wrong = {"input": "What is the capital of Germany?", "output": "The capital of Germany is Bonn.",
-             "feedback": "bad"}
+    wrong = {"input": "What is the capital of Germany?", "output": "The capital of Germany is Bonn.", "feedback": "bad"}
     issues = validator.check(wrong)
     assert [issue.code for issue in issues] == ["marked_bad"]
     assert "marked bad in chat" in issues[0].reason
-    fixed = {**wrong, "feedback": "fixed", "output": "The capital of Germany is Berlin.",
-             "model_output": wrong["output"]}
+    fixed = {
+        **wrong,
+        "feedback": "fixed",
+        "output": "The capital of Germany is Berlin.",
+        "model_output": wrong["output"],
+    }
     good = {"input": "Who wrote Hamlet?", "output": "William Shakespeare wrote it.", "feedback": "good"}
     report = validator.analyze([wrong, fixed, good])
     assert report.counts["marked_bad"] == 1 and report.valid == 2
@@ -98,8 +112,7 @@ def test_echo_fires_on_a_repeated_question_but_not_on_a_restated_answer():
     assert codes("What is the capital of France?", question) == ["echo_output"]
     # original false positive: restating the question and then answering it is fine
     assert codes("The capital of France is Paris.", question) == []
-    assert codes("The capital of France is Paris, a city of two million people on the Seine.",
-                 question) == []
+    assert codes("The capital of France is Paris, a city of two million people on the Seine.", question) == []
 
 
 def test_short_last_word_is_not_incomplete():
@@ -108,38 +121,57 @@ def test_short_last_word_is_not_incomplete():
     assert codes("Machine learning is widely used in AI") == ["incomplete_output"]
 
 
-@pytest.mark.parametrize("text", [
-    "don't stop, it's 5 o'clock", "'quoted' and a''b or rock'n'roll'", "snake_case x2 __init__",
-    "tabs\tand\nlines-with-dashes (and) [brackets]!", "l'été où ’twas", "", "' ' '"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "don't stop, it's 5 o'clock",
+        "'quoted' and a''b or rock'n'roll'",
+        "snake_case x2 __init__",
+        "tabs\tand\nlines-with-dashes (and) [brackets]!",
+        "l'été où ’twas",
+        "",
+        "' ' '",
+    ],
+)
 def test_words_of_splits_like_the_word_pattern(text):
     assert words_of(text) == WORD_RE.findall(text)
 
 
 def test_ngrams_match_on_word_boundaries_only():
     # "art is" occurs inside "start issues" as a substring but not as words
-    text = ("Good art is hard to define. Many start issues with a blank page, while others "
-            "begin with a sketch.")
+    text = "Good art is hard to define. Many start issues with a blank page, while others begin with a sketch."
     assert codes(text) == []
 
 
 def test_long_natural_text_passes_the_gopher_rules():
-    text = ("Rivers shape the land over thousands of years. Water carries sand and stones "
-            "downstream, cutting valleys through soft rock and leaving harder ridges behind. "
-            "Where a river slows near the sea, it drops its load and builds a delta of fertile "
-            "mud. Farmers have settled on such deltas since ancient times, because the soil is "
-            "rich and water is close. Floods remain the price of that richness, which is why "
-            "many delta cities now rely on dikes, pumps and careful planning.")
+    text = (
+        "Rivers shape the land over thousands of years. Water carries sand and stones "
+        "downstream, cutting valleys through soft rock and leaving harder ridges behind. "
+        "Where a river slows near the sea, it drops its load and builds a delta of fertile "
+        "mud. Farmers have settled on such deltas since ancient times, because the soil is "
+        "rich and water is close. Floods remain the price of that richness, which is why "
+        "many delta cities now rely on dikes, pumps and careful planning."
+    )
     assert len(text.split()) >= QualityConfig().gopher_min_words
     assert codes(text) == []
 
 
-@pytest.mark.parametrize("text, reason_part", [
-    ("\n".join(["Buy now and save big on shoes today."] * 6
-               + ["Our shop has many other items for you to browse, with fair prices, friendly "
-                  "staff and fast delivery across the whole country every single day."]),
-     "repeats the line"),
-    (" ".join(f"the cat sat on mat number {i}." for i in range(12)), "repeats the phrase"),
-])
+@pytest.mark.parametrize(
+    "text, reason_part",
+    [
+        (
+            "\n".join(
+                ["Buy now and save big on shoes today."] * 6
+                + [
+                    "Our shop has many other items for you to browse, with fair prices, friendly "
+                    "staff and fast delivery across the whole country every single day."
+                ]
+            ),
+            "repeats the line",
+        ),
+        (" ".join(f"the cat sat on mat number {i}." for i in range(12)), "repeats the phrase"),
+    ],
+)
 def test_gopher_repetition_rules_fire_on_long_texts(text, reason_part):
     issues = DataQualityValidator().check({"input": "Tell me", "output": text})
     reasons = [issue.reason for issue in issues if issue.code == "repetitive_output"]
@@ -151,7 +183,7 @@ def datatrove_repeated_chars(words: list[str], n: int) -> int:
     repeat once and skips past it (the validator only scans where an n-gram can repeat)."""
     seen, chars, i = set(), 0, 0
     while i <= len(words) - n:
-        gram = tuple(words[i:i + n])
+        gram = tuple(words[i : i + n])
         if gram in seen:
             chars, i = chars + sum(map(len, gram)), i + n
         else:
@@ -167,26 +199,30 @@ def test_repeated_ngram_share_matches_datatrove_scan(seed):
     words[10:10] = words[40:52] * 3  # overlapping repeats: the skips decide what counts
     for n in range(5, 11):
         # one character of text: the reason's percentage is the repeated characters x 100
-        config = QualityConfig(max_top_ngram_char_fraction=((2, 1e9),),
-                               max_duplicate_ngram_char_fraction=((n, 0.0),))
+        config = QualityConfig(max_top_ngram_char_fraction=((2, 1e9),), max_duplicate_ngram_char_fraction=((n, 0.0),))
         reason = _gopher_repetition("x", words, config)
         assert reason.startswith(f"{datatrove_repeated_chars(words, n) * 100}% of the text")
 
 
 def test_markdown_headings_in_a_long_answer_are_not_symbol_soup():
-    text = ("# Rivers\n\nRivers shape the land over thousands of years and carry sand downstream "
-            "to the sea.\n\n## Deltas\n\nWhere a river slows near the coast it drops its load "
-            "and builds a delta of fertile mud that farmers have used since ancient times.\n\n"
-            "## Floods\n\nFloods are the price of that richness, so delta cities rely on dikes "
-            "and pumps.")
+    text = (
+        "# Rivers\n\nRivers shape the land over thousands of years and carry sand downstream "
+        "to the sea.\n\n## Deltas\n\nWhere a river slows near the coast it drops its load "
+        "and builds a delta of fertile mud that farmers have used since ancient times.\n\n"
+        "## Floods\n\nFloods are the price of that richness, so delta cities rely on dikes "
+        "and pumps."
+    )
     assert len(text.split()) >= QualityConfig().gopher_min_words
     assert codes(text) == []
 
 
-@pytest.mark.parametrize("text, reason_part", [
-    (" ".join(f"Step {i}... then wait... and see." for i in range(12)), "'#' or '...' symbols"),
-    (" ".join(f"temperature {i} {i + 1}" for i in range(20)) + ".", "of its words"),
-])
+@pytest.mark.parametrize(
+    "text, reason_part",
+    [
+        (" ".join(f"Step {i}... then wait... and see." for i in range(12)), "'#' or '...' symbols"),
+        (" ".join(f"temperature {i} {i + 1}" for i in range(20)) + ".", "of its words"),
+    ],
+)
 def test_gopher_quality_rules_fire_on_long_texts(text, reason_part):
     issues = DataQualityValidator().check({"input": "Tell me", "output": text})
     reasons = [issue.reason for issue in issues if issue.code == "gibberish_output"]
@@ -200,8 +236,11 @@ def test_compression_ratio_catches_a_short_loop_without_repeated_sentences():
 
 
 def test_every_assistant_turn_is_checked_and_named():
-    conversation = {"history": [{"input": "Hi there", "output": "Hello"}],
-                    "input": "How are you?", "output": "I am fine, thank you for asking."}
+    conversation = {
+        "history": [{"input": "Hi there", "output": "Hello"}],
+        "input": "How are you?",
+        "output": "I am fine, thank you for asking.",
+    }
     issues = DataQualityValidator().check(conversation)
     assert {issue.code for issue in issues} == {"short_output", "incomplete_output"}
     assert all(issue.reason.startswith("turn 1 of 2: ") for issue in issues)
@@ -211,21 +250,26 @@ def test_validate_conversation_keeps_the_original_signature_and_flags():
     validator = DataQualityValidator()
     conversation = {"input": "Hi", "output": "Fine"}
     assert validator.validate_conversation(conversation)[0] is False
-    ok, reasons = validator.validate_conversation(conversation, check_length=False,
-                                                  check_incomplete=False)
+    ok, reasons = validator.validate_conversation(conversation, check_length=False, check_incomplete=False)
     assert (ok, reasons) == (True, [])
 
 
 def test_exact_and_near_duplicates_keep_the_first_occurrence():
-    base = {"input": "How do I water a cactus?",
-            "output": "Water it deeply about once a month and let the soil dry out completely."}
+    base = {
+        "input": "How do I water a cactus?",
+        "output": "Water it deeply about once a month and let the soil dry out completely.",
+    }
     conversations = [
         base,
-        {"input": "How do I water a fern?",
-         "output": "Keep the soil of a fern slightly moist and mist its leaves in dry weather."},
+        {
+            "input": "How do I water a fern?",
+            "output": "Keep the soil of a fern slightly moist and mist its leaves in dry weather.",
+        },
         {"input": "how do I water a cactus", "output": base["output"].upper()},  # same, normalised
-        {"input": "How do I water a cactus?",  # two words changed
-         "output": "Water it deeply about once a month and let the earth dry out fully."},
+        {
+            "input": "How do I water a cactus?",  # two words changed
+            "output": "Water it deeply about once a month and let the earth dry out fully.",
+        },
     ]
     report = DataQualityValidator().analyze(conversations)
     assert report.issues[0] == [] and report.issues[1] == []
@@ -238,22 +282,25 @@ def test_exact_and_near_duplicates_keep_the_first_occurrence():
 
 def test_near_duplicates_are_found_among_thousands_and_topics_are_not_confused():
     rng = random.Random(7)
-    words = ("river stone cloud apple engine garden violin winter market lantern harbour "
-             "pencil forest copper meadow signal basket candle orbit thunder").split()
+    words = (
+        "river stone cloud apple engine garden violin winter market lantern harbour "
+        "pencil forest copper meadow signal basket candle orbit thunder"
+    ).split()
     conversations = []
     for index in range(3000):
         answer = " ".join(rng.choice(words) for _ in range(rng.randint(12, 30)))
-        conversations.append({"input": f"Question number {index} about {rng.choice(words)}?",
-                              "output": answer.capitalize() + "."})
+        conversations.append(
+            {"input": f"Question number {index} about {rng.choice(words)}?", "output": answer.capitalize() + "."}
+        )
     paraphrased = rng.sample(range(3000), 40)
     for source in paraphrased:
         tokens = conversations[source]["output"].split()
         tokens[rng.randrange(1, len(tokens))] = "zebra"
-        conversations.append({"input": conversations[source]["input"],
-                              "output": " ".join(tokens)})
+        conversations.append({"input": conversations[source]["input"], "output": " ".join(tokens)})
     report = DataQualityValidator().analyze(conversations)
-    flagged = {index for index, found in enumerate(report.issues)
-               if any(issue.code == "near_duplicate" for issue in found)}
+    flagged = {
+        index for index, found in enumerate(report.issues) if any(issue.code == "near_duplicate" for issue in found)
+    }
     assert flagged == set(range(3000, 3040))
 
 
@@ -261,10 +308,24 @@ def test_report_keys_score_and_verdict():
     handler = ConversationDataHandler(DATA_DIR / "bad_conversations.json")
     report = DataQualityValidator().analyze(handler.conversations)
     result = report.to_dict()
-    for key in ("total_conversations", "valid_conversations", "invalid_conversations",
-                "quality_score", "issues_found", "recommendations", "empty_outputs",
-                "repetitive_outputs", "short_outputs", "gibberish_outputs", "echo_outputs",
-                "incomplete_outputs", "duplicates", "near_duplicates", "verdict", "issue_counts"):
+    for key in (
+        "total_conversations",
+        "valid_conversations",
+        "invalid_conversations",
+        "quality_score",
+        "issues_found",
+        "recommendations",
+        "empty_outputs",
+        "repetitive_outputs",
+        "short_outputs",
+        "gibberish_outputs",
+        "echo_outputs",
+        "incomplete_outputs",
+        "duplicates",
+        "near_duplicates",
+        "verdict",
+        "issue_counts",
+    ):
         assert key in result
     assert set(result["issue_counts"]) == set(CODES)
     # the sample hits each rule on the text (a chat verdict and a torn file are no property of it)
@@ -277,8 +338,9 @@ def test_report_keys_score_and_verdict():
     assert "18.2%" in text and text.splitlines()[-1].startswith("✗ Data quality is CRITICAL")
 
 
-@pytest.mark.parametrize("valid, verdict, symbol", [
-    (7, "good", "✓"), (6, "warning", "⚠"), (5, "warning", "⚠"), (4, "critical", "✗")])
+@pytest.mark.parametrize(
+    "valid, verdict, symbol", [(7, "good", "✓"), (6, "warning", "⚠"), (5, "warning", "⚠"), (4, "critical", "✗")]
+)
 def test_verdict_bands(valid, verdict, symbol):
     report = QualityReport(total=10, valid=valid, issues=[[]] * 10, counts={})
     assert report.verdict == verdict
@@ -295,8 +357,7 @@ def test_example_data_scores_at_least_95_percent():
 def test_filter_valid_drops_every_flagged_conversation():
     handler = ConversationDataHandler(DATA_DIR / "bad_conversations.json")
     kept = DataQualityValidator().filter_valid(handler.conversations)
-    assert [c["output"] for c in kept] == [handler.conversations[0]["output"],
-                                           handler.conversations[10]["output"]]
+    assert [c["output"] for c in kept] == [handler.conversations[0]["output"], handler.conversations[10]["output"]]
 
 
 def test_long_texts_use_word_5_gram_shingles_and_still_catch_small_edits():
@@ -306,27 +367,32 @@ def test_long_texts_use_word_5_gram_shingles_and_still_catch_small_edits():
     edited = text.split()
     edited[40], edited[90] = "zebra", "yak"
     other = " ".join(rng.choice(words) for _ in range(150)) + "."
-    report = DataQualityValidator().analyze([
-        {"input": "Long one?", "output": text}, {"input": "Other?", "output": other},
-        {"input": "Long one?", "output": " ".join(edited)}])
-    assert [[issue.code for issue in found] for found in report.issues] == [
-        [], [], ["near_duplicate"]]
+    report = DataQualityValidator().analyze(
+        [
+            {"input": "Long one?", "output": text},
+            {"input": "Other?", "output": other},
+            {"input": "Long one?", "output": " ".join(edited)},
+        ]
+    )
+    assert [[issue.code for issue in found] for found in report.issues] == [[], [], ["near_duplicate"]]
 
 
-@pytest.mark.parametrize("output, category", [
-    ("", "empty output"),
-    ("Yes.", "too-short output: only 1 word"),
-    ("This is very very very very good advice for you.", "repetitive output: "),
-    ("@@## %%$$ &&** !!~~ ^^ ok.", "gibberish output: "),
-    ("http://", "gibberish output: is mostly URLs"),  # a bare URL fragment, as the original said
-    ("https://", "gibberish output: is mostly URLs"),
-    ("Tell me something useful.", "output echoes input: "),
-    ("The capital of France is", "incomplete output: "),
-])
+@pytest.mark.parametrize(
+    "output, category",
+    [
+        ("", "empty output"),
+        ("Yes.", "too-short output: only 1 word"),
+        ("This is very very very very good advice for you.", "repetitive output: "),
+        ("@@## %%$$ &&** !!~~ ^^ ok.", "gibberish output: "),
+        ("http://", "gibberish output: is mostly URLs"),  # a bare URL fragment, as the original said
+        ("https://", "gibberish output: is mostly URLs"),
+        ("Tell me something useful.", "output echoes input: "),
+        ("The capital of France is", "incomplete output: "),
+    ],
+)
 def test_original_api_reasons_name_their_category(output, category):
     handler = ConversationDataHandler()
-    ok, reasons = handler.validate_conversation_quality({"input": "Tell me something useful.",
-                                                         "output": output})
+    ok, reasons = handler.validate_conversation_quality({"input": "Tell me something useful.", "output": output})
     assert not ok and any(reason.startswith(category) for reason in reasons), reasons
 
 
@@ -337,7 +403,8 @@ def test_a_stream_is_analysed_like_a_list():
     assert streamed.issues == listed.issues and streamed.counts == listed.counts
     # a stream is not kept: its examples are conversations failing a rule of their own
     assert streamed.examples and all(
-        set(example["codes"]) - {"duplicate", "near_duplicate"} for example in streamed.examples)
+        set(example["codes"]) - {"duplicate", "near_duplicate"} for example in streamed.examples
+    )
 
 
 def test_a_huge_answer_is_checked_on_a_bounded_part():
@@ -357,8 +424,7 @@ def test_quality_does_not_import_the_data_module():
     import sys
 
     code = "import sys, mtnsails.quality.validator; print('mtnsails.data.records' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
 
@@ -366,8 +432,10 @@ def mixed_conversations(count: int, seed: int = 3) -> list[dict]:
     """Varied answers, bad ones, and exact and near copies of conversations up to 500 back (so
     copies cross chunk boundaries)."""
     rng = random.Random(seed)
-    words = ("river stone cloud apple engine garden violin winter market lantern harbour "
-             "pencil forest copper meadow signal basket candle orbit thunder").split()
+    words = (
+        "river stone cloud apple engine garden violin winter market lantern harbour "
+        "pencil forest copper meadow signal basket candle orbit thunder"
+    ).split()
     conversations: list[dict] = []
     for index in range(count):
         roll = rng.random()
@@ -380,8 +448,10 @@ def mixed_conversations(count: int, seed: int = 3) -> list[dict]:
             conversation = {"input": source["input"], "output": " ".join(tokens)}
         else:
             answer = " ".join(rng.choice(words) for _ in range(rng.randint(1, 40)))
-            conversation = {"input": f"Question {index} about {rng.choice(words)}?",
-                            "output": answer.capitalize() + rng.choice([".", "", " and the"])}
+            conversation = {
+                "input": f"Question {index} about {rng.choice(words)}?",
+                "output": answer.capitalize() + rng.choice([".", "", " and the"]),
+            }
         conversations.append(conversation)
     return conversations
 
@@ -409,8 +479,11 @@ def test_workers_give_the_report_of_one_process():
     parallel = together.analyze(stream(conversations))
     assert max(children) == 2 and not multiprocessing.active_children()
     assert parallel.to_dict() == one.to_dict()
-    assert together.analyze(conversations).to_dict() == DataQualityValidator().analyze(
-        conversations).to_dict() == alone.analyze(conversations).to_dict()
+    assert (
+        together.analyze(conversations).to_dict()
+        == DataQualityValidator().analyze(conversations).to_dict()
+        == alone.analyze(conversations).to_dict()
+    )
 
 
 def test_a_repeat_gets_the_report_of_its_first_reading_without_a_second_check(monkeypatch):
@@ -434,9 +507,9 @@ def test_a_repeat_gets_the_report_of_its_first_reading_without_a_second_check(mo
     assert together.analyze(iter(conversations)).to_dict() == expected
     checked: list[int] = []
     check_chunk = quality.check_chunk
-    monkeypatch.setattr(quality, "check_chunk",
-                        lambda validator, chunk: checked.append(len(chunk))
-                        or check_chunk(validator, chunk))
+    monkeypatch.setattr(
+        quality, "check_chunk", lambda validator, chunk: checked.append(len(chunk)) or check_chunk(validator, chunk)
+    )
     one.analyze(iter(conversations))
     distinct = len({tuple(conversation.items()) for conversation in conversations})
     assert distinct <= sum(checked) < len(conversations) - 250  # each one once, or nearly

@@ -35,9 +35,11 @@ from mtnsails.quality.validator import DataQualityValidator
 SCRIPT = REPO_ROOT / "process_scraped_content.py"
 
 NAV = "Home\nTutorials\nBlog\nPyGuide\n"
-FOOTER = ("\nPyGuide is a free tutorial site written by volunteers since 2015.\n"
-          "We use cookies to improve your experience. By using this site you accept our cookie policy.\n"
-          "Copyright 2024 PyGuide. All rights reserved.\nPrevious\nNext")
+FOOTER = (
+    "\nPyGuide is a free tutorial site written by volunteers since 2015.\n"
+    "We use cookies to improve your experience. By using this site you accept our cookie policy.\n"
+    "Copyright 2024 PyGuide. All rights reserved.\nPrevious\nNext"
+)
 DEFAULT_PAGES = [
     """Python Lists
 A list is an ordered collection of items that can hold values of any type. Lists are written with square brackets, and the items are separated by commas.
@@ -124,19 +126,23 @@ HTML = """<!DOCTYPE html><html><head><title>Git Basics</title><style>body{color:
 <h2>Branches</h2>
 <p>A branch is a movable pointer to a commit. Creating a branch is cheap, so it is common to start a new one for every feature or fix &amp; merge it back when it is done.</p>
 </main><footer><p>Copyright 2024 Example Corp. All rights reserved.</p></footer></body></html>"""
-RSS = ("Version 2.0 is out\nVersion 2.0 exports models twice as fast and adds a chat command "
-       "that remembers the conversation.\n\nSecurity update\nAll users should upgrade to "
-       "version 2.0.1, which fixes a bug in how log file paths were checked.")
-SOLAR = ("The solar system is the Sun together with everything that orbits it. Eight planets travel "
-         "around the Sun on nearly circular paths. Mercury is the smallest planet and the closest one "
-         "to the Sun. Venus is wrapped in thick clouds that trap heat, which makes it the hottest "
-         "planet. Earth is the only planet known to support life. Mars is a cold desert world with "
-         "the tallest volcano in the solar system. Jupiter is the largest planet, a gas giant with a "
-         "storm bigger than the Earth. Saturn is famous for its bright rings made of ice and rock. "
-         "Uranus spins on its side, probably because of an ancient collision. Neptune has the "
-         "strongest winds measured on any planet. Beyond Neptune lies the Kuiper belt, a region of "
-         "icy bodies that includes the dwarf planet Pluto. Comets come from even farther away and "
-         "grow bright tails when they approach the Sun. ")
+RSS = (
+    "Version 2.0 is out\nVersion 2.0 exports models twice as fast and adds a chat command "
+    "that remembers the conversation.\n\nSecurity update\nAll users should upgrade to "
+    "version 2.0.1, which fixes a bug in how log file paths were checked."
+)
+SOLAR = (
+    "The solar system is the Sun together with everything that orbits it. Eight planets travel "
+    "around the Sun on nearly circular paths. Mercury is the smallest planet and the closest one "
+    "to the Sun. Venus is wrapped in thick clouds that trap heat, which makes it the hottest "
+    "planet. Earth is the only planet known to support life. Mars is a cold desert world with "
+    "the tallest volcano in the solar system. Jupiter is the largest planet, a gas giant with a "
+    "storm bigger than the Earth. Saturn is famous for its bright rings made of ice and rock. "
+    "Uranus spins on its side, probably because of an ancient collision. Neptune has the "
+    "strongest winds measured on any planet. Beyond Neptune lies the Kuiper belt, a region of "
+    "icy bodies that includes the dwarf planet Pluto. Comets come from even farther away and "
+    "grow bright tails when they approach the Sun. "
+)
 
 
 def content_name(text: str) -> str:
@@ -170,8 +176,9 @@ def build_scraped_site(root: Path) -> Path:
 
 
 def run_script(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          cwd=cwd or REPO_ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd or REPO_ROOT, timeout=120
+    )
 
 
 @pytest.fixture
@@ -189,6 +196,7 @@ def by_question(pairs: list[dict]) -> dict[str, str]:
 
 
 # -- what comes out -----------------------------------------------------------------------------
+
 
 def test_answers_are_complete_passages_within_the_chunk_size(pairs):
     assert len(pairs) >= 20
@@ -209,16 +217,16 @@ def test_sentences_split_over_lines_are_rejoined(pairs):
 def test_questions_come_from_headings_and_fit_them(pairs):
     questions = by_question(pairs)
     expected = {
-        "What are Python lists?": "A list is an ordered collection",   # page title (default mode)
-        "How do I create a list?": "To create a list",                 # "Creating a list"
-        "Explain slicing.": "A slice selects part of a list",         # "Slicing"
-        "How do I add a key?": "Assign a value to a new key",         # "How to add a key"
-        "How do I install Python?": "Download the installer",         # "Installing Python"
+        "What are Python lists?": "A list is an ordered collection",  # page title (default mode)
+        "How do I create a list?": "To create a list",  # "Creating a list"
+        "Explain slicing.": "A slice selects part of a list",  # "Slicing"
+        "How do I add a key?": "Assign a value to a new key",  # "How to add a key"
+        "How do I install Python?": "Download the installer",  # "Installing Python"
         "What are virtual environments?": "A virtual environment keeps",  # "# Virtual Environments"
         "Explain how pip resolves dependencies.": "Pip reads the requirements",
         "How do I activate virtual environments?": "Activation puts",  # "Activating it"
-        "What are Git basics?": "Git records the history",            # <h1> of the HTML page
-        "What is the solar system?": "The solar system is the Sun",    # no heading: the subject
+        "What are Git basics?": "Git records the history",  # <h1> of the HTML page
+        "What is the solar system?": "The solar system is the Sun",  # no heading: the subject
         "Give me an overview of Python sets.": "A set is an unordered",  # title, then "Overview"
         "Can you give an example of Python sets?": "The letters of a word",
         'Tell me about "Version 2.0 is out".': "Version 2.0 exports",  # RSS item titles
@@ -231,13 +239,25 @@ def test_questions_come_from_headings_and_fit_them(pairs):
     assert "What else should I know about slicing?" in questions
     # list items join the sentence that introduces them
     assert questions["How do I activate virtual environments?"].endswith(
-        "The activation scripts support: bash and zsh; fish; PowerShell.")
+        "The activation scripts support: bash and zsh; fish; PowerShell."
+    )
 
 
 def test_boilerplate_banners_navigation_and_markup_are_gone(pairs):
     text = json.dumps(pairs)
-    for leftover in ("PyGuide", "cookie", "All rights reserved", "Edit this page", "Tutorials",
-                     "Previous", "tracking", "color:red", "Example Corp", "x1=f(1)", "Docs"):
+    for leftover in (
+        "PyGuide",
+        "cookie",
+        "All rights reserved",
+        "Edit this page",
+        "Tutorials",
+        "Previous",
+        "tracking",
+        "color:red",
+        "Example Corp",
+        "x1=f(1)",
+        "Docs",
+    ):
         assert leftover not in text, leftover
     assert "&amp;" not in text and "fix & merge" in text
 
@@ -268,9 +288,9 @@ def test_the_summary_says_what_was_skipped_and_why(site):
 
 # -- the script ---------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
-def test_script_writes_jsonl_appends_without_duplicates_and_the_output_trains(site, tmp_path,
-                                                                              cli_here):
+def test_script_writes_jsonl_appends_without_duplicates_and_the_output_trains(site, tmp_path, cli_here):
     output = tmp_path / "chat_data.jsonl"
     done = run_script(str(site), "--output", str(output), "--chunk-words", "60")
     assert done.returncode == 0, done.stderr
@@ -283,47 +303,69 @@ def test_script_writes_jsonl_appends_without_duplicates_and_the_output_trains(si
     (site / "mine" / "extra.md").write_text(
         "# Tuples\n\nA tuple is an ordered collection that cannot be changed after it is "
         "created. Tuples are written with parentheses instead of square brackets.\n\n"
-        "```python\nt = (1, 2)\n```\n", encoding="utf-8")
-    again = run_script(str(site), "--output", str(output), "--chunk-words", "60", "--append",
-                       "--quiet")
+        "```python\nt = (1, 2)\n```\n",
+        encoding="utf-8",
+    )
+    again = run_script(str(site), "--output", str(output), "--chunk-words", "60", "--append", "--quiet")
     assert again.returncode == 0 and again.stdout == ""
     merged = [json.loads(line) for line in output.read_text().splitlines()]
     assert merged[: len(first)] == first
-    assert [pair["input"] for pair in merged[len(first):]] == ["What are tuples?"]
+    assert [pair["input"] for pair in merged[len(first) :]] == ["What are tuples?"]
 
     model = tmp_path / "model"
-    trained = cli_here("train", "--data-file", str(output), "--model-name", "tiny", "--epochs", "1",
-                       "--output-dir", str(model), "--quiet")
+    trained = cli_here(
+        "train",
+        "--data-file",
+        str(output),
+        "--model-name",
+        "tiny",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(model),
+        "--quiet",
+    )
     assert trained.returncode == 0, trained.stderr
     assert (model / "mtnsails.json").exists()
 
 
 def test_prompt_template_keep_all_and_original_question(site, tmp_path):
     output = tmp_path / "pairs.json"
-    done = run_script(str(site), "--output", str(output),
-                      "--prompt-template", "Tell me about {topic}", "--keep-all", "--quiet")
+    done = run_script(
+        str(site), "--output", str(output), "--prompt-template", "Tell me about {topic}", "--keep-all", "--quiet"
+    )
     assert done.returncode == 0, done.stderr
     questions = [pair["input"] for pair in json.loads(output.read_text())]
-    assert {"Tell me about Python dictionaries", "Tell me about how to add a key",
-            "Tell me about Python sets (overview)"} <= set(questions)
+    assert {
+        "Tell me about Python dictionaries",
+        "Tell me about how to add a key",
+        "Tell me about Python sets (overview)",
+    } <= set(questions)
     assert "Tell me about activating virtual environments" in questions
     assert len(set(questions)) == len(questions)
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda tmp: [str(tmp / "missing"), "--output", str(tmp / "o.json")], "no such directory"),
-    (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "o.json")], "no text pages"),
-    (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "nope" / "o.json")],
-     "does not exist"),
-    (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "o.json"), "--chunk-words", "3"],
-     "at least 10"),
-    (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "o.json"),
-                  "--prompt-template", "Tell me"], "must contain {topic}"),
-    (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "o.json"), "--append",
-                  "--overwrite"], "--append and --overwrite exclude each other"),
-    (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "only_media")],
-     "only_media: is a directory; --output must be a .json or .jsonl file"),
-])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda tmp: [str(tmp / "missing"), "--output", str(tmp / "o.json")], "no such directory"),
+        (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "o.json")], "no text pages"),
+        (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "nope" / "o.json")], "does not exist"),
+        (lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "o.json"), "--chunk-words", "3"], "at least 10"),
+        (
+            lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "o.json"), "--prompt-template", "Tell me"],
+            "must contain {topic}",
+        ),
+        (
+            lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "o.json"), "--append", "--overwrite"],
+            "--append and --overwrite exclude each other",
+        ),
+        (
+            lambda tmp: [str(tmp / "only_media"), "--output", str(tmp / "only_media")],
+            "only_media: is a directory; --output must be a .json or .jsonl file",
+        ),
+    ],
+)
 def test_bad_input_gives_one_line_errors(tmp_path, make_args, message):
     (tmp_path / "only_media" / "images").mkdir(parents=True)
     (tmp_path / "only_media" / "images" / "a.png").write_bytes(b"\x89PNG")
@@ -340,8 +382,9 @@ def test_an_existing_output_is_replaced_only_with_overwrite(site, tmp_path):
     output.write_text("[]\n")
     refused = run_script(str(site), "--output", str(output), "--quiet")
     assert refused.returncode == 2 and refused.stdout == ""
-    assert refused.stderr.splitlines() == [f"error: {output}: already exists; pass --append to "
-                                           "add to it or --overwrite to replace it"]
+    assert refused.stderr.splitlines() == [
+        f"error: {output}: already exists; pass --append to add to it or --overwrite to replace it"
+    ]
     assert output.read_text() == "[]\n"
     replaced = run_script(str(site), "--output", str(output), "--overwrite", "--quiet")
     assert replaced.returncode == 0, replaced.stderr
@@ -392,30 +435,38 @@ def test_file_links_out_of_the_input_folder_are_skipped_with_a_note(tmp_path, ca
     assert result.files_read == 1  # a link within the crawl is the same page: read once
     assert capsys.readouterr().err.splitlines() == [
         f"note: {crawl / 'notes.txt'}: links to {secret}, outside {crawl}; skipped",
-        f"note: {crawl / 'page.txt'}: same text as {crawl / 'inside.txt'}; read once"]
+        f"note: {crawl / 'page.txt'}: same text as {crawl / 'inside.txt'}; read once",
+    ]
 
 
 def test_a_list_under_a_heading_belongs_to_its_answer():
-    page = ("# Leave No Trace\n## The seven principles\nThere are seven of them.\n"
-            "• Plan ahead and prepare\n• Travel and camp on durable surfaces\n"
-            "• Dispose of waste properly\n• Leave what you find\n• Minimize campfire impacts\n"
-            "• Respect wildlife\n• Be considerate of other visitors\n"
-            "## Tags\n• hiking\n• camping\n")
+    page = (
+        "# Leave No Trace\n## The seven principles\nThere are seven of them.\n"
+        "• Plan ahead and prepare\n• Travel and camp on durable surfaces\n"
+        "• Dispose of waste properly\n• Leave what you find\n• Minimize campfire impacts\n"
+        "• Respect wildlife\n• Be considerate of other visitors\n"
+        "## Tags\n• hiking\n• camping\n"
+    )
     sections = sections_of(classify(page_lines(page, ".txt")))
     assert [(section.heading, section.paragraphs) for section in sections] == [
-        ("The seven principles", [
-            "There are seven of them.",
-            "Plan ahead and prepare. Travel and camp on durable surfaces. Dispose of waste "
-            "properly. Leave what you find. Minimize campfire impacts. Respect wildlife. "
-            "Be considerate of other visitors."])]  # one-word tags are no answer
+        (
+            "The seven principles",
+            [
+                "There are seven of them.",
+                "Plan ahead and prepare. Travel and camp on durable surfaces. Dispose of waste "
+                "properly. Leave what you find. Minimize campfire impacts. Respect wildlife. "
+                "Be considerate of other visitors.",
+            ],
+        )
+    ]  # one-word tags are no answer
 
 
 # -- the pieces ---------------------------------------------------------------------------------
 
+
 def test_sentences_respect_abbreviations_initials_and_decimals():
     text = "Use e.g. a list. J. Smith wrote it in 2.5 days! Does it work? Yes."
-    assert sentences(text) == ["Use e.g. a list.", "J. Smith wrote it in 2.5 days!",
-                               "Does it work?", "Yes."]
+    assert sentences(text) == ["Use e.g. a list.", "J. Smith wrote it in 2.5 days!", "Does it work?", "Yes."]
 
 
 def test_chunks_keep_an_overlong_sentence_whole_and_drop_run_on_text():
@@ -423,8 +474,7 @@ def test_chunks_keep_an_overlong_sentence_whole_and_drop_run_on_text():
     result = ScrapeResult()
     long_sentence = " ".join(["word"] * 15) + "."
     run_on = " ".join(["x"] * 30) + "."
-    answers = chunks(["Short one here.", long_sentence, run_on, "Another short one."],
-                     settings, result)
+    answers = chunks(["Short one here.", long_sentence, run_on, "Another short one."], settings, result)
     assert answers == ["Short one here.", long_sentence, "Another short one."]
     assert result.dropped_passages == {"run-on text over 20 words": 1}
 
@@ -435,51 +485,65 @@ def test_chunks_are_balanced():
     assert [len(a.split()) for a in answers] == [24, 18]  # not 30 + 12
 
 
-@pytest.mark.parametrize("heading, question", [
-    ("How to deploy a web app", "How do I deploy a web app?"),
-    ("How caching works", "How does caching work?"),
-    ("Configure the logger", "How do I configure the logger?"),
-    ("Make a Request", "How do I make a request?"),
-    ("Use cases", "What are use cases?"),
-    ("Event loop", "How does the event loop work?"),
-    ("Overview", "Give me an overview of Python lists."),
-    ("Why use tuples?", "Why use tuples?"),
-    ("Memory Management", "What is memory management?"),
-    ("Status codes", "What are status codes?"),
-])
+@pytest.mark.parametrize(
+    "heading, question",
+    [
+        ("How to deploy a web app", "How do I deploy a web app?"),
+        ("How caching works", "How does caching work?"),
+        ("Configure the logger", "How do I configure the logger?"),
+        ("Make a Request", "How do I make a request?"),
+        ("Use cases", "What are use cases?"),
+        ("Event loop", "How does the event loop work?"),
+        ("Overview", "Give me an overview of Python lists."),
+        ("Why use tuples?", "Why use tuples?"),
+        ("Memory Management", "What is memory management?"),
+        ("Status codes", "What are status codes?"),
+    ],
+)
 def test_natural_questions(heading, question):
     cases = WordCases(["The event loop reads lists of memory and status codes from the Python API."])
     assert natural_question(heading, "Python Lists", cases) == question
 
 
-@pytest.mark.parametrize("heading, question", [
-    ("Base Layer", "What is a base layer?"),           # the pages say "A base layer is ..."
-    ("Security update", "What is a security update?"),  # no evidence: a countable head noun
-    ("Ultralight Stove", "What is an ultralight stove?"),
-    ("Hypothermia", "What is hypothermia?"),            # a single word: no article unproven
-    ("Trail Running", "What is trail running?"),        # a gerund
-    ("Water Treatment", "What is water treatment?"),    # an abstract head, never "a ..." here
-    ("Rain Gear", "What is rain gear?"),                # a mass noun
-])
+@pytest.mark.parametrize(
+    "heading, question",
+    [
+        ("Base Layer", "What is a base layer?"),  # the pages say "A base layer is ..."
+        ("Security update", "What is a security update?"),  # no evidence: a countable head noun
+        ("Ultralight Stove", "What is an ultralight stove?"),
+        ("Hypothermia", "What is hypothermia?"),  # a single word: no article unproven
+        ("Trail Running", "What is trail running?"),  # a gerund
+        ("Water Treatment", "What is water treatment?"),  # an abstract head, never "a ..." here
+        ("Rain Gear", "What is rain gear?"),  # a mass noun
+    ],
+)
 def test_what_is_questions_get_their_article_where_english_needs_one(heading, question):
-    cases = WordCases(["A base layer is the clothing worn next to the skin. An ultralight "
-                       "stove saves weight, and water treatment, rain gear, hypothermia and "
-                       "trail running are covered later."])
+    cases = WordCases(
+        [
+            "A base layer is the clothing worn next to the skin. An ultralight "
+            "stove saves weight, and water treatment, rain gear, hypothermia and "
+            "trail running are covered later."
+        ]
+    )
     assert natural_question(heading, "Hiking", cases) == question
 
 
 def test_html_text_keeps_headings_and_items_and_drops_page_furniture():
-    html = ("<html><head><title>T</title><script>x()</script></head><body>"
-            "<header><nav>Menu <a href=/>Home</a></header>"  # <nav> left open
-            "<h2>Part</h2><ul><li>one</li><li>two</li></ul><p>Text &lt;here&gt;.</p>"
-            "<footer>Foot</footer></body></html>")
+    html = (
+        "<html><head><title>T</title><script>x()</script></head><body>"
+        "<header><nav>Menu <a href=/>Home</a></header>"  # <nav> left open
+        "<h2>Part</h2><ul><li>one</li><li>two</li></ul><p>Text &lt;here&gt;.</p>"
+        "<footer>Foot</footer></body></html>"
+    )
     lines = [line for line in html_to_text(html).splitlines() if line]
     assert lines == ["# T", "## Part", "• one", "• two", "Text <here>."]
 
 
 def test_markdown_list_items_keep_their_wrapped_lines_and_code_is_dropped():
-    markdown = ("# Tools\n\nThe kit includes:\n- a parser that reads\n  every file once\n"
-                "- a writer\n\n    code_block()\n\n```\nmore_code()\n```\n")
+    markdown = (
+        "# Tools\n\nThe kit includes:\n- a parser that reads\n  every file once\n"
+        "- a writer\n\n    code_block()\n\n```\nmore_code()\n```\n"
+    )
     [section] = sections_of(classify(page_lines(markdown, ".md")))
     assert section.heading == "Tools"
     assert section.paragraphs == ["The kit includes: a parser that reads every file once; a writer."]

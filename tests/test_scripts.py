@@ -15,11 +15,15 @@ import pytest
 from conftest import EXAMPLE_DATA, REPO_ROOT
 
 
-def run_script(name: str, *args: str, python_flags: tuple = (),
-               timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *python_flags, name, *args], capture_output=True,
-                          text=True, cwd=REPO_ROOT, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+def run_script(name: str, *args: str, python_flags: tuple = (), timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *python_flags, name, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def run_script_here(path: Path, *args: str) -> int:
@@ -35,8 +39,9 @@ def run_script_here(path: Path, *args: str) -> int:
 
 def imported_modules(stderr: str) -> set[str]:
     """Top-level modules named in `python -X importtime` output."""
-    return {line.rsplit("|", 1)[-1].strip().split(".")[0]
-            for line in stderr.splitlines() if line.startswith("import time:")}
+    return {
+        line.rsplit("|", 1)[-1].strip().split(".")[0] for line in stderr.splitlines() if line.startswith("import time:")
+    }
 
 
 @pytest.mark.slow
@@ -56,16 +61,23 @@ def test_example_runs_the_whole_workflow_offline(tmp_path, capsys):
 
 
 def test_demo_data_quality_explains_the_issues_without_torch():
-    done = run_script("demo_data_quality.py", "--data-file", str(EXAMPLE_DATA),
-                      python_flags=("-X", "importtime"))
+    done = run_script("demo_data_quality.py", "--data-file", str(EXAMPLE_DATA), python_flags=("-X", "importtime"))
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "# good set: 6 conversations" in out and "# bad set: 11 conversations" in out
     assert "# example_conversations.json: 58 conversations" in out
     assert out.count("✓ passes every check") == 6 + 2  # the good set, two originals in the bad one
-    for code_label in ("empty output", "empty input", "too-short output", "repetitive output",
-                       "gibberish output", "output echoes input", "incomplete output",
-                       "exact duplicate", "near duplicate"):
+    for code_label in (
+        "empty output",
+        "empty input",
+        "too-short output",
+        "repetitive output",
+        "gibberish output",
+        "output echoes input",
+        "incomplete output",
+        "exact duplicate",
+        "near duplicate",
+    ):
         assert f"✗ {code_label}:" in out, code_label
     assert "why it matters:" in out and "# side by side" in out
     assert {"torch", "transformers"}.isdisjoint(imported_modules(done.stderr))
@@ -73,7 +85,7 @@ def test_demo_data_quality_explains_the_issues_without_torch():
 
 def test_demo_data_quality_reports_an_unreadable_data_file(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text("[{\"input\": \"hi\"}]")
+    bad.write_text('[{"input": "hi"}]')
     done = run_script("demo_data_quality.py", "--data-file", str(bad))
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "missing 'output'" in done.stderr
@@ -85,9 +97,18 @@ def test_validate_checks_everything_and_runs_end_to_end(capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "✗" not in out
-    for item in ("torch", "transformers", "optimum.exporters.onnx", "onnxruntime", "numpy",
-                 "python main.py --help", "python main.py chat --help",
-                 "python main.py train ...", "python main.py convert ...", "python main.py chat ..."):
+    for item in (
+        "torch",
+        "transformers",
+        "optimum.exporters.onnx",
+        "onnxruntime",
+        "numpy",
+        "python main.py --help",
+        "python main.py chat --help",
+        "python main.py train ...",
+        "python main.py convert ...",
+        "python main.py chat ...",
+    ):
         assert f"✓ {item}" in out, item
     assert out.rstrip().endswith("mtnsails is ready: try python example.py or python main.py pipeline")
 

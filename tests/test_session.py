@@ -21,14 +21,20 @@ SETTINGS = EngineSettings(precision="fp32", generation=GenerationConfig(temperat
 
 def model_state(engine: ChatEngine) -> dict:
     """What an engine took from its directory."""
-    return {"template": engine.template, "eos": engine.eos_token_id, "context": engine.context_length,
-            "generation": engine.generation, "history_exchanges": engine.history_exchanges,
-            "questions": engine.matcher.questions if engine.matcher else None, "system": engine.system,
-            "graph": engine.graph_file, "vocabulary": engine.tokenizer.get_vocab_size()}
+    return {
+        "template": engine.template,
+        "eos": engine.eos_token_id,
+        "context": engine.context_length,
+        "generation": engine.generation,
+        "history_exchanges": engine.history_exchanges,
+        "questions": engine.matcher.questions if engine.matcher else None,
+        "system": engine.system,
+        "graph": engine.graph_file,
+        "vocabulary": engine.tokenizer.get_vocab_size(),
+    }
 
 
-def test_reload_takes_everything_from_the_new_model_and_keeps_the_conversation(
-        tiny_onnx_dir, other_onnx_dir, tmp_path):
+def test_reload_takes_everything_from_the_new_model_and_keeps_the_conversation(tiny_onnx_dir, other_onnx_dir, tmp_path):
     from mtnsails.loop.promoter import Promoter
 
     live = tmp_path / "live"
@@ -65,4 +71,5 @@ def test_the_logger_handed_in_gets_every_exchange_and_closes_with_the_session(ti
     with pytest.raises(ValueError, match="closed"):
         logger.log("Who wrote Hamlet?", "Shakespeare.")
     assert [(c["input"], c["output"], c["feedback"]) for c in ConversationDataHandler(log).conversations] == [
-        ("What do bees make?", "Bees make honey.", "fixed")]
+        ("What do bees make?", "Bees make honey.", "fixed")
+    ]

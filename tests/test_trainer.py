@@ -25,13 +25,13 @@ def greedy_answer(model, tokenizer, conversation: dict) -> str:
     turns = exchanges(conversation)[:-1] + [(conversation["input"], None)]
     segments = list(ChatTemplate().segments(turns, conversation.get("system")))
     ids = encode_segments(tokenizer, segments, max_length=model.config.n_positions)["input_ids"]
-    output = model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False,
-                            pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(output[0, len(ids):], skip_special_tokens=True).strip()
+    output = model.generate(
+        torch.tensor([ids]), max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.eos_token_id
+    )
+    return tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True).strip()
 
 
-def test_the_trained_model_answers_its_questions_and_loads_with_plain_auto_classes(
-        trained_tiny_model_dir):
+def test_the_trained_model_answers_its_questions_and_loads_with_plain_auto_classes(trained_tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(trained_tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(trained_tiny_model_dir)
     for conversation in (TINY_CONVERSATIONS[0], TINY_CONVERSATIONS[-1]):  # single and multi-turn
@@ -42,8 +42,7 @@ def test_the_trained_model_answers_its_questions_and_loads_with_plain_auto_class
 
 def test_the_model_directory_records_how_it_was_made(trained_tiny_model_dir):
     files = {path.name for path in trained_tiny_model_dir.iterdir()}
-    assert {"model.safetensors", "tokenizer.json", "generation_config.json", "mtnsails.json",
-            "loss.png"} <= files
+    assert {"model.safetensors", "tokenizer.json", "generation_config.json", "mtnsails.json", "loss.png"} <= files
     assert not any(name.endswith(".bin") for name in files)
     meta = json.loads((trained_tiny_model_dir / "mtnsails.json").read_text())
     assert meta["format"] == "mtnsails-model" and meta["version"] == 1
@@ -55,15 +54,21 @@ def test_the_model_directory_records_how_it_was_made(trained_tiny_model_dir):
     assert not trained_tiny_model_dir.with_name("model.checkpoints").exists()
     # the answer lengths it learned (history answers too), in tokens without EOS
     tokenizer = AutoTokenizer.from_pretrained(trained_tiny_model_dir)
-    lengths = sorted(len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"])
-                     for conversation in TINY_CONVERSATIONS for _, answer in exchanges(conversation))
-    assert meta["answer_tokens"] == {"count": 9, "max": lengths[-1], "p95": lengths[-1],
-                                     "mean": round(sum(lengths) / 9, 2)}
+    lengths = sorted(
+        len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"])
+        for conversation in TINY_CONVERSATIONS
+        for _, answer in exchanges(conversation)
+    )
+    assert meta["answer_tokens"] == {
+        "count": 9,
+        "max": lengths[-1],
+        "p95": lengths[-1],
+        "mean": round(sum(lengths) / 9, 2),
+    }
     assert meta["system"] is None  # no record carries a system prompt
 
 
-def test_prompt_tokens_are_not_learned_and_each_answer_ends_in_a_learned_eos(
-        untrained_tiny_model_dir):
+def test_prompt_tokens_are_not_learned_and_each_answer_ends_in_a_learned_eos(untrained_tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(untrained_tiny_model_dir)
     eos = tokenizer.eos_token_id
     segments = list(ChatTemplate().segments([("Hi", "Hello!"), ("Bye", "See you.")]))
@@ -72,16 +77,16 @@ def test_prompt_tokens_are_not_learned_and_each_answer_ends_in_a_learned_eos(
     answer = tokenizer(" Hello!", add_special_tokens=False)["input_ids"]
     assert item["input_ids"][: len(prompt) + len(answer) + 1] == prompt + answer + [eos]
     assert item["labels"][: len(prompt)] == [-100] * len(prompt)
-    assert item["labels"][len(prompt): len(prompt) + len(answer) + 1] == answer + [eos]
+    assert item["labels"][len(prompt) : len(prompt) + len(answer) + 1] == answer + [eos]
     assert item["labels"][-1] == eos and item["truncated"] == 0  # the second answer too
 
 
-def test_batches_are_padded_to_their_longest_example_and_padding_is_not_learned(
-        untrained_tiny_model_dir):
+def test_batches_are_padded_to_their_longest_example_and_padding_is_not_learned(untrained_tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(untrained_tiny_model_dir)
-    short, long = (encode_segments(tokenizer, list(ChatTemplate().segments([(q, a)])), 256)
-                   for q, a in [("Hi", "Hello!"), ("What is the capital of France?",
-                                                   "The capital of France is Paris.")])
+    short, long = (
+        encode_segments(tokenizer, list(ChatTemplate().segments([(q, a)])), 256)
+        for q, a in [("Hi", "Hello!"), ("What is the capital of France?", "The capital of France is Paris.")]
+    )
     batch = PaddingCollator(tokenizer.pad_token_id)([short, long])
     assert batch["input_ids"].shape == (2, long["length"])  # dynamic: not 256
     padding = long["length"] - short["length"]
@@ -96,8 +101,7 @@ def test_long_examples_lose_context_from_the_left_but_keep_their_answer(untraine
     segments = list(ChatTemplate().segments([*history, ("Last question?", "Final answer.")]))
     item = encode_segments(tokenizer, segments, max_length=40)
     assert item["truncated"] == 1 and item["length"] == 40
-    assert tokenizer.decode(item["input_ids"]).endswith(
-        "User: Last question?\nAssistant: Final answer.<|endoftext|>")
+    assert tokenizer.decode(item["input_ids"]).endswith("User: Last question?\nAssistant: Final answer.<|endoftext|>")
     # an answer longer than the window keeps its question and loses its end (reported as 2)
     segments = list(ChatTemplate().segments([("Why?", "Because " * 100)]))
     item = encode_segments(tokenizer, segments, max_length=40)
@@ -108,7 +112,9 @@ def test_long_examples_lose_context_from_the_left_but_keep_their_answer(untraine
 def test_original_texts_are_parsed_back_into_prompt_and_answer():
     template = ChatTemplate()
     assert parse_text("User: Hi there\nAssistant: Hello!", template) == [
-        Segment("User: Hi there\nAssistant:", False), Segment(" Hello!", True)]
+        Segment("User: Hi there\nAssistant:", False),
+        Segment(" Hello!", True),
+    ]
     assert parse_text("free text", template) == [Segment("free text", True)]
 
 
@@ -128,8 +134,7 @@ def test_original_api_and_retraining_with_an_eval_split(trained_tiny_model_dir, 
     assert meta["base_model"] == "tiny" and meta["settings"]["eval_examples"] == 2
     reloaded = LLMTrainer()
     reloaded.load_trained_model(path)
-    assert greedy_answer(reloaded.model, reloaded.tokenizer, TINY_CONVERSATIONS[1]) == \
-        TINY_CONVERSATIONS[1]["output"]
+    assert greedy_answer(reloaded.model, reloaded.tokenizer, TINY_CONVERSATIONS[1]) == TINY_CONVERSATIONS[1]["output"]
 
 
 def test_settings_out_of_range_are_one_line_errors():
@@ -137,10 +142,14 @@ def test_settings_out_of_range_are_one_line_errors():
 
     from mtnsails.core.errors import MtnsailsError
 
-    for settings, flag in [({"num_epochs": 0}, "--epochs"), ({"batch_size": -1}, "--batch-size"),
-                           ({"eval_split": 1.5}, "--eval-split"), ({"device": "tpu"}, "--device"),
-                           ({"learning_rate": float("inf")}, "--learning-rate must be a finite"),
-                           ({"weight_decay": float("nan")}, "--weight-decay must be a finite")]:
+    for settings, flag in [
+        ({"num_epochs": 0}, "--epochs"),
+        ({"batch_size": -1}, "--batch-size"),
+        ({"eval_split": 1.5}, "--eval-split"),
+        ({"device": "tpu"}, "--device"),
+        ({"learning_rate": float("inf")}, "--learning-rate must be a finite"),
+        ({"weight_decay": float("nan")}, "--weight-decay must be a finite"),
+    ]:
         with pytest.raises(MtnsailsError, match=flag) as error:
             TrainingConfig(**settings).validate()
         assert "\n" not in str(error.value)
@@ -152,7 +161,10 @@ def test_resolved_fills_each_unset_setting_with_the_models_own_default():
     unset = TrainingConfig()
     tiny = unset.resolved(embedded=True, examples=100)
     assert (tiny.num_epochs, tiny.learning_rate, tiny.eval_split) == (
-        EmbeddedTrainingDefaults.num_epochs, EmbeddedTrainingDefaults.learning_rate, 0.0)
+        EmbeddedTrainingDefaults.num_epochs,
+        EmbeddedTrainingDefaults.learning_rate,
+        0.0,
+    )
     assert unset.resolved(embedded=False, examples=19).eval_split == 0.0
     pretrained = unset.resolved(embedded=False, examples=20)
     assert (pretrained.num_epochs, pretrained.learning_rate, pretrained.eval_split) == (3, 5e-5, 0.1)
@@ -161,8 +173,7 @@ def test_resolved_fills_each_unset_setting_with_the_models_own_default():
     assert unset.num_epochs is None  # a copy: the config itself is unchanged
 
 
-def test_a_model_save_that_runs_out_of_space_is_one_line_and_changes_nothing(
-        trained_tiny_model_dir, tmp_path):
+def test_a_model_save_that_runs_out_of_space_is_one_line_and_changes_nothing(trained_tiny_model_dir, tmp_path):
     import resource
 
     import pytest
@@ -188,8 +199,9 @@ def refusal(output_dir, resume: bool = False) -> str:
 
     from mtnsails.core.errors import MtnsailsError
 
-    trainer = LLMTrainer(config=TrainingConfig(model_name="tiny", output_dir=str(output_dir),
-                                               resume=resume, quiet=True))
+    trainer = LLMTrainer(
+        config=TrainingConfig(model_name="tiny", output_dir=str(output_dir), resume=resume, quiet=True)
+    )
     with pytest.raises(MtnsailsError) as error:
         trainer.train_conversations(TINY_CONVERSATIONS)
     assert "\n" not in str(error.value) and trainer.resolved is None  # refused before loading
@@ -198,15 +210,14 @@ def refusal(output_dir, resume: bool = False) -> str:
 
 def test_checkpoints_of_an_interrupted_run_are_never_silently_dropped_or_misread(tmp_path):
     checkpoints = tmp_path / "out.checkpoints"
-    assert refusal(tmp_path / "out", resume=True).startswith(
-        f"--resume: no checkpoint in {checkpoints}")
+    assert refusal(tmp_path / "out", resume=True).startswith(f"--resume: no checkpoint in {checkpoints}")
     (checkpoints / "checkpoint-1").mkdir(parents=True)
     assert refusal(tmp_path / "out") == (
         f"{checkpoints} holds checkpoints of an interrupted run: add --resume to continue it, "
-        "or delete that directory to start over")
+        "or delete that directory to start over"
+    )
     (checkpoints / "mtnsails-run.json").write_text("{not json")
-    assert refusal(tmp_path / "out", resume=True).startswith(
-        f"{checkpoints / 'mtnsails-run.json'}: not valid JSON")
+    assert refusal(tmp_path / "out", resume=True).startswith(f"{checkpoints / 'mtnsails-run.json'}: not valid JSON")
     assert (checkpoints / "checkpoint-1").is_dir() and not (tmp_path / "out").exists()
 
 
@@ -221,8 +232,9 @@ def test_resume_goes_back_to_the_newest_complete_checkpoint(tmp_path, capfd):
 
     from mtnsails.train.trainer import TrainingInterrupted
 
-    config = TrainingConfig(model_name="tiny", output_dir=str(tmp_path / "model"), num_epochs=10,
-                            save_steps=2, quiet=True, seed=0)
+    config = TrainingConfig(
+        model_name="tiny", output_dir=str(tmp_path / "model"), num_epochs=10, save_steps=2, quiet=True, seed=0
+    )
     checkpoints = config.checkpoint_dir
 
     def interrupt_after_two_checkpoints():  # Ctrl-C, as a user would press it
@@ -253,15 +265,15 @@ NEW_CONVERSATIONS = [
 
 def continued(model_dir, output, **settings):
     """Continue `model_dir` for one epoch on NEW_CONVERSATIONS; return (trainer, saved path)."""
-    config = TrainingConfig(model_name=str(model_dir), output_dir=str(output), num_epochs=1,
-                            save_steps=1000, quiet=True, **settings)
+    config = TrainingConfig(
+        model_name=str(model_dir), output_dir=str(output), num_epochs=1, save_steps=1000, quiet=True, **settings
+    )
     trainer = LLMTrainer(config=config)
     trainer.train_conversations(NEW_CONVERSATIONS)
     return trainer, Path(trainer.save_model())
 
 
-def test_a_model_keeps_its_training_data_and_continuing_mixes_it_back_in(trained_tiny_model_dir,
-                                                                          tmp_path):
+def test_a_model_keeps_its_training_data_and_continuing_mixes_it_back_in(trained_tiny_model_dir, tmp_path):
     kept = ConversationDataHandler.from_file(trained_tiny_model_dir / TRAINING_DATA_FILE)
     assert kept.conversations == TINY_CONVERSATIONS
     trainer, path = continued(trained_tiny_model_dir, tmp_path / "v2")
@@ -274,20 +286,24 @@ def test_a_model_keeps_its_training_data_and_continuing_mixes_it_back_in(trained
 
 
 def test_answers_marked_bad_in_chat_are_never_learned(trained_tiny_model_dir, tmp_path):
-    config = TrainingConfig(model_name=str(trained_tiny_model_dir), output_dir=str(tmp_path / "v2"),
-                            num_epochs=1, save_steps=1000, quiet=True, no_replay=True)
+    config = TrainingConfig(
+        model_name=str(trained_tiny_model_dir),
+        output_dir=str(tmp_path / "v2"),
+        num_epochs=1,
+        save_steps=1000,
+        quiet=True,
+        no_replay=True,
+    )
     trainer = LLMTrainer(config=config)
     wrong = {"input": "What is the capital of Germany?", "output": "Run python main.", "feedback": "bad"}
     trainer.train_conversations([*NEW_CONVERSATIONS, wrong])
     path = Path(trainer.save_model())
     trained_on = ConversationDataHandler.from_file(path / TRAINING_DATA_FILE).conversations
-    assert trainer.result.examples == len(NEW_CONVERSATIONS) and wrong["input"] not in {
-        c["input"] for c in trained_on}
+    assert trainer.result.examples == len(NEW_CONVERSATIONS) and wrong["input"] not in {c["input"] for c in trained_on}
 
 
 def test_no_replay_trains_on_the_new_data_alone(trained_tiny_model_dir, tmp_path):
-    trainer, path = continued(trained_tiny_model_dir, tmp_path / "v2", no_replay=True,
-                              learning_rate=1e-4)
+    trainer, path = continued(trained_tiny_model_dir, tmp_path / "v2", no_replay=True, learning_rate=1e-4)
     assert trainer.result.examples == len(NEW_CONVERSATIONS)
     trained_on = ConversationDataHandler.from_file(path / TRAINING_DATA_FILE).conversations
     assert trained_on == NEW_CONVERSATIONS

@@ -24,29 +24,50 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
     group = parser.add_argument_group("chat")
     if standalone:
         group.add_argument("--model-path", required=True, help="ONNX model directory (from convert)")
-        group.add_argument("--max-length", type=int, default=PROMPT_TOKENS,
-                           help="most prompt tokens (history + question) given to the model "
-                                f"(default: {PROMPT_TOKENS})")
+        group.add_argument(
+            "--max-length",
+            type=int,
+            default=PROMPT_TOKENS,
+            help=f"most prompt tokens (history + question) given to the model (default: {PROMPT_TOKENS})",
+        )
     group.add_argument("--prompt", help="answer this one prompt and exit")
-    group.add_argument("--system", help='system prompt that opens every prompt; "" = none '
-                       "(default: the one the model was trained with, if any)")
-    group.add_argument("--no-question-matching", action="store_true",
-                       help="ask every question in the user's words (default: a question that "
-                       "matches a trained one in other words is asked as the trained one)")
+    group.add_argument(
+        "--system",
+        help='system prompt that opens every prompt; "" = none (default: the one the model was trained with, if any)',
+    )
+    group.add_argument(
+        "--no-question-matching",
+        action="store_true",
+        help="ask every question in the user's words (default: a question that "
+        "matches a trained one in other words is asked as the trained one)",
+    )
     settings.add_arguments(group, GenerationConfig, skip=() if standalone else ("seed",))
-    group.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="which model file to run; auto = the fastest present: int4, then int8, then fp32 "
-                            "(default: auto)")
-    group.add_argument("--threads", type=int,
-                       help="onnxruntime threads; fewer can be faster on a busy machine (default: physical cores)")
-    group.add_argument("--log-conversations", action="store_true",
-                       help="append every exchange to --log-file (training format)")
-    group.add_argument("--log-file", default=DEFAULT_LOG_FILE,
-                       help=f"conversation log, .json array or .jsonl (default: {DEFAULT_LOG_FILE})")
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="which model file to run; auto = the fastest present: int4, then int8, then fp32 (default: auto)",
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        help="onnxruntime threads; fewer can be faster on a busy machine (default: physical cores)",
+    )
+    group.add_argument(
+        "--log-conversations", action="store_true", help="append every exchange to --log-file (training format)"
+    )
+    group.add_argument(
+        "--log-file",
+        default=DEFAULT_LOG_FILE,
+        help=f"conversation log, .json array or .jsonl (default: {DEFAULT_LOG_FILE})",
+    )
     if standalone:
-        group.add_argument("--feedback", action="store_true",
-                           help="after each answer ask: Enter keeps it (good), b marks it bad, "
-                                "other text is the right answer; turns on --log-conversations")
+        group.add_argument(
+            "--feedback",
+            action="store_true",
+            help="after each answer ask: Enter keeps it (good), b marks it bad, "
+            "other text is the right answer; turns on --log-conversations",
+        )
 
 
 def check_prompt(args: argparse.Namespace) -> None:
@@ -54,25 +75,32 @@ def check_prompt(args: argparse.Namespace) -> None:
     if args.prompt is None:
         return
     if not args.prompt.strip():
-        raise MtnsailsError("--prompt is blank: give the question to answer "
-                            "(or leave --prompt out to chat)")
+        raise MtnsailsError("--prompt is blank: give the question to answer (or leave --prompt out to chat)")
     try:
         args.prompt.encode("utf-8")
     except UnicodeEncodeError as error:  # argv bytes that are not UTF-8 arrive as U+DC80..U+DCFF
         byte = ord(args.prompt[error.start]) - 0xDC00
-        raise MtnsailsError(f"--prompt is not valid UTF-8 text (byte 0x{byte:02x} at character "
-                            f"{error.start + 1}); give the question as UTF-8") from None
+        raise MtnsailsError(
+            f"--prompt is not valid UTF-8 text (byte 0x{byte:02x} at character "
+            f"{error.start + 1}); give the question as UTF-8"
+        ) from None
 
 
 def open_chat(args: argparse.Namespace, model_path: str | None = None) -> ChatInterface:
     """The chat that `args` describe (the caller closes it)."""
     from mtnsails.inference.chat import ChatInterface
 
-    return ChatInterface(model_path or args.model_path, max_length=args.max_length,
-                         log_conversations=args.log_conversations, log_file=args.log_file,
-                         precision=args.precision, generation=settings.from_args(GenerationConfig, args),
-                         threads=args.threads, system=args.system,
-                         match_questions=not args.no_question_matching)
+    return ChatInterface(
+        model_path or args.model_path,
+        max_length=args.max_length,
+        log_conversations=args.log_conversations,
+        log_file=args.log_file,
+        precision=args.precision,
+        generation=settings.from_args(GenerationConfig, args),
+        threads=args.threads,
+        system=args.system,
+        match_questions=not args.no_question_matching,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
     check_prompt(args)
     if args.feedback:
         if args.prompt is not None:
-            raise MtnsailsError("--feedback asks after each answer of a chat; it does not go "
-                                "with --prompt")
+            raise MtnsailsError("--feedback asks after each answer of a chat; it does not go with --prompt")
         args.log_conversations = True  # a verdict is only worth giving when it is saved
     chat = open_chat(args)
     if args.prompt is None:

@@ -23,15 +23,29 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
     if standalone:
         group.add_argument("--model-path", required=True, help="trained model directory (save_pretrained)")
         group.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    group.add_argument("--onnx-output", default=DEFAULT_ONNX_DIR,
-                       help=f"ONNX model directory to write, replaced atomically (default: {DEFAULT_ONNX_DIR})")
-    group.add_argument("--opset-version", type=int, default=DEFAULT_OPSET,
-                       help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1} (default: {DEFAULT_OPSET})")
-    group.add_argument("--verify", action="store_true",
-                       help="compare PyTorch and ONNX Runtime on test prompts; exit 1 if they disagree")
-    group.add_argument("--quantize", choices=("none", "int8", "int4", "all"), default="none",
-                       help="also write model_int8.onnx (dynamic int8), model_int4.onnx (int4 blocks of 64) "
-                            "or both (all) (default: none)")
+    group.add_argument(
+        "--onnx-output",
+        default=DEFAULT_ONNX_DIR,
+        help=f"ONNX model directory to write, replaced atomically (default: {DEFAULT_ONNX_DIR})",
+    )
+    group.add_argument(
+        "--opset-version",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1} (default: {DEFAULT_OPSET})",
+    )
+    group.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare PyTorch and ONNX Runtime on test prompts; exit 1 if they disagree",
+    )
+    group.add_argument(
+        "--quantize",
+        choices=("none", "int8", "int4", "all"),
+        default="none",
+        help="also write model_int8.onnx (dynamic int8), model_int4.onnx (int4 blocks of 64) "
+        "or both (all) (default: none)",
+    )
 
 
 def check_settings(args: argparse.Namespace) -> None:
@@ -40,19 +54,16 @@ def check_settings(args: argparse.Namespace) -> None:
     from mtnsails.core.errors import MtnsailsError
 
     if args.opset_version not in OPSETS:
-        raise MtnsailsError(f"--opset-version {args.opset_version} must be from {OPSETS.start} to "
-                            f"{OPSETS.stop - 1}")
+        raise MtnsailsError(f"--opset-version {args.opset_version} must be from {OPSETS.start} to {OPSETS.stop - 1}")
 
 
-def convert(args: argparse.Namespace, model_path: str | None = None
-            ) -> tuple[str, VerificationReport | None]:
+def convert(args: argparse.Namespace, model_path: str | None = None) -> tuple[str, VerificationReport | None]:
     """Export (and verify) as `convert` describes; return (onnx directory, VerificationReport or None)."""
     from mtnsails.export.converter import ONNXConverter
 
     check_settings(args)
     converter = ONNXConverter(model_path or args.model_path, quiet=args.quiet)
-    onnx_dir = converter.convert_to_onnx(args.onnx_output, opset_version=args.opset_version,
-                                         quantize=args.quantize)
+    onnx_dir = converter.convert_to_onnx(args.onnx_output, opset_version=args.opset_version, quantize=args.quantize)
     report = converter.verify(onnx_dir) if args.verify else None
     if report is not None and not report.ok:
         print(report.format_problems(), file=sys.stderr)

@@ -17,27 +17,47 @@ DEFAULT_TOLERANCE = 0.02
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare `evaluate`'s flags."""
     parser.add_argument("--model-path", required=True, help="ONNX model directory to evaluate")
-    parser.add_argument("--data-file", required=True, nargs="+", metavar="DATA_FILE",
-                        help="questions with reference answers: any format validate reads")
-    parser.add_argument("--baseline", help="ONNX model directory to compare with; exit 1 when the "
-                                           "model's first-sentence match is lower by more than --tolerance")
-    parser.add_argument("--session", action="store_true",
-                        help="ask the questions one after another in one conversation "
-                             "(default: each alone)")
-    parser.add_argument("--system", help='system prompt for both models; "" = none '
-                                         "(default: each model's own, as chat uses it)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object on stdout, nothing else")
-    parser.add_argument("--tolerance", type=finite_float,
-                        help=f"how much lower (0-1) the first-sentence match may be than the "
-                             f"baseline's (default: {DEFAULT_TOLERANCE})")
-    parser.add_argument("--max-tokens", dest="max_new_tokens", type=int,
-                        help="new tokens per answer at most (default: as chat)")
-    parser.add_argument("--max-length", type=int, default=PROMPT_TOKENS,
-                        help=f"most prompt tokens (history + question) (default: {PROMPT_TOKENS})")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="which model file to run; auto = the fastest present: int4, then int8, then fp32 "
-                             "(default: auto)")
+    parser.add_argument(
+        "--data-file",
+        required=True,
+        nargs="+",
+        metavar="DATA_FILE",
+        help="questions with reference answers: any format validate reads",
+    )
+    parser.add_argument(
+        "--baseline",
+        help="ONNX model directory to compare with; exit 1 when the "
+        "model's first-sentence match is lower by more than --tolerance",
+    )
+    parser.add_argument(
+        "--session",
+        action="store_true",
+        help="ask the questions one after another in one conversation (default: each alone)",
+    )
+    parser.add_argument(
+        "--system", help='system prompt for both models; "" = none (default: each model\'s own, as chat uses it)'
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
+    parser.add_argument(
+        "--tolerance",
+        type=finite_float,
+        help=f"how much lower (0-1) the first-sentence match may be than the baseline's (default: {DEFAULT_TOLERANCE})",
+    )
+    parser.add_argument(
+        "--max-tokens", dest="max_new_tokens", type=int, help="new tokens per answer at most (default: as chat)"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=PROMPT_TOKENS,
+        help=f"most prompt tokens (history + question) (default: {PROMPT_TOKENS})",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="which model file to run; auto = the fastest present: int4, then int8, then fp32 (default: auto)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -67,16 +87,28 @@ def run(args: argparse.Namespace) -> int:
         print(data.sources_report(), file=sys.stderr)
     conversations = data.conversations
     # Both models are opened before any question: a directory that is not one fails at once.
-    runs = [Evaluator(path, session=args.session, system=args.system, max_new_tokens=args.max_new_tokens,
-                      max_length=args.max_length, precision=args.precision,
-                      progress=None if args.quiet else _progress)
-            for path in (args.model_path, args.baseline) if path is not None]
+    runs = [
+        Evaluator(
+            path,
+            session=args.session,
+            system=args.system,
+            max_new_tokens=args.max_new_tokens,
+            max_length=args.max_length,
+            precision=args.precision,
+            progress=None if args.quiet else _progress,
+        )
+        for path in (args.model_path, args.baseline)
+        if path is not None
+    ]
     reports = []
     for evaluator in runs:
         if not args.quiet:
-            print(f"evaluating {evaluator.model_path} on {len(conversations)} question(s) of "
-                  f"{', '.join(args.data_file)}{' in one session' if args.session else ''}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"evaluating {evaluator.model_path} on {len(conversations)} question(s) of "
+                f"{', '.join(args.data_file)}{' in one session' if args.session else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
         reports.append(evaluator.evaluate(conversations))
     report = reports[0]
     comparison = Comparison(report, reports[1], args.tolerance) if args.baseline else None

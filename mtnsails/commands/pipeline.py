@@ -20,14 +20,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     chat.add_arguments(parser, standalone=False)
     deployment = parser.add_argument_group("deployment")
     deployment.add_argument(
-        "--promote-to", metavar="LIVE_DIR",
+        "--promote-to",
+        metavar="LIVE_DIR",
         help="at the end, replace LIVE_DIR with the new ONNX model only when it is not worse than "
         "the model there on the data it was trained on, nor on the held-out set: the eval split "
-        "and --eval-file (as promote does; exit 1 when refused)")
+        "and --eval-file (as promote does; exit 1 when refused)",
+    )
     deployment.add_argument(
-        "--eval-file", nargs="+", metavar="EVAL_FILE",
+        "--eval-file",
+        nargs="+",
+        metavar="EVAL_FILE",
         help="with --promote-to: conversations the new model was not trained on, which it must "
-        "not answer worse than the live model")
+        "not answer worse than the live model",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print("pipeline stopped: the ONNX model failed verification", file=sys.stderr)
         return 1
     prompts = [args.prompt] if args.prompt is not None else demo_prompts(conversations)
-    _stage(args, 3, f"chat demo: {len(prompts)} question(s) from "
-           f"{'--prompt' if args.prompt else data_file}")
+    _stage(args, 3, f"chat demo: {len(prompts)} question(s) from {'--prompt' if args.prompt else data_file}")
     with chat.open_chat(args, model_path=onnx_dir) as session:
         for prompt in prompts:
             answer = session.reply(prompt)
@@ -78,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
         precision = session.precision
 
     meta = read_metadata(model_dir)
-    losses = ", ".join(f"{name.replace('_', ' ')} {meta[name]:.4f}"
-                       for name in ("train_loss", "eval_loss", "perplexity")
-                       if meta.get(name) is not None)
+    losses = ", ".join(
+        f"{name.replace('_', ' ')} {meta[name]:.4f}"
+        for name in ("train_loss", "eval_loss", "perplexity")
+        if meta.get(name) is not None
+    )
     print("\n=== Summary ===")
     print(f"Trained model: {model_dir} ({losses or 'no loss recorded'})")
     print(f"ONNX model:    {onnx_dir} (the demo ran the {precision} file)")
@@ -90,8 +96,10 @@ def run(args: argparse.Namespace) -> int:
     # conversations replayed from it (held_out counts positions in this list).
     trained_on = ConversationDataHandler.from_file(Path(model_dir) / TRAINING_DATA_FILE).conversations
     held_out = set(meta.get("held_out") or [])
-    parts = [("training data", [c for i, c in enumerate(trained_on) if i not in held_out]),
-             ("eval split", [c for i, c in enumerate(trained_on) if i in held_out])]
+    parts = [
+        ("training data", [c for i, c in enumerate(trained_on) if i not in held_out]),
+        ("eval split", [c for i, c in enumerate(trained_on) if i in held_out]),
+    ]
     for name, part in parts:
         if part:
             print(f"Evaluation on the {name}: {evaluation_summary(args, onnx_dir, part)}", flush=True)
@@ -109,8 +117,13 @@ def evaluation_summary(args: argparse.Namespace, onnx_dir: str, conversations: l
     from mtnsails.loop.evaluator import Evaluator
 
     sample = spread(conversations, EVALUATED)
-    report = Evaluator(onnx_dir, system=args.system, max_new_tokens=args.max_new_tokens,
-                       max_length=args.max_length, precision=args.precision).evaluate(sample)
+    report = Evaluator(
+        onnx_dir,
+        system=args.system,
+        max_new_tokens=args.max_new_tokens,
+        max_length=args.max_length,
+        precision=args.precision,
+    ).evaluate(sample)
     scored = "" if len(sample) == len(conversations) else f" (a spread of {len(conversations)})"
     return report.summary_line() + scored
 
@@ -143,13 +156,17 @@ def check_settings(args: argparse.Namespace) -> None:
     session_options(args.threads)  # checks --threads
     model_dir, onnx_dir = Path(args.output_dir).resolve(), Path(args.onnx_output).resolve()
     if onnx_dir == model_dir or model_dir in onnx_dir.parents or onnx_dir in model_dir.parents:
-        raise MtnsailsError(f"--onnx-output {args.onnx_output} and --output-dir {args.output_dir} "
-                            "must be separate folders, neither inside the other")
+        raise MtnsailsError(
+            f"--onnx-output {args.onnx_output} and --output-dir {args.output_dir} "
+            "must be separate folders, neither inside the other"
+        )
     check_replaceable(model_dir, MODEL_FORMAT)
     check_replaceable(onnx_dir, ONNX_FORMAT)
     if args.precision not in ("auto", "fp32") and args.quantize not in (args.precision, "all"):
-        raise MtnsailsError(f"--precision {args.precision} needs --quantize {args.precision} (or "
-                            f"all): only then does the pipeline write the {args.precision} model")
+        raise MtnsailsError(
+            f"--precision {args.precision} needs --quantize {args.precision} (or "
+            f"all): only then does the pipeline write the {args.precision} model"
+        )
     if args.log_conversations:
         check_log_path(args.log_file)
 

@@ -9,10 +9,13 @@ HELP = "review a chat log exchange by exchange into a data set for training"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("log", metavar="LOG", help="the chat log to review (.json or .jsonl)")
-    parser.add_argument("--output", required=True,
-                        help="the reviewed data set, rewritten after each decision (.json array "
-                             "or .jsonl); its state file <output>.review.json lets a stopped "
-                             "review go on")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="the reviewed data set, rewritten after each decision (.json array "
+        "or .jsonl); its state file <output>.review.json lets a stopped "
+        "review go on",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

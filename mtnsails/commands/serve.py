@@ -16,32 +16,59 @@ API_KEY_VARIABLE = "MTNSAILS_API_KEY"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("serve")
-    group.add_argument("--model-path", required=True, help="ONNX model directory (from convert); "
-                       "replacing it reloads the model between requests, so does SIGHUP")
-    group.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on; 0.0.0.0 opens it to the network (default: 127.0.0.1)")
+    group.add_argument(
+        "--model-path",
+        required=True,
+        help="ONNX model directory (from convert); replacing it reloads the model between requests, so does SIGHUP",
+    )
+    group.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network (default: 127.0.0.1)"
+    )
     group.add_argument("--port", type=int, default=8000, help="port to listen on; 0 = any free one (default: 8000)")
-    group.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
-                       help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_VARIABLE}; "
-                            "unset = no key)")
-    group.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="which model file to run; auto = the fastest present: int4, then int8, then fp32 "
-                            "(default: auto)")
-    group.add_argument("--system", help="system prompt for requests without one; '' = none "
-                                        "(default: the one the model was trained with, if any)")
-    group.add_argument("--max-length", type=int, default=PROMPT_TOKENS,
-                       help=f"most prompt tokens (history + question) given to the model (default: {PROMPT_TOKENS})")
+    group.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE),
+        help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_VARIABLE}; unset = no key)",
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="which model file to run; auto = the fastest present: int4, then int8, then fp32 (default: auto)",
+    )
+    group.add_argument(
+        "--system",
+        help="system prompt for requests without one; '' = none (default: the one the model was trained with, if any)",
+    )
+    group.add_argument(
+        "--max-length",
+        type=int,
+        default=PROMPT_TOKENS,
+        help=f"most prompt tokens (history + question) given to the model (default: {PROMPT_TOKENS})",
+    )
     settings.add_arguments(group, GenerationConfig, skip=("seed",))
-    group.add_argument("--threads", type=int,
-                       help="onnxruntime threads; fewer can be faster on a busy machine (default: physical cores)")
-    group.add_argument("--max-batch", type=int, default=8,
-                       help="requests decoded together at most (default: 8)")
-    group.add_argument("--max-queue", type=int, default=32,
-                       help="requests waiting for a batch slot at most; more get 503 at once (default: 32)")
-    group.add_argument("--log-conversations", action="store_true",
-                       help="append every answered exchange to --log-file (training format)")
-    group.add_argument("--log-file", default=DEFAULT_SERVE_LOG_FILE,
-                       help=f"conversation log, .jsonl or .json array (default: {DEFAULT_SERVE_LOG_FILE})")
+    group.add_argument(
+        "--threads",
+        type=int,
+        help="onnxruntime threads; fewer can be faster on a busy machine (default: physical cores)",
+    )
+    group.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most (default: 8)")
+    group.add_argument(
+        "--max-queue",
+        type=int,
+        default=32,
+        help="requests waiting for a batch slot at most; more get 503 at once (default: 32)",
+    )
+    group.add_argument(
+        "--log-conversations",
+        action="store_true",
+        help="append every answered exchange to --log-file (training format)",
+    )
+    group.add_argument(
+        "--log-file",
+        default=DEFAULT_SERVE_LOG_FILE,
+        help=f"conversation log, .jsonl or .json array (default: {DEFAULT_SERVE_LOG_FILE})",
+    )
     group.add_argument("--quiet", action="store_true", help="no start-up line on stderr")
 
 
@@ -63,13 +90,20 @@ def run(args: argparse.Namespace) -> int:
         logger = ConversationLogger(args.log_file)
 
     # The event loop and the decoding thread share the cores with onnxruntime's threads.
-    engine_settings = EngineSettings(precision=args.precision, threads=args.threads, spin_threads=False,
-                                     max_length=args.max_length, system=args.system, generation=generation)
+    engine_settings = EngineSettings(
+        precision=args.precision,
+        threads=args.threads,
+        spin_threads=False,
+        max_length=args.max_length,
+        system=args.system,
+        generation=generation,
+    )
 
     def open_model() -> ChatEngine:
         return ChatEngine(args.model_path, engine_settings)
 
     scheduler = BatchScheduler(open_model, max_batch=args.max_batch, max_queue=args.max_queue)
     ChatServer(scheduler, generation, api_key=args.api_key or None, logger=logger).run(
-        args.host, args.port, quiet=args.quiet)
+        args.host, args.port, quiet=args.quiet
+    )
     return 0

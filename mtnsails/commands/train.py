@@ -18,12 +18,15 @@ HELP = "fine-tune a causal language model on conversations"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare `train`'s flags (the pipeline declares them too) in a "training" group."""
     group = parser.add_argument_group("training")
-    group.add_argument("--data-file", nargs="+", metavar="DATA_FILE",
-                       help="training conversations: one or more files (.json, .jsonl, .csv, .tsv or "
-                       ".parquet; formats may differ); a conversation already in an earlier file is "
-                       "dropped (default: the packaged example conversations)")
-    group.add_argument("--force", action="store_true",
-                       help="train even when the data quality score is below 50%%")
+    group.add_argument(
+        "--data-file",
+        nargs="+",
+        metavar="DATA_FILE",
+        help="training conversations: one or more files (.json, .jsonl, .csv, .tsv or "
+        ".parquet; formats may differ); a conversation already in an earlier file is "
+        "dropped (default: the packaged example conversations)",
+    )
+    group.add_argument("--force", action="store_true", help="train even when the data quality score is below 50%%")
     settings.add_arguments(group, TrainingConfig)
     settings.add_arguments(group, AugmentConfig)
 
@@ -36,8 +39,9 @@ def make_trainer(args: argparse.Namespace) -> LLMTrainer:
     return LLMTrainer(config=settings.from_args(TrainingConfig, args, augment=augment))  # validates
 
 
-def train(args: argparse.Namespace, next_step: bool = True, trainer: LLMTrainer | None = None
-          ) -> tuple[str, list[dict]]:
+def train(
+    args: argparse.Namespace, next_step: bool = True, trainer: LLMTrainer | None = None
+) -> tuple[str, list[dict]]:
     """Run the quality gate and training that `args` describe (with `trainer`, made by
     `make_trainer(args)`: the pipeline asks it which model it trains before this starts).
 

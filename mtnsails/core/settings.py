@@ -13,15 +13,15 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Iterable, TypeVar
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 # Seeds run from 0 to 2**32 - 1: numpy's global seeding (transformers' set_seed) takes no other.
 MAX_SEED = 2**32 - 1
 
 
-def setting(default: Any, help: str, *, flag: str | None = None,
-            choices: Iterable[str] | None = None) -> Any:
+def setting(default: Any, help: str, *, flag: str | None = None, choices: Iterable[str] | None = None) -> Any:
     """A dataclass field that is also a command-line option.
 
     `help` leaves out the default: "(default: X)" is appended from `default` unless it is None or
@@ -80,13 +80,18 @@ def add_arguments(group: argparse._ActionsContainer, settings: type, skip: Itera
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
         kind = _value_type(settings, field)
         if kind is bool:
-            group.add_argument(flag_of(field), dest=field.name, action="store_true",
-                               help=help_text)
+            group.add_argument(flag_of(field), dest=field.name, action="store_true", help=help_text)
             continue
         flag = flag_of(field)
-        group.add_argument(flag, dest=field.name, default=default, metavar=flag[2:].upper().replace("-", "_"),
-                           type=finite_float if kind is float else kind,
-                           choices=field.metadata["choices"], help=help_text)
+        group.add_argument(
+            flag,
+            dest=field.name,
+            default=default,
+            metavar=flag[2:].upper().replace("-", "_"),
+            type=finite_float if kind is float else kind,
+            choices=field.metadata["choices"],
+            help=help_text,
+        )
 
 
 def from_args(settings: type[T], args: argparse.Namespace, **overrides: Any) -> T:

@@ -10,9 +10,9 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 from mtnsails.core.errors import DataFormatError
 from mtnsails.data.records import iter_conversations, normalize_record, write_conversations
@@ -35,8 +35,7 @@ class DataSource:
     def describe(self) -> str:
         """E.g. "new.jsonl: 10 conversations (2 already in an earlier file, dropped)"."""
         text = f"{self.path}: {self.conversations} conversation{'s' * (self.conversations != 1)}"
-        return text + (f" ({self.duplicates} already in an earlier file, dropped)"
-                       if self.duplicates else "")
+        return text + (f" ({self.duplicates} already in an earlier file, dropped)" if self.duplicates else "")
 
 
 class ConversationDataHandler:
@@ -48,8 +47,7 @@ class ConversationDataHandler:
     ['User: What is 2+2?\\nAssistant: It is 4.']
     """
 
-    def __init__(self, data_path: str | os.PathLike | None = None,
-                 template: ChatTemplate | None = None) -> None:
+    def __init__(self, data_path: str | os.PathLike | None = None, template: ChatTemplate | None = None) -> None:
         self.conversations: list[dict] = []
         self.template = template or ChatTemplate()
         self.data_path: Path | None = None
@@ -60,8 +58,7 @@ class ConversationDataHandler:
     # -- loading ---------------------------------------------------------------------------
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, template: ChatTemplate | None = None
-                  ) -> "ConversationDataHandler":
+    def from_file(cls, path: str | os.PathLike, template: ChatTemplate | None = None) -> ConversationDataHandler:
         """Load a data file (any accepted format) into a new handler."""
         return cls(path, template=template)
 
@@ -81,8 +78,9 @@ class ConversationDataHandler:
         return records
 
     @classmethod
-    def from_files(cls, paths: Sequence[str | os.PathLike], template: ChatTemplate | None = None
-                   ) -> "ConversationDataHandler":
+    def from_files(
+        cls, paths: Sequence[str | os.PathLike], template: ChatTemplate | None = None
+    ) -> ConversationDataHandler:
         """Load several data files (formats may differ) into one handler; see `load_files`."""
         handler = cls(template=template)
         handler.load_files(paths)
@@ -131,13 +129,11 @@ class ConversationDataHandler:
 
     def training_segments(self) -> list[list[Segment]]:
         """Each conversation as prompt/response segments (the trainer learns responses only)."""
-        return [list(self.template.segments(exchanges(c), c.get("system")))
-                for c in self.conversations]
+        return [list(self.template.segments(exchanges(c), c.get("system"))) for c in self.conversations]
 
     # -- saving ----------------------------------------------------------------------------
 
-    def save_to_json(self, path: str | os.PathLike,
-                     conversations: list[dict] | None = None) -> None:
+    def save_to_json(self, path: str | os.PathLike, conversations: list[dict] | None = None) -> None:
         """Write conversations atomically as a JSON array, or JSON Lines for `.jsonl` paths."""
         write_conversations(path, self.conversations if conversations is None else conversations)
 
@@ -148,15 +144,24 @@ class ConversationDataHandler:
 
         return DataQualityValidator()
 
-    def validate_conversation_quality(self, conversation: dict, check_repetition: bool = True,
-                                      check_length: bool = True, check_gibberish: bool = True,
-                                      check_echo: bool = True, check_incomplete: bool = True
-                                      ) -> tuple[bool, list[str]]:
+    def validate_conversation_quality(
+        self,
+        conversation: dict,
+        check_repetition: bool = True,
+        check_length: bool = True,
+        check_gibberish: bool = True,
+        check_echo: bool = True,
+        check_incomplete: bool = True,
+    ) -> tuple[bool, list[str]]:
         """Original API: (is_valid, reasons) for one conversation."""
         return self._validator().validate_conversation(
-            normalize_record(conversation, "conversation"), check_repetition=check_repetition,
-            check_length=check_length, check_gibberish=check_gibberish, check_echo=check_echo,
-            check_incomplete=check_incomplete)
+            normalize_record(conversation, "conversation"),
+            check_repetition=check_repetition,
+            check_length=check_length,
+            check_gibberish=check_gibberish,
+            check_echo=check_echo,
+            check_incomplete=check_incomplete,
+        )
 
     def analyze_dataset_quality(self) -> dict:
         """Original API: the data-set report as a dict (see `QualityReport.to_dict`)."""
@@ -182,9 +187,15 @@ def common_system(conversations: Iterable[dict]) -> str | None:
 def conversation_key(conversation: dict) -> bytes:
     """A digest of what makes two native conversations the same: input, output, history and
     system prompt (a chat log's timestamp or verdict does not)."""
-    text = json.dumps([conversation.get("input"), conversation.get("output"),
-                       conversation.get("history") or [], conversation.get("system") or ""],
-                      ensure_ascii=False)
+    text = json.dumps(
+        [
+            conversation.get("input"),
+            conversation.get("output"),
+            conversation.get("history") or [],
+            conversation.get("system") or "",
+        ],
+        ensure_ascii=False,
+    )
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
@@ -231,8 +242,9 @@ def sources_report(sources: list[DataSource]) -> str:
     return "\n".join(lines)
 
 
-def iter_files(paths: Sequence[str | os.PathLike], sources: list[DataSource],
-               keep_cut_short: bool = False) -> Iterator[dict]:
+def iter_files(
+    paths: Sequence[str | os.PathLike], sources: list[DataSource], keep_cut_short: bool = False
+) -> Iterator[dict]:
     """Stream several data files as one set (`iter_unique` over their `iter_conversations`);
     `sources` gets a `DataSource` per file once it has been read. `keep_cut_short` as for
     `iter_conversations`."""

@@ -13,11 +13,41 @@ from html.parser import HTMLParser
 class _HTMLText(HTMLParser):
     """Visible text of a page as `# heading` lines, `• item` lines and paragraphs."""
 
-    SKIP = {"script", "style", "nav", "footer", "header", "aside", "noscript", "form", "svg",
-            "button", "template", "iframe", "select"}
+    SKIP = {
+        "script",
+        "style",
+        "nav",
+        "footer",
+        "header",
+        "aside",
+        "noscript",
+        "form",
+        "svg",
+        "button",
+        "template",
+        "iframe",
+        "select",
+    }
     HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
-    BLOCKS = {"p", "div", "section", "article", "main", "br", "tr", "table", "blockquote",
-              "dd", "dt", "pre", "ul", "ol", "figure", "figcaption", "body"}
+    BLOCKS = {
+        "p",
+        "div",
+        "section",
+        "article",
+        "main",
+        "br",
+        "tr",
+        "table",
+        "blockquote",
+        "dd",
+        "dt",
+        "pre",
+        "ul",
+        "ol",
+        "figure",
+        "figcaption",
+        "body",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -61,11 +91,10 @@ class _HTMLText(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         """Close a skipped element, or end the line of a heading, item or block."""
         if tag in self.skipping:  # also closes skipped tags left open inside it
-            del self.skipping[len(self.skipping) - 1 - self.skipping[::-1].index(tag):]
+            del self.skipping[len(self.skipping) - 1 - self.skipping[::-1].index(tag) :]
         elif tag == "title":
             self.in_title = False
-        elif not self.skipping and (tag in self.HEADINGS or tag == "li"
-                                    or tag in self.BLOCKS):
+        elif not self.skipping and (tag in self.HEADINGS or tag == "li" or tag in self.BLOCKS):
             self._break()
             if tag in self.HEADINGS or tag == "p":
                 self.lines.append("")

@@ -93,8 +93,7 @@ class ConversationLogger:
         self._written = 0  # of those, records on disk (fsynced)
         self._error: BaseException | None = None  # last write failure, cleared by a success
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"log-writer:{self.path.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"log-writer:{self.path.name}", daemon=True)
         self._thread.start()
         atexit.register(self._close_at_exit)
 
@@ -112,9 +111,12 @@ class ConversationLogger:
         for key in ("input", EXCHANGE_ID):
             if key in extra:
                 raise ValueError(f"log(): '{key}' is not an extra field")
-        record = {"input": user_input, "output": output,
-                  "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                  EXCHANGE_ID: uuid.uuid4().hex}
+        record = {
+            "input": user_input,
+            "output": output,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            EXCHANGE_ID: uuid.uuid4().hex,
+        }
         record.update(extra)
         self._enqueue(record, wait=True)
         return record[EXCHANGE_ID]
@@ -129,15 +131,13 @@ class ConversationLogger:
             if key in changes:
                 raise ValueError(f"amend(): '{key}' of a logged exchange does not change")
         record = {**self._logged[exchange_id], **changes}
-        self._enqueue({key: value for key, value in record.items() if value is not None},
-                      wait=False)
+        self._enqueue({key: value for key, value in record.items() if value is not None}, wait=False)
         return dict(self._logged[exchange_id])
 
     def _enqueue(self, record: dict, wait: bool) -> None:
         text = json.dumps(record, ensure_ascii=False)  # here, so a bad field fails the caller
         with self._condition:
-            while (wait and self._attempted < self._queued and self._thread.is_alive()
-                   and not self._closed):
+            while wait and self._attempted < self._queued and self._thread.is_alive() and not self._closed:
                 self._condition.wait(self.flush_interval)
             if self._closed:  # checked after waiting: close() may have come meanwhile
                 raise ValueError(f"{self.path}: the conversation logger is closed")
@@ -176,7 +176,7 @@ class ConversationLogger:
         """Records this logger has put on disk so far."""
         return self._written
 
-    def __enter__(self) -> "ConversationLogger":
+    def __enter__(self) -> ConversationLogger:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -199,8 +199,7 @@ class ConversationLogger:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise MtnsailsError(f"{self.path}: existing chat log is not UTF-8 text; "
-                                "choose another log file") from None
+            raise MtnsailsError(f"{self.path}: existing chat log is not UTF-8 text; choose another log file") from None
 
     def _check_lines(self, handle) -> None:
         """Check every line of an existing .jsonl log (under its lock); cut off a torn last line."""
@@ -214,8 +213,10 @@ class ConversationLogger:
                     json.loads(line)
                 except json.JSONDecodeError:  # a record whose write was cut short by a crash
                     handle.truncate(raw.rindex(b"\n") + 1 if b"\n" in raw else 0)
-                    print(f"warning: {self.path}: line {number} is cut short (an interrupted "
-                          "write); dropped it", file=sys.stderr)
+                    print(
+                        f"warning: {self.path}: line {number} is cut short (an interrupted write); dropped it",
+                        file=sys.stderr,
+                    )
                     return
                 # a whole last line without its newline (another tool's) must not swallow ours
                 self._pending = b"\n"
@@ -232,8 +233,9 @@ class ConversationLogger:
             return []
         data = self._parse(text, "the file")
         if not isinstance(data, list):
-            raise MtnsailsError(f"{self.path}: existing chat log is not a JSON array "
-                                "of conversations; choose another log file")
+            raise MtnsailsError(
+                f"{self.path}: existing chat log is not a JSON array of conversations; choose another log file"
+            )
         for index, record in enumerate(data):
             self._check_record(record, f"record {index}")
         return data
@@ -243,16 +245,19 @@ class ConversationLogger:
         try:
             normalize_record(record, where)
         except DataFormatError as error:
-            raise MtnsailsError(f"{self.path}: existing file is not a chat log ({error}); "
-                                "choose another log file") from None
+            raise MtnsailsError(
+                f"{self.path}: existing file is not a chat log ({error}); choose another log file"
+            ) from None
 
     def _parse(self, text: str, where: str):
         try:
             return json.loads(text)
         except json.JSONDecodeError as error:
-            raise MtnsailsError(f"{self.path}: existing chat log is not valid JSON ({where}: "
-                                f"{error.msg} at line {error.lineno}, column {error.colno}); "
-                                "fix it or choose another log file") from None
+            raise MtnsailsError(
+                f"{self.path}: existing chat log is not valid JSON ({where}: "
+                f"{error.msg} at line {error.lineno}, column {error.colno}); "
+                "fix it or choose another log file"
+            ) from None
 
     # -- the writer thread -----------------------------------------------------------------
 
@@ -270,8 +275,10 @@ class ConversationLogger:
             error = self._write(records)
             with self._condition:
                 if error is not None and self._error is None:
-                    print(f"warning: {self.path}: cannot write the chat log ({error}); "
-                          "will retry with the next exchange", file=sys.stderr)
+                    print(
+                        f"warning: {self.path}: cannot write the chat log ({error}); will retry with the next exchange",
+                        file=sys.stderr,
+                    )
                 self._error = error
                 self._attempted = taken
                 if error is None:
@@ -318,8 +325,11 @@ class ConversationLogger:
         with self._locked(lock):
             on_disk = self._read_array()
             records = [json.dumps(record, ensure_ascii=False) for record in on_disk]
-            place = {record[EXCHANGE_ID]: index for index, record in enumerate(on_disk)
-                     if isinstance(record, dict) and isinstance(record.get(EXCHANGE_ID), str)}
+            place = {
+                record[EXCHANGE_ID]: index
+                for index, record in enumerate(on_disk)
+                if isinstance(record, dict) and isinstance(record.get(EXCHANGE_ID), str)
+            }
             for exchange_id, text in self._unwritten:
                 if exchange_id in place:
                     records[place[exchange_id]] = text

@@ -17,13 +17,15 @@ DEFAULT_TEMPLATE = "Tell me about {topic}"  # the original processor's only ques
 
 
 # Headings "Install X" / "Installing X" become "How do I install X?".
-VERBS = set("""activate add authenticate avoid build call catch change check choose clone commit
+VERBS = set(
+    """activate add authenticate avoid build call catch change check choose clone commit
 compile configure connect convert copy create customize deactivate deal debug declare define
 delete deploy disable download edit enable export extend filter find fix format get handle import
 initialize insert install iterate load log make manage measure merge migrate monitor move name
 open optimize organize parse pass print profile publish query raise read register remove rename
 run save schedule search select set share sort start structure test train troubleshoot update
-upgrade upload use validate work write""".split())
+upgrade upload use validate work write""".split()
+)
 DOUBLED = {"run", "get", "set", "debug", "log", "commit"}  # the verbs of VERBS that double
 
 
@@ -38,44 +40,182 @@ GERUNDS = {gerund(verb): verb for verb in VERBS}
 # Base forms that are nouns too ("Use cases", "Test results") count as a verb only before an
 # object word: "Use a virtual environment" -> "How do I use a virtual environment?".
 OBJECT_WORDS = {"the", "a", "an", "your", "this", "these", "it", "them", "my", "our", "up"}
-UNAMBIGUOUS_VERBS = {"activate", "authenticate", "avoid", "choose", "configure", "connect",
-                     "convert", "create", "customize", "deactivate", "debug", "define", "delete",
-                     "deploy", "disable", "enable", "install", "initialize", "iterate", "migrate",
-                     "remove", "troubleshoot", "upgrade", "validate"}
+UNAMBIGUOUS_VERBS = {
+    "activate",
+    "authenticate",
+    "avoid",
+    "choose",
+    "configure",
+    "connect",
+    "convert",
+    "create",
+    "customize",
+    "deactivate",
+    "debug",
+    "define",
+    "delete",
+    "deploy",
+    "disable",
+    "enable",
+    "install",
+    "initialize",
+    "iterate",
+    "migrate",
+    "remove",
+    "troubleshoot",
+    "upgrade",
+    "validate",
+}
 QUESTION_WORDS = {"how", "why", "what", "when", "where", "which", "who"}
-AUXILIARIES = {"is", "are", "was", "were", "has", "have", "had", "will", "can", "could", "does",
-               "do", "did", "should", "must"}
+AUXILIARIES = {
+    "is",
+    "are",
+    "was",
+    "were",
+    "has",
+    "have",
+    "had",
+    "will",
+    "can",
+    "could",
+    "does",
+    "do",
+    "did",
+    "should",
+    "must",
+}
 # Section names that say nothing without the page title.
 GENERIC = {
-    "overview": "Give me an overview of {title}.", "introduction": "What is {title}?",
-    "about": "What is {title}?", "description": "What is {title}?",
-    "summary": "Summarize {title}.", "features": "What are the features of {title}?",
-    "key features": "What are the features of {title}?", "installation": "How do I install {title}?",
-    "usage": "How do I use {title}?", "getting started": "How do I get started with {title}?",
+    "overview": "Give me an overview of {title}.",
+    "introduction": "What is {title}?",
+    "about": "What is {title}?",
+    "description": "What is {title}?",
+    "summary": "Summarize {title}.",
+    "features": "What are the features of {title}?",
+    "key features": "What are the features of {title}?",
+    "installation": "How do I install {title}?",
+    "usage": "How do I use {title}?",
+    "getting started": "How do I get started with {title}?",
     "quick start": "How do I get started with {title}?",
-    "examples": "Can you give an example of {title}?", "example": "Can you give an example of {title}?",
+    "examples": "Can you give an example of {title}?",
+    "example": "Can you give an example of {title}?",
     "requirements": "What are the requirements for {title}?",
     "prerequisites": "What do I need before using {title}?",
-    "configuration": "How do I configure {title}?", "limitations": "What are the limitations of {title}?",
+    "configuration": "How do I configure {title}?",
+    "limitations": "What are the limitations of {title}?",
     "troubleshooting": "How do I troubleshoot {title}?",
-    "faq": "What are common questions about {title}?", "history": "What is the history of {title}?",
-    "background": "What is the background of {title}?", "notes": "What should I note about {title}?",
+    "faq": "What are common questions about {title}?",
+    "history": "What is the history of {title}?",
+    "background": "What is the background of {title}?",
+    "notes": "What should I note about {title}?",
 }
-HOW_IT_WORKS = {"algorithm", "process", "pipeline", "protocol", "mechanism", "loop", "lifecycle",
-                "engine", "scheduler", "cache", "compiler", "interpreter", "collector"}
-SINGULAR_S = {"physics", "mathematics", "analytics", "statistics", "economics", "politics",
-              "ethics", "graphics", "electronics", "news", "series", "species", "status", "class",
-              "process", "access", "address", "business", "success", "progress", "bus", "gas",
-              "canvas", "alias", "basis", "analysis", "axis", "css", "dns", "os"}
+HOW_IT_WORKS = {
+    "algorithm",
+    "process",
+    "pipeline",
+    "protocol",
+    "mechanism",
+    "loop",
+    "lifecycle",
+    "engine",
+    "scheduler",
+    "cache",
+    "compiler",
+    "interpreter",
+    "collector",
+}
+SINGULAR_S = {
+    "physics",
+    "mathematics",
+    "analytics",
+    "statistics",
+    "economics",
+    "politics",
+    "ethics",
+    "graphics",
+    "electronics",
+    "news",
+    "series",
+    "species",
+    "status",
+    "class",
+    "process",
+    "access",
+    "address",
+    "business",
+    "success",
+    "progress",
+    "bus",
+    "gas",
+    "canvas",
+    "alias",
+    "basis",
+    "analysis",
+    "axis",
+    "css",
+    "dns",
+    "os",
+}
 COMMON_NOUN_ENDINGS = ("ing", "tion", "sion", "ment", "ness", "ity", "ance", "ence")
 # "What is ...?" of a singular noun: "a base layer" needs its article, "hypothermia" does not.
-DETERMINERS = {"a", "an", "the", "this", "that", "my", "your", "our", "their", "its", "his",
-               "her", "each", "every", "some", "any", "no"}
-MASS_NOUNS = {"water", "food", "gear", "clothing", "equipment", "software", "hardware",
-              "information", "data", "advice", "weather", "research", "music", "money", "time",
-              "health", "safety", "energy", "power", "traffic", "knowledge", "feedback",
-              "content", "code", "documentation", "rain", "snow", "ice", "fire", "light", "aid",
-              "security", "hypothermia", "nutrition", "hydration", "navigation", "shelter"}
+DETERMINERS = {
+    "a",
+    "an",
+    "the",
+    "this",
+    "that",
+    "my",
+    "your",
+    "our",
+    "their",
+    "its",
+    "his",
+    "her",
+    "each",
+    "every",
+    "some",
+    "any",
+    "no",
+}
+MASS_NOUNS = {
+    "water",
+    "food",
+    "gear",
+    "clothing",
+    "equipment",
+    "software",
+    "hardware",
+    "information",
+    "data",
+    "advice",
+    "weather",
+    "research",
+    "music",
+    "money",
+    "time",
+    "health",
+    "safety",
+    "energy",
+    "power",
+    "traffic",
+    "knowledge",
+    "feedback",
+    "content",
+    "code",
+    "documentation",
+    "rain",
+    "snow",
+    "ice",
+    "fire",
+    "light",
+    "aid",
+    "security",
+    "hypothermia",
+    "nutrition",
+    "hydration",
+    "navigation",
+    "shelter",
+}
 UNCOUNTABLE_ENDINGS = ("ing", "ness", "ism", "ics", "ship", "ware")  # gerunds, qualities, fields
 # Heads with these endings are countable ("a function") or not ("validation"): an article only
 # where the pages use one.
@@ -109,35 +249,36 @@ class WordCases:
         for index, word in enumerate(words):
             if word[0].isupper() and word[1:].islower() and len(word) > 1:
                 key = word.lower()
-                forms = {key, key[:-1] if key.endswith("s") else key,
-                         key[:-2] if key.endswith("es") else key}
+                forms = {key, key[:-1] if key.endswith("s") else key, key[:-2] if key.endswith("es") else key}
                 lower = sum(self.lower[form] for form in forms)
                 capital = sum(self.capital[form] for form in forms)
                 if index:  # sentence case unless the pages capitalise the word as often
                     lowered = not capital or lower > capital
                 else:  # a heading's first word is capitalised anyway: lower it on evidence
-                    lowered = (lower > capital or key in GERUNDS or key in VERBS
-                               or key in QUESTION_WORDS
-                               or (not capital and key.endswith(COMMON_NOUN_ENDINGS)))
+                    lowered = (
+                        lower > capital
+                        or key in GERUNDS
+                        or key in VERBS
+                        or key in QUESTION_WORDS
+                        or (not capital and key.endswith(COMMON_NOUN_ENDINGS))
+                    )
                 if lowered:
                     words[index] = key
         return " ".join(words)
 
     def article(self, topic: str) -> str:
-        """"a " or "an " when the singular noun phrase `topic` (as `phrase` wrote it) needs one
+        """ "a " or "an " when the singular noun phrase `topic` (as `phrase` wrote it) needs one
         after "What is", else "": names, determiners, mass nouns and gerunds get none."""
         words = topic.split()
         first, head = words[0], words[-1].lower()
-        if (not first[0].islower() or first in DETERMINERS or head in MASS_NOUNS
-                or head.endswith(UNCOUNTABLE_ENDINGS)):
+        if not first[0].islower() or first in DETERMINERS or head in MASS_NOUNS or head.endswith(UNCOUNTABLE_ENDINGS):
             return ""
         used_a, used_an = self.articles["a", first], self.articles["an", first]
         if used_a or used_an:
             return "an " if used_an > used_a else "a "
         if len(words) == 1 or head.endswith(ABSTRACT_ENDINGS):
             return ""  # no evidence either way: a bare word may be a name or a mass noun
-        vowel_sound = first[0] in "aeio" or (first[0] == "u" and not first.startswith(
-            ("uni", "use", "usu", "uti")))
+        vowel_sound = first[0] in "aeio" or (first[0] == "u" and not first.startswith(("uni", "use", "usu", "uti")))
         return "an " if vowel_sound else "a "
 
 
@@ -163,8 +304,11 @@ def natural_question(heading: str, title: str, cases: WordCases) -> str:
         return f"Explain {' '.join(words)}."  # "Explain how pip resolves dependencies."
     if len(words) > 2 and AUXILIARIES & {word.lower() for word in words[1:]}:
         return f'Tell me about "{heading}".'  # a headline, as in RSS feeds: "Version 2 is out"
-    verb = GERUNDS.get(first) or (first if first in VERBS and len(words) > 1 and (
-        first in UNAMBIGUOUS_VERBS or words[1].lower() in OBJECT_WORDS) else None)
+    verb = GERUNDS.get(first) or (
+        first
+        if first in VERBS and len(words) > 1 and (first in UNAMBIGUOUS_VERBS or words[1].lower() in OBJECT_WORDS)
+        else None
+    )
     if verb and len(words) > 1:
         return f"How do I {verb} {rest}?"
     topic = " ".join(words)

@@ -23,8 +23,9 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import orjson
 
@@ -46,13 +47,15 @@ LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # Simple pair formats: (key of the question, key of the answer).
 PAIR_KEYS = (("input", "output"), ("prompt", "completion"), ("question", "answer"))
 # Keys that mark an object as one conversation record (of any accepted format).
-RECORD_KEYS = {key for pair in PAIR_KEYS for key in pair} | {"instruction", "conversations",
-                                                             "messages"}
-KNOWN_FORMATS = ("input/output, instruction/output, prompt/completion, question/answer, "
-                 "conversations (ShareGPT) or messages (OpenAI)")
+RECORD_KEYS = {key for pair in PAIR_KEYS for key in pair} | {"instruction", "conversations", "messages"}
+KNOWN_FORMATS = (
+    "input/output, instruction/output, prompt/completion, question/answer, "
+    "conversations (ShareGPT) or messages (OpenAI)"
+)
 
 
 # -- reading --------------------------------------------------------------------------------
+
 
 def read_records(path: str | os.PathLike) -> list[tuple[str, Any]]:
     """Return (location, raw record) pairs; location reads "record 3", "line 7" or "row 2"."""
@@ -102,7 +105,7 @@ def _mentions(path: Path, text: str) -> bool:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 if needle in tail + block:
                     return True
-                tail = block[-len(needle):]
+                tail = block[-len(needle) :]
     except OSError:
         return True
     return False
@@ -114,11 +117,11 @@ def _iter_all(path: Path, keep_cut_short: bool = False) -> Iterator[tuple[str, A
     if not path.exists():
         raise DataFormatError(f"{path}: no such file")
     if path.is_dir():
-        raise DataFormatError(f"{path}: is a directory, expected a data file "
-                              f"({', '.join(SUPPORTED_SUFFIXES)})")
+        raise DataFormatError(f"{path}: is a directory, expected a data file ({', '.join(SUPPORTED_SUFFIXES)})")
     if suffix not in SUPPORTED_SUFFIXES:
-        raise DataFormatError(f"{path}: unsupported file type '{suffix or 'no suffix'}' "
-                              f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+        raise DataFormatError(
+            f"{path}: unsupported file type '{suffix or 'no suffix'}' (supported: {', '.join(SUPPORTED_SUFFIXES)})"
+        )
     try:
         if suffix in TABLE_SUFFIXES:
             yield from _table_records(path, TABLE_SUFFIXES[suffix])
@@ -150,8 +153,9 @@ def _decoded(path: Path, number: int, raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig" if number == 1 else "utf-8")
     except UnicodeDecodeError as error:
-        raise DataFormatError(f"{path}: line {number}: not valid UTF-8 (byte "
-                              f"0x{raw[error.start]:02x}); save the file as UTF-8") from None
+        raise DataFormatError(
+            f"{path}: line {number}: not valid UTF-8 (byte 0x{raw[error.start]:02x}); save the file as UTF-8"
+        ) from None
 
 
 def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -161,20 +165,18 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         raise DataFormatError(
-            f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[error.start]:02x}); "
-            "save the file as UTF-8") from None
+            f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[error.start]:02x}); save the file as UTF-8"
+        ) from None
     del raw
     if not text.strip():
         raise DataFormatError(f"{path}: the file is empty")
     try:
         data = _loads(text, path)
     except json.JSONDecodeError as error:
-        invalid = DataFormatError(f"{path}: not valid JSON: {error.msg} "
-                                  f"(line {error.lineno}, column {error.colno})")
+        invalid = DataFormatError(f"{path}: not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})")
         if error.msg == "Extra data":  # maybe JSON Lines in a .json file
             try:
-                records = list(_jsonl_records(
-                    path, enumerate(text.splitlines(keepends=True), start=1)))
+                records = list(_jsonl_records(path, enumerate(text.splitlines(keepends=True), start=1)))
             except DataFormatError:
                 raise invalid from None
             yield from records
@@ -188,8 +190,7 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
         elif RECORD_KEYS & data.keys():
             data = [data]  # a single conversation, which the original accepted too
     if not isinstance(data, list):
-        raise DataFormatError(f"{path}: expected a JSON array of conversations, "
-                              f"got {_json_type(data)}")
+        raise DataFormatError(f"{path}: expected a JSON array of conversations, got {_json_type(data)}")
     data.reverse()  # popped from the end: each record is freed once it has been handed on
     index = 0
     while data:
@@ -197,8 +198,9 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
         index += 1
 
 
-def _jsonl_records(path: Path, lines: Iterable[tuple[int, bytes | str]], keep_cut_short: bool = False
-                   ) -> Iterator[tuple[str, Any]]:
+def _jsonl_records(
+    path: Path, lines: Iterable[tuple[int, bytes | str]], keep_cut_short: bool = False
+) -> Iterator[tuple[str, Any]]:
     """The records of JSON Lines given numbered, with their line ends, as read (bytes) or as
     text. A last line that does not parse and has no newline is a record whose write a crash cut
     short (any log can end so): skipped with a warning, or yielded as a `CUT_SHORT` marker."""
@@ -221,11 +223,14 @@ def _jsonl_records(path: Path, lines: Iterable[tuple[int, bytes | str]], keep_cu
                 if keep_cut_short:
                     yield f"line {number}", {CUT_SHORT: f"{path}: line {number}"}
                 else:
-                    print(f"warning: {path}: line {number} is cut short (an interrupted write); "
-                          "skipped it", file=sys.stderr)
+                    print(
+                        f"warning: {path}: line {number} is cut short (an interrupted write); skipped it",
+                        file=sys.stderr,
+                    )
                 break
-            raise DataFormatError(f"{path}: line {number}: not valid JSON: {error.msg} "
-                                  f"(column {error.colno})") from None
+            raise DataFormatError(
+                f"{path}: line {number}: not valid JSON: {error.msg} (column {error.colno})"
+            ) from None
         yield f"line {number}", record
     if not seen:
         raise DataFormatError(f"{path}: the file is empty")
@@ -258,8 +263,10 @@ def _loads(text: str, path: Path, where: str = "") -> Any:
     try:
         value = _DECODER.decode(text)
     except RecursionError:
-        raise DataFormatError(f"{path}: {where}JSON nested too deeply to read (arrays or objects "
-                              "inside each other about 1000 levels deep)") from None
+        raise DataFormatError(
+            f"{path}: {where}JSON nested too deeply to read (arrays or objects "
+            "inside each other about 1000 levels deep)"
+        ) from None
     except _NumberError as error:
         raise DataFormatError(f"{path}: {where}{error}") from None
     if LONE_SURROGATE_ESCAPE.search(text):
@@ -269,7 +276,8 @@ def _loads(text: str, path: Path, where: str = "") -> Any:
             raise DataFormatError(
                 f"{path}: {where}holds a lone surrogate escape "
                 f"(\\u{ord(error.object[error.start]):04x}), which is no character; "
-                "remove it or escape the full pair") from None
+                "remove it or escape the full pair"
+            ) from None
     return value
 
 
@@ -292,8 +300,9 @@ def _bounded_int(text: str) -> int:
     limit = sys.get_int_max_str_digits()
     digits = len(text.lstrip("-"))
     if limit and digits > limit:
-        raise _NumberError(f"a number of {digits} digits is longer than the {limit} "
-                           "digits Python reads; write it as a string")
+        raise _NumberError(
+            f"a number of {digits} digits is longer than the {limit} digits Python reads; write it as a string"
+        )
     return int(text)
 
 
@@ -318,13 +327,16 @@ def _table_records(path: Path, kind: str) -> Iterator[tuple[str, Any]]:
     try:
         with tempfile.TemporaryDirectory(prefix="mtnsails-table-") as cache:
             if kind == "parquet":
-                table = datasets.Dataset.from_parquet(str(path), cache_dir=cache,
-                                                      keep_in_memory=True)
+                table = datasets.Dataset.from_parquet(str(path), cache_dir=cache, keep_in_memory=True)
             else:
                 table = datasets.Dataset.from_csv(
-                    str(path), cache_dir=cache, keep_in_memory=True, sep=separator,
-                    na_filter=False, features=datasets.Features(
-                        {name: datasets.Value("string") for name in columns}))
+                    str(path),
+                    cache_dir=cache,
+                    keep_in_memory=True,
+                    sep=separator,
+                    na_filter=False,
+                    features=datasets.Features({name: datasets.Value("string") for name in columns}),
+                )
     except (ValueError, DatasetGenerationError) as error:
         cause = error.__cause__ or error
         message = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
@@ -355,8 +367,7 @@ def _csv_header(path: Path, separator: str) -> list[str]:
     return header
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float,
-                            parse_int=_bounded_int)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
 
 
 def _is_sharegpt_turn(item: Any) -> bool:
@@ -365,10 +376,15 @@ def _is_sharegpt_turn(item: Any) -> bool:
 
 # -- normalising ----------------------------------------------------------------------------
 
+
 def normalize_record(record: Any, where: str) -> dict:
     """Turn one record of any accepted format into the native form, or raise DataFormatError."""
-    if (type(record) is dict and len(record) == 2 and type(record.get("input")) is str
-            and type(record.get("output")) is str):
+    if (
+        type(record) is dict
+        and len(record) == 2
+        and type(record.get("input")) is str
+        and type(record.get("output")) is str
+    ):
         return {"input": record["input"], "output": record["output"]}  # already native
     if not isinstance(record, dict):
         raise DataFormatError(f"{where}: expected an object, got {_json_type(record)}")
@@ -386,10 +402,10 @@ def normalize_record(record: Any, where: str) -> dict:
         if question_key in record or answer_key in record:
             if question_key not in record or answer_key not in record:
                 missing = answer_key if question_key in record else question_key
-                raise DataFormatError(f"{where}: missing '{missing}' "
-                                      f"(expected one of: {KNOWN_FORMATS})")
-            result = _native(_string(record, question_key, where),
-                             _string(record, answer_key, where), record.get("system"), where)
+                raise DataFormatError(f"{where}: missing '{missing}' (expected one of: {KNOWN_FORMATS})")
+            result = _native(
+                _string(record, question_key, where), _string(record, answer_key, where), record.get("system"), where
+            )
             if question_key == "input":
                 history = record.get("history")
                 if history:
@@ -398,8 +414,9 @@ def normalize_record(record: Any, where: str) -> dict:
                 for key, value in record.items():
                     result.setdefault(key, value)
             return result
-    raise DataFormatError(f"{where}: unrecognised record with keys {sorted(record)[:6]} "
-                          f"(expected one of: {KNOWN_FORMATS})")
+    raise DataFormatError(
+        f"{where}: unrecognised record with keys {sorted(record)[:6]} (expected one of: {KNOWN_FORMATS})"
+    )
 
 
 def _native(user_input: str, output: str, system: Any, where: str) -> dict:
@@ -413,9 +430,10 @@ def _native(user_input: str, output: str, system: Any, where: str) -> dict:
 
 
 def _native_history(history: Any, where: str) -> list[dict]:
-    return [{"input": _string(turn, "input", turn_where),
-             "output": _string(turn, "output", turn_where)}
-            for turn_where, turn in _objects(history, "history", where)]
+    return [
+        {"input": _string(turn, "input", turn_where), "output": _string(turn, "output", turn_where)}
+        for turn_where, turn in _objects(history, "history", where)
+    ]
 
 
 def _from_turns(turns: list[tuple[str, str]], where: str) -> dict:
@@ -430,6 +448,7 @@ def _from_turns(turns: list[tuple[str, str]], where: str) -> dict:
 
 
 # -- writing --------------------------------------------------------------------------------
+
 
 def write_conversations(path: str | os.PathLike, conversations: Iterable[dict]) -> int:
     """Atomically write native conversations, one at a time: JSON Lines for `.jsonl`, else a
@@ -450,8 +469,7 @@ def write_conversations(path: str | os.PathLike, conversations: Iterable[dict]) 
             if not jsonl:
                 handle.write("\n]\n" if count else "[]\n")
     except OSError as error:
-        raise MtnsailsError(f"{path}: cannot write the conversations "
-                            f"({error.strerror or error})") from None
+        raise MtnsailsError(f"{path}: cannot write the conversations ({error.strerror or error})") from None
     return count
 
 

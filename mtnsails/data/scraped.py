@@ -66,8 +66,7 @@ class ScrapedSettings:
         if self.chunk_words < 10:
             raise MtnsailsError(f"--chunk-words {self.chunk_words}: must be at least 10")
         if self.prompt_template is not None and "{topic}" not in self.prompt_template:
-            raise MtnsailsError(f'--prompt-template "{self.prompt_template}": must contain '
-                                "{topic}")
+            raise MtnsailsError(f'--prompt-template "{self.prompt_template}": must contain {{topic}}')
         if not self.max_sentence_words:
             self.max_sentence_words = 2 * self.chunk_words
 
@@ -93,22 +92,26 @@ class ScrapeResult:
         """What the script prints: files read and skipped, lines and pairs removed and why."""
         lines = [f"files read: {self.files_read}"]
         if self.skipped:
-            lines.append(f"files skipped: {sum(self.skipped.values())} ("
-                         + ", ".join(f"{n} {why}" for why, n in self.skipped.most_common()) + ")")
+            lines.append(
+                f"files skipped: {sum(self.skipped.values())} ("
+                + ", ".join(f"{n} {why}" for why, n in self.skipped.most_common())
+                + ")"
+            )
         if self.dropped_lines:
-            lines.append("lines removed: " + ", ".join(
-                f"{n} {why}" for why, n in self.dropped_lines.most_common()))
+            lines.append("lines removed: " + ", ".join(f"{n} {why}" for why, n in self.dropped_lines.most_common()))
         lines.append(f"sections: {self.sections}, pairs made: {self.pairs_made}")
         if self.dropped_passages:
-            lines.append("passages dropped: " + ", ".join(
-                f"{n} {why}" for why, n in self.dropped_passages.most_common()))
+            lines.append(
+                "passages dropped: " + ", ".join(f"{n} {why}" for why, n in self.dropped_passages.most_common())
+            )
         if self.duplicates:
-            lines.append(f"duplicates removed (of another pair or of the output file): "
-                         f"{self.duplicates}")
+            lines.append(f"duplicates removed (of another pair or of the output file): {self.duplicates}")
         if self.quality_removed:
-            lines.append(f"removed by quality checks: {sum(self.quality_removed.values())} ("
-                         + ", ".join(f"{n} {code}" for code, n in self.quality_removed.most_common())
-                         + ")")
+            lines.append(
+                f"removed by quality checks: {sum(self.quality_removed.values())} ("
+                + ", ".join(f"{n} {code}" for code, n in self.quality_removed.most_common())
+                + ")"
+            )
         lines.append(f"pairs written: {len(self.conversations)}")
         return "\n".join(lines)
 
@@ -144,8 +147,7 @@ def find_pages(roots: list[Path], result: ScrapeResult) -> list[Path]:
                     continue
                 if path.is_symlink() and not path.resolve().is_relative_to(inside):
                     # a link out of the crawl would put other files' text into the training data
-                    print(f"note: {path}: links to {os.path.realpath(path)}, outside {root}; "
-                          "skipped", file=sys.stderr)
+                    print(f"note: {path}: links to {os.path.realpath(path)}, outside {root}; skipped", file=sys.stderr)
                     result.skipped["links outside the input folder"] += 1
                 elif path.suffix.lower() in PAGE_SUFFIXES:
                     pages.append(path)
@@ -153,8 +155,10 @@ def find_pages(roots: list[Path], result: ScrapeResult) -> list[Path]:
                     result.skipped[f"not a page ({path.suffix.lower() or 'no extension'})"] += 1
     if not pages:
         skipped = ", ".join(f"{n} {why}" for why, n in result.skipped.most_common()) or "nothing"
-        raise MtnsailsError(f"{', '.join(map(str, roots))}: no text pages "
-                            f"({', '.join(sorted(PAGE_SUFFIXES))}) found; skipped: {skipped}")
+        raise MtnsailsError(
+            f"{', '.join(map(str, roots))}: no text pages "
+            f"({', '.join(sorted(PAGE_SUFFIXES))}) found; skipped: {skipped}"
+        )
     return pages
 
 
@@ -174,8 +178,11 @@ def read_page(path: Path, settings: ScrapedSettings, result: ScrapeResult) -> st
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        print(f"warning: {path}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "
-              f"{error.start}); skipped, save it as UTF-8 to use it", file=sys.stderr)
+        print(
+            f"warning: {path}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "
+            f"{error.start}); skipped, save it as UTF-8 to use it",
+            file=sys.stderr,
+        )
         result.skipped["not UTF-8"] += 1
         return None
     if not text.strip():
@@ -191,19 +198,48 @@ ITEM = re.compile(r"^[•·▪◦‣]\s*")
 # Characters that attach to the word before them when two lines are joined.
 ATTACHES_LEFT = ".,;:!?)]}%"
 # A default-mode line ending with one of these words continues on the next line.
-CONTINUES = set("a an the of to and or but with in for on by from as at is are was were be "
-                "that which this these your our their its than into via see use using call "
-                "run set if when like such".split())
-NAVIGATION = {"home", "next", "previous", "prev", "back", "back to top", "skip to content",
-              "skip to main content", "menu", "search", "toggle navigation", "table of contents",
-              "contents", "share", "tweet", "print", "log in", "login", "sign in", "sign up",
-              "subscribe", "edit this page", "edit on github", "top", "close", "more", "read more"}
+CONTINUES = set(
+    "a an the of to and or but with in for on by from as at is are was were be "
+    "that which this these your our their its than into via see use using call "
+    "run set if when like such".split()
+)
+NAVIGATION = {
+    "home",
+    "next",
+    "previous",
+    "prev",
+    "back",
+    "back to top",
+    "skip to content",
+    "skip to main content",
+    "menu",
+    "search",
+    "toggle navigation",
+    "table of contents",
+    "contents",
+    "share",
+    "tweet",
+    "print",
+    "log in",
+    "login",
+    "sign in",
+    "sign up",
+    "subscribe",
+    "edit this page",
+    "edit on github",
+    "top",
+    "close",
+    "more",
+    "read more",
+}
 BANNERS = re.compile(
     r"\b(?:cookies?\b.*\b(?:use|accept|consent|policy|settings|preferences|agree)"
     r"|(?:use|accept|consent to|allow)\b.*\bcookies"
     r"|enable javascript|javascript (?:is )?(?:disabled|required|must be enabled)"
     r"|terms of (?:use|service)|privacy policy|all rights reserved|copyright (?:\(c\) )?\d{4})"
-    r"|©", re.IGNORECASE)
+    r"|©",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -242,8 +278,7 @@ def continues(left: str, right: str) -> bool:
     if ENDS_SENTENCE.search(left):
         return False
     last_word = left.split()[-1].lower()
-    return (right[0].islower() or right[0] in ATTACHES_LEFT or left[-1] in ",;:([-–/"
-            or last_word in CONTINUES)
+    return right[0].islower() or right[0] in ATTACHES_LEFT or left[-1] in ",;:([-–/" or last_word in CONTINUES
 
 
 def page_lines(text: str, suffix: str) -> list[Line]:
@@ -263,8 +298,10 @@ def page_lines(text: str, suffix: str) -> list[Line]:
             lines.append(Line("heading", clean_heading(heading.group(2)), len(heading.group(1))))
         elif ITEM.match(line):
             lines.append(Line("item", ITEM.sub("", line)))
-        elif lines and ((lines[-1].kind == "text" and (structured or continues(lines[-1].text, line)))
-                        or (lines[-1].kind == "item" and indented)):  # a list item's next line
+        elif lines and (
+            (lines[-1].kind == "text" and (structured or continues(lines[-1].text, line)))
+            or (lines[-1].kind == "item" and indented)
+        ):  # a list item's next line
             lines[-1].text = join_text(lines[-1].text, line)
         else:
             lines.append(Line("text", line))
@@ -297,8 +334,9 @@ def classify(lines: list[Line]) -> list[Line]:
             line.kind = "prose"
         elif line.text.endswith(":") and following.kind == "item":
             line.kind = "prose"  # "Lists support:" introduces the items that follow
-        elif not structured and heading_like(line.text) and (
-                following.kind in ("prose", "item") or following.level == 2):
+        elif (
+            not structured and heading_like(line.text) and (following.kind in ("prose", "item") or following.level == 2)
+        ):
             line.kind = "heading"
             line.level = 2 if following.kind in ("prose", "item") else 1
         else:
@@ -325,9 +363,15 @@ def boilerplate_candidates(lines: list[Line]) -> Iterator[Line]:
     content = [line for line in lines if line.kind != "blank"]
     for index, line in enumerate(content):
         following = content[index + 1] if index + 1 < len(content) else None
-        if line.kind == "item" or (line.kind == "text" and (
-                looks_like_prose(line.text) or following is None
-                or following.kind != "text" or not looks_like_prose(following.text))):
+        if line.kind == "item" or (
+            line.kind == "text"
+            and (
+                looks_like_prose(line.text)
+                or following is None
+                or following.kind != "text"
+                or not looks_like_prose(following.text)
+            )
+        ):
             yield line
 
 
@@ -378,9 +422,9 @@ def sections_of(lines: list[Line]) -> list[Section]:
             listed = "; ".join(item.rstrip(".;,") for item in items)
             current.paragraphs[-1] = f"{current.paragraphs[-1]} {listed}."
         elif 2 * sum(len(item.split()) > 1 for item in items) >= len(items):
-            current.paragraphs.append(" ".join(
-                item if ENDS_SENTENCE.search(item) else item.rstrip(";,") + "."
-                for item in items))
+            current.paragraphs.append(
+                " ".join(item if ENDS_SENTENCE.search(item) else item.rstrip(";,") + "." for item in items)
+            )
         items.clear()
 
     for line in lines:
@@ -397,8 +441,8 @@ def sections_of(lines: list[Line]) -> list[Section]:
     sections.append(current)
     return [s for s in sections if s.paragraphs]
 
-def chunks(paragraphs: list[str], settings: ScrapedSettings,
-           result: ScrapeResult) -> list[str]:
+
+def chunks(paragraphs: list[str], settings: ScrapedSettings, result: ScrapeResult) -> list[str]:
     """Answers of whole sentences, each at most `chunk_words` words and of similar sizes.
 
     A sentence longer than `chunk_words` stands alone (up to `max_sentence_words`; longer ones
@@ -430,10 +474,13 @@ def chunks(paragraphs: list[str], settings: ScrapedSettings,
     answers.append(" ".join(current))
     return answers
 
+
 # -- questions --------------------------------------------------------------------------------
 
-SUBJECT = re.compile(r"^((?:[Aa]n?|[Tt]he)\s+)?([\w+#.-]+(?:\s+[\w+#.-]+){0,4}?)\s+"
-                     r"(?:is|are|was|were|means|refers to)\s")
+SUBJECT = re.compile(
+    r"^((?:[Aa]n?|[Tt]he)\s+)?([\w+#.-]+(?:\s+[\w+#.-]+){0,4}?)\s+"
+    r"(?:is|are|was|were|means|refers to)\s"
+)
 
 
 def section_topic(section: Section) -> str:
@@ -459,13 +506,12 @@ def check_output_path(output: Path, roots: list[Path], append: bool, overwrite: 
     for root in roots:
         source = root.resolve()
         if target == source or (source.is_dir() and target.is_relative_to(source)):
-            raise MtnsailsError(f"{output}: lies inside the input {root}; write it elsewhere "
-                                "(it would replace a page or be read as one next time)")
+            raise MtnsailsError(
+                f"{output}: lies inside the input {root}; write it elsewhere "
+                "(it would replace a page or be read as one next time)"
+            )
     if output.exists() and not (append or overwrite):
-        raise MtnsailsError(f"{output}: already exists; pass --append to add to it or "
-                            "--overwrite to replace it")
-
-
+        raise MtnsailsError(f"{output}: already exists; pass --append to add to it or --overwrite to replace it")
 
 
 class ScrapedContentProcessor:
@@ -480,8 +526,7 @@ class ScrapedContentProcessor:
     def __init__(self, settings: ScrapedSettings | None = None) -> None:
         self.settings = settings or ScrapedSettings()
 
-    def process(self, roots: list[str | os.PathLike],
-                existing: list[dict] | None = None) -> ScrapeResult:
+    def process(self, roots: list[str | os.PathLike], existing: list[dict] | None = None) -> ScrapeResult:
         """Read every page under `roots` and return the pairs (not yet written anywhere).
 
         `existing` conversations (an output file being appended to) are never repeated: their
@@ -508,18 +553,17 @@ class ScrapedContentProcessor:
         pairs = []
         for path, lines in pages.items():
             lines = tidy(classify(lines), result)
-            shown = next((str(path.relative_to(r)) for r in roots if path.is_relative_to(r)),
-                         path.name)
+            shown = next((str(path.relative_to(r)) for r in roots if path.is_relative_to(r)), path.name)
             for section in sections_of(lines):
                 result.sections += 1
-                pairs += [(section, answer, shown)
-                          for answer in chunks(section.paragraphs, self.settings, result)]
+                pairs += [(section, answer, shown) for answer in chunks(section.paragraphs, self.settings, result)]
         cases = WordCases(answer for _, answer, _ in pairs)
         result.conversations = self._questions_and_filters(pairs, existing or [], cases, result)
         return result
 
-    def process_to_file(self, roots: list[str | os.PathLike], output: str | os.PathLike,
-                        append: bool = False, overwrite: bool = False) -> ScrapeResult:
+    def process_to_file(
+        self, roots: list[str | os.PathLike], output: str | os.PathLike, append: bool = False, overwrite: bool = False
+    ) -> ScrapeResult:
         """`process`, then write the pairs atomically (JSON, or JSON Lines for `.jsonl`).
 
         With `append`, the pairs are added to `output`'s conversations without duplicates; an
@@ -537,9 +581,10 @@ class ScrapedContentProcessor:
             existing = ConversationDataHandler.from_file(output).conversations
         result = self.process(roots, existing)
         if not result.conversations and not existing:
-            raise MtnsailsError(f"no question/answer pairs could be made from "
-                                f"{result.files_read} file(s): "
-                                + "; ".join(result.format_summary().splitlines()))
+            raise MtnsailsError(
+                f"no question/answer pairs could be made from "
+                f"{result.files_read} file(s): " + "; ".join(result.format_summary().splitlines())
+            )
         write_conversations(output, existing + result.conversations)
         return result
 
@@ -557,8 +602,9 @@ class ScrapedContentProcessor:
             candidates = [list(boilerplate_candidates(lines)) for lines in folder_pages]
             for page_candidates in candidates:
                 seen_on.update({line_key(line.text) for line in page_candidates})
-            needed = max(2, min(self.settings.boilerplate_min_pages,
-                                self.settings.boilerplate_fraction * len(folder_pages)))
+            needed = max(
+                2, min(self.settings.boilerplate_min_pages, self.settings.boilerplate_fraction * len(folder_pages))
+            )
             boilerplate = {key for key, pages_with in seen_on.items() if pages_with >= needed}
             for lines, page_candidates in zip(folder_pages, candidates):
                 candidate_ids = {id(line) for line in page_candidates}
@@ -572,8 +618,9 @@ class ScrapedContentProcessor:
                         kept.append(line)
                 lines[:] = kept
 
-    def _questions_and_filters(self, pairs: list[tuple[Section, str, str]], existing: list[dict],
-                               cases: WordCases, result: ScrapeResult) -> list[dict]:
+    def _questions_and_filters(
+        self, pairs: list[tuple[Section, str, str]], existing: list[dict], cases: WordCases, result: ScrapeResult
+    ) -> list[dict]:
         """Drop answers that copy an earlier one or one of `existing` (exactly or nearly), ask
         each remaining answer its question, and keep, unless `keep_all`, the pairs that pass
         every quality rule."""
@@ -609,8 +656,7 @@ class ScrapedContentProcessor:
                 kept.append(conversation)
         return kept
 
-    def _question(self, topic: str, title: str, cases: WordCases, used: set[str],
-                  follow_ups: dict[str, object]) -> str:
+    def _question(self, topic: str, title: str, cases: WordCases, used: set[str], follow_ups: dict[str, object]) -> str:
         """The topic's question; when taken, the next of its follow-up questions."""
         if title and re.search(r"\s(?:it|them)$", topic, re.IGNORECASE):
             topic = f"{topic.rsplit(' ', 1)[0]} {title}"  # "Activating it" under its title

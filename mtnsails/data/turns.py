@@ -6,17 +6,33 @@ Shared by the data readers and by `serve`, which receives OpenAI messages. A bad
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from mtnsails.core.errors import DataFormatError
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "system": "system",
+}
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -50,8 +66,7 @@ def _sharegpt_turns(turns: Any, where: str) -> list[tuple[str, str]]:
         speaker = _string(turn, "from", turn_where)
         role = SHAREGPT_ROLES.get(speaker.lower())
         if role is None:
-            raise DataFormatError(f"{turn_where}: unknown speaker '{speaker}' "
-                                  "(expected human, gpt or system)")
+            raise DataFormatError(f"{turn_where}: unknown speaker '{speaker}' (expected human, gpt or system)")
         result.append((role, _string(turn, "value", turn_where)))
     return result
 
@@ -67,14 +82,14 @@ def openai_turns(messages: Any, where: str) -> list[tuple[str, str]]:
         role = _string(message, "role", turn_where)
         role = OPENAI_ROLES.get(role)
         if role is None:
-            raise DataFormatError(f"{turn_where}: unsupported role '{message['role']}' "
-                                  "(expected system, developer, user or assistant)")
+            raise DataFormatError(
+                f"{turn_where}: unsupported role '{message['role']}' (expected system, developer, user or assistant)"
+            )
         content = message.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         if not isinstance(content, str):
-            raise DataFormatError(f"{turn_where}: 'content' must be a string, "
-                                  f"got {_json_type(content)}")
+            raise DataFormatError(f"{turn_where}: 'content' must be a string, got {_json_type(content)}")
         result.append((role, content))
     return result
 

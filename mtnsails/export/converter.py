@@ -2,9 +2,9 @@
 
 The directory holds `model.onnx` (one graph with KV-cache inputs, optimum's
 `text-generation-with-past` export, its GPT-2 attention fused so the cache grows in place: see
-fused_attention), optionally `model_int8.onnx` (dynamic int8, every MatMul
-including the LM head) and `model_int4.onnx` (int4 blocks, see int4_quantizer), each also as
-onnxruntime optimised it for this CPU (see optimized_graph), the tokenizer files, config.json, generation_config.json and an
+fused_attention), optionally `model_int8.onnx` (dynamic int8, every MatMul including the LM head)
+and `model_int4.onnx` (int4 blocks, see int4), each also as onnxruntime optimised it for this CPU
+(see optimized_graph), the tokenizer files, config.json, generation_config.json and an
 `mtnsails.json` that tells chat the template, EOS id and context length. It is written into a
 staging directory and swapped in only when complete, so a failed export leaves no half directory.
 """
@@ -17,9 +17,9 @@ import os
 import struct
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -80,12 +80,16 @@ class VerificationReport:
 
     def format_text(self) -> str:
         """The figures as printed after `convert --verify`: logit difference, greedy and quantized agreement."""
-        lines = [f"verified {self.prompts} prompts ({self.positions} positions): "
-                 f"max logit difference {self.max_logit_diff:.2e}, greedy continuations "
-                 f"{'agree' if self.greedy_match else 'DIFFER'}"]
+        lines = [
+            f"verified {self.prompts} prompts ({self.positions} positions): "
+            f"max logit difference {self.max_logit_diff:.2e}, greedy continuations "
+            f"{'agree' if self.greedy_match else 'DIFFER'}"
+        ]
         for precision, share in self.agreement.items():
-            lines.append(f"{precision} greedy token agrees with fp32 PyTorch on {share:.1%} of positions "
-                         f"(needs {MIN_AGREEMENT[precision]:.0%})")
+            lines.append(
+                f"{precision} greedy token agrees with fp32 PyTorch on {share:.1%} of positions "
+                f"(needs {MIN_AGREEMENT[precision]:.0%})"
+            )
         return "\n".join(lines)
 
     def format_problems(self) -> str:
@@ -123,8 +127,7 @@ class ONNXConverter:
     >>> converter.verify("./onnx_model").ok
     """
 
-    def __init__(self, model_path: str | os.PathLike, quiet: bool = False,
-                 echo: Callable[[str], None] = print) -> None:
+    def __init__(self, model_path: str | os.PathLike, quiet: bool = False, echo: Callable[[str], None] = print) -> None:
         """Check `model_path` holds config.json and weights; `quiet` silences progress, `echo` prints it."""
         self.model_path = Path(model_path)
         self.quiet = quiet
@@ -134,13 +137,16 @@ class ONNXConverter:
         if (self.model_path / FP32_FILE).exists():
             raise MtnsailsError(f"{self.model_path} is already an ONNX model directory: chat with it directly")
         if not (self.model_path / "config.json").exists() or not any(
-                (self.model_path / name).exists() for name in PYTORCH_WEIGHTS):
-            raise MtnsailsError(f"{self.model_path} is not a trained model directory "
-                                "(needs config.json and model.safetensors)")
+            (self.model_path / name).exists() for name in PYTORCH_WEIGHTS
+        ):
+            raise MtnsailsError(
+                f"{self.model_path} is not a trained model directory (needs config.json and model.safetensors)"
+            )
         weights = self.model_path / "pytorch_model.bin"
         if weights.is_file() and not is_torch_save_file(weights):
-            raise MtnsailsError(f"{weights}: not a PyTorch weights file (torch.save or "
-                                "model.safetensors); it is never unpickled")
+            raise MtnsailsError(
+                f"{weights}: not a PyTorch weights file (torch.save or model.safetensors); it is never unpickled"
+            )
         tokenizer = self.model_path / "tokenizer.json"
         if tokenizer.is_file():  # a damaged one would otherwise read as "no fast tokenizer" after the export
             from tokenizers import Tokenizer
@@ -156,9 +162,13 @@ class ONNXConverter:
 
     # -- export --------------------------------------------------------------------------------
 
-    def convert_to_onnx(self, output_path: str | os.PathLike = DEFAULT_ONNX_DIR,
-                        opset_version: int = DEFAULT_OPSET,
-                        use_io_binding: bool = True, quantize: str = "none") -> str:
+    def convert_to_onnx(
+        self,
+        output_path: str | os.PathLike = DEFAULT_ONNX_DIR,
+        opset_version: int = DEFAULT_OPSET,
+        use_io_binding: bool = True,
+        quantize: str = "none",
+    ) -> str:
         """Export to `output_path` (replaced atomically) and return its path.
 
         `use_io_binding` is accepted for the original API: chat always uses IO binding.
@@ -174,22 +184,26 @@ class ONNXConverter:
         with atomic_directory(output, kind=ONNX_FORMAT) as staging:
             start = time.perf_counter()
             kv_cache = "shared" if self._export(staging, opset_version) else None
-            self._say(f"exported {FP32_FILE} ({_megabytes(staging / FP32_FILE)}) "
-                      f"in {time.perf_counter() - start:.1f} s")
+            self._say(
+                f"exported {FP32_FILE} ({_megabytes(staging / FP32_FILE)}) in {time.perf_counter() - start:.1f} s"
+            )
             files = {"fp32": FP32_FILE}
-            for precision, file, method in (("int8", INT8_FILE, self.quantize_int8),
-                                            ("int4", INT4_FILE, self.quantize_int4)):
+            for precision, file, method in (
+                ("int8", INT8_FILE, self.quantize_int8),
+                ("int4", INT4_FILE, self.quantize_int4),
+            ):
                 if quantize in (precision, "all"):
                     start = time.perf_counter()
                     method(staging)
                     files[precision] = file
-                    self._say(f"quantized {file} ({_megabytes(staging / file)}) "
-                              f"in {time.perf_counter() - start:.1f} s")
+                    self._say(f"quantized {file} ({_megabytes(staging / file)}) in {time.perf_counter() - start:.1f} s")
             untranspose_head(staging / FP32_FILE)  # after quantizing: both quantizers expect the Transpose
             start = time.perf_counter()
             optimized = store_optimized_graphs(staging, files)
-            self._say(f"stored {len(optimized['files'])} graph(s) optimised for this CPU "
-                      f"in {time.perf_counter() - start:.1f} s")
+            self._say(
+                f"stored {len(optimized['files'])} graph(s) optimised for this CPU "
+                f"in {time.perf_counter() - start:.1f} s"
+            )
             write_onnx_metadata(staging, self.model_path, files, opset_version, optimized, kv_cache)
         self._say(f"ONNX model directory: {output}")
         return str(output)
@@ -200,11 +214,16 @@ class ONNXConverter:
             from optimum.exporters.onnx import main_export
 
             try:
-                main_export(str(self.model_path), staging, task="text-generation-with-past",
-                            opset=opset_version, device="cpu", do_validation=False)
+                main_export(
+                    str(self.model_path),
+                    staging,
+                    task="text-generation-with-past",
+                    opset=opset_version,
+                    device="cpu",
+                    do_validation=False,
+                )
             except Exception as error:  # a broken model directory fails deep inside transformers/torch
-                raise MtnsailsError(f"cannot export {self.model_path} to ONNX: "
-                                    f"{first_line(error)}") from None
+                raise MtnsailsError(f"cannot export {self.model_path} to ONNX: {first_line(error)}") from None
         if not (staging / "tokenizer.json").exists():
             raise MtnsailsError(f"{self.model_path} has no fast tokenizer (tokenizer.json): chat needs one")
         keep_last_logits(staging / FP32_FILE)
@@ -222,12 +241,17 @@ class ONNXConverter:
         from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
         onnx_dir = Path(onnx_dir)
-        make_config = AutoQuantizationConfig.avx512_vnni if "avx512_vnni" in cpu_flags() else AutoQuantizationConfig.avx2
+        make_config = (
+            AutoQuantizationConfig.avx512_vnni if "avx512_vnni" in cpu_flags() else AutoQuantizationConfig.avx2
+        )
         with _quiet_libraries():
             quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=FP32_FILE)
-            quantizer.quantize(save_dir=onnx_dir, file_suffix="int8",
-                               # per-tensor: per-channel scales decoded slower
-                               quantization_config=make_config(is_static=False, per_channel=False))
+            quantizer.quantize(
+                save_dir=onnx_dir,
+                file_suffix="int8",
+                # per-tensor: per-channel scales decoded slower
+                quantization_config=make_config(is_static=False, per_channel=False),
+            )
         return onnx_dir / INT8_FILE
 
     def quantize_int4(self, onnx_dir: str | os.PathLike, config: Int4Config | None = None) -> Path:
@@ -239,8 +263,9 @@ class ONNXConverter:
 
     # -- verification --------------------------------------------------------------------------
 
-    def verify(self, onnx_dir: str | os.PathLike, prompts: tuple[str, ...] = VERIFY_PROMPTS,
-               max_new_tokens: int = 16) -> VerificationReport:
+    def verify(
+        self, onnx_dir: str | os.PathLike, prompts: tuple[str, ...] = VERIFY_PROMPTS, max_new_tokens: int = 16
+    ) -> VerificationReport:
         """Run `prompts` through PyTorch and ONNX Runtime and compare.
 
         For each prompt: PyTorch greedy `generate` vs the chat generation loop (token for token),
@@ -263,22 +288,26 @@ class ONNXConverter:
             model = AutoModelForCausalLM.from_pretrained(self.model_path).eval()
             tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
             for prompt in prompts:
-                for name, count in self._verify_prompt(model, tokenizer, decoders, template.prompt_text(prompt),
-                                                       max_new_tokens, eos, report).items():
+                for name, count in self._verify_prompt(
+                    model, tokenizer, decoders, template.prompt_text(prompt), max_new_tokens, eos, report
+                ).items():
                     agree[name] += count
         if report.max_logit_diff > LOGIT_TOLERANCE:
             report.problems.append(f"max logit difference {report.max_logit_diff:.2e} exceeds {LOGIT_TOLERANCE:g}")
         for name, count in agree.items():
             report.agreement[name] = count / report.positions
             if report.agreement[name] < MIN_AGREEMENT[name]:
-                report.problems.append(f"{name} greedy token agrees on only {report.agreement[name]:.1%} "
-                                       f"of positions (needs {MIN_AGREEMENT[name]:.0%})")
+                report.problems.append(
+                    f"{name} greedy token agrees on only {report.agreement[name]:.1%} "
+                    f"of positions (needs {MIN_AGREEMENT[name]:.0%})"
+                )
         self._say(f"{report.format_text()}\n(verification took {time.perf_counter() - start:.1f} s)")
         return report
 
     @staticmethod
-    def _verify_prompt(model, tokenizer, decoders: dict, prompt: str, max_new_tokens: int, eos: int,
-                       report: VerificationReport) -> dict[str, int]:
+    def _verify_prompt(
+        model, tokenizer, decoders: dict, prompt: str, max_new_tokens: int, eos: int, report: VerificationReport
+    ) -> dict[str, int]:
         """Compare one prompt; update `report`; return how many positions each quantized file got right."""
         import torch
         from transformers import GenerationConfig as HFGenerationConfig
@@ -286,25 +315,31 @@ class ONNXConverter:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             torch_ids = torch.tensor([ids])
-            hf_greedy = HFGenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
-                                           eos_token_id=eos, pad_token_id=eos)
-            continuation = model.generate(torch_ids, attention_mask=torch.ones_like(torch_ids),
-                                          generation_config=hf_greedy)[0, len(ids):].tolist()
-            reference = model(torch.tensor([ids + continuation])).logits[0, len(ids) - 1:].numpy()
+            hf_greedy = HFGenerationConfig(
+                do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos
+            )
+            continuation = model.generate(
+                torch_ids, attention_mask=torch.ones_like(torch_ids), generation_config=hf_greedy
+            )[0, len(ids) :].tolist()
+            reference = model(torch.tensor([ids + continuation])).logits[0, len(ids) - 1 :].numpy()
         greedy = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.0)
         onnx_tokens = list(generate_tokens(decoders["fp32"], ids, greedy, eos_token_id=eos))
         if onnx_tokens != continuation:
             report.greedy_match = False
-            report.problems.append(f"greedy continuation of {prompt!r} differs: PyTorch "
-                                   f"{tokenizer.decode(continuation)!r}, ONNX {tokenizer.decode(onnx_tokens)!r}")
+            report.problems.append(
+                f"greedy continuation of {prompt!r} differs: PyTorch "
+                f"{tokenizer.decode(continuation)!r}, ONNX {tokenizer.decode(onnx_tokens)!r}"
+            )
         logits = ONNXConverter._teacher_forced(decoders["fp32"], ids, continuation)
         report.max_logit_diff = max(report.max_logit_diff, float(np.abs(logits - reference).max()))
         report.prompts += 1
         report.positions += len(reference)
         greedy_tokens = reference.argmax(-1)
-        return {name: int((ONNXConverter._teacher_forced(decoder, ids, continuation).argmax(-1)
-                           == greedy_tokens).sum())
-                for name, decoder in decoders.items() if name != "fp32"}
+        return {
+            name: int((ONNXConverter._teacher_forced(decoder, ids, continuation).argmax(-1) == greedy_tokens).sum())
+            for name, decoder in decoders.items()
+            if name != "fp32"
+        }
 
     @staticmethod
     def _teacher_forced(decoder: OnnxDecoder, prompt: list[int], continuation: list[int]) -> np.ndarray:
@@ -313,8 +348,7 @@ class ONNXConverter:
         rows = [decoder.forward(prompt)] + [decoder.forward([token]) for token in continuation]
         return np.concatenate(rows)  # the prompt's last position onwards (see keep_last_logits)
 
-    def verify_onnx_model(self, onnx_model_path: str | os.PathLike,
-                          test_text: str = "Hello, how are you?") -> bool:
+    def verify_onnx_model(self, onnx_model_path: str | os.PathLike, test_text: str = "Hello, how are you?") -> bool:
         """Original API: True when PyTorch and ONNX agree on `test_text`."""
         return self.verify(onnx_model_path, prompts=(test_text,)).ok
 

@@ -28,8 +28,12 @@ FUSED_OP = "GroupQueryAttention"
 
 def _fusable_config(config: dict) -> bool:
     """GPT-2 with its usual 1/sqrt(head size) scale (what the fused node computes)."""
-    return (config.get("model_type") == "gpt2" and config.get("scale_attn_weights", True)
-            and not config.get("scale_attn_by_inverse_layer_idx") and not config.get("reorder_and_upcast_attn"))
+    return (
+        config.get("model_type") == "gpt2"
+        and config.get("scale_attn_weights", True)
+        and not config.get("scale_attn_by_inverse_layer_idx")
+        and not config.get("reorder_and_upcast_attn")
+    )
 
 
 def _perm(node) -> list[int]:
@@ -78,11 +82,17 @@ def _mask_nodes(helper, numpy_helper, graph) -> tuple[list, dict]:
     """Nodes turning attention_mask [batch, total] into what the fused node reads: an additive
     bias [batch, 1, positions, total] (0 where attended, the lowest float where masked), each
     row's total length minus one (all rows are as long as the mask) and the total length."""
-    constants = {"fa_one_i64": np.array([1], np.int64), "fa_one_i32": np.array(1, np.int32),
-                 "fa_one_f": np.array(1.0, np.float32), "fa_masked": np.array(np.finfo(np.float32).min, np.float32),
-                 "fa_axis0": np.array([0], np.int64), "fa_axis1": np.array([1], np.int64),
-                 "fa_axis2": np.array([2], np.int64), "fa_total_index": np.array(1, np.int64),
-                 "fa_bias_axes": np.array([1, 2], np.int64)}
+    constants = {
+        "fa_one_i64": np.array([1], np.int64),
+        "fa_one_i32": np.array(1, np.int32),
+        "fa_one_f": np.array(1.0, np.float32),
+        "fa_masked": np.array(np.finfo(np.float32).min, np.float32),
+        "fa_axis0": np.array([0], np.int64),
+        "fa_axis1": np.array([1], np.int64),
+        "fa_axis2": np.array([2], np.int64),
+        "fa_total_index": np.array(1, np.int64),
+        "fa_bias_axes": np.array([1, 2], np.int64),
+    }
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
     node = helper.make_node
     nodes = [
@@ -136,8 +146,11 @@ def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike
     inputs = {value.name: value for value in graph.input}
     if "attention_mask" not in inputs:
         return False
-    indices = [output.name[len(PRESENT_PREFIX):-len(".key")] for output in graph.output
-               if output.name.startswith(PRESENT_PREFIX) and output.name.endswith(".key")]
+    indices = [
+        output.name[len(PRESENT_PREFIX) : -len(".key")]
+        for output in graph.output
+        if output.name.startswith(PRESENT_PREFIX) and output.name.endswith(".key")
+    ]
     producers = {output: node for node in graph.node for output in node.output}
     consumers: dict = {}
     for node in graph.node:
@@ -158,17 +171,39 @@ def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike
         # is computed before that, and only the output projection (after it) reads its output.
         nodes = list(graph.node)
         position = next(i for i, node in enumerate(nodes) if layer["output"] in node.output)
-        graph.node.insert(position, helper.make_node(
-            FUSED_OP, [layer["query"], layer["key"], layer["value"], f"{PAST_PREFIX}{index}.key",
-                       f"{PAST_PREFIX}{index}.value", mask["seqlens_k"], mask["total"], "", "", "", mask["bias"]],
-            [layer["output"], f"{PRESENT_PREFIX}{index}.key", f"{PRESENT_PREFIX}{index}.value"],
-            name=f"layer_{index}_attention", domain="com.microsoft", num_heads=heads, kv_num_heads=heads))
+        graph.node.insert(
+            position,
+            helper.make_node(
+                FUSED_OP,
+                [
+                    layer["query"],
+                    layer["key"],
+                    layer["value"],
+                    f"{PAST_PREFIX}{index}.key",
+                    f"{PAST_PREFIX}{index}.value",
+                    mask["seqlens_k"],
+                    mask["total"],
+                    "",
+                    "",
+                    "",
+                    mask["bias"],
+                ],
+                [layer["output"], f"{PRESENT_PREFIX}{index}.key", f"{PRESENT_PREFIX}{index}.value"],
+                name=f"layer_{index}_attention",
+                domain="com.microsoft",
+                num_heads=heads,
+                kv_num_heads=heads,
+            ),
+        )
         del graph.node[position + 1]
         # onnx's shape inference knows no contrib op: the quantizers need the output's type given
         for stale in [info for info in graph.value_info if info.name == layer["output"]]:
             graph.value_info.remove(stale)
-        graph.value_info.append(helper.make_tensor_value_info(
-            layer["output"], cache_type.elem_type, ["batch_size", "sequence_length", heads * head_size]))
+        graph.value_info.append(
+            helper.make_tensor_value_info(
+                layer["output"], cache_type.elem_type, ["batch_size", "sequence_length", heads * head_size]
+            )
+        )
         for name in (f"{PRESENT_PREFIX}{index}.key", f"{PRESENT_PREFIX}{index}.value"):
             concat = next(i for i, node in enumerate(graph.node) if name in node.output and node.op_type == "Concat")
             del graph.node[concat]
@@ -179,4 +214,3 @@ def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(model_file))
     return True
-

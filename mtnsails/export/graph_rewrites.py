@@ -27,11 +27,14 @@ def keep_last_logits(model_file: Path) -> None:
     if head is None:  # an architecture whose head is not one MatMul: leave the graph as exported
         return
     constants = {"last_logits_starts": -1, "last_logits_ends": np.iinfo(np.int64).max, "last_logits_axes": 1}
-    graph.initializer.extend(numpy_helper.from_array(np.array([value], dtype=np.int64), name)
-                             for name, value in constants.items())
+    graph.initializer.extend(
+        numpy_helper.from_array(np.array([value], dtype=np.int64), name) for name, value in constants.items()
+    )
     sliced = head.input[0] + "_last"
-    graph.node.insert(list(graph.node).index(head),
-                      helper.make_node("Slice", [head.input[0], *constants], [sliced], name="last_position_only"))
+    graph.node.insert(
+        list(graph.node).index(head),
+        helper.make_node("Slice", [head.input[0], *constants], [sliced], name="last_position_only"),
+    )
     head.input[0] = sliced
     logits = next(output for output in graph.output if output.name == "logits")
     logits.type.tensor_type.shape.dim[1].dim_value = 1
@@ -60,12 +63,19 @@ def _dimension_of(graph, producers: dict, name: str) -> tuple[str, int] | None:
     picked = producers.get(unsqueeze.input[0])
     if picked is not None and picked.op_type == "Squeeze":
         picked = producers.get(picked.input[0])
-        if (picked is None or picked.op_type != "Slice" or _constant(graph, picked.input[1]) != [-1]
-                or (len(picked.input) > 3 and _constant(graph, picked.input[3]) != [0])):
+        if (
+            picked is None
+            or picked.op_type != "Slice"
+            or _constant(graph, picked.input[1]) != [-1]
+            or (len(picked.input) > 3 and _constant(graph, picked.input[3]) != [0])
+        ):
             return None
         axis = -1
-    elif picked is not None and picked.op_type == "Gather" and not any(
-            attribute.name == "axis" and attribute.i for attribute in picked.attribute):
+    elif (
+        picked is not None
+        and picked.op_type == "Gather"
+        and not any(attribute.name == "axis" and attribute.i for attribute in picked.attribute)
+    ):
         axis = _constant(graph, picked.input[1])
     else:
         return None
@@ -88,9 +98,11 @@ def _ranks(model) -> dict:
     finally:
         for tensor, raw in weights:
             tensor.raw_data = raw
-    return {value.name: len(value.type.tensor_type.shape.dim)
-            for value in [*inferred.input, *inferred.value_info, *inferred.output]
-            if value.type.tensor_type.HasField("shape")}
+    return {
+        value.name: len(value.type.tensor_type.shape.dim)
+        for value in [*inferred.input, *inferred.value_info, *inferred.output]
+        if value.type.tensor_type.HasField("shape")
+    }
 
 
 def unflatten_linears(model_file: Path) -> int:
@@ -116,23 +128,40 @@ def unflatten_linears(model_file: Path) -> int:
     rewritten = 0
     for gemm in [node for node in graph.node if node.op_type == "Gemm"]:
         flatten, after = producers.get(gemm.input[0]), consumers.get(gemm.output[0], [])
-        if (flatten is None or flatten.op_type != "Reshape" or len(consumers[flatten.output[0]]) != 1
-                or len(after) != 1 or after[0].op_type != "Reshape"):
+        if (
+            flatten is None
+            or flatten.op_type != "Reshape"
+            or len(consumers[flatten.output[0]]) != 1
+            or len(after) != 1
+            or after[0].op_type != "Reshape"
+        ):
             continue
         source = flatten.input[0]
         nodes = gemm_as_matmul(gemm, initializers, source, after[0].output[0])
         flat_shape, out_shape = producers.get(flatten.input[1]), producers.get(after[0].input[1])
-        if (nodes is None or flat_shape is None or out_shape is None or "Concat" != flat_shape.op_type
-                or "Concat" != out_shape.op_type):
+        if (
+            nodes is None
+            or flat_shape is None
+            or out_shape is None
+            or "Concat" != flat_shape.op_type
+            or "Concat" != out_shape.op_type
+        ):
             continue
         # flatten: [-1, x.shape[-1]]; after: [x.shape[0], ..., x.shape[k], out] for every leading
         # axis of x (a Reshape that dropped an axis of size 1 would change the result's rank)
-        if (len(flat_shape.input) != 2 or _constant(graph, flat_shape.input[0]) != [-1]
-                or _dimension_of(graph, producers, flat_shape.input[1]) != (source, -1)):
+        if (
+            len(flat_shape.input) != 2
+            or _constant(graph, flat_shape.input[0]) != [-1]
+            or _dimension_of(graph, producers, flat_shape.input[1]) != (source, -1)
+        ):
             continue
         leading = [_dimension_of(graph, producers, name) for name in out_shape.input[:-1]]
-        if (not leading or leading != [(source, axis) for axis in range(len(leading))]
-                or ranks.get(source) != len(leading) + 1 or _constant(graph, out_shape.input[-1]) is None):
+        if (
+            not leading
+            or leading != [(source, axis) for axis in range(len(leading))]
+            or ranks.get(source) != len(leading) + 1
+            or _constant(graph, out_shape.input[-1]) is None
+        ):
             continue
         index = list(graph.node).index(gemm)
         graph.node.remove(gemm)
@@ -163,13 +192,26 @@ def untranspose_head(model_file: Path) -> None:
     producers = {output: node for node in graph.node for output in node.output}
     head = next((node for node in graph.node if "logits" in node.output and node.op_type == "MatMul"), None)
     transpose = producers.get(head.input[1]) if head is not None else None
-    if (transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in initializers
-            or any(attribute.name == "perm" and list(attribute.ints) != [1, 0] for attribute in transpose.attribute)):
+    if (
+        transpose is None
+        or transpose.op_type != "Transpose"
+        or transpose.input[0] not in initializers
+        or any(attribute.name == "perm" and list(attribute.ints) != [1, 0] for attribute in transpose.attribute)
+    ):
         return
     index = list(graph.node).index(head)
     graph.node.remove(head)
-    graph.node.insert(index, helper.make_node("FusedMatMul", [head.input[0], transpose.input[0]], list(head.output),
-                                              name=head.name, domain="com.microsoft", transB=1))
+    graph.node.insert(
+        index,
+        helper.make_node(
+            "FusedMatMul",
+            [head.input[0], transpose.input[0]],
+            list(head.output),
+            name=head.name,
+            domain="com.microsoft",
+            transB=1,
+        ),
+    )
     if not any(transpose.output[0] in node.input for node in graph.node):
         graph.node.remove(transpose)
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):

@@ -48,9 +48,14 @@ def gemm_as_matmul(gemm, initializers, source: str, output: str) -> list | None:
     from onnx import helper
 
     attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in gemm.attribute}
-    if (gemm.op_type != "Gemm" or gemm.input[1] not in initializers or attributes.get("transA", 0)
-            or attributes.get("transB", 0) or attributes.get("alpha", 1.0) != 1.0
-            or attributes.get("beta", 1.0) != 1.0):
+    if (
+        gemm.op_type != "Gemm"
+        or gemm.input[1] not in initializers
+        or attributes.get("transA", 0)
+        or attributes.get("transB", 0)
+        or attributes.get("alpha", 1.0) != 1.0
+        or attributes.get("beta", 1.0) != 1.0
+    ):
         return None
     name = gemm.name or gemm.output[0]
     nodes = [helper.make_node("MatMul", [source, gemm.input[1]], [output], name=f"{name}_matmul")]
@@ -79,8 +84,9 @@ def _block_quantize(weight: np.ndarray, config: Int4Config) -> tuple[np.ndarray,
     """MatMulNBits blocks of `weight` [K, N]: packed [N, K/block, block/2] uint8 and scales [N, K/block]."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
 
-    quantizer = DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(
-        block_size=config.block_size, is_symmetric=True, bits=4))
+    quantizer = DefaultWeightOnlyQuantizer(
+        DefaultWeightOnlyQuantConfig(block_size=config.block_size, is_symmetric=True, bits=4)
+    )
     packed, scales, _ = quantizer.qbits_block_quant(np.ascontiguousarray(weight))
     return packed, scales
 
@@ -90,9 +96,14 @@ def _reads_transposed(node) -> bool:
     from onnx import helper
 
     attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
-    return (node.op_type == "FusedMatMul" and attributes.get("transB") == 1 and not attributes.get("transA")
-            and attributes.get("alpha", 1.0) == 1.0 and not attributes.get("transBatchA")
-            and not attributes.get("transBatchB"))
+    return (
+        node.op_type == "FusedMatMul"
+        and attributes.get("transB") == 1
+        and not attributes.get("transA")
+        and attributes.get("alpha", 1.0) == 1.0
+        and not attributes.get("transBatchA")
+        and not attributes.get("transBatchB")
+    )
 
 
 def quantize_tied_head(graph, config: Int4Config) -> bool:
@@ -116,9 +127,12 @@ def quantize_tied_head(graph, config: Int4Config) -> bool:
         else:
             continue
         users = [node for node in graph.node if name in node.input and node not in (transpose, head)]
-        if any(node.op_type != "Gather" or node.input[0] != name or
-               any(attribute.name == "axis" and attribute.i != 0 for attribute in node.attribute)
-               for node in users):
+        if any(
+            node.op_type != "Gather"
+            or node.input[0] != name
+            or any(attribute.name == "axis" and attribute.i != 0 for attribute in node.attribute)
+            for node in users
+        ):
             continue
         weight = numpy_helper.to_array(initializers[name])  # [vocab, hidden]
         vocab, hidden = weight.shape
@@ -126,29 +140,55 @@ def quantize_tied_head(graph, config: Int4Config) -> bool:
             continue
         packed, scales = _block_quantize(weight.T, config)
         graph.initializer.remove(initializers[name])
-        graph.initializer.extend([numpy_helper.from_array(packed, f"{name}_Q4"),
-                                  numpy_helper.from_array(scales, f"{name}_scales"),
-                                  numpy_helper.from_array(np.array([vocab, hidden // 2], np.int64),
-                                                          f"{name}_rows_shape")])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(packed, f"{name}_Q4"),
+                numpy_helper.from_array(scales, f"{name}_scales"),
+                numpy_helper.from_array(np.array([vocab, hidden // 2], np.int64), f"{name}_rows_shape"),
+            ]
+        )
         extra = {"accuracy_level": config.accuracy_level} if config.accuracy_level else {}
         index = list(graph.node).index(head)
         graph.node.remove(head)
-        graph.node.insert(index, helper.make_node(
-            "MatMulNBits", [head.input[0], f"{name}_Q4", f"{name}_scales"], list(head.output),
-            name=f"{head.name or name}_Q4", domain="com.microsoft", K=hidden, N=vocab, bits=4,
-            block_size=config.block_size, **extra))
+        graph.node.insert(
+            index,
+            helper.make_node(
+                "MatMulNBits",
+                [head.input[0], f"{name}_Q4", f"{name}_scales"],
+                list(head.output),
+                name=f"{head.name or name}_Q4",
+                domain="com.microsoft",
+                K=hidden,
+                N=vocab,
+                bits=4,
+                block_size=config.block_size,
+                **extra,
+            ),
+        )
         if transpose is not None:
             graph.node.remove(transpose)
         for gather in users:
             index = list(graph.node).index(gather)
             graph.node.remove(gather)
             rows = f"{gather.output[0]}_rows"
-            graph.node.insert(index, helper.make_node("Reshape", [f"{name}_Q4", f"{name}_rows_shape"], [rows],
-                                                      name=f"{gather.name}_rows"))
-            graph.node.insert(index + 1, helper.make_node(
-                "GatherBlockQuantized", [rows, gather.input[1], f"{name}_scales"], list(gather.output),
-                name=f"{gather.name}_Q4", domain="com.microsoft", gather_axis=0, quantize_axis=1,
-                block_size=config.block_size, bits=4))
+            graph.node.insert(
+                index,
+                helper.make_node("Reshape", [f"{name}_Q4", f"{name}_rows_shape"], [rows], name=f"{gather.name}_rows"),
+            )
+            graph.node.insert(
+                index + 1,
+                helper.make_node(
+                    "GatherBlockQuantized",
+                    [rows, gather.input[1], f"{name}_scales"],
+                    list(gather.output),
+                    name=f"{gather.name}_Q4",
+                    domain="com.microsoft",
+                    gather_axis=0,
+                    quantize_axis=1,
+                    block_size=config.block_size,
+                    bits=4,
+                ),
+            )
         return True
     return False
 
@@ -164,11 +204,21 @@ def quantize_int4(source: str | os.PathLike, target: str | os.PathLike, config: 
     gemm_to_matmul(model.graph)
     if config.quantize_head:
         quantize_tied_head(model.graph, config)
-    excluded = [] if config.quantize_head else [
-        node.name for node in model.graph.node if node.op_type == "MatMul" and "logits" in node.output]
-    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=excluded, algo_config=DefaultWeightOnlyQuantConfig(
-        block_size=config.block_size, is_symmetric=config.symmetric, accuracy_level=config.accuracy_level or None,
-        op_types_to_quantize=("MatMul",)))
+    excluded = (
+        []
+        if config.quantize_head
+        else [node.name for node in model.graph.node if node.op_type == "MatMul" and "logits" in node.output]
+    )
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        nodes_to_exclude=excluded,
+        algo_config=DefaultWeightOnlyQuantConfig(
+            block_size=config.block_size,
+            is_symmetric=config.symmetric,
+            accuracy_level=config.accuracy_level or None,
+            op_types_to_quantize=("MatMul",),
+        ),
+    )
     quantizer_log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quantizer_log.level
     quantizer_log.setLevel(logging.WARNING)  # it logs every node it visits at INFO

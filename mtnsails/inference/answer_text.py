@@ -8,7 +8,8 @@ multi-byte character, trailing whitespace (the answer is stripped) or the start 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tokenizers.decoders import DecodeStream
 
@@ -33,8 +34,10 @@ def one_line(text: str) -> str:
 def held_back(text: str, stops: Sequence[str]) -> int:
     """How many trailing characters streaming must hold: a possible start of a stop text,
     an incomplete multi-byte character (U+FFFD) or whitespace (the answer is stripped)."""
-    size = max((size for stop in stops for size in range(min(len(stop), len(text)), 0, -1)
-                if text.endswith(stop[:size])), default=0)
+    size = max(
+        (size for stop in stops for size in range(min(len(stop), len(text)), 0, -1) if text.endswith(stop[:size])),
+        default=0,
+    )
     if size:
         return size + held_back(text[:-size], ())
     stripped = text.rstrip().rstrip("\ufffd")
@@ -74,8 +77,7 @@ class AnswerText:
         searched = len(self.text.rstrip("\ufffd"))  # an incomplete character's U+FFFD may still change
         self.text = self._decoded(token)
         # Only the new end can hold a stop text: the text before it was searched already.
-        cuts = [(cut, stop) for stop in self.stops
-                if (cut := self.text.find(stop, max(0, searched - len(stop)))) >= 0]
+        cuts = [(cut, stop) for stop in self.stops if (cut := self.text.find(stop, max(0, searched - len(stop)))) >= 0]
         if cuts:
             cut, self.stop_text = min(cuts)
             self.text, self.stop_reason = self.text[:cut], "stop"
@@ -84,7 +86,7 @@ class AnswerText:
         safe = len(visible) - held_back(visible, self.stops)
         if safe <= self.streamed:
             return ""
-        piece, self.streamed = visible[self.streamed:safe], safe
+        piece, self.streamed = visible[self.streamed : safe], safe
         return piece
 
     def _decoded(self, token: int) -> str:

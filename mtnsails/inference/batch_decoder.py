@@ -23,7 +23,7 @@ Without `shared_cache`, each step's fresh present copies the whole batch's cache
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -87,8 +87,9 @@ class BatchDecoder:
     def __init__(self, decoder: OnnxDecoder) -> None:
         """Decode with `decoder`'s onnxruntime session (its own batch-1 cache is left alone)."""
         if not decoder.uses_position_ids:
-            raise MtnsailsError("the model has no position_ids input: batched decoding needs it "
-                                "(export it with `mtnsails convert`)")
+            raise MtnsailsError(
+                "the model has no position_ids input: batched decoding needs it (export it with `mtnsails convert`)"
+            )
         self.decoder = decoder
         self.session = decoder.session
         self.keys: list[Hashable] = []
@@ -152,8 +153,10 @@ class BatchDecoder:
         feeds.update((name, empty) for name in self.decoder.past_names)
         logits, *present = self.session.run(["logits", *self.decoder.present_names], feeds)
         logits = finite_logits(logits[:, -1], self.decoder.model_file)
-        return {key: (logits[row], [cache[row:row + 1, :, width - len(prompt_ids):] for cache in present])
-                for row, (key, prompt_ids) in enumerate(prompts)}
+        return {
+            key: (logits[row], [cache[row : row + 1, :, width - len(prompt_ids) :] for cache in present])
+            for row, (key, prompt_ids) in enumerate(prompts)
+        }
 
     def _join(self, key: Hashable, prompt_cache: list[np.ndarray]) -> None:
         """Add a sequence whose prompt ran (`prompt_cache`: its cache, one row) under `key`."""
@@ -224,8 +227,8 @@ class BatchDecoder:
         self._reserve(rows + 1, wider + 1)
         for buffer, new in zip(self._buffers, present):
             if wider > width and rows:
-                buffer[:rows, :, wider - width:wider] = buffer[:rows, :, :width]
-            buffer[rows, :, wider - length:wider] = new[0]
+                buffer[:rows, :, wider - width : wider] = buffer[:rows, :, :width]
+            buffer[rows, :, wider - length : wider] = new[0]
         self._bind_shared(rows + 1)
 
     def _leave_shared(self, row: int) -> None:
@@ -241,8 +244,8 @@ class BatchDecoder:
         longest = int(self.lengths.max()) if last else 0
         if width - longest > (NARROW_SLACK if last else 0):
             for buffer in self._buffers:
-                buffer[:last, :, :longest] = buffer[:last, :, width - longest:width]
-            self._mask = self._mask[:, width - longest:]
+                buffer[:last, :, :longest] = buffer[:last, :, width - longest : width]
+            self._mask = self._mask[:, width - longest :]
         self._mask = np.ascontiguousarray(self._mask)
         if not last:  # an idle server holds no cache: the next join allocates what it needs
             self._buffers, self._logits = [], None
@@ -261,8 +264,9 @@ class BatchDecoder:
         if positions > capacity:
             capacity = grown_capacity(capacity, positions)
         _, heads, _, head_dim = self.decoder.empty_cache.shape
-        self._buffers = grown_cache_buffers(self.decoder, self._buffers, (row_room, heads, capacity, head_dim),
-                                            len(self.keys), self.width)
+        self._buffers = grown_cache_buffers(
+            self.decoder, self._buffers, (row_room, heads, capacity, head_dim), len(self.keys), self.width
+        )
         vocabulary = self.decoder.fixed_vocabulary
         if vocabulary and (self._logits is None or len(self._logits) != row_room):
             self._logits = np.empty((row_room, 1, vocabulary), dtype=self.decoder.logits_type)
@@ -282,4 +286,3 @@ class BatchDecoder:
     def _cached(value) -> np.ndarray:
         """A cache tensor as numpy (a step leaves them as onnxruntime values)."""
         return value if isinstance(value, np.ndarray) else value.numpy()
-

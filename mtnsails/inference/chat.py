@@ -28,9 +28,11 @@ __all__ = ["ChatInterface", "GenerationConfig", "ChatStats", "read_onnx_director
 
 def _from_engine(name: str) -> property:
     """The loaded model's attribute `name`, read on (and set on) the current engine."""
-    return property(lambda self: getattr(self.engine, name),
-                    lambda self, value: setattr(self.engine, name, value),
-                    doc=f"`ChatEngine.{name}` of the model loaded now.")
+    return property(
+        lambda self: getattr(self.engine, name),
+        lambda self, value: setattr(self.engine, name, value),
+        doc=f"`ChatEngine.{name}` of the model loaded now.",
+    )
 
 
 class ChatInterface(ChatSession):
@@ -57,11 +59,21 @@ class ChatInterface(ChatSession):
     encode = _from_engine("encode")
     system_prompt_ids = _from_engine("system_prompt_ids")
 
-    def __init__(self, onnx_model_path: str | os.PathLike, device: str = "cpu", max_length: int = 256,
-                 log_conversations: bool = False, log_file: str | os.PathLike | None = None,
-                 auto_flush_interval: int = 10, precision: str = "auto",
-                 generation: GenerationConfig | None = None, threads: int | None = None,
-                 system: str | None = None, match_questions: bool = True, spin_threads: bool = True) -> None:
+    def __init__(
+        self,
+        onnx_model_path: str | os.PathLike,
+        device: str = "cpu",
+        max_length: int = 256,
+        log_conversations: bool = False,
+        log_file: str | os.PathLike | None = None,
+        auto_flush_interval: int = 10,
+        precision: str = "auto",
+        generation: GenerationConfig | None = None,
+        threads: int | None = None,
+        system: str | None = None,
+        match_questions: bool = True,
+        spin_threads: bool = True,
+    ) -> None:
         """Open `onnx_model_path` as `EngineSettings` describes `device`, `max_length`, `precision`,
         `generation`, `threads`, `system`, `match_questions` and `spin_threads`.
         `log_conversations` appends every exchange to `log_file` (training format; default
@@ -69,10 +81,16 @@ class ChatInterface(ChatSession):
         its writer thread and `flush_logs()` wake up to check on each other."""
         if log_conversations and not auto_flush_interval > 0:
             raise MtnsailsError(f"auto_flush_interval = {auto_flush_interval} must be above 0 (seconds)")
-        settings = EngineSettings(device=device, precision=precision, threads=threads,
-                                  spin_threads=spin_threads, max_length=max_length, system=system,
-                                  match_questions=match_questions,
-                                  generation=generation or GenerationConfig())
+        settings = EngineSettings(
+            device=device,
+            precision=precision,
+            threads=threads,
+            spin_threads=spin_threads,
+            max_length=max_length,
+            system=system,
+            match_questions=match_questions,
+            generation=generation or GenerationConfig(),
+        )
         engine = ChatEngine(onnx_model_path, settings)
         self.log_file = Path(log_file or DEFAULT_LOG_FILE)
         logger = None
@@ -82,12 +100,24 @@ class ChatInterface(ChatSession):
             logger = ConversationLogger(self.log_file, flush_interval=auto_flush_interval)
         super().__init__(engine, logger)
 
-    def generate_response(self, prompt: str, max_new_tokens: int = 50, temperature: float = 0.7,
-                          top_p: float = 0.9, do_sample: bool = True, repetition_penalty: float = 1.2,
-                          **overrides) -> str:
+    def generate_response(
+        self,
+        prompt: str,
+        max_new_tokens: int = 50,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        do_sample: bool = True,
+        repetition_penalty: float = 1.2,
+        **overrides,
+    ) -> str:
         """Answer `prompt` on its own (no history), as the original API did."""
-        overrides.update(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                         do_sample=do_sample, repetition_penalty=repetition_penalty)
+        overrides.update(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            do_sample=do_sample,
+            repetition_penalty=repetition_penalty,
+        )
         config = replace(self.generation, **{k: v for k, v in overrides.items() if v is not None})
         answer = self._answer(self.prompt_ids(prompt, None, config.max_new_tokens), config)
         self._record(prompt, answer)

@@ -89,8 +89,7 @@ class ChatEngine:
         generation = settings.generation
         generation.validate()
         if generation.max_new_tokens is None:
-            generation = replace(generation, max_new_tokens=token_limit(meta.get("answer_tokens"),
-                                                                        self.context_length))
+            generation = replace(generation, max_new_tokens=token_limit(meta.get("answer_tokens"), self.context_length))
         self.generation = generation
         if self.max_length < 1:
             raise MtnsailsError(f"{setting_label('max_length')} = {self.max_length} must be at least 1")
@@ -109,14 +108,17 @@ class ChatEngine:
         self.system = meta.get("system") if settings.system is None else settings.system
         self.system_ids = self.system_prompt_ids(self.system)
         if len(self.system_ids) >= self._prompt_budget(self.generation.max_new_tokens):
-            raise MtnsailsError(f"the system prompt is {len(self.system_ids)} tokens: it leaves no room "
-                                f"for the question within {setting_label('max_length')} = {self.max_length} "
-                                f"and the context of {self.context_length} tokens")
+            raise MtnsailsError(
+                f"the system prompt is {len(self.system_ids)} tokens: it leaves no room "
+                f"for the question within {setting_label('max_length')} = {self.max_length} "
+                f"and the context of {self.context_length} tokens"
+            )
 
     def _pick_precision(self, files: dict, precision: str) -> str:
         if precision == "auto":
-            return next(name for name in (*FASTEST_FIRST, "fp32")
-                        if name in files and (self.path / files[name]).exists())
+            return next(
+                name for name in (*FASTEST_FIRST, "fp32") if name in files and (self.path / files[name]).exists()
+            )
         if precision not in (*PRECISIONS, "auto"):
             raise MtnsailsError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}, auto")
         if precision not in files or not (self.path / files[precision]).exists():
@@ -127,10 +129,15 @@ class ChatEngine:
     def _load_decoder(self, meta: dict) -> tuple[Path, OnnxDecoder]:
         """The graph stored optimised for this CPU when it fits and loads, else the portable one."""
         settings = self.settings
-        providers = ["CPUExecutionProvider"] if settings.device == "cpu" else [
-            "CUDAExecutionProvider", "CPUExecutionProvider"]
-        options = {"threads": settings.threads, "providers": providers,
-                   "shared_cache": meta.get("kv_cache") == "shared", "spin": settings.spin_threads}
+        providers = (
+            ["CPUExecutionProvider"] if settings.device == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        )
+        options = {
+            "threads": settings.threads,
+            "providers": providers,
+            "shared_cache": meta.get("kv_cache") == "shared",
+            "spin": settings.spin_threads,
+        }
         stored = stored_graph(self.path, meta, self.precision) if settings.device == "cpu" else None
         if stored is not None:
             try:
@@ -147,14 +154,22 @@ class ChatEngine:
 
     def system_prompt_ids(self, system: str | None) -> list[int]:
         """Token ids of a system prompt as it opens a prompt (none for None or "")."""
-        return [token for _, ids in segment_ids(self.encode, self.template.segments([], system),
-                                                self.eos_token_id) for token in ids]
+        return [
+            token
+            for _, ids in segment_ids(self.encode, self.template.segments([], system), self.eos_token_id)
+            for token in ids
+        ]
 
     def _prompt_budget(self, new_tokens: int) -> int:
         return max(1, min(self.max_length, self.context_length - new_tokens))
 
-    def prompt(self, user_input: str, history: list[tuple[str, str]] | None = None,
-               max_new_tokens: int | None = None, system: str | None = None) -> Prompt:
+    def prompt(
+        self,
+        user_input: str,
+        history: list[tuple[str, str]] | None = None,
+        max_new_tokens: int | None = None,
+        system: str | None = None,
+    ) -> Prompt:
         """The prompt for `user_input` after `history`, built like training data, fitting the context.
 
         A question matching a trained stand-alone question is asked as that question, alone,
@@ -173,13 +188,13 @@ class ChatEngine:
         if match is not None:
             user_input, history = match.question, []
         elif self.history_exchanges is not None:
-            history = history[len(history) - self.history_exchanges:] if self.history_exchanges else []
+            history = history[len(history) - self.history_exchanges :] if self.history_exchanges else []
         ids, start = self._exchanges_within(
-            user_input, history, max(1, self._prompt_budget(new_tokens) - len(system_ids)))
+            user_input, history, max(1, self._prompt_budget(new_tokens) - len(system_ids))
+        )
         return Prompt(system_ids + ids, len(history) - start, match)
 
-    def _exchanges_within(self, user_input: str, history: list[tuple[str, str]],
-                          budget: int) -> tuple[list[int], int]:
+    def _exchanges_within(self, user_input: str, history: list[tuple[str, str]], budget: int) -> tuple[list[int], int]:
         """The newest exchanges that fit in `budget` tokens (see `prompt`), and the index
         of the first of them in history + question."""
         exchanges = [*history, (user_input, None)]
@@ -197,7 +212,7 @@ class ChatEngine:
             start -= 1
         else:
             first = self._exchange_ids([exchanges[start]])[0]
-        ids = first + [token for piece in pieces[start + 1:] for token in piece]
+        ids = first + [token for piece in pieces[start + 1 :] for token in piece]
         return ids[-budget:], start
 
     def _exchange_ids(self, exchanges: list[tuple[str, str | None]]) -> list[list[int]]:

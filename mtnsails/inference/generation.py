@@ -6,14 +6,15 @@ The cache never leaves onnxruntime: each step's `present.*` outputs are bound as
 `past_key_values.*` inputs through IO binding, so no per-step numpy copy or concatenation of the
 cache happens in Python. A graph whose attention writes the new key and value into its past
 buffer (`shared_cache`, see fused_attention) gets one preallocated buffer per cache tensor, bound
-as both past and present: a step then copies nothing, however long the history. `generate_tokens` applies the logits processors in the order
-transformers' `generate` does, so greedy output matches PyTorch token for token.
+as both past and present: a step then copies nothing, however long the history.
+`generate_tokens` applies the logits processors in the order transformers' `generate` does, so
+greedy output matches PyTorch token for token.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -34,8 +35,9 @@ def session_options(threads: int | None = None, optimize: bool = True, spin: boo
     onnxruntime threads sleep instead of spinning, leaving the cores to Python threads between
     runs (a server's event loop; spinning halved `serve`'s throughput on 2 shared cores)."""
     options = ort.SessionOptions()
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads is not None and threads < 1:
         raise MtnsailsError(f"{setting_label('threads')} = {threads} must be at least 1")
@@ -58,9 +60,15 @@ class OnnxDecoder:
     >>> logits = decoder.forward([7586])        # then one token per step, reusing the cache
     """
 
-    def __init__(self, model_file: str | os.PathLike, threads: int | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",), optimized: bool = False,
-                 shared_cache: bool = False, spin: bool = True) -> None:
+    def __init__(
+        self,
+        model_file: str | os.PathLike,
+        threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        optimized: bool = False,
+        shared_cache: bool = False,
+        spin: bool = True,
+    ) -> None:
         """Load `model_file` into onnxruntime (`threads`: intra-op threads, default one per physical
         core; `optimized`: the file is a graph onnxruntime already optimised, see optimized_graph;
         `shared_cache`: its attention appends to the past buffer in place, see fused_attention;
@@ -71,14 +79,16 @@ class OnnxDecoder:
             self.session = ort.InferenceSession(str(model_file), options, providers=list(providers))
         except Exception as error:  # onnxruntime raises its own classes for corrupt files
             reason = first_line(error)
-            raise MtnsailsError(f"{model_file} cannot be loaded by onnxruntime (corrupt or not an ONNX model): "
-                                f"{reason[:200]}") from None
+            raise MtnsailsError(
+                f"{model_file} cannot be loaded by onnxruntime (corrupt or not an ONNX model): {reason[:200]}"
+            ) from None
         inputs = {value.name: value for value in self.session.get_inputs()}
         self.past_names = [name for name in inputs if name.startswith(PAST_PREFIX)]
         if "input_ids" not in inputs or not self.past_names:
-            raise MtnsailsError(f"{model_file} has no KV-cache inputs (past_key_values.*): "
-                                "export it with `mtnsails convert`")
-        self.present_names = [PRESENT_PREFIX + name[len(PAST_PREFIX):] for name in self.past_names]
+            raise MtnsailsError(
+                f"{model_file} has no KV-cache inputs (past_key_values.*): export it with `mtnsails convert`"
+            )
+        self.present_names = [PRESENT_PREFIX + name[len(PAST_PREFIX) :] for name in self.past_names]
         _, heads, _, head_dim = inputs[self.past_names[0]].shape
         cache_type = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
         self.empty_cache = np.zeros((1, heads, 0, head_dim), dtype=cache_type)
@@ -138,7 +148,7 @@ class OnnxDecoder:
         binding.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
         binding.bind_cpu_input("attention_mask", self._mask[:, :total])
         if self.uses_position_ids:
-            binding.bind_cpu_input("position_ids", self._positions[:, self.past_length:total])
+            binding.bind_cpu_input("position_ids", self._positions[:, self.past_length : total])
         if self._logits is None:
             binding.bind_output("logits")
         if self.shared_cache:
@@ -196,8 +206,10 @@ def finite_logits(logits: np.ndarray, model_file: object) -> np.ndarray:
     logit like any other. Checked by each row's maximum (NaN wins it), cheaper than a flag per
     logit."""
     if not np.isfinite(logits.max(axis=-1)).all():
-        raise MtnsailsError(f"{model_file}: the model computes non-finite logits (NaN or "
-                            "infinity), so its weights are broken: retrain it")
+        raise MtnsailsError(
+            f"{model_file}: the model computes non-finite logits (NaN or "
+            "infinity), so its weights are broken: retrain it"
+        )
     return logits
 
 
@@ -228,14 +240,17 @@ class RepeatedNgrams:
         """Extend the context by `token`, recording the n-gram it completes."""
         self.context.append(token)
         if len(self.context) >= self.size:
-            prefix = tuple(self.context[len(self.context) - self.size:-1])
+            prefix = tuple(self.context[len(self.context) - self.size : -1])
             self.next_tokens.setdefault(prefix, set()).add(token)
 
     def ban(self, logits: np.ndarray) -> tuple[list[int], np.ndarray]:
         """Forbid every token that would complete an n-gram already in the context; return their
         ids and their logits as they were (to put back with `logits[ids] = returned`)."""
-        banned = (list(self.next_tokens.get(tuple(self.context[len(self.context) - self.size + 1:]), ()))
-                  if len(self.context) >= self.size else [])
+        banned = (
+            list(self.next_tokens.get(tuple(self.context[len(self.context) - self.size + 1 :]), ()))
+            if len(self.context) >= self.size
+            else []
+        )
         scores = logits[banned]
         if banned:
             logits[banned] = -np.inf
@@ -305,15 +320,15 @@ class TokenChooser:
     so a step costs the same however long the sequence is.
     """
 
-    def __init__(self, config: GenerationConfig, prompt_ids: Sequence[int],
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self, config: GenerationConfig, prompt_ids: Sequence[int], rng: np.random.Generator | None = None
+    ) -> None:
         self.config = config
         self.rng = rng or np.random.default_rng(config.seed)
         self.penalise = config.repetition_penalty != 1.0
         self.seen = set(prompt_ids) if self.penalise else set()
         self.seen_ids = np.fromiter(self.seen, dtype=np.int64, count=len(self.seen))
-        self.ngrams = (RepeatedNgrams(config.no_repeat_ngram_size, prompt_ids)
-                       if config.no_repeat_ngram_size else None)
+        self.ngrams = RepeatedNgrams(config.no_repeat_ngram_size, prompt_ids) if config.no_repeat_ngram_size else None
 
     def choose(self, logits: np.ndarray) -> int:
         """The next token given the model's next-token `logits`; it joins the context.
@@ -340,9 +355,14 @@ class TokenChooser:
         return token
 
 
-def generate_tokens(decoder: OnnxDecoder, prompt_ids: Sequence[int], config: GenerationConfig,
-                    rng: np.random.Generator | None = None, eos_token_id: int | None = None,
-                    context_length: int | None = None) -> Iterator[int]:
+def generate_tokens(
+    decoder: OnnxDecoder,
+    prompt_ids: Sequence[int],
+    config: GenerationConfig,
+    rng: np.random.Generator | None = None,
+    eos_token_id: int | None = None,
+    context_length: int | None = None,
+) -> Iterator[int]:
     """Yield new token ids one by one (EOS included, then stop) up to `config.max_new_tokens`.
 
     The prompt is processed once; each later step feeds only the token just chosen. The next

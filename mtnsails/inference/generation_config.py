@@ -16,8 +16,11 @@ class GenerationConfig:
     # None: chat derives the limit from the answer lengths the model was trained on
     # (`mtnsails.model_dir.answer_lengths.token_limit`), 50 for a model without that record.
     max_new_tokens: int | None = setting(
-        None, "new tokens per answer at most (default: the longest trained answer plus a margin, "
-              "50 for models without that record)", flag="--max-tokens")
+        None,
+        "new tokens per answer at most (default: the longest trained answer plus a margin, "
+        "50 for models without that record)",
+        flag="--max-tokens",
+    )
     temperature: float = setting(0.7, "sampling temperature; 0 = greedy")
     # transformers' default top_k is 50 too
     top_k: int = setting(50, "sample among the k likeliest tokens; 0 = all")
@@ -37,23 +40,27 @@ class GenerationConfig:
         """Raise MtnsailsError naming the first setting out of range (its flag and field)."""
         bad = non_finite(self)
         if bad is not None:
-            raise MtnsailsError(f"{setting_label(bad.name)} = {getattr(self, bad.name)} must be a "
-                                "finite number")
-        checks = (("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "at least 1"),
-                  ("temperature", self.temperature >= 0, "0 (greedy) or more"),
-                  ("top_k", self.top_k >= 0, "0 (off) or more"),
-                  ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-                  ("repetition_penalty", self.repetition_penalty > 0, "above 0"),
-                  ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"),
-                  ("seed", self.seed is None or 0 <= self.seed <= MAX_SEED, f"from 0 to {MAX_SEED}"))
+            raise MtnsailsError(f"{setting_label(bad.name)} = {getattr(self, bad.name)} must be a finite number")
+        checks = (
+            ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "at least 1"),
+            ("temperature", self.temperature >= 0, "0 (greedy) or more"),
+            ("top_k", self.top_k >= 0, "0 (off) or more"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "above 0"),
+            ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, "0 (off) or more"),
+            ("seed", self.seed is None or 0 <= self.seed <= MAX_SEED, f"from 0 to {MAX_SEED}"),
+        )
         for name, ok, expected in checks:
             if not ok:
                 raise MtnsailsError(f"{setting_label(name)} = {getattr(self, name)} must be {expected}")
 
 
 # The `chat` flag that sets each setting, so an error names what the user typed.
-CHAT_FLAGS = {**{f.name: flag_of(f) for f in option_fields(GenerationConfig)},
-              "threads": "--threads", "max_length": "--max-length"}
+CHAT_FLAGS = {
+    **{f.name: flag_of(f) for f in option_fields(GenerationConfig)},
+    "threads": "--threads",
+    "max_length": "--max-length",
+}
 
 
 def setting_label(name: str) -> str:

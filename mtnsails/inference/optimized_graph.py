@@ -58,7 +58,7 @@ def graph_digest(path: str | os.PathLike) -> str:
 
 
 def optimized_name(file_name: str) -> str:
-    """"model_int8.onnx" -> "model_int8.optimized.onnx"."""
+    """ "model_int8.onnx" -> "model_int8.optimized.onnx"."""
     return file_name.removesuffix(".onnx") + OPTIMIZED_SUFFIX
 
 
@@ -76,10 +76,12 @@ def store_optimized_graphs(directory: str | os.PathLike, files: dict) -> dict:
         target = optimized_name(name)
         options = session_options()
         options.optimized_model_filepath = str(directory / target)
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                         target + DATA_SUFFIX)
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                         str(EXTERNAL_DATA_MIN_BYTES))
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", target + DATA_SUFFIX
+        )
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", str(EXTERNAL_DATA_MIN_BYTES)
+        )
         ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
         stored[precision] = target
         sources[precision] = graph_digest(directory / name)

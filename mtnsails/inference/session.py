@@ -80,14 +80,24 @@ class ChatSession:
         """The system prompt in effect (None or "": none)."""
         return self.engine.system
 
-    def prompt_ids(self, user_input: str, history: list[tuple[str, str]] | None = None,
-                   max_new_tokens: int | None = None, system: str | None = None) -> list[int]:
+    def prompt_ids(
+        self,
+        user_input: str,
+        history: list[tuple[str, str]] | None = None,
+        max_new_tokens: int | None = None,
+        system: str | None = None,
+    ) -> list[int]:
         """Token ids of the prompt for `user_input` (see `ChatEngine.prompt`); `last_match`
         says which trained question, if any, it asks."""
         return self._prompt(user_input, history, max_new_tokens, system).ids
 
-    def _prompt(self, user_input: str, history: list[tuple[str, str]] | None,
-                max_new_tokens: int | None, system: str | None = None) -> Prompt:
+    def _prompt(
+        self,
+        user_input: str,
+        history: list[tuple[str, str]] | None,
+        max_new_tokens: int | None,
+        system: str | None = None,
+    ) -> Prompt:
         prompt = self.engine.prompt(user_input, history, max_new_tokens, system)
         self.last_match = prompt.match
         return prompt
@@ -102,11 +112,11 @@ class ChatSession:
         config = config or engine.generation
         own_seed = config.seed is not None and config.seed != engine.generation.seed
         rng = np.random.default_rng(config.seed) if own_seed else self.rng
-        return generate_tokens(engine.decoder, prompt_ids, config, rng, engine.eos_token_id,
-                               engine.context_length)
+        return generate_tokens(engine.decoder, prompt_ids, config, rng, engine.eos_token_id, engine.context_length)
 
-    def _answer(self, prompt_ids: list[int], config: GenerationConfig,
-                on_text: Callable[[str], None] | None = None) -> str:
+    def _answer(
+        self, prompt_ids: list[int], config: GenerationConfig, on_text: Callable[[str], None] | None = None
+    ) -> str:
         """Generate and decode an answer, streaming safe text pieces to `on_text` as they come."""
         engine = self.engine
         start = time.perf_counter()
@@ -118,11 +128,12 @@ class ChatSession:
             if answer.stop_reason:
                 break
         reason = {"eos": "eos", "stop": "user_turn", None: "length"}[answer.stop_reason]
-        self.last_stats = ChatStats(len(prompt_ids), len(answer.ids) + (reason == "eos"),
-                                    time.perf_counter() - start, reason)
+        self.last_stats = ChatStats(
+            len(prompt_ids), len(answer.ids) + (reason == "eos"), time.perf_counter() - start, reason
+        )
         text = answer.finish(trim=reason == "length")
         if on_text and len(text) > answer.streamed:
-            on_text(text[answer.streamed:])
+            on_text(text[answer.streamed :])
         return text
 
     def reply(self, user_input: str, on_text: Callable[[str], None] | None = None) -> str:
@@ -130,7 +141,7 @@ class ChatSession:
         config = self.generation
         prompt = self._prompt(user_input, self.history, config.max_new_tokens)
         answer = self._answer(prompt.ids, config, on_text)
-        context = self.history[len(self.history) - prompt.kept:]
+        context = self.history[len(self.history) - prompt.kept :]
         self.history.append((user_input, answer))
         self._record(user_input, answer, context)
         self._last_in_history = True
@@ -157,8 +168,12 @@ class ChatSession:
             context["history"] = [{"input": question, "output": said} for question, said in history]
         if self.system:
             context["system"] = self.system
-        record = {"input": user_input, "output": answer,
-                  "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), **context}
+        record = {
+            "input": user_input,
+            "output": answer,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **context,
+        }
         if self.logger is not None:
             record["exchange_id"] = self.logger.log(user_input, answer, **context)
         self.conversation_log.append(record)
@@ -183,8 +198,11 @@ class ChatSession:
             raise MtnsailsError("there is no answer to give feedback on yet")
         record = self.conversation_log[-1]
         said = record.get("model_output", record["output"])
-        changes = {"feedback": verdict, "output": correction.strip() if fixed else said,
-                   "model_output": said if fixed else None}
+        changes = {
+            "feedback": verdict,
+            "output": correction.strip() if fixed else said,
+            "model_output": said if fixed else None,
+        }
         for key, value in changes.items():
             if value is None:
                 record.pop(key, None)

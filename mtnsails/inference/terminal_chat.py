@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from mtnsails.inference.session import ChatSession
 
 EXIT_COMMANDS = {"/exit", "exit", "quit", "/quit"}
-COMMANDS = "/good, /bad or /fix TEXT rate the last answer; /reset starts over; /reload opens a replaced model; /exit leaves"
+COMMANDS = (
+    "/good, /bad or /fix TEXT rate the last answer; /reset starts over; /reload opens a replaced model; /exit leaves"
+)
 SLASH_WORD = re.compile(r"/[A-Za-z]+")  # what a command looks like; a path such as /usr/bin does not
 FEEDBACK_PROMPT = "Feedback (Enter = keep, b = bad, or type the right answer): "
 ACKNOWLEDGED = {"good": "marked good", "bad": "marked bad", "fixed": "answer fixed"}
@@ -43,16 +45,20 @@ def announce_system(chat: ChatSession) -> None:
 def note_truncation(chat: ChatSession) -> None:
     """Say on stderr when the token limit stopped the last answer."""
     if chat.last_stats is not None and chat.last_stats.truncated:
-        print(f"note: the answer reached the limit of {chat.generation.max_new_tokens} new tokens "
-              "and may be missing its end; raise --max-tokens for longer answers",
-              file=sys.stderr, flush=True)
+        print(
+            f"note: the answer reached the limit of {chat.generation.max_new_tokens} new tokens "
+            "and may be missing its end; raise --max-tokens for longer answers",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class TerminalChat:
     """Run a conversation with `chat` on stdin/stdout (closes `chat`'s log when it ends)."""
 
-    def __init__(self, chat: ChatSession, stdin: TextIO | None = None,
-                 stdout: TextIO | None = None, ask_feedback: bool = False) -> None:
+    def __init__(
+        self, chat: ChatSession, stdin: TextIO | None = None, stdout: TextIO | None = None, ask_feedback: bool = False
+    ) -> None:
         self.chat = chat
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
@@ -77,7 +83,7 @@ class TerminalChat:
         commands: a mistyped command must not reach the model, nor the log as training data."""
         name, _, text = line.partition(" ")
         if SLASH_WORD.fullmatch(name):
-            line = name.lower() + line[len(name):]
+            line = name.lower() + line[len(name) :]
             name = name.lower()
         if line.lower() in EXIT_COMMANDS:
             return True
@@ -117,8 +123,9 @@ class TerminalChat:
             self._say(f"({error})")
             return
         # Name the flag: a user who rates answers in an unlogged chat needs it to keep them.
-        unsaved = ("" if self.chat.logger is not None
-                   else "; not saved: start chat with --log-conversations to keep feedback")
+        unsaved = (
+            "" if self.chat.logger is not None else "; not saved: start chat with --log-conversations to keep feedback"
+        )
         self._say(f"({ACKNOWLEDGED[verdict]}{unsaved})")
 
     def _reply_to_question(self, line: str | None, echo: bool) -> bool:
@@ -132,8 +139,10 @@ class TerminalChat:
         return command
 
     def _interactive(self) -> None:
-        self._say(f"Chatting with {self.chat.engine.path} ({self.chat.engine.precision}; {system_line(self.chat)}). "
-                  f"{COMMANDS} (so do exit, quit or Ctrl-D).")
+        self._say(
+            f"Chatting with {self.chat.engine.path} ({self.chat.engine.precision}; {system_line(self.chat)}). "
+            f"{COMMANDS} (so do exit, quit or Ctrl-D)."
+        )
         while True:
             try:
                 line = input("You: ").strip()
@@ -160,7 +169,7 @@ class TerminalChat:
                 self._say()
                 return
             printed = "".join(shown)
-            if len(printed) > len(answer) and "\n" not in printed[len(answer):]:
+            if len(printed) > len(answer) and "\n" not in printed[len(answer) :]:
                 extra = len(printed) - len(answer)  # erase the half sentence the limit cut
                 print("\b \b" * extra, end="", file=self.stdout)
             self._say()

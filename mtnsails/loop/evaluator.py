@@ -35,8 +35,15 @@ from dataclasses import asdict, dataclass, field, replace
 from mtnsails.core.text_rules import CLOSING_MARKS, SENTENCE_END, sentences
 from mtnsails.inference.generation_config import GenerationConfig
 
-__all__ = ["Evaluator", "EvaluationReport", "ExampleResult", "Comparison", "normalize_answer",
-           "token_f1", "first_sentence_match"]
+__all__ = [
+    "Evaluator",
+    "EvaluationReport",
+    "ExampleResult",
+    "Comparison",
+    "normalize_answer",
+    "token_f1",
+    "first_sentence_match",
+]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation) | set("“”‘’«»…–—")
@@ -93,13 +100,29 @@ class ExampleResult:
     history: int = 0  # earlier exchanges of the record given as context
 
     @classmethod
-    def score(cls, index: int, question: str, reference: str, answer: str, answer_tokens: int,
-              truncated: bool, history: int = 0) -> ExampleResult:
+    def score(
+        cls,
+        index: int,
+        question: str,
+        reference: str,
+        answer: str,
+        answer_tokens: int,
+        truncated: bool,
+        history: int = 0,
+    ) -> ExampleResult:
         """Score `answer` against `reference`."""
-        return cls(index, question, reference, answer,
-                   normalize_answer(answer) == normalize_answer(reference),
-                   first_sentence_match(answer, reference), token_f1(answer, reference),
-                   answer_tokens, truncated, history)
+        return cls(
+            index,
+            question,
+            reference,
+            answer,
+            normalize_answer(answer) == normalize_answer(reference),
+            first_sentence_match(answer, reference),
+            token_f1(answer, reference),
+            answer_tokens,
+            truncated,
+            history,
+        )
 
 
 @dataclass
@@ -143,16 +166,21 @@ class EvaluationReport:
     def worst(self, count: int = 5) -> list[ExampleResult]:
         """The `count` lowest-scoring answers (no first-sentence match first, then by token F1)."""
         ranked = sorted(self.results, key=lambda r: (r.first_sentence_match, r.token_f1, r.index))
-        return [result for result in ranked[:count]
-                if not (result.first_sentence_match and result.exact_match)]
+        return [result for result in ranked[:count] if not (result.first_sentence_match and result.exact_match)]
 
     def summary(self) -> dict:
         """The headline figures: model, examples, the three scores, answer length, truncations."""
-        return {"model": self.model, "examples": self.examples, "session": self.session,
-                "system": self.system, "exact_match": round(self.exact_match, 4),
-                "first_sentence_match": round(self.first_sentence_match, 4),
-                "token_f1": round(self.token_f1, 4),
-                "mean_answer_tokens": round(self.mean_answer_tokens, 2), "truncated": self.truncated}
+        return {
+            "model": self.model,
+            "examples": self.examples,
+            "session": self.session,
+            "system": self.system,
+            "exact_match": round(self.exact_match, 4),
+            "first_sentence_match": round(self.first_sentence_match, 4),
+            "token_f1": round(self.token_f1, 4),
+            "mean_answer_tokens": round(self.mean_answer_tokens, 2),
+            "truncated": self.truncated,
+        }
 
     def to_dict(self) -> dict:
         """`summary()` plus `results`, one dict per example."""
@@ -160,9 +188,10 @@ class EvaluationReport:
 
     def summary_line(self) -> str:
         """One line: examples and the three scores in per cent."""
-        return (f"{self.examples} examples: first sentence {self.first_sentence_match:.1%}, "
-                f"exact {self.exact_match:.1%}, token F1 {self.token_f1:.3f}"
-                + (" (one session)" if self.session else ""))
+        return (
+            f"{self.examples} examples: first sentence {self.first_sentence_match:.1%}, "
+            f"exact {self.exact_match:.1%}, token F1 {self.token_f1:.3f}" + (" (one session)" if self.session else "")
+        )
 
 
 @dataclass
@@ -177,8 +206,11 @@ class Comparison:
     def worse(self) -> list[tuple[ExampleResult, ExampleResult]]:
         """(model, baseline) results where the model lost the first-sentence match or, keeping
         it as it was, scored a lower token F1."""
-        return [(new, old) for new, old in zip(self.report.results, self.baseline.results, strict=False)
-                if (new.first_sentence_match, new.token_f1) < (old.first_sentence_match, old.token_f1)]
+        return [
+            (new, old)
+            for new, old in zip(self.report.results, self.baseline.results, strict=False)
+            if (new.first_sentence_match, new.token_f1) < (old.first_sentence_match, old.token_f1)
+        ]
 
     @property
     def passed(self) -> bool:
@@ -188,50 +220,66 @@ class Comparison:
 
     def to_dict(self) -> dict:
         """The model's report with a `baseline` object (its report plus `worse`)."""
-        worse = [{"index": new.index, "question": new.question, "reference": new.reference,
-                  "answer": new.answer, "baseline_answer": old.answer,
-                  "first_sentence_match": new.first_sentence_match,
-                  "baseline_first_sentence_match": old.first_sentence_match,
-                  "token_f1": new.token_f1, "baseline_token_f1": old.token_f1}
-                 for new, old in self.worse]
-        return {**self.report.to_dict(), "tolerance": self.tolerance, "passed": self.passed,
-                "baseline": {**self.baseline.to_dict(), "worse": worse}}
+        worse = [
+            {
+                "index": new.index,
+                "question": new.question,
+                "reference": new.reference,
+                "answer": new.answer,
+                "baseline_answer": old.answer,
+                "first_sentence_match": new.first_sentence_match,
+                "baseline_first_sentence_match": old.first_sentence_match,
+                "token_f1": new.token_f1,
+                "baseline_token_f1": old.token_f1,
+            }
+            for new, old in self.worse
+        ]
+        return {
+            **self.report.to_dict(),
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+            "baseline": {**self.baseline.to_dict(), "worse": worse},
+        }
 
 
-def format_report(report: EvaluationReport, comparison: Comparison | None = None,
-                  worst: int = 5) -> str:
+def format_report(report: EvaluationReport, comparison: Comparison | None = None, worst: int = 5) -> str:
     """The text report: a table of the scores (with the baseline's), the worst examples and,
     with a baseline, the examples that got worse and the verdict."""
     rows = [("model", report)] + ([("baseline", comparison.baseline)] if comparison else [])
-    lines = [f"{'':9}{'examples':>9}{'first sentence':>16}{'exact':>8}{'token F1':>10}"
-             f"{'mean tokens':>13}{'truncated':>11}"]
+    lines = [
+        f"{'':9}{'examples':>9}{'first sentence':>16}{'exact':>8}{'token F1':>10}{'mean tokens':>13}{'truncated':>11}"
+    ]
     for name, row in rows:
-        lines.append(f"{name:9}{row.examples:>9}{row.first_sentence_match:>16.1%}{row.exact_match:>8.1%}"
-                     f"{row.token_f1:>10.3f}{row.mean_answer_tokens:>13.1f}{row.truncated:>11}")
+        lines.append(
+            f"{name:9}{row.examples:>9}{row.first_sentence_match:>16.1%}{row.exact_match:>8.1%}"
+            f"{row.token_f1:>10.3f}{row.mean_answer_tokens:>13.1f}{row.truncated:>11}"
+        )
     for name, row in rows:
         mode = "one session" if row.session else "each question alone"
-        lines.append(f"{name}: {row.model} ({mode}; system prompt: "
-                     f"{repr(row.system) if row.system else 'none'})")
+        lines.append(f"{name}: {row.model} ({mode}; system prompt: {repr(row.system) if row.system else 'none'})")
     bad = report.worst(worst)
     if bad:
         lines.append(f"\nWorst {len(bad)} example(s):")
         lines += [_example(result) for result in bad]
     if comparison is not None:
         worse = comparison.worse
-        lines.append(f"\n{len(worse)} example(s) worse than the baseline"
-                     + (":" if worse else "."))
+        lines.append(f"\n{len(worse)} example(s) worse than the baseline" + (":" if worse else "."))
         lines += [_example(new, old) for new, old in worse[:worst]]
         difference = report.first_sentence_match - comparison.baseline.first_sentence_match
         verdict = "ok" if comparison.passed else "WORSE than the baseline"
-        lines.append(f"\nfirst sentence match {difference:+.1%} against the baseline "
-                     f"(tolerance {comparison.tolerance:.1%}): {verdict}")
+        lines.append(
+            f"\nfirst sentence match {difference:+.1%} against the baseline "
+            f"(tolerance {comparison.tolerance:.1%}): {verdict}"
+        )
     return "\n".join(lines)
 
 
 def _example(result: ExampleResult, baseline: ExampleResult | None = None) -> str:
-    text = (f"  #{result.index} (F1 {result.token_f1:.2f}"
-            f"{', cut by the token limit' if result.truncated else ''}) {result.question!r}\n"
-            f"    expected: {result.reference!r}\n    answered: {result.answer!r}")
+    text = (
+        f"  #{result.index} (F1 {result.token_f1:.2f}"
+        f"{', cut by the token limit' if result.truncated else ''}) {result.question!r}\n"
+        f"    expected: {result.reference!r}\n    answered: {result.answer!r}"
+    )
     if baseline is not None:
         text += f"\n    baseline: {baseline.answer!r} (F1 {baseline.token_f1:.2f})"
     return text
@@ -268,9 +316,18 @@ class Evaluator:
         if self.max_new_tokens is not None:
             generation = replace(generation, max_new_tokens=self.max_new_tokens)
         # Opened here so that a directory that is not an ONNX model fails before any work.
-        self.chat = ChatSession(ChatEngine(self.model_path, EngineSettings(
-            precision=self.precision, threads=self.threads, max_length=self.max_length,
-            system=self.system, generation=generation)))
+        self.chat = ChatSession(
+            ChatEngine(
+                self.model_path,
+                EngineSettings(
+                    precision=self.precision,
+                    threads=self.threads,
+                    max_length=self.max_length,
+                    system=self.system,
+                    generation=generation,
+                ),
+            )
+        )
 
     def evaluate_file(self, data_file: str | os.PathLike) -> EvaluationReport:
         """Evaluate every record of a data file (any format `validate` reads)."""
@@ -290,10 +347,17 @@ class Evaluator:
             chat.history.extend(history)
             answer = chat.reply(conversation["input"])
             stats = chat.last_stats
-            results.append(ExampleResult.score(
-                index, conversation["input"], conversation["output"], answer,
-                stats.new_tokens - (stats.stop_reason == "eos"), stats.stop_reason == "length",
-                len(history)))
+            results.append(
+                ExampleResult.score(
+                    index,
+                    conversation["input"],
+                    conversation["output"],
+                    answer,
+                    stats.new_tokens - (stats.stop_reason == "eos"),
+                    stats.stop_reason == "length",
+                    len(history),
+                )
+            )
             if self.progress is not None:
                 self.progress(index + 1, len(conversations))
         chat.reset()

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.model_dir.metadata import FP32_FILE, ONNX_FORMAT, read_metadata
@@ -38,9 +39,11 @@ def check_onnx_directory(path: str | os.PathLike, what: str = "model") -> Path:
     if not path.is_dir():
         raise MtnsailsError(f"{path}: the {what} is not a directory")
     if read_metadata(path).get("format") != ONNX_FORMAT or not (path / FP32_FILE).is_file():
-        raise MtnsailsError(f"{path}: the {what} is not an ONNX model directory "
-                            f"(no mtnsails.json of format {ONNX_FORMAT} with {FP32_FILE}; "
-                            "convert writes one)")
+        raise MtnsailsError(
+            f"{path}: the {what} is not an ONNX model directory "
+            f"(no mtnsails.json of format {ONNX_FORMAT} with {FP32_FILE}; "
+            "convert writes one)"
+        )
     return path
 
 
@@ -69,13 +72,15 @@ class PromotionDecision:
 
     def to_dict(self) -> dict:
         """The decision as JSON-ready values (the scores with a comparison)."""
-        result = {"promoted": self.promoted, "reason": self.reason, "live": str(self.live),
-                  "previous": str(self.previous) if self.previous else None}
+        result = {
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "live": str(self.live),
+            "previous": str(self.previous) if self.previous else None,
+        }
         if self.comparison is not None:
-            result["candidate_first_sentence_match"] = round(
-                self.comparison.report.first_sentence_match, 4)
-            result["live_first_sentence_match"] = round(
-                self.comparison.baseline.first_sentence_match, 4)
+            result["candidate_first_sentence_match"] = round(self.comparison.report.first_sentence_match, 4)
+            result["live_first_sentence_match"] = round(self.comparison.baseline.first_sentence_match, 4)
             result["worse_examples"] = len(self.comparison.worse)
         if self.held_out is not None:
             result["candidate_held_out_match"] = round(self.held_out.report.first_sentence_match, 4)
@@ -91,8 +96,13 @@ class Promoter:
     the live model's and still be promoted; `session` asks the questions in one conversation.
     """
 
-    def __init__(self, live_dir: str | os.PathLike, tolerance: float = 0.0, session: bool = False,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        live_dir: str | os.PathLike,
+        tolerance: float = 0.0,
+        session: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         if not 0 <= tolerance < 1:
             raise MtnsailsError(f"tolerance must be in [0, 1), got {tolerance}")
         self.live = Path(live_dir).expanduser().resolve()
@@ -105,8 +115,9 @@ class Promoter:
         elif not self.live.parent.is_dir():  # a typo in the path, not a place to create
             raise MtnsailsError(f"{live_dir}: directory {self.live.parent} does not exist")
 
-    def promote(self, candidate_dir: str | os.PathLike, conversations: list[dict],
-                held_out: list[dict] | None = None) -> PromotionDecision:
+    def promote(
+        self, candidate_dir: str | os.PathLike, conversations: list[dict], held_out: list[dict] | None = None
+    ) -> PromotionDecision:
         """Evaluate the candidate against the live model on `conversations` (what they were trained
         on) and on `held_out` (an evaluation set neither was trained on); copy it into the live
         directory (keeping the old one as `<live>.prev`) only when it is worse on neither."""
@@ -117,22 +128,27 @@ class Promoter:
             raise MtnsailsError("no conversations to compare the models on")
         if not self.live.exists():
             self._install(candidate)
-            return PromotionDecision(True, "first deploy: there was no live model yet",
-                                     self.live, None)
+            return PromotionDecision(True, "first deploy: there was no live model yet", self.live, None)
         retention = self.compare(candidate, conversations)
         held = self.compare(candidate, held_out) if held_out else None
         scores = [_scores("retention (training data)", retention)]
-        scores.append(_scores("held out", held) if held else
-                      "held out: no set given, so overfitting is not checked")
+        scores.append(_scores("held out", held) if held else "held out: no set given, so overfitting is not checked")
         worse = [comparison for comparison in (retention, held) if comparison and not comparison.passed]
         if worse:
             answers = sum(len(comparison.worse) for comparison in worse)
-            return PromotionDecision(False, f"the candidate is worse (tolerance {self.tolerance:.1%}, "
-                                     f"{answers} answers worse): " + "; ".join(scores),
-                                     self.live, None, retention, held)
+            return PromotionDecision(
+                False,
+                f"the candidate is worse (tolerance {self.tolerance:.1%}, "
+                f"{answers} answers worse): " + "; ".join(scores),
+                self.live,
+                None,
+                retention,
+                held,
+            )
         self._install(candidate)
-        return PromotionDecision(True, "the candidate is not worse: " + "; ".join(scores), self.live,
-                                 self.previous, retention, held)
+        return PromotionDecision(
+            True, "the candidate is not worse: " + "; ".join(scores), self.live, self.previous, retention, held
+        )
 
     def compare(self, candidate: str | os.PathLike, conversations: list[dict]) -> Comparison:
         """The candidate's answers scored next to the live model's (the baseline)."""
@@ -140,10 +156,8 @@ class Promoter:
 
         reports = []
         for name, path in (("candidate", candidate), ("live", self.live)):
-            progress = (lambda done, total, name=name: self.progress(name, done, total)) \
-                if self.progress else None
-            reports.append(Evaluator(path, session=self.session,
-                                     progress=progress).evaluate(conversations))
+            progress = (lambda done, total, name=name: self.progress(name, done, total)) if self.progress else None
+            reports.append(Evaluator(path, session=self.session, progress=progress).evaluate(conversations))
         return Comparison(reports[0], reports[1], self.tolerance)
 
     def rollback(self) -> PromotionDecision:
@@ -152,8 +166,9 @@ class Promoter:
             raise MtnsailsError(f"{self.previous}: no previous model to roll back to")
         check_onnx_directory(self.previous, "previous model")
         self._install(self.previous)
-        return PromotionDecision(True, f"rolled back to the model that was in {self.previous}",
-                                 self.live, self.previous)
+        return PromotionDecision(
+            True, f"rolled back to the model that was in {self.previous}", self.live, self.previous
+        )
 
     def _install(self, source: Path) -> None:
         """Copy `source` into the live directory atomically, keeping the old one as `.prev`."""
@@ -162,6 +177,8 @@ class Promoter:
 
 
 def _scores(name: str, comparison: Comparison) -> str:
-    """"held out: first sentence match 60.0% against the live model's 80.0% on 5 conversations"."""
-    return (f"{name}: first sentence match {comparison.report.first_sentence_match:.1%} against the live "
-            f"model's {comparison.baseline.first_sentence_match:.1%} on {comparison.report.examples} conversations")
+    """ "held out: first sentence match 60.0% against the live model's 80.0% on 5 conversations"."""
+    return (
+        f"{name}: first sentence match {comparison.report.first_sentence_match:.1%} against the live "
+        f"model's {comparison.baseline.first_sentence_match:.1%} on {comparison.report.examples} conversations"
+    )

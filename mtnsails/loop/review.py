@@ -27,8 +27,16 @@ from mtnsails.data.handler import ConversationDataHandler
 from mtnsails.data.records import require_output_directory, write_conversations
 
 STATE_SUFFIX = ".review.json"
-ACTIONS = {"k": "keep", "keep": "keep", "d": "drop", "drop": "drop", "e": "edit", "edit": "edit",
-           "q": "quit", "quit": "quit"}
+ACTIONS = {
+    "k": "keep",
+    "keep": "keep",
+    "d": "drop",
+    "drop": "drop",
+    "e": "edit",
+    "edit": "edit",
+    "q": "quit",
+    "quit": "quit",
+}
 
 
 NOT_UTF8 = "\udcff"  # a line stdin could not decode: never valid text
@@ -55,8 +63,9 @@ class LogReview:
         self.output = Path(output)
         self.state_path = self.output.with_name(self.output.name + STATE_SUFFIX)
         if self.output.resolve() == self.log.resolve():
-            raise MtnsailsError(f"{self.output}: is the log itself; choose another output "
-                                "(review never overwrites the log)")
+            raise MtnsailsError(
+                f"{self.output}: is the log itself; choose another output (review never overwrites the log)"
+            )
         require_output_directory(self.output)
         self.records = ConversationDataHandler(self.log).conversations
         self.decisions: list[str | dict] = self._read_state()
@@ -66,24 +75,30 @@ class LogReview:
     def _read_state(self) -> list[str | dict]:
         if not self.state_path.exists():
             if self.output.exists():
-                raise MtnsailsError(f"{self.output}: exists and is not a review of {self.log} "
-                                    f"(no {self.state_path.name} beside it); choose another output")
+                raise MtnsailsError(
+                    f"{self.output}: exists and is not a review of {self.log} "
+                    f"(no {self.state_path.name} beside it); choose another output"
+                )
             return []
         state = read_json_object(self.state_path)
         if state.get("log") != str(self.log.resolve()):
-            raise MtnsailsError(f"{self.state_path}: is the review of another log "
-                                f"({state.get('log')}); choose another output")
+            raise MtnsailsError(
+                f"{self.state_path}: is the review of another log ({state.get('log')}); choose another output"
+            )
         decisions = state.get("decisions")
         if not isinstance(decisions, list) or not all(
-                decision in ("keep", "drop") or (isinstance(decision, dict)
-                                                 and isinstance(decision.get("edit"), str))
-                for decision in decisions):
-            raise MtnsailsError(f"{self.state_path}: 'decisions' must be a list of \"keep\", "
-                                "\"drop\" or {\"edit\": TEXT}")
+            decision in ("keep", "drop") or (isinstance(decision, dict) and isinstance(decision.get("edit"), str))
+            for decision in decisions
+        ):
+            raise MtnsailsError(
+                f'{self.state_path}: \'decisions\' must be a list of "keep", "drop" or {{"edit": TEXT}}'
+            )
         if len(decisions) > len(self.records):
-            raise MtnsailsError(f"{self.state_path}: {len(decisions)} exchanges were reviewed but "
-                                f"{self.log} now holds {len(self.records)}; the log was changed "
-                                "since: start a review of it into another output")
+            raise MtnsailsError(
+                f"{self.state_path}: {len(decisions)} exchanges were reviewed but "
+                f"{self.log} now holds {len(self.records)}; the log was changed "
+                "since: start a review of it into another output"
+            )
         return decisions
 
     def _save(self) -> None:
@@ -136,12 +151,10 @@ class LogReview:
             if decision == "drop":
                 continue
             if decision == "keep":
-                result.append({**record, "feedback": "good"} if record.get("feedback") == "bad"
-                              else record)
+                result.append({**record, "feedback": "good"} if record.get("feedback") == "bad" else record)
             else:
                 said = record.get("model_output", record["output"])
-                result.append({**record, "output": decision["edit"], "feedback": "fixed",
-                               "model_output": said})
+                result.append({**record, "output": decision["edit"], "feedback": "fixed", "model_output": said})
         return result
 
     # -- the terminal walk -----------------------------------------------------------------
@@ -203,8 +216,10 @@ class LogReview:
                 break
             if action == "quit":
                 self._save()
-                say(f"Stopped at {self.position + 1}/{len(self.records)}. {self.summary()} "
-                    "Run the same command to go on.")
+                say(
+                    f"Stopped at {self.position + 1}/{len(self.records)}. {self.summary()} "
+                    "Run the same command to go on."
+                )
                 return
             self.decide(action, text if action == "edit" else None)
         say(f"Reviewed all {len(self.records)} exchanges. {self.summary()}")
@@ -212,8 +227,7 @@ class LogReview:
     def describe(self, record: dict) -> str:
         """The exchange as the walk shows it, headed by its place ("[3/17]") and verdict."""
         verdict = record.get("feedback")
-        lines = [f"[{self.position + 1}/{len(self.records)}]"
-                 + (f" marked {verdict} in chat" if verdict else "")]
+        lines = [f"[{self.position + 1}/{len(self.records)}]" + (f" marked {verdict} in chat" if verdict else "")]
         if record.get("system"):
             lines.append(f"  system:    {record['system']}")
         if record.get("history"):
@@ -228,5 +242,7 @@ class LogReview:
         """What the output holds, e.g. "Kept 12 of 17 (1 edited); wrote out.json"."""
         kept = self.kept()
         edited = sum(1 for decision in self.decisions if isinstance(decision, dict))
-        return (f"Kept {len(kept)} of {len(self.records)} ({edited} edited, "
-                f"{len(self.records) - self.position} not reviewed); wrote {self.output}.")
+        return (
+            f"Kept {len(kept)} of {len(self.records)} ({edited} edited, "
+            f"{len(self.records) - self.position} not reviewed); wrote {self.output}."
+        )

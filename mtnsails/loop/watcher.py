@@ -30,10 +30,10 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.files import atomic_write_text, read_json_object
@@ -65,8 +65,10 @@ class RoundReport:
     def describe(self) -> str:
         """One line for the user."""
         start, end = self.exchanges
-        return (f"round {self.round}: exchanges {start + 1}-{end} of the log, {self.trained} marked "
-                f"good or fixed: {'promoted' if self.promoted else 'refused'}: {self.reason}")
+        return (
+            f"round {self.round}: exchanges {start + 1}-{end} of the log, {self.trained} marked "
+            f"good or fixed: {'promoted' if self.promoted else 'refused'}: {self.reason}"
+        )
 
 
 class RetrainWatcher:
@@ -80,12 +82,20 @@ class RetrainWatcher:
     in every round beside the exchanges the log holds out (`is_held_out`).
     """
 
-    def __init__(self, log_file: str | os.PathLike, model_dir: str | os.PathLike | None,
-                 live_dir: str | os.PathLike, threshold: int = 10,
-                 state_file: str | os.PathLike | None = None, training=None,
-                 tolerance: float = 0.0, quantize: str = "none", quiet: bool = False,
-                 echo: Callable[[str], None] = print,
-                 eval_files: list[str | os.PathLike] | None = None) -> None:
+    def __init__(
+        self,
+        log_file: str | os.PathLike,
+        model_dir: str | os.PathLike | None,
+        live_dir: str | os.PathLike,
+        threshold: int = 10,
+        state_file: str | os.PathLike | None = None,
+        training=None,
+        tolerance: float = 0.0,
+        quantize: str = "none",
+        quiet: bool = False,
+        echo: Callable[[str], None] = print,
+        eval_files: list[str | os.PathLike] | None = None,
+    ) -> None:
         from mtnsails.data.handler import ConversationDataHandler
         from mtnsails.loop.promoter import Promoter
 
@@ -115,18 +125,29 @@ class RetrainWatcher:
         state = read_json_object(self.state_file)
         if not state:
             if model_dir is None:
-                raise MtnsailsError(f"{self.state_file}: no watch state yet: name the trained model "
-                                    "the first round continues (--model-name)")
+                raise MtnsailsError(
+                    f"{self.state_file}: no watch state yet: name the trained model "
+                    "the first round continues (--model-name)"
+                )
             _check_trained_model(model_dir)
-            return {"version": STATE_VERSION, "log": str(self.log_file.resolve()),
-                    "live": str(self.live), "model": str(model_dir.resolve()), "consumed": 0,
-                    "rounds": 0, "decisions": []}
+            return {
+                "version": STATE_VERSION,
+                "log": str(self.log_file.resolve()),
+                "live": str(self.live),
+                "model": str(model_dir.resolve()),
+                "consumed": 0,
+                "rounds": 0,
+                "decisions": [],
+            }
         if not isinstance(state.get("consumed"), int) or not isinstance(state.get("model"), str):
-            raise MtnsailsError(f"{self.state_file}: not a watch state file (no 'consumed' count "
-                                "or 'model'); delete it to start over")
+            raise MtnsailsError(
+                f"{self.state_file}: not a watch state file (no 'consumed' count or 'model'); delete it to start over"
+            )
         if state.get("log") != str(self.log_file.resolve()):
-            raise MtnsailsError(f"{self.state_file}: belongs to the log {state.get('log')}, not "
-                                f"{self.log_file.resolve()}; give another state file")
+            raise MtnsailsError(
+                f"{self.state_file}: belongs to the log {state.get('log')}, not "
+                f"{self.log_file.resolve()}; give another state file"
+            )
         _check_trained_model(Path(state["model"]))
         return state
 
@@ -145,8 +166,7 @@ class RetrainWatcher:
         """The log's exchanges, each in its latest version ([] while there is no log yet)."""
         from mtnsails.data.handler import ConversationDataHandler
 
-        if not self.log_file.exists() or (self.log_file.is_file()
-                                          and self.log_file.stat().st_size == 0):
+        if not self.log_file.exists() or (self.log_file.is_file() and self.log_file.stat().st_size == 0):
             return []
         return ConversationDataHandler.from_file(self.log_file).conversations
 
@@ -156,9 +176,11 @@ class RetrainWatcher:
         exchanges = self.read_log()
         consumed = self.state["consumed"]
         if len(exchanges) < consumed:
-            raise MtnsailsError(f"{self.log_file}: holds {len(exchanges)} exchanges, fewer than the "
-                                f"{consumed} already consumed ({self.state_file}): was the log "
-                                "replaced? Delete the state file to start over")
+            raise MtnsailsError(
+                f"{self.log_file}: holds {len(exchanges)} exchanges, fewer than the "
+                f"{consumed} already consumed ({self.state_file}): was the log "
+                "replaced? Delete the state file to start over"
+            )
         # The newest exchange may still get its verdict: wait for it.
         ready = max(consumed, len(exchanges) - (bool(exchanges) and not exchanges[-1].get("feedback")))
         marked = [(index, e) for index, e in enumerate(exchanges[:ready]) if e.get("feedback") in TRAINED_VERDICTS]
@@ -173,8 +195,10 @@ class RetrainWatcher:
         new, held_out, consumed = self.pending()
         if len(new) < self.threshold:
             where = self.log_file if self.log_file.exists() else f"{self.log_file} (it does not exist yet)"
-            wait = (f"waiting: {len(new)} of {self.threshold} new exchanges marked good or fixed to train on "
-                    f"in {where} ({len(held_out)} held out for evaluation)")
+            wait = (
+                f"waiting: {len(new)} of {self.threshold} new exchanges marked good or fixed to train on "
+                f"in {where} ({len(held_out)} held out for evaluation)"
+            )
             if wait != self._last_wait:
                 self._say(wait)
                 self._last_wait = wait
@@ -196,9 +220,15 @@ class RetrainWatcher:
         self.state.update(consumed=consumed, rounds=number)
         if decision.promoted:
             self.state["model"] = str(round_dir / "model")
-        self.state["decisions"].append({
-            "round": number, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "exchanges": [start, consumed], "trained": len(new), **decision.to_dict()})
+        self.state["decisions"].append(
+            {
+                "round": number,
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "exchanges": [start, consumed],
+                "trained": len(new),
+                **decision.to_dict(),
+            }
+        )
         self._save_state()
         shutil.rmtree(round_dir / "onnx", ignore_errors=True)  # promoted: copied into live
         if not decision.promoted:
@@ -218,9 +248,12 @@ class RetrainWatcher:
 
         round_dir.mkdir(parents=True, exist_ok=True)
         self._say(f"round {number}: continuing {self.model_dir} on {len(new)} new exchanges")
-        config = replace(self.training or TrainingConfig(quiet=self.quiet),
-                         model_name=str(self.model_dir), output_dir=str(round_dir / "model"),
-                         resume=False)
+        config = replace(
+            self.training or TrainingConfig(quiet=self.quiet),
+            model_name=str(self.model_dir),
+            output_dir=str(round_dir / "model"),
+            resume=False,
+        )
         trainer = LLMTrainer(config=config)
         try:
             trainer.train_conversations(new)
@@ -234,12 +267,15 @@ class RetrainWatcher:
             return None
         self._say(f"round {number}: converting to ONNX")
         onnx_dir = ONNXConverter(round_dir / "model", quiet=True).convert_to_onnx(
-            round_dir / "onnx", quantize=self.quantize)
+            round_dir / "onnx", quantize=self.quantize
+        )
         if self.stop_requested.is_set():
             return None
         trained_on = ConversationDataHandler.from_file(round_dir / "model" / TRAINING_DATA_FILE)
-        self._say(f"round {number}: comparing with the live model on the {len(trained_on)} conversations "
-                  f"trained on and {len(held_out)} held out")
+        self._say(
+            f"round {number}: comparing with the live model on the {len(trained_on)} conversations "
+            f"trained on and {len(held_out)} held out"
+        )
         return self.promoter.promote(onnx_dir, trained_on.conversations, held_out)
 
     def _remove_stale_rounds(self) -> None:
@@ -278,8 +314,10 @@ class RetrainWatcher:
             current = signal.getsignal(signal.SIGINT)  # the trainer's while it trains
             (current if callable(current) else handle)(signum, frame)
 
-        previous = {signal.SIGINT: signal.signal(signal.SIGINT, handle),
-                    signal.SIGTERM: signal.signal(signal.SIGTERM, handle_term)}
+        previous = {
+            signal.SIGINT: signal.signal(signal.SIGINT, handle),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, handle_term),
+        }
         try:
             yield
         finally:
@@ -294,5 +332,6 @@ class RetrainWatcher:
 def _check_trained_model(path: Path) -> None:
     """Raise MtnsailsError unless `path` is a model directory `train` wrote."""
     if not path.is_dir() or read_metadata(path).get("format") != MODEL_FORMAT:
-        raise MtnsailsError(f"{path}: not a trained mtnsails model directory (train writes one); "
-                            "the watcher continues training from it")
+        raise MtnsailsError(
+            f"{path}: not a trained mtnsails model directory (train writes one); the watcher continues training from it"
+        )

@@ -10,7 +10,7 @@ answers does not ramble on for 50.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 IGNORED_LABEL = -100  # the label of prompt tokens (not learned)
 DEFAULT_MAX_NEW_TOKENS = 50  # the limit for models that carry no length record
@@ -35,8 +35,7 @@ def length_record(lengths: list[int]) -> dict | None:
         return None
     ordered = sorted(lengths)
     p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]  # nearest-rank percentile
-    return {"count": len(ordered), "max": ordered[-1], "p95": p95,
-            "mean": round(sum(ordered) / len(ordered), 2)}
+    return {"count": len(ordered), "max": ordered[-1], "p95": p95, "mean": round(sum(ordered) / len(ordered), 2)}
 
 
 def token_limit(record: dict | None, context_length: int) -> int:

@@ -37,31 +37,35 @@ def _is_integer(value: object) -> bool:
 def _check_files(source: Path, files: object, key: str = "files") -> dict:
     """The `key` map as given, once every key is a known precision and every value a plain file name."""
     if not isinstance(files, dict) or not files:
-        raise MtnsailsError(f"{source}: \"{key}\" must map precisions ({', '.join(PRECISIONS)}) to file names, "
-                            f"got {json.dumps(files)}")
+        raise MtnsailsError(
+            f'{source}: "{key}" must map precisions ({", ".join(PRECISIONS)}) to file names, got {json.dumps(files)}'
+        )
     for precision, name in files.items():
         if precision not in PRECISIONS:
-            raise MtnsailsError(f"{source}: \"{key}\" has unknown precision {precision!r} "
-                                f"(expected {', '.join(PRECISIONS)})")
+            raise MtnsailsError(
+                f'{source}: "{key}" has unknown precision {precision!r} (expected {", ".join(PRECISIONS)})'
+            )
         # A path from the file must never lead outside the model directory.
         if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
-            raise MtnsailsError(f"{source}: \"{key}\".{precision} must be a file name in the model directory, "
-                                f"got {json.dumps(name)}")
+            raise MtnsailsError(
+                f'{source}: "{key}".{precision} must be a file name in the model directory, got {json.dumps(name)}'
+            )
     return files
 
 
 def _check_optimized(source: Path, optimized: object) -> None:
     """The "optimized" entry: stored graphs per precision and what they were optimised for."""
     if not isinstance(optimized, dict) or not isinstance(optimized.get("files"), dict):
-        raise MtnsailsError(f"{source}: \"optimized\" must be an object with a \"files\" map")
+        raise MtnsailsError(f'{source}: "optimized" must be an object with a "files" map')
     _check_files(source, optimized["files"], "optimized.files")
     sources = optimized.get("sources", {})  # absent in exports made before it was recorded
     if not isinstance(sources, dict) or not all(isinstance(digest, str) for digest in sources.values()):
-        raise MtnsailsError(f"{source}: \"optimized.sources\" must map precisions to digest strings")
+        raise MtnsailsError(f'{source}: "optimized.sources" must map precisions to digest strings')
     flags, version = optimized.get("cpu_flags"), optimized.get("onnxruntime")
     if not isinstance(flags, list) or not all(isinstance(flag, str) for flag in flags) or not isinstance(version, str):
-        raise MtnsailsError(f"{source}: \"optimized\" must record \"cpu_flags\" (a list of strings) "
-                            "and \"onnxruntime\" (a version string)")
+        raise MtnsailsError(
+            f'{source}: "optimized" must record "cpu_flags" (a list of strings) and "onnxruntime" (a version string)'
+        )
 
 
 def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
@@ -78,42 +82,45 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     """
     source = Path(source)
     if "files" not in meta:
-        raise MtnsailsError(f"{source}: no \"files\" map (which graph file holds which precision)")
+        raise MtnsailsError(f'{source}: no "files" map (which graph file holds which precision)')
     _check_files(source, meta["files"])
     if "optimized" in meta:
         _check_optimized(source, meta["optimized"])
     if meta.get("kv_cache") not in (None, "shared"):
-        raise MtnsailsError(f"{source}: \"kv_cache\" must be \"shared\" or absent, got {json.dumps(meta['kv_cache'])}")
+        raise MtnsailsError(f'{source}: "kv_cache" must be "shared" or absent, got {json.dumps(meta["kv_cache"])}')
     length = meta.get("context_length")
     if length is not None and not (_is_integer(length) and length >= 1):
-        raise MtnsailsError(f"{source}: \"context_length\" must be a positive integer, got {json.dumps(length)}")
+        raise MtnsailsError(f'{source}: "context_length" must be a positive integer, got {json.dumps(length)}')
     eos = meta.get("eos_token_id")
     if eos is not None and not (_is_integer(eos) and eos >= 0):
-        raise MtnsailsError(f"{source}: \"eos_token_id\" must be a non-negative integer, got {json.dumps(eos)}")
+        raise MtnsailsError(f'{source}: "eos_token_id" must be a non-negative integer, got {json.dumps(eos)}')
     system = meta.get("system")
     if system is not None and not isinstance(system, str):
-        raise MtnsailsError(f"{source}: \"system\" must be a string (the system prompt) or null, "
-                            f"got {json.dumps(system)}")
+        raise MtnsailsError(
+            f'{source}: "system" must be a string (the system prompt) or null, got {json.dumps(system)}'
+        )
     lengths = meta.get("answer_tokens")
-    if lengths is not None and not (isinstance(lengths, dict) and _is_integer(lengths.get("max"))
-                                    and lengths["max"] >= 1):
-        raise MtnsailsError(f"{source}: \"answer_tokens\" must be an object with a positive integer "
-                            f"\"max\" (the longest trained answer) or null, got {json.dumps(lengths)}")
+    if lengths is not None and not (
+        isinstance(lengths, dict) and _is_integer(lengths.get("max")) and lengths["max"] >= 1
+    ):
+        raise MtnsailsError(
+            f'{source}: "answer_tokens" must be an object with a positive integer '
+            f'"max" (the longest trained answer) or null, got {json.dumps(lengths)}'
+        )
     history = meta.get("history_exchanges")
     if history is not None and not (_is_integer(history) and history >= 0):
-        raise MtnsailsError(f"{source}: \"history_exchanges\" must be a non-negative integer or null, "
-                            f"got {json.dumps(history)}")
+        raise MtnsailsError(
+            f'{source}: "history_exchanges" must be a non-negative integer or null, got {json.dumps(history)}'
+        )
     questions = meta.get("questions")
-    if questions is not None and not (isinstance(questions, list)
-                                      and all(isinstance(q, str) for q in questions)):
-        raise MtnsailsError(f"{source}: \"questions\" must be a list of strings (the trained "
-                            "questions) or null")
+    if questions is not None and not (isinstance(questions, list) and all(isinstance(q, str) for q in questions)):
+        raise MtnsailsError(f'{source}: "questions" must be a list of strings (the trained questions) or null')
     template = meta.get("template")
     if template is not None:
-        if not isinstance(template, dict) or not all(isinstance(template.get(key, ""), str)
-                                                     for key in ("template", "separator")):
-            raise MtnsailsError(f"{source}: \"template\" must be an object of strings "
-                                f"(\"template\", \"separator\")")
+        if not isinstance(template, dict) or not all(
+            isinstance(template.get(key, ""), str) for key in ("template", "separator")
+        ):
+            raise MtnsailsError(f'{source}: "template" must be an object of strings ("template", "separator")')
         try:
             ChatTemplate.from_dict(template)
         except ValueError as error:
@@ -136,9 +143,11 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
         raise MtnsailsError(f"model path {path} is not a directory (give the ONNX model directory)")
     meta = read_metadata(path)
     if meta.get("format") == MODEL_FORMAT or (
-            not (path / FP32_FILE).exists() and any((path / name).exists() for name in PYTORCH_WEIGHTS)):
-        raise MtnsailsError(f"{path} is a PyTorch model, not an ONNX model directory: "
-                            f"run `mtnsails convert --model-path {path}` first")
+        not (path / FP32_FILE).exists() and any((path / name).exists() for name in PYTORCH_WEIGHTS)
+    ):
+        raise MtnsailsError(
+            f"{path} is a PyTorch model, not an ONNX model directory: run `mtnsails convert --model-path {path}` first"
+        )
     if meta:
         check_onnx_metadata(meta, path / METADATA_FILE)
     else:
@@ -148,8 +157,10 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
     if not any((path / name).exists() for name in meta["files"].values()):
         raise MtnsailsError(f"{path} is not an ONNX model directory (no {' or '.join(meta['files'].values())})")
     if not (path / "tokenizer.json").exists():
-        raise MtnsailsError(f"{path / 'tokenizer.json'} is missing: the tokenizer files must sit "
-                            "beside the model (re-run `mtnsails convert`)")
+        raise MtnsailsError(
+            f"{path / 'tokenizer.json'} is missing: the tokenizer files must sit "
+            "beside the model (re-run `mtnsails convert`)"
+        )
     config = read_json_object(path / "config.json")
     if meta.get("eos_token_id") is None:
         eos = read_json_object(path / "generation_config.json").get("eos_token_id", config.get("eos_token_id"))
@@ -159,8 +170,14 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
     return meta
 
 
-def write_onnx_metadata(onnx_dir: str | os.PathLike, model_path: str | os.PathLike, files: dict,
-                        opset_version: int, optimized: dict | None = None, kv_cache: str | None = None) -> dict:
+def write_onnx_metadata(
+    onnx_dir: str | os.PathLike,
+    model_path: str | os.PathLike,
+    files: dict,
+    opset_version: int,
+    optimized: dict | None = None,
+    kv_cache: str | None = None,
+) -> dict:
     """Write onnx_dir/mtnsails.json for a fresh export of `model_path` and return it.
 
     `files` maps precisions to graph files; `optimized` is `store_optimized_graphs`' record;

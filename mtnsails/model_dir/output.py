@@ -15,8 +15,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.files import _default_mode, atomic_write_text
@@ -24,18 +24,33 @@ from mtnsails.model_dir.metadata import FP32_FILE, INT8_FILE, METADATA_FILE, rea
 
 # What mtnsails wrote into an output made before it recorded its files in mtnsails.json
 # ("written_files"): the transformers and ONNX files of a model directory, and its own.
-_EARLIER_OUTPUT_FILES = (METADATA_FILE, "config.json", "generation_config.json", "model.safetensors",
-                         "model-*-of-*.safetensors", "model.safetensors.index.json",
-                         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                         "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
-                         "loss.png", FP32_FILE, INT8_FILE, "*.onnx_data")
+_EARLIER_OUTPUT_FILES = (
+    METADATA_FILE,
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "loss.png",
+    FP32_FILE,
+    INT8_FILE,
+    "*.onnx_data",
+)
 _STAGING, _PREVIOUS = "staging", "previous"
 
 
 def _written_files(directory: Path) -> list[str]:
     """Every file below `directory` (symlinks included), as sorted relative POSIX paths."""
-    return sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*")
-                  if path.is_file() or path.is_symlink())
+    return sorted(
+        path.relative_to(directory).as_posix() for path in directory.rglob("*") if path.is_file() or path.is_symlink()
+    )
 
 
 def _foreign_files(directory: Path, metadata: dict) -> list[str]:
@@ -43,8 +58,11 @@ def _foreign_files(directory: Path, metadata: dict) -> list[str]:
     recorded = metadata.get("written_files")
     if isinstance(recorded, list):
         return [name for name in _written_files(directory) if name not in recorded]
-    return [name for name in _written_files(directory)
-            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in _EARLIER_OUTPUT_FILES)]
+    return [
+        name
+        for name in _written_files(directory)
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in _EARLIER_OUTPUT_FILES)
+    ]
 
 
 def check_replaceable(path: str | os.PathLike, kind: str | None = None) -> None:
@@ -67,26 +85,30 @@ def check_replaceable(path: str | os.PathLike, kind: str | None = None) -> None:
         raise MtnsailsError(f"{path}: exists and is not a directory; choose another output directory")
     cwd = Path.cwd().resolve()
     if path == cwd or path in cwd.parents:
-        raise MtnsailsError(f"{path}: is the current directory or contains it; "
-                            "choose an output directory of its own")
+        raise MtnsailsError(f"{path}: is the current directory or contains it; choose an output directory of its own")
     if not any(path.iterdir()):
         return
     metadata = read_metadata(path)
     found = metadata.get("format")
     if found is None or (kind is not None and found != kind):
         what = f"an mtnsails output of another kind ({found})" if found else "not an mtnsails output"
-        raise MtnsailsError(f"{path}: exists and is {what}; it is never overwritten: "
-                            "choose another output directory or remove it yourself")
+        raise MtnsailsError(
+            f"{path}: exists and is {what}; it is never overwritten: "
+            "choose another output directory or remove it yourself"
+        )
     foreign = _foreign_files(path, metadata)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise MtnsailsError(f"{path}: holds files mtnsails did not write ({shown}); it is never "
-                            "overwritten: move them out or choose another output directory")
+        raise MtnsailsError(
+            f"{path}: holds files mtnsails did not write ({shown}); it is never "
+            "overwritten: move them out or choose another output directory"
+        )
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, kind: str | None = None,
-                     keep_previous: str | os.PathLike | None = None) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike, kind: str | None = None, keep_previous: str | os.PathLike | None = None
+) -> Iterator[Path]:
     """Yield a fresh staging directory that replaces `path` only if the block succeeds.
 
     `path` must pass `check_replaceable(path, kind)`. A failed or interrupted block leaves
@@ -164,7 +186,7 @@ def recover_swap(path: str | os.PathLike) -> None:
         for role, found in leftovers.items():
             prefix = _swap_prefix(path, role)
             if entry.name.startswith(prefix) and entry.is_dir() and not entry.is_symlink():
-                owner = entry.name[len(prefix):].split("-", 1)[0]
+                owner = entry.name[len(prefix) :].split("-", 1)[0]
                 if owner.isdigit() and not _process_alive(int(owner)):
                     found.append(entry)
     if not path.exists() and leftovers[_PREVIOUS]:
@@ -182,8 +204,10 @@ def _check_writable(folder: Path, path: Path) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".mtnsails-probe-", dir=folder))
     except OSError as error:
-        raise MtnsailsError(f"{folder}: cannot be written ({error.strerror}), so {path} cannot be "
-                            "made there; choose another output directory") from None
+        raise MtnsailsError(
+            f"{folder}: cannot be written ({error.strerror}), so {path} cannot be "
+            "made there; choose another output directory"
+        ) from None
 
 
 def _swap_prefix(path: Path, role: str) -> str:

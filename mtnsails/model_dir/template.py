@@ -9,8 +9,8 @@ tokenizer works). This module imports nothing heavy: chat uses it without torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 DEFAULT_TEMPLATE = "User: {input}\nAssistant: {output}"
 
@@ -18,8 +18,9 @@ DEFAULT_TEMPLATE = "User: {input}\nAssistant: {output}"
 def exchanges(conversation: dict) -> list[tuple[str, str]]:
     """A native conversation's (input, output) exchanges in order, the final one last (a
     missing field reads as empty: the quality rules report it instead of failing)."""
-    return [(turn.get("input", ""), turn.get("output", ""))
-            for turn in (conversation.get("history") or []) + [conversation]]
+    return [
+        (turn.get("input", ""), turn.get("output", "")) for turn in (conversation.get("history") or []) + [conversation]
+    ]
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,9 @@ class Segment:
     learned: bool = True
 
 
-def segment_ids(encode: Callable[[str], list[int]], segments: Iterable[Segment],
-                eos_id: int | None) -> Iterator[tuple[Segment, list[int]]]:
+def segment_ids(
+    encode: Callable[[str], list[int]], segments: Iterable[Segment], eos_id: int | None
+) -> Iterator[tuple[Segment, list[int]]]:
     """Yield each segment with its token ids: `encode(text)` of the segment alone, plus `eos_id`
     after every response. Training (collator) and chat both build token ids with this rule."""
     for segment in segments:
@@ -57,9 +59,7 @@ class ChatTemplate:
 
     def __post_init__(self) -> None:
         if self.template.count("{input}") != 1 or not self.template.endswith("{output}"):
-            raise ValueError(
-                f"chat template {self.template!r} must contain '{{input}}' once and end with '{{output}}'"
-            )
+            raise ValueError(f"chat template {self.template!r} must contain '{{input}}' once and end with '{{output}}'")
 
     @property
     def _prompt_format(self) -> str:
@@ -78,9 +78,7 @@ class ChatTemplate:
         """Text that opens a new user turn ("User:"); generation stops when the model writes it."""
         return self._prompt_format.split("{input}")[0].strip()
 
-    def segments(
-        self, exchanges: list[tuple[str, str]], system: str | None = None
-    ) -> Iterator[Segment]:
+    def segments(self, exchanges: list[tuple[str, str]], system: str | None = None) -> Iterator[Segment]:
         """Yield the segments of a conversation given as (input, output) exchanges in order.
 
         An exchange whose output is None is the open turn of a chat prompt: only its prompt is
@@ -102,7 +100,7 @@ class ChatTemplate:
         return {"template": self.template, "separator": self.separator}
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "ChatTemplate":
+    def from_dict(cls, data: dict | None) -> ChatTemplate:
         data = data or {}
         return cls(
             template=data.get("template", DEFAULT_TEMPLATE),

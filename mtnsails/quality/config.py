@@ -4,22 +4,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CODES = ("empty_output", "empty_input", "short_output", "repetitive_output", "gibberish_output",
-         "echo_output", "incomplete_output", "duplicate", "near_duplicate", "marked_bad", "cut_short")
+CODES = (
+    "empty_output",
+    "empty_input",
+    "short_output",
+    "repetitive_output",
+    "gibberish_output",
+    "echo_output",
+    "incomplete_output",
+    "duplicate",
+    "near_duplicate",
+    "marked_bad",
+    "cut_short",
+)
 # A reader marks a record whose write a crash cut short with this key (its value says where), so
 # that `validate` counts the lost record instead of passing over it.
 CUT_SHORT = "cut_short"
 # Count keys of the original MTN Sails report (e.g. `empty_outputs`) plus the new codes.
 COUNT_KEYS = {code: code + "s" for code in CODES}
-LABELS = {"empty_output": "empty output", "empty_input": "empty input",
-          "short_output": "too-short output", "repetitive_output": "repetitive output",
-          "gibberish_output": "gibberish output", "echo_output": "output echoes input",
-          "incomplete_output": "incomplete output", "duplicate": "exact duplicate",
-          "near_duplicate": "near duplicate", "marked_bad": "marked bad in chat",
-          "cut_short": "record cut short"}
-RULE_FLAGS = {"repetitive_output": "check_repetition", "short_output": "check_length",
-              "gibberish_output": "check_gibberish", "echo_output": "check_echo",
-              "incomplete_output": "check_incomplete"}
+LABELS = {
+    "empty_output": "empty output",
+    "empty_input": "empty input",
+    "short_output": "too-short output",
+    "repetitive_output": "repetitive output",
+    "gibberish_output": "gibberish output",
+    "echo_output": "output echoes input",
+    "incomplete_output": "incomplete output",
+    "duplicate": "exact duplicate",
+    "near_duplicate": "near duplicate",
+    "marked_bad": "marked bad in chat",
+    "cut_short": "record cut short",
+}
+RULE_FLAGS = {
+    "repetitive_output": "check_repetition",
+    "short_output": "check_length",
+    "gibberish_output": "check_gibberish",
+    "echo_output": "check_echo",
+    "incomplete_output": "check_incomplete",
+}
 
 
 @dataclass
@@ -40,7 +62,13 @@ class QualityConfig:
     max_top_ngram_char_fraction: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
     # Gopher: character fraction in duplicated 5..10-grams.
     max_duplicate_ngram_char_fraction: tuple[tuple[int, float], ...] = (
-        (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+        (5, 0.15),
+        (6, 0.14),
+        (7, 0.13),
+        (8, 0.12),
+        (9, 0.11),
+        (10, 0.10),
+    )
     # Whisper treats a segment whose gzip compression ratio exceeds 2.4 as repetitive; a short
     # text compresses too little for the ratio to mean anything, hence the length floor.
     max_compression_ratio: float = 2.4

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 HIGH_HALF = 1 if sys.byteorder == "little" else 0  # where a uint64's high uint32 lies
 
 
-def find_copies(keys: list[str], token_lists: list[list[str]],
-                config: "QualityConfig") -> dict[int, tuple[int, float | None]]:
+def find_copies(
+    keys: list[str], token_lists: list[list[str]], config: QualityConfig
+) -> dict[int, tuple[int, float | None]]:
     """`CopyFinder.copies()` of texts given as lists: `keys[i]` normalised, `token_lists[i]`
     its words."""
     finder = CopyFinder(config)
@@ -50,8 +51,7 @@ class TextCodes(NamedTuple):
     lengths: array
 
 
-def text_codes(keys: Sequence[str], token_lists: Sequence[list[str]], max_words: int
-               ) -> TextCodes:
+def text_codes(keys: Sequence[str], token_lists: Sequence[list[str]], max_words: int) -> TextCodes:
     """`TextCodes` of texts: `keys[i]` normalised, `token_lists[i]` its words (the first
     `max_words` count)."""
     digests, ids, lengths = array("Q"), array("Q"), array("q")
@@ -59,8 +59,10 @@ def text_codes(keys: Sequence[str], token_lists: Sequence[list[str]], max_words:
     for key, tokens in zip(keys, token_lists):
         digest = 0
         if key:
-            digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"),
-                                                    digest_size=8).digest(), "little") | 1
+            digest = (
+                int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+                | 1
+            )
         digests.append(digest)
         tokens = tokens[:max_words]
         ids.extend(map(vocabulary.__getitem__, tokens))
@@ -141,7 +143,7 @@ class _Blocks:
             filled = 0
             while blocks:
                 block = blocks.pop()
-                joined[filled:filled + len(block)] = block
+                joined[filled : filled + len(block)] = block
                 filled += len(block)
                 del block
             self.blocks = [joined]
@@ -163,7 +165,7 @@ class CopyFinder:
 
     CHUNK_WORDS = 400_000  # words buffered before their signatures are computed in one go
 
-    def __init__(self, config: "QualityConfig") -> None:
+    def __init__(self, config: QualityConfig) -> None:
         self.config = config
         self.near = NearDuplicateFinder(config)
         self._digests = array("Q")  # 8-byte hash of each key, 0 for an empty key
@@ -194,10 +196,8 @@ class CopyFinder:
         the batch's order of first use, so batches added in order give every word the id that
         adding their texts one by one gives (the shingle hashes depend on the ids)."""
         self._digests.extend(codes.digests)
-        ids = np.fromiter(map(self._vocabulary.__getitem__, codes.words), dtype=np.uint64,
-                          count=len(codes.words))
-        self._ids.frombytes(ids[np.frombuffer(codes.ids, dtype=np.uint64).astype(np.intp)]
-                            .tobytes())
+        ids = np.fromiter(map(self._vocabulary.__getitem__, codes.words), dtype=np.uint64, count=len(codes.words))
+        self._ids.frombytes(ids[np.frombuffer(codes.ids, dtype=np.uint64).astype(np.intp)].tobytes())
         self._lengths.extend(codes.lengths)
         if len(self._ids) >= self.CHUNK_WORDS:
             self._sign_pending()
@@ -214,14 +214,13 @@ class CopyFinder:
         first = order[np.maximum.accumulate(np.where(leads, np.arange(len(order)), 0))]
         exact = ~leads & (ordered != 0)
         copies: dict[int, tuple[int, float | None]] = {
-            int(index): (int(original), None)
-            for index, original in zip(order[exact].tolist(), first[exact].tolist())}
+            int(index): (int(original), None) for index, original in zip(order[exact].tolist(), first[exact].tolist())
+        }
         unique = digests != 0
         unique[order[exact]] = False
         unique = np.flatnonzero(unique)
         offsets = np.concatenate(([0], np.cumsum(self._shingle_counts.joined())))
-        near = self.near.verified(self._signatures.joined(), unique, self._shingles.joined(),
-                                  offsets)
+        near = self.near.verified(self._signatures.joined(), unique, self._shingles.joined(), offsets)
         copies.update(near)
         return copies
 
@@ -255,7 +254,7 @@ class NearDuplicateFinder:
     # would take gigabytes).
     PAIR_SHINGLES = 2_000_000
 
-    def __init__(self, config: "QualityConfig") -> None:
+    def __init__(self, config: QualityConfig) -> None:
         """Hash parameters from a fixed seed; `config` gives the threshold and shingle sizes."""
         self.config = config
         rng = np.random.default_rng(20211208)  # fixed: results must not change between runs
@@ -269,17 +268,18 @@ class NearDuplicateFinder:
         if len(token_lists) < 2:
             return {}
         vocabulary = defaultdict(itertools.count(1).__next__)  # word -> id, ids from 1
-        ids = np.fromiter(map(vocabulary.__getitem__, itertools.chain.from_iterable(token_lists)),
-                          dtype=np.uint64)
+        ids = np.fromiter(map(vocabulary.__getitem__, itertools.chain.from_iterable(token_lists)), dtype=np.uint64)
         lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
         shingles, offsets = self.shingles_of_ids(ids, lengths)
         signatures = self.signatures(shingles, offsets)
         shingles, counts = self.distinct_shingles(shingles, offsets)
-        return self.verified(signatures, np.arange(len(token_lists)), shingles,
-                             np.concatenate(([0], np.cumsum(counts))))
+        return self.verified(
+            signatures, np.arange(len(token_lists)), shingles, np.concatenate(([0], np.cumsum(counts)))
+        )
 
-    def verified(self, signatures: np.ndarray, members: np.ndarray, shingles: np.ndarray,
-                 offsets: np.ndarray) -> dict[int, tuple[int, float]]:
+    def verified(
+        self, signatures: np.ndarray, members: np.ndarray, shingles: np.ndarray, offsets: np.ndarray
+    ) -> dict[int, tuple[int, float]]:
         """Near duplicates among the texts `members` (indices into `signatures`, ascending),
         candidates checked by the exact Jaccard similarity of their shingle sets: text i's
         are `shingles[offsets[i]:offsets[i + 1]]`, distinct and sorted (`distinct_shingles`).
@@ -292,38 +292,49 @@ class NearDuplicateFinder:
         counts = np.diff(offsets)
         keys_before = np.cumsum(counts[pairs[:, 0]] + counts[pairs[:, 1]])  # keys up to each pair
         # each thread checks a run of pairs holding an equal share of the shingle keys
-        bounds = np.searchsorted(keys_before, np.arange(1, threads) * (
-            keys_before[-1] / threads if len(pairs) else 0)).tolist()
-        similarity = np.concatenate(_in_threads(
-            lambda run: self._similarities(pairs, keys_before, shingles, offsets, *run),
-            list(zip([0] + bounds, bounds + [len(pairs)]))))
+        bounds = np.searchsorted(
+            keys_before, np.arange(1, threads) * (keys_before[-1] / threads if len(pairs) else 0)
+        ).tolist()
+        similarity = np.concatenate(
+            _in_threads(
+                lambda run: self._similarities(pairs, keys_before, shingles, offsets, *run),
+                list(zip([0] + bounds, bounds + [len(pairs)])),
+            )
+        )
         close = similarity >= self.config.near_duplicate_threshold
         result: dict[int, tuple[int, float]] = {}
         # compare only with texts that are kept: the first earlier text that is not a copy
-        for later, earlier, share in zip(pairs[close, 0].tolist(), pairs[close, 1].tolist(),
-                                         similarity[close].tolist()):
+        for later, earlier, share in zip(
+            pairs[close, 0].tolist(), pairs[close, 1].tolist(), similarity[close].tolist()
+        ):
             if later not in result and earlier not in result:
                 result[later] = (earlier, share)
         return result
 
-    def _similarities(self, pairs: np.ndarray, keys_before: np.ndarray, shingles: np.ndarray,
-                      offsets: np.ndarray, start: int, stop: int) -> np.ndarray:
+    def _similarities(
+        self,
+        pairs: np.ndarray,
+        keys_before: np.ndarray,
+        shingles: np.ndarray,
+        offsets: np.ndarray,
+        start: int,
+        stop: int,
+    ) -> np.ndarray:
         """The Jaccard similarity of `pairs[start:stop]`, in blocks of at most PAIRS pairs and
         PAIR_SHINGLES keys (long texts' pairs hold thousands each)."""
         similarity = np.empty(stop - start)
         block = start
         while block < stop:
             budget = (keys_before[block - 1] if block else 0) + self.PAIR_SHINGLES
-            end = min(block + self.PAIRS, stop,
-                      max(block + 1, int(np.searchsorted(keys_before, budget, "right"))))
-            similarity[block - start:end - start] = self._jaccard(
-                pairs[block:end, 0], pairs[block:end, 1], shingles, offsets)
+            end = min(block + self.PAIRS, stop, max(block + 1, int(np.searchsorted(keys_before, budget, "right"))))
+            similarity[block - start : end - start] = self._jaccard(
+                pairs[block:end, 0], pairs[block:end, 1], shingles, offsets
+            )
             block = end
         return similarity
 
     @staticmethod
-    def _jaccard(first: np.ndarray, second: np.ndarray, shingles: np.ndarray,
-                 offsets: np.ndarray) -> np.ndarray:
+    def _jaccard(first: np.ndarray, second: np.ndarray, shingles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Jaccard similarity of the shingle sets of texts first[k] and second[k], for every k:
         the pair number k goes into the high 32 bits of each shingle, so one search of the
         first texts' shingles among the second's (sorted: pair by pair, each set sorted)
@@ -339,13 +350,11 @@ class NearDuplicateFinder:
         shared = np.zeros(len(first), dtype=np.int64)
         if len(keys[1]):
             hit = keys[1][np.minimum(found, len(keys[1]) - 1)] == keys[0]
-            shared = np.bincount((keys[0][hit] >> np.uint64(32)).astype(np.int64),
-                                 minlength=len(first))
+            shared = np.bincount((keys[0][hit] >> np.uint64(32)).astype(np.int64), minlength=len(first))
         return shared / np.maximum(sizes[0] + sizes[1] - shared, 1)
 
     @staticmethod
-    def distinct_shingles(shingles: np.ndarray, offsets: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray]:
+    def distinct_shingles(shingles: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each text's distinct shingle hashes cut to 32 bits, sorted, one text after another,
         and how many each text has: what `verified` compares, in the least memory."""
         texts = len(offsets) - 1
@@ -354,13 +363,13 @@ class NearDuplicateFinder:
         counts = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=texts)
         return keys.astype(np.uint32), counts
 
-    def shingles_of_ids(self, ids: np.ndarray, lengths: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
+    def shingles_of_ids(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One hashed shingle array for texts given as word ids (`lengths` words each, one
         after another) and each text's start offset in it."""
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        size = np.where(lengths >= self.config.long_text_words, self.config.long_shingle_words,
-                        self.config.short_shingle_words)
+        size = np.where(
+            lengths >= self.config.long_text_words, self.config.long_shingle_words, self.config.short_shingle_words
+        )
         size = np.minimum(size, lengths)
         counts = lengths - size + 1
         padded = np.concatenate((ids, np.zeros(self.config.long_shingle_words, np.uint64)))
@@ -384,29 +393,33 @@ class NearDuplicateFinder:
             lo, hi = offsets[start_doc], offsets[end_doc]
             if hi - lo > len(buffer):  # one text with more shingles than a chunk
                 buffer = np.empty((hi - lo, len(self.a)), dtype=np.uint64)
-            values = buffer[:hi - lo]
+            values = buffer[: hi - lo]
             np.multiply(shingles[lo:hi, None], self.a, out=values)
             values += self.b
             # the minimum of the values' high 32-bit halves, read in place (no shift pass)
             signatures[start_doc:end_doc] = np.minimum.reduceat(
-                values.view(np.uint32)[:, HIGH_HALF::2], offsets[start_doc:end_doc] - lo, axis=0)
+                values.view(np.uint32)[:, HIGH_HALF::2], offsets[start_doc:end_doc] - lo, axis=0
+            )
             start_doc = end_doc
         return signatures
 
-    def _candidates(self, signatures: np.ndarray, members: np.ndarray,
-                    threads: int = 1) -> np.ndarray:
+    def _candidates(self, signatures: np.ndarray, members: np.ndarray, threads: int = 1) -> np.ndarray:
         """(later, earlier) pairs of `members` that share a whole LSH band and whose signatures
         agree on nearly the threshold's share of values (the exact check follows); the bands
         are shared among `threads` threads."""
         bands = range(self.config.minhash_bands)
-        codes = _distinct(np.concatenate(_in_threads(
-            lambda part: self._band_candidates(signatures, members, part),
-            [bands[first::threads] for first in range(threads)])))
+        codes = _distinct(
+            np.concatenate(
+                _in_threads(
+                    lambda part: self._band_candidates(signatures, members, part),
+                    [bands[first::threads] for first in range(threads)],
+                )
+            )
+        )
         count = len(signatures)
         return np.stack((codes // count, codes % count), axis=1)
 
-    def _band_candidates(self, signatures: np.ndarray, members: np.ndarray,
-                         bands: Sequence[int]) -> np.ndarray:
+    def _band_candidates(self, signatures: np.ndarray, members: np.ndarray, bands: Sequence[int]) -> np.ndarray:
         """`_candidates` of the given bands, as codes later * len(signatures) + earlier,
         sorted and distinct."""
         rows, count = self.config.minhash_rows, len(signatures)
@@ -419,7 +432,7 @@ class NearDuplicateFinder:
         codes = np.empty(0, dtype=np.int64)  # later * count + earlier, sorted, distinct
         found: list[np.ndarray] = []  # codes of the latest bands, not yet merged into `codes`
         for band in bands:
-            values = signatures[members, band * rows:(band + 1) * rows]
+            values = signatures[members, band * rows : (band + 1) * rows]
             if rows * values.itemsize == 8:  # the band's values side by side are one word
                 keys = values.view(np.uint64)[:, 0] * self.mix[0]  # odd: equal iff equal
             else:
@@ -436,13 +449,15 @@ class NearDuplicateFinder:
                 if not reach.any():
                     break
                 if np.count_nonzero(reach) < 0.8 * len(reach):  # drop buckets out of reach
-                    ordered, order, keys, sizes = (ordered[reach], order[reach], keys[reach],
-                                                   sizes[reach])
+                    ordered, order, keys, sizes = (ordered[reach], order[reach], keys[reach], sizes[reach])
                 same = keys[distance:] == keys[:-distance]
                 for start in range(0, len(same), self.PAIRS):  # bounded temporary arrays
                     end = min(start + self.PAIRS, len(same))
-                    matching = (ordered[start + distance:end + distance] == ordered[start:end]
-                                ).view(np.uint8).sum(axis=1, dtype=np.uint16)
+                    matching = (
+                        (ordered[start + distance : end + distance] == ordered[start:end])
+                        .view(np.uint8)
+                        .sum(axis=1, dtype=np.uint16)
+                    )
                     keep = np.flatnonzero(same[start:end] & (matching >= least_matching)) + start
                     found.append(order[keep + distance].astype(np.int64) * count + order[keep])
             del ordered

@@ -33,7 +33,7 @@ class QualityReport:
 
     @property
     def verdict(self) -> str:
-        """"good" (>= 70 % valid), "warning" (50-70 %) or "critical" (< 50 %)."""
+        """ "good" (>= 70 % valid), "warning" (50-70 %) or "critical" (< 50 %)."""
         if self.quality_score >= 0.7:
             return "good"
         return "warning" if self.quality_score >= 0.5 else "critical"
@@ -41,8 +41,10 @@ class QualityReport:
     def verdict_line(self) -> str:
         """One line with a symbol, the verdict and the score (what `validate --quiet` prints)."""
         symbol = {"good": "✓", "warning": "⚠", "critical": "✗"}[self.verdict]
-        return (f"{symbol} Data quality is {self.verdict.upper()} "
-                f"({self.quality_score:.1%} of {self.total} conversations are valid)")
+        return (
+            f"{symbol} Data quality is {self.verdict.upper()} "
+            f"({self.quality_score:.1%} of {self.total} conversations are valid)"
+        )
 
     def to_dict(self) -> dict:
         """The report as plain JSON data: the original keys plus codes, verdict and details."""
@@ -55,9 +57,10 @@ class QualityReport:
             "issue_summary": {COUNT_KEYS[code]: self.counts.get(code, 0) for code in CODES},
             "issue_counts": {code: self.counts.get(code, 0) for code in CODES},
             "issues_found": [
-                {"index": index, "codes": [issue.code for issue in found],
-                 "reasons": [issue.reason for issue in found]}
-                for index, found in enumerate(self.issues) if found],
+                {"index": index, "codes": [issue.code for issue in found], "reasons": [issue.reason for issue in found]}
+                for index, found in enumerate(self.issues)
+                if found
+            ],
             "problematic_examples": self.examples,
             "recommendations": self.recommendations,
         }
@@ -66,11 +69,16 @@ class QualityReport:
 
     def format_text(self) -> str:
         """A human-readable report: score, counts, examples, recommendations, verdict."""
-        lines = ["Data Quality Report", "=" * 19,
-                 f"Total conversations:   {self.total}",
-                 f"Valid conversations:   {self.valid}",
-                 f"Invalid conversations: {self.total - self.valid}",
-                 f"Quality score:         {self.quality_score:.1%}", "", "Issues found:"]
+        lines = [
+            "Data Quality Report",
+            "=" * 19,
+            f"Total conversations:   {self.total}",
+            f"Valid conversations:   {self.valid}",
+            f"Invalid conversations: {self.total - self.valid}",
+            f"Quality score:         {self.quality_score:.1%}",
+            "",
+            "Issues found:",
+        ]
         lines += [f"  {LABELS[code] + ':':<23}{self.counts.get(code, 0)}" for code in CODES]
         if self.examples:
             lines += ["", "Examples of problems:"]

@@ -21,14 +21,12 @@ from mtnsails.quality.config import QualityConfig
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*")
 LETTERS_RE = re.compile(r"[^\W\d_]+")
 NON_LETTERS_RE = re.compile(r"[\W\d_]+")  # removing these leaves the letters
-URL_RE = re.compile(r"(?:https?://|ftp://|www\.)\S*|\b\S+\.(?:com|org|net|io|html?|php)(?:/\S*)?",
-                    re.IGNORECASE)
+URL_RE = re.compile(r"(?:https?://|ftp://|www\.)\S*|\b\S+\.(?:com|org|net|io|html?|php)(?:/\S*)?", re.IGNORECASE)
 URL_HINTS = ("://", "www.", ".com", ".org", ".net", ".io", ".htm", ".php")  # cheap pre-check
 CODE_RE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.DOTALL)
 # A sentence: up to a sentence end (closing quotes and brackets included) before a space, or the
 # rest of its line.
-SENTENCE_RE = re.compile(
-    f"[^\\n]*?[{re.escape(SENTENCE_END)}][{re.escape(CLOSING_MARKS)}]*(?=\\s|$)|[^\\n]+")
+SENTENCE_RE = re.compile(f"[^\\n]*?[{re.escape(SENTENCE_END)}][{re.escape(CLOSING_MARKS)}]*(?=\\s|$)|[^\\n]+")
 PARAGRAPH_SPLIT_RE = re.compile(r"\n{2,}")
 # Chinese and Japanese write without spaces between words.
 CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -41,21 +39,23 @@ ASCII_PUNCTUATION = b".,;:!?\"'()"
 ASCII_LETTERS = string.ascii_letters.encode("ascii")
 # ASCII bytes that end a word (what WORD_RE does not match) become spaces.
 ASCII_WORD_BREAKS = bytes(
-    code if chr(code) in string.ascii_letters + string.digits + "_'" else ord(" ")
-    for code in range(128)) + bytes(range(128, 256))
+    code if chr(code) in string.ascii_letters + string.digits + "_'" else ord(" ") for code in range(128)
+) + bytes(range(128, 256))
 # Markdown emphasis or code marks may close an answer after its last word (`**done**`).
 MARKUP_ENDS = "*`_"
 ENDINGS = SENTENCE_END + CLOSING_MARKS + MARKUP_ENDS  # a complete answer ends on one of these
 # Words a sentence cannot end on: a text ending with one (even before "...") was cut off.
 CONNECTORS = frozenset(
     "and or but nor the a an of to with for from because that which who whose if than as at by "
-    "into onto is are was were be my your their its our his her this these those".split())
+    "into onto is are was were be my your their its our his her this these those".split()
+)
 # Words that carry no answer: a restated question plus only these is still an echo.
 FILLER_WORDS = frozenset(
     "a an the and or but so of to in on at by for with from as is are was were be been it its "
     "this that these those i you he she we they me my your our their what which who how why when "
     "where do does did can could would should will shall may might must not no yes sure ok okay "
-    "well oh ah here there about asked ask question questions tell me said say just".split())
+    "well oh ah here there about asked ask question questions tell me said say just".split()
+)
 
 
 def _is_emoji(char: str) -> bool:
@@ -99,8 +99,7 @@ def words_of(text: str) -> list[str]:
     if "'" not in text:
         return words
     # an apostrophe only joins letters: "'quoted'" and "a''b" are split by WORD_RE
-    return [part for word in words
-            for part in (WORD_RE.findall(word) if "'" in word else (word,))]
+    return [part for word in words for part in (WORD_RE.findall(word) if "'" in word else (word,))]
 
 
 def _letter_count(text: str) -> int:
@@ -133,6 +132,7 @@ def _quote(text: str, limit: int = 60) -> str:
 
 # -- per-text rules (each returns a reason or None) -----------------------------------------
 
+
 def repetition_reason(text: str, words: list[str], config: QualityConfig) -> str | None:
     """Loops and repeated content, by the rule suited to the text's length."""
     if any(map(eq, words, islice(words, 1, None))):  # a run needs a word repeated at once
@@ -151,8 +151,7 @@ def repetition_reason(text: str, words: list[str], config: QualityConfig) -> str
     size = config.repeated_sentence_min_words
     lowered = text.lower().split()
     if len(set(_ngrams(lowered, size))) < len(lowered) - size + 1:
-        sentences = [s.strip().lower() for s in SENTENCE_RE.findall(text)
-                     if len(s.split()) >= size]
+        sentences = [s.strip().lower() for s in SENTENCE_RE.findall(text) if len(s.split()) >= size]
         _, _, top, top_count = _duplicates(sentences)
         if top_count > 1:
             return f"repeats the sentence {_quote(top)} {top_count} times"
@@ -160,33 +159,45 @@ def repetition_reason(text: str, words: list[str], config: QualityConfig) -> str
         raw = text.encode("utf-8")
         ratio = len(raw) / len(zlib.compress(raw, 9, wbits=-15))
         if ratio > config.max_compression_ratio:
-            trigrams = Counter(" ".join(words[i:i + 3]) for i in range(len(words) - 2))
+            trigrams = Counter(" ".join(words[i : i + 3]) for i in range(len(words) - 2))
             phrase, count = _most_common(trigrams) if trigrams else ("", 0)
-            return (f"compresses {ratio:.1f}x (limit {config.max_compression_ratio}): it repeats "
-                    f"{phrase!r} {count} times")
+            return (
+                f"compresses {ratio:.1f}x (limit {config.max_compression_ratio}): it repeats {phrase!r} {count} times"
+            )
     return None
 
 
 def _gopher_repetition(text: str, words: list[str], config: QualityConfig) -> str | None:
     """Gopher's repetition rules (Rae et al. 2021, Table A1), as datatrove implements them."""
     for unit, parts, max_fraction, max_chars in (
-            ("line", [p.strip() for p in text.split("\n") if p.strip()],
-             config.max_duplicate_line_fraction, config.max_duplicate_line_char_fraction),
-            ("paragraph", [p.strip() for p in PARAGRAPH_SPLIT_RE.split(text) if p.strip()],
-             config.max_duplicate_paragraph_fraction,
-             config.max_duplicate_paragraph_char_fraction)):
+        (
+            "line",
+            [p.strip() for p in text.split("\n") if p.strip()],
+            config.max_duplicate_line_fraction,
+            config.max_duplicate_line_char_fraction,
+        ),
+        (
+            "paragraph",
+            [p.strip() for p in PARAGRAPH_SPLIT_RE.split(text) if p.strip()],
+            config.max_duplicate_paragraph_fraction,
+            config.max_duplicate_paragraph_char_fraction,
+        ),
+    ):
         count, chars, top, top_count = _duplicates(parts)
         if count and (count / len(parts) > max_fraction or chars / len(text) > max_chars):
-            return (f"repeats the {unit} {_quote(top)} {top_count} times ({count} of "
-                    f"{len(parts)} {unit}s are duplicates)")
+            return (
+                f"repeats the {unit} {_quote(top)} {top_count} times ({count} of {len(parts)} {unit}s are duplicates)"
+            )
     if len(set(_ngrams(words, 2))) == len(words) - 1:
         return None  # no word pair repeats, so no longer n-gram can either
     for n, limit in config.max_top_ngram_char_fraction:
         top, count = _most_common(Counter(_ngrams(words, n)))
         covered = (sum(map(len, top)) + n - 1) * count  # the n-gram as text, times its count
         if count > 1 and covered / len(text) > limit:
-            return (f"repeats the phrase {' '.join(top)!r} {count} times (its repeats cover "
-                    f"{covered / len(text):.0%} of the text; limit {limit:.0%})")
+            return (
+                f"repeats the phrase {' '.join(top)!r} {count} times (its repeats cover "
+                f"{covered / len(text):.0%} of the text; limit {limit:.0%})"
+            )
     shortest = min(n for n, _ in config.max_duplicate_ngram_char_fraction)
     grams = list(_ngrams(words, shortest))
     first = dict(zip(reversed(grams), range(len(grams) - 1, -1, -1)))  # gram -> first place
@@ -204,7 +215,7 @@ def _gopher_repetition(text: str, words: list[str], config: QualityConfig) -> st
             same: dict[tuple[str, ...], list[int]] = {}
             for place in group:
                 if place + n <= len(words):
-                    same.setdefault(tuple(words[place + shortest:place + n]), []).append(place)
+                    same.setdefault(tuple(words[place + shortest : place + n]), []).append(place)
             for places in same.values():
                 for k in range(1, len(places)):
                     earlier[places[k]] = places[:k]
@@ -215,7 +226,7 @@ def _gopher_repetition(text: str, words: list[str], config: QualityConfig) -> st
             if place < i:
                 continue
             if any(before not in skipped for before in earlier[place]):
-                gram = words[place:place + n]
+                gram = words[place : place + n]
                 repeated_chars += sum(map(len, gram))
                 first_repeat = first_repeat or gram
                 skipped.update(range(place + 1, place + n))
@@ -223,8 +234,10 @@ def _gopher_repetition(text: str, words: list[str], config: QualityConfig) -> st
             else:
                 i = place + 1
         if repeated_chars / len(text) > limit:
-            return (f"{repeated_chars / len(text):.0%} of the text is repeated {n}-word "
-                    f"sequences such as {' '.join(first_repeat)!r} (limit {limit:.0%})")
+            return (
+                f"{repeated_chars / len(text):.0%} of the text is repeated {n}-word "
+                f"sequences such as {' '.join(first_repeat)!r} (limit {limit:.0%})"
+            )
     return None
 
 
@@ -246,13 +259,15 @@ def gibberish_reason(text: str, config: QualityConfig) -> str | None:
         prose = URL_RE.sub(" ", prose)
         words = prose.split()
     if url_chars / len(compact) > config.max_url_char_fraction and (
-            len(compact) >= config.url_fraction_min_chars
-            or len(words) < config.min_output_words):
+        len(compact) >= config.url_fraction_min_chars or len(words) < config.min_output_words
+    ):
         return f"is mostly URLs ({url_chars / len(compact):.0%} of its characters): {_quote(text)}"
     letters = _letter_count(prose)
     if len(compact) - url_chars and letters / (len(compact) - url_chars) < config.min_alpha_ratio:
-        return (f"has only {letters / (len(compact) - url_chars):.0%} letters among its "
-                f"characters (minimum {config.min_alpha_ratio:.0%}): {_quote(prose)}")
+        return (
+            f"has only {letters / (len(compact) - url_chars):.0%} letters among its "
+            f"characters (minimum {config.min_alpha_ratio:.0%}): {_quote(prose)}"
+        )
     low, high = config.mean_word_length_range
     joined = "".join(words) if url_chars else compact
     if joined.isascii():
@@ -260,25 +275,28 @@ def gibberish_reason(text: str, config: QualityConfig) -> str | None:
     else:
         kept = len(joined.translate(PUNCTUATION))
     mean = kept / max(len(words), 1)
-    if ((mean > high and len(words) >= config.min_output_words and not CJK_RE.search(prose))
-            or (mean < low and len(words) >= config.gopher_min_words)):
+    if (mean > high and len(words) >= config.min_output_words and not CJK_RE.search(prose)) or (
+        mean < low and len(words) >= config.gopher_min_words
+    ):
         return f"has a mean word length of {mean:.1f} characters (expected {low:g}-{high:g})"
     if len(words) < config.gopher_min_words:
         return None
     hashes = HEADING_RE.sub("", prose).count("#") if "#" in prose else 0
     symbols = hashes + prose.count("...") + prose.count("…")
     if symbols / len(words) > config.max_symbol_word_ratio:
-        return (f"has {symbols} '#' or '...' symbols for {len(words)} words "
-                f"(limit {config.max_symbol_word_ratio} per word)")
+        return (
+            f"has {symbols} '#' or '...' symbols for {len(words)} words (limit {config.max_symbol_word_ratio} per word)"
+        )
     with_letter = len(words) - _letterless_words(words)
     if with_letter / len(words) < config.min_words_with_letter:
-        return (f"has a letter in only {with_letter / len(words):.0%} of its words "
-                f"(minimum {config.min_words_with_letter:.0%})")
+        return (
+            f"has a letter in only {with_letter / len(words):.0%} of its words "
+            f"(minimum {config.min_words_with_letter:.0%})"
+        )
     return None
 
 
-def echo_reason(input_words: list[str], output_tokens: list[str],
-                config: QualityConfig) -> str | None:
+def echo_reason(input_words: list[str], output_tokens: list[str], config: QualityConfig) -> str | None:
     """The output mostly repeats the input (given as its lower-case words) and adds no content
     word of its own."""
     input_tokens = set(input_words)
@@ -290,8 +308,7 @@ def echo_reason(input_words: list[str], output_tokens: list[str],
         return None
     if any(t not in input_tokens and t not in FILLER_WORDS for t in output_tokens):
         return None
-    return (f"repeats the input ({overlap:.0%} of its words come from it) and adds nothing "
-            "new; write the actual answer")
+    return f"repeats the input ({overlap:.0%} of its words come from it) and adds nothing new; write the actual answer"
 
 
 def incomplete_reason(text: str) -> str | None:

@@ -45,6 +45,7 @@ from mtnsails.quality.rules import (
 
 # -- the validator --------------------------------------------------------------------------
 
+
 class DataQualityValidator:
     """Checks conversations one by one (`check`) and as a data set (`analyze`).
 
@@ -59,14 +60,16 @@ class DataQualityValidator:
         """Per-conversation rules on every exchange of a native conversation."""
         return self._check(conversation, exchanges(conversation))[0]
 
-    def _check(self, conversation: dict, turns: list[tuple[str, str]]
-               ) -> tuple[list[QualityIssue], list[str]]:
+    def _check(self, conversation: dict, turns: list[tuple[str, str]]) -> tuple[list[QualityIssue], list[str]]:
         """The issues, and the conversation's lower-case words for the copy search (every turn,
         system included, turns separated by a marker; none when it has no word); `turns` are
         its `exchanges`."""
         if CUT_SHORT in conversation:
-            return [QualityIssue("cut_short", f"{conversation[CUT_SHORT]} is cut short (an interrupted "
-                                              "write): the record is lost")], []
+            return [
+                QualityIssue(
+                    "cut_short", f"{conversation[CUT_SHORT]} is cut short (an interrupted write): the record is lost"
+                )
+            ], []
         limit = self.config.max_text_chars
         system = conversation.get("system") or ""
         tokens = words_of(system[:limit].lower()) + ["\x1f"]
@@ -81,43 +84,60 @@ class DataQualityValidator:
             if (not user_input or user_input.isspace()) and not (number == 1 and len(turns) > 1):
                 issues.append(QualityIssue("empty_input", prefix + LABELS["empty_input"]))
             output_tokens = words_of(output[:limit].lower())
-            issues += [QualityIssue(code, prefix + reason) for code, reason
-                       in self._check_output(input_tokens, output, output_tokens)]
+            issues += [
+                QualityIssue(code, prefix + reason)
+                for code, reason in self._check_output(input_tokens, output, output_tokens)
+            ]
             tokens += input_tokens + ["\x1f"] + output_tokens + ["\x1f"]
         return issues, (tokens if len(tokens) > len(turns) * 2 + 1 else [])
 
-    def _check_output(self, input_tokens: list[str], output: str,
-                      tokens: list[str]) -> list[tuple[str, str]]:
+    def _check_output(self, input_tokens: list[str], output: str, tokens: list[str]) -> list[tuple[str, str]]:
         """(code, reason) of each rule the answer fails; each reason opens with its category."""
         config = self.config
         if not output or output.isspace():
             return [("empty_output", LABELS["empty_output"])]
-        head = output[:config.max_text_chars]
+        head = output[: config.max_text_chars]
         found = []
         count = word_count(head)
         if count < config.min_output_words:
-            found.append(("short_output", f"only {count} word{'s' if count != 1 else ''} "
-                          f"({_quote(head)}); answers need at least {config.min_output_words}"))
-        for code, reason in (("repetitive_output", repetition_reason(head, tokens, config)),
-                             ("gibberish_output", gibberish_reason(head, config)),
-                             ("echo_output", echo_reason(input_tokens, tokens, config)),
-                             ("incomplete_output",
-                              incomplete_reason(output[-config.max_text_chars:]))):
+            found.append(
+                (
+                    "short_output",
+                    f"only {count} word{'s' if count != 1 else ''} "
+                    f"({_quote(head)}); answers need at least {config.min_output_words}",
+                )
+            )
+        for code, reason in (
+            ("repetitive_output", repetition_reason(head, tokens, config)),
+            ("gibberish_output", gibberish_reason(head, config)),
+            ("echo_output", echo_reason(input_tokens, tokens, config)),
+            ("incomplete_output", incomplete_reason(output[-config.max_text_chars :])),
+        ):
             if reason:
                 found.append((code, reason))
         return [(code, f"{LABELS[code]}: {reason}") for code, reason in found]
 
-    def validate_conversation(self, conversation: dict, check_repetition: bool = True,
-                              check_length: bool = True, check_gibberish: bool = True,
-                              check_echo: bool = True, check_incomplete: bool = True
-                              ) -> tuple[bool, list[str]]:
+    def validate_conversation(
+        self,
+        conversation: dict,
+        check_repetition: bool = True,
+        check_length: bool = True,
+        check_gibberish: bool = True,
+        check_echo: bool = True,
+        check_incomplete: bool = True,
+    ) -> tuple[bool, list[str]]:
         """Original API: (is_valid, reasons); the flags switch single rules off. Each reason
         opens with its category ("repetitive output: ...", "empty output")."""
-        enabled = {"check_repetition": check_repetition, "check_length": check_length,
-                   "check_gibberish": check_gibberish, "check_echo": check_echo,
-                   "check_incomplete": check_incomplete}
-        reasons = [issue.reason for issue in self.check(conversation)
-                   if enabled.get(RULE_FLAGS.get(issue.code, ""), True)]
+        enabled = {
+            "check_repetition": check_repetition,
+            "check_length": check_length,
+            "check_gibberish": check_gibberish,
+            "check_echo": check_echo,
+            "check_incomplete": check_incomplete,
+        }
+        reasons = [
+            issue.reason for issue in self.check(conversation) if enabled.get(RULE_FLAGS.get(issue.code, ""), True)
+        ]
         return not reasons, reasons
 
     def analyze(self, conversations: Iterable[dict]) -> QualityReport:
@@ -152,17 +172,21 @@ class DataQualityValidator:
                 break
             if found and (index in snippets or isinstance(conversations, Sequence)):
                 user_input, output = snippets.get(index) or _snippets(conversations[index])
-                examples.append({"index": index, "input": user_input, "output": output,
-                                 "codes": [issue.code for issue in found],
-                                 "issues": [issue.reason for issue in found]})
+                examples.append(
+                    {
+                        "index": index,
+                        "input": user_input,
+                        "output": output,
+                        "codes": [issue.code for issue in found],
+                        "issues": [issue.reason for issue in found],
+                    }
+                )
         valid = sum(1 for found in issues if not found)
-        report = QualityReport(total=len(issues), valid=valid, issues=issues, counts=counts,
-                               examples=examples)
+        report = QualityReport(total=len(issues), valid=valid, issues=issues, counts=counts, examples=examples)
         report.recommendations = recommendations(report, self.config)
         return report
 
-    def _checked_chunks(self, conversations: Iterable[dict]
-                        ) -> Iterator[tuple[ChunkResult, dict[int, int]]]:
+    def _checked_chunks(self, conversations: Iterable[dict]) -> Iterator[tuple[ChunkResult, dict[int, int]]]:
         """`check_chunk` of the new conversations of each chunk of `chunk_conversations`, with
         the chunk's repeats (`_new_chunks`), in order: the first `parallel_min_conversations`
         in this process (starting workers costs more than a small data set takes), the rest in
@@ -175,8 +199,7 @@ class DataQualityValidator:
         workers = config.workers or usable_cpus()
         chunk = next(chunks, None)
         if chunk is None or workers < 2:
-            yield from ((check_chunk(self, new), repeats)
-                        for new, repeats in chain([chunk] if chunk else [], chunks))
+            yield from ((check_chunk(self, new), repeats) for new, repeats in chain([chunk] if chunk else [], chunks))
             return
         import multiprocessing
 
@@ -210,12 +233,16 @@ class DataQualityValidator:
         for index, (original, similarity) in finder.copies().items():
             if similarity is None:
                 found[index] = QualityIssue(
-                    "duplicate", f"exact duplicate of conversation {original} (after "
-                    "normalising case, spacing and punctuation); remove the copy")
+                    "duplicate",
+                    f"exact duplicate of conversation {original} (after "
+                    "normalising case, spacing and punctuation); remove the copy",
+                )
             else:
                 found[index] = QualityIssue(
-                    "near_duplicate", f"near duplicate of conversation {original} "
-                    f"({similarity:.0%} of word shingles shared); keep one of them")
+                    "near_duplicate",
+                    f"near duplicate of conversation {original} "
+                    f"({similarity:.0%} of word shingles shared); keep one of them",
+                )
         return found
 
 
@@ -251,8 +278,7 @@ def check_chunk(validator: DataQualityValidator, conversations: list[dict]) -> C
             key = "\x00" + "\x1f".join(part.lower() for part in parts)
         keys.append(key)
         token_lists.append(tokens)
-    return ChunkResult(issues, snippets,
-                       text_codes(keys, token_lists, validator.config.max_dedup_words))
+    return ChunkResult(issues, snippets, text_codes(keys, token_lists, validator.config.max_dedup_words))
 
 
 # Conversations remembered to find repeats (`_new_chunks`): between this many and twice as
@@ -260,8 +286,7 @@ def check_chunk(validator: DataQualityValidator, conversations: list[dict]) -> C
 REMEMBERED = 100_000
 
 
-def _new_chunks(conversations: Iterable[dict], size: int
-                ) -> Iterator[tuple[list[dict], dict[int, int]]]:
+def _new_chunks(conversations: Iterable[dict], size: int) -> Iterator[tuple[list[dict], dict[int, int]]]:
     """The conversations in chunks of `size`, each as the conversations not read before and
     {place in the chunk of a repeat: index of its first reading}. A repeat has the fields and
     values of an earlier conversation (a data set's exact copies, a line logged twice): the
@@ -297,9 +322,14 @@ def _content_key(conversation: dict) -> bytes | None:
         return None
 
 
-def _with_repeats(result: ChunkResult, repeats: dict[int, int], start: int,
-                  issues: list[list[QualityIssue]], snippets: dict[int, tuple[str, str]],
-                  finder: CopyFinder) -> ChunkResult:
+def _with_repeats(
+    result: ChunkResult,
+    repeats: dict[int, int],
+    start: int,
+    issues: list[list[QualityIssue]],
+    snippets: dict[int, tuple[str, str]],
+    finder: CopyFinder,
+) -> ChunkResult:
     """The `ChunkResult` of a whole chunk (its first conversation number `start`) from that of
     its new conversations and its repeats: a repeat gets its first reading's issues, snippet
     and key hash (from this chunk, or from `issues`, `snippets` and `finder` for earlier
@@ -328,8 +358,7 @@ def _with_repeats(result: ChunkResult, repeats: dict[int, int], start: int,
             snippet = snippets.get(original)
         if snippet is not None:
             chunk_snippets[place] = snippet
-    return ChunkResult(found, chunk_snippets,
-                       result.codes._replace(digests=digests, lengths=lengths))
+    return ChunkResult(found, chunk_snippets, result.codes._replace(digests=digests, lengths=lengths))
 
 
 def _ignore_interrupts() -> None:
@@ -349,36 +378,39 @@ def recommendations(report: QualityReport, config: QualityConfig) -> list[str]:
         return ["The data set is empty: add conversations with an 'input' and an 'output'."]
     advice = {
         "empty_output": "{n} conversation(s) have an empty answer: fill them in or remove them.",
-        "empty_input": "{n} conversation(s) have an empty question: add the question or remove "
-                       "them.",
+        "empty_input": "{n} conversation(s) have an empty question: add the question or remove them.",
         "short_output": "{n} answer(s) have fewer than {w} words: write full-sentence answers; "
-                        "the model copies their brevity.",
-        "repetitive_output": "{n} answer(s) repeat themselves: rewrite or drop them, or the "
-                             "model learns to loop.",
+        "the model copies their brevity.",
+        "repetitive_output": "{n} answer(s) repeat themselves: rewrite or drop them, or the model learns to loop.",
         "gibberish_output": "{n} answer(s) look like symbols, URLs or markup (common in scraped "
-                            "pages): clean them up or drop them.",
+        "pages): clean them up or drop them.",
         "echo_output": "{n} answer(s) only repeat the question: replace them with real answers.",
         "incomplete_output": "{n} answer(s) stop mid-sentence (often a length cut when scraping "
-                             "or logging): finish them or end them with punctuation.",
+        "or logging): finish them or end them with punctuation.",
         "duplicate": "{n} conversation(s) are exact copies of earlier ones: remove them so "
-                     "they do not weigh more in training.",
+        "they do not weigh more in training.",
         "near_duplicate": "{n} conversation(s) are near copies of earlier ones: keep one of each.",
-        "marked_bad": "{n} answer(s) were marked bad in chat: leave them out, or correct them "
-                      "with `review`.",
+        "marked_bad": "{n} answer(s) were marked bad in chat: leave them out, or correct them with `review`.",
         "cut_short": "{n} record(s) end the file cut short (a write was interrupted): training "
-                     "skips them; export the file again if that record matters.",
+        "skips them; export the file again if that record matters.",
     }
-    result = [advice[code].format(n=counts[code], w=config.min_output_words)
-              for code in CODES if counts.get(code)]
+    result = [advice[code].format(n=counts[code], w=config.min_output_words) for code in CODES if counts.get(code)]
     if 0 < report.valid < total:
-        result.append("Run `validate --data-file FILE --filter` to write only the "
-                      f"{report.valid} valid conversations to a new file.")
+        result.append(
+            "Run `validate --data-file FILE --filter` to write only the "
+            f"{report.valid} valid conversations to a new file."
+        )
     if report.verdict == "critical":
-        result.insert(0, "Most conversations have problems: training on this data will give a "
-                         "poor model. Fix the data before training.")
+        result.insert(
+            0,
+            "Most conversations have problems: training on this data will give a "
+            "poor model. Fix the data before training.",
+        )
     if total < 50:
-        result.append(f"Only {total} conversations: a few hundred varied ones give a model "
-                      "that handles new questions much better.")
+        result.append(
+            f"Only {total} conversations: a few hundred varied ones give a model "
+            "that handles new questions much better."
+        )
     if not result:
         result.append("No problems found: the data is ready for training.")
     return result
@@ -387,8 +419,7 @@ def recommendations(report: QualityReport, config: QualityConfig) -> list[str]:
 QUALITY_BLOCKS = "critical"  # verdict (< 50 % valid conversations) that stops training without --force
 
 
-def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = False
-                 ) -> QualityReport:
+def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = False) -> QualityReport:
     """Show the data-quality report; refuse a critical data set unless `force`. Returns the report."""
     # One process: training has loaded torch, whose threads a fork would copy mid-flight, and
     # under torchrun every rank would start workers of its own on the same cores.
@@ -398,9 +429,10 @@ def quality_gate(conversations: list[dict], force: bool = False, quiet: bool = F
         print(report.format_text())
     score = f"{report.quality_score:.0%}"
     if report.verdict == QUALITY_BLOCKS and not force:
-        raise MtnsailsError(f"data quality {score} is below 50 %: fix the data (`validate --filter` "
-                            "keeps the good conversations) or pass --force to train anyway")
+        raise MtnsailsError(
+            f"data quality {score} is below 50 %: fix the data (`validate --filter` "
+            "keeps the good conversations) or pass --force to train anyway"
+        )
     if main and report.verdict != "good":
-        print(f"warning: data quality is {score} ({report.verdict}); training anyway",
-              file=sys.stderr)
+        print(f"warning: data quality is {score} ({report.verdict}); training anyway", file=sys.stderr)
     return report

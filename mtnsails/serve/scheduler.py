@@ -129,9 +129,11 @@ class BatchScheduler:
             job.config = replace(job.config, max_new_tokens=model.generation.max_new_tokens)
         prompt = model.prompt(job.question, job.history, job.config.max_new_tokens, system=job.system).ids
         if len(prompt) + job.config.max_new_tokens > model.context_length:
-            raise MtnsailsError(f"the prompt ({len(prompt)} tokens) and max_tokens "
-                                f"({job.config.max_new_tokens}) exceed the model's context of "
-                                f"{model.context_length} tokens")
+            raise MtnsailsError(
+                f"the prompt ({len(prompt)} tokens) and max_tokens "
+                f"({job.config.max_new_tokens}) exceed the model's context of "
+                f"{model.context_length} tokens"
+            )
         job.model, job.prompt_ids = model, prompt
         return job
 
@@ -141,8 +143,9 @@ class BatchScheduler:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
             if len(self._active) + len(self._waiting) >= self.max_batch + self.max_queue:
-                raise QueueFull(f"the server is busy: {self.max_batch} requests in the batch and "
-                                f"{self.max_queue} waiting")
+                raise QueueFull(
+                    f"the server is busy: {self.max_batch} requests in the batch and {self.max_queue} waiting"
+                )
             self._waiting.append(job)
             self._condition.notify_all()
 
@@ -155,8 +158,12 @@ class BatchScheduler:
     def load(self) -> dict:
         """Requests in the batch and waiting, and counts so far (for /health)."""
         with self._condition:
-            return {"active": len(self._active), "waiting": len(self._waiting),
-                    "served": self.served, "cancelled": self.cancelled}
+            return {
+                "active": len(self._active),
+                "waiting": len(self._waiting),
+                "served": self.served,
+                "cancelled": self.cancelled,
+            }
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new jobs, end those in flight with an error, and wait for the thread."""
@@ -178,8 +185,9 @@ class BatchScheduler:
                 if self._waiting and not self._reload_requested and self._replaced():
                     self._reload_requested = True
                 admitted = []
-                while (not self._reload_requested and self._waiting
-                       and len(self._active) + len(admitted) < self.max_batch):
+                while (
+                    not self._reload_requested and self._waiting and len(self._active) + len(admitted) < self.max_batch
+                ):
                     admitted.append(self._waiting.popleft())
                 reload_now = self._reload_requested and not self._active
             if reload_now:
@@ -213,9 +221,15 @@ class BatchScheduler:
                 job.on_done(error)
                 continue
             rng = np.random.default_rng(job.config.seed)
-            sequences.append(_Sequence(job, TokenChooser(job.config, job.prompt_ids, rng),
-                                       AnswerText(self.model.tokenizer, [self.model.template.user_marker, *job.stops],
-                                                  self.model.eos_token_id)))
+            sequences.append(
+                _Sequence(
+                    job,
+                    TokenChooser(job.config, job.prompt_ids, rng),
+                    AnswerText(
+                        self.model.tokenizer, [self.model.template.user_marker, *job.stops], self.model.eos_token_id
+                    ),
+                )
+            )
         if not sequences:
             return
         with self._condition:
@@ -257,16 +271,24 @@ class BatchScheduler:
         if piece:
             sequence.job.on_text(piece)
         length = len(sequence.job.prompt_ids) + sequence.generated
-        if (sequence.answer.stop_reason or sequence.generated >= sequence.job.config.max_new_tokens
-                or length >= self.model.context_length):
+        if (
+            sequence.answer.stop_reason
+            or sequence.generated >= sequence.job.config.max_new_tokens
+            or length >= self.model.context_length
+        ):
             self._finish(key)
 
     def _finish(self, key: int) -> None:
         sequence = self._remove(key)
         answer = sequence.answer
         cut = answer.stop_reason is None  # the token limit or the context ended it
-        completion = Completion(answer.finish(), answer.finish(trim=cut), "length" if cut else "stop",
-                                len(sequence.job.prompt_ids), sequence.generated)
+        completion = Completion(
+            answer.finish(),
+            answer.finish(trim=cut),
+            "length" if cut else "stop",
+            len(sequence.job.prompt_ids),
+            sequence.generated,
+        )
         with self._condition:
             self.served += 1
         sequence.job.on_done(completion)
@@ -313,8 +335,9 @@ class BatchScheduler:
         try:
             model = self.open_model()
         except MtnsailsError as error:
-            print(f"warning: model reload failed, still serving the previous model: {error}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: model reload failed, still serving the previous model: {error}", file=sys.stderr, flush=True
+            )
             return
         self.model, self._batch = model, BatchDecoder(model.decoder)
         print(f"reloaded the model from {model.path} ({model.precision})", file=sys.stderr, flush=True)

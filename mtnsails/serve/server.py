@@ -22,8 +22,9 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -41,23 +42,44 @@ MAX_BODY_BYTES = 1 << 20  # a request over 1 MiB is refused (the context holds a
 SHUTDOWN_SECONDS = 5  # requests still running this long after SIGTERM are cut
 MAX_STOPS = 4  # as OpenAI allows
 # Request fields with no counterpart here, and the values that mean "not used".
-UNSUPPORTED = {"n": (1,), "tools": ([],), "tool_choice": ("none",), "functions": ([],), "function_call": ("none",),
-               "logprobs": (False,), "top_logprobs": (0,), "logit_bias": ({},), "audio": (), "modalities": (["text"],),
-               "prediction": (), "response_format": ({"type": "text"},), "frequency_penalty": (0,),
-               "presence_penalty": (0,), "parallel_tool_calls": (False, True)}
+UNSUPPORTED = {
+    "n": (1,),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "functions": ([],),
+    "function_call": ("none",),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "logit_bias": ({},),
+    "audio": (),
+    "modalities": (["text"],),
+    "prediction": (),
+    "response_format": ({"type": "text"},),
+    "frequency_penalty": (0,),
+    "presence_penalty": (0,),
+    "parallel_tool_calls": (False, True),
+}
 
 
 class APIError(Exception):
     """A request the server refuses: HTTP status and OpenAI's error fields."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+        return JSONResponse(
+            {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}},
+            status_code=self.status,
+        )
 
 
 def _refuse_constant(name: str) -> Any:
@@ -72,8 +94,7 @@ def _number(body: dict, name: str, low: float, high: float | None = None, intege
         return None
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        raise APIError(400, f"'{name}' must be {'an integer' if integer else 'a finite number'}, got {value!r}",
-                       name)
+        raise APIError(400, f"'{name}' must be {'an integer' if integer else 'a finite number'}, got {value!r}", name)
     if value < low or (high is not None and value > high):
         bounds = f"at least {low}" if high is None else f"between {low} and {high}"
         raise APIError(400, f"'{name}' = {value} must be {bounds}", name)
@@ -84,8 +105,11 @@ def _stops(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     stops = [value] if isinstance(value, str) else value
-    if (not isinstance(stops, list) or len(stops) > MAX_STOPS
-            or not all(isinstance(stop, str) and stop for stop in stops)):
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOPS
+        or not all(isinstance(stop, str) and stop for stop in stops)
+    ):
         raise APIError(400, f"'stop' must be a non-empty string or a list of at most {MAX_STOPS}", "stop")
     return tuple(stops)
 
@@ -107,15 +131,18 @@ def parse_request(body: Any, defaults: GenerationConfig) -> tuple[GenerationJob,
         raise APIError(400, "'messages' must end with a user message (the question to answer)", "messages")
     if not question.strip():
         raise APIError(400, "the last user message is empty", "messages")
-    settings = {"temperature": _number(body, "temperature", 0, 2), "top_p": _number(body, "top_p", 0, 1),
-                "seed": _number(body, "seed", -(2 ** 63), 2 ** 63 - 1, integer=True)}
+    settings = {
+        "temperature": _number(body, "temperature", 0, 2),
+        "top_p": _number(body, "top_p", 0, 1),
+        "seed": _number(body, "seed", -(2**63), 2**63 - 1, integer=True),
+    }
     settings["max_new_tokens"] = _number(body, "max_completion_tokens", 1, integer=True)  # the newer name
     if settings["max_new_tokens"] is None:
         settings["max_new_tokens"] = _number(body, "max_tokens", 1, integer=True)
     if settings["top_p"] == 0:
         raise APIError(400, "'top_p' must be above 0", "top_p")
     if settings["seed"] is not None:
-        settings["seed"] %= 2 ** 63  # numpy seeds are non-negative
+        settings["seed"] %= 2**63  # numpy seeds are non-negative
     config = replace(defaults, **{name: value for name, value in settings.items() if value is not None})
     stream = body.get("stream")
     stream = False if stream is None else stream  # OpenAI's API takes null for every optional field
@@ -124,8 +151,15 @@ def parse_request(body: Any, defaults: GenerationConfig) -> tuple[GenerationJob,
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise APIError(400, "'stream_options' must be an object", "stream_options")
-    job = GenerationJob(question, history, system, config, _stops(body.get("stop")),
-                        on_text=lambda piece: None, on_done=lambda result: None)
+    job = GenerationJob(
+        question,
+        history,
+        system,
+        config,
+        _stops(body.get("stop")),
+        on_text=lambda piece: None,
+        on_done=lambda result: None,
+    )
     return job, stream, bool(options.get("include_usage"))
 
 
@@ -136,8 +170,14 @@ class ChatServer:
     >>> server.run("127.0.0.1", 8000)   # until SIGTERM or Ctrl-C
     """
 
-    def __init__(self, scheduler: BatchScheduler, defaults: GenerationConfig, api_key: str | None = None,
-                 logger=None, model_name: str | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: BatchScheduler,
+        defaults: GenerationConfig,
+        api_key: str | None = None,
+        logger=None,
+        model_name: str | None = None,
+    ) -> None:
         """`logger`: a ConversationLogger that gets every answered exchange (None: no log)."""
         self.scheduler = scheduler
         self.defaults = defaults
@@ -150,11 +190,16 @@ class ChatServer:
         self._round_ended = threading.Event()
         self._closing = False
         scheduler.on_round = self._round_ended.set
-        routes = [Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-                  Route("/v1/models", self.models, methods=["GET"]),
-                  Route("/health", self.health, methods=["GET"])]
-        self.app = Starlette(routes=routes, lifespan=self._lifespan,
-                             exception_handlers={HTTPException: self._http_error, Exception: self._crash})
+        routes = [
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+        ]
+        self.app = Starlette(
+            routes=routes,
+            lifespan=self._lifespan,
+            exception_handlers={HTTPException: self._http_error, Exception: self._crash},
+        )
 
     # -- endpoints -----------------------------------------------------------------------------
 
@@ -181,9 +226,12 @@ class ChatServer:
             return error.response()
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if stream:
-            return _CancellingStream(job, self._stream(job, events, completion_id, include_usage),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return _CancellingStream(
+                job,
+                self._stream(job, events, completion_id, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         try:
             completion = await self._wait(request, events)
         finally:
@@ -192,13 +240,24 @@ class ChatServer:
             return Response(status_code=499)  # nobody is listening any more
         if isinstance(completion, MtnsailsError):
             return APIError(503, str(completion), None, "server_unavailable", "server_error").response()
-        return JSONResponse({
-            "id": completion_id, "object": "chat.completion", "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
-                         "logprobs": None, "finish_reason": completion.finish_reason}],
-            "usage": _usage(completion)},
-            background=BackgroundTask(self._log, job, completion))  # logged after the reply is sent
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": completion.text},
+                        "logprobs": None,
+                        "finish_reason": completion.finish_reason,
+                    }
+                ],
+                "usage": _usage(completion),
+            },
+            background=BackgroundTask(self._log, job, completion),
+        )  # logged after the reply is sent
 
     async def models(self, request: Request) -> Response:
         try:
@@ -206,13 +265,23 @@ class ChatServer:
         except APIError as error:
             return error.response()
         created = int(self.scheduler.model.path.stat().st_mtime)
-        return JSONResponse({"object": "list", "data": [{"id": self.model_name, "object": "model",
-                                                         "created": created, "owned_by": "mtnsails"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": self.model_name, "object": "model", "created": created, "owned_by": "mtnsails"}],
+            }
+        )
 
     async def health(self, request: Request) -> Response:
         """Liveness and load; open without the API key (it tells nothing about conversations)."""
-        return JSONResponse({"status": "ok", "model": self.model_name,
-                             "precision": self.scheduler.model.precision, **self.scheduler.load()})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": self.model_name,
+                "precision": self.scheduler.model.precision,
+                **self.scheduler.load(),
+            }
+        )
 
     # -- pieces ----------------------------------------------------------------------------------
 
@@ -221,8 +290,9 @@ class ChatServer:
             return
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
-            raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')", None,
-                           "invalid_api_key")
+            raise APIError(
+                401, "missing or wrong API key (send 'Authorization: Bearer <key>')", None, "invalid_api_key"
+            )
 
     async def _json_body(self, request: Request) -> Any:
         declared = request.headers.get("content-length", "")
@@ -233,8 +303,7 @@ class ChatServer:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:
-                    raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes", None,
-                                   "request_too_large")
+                    raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes", None, "request_too_large")
                 chunks.append(chunk)
         except ClientDisconnect:  # the body broke off (bad chunking, a client gone): uvicorn answered it
             raise APIError(400, "the request body ended before it was complete", None, "incomplete_body") from None
@@ -265,15 +334,25 @@ class ChatServer:
         finally:
             watcher.cancel()
 
-    async def _stream(self, job: GenerationJob, events: asyncio.Queue, completion_id: str,
-                      include_usage: bool) -> AsyncIterator[str]:
+    async def _stream(
+        self, job: GenerationJob, events: asyncio.Queue, completion_id: str, include_usage: bool
+    ) -> AsyncIterator[str]:
         created = int(time.time())
 
         def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> str:
-            choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
-                                                 "finish_reason": finish_reason}]
-            data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                    "model": self.model_name, "choices": choices, **extra}
+            choices = (
+                []
+                if delta is None
+                else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+            )
+            data = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.model_name,
+                "choices": choices,
+                **extra,
+            }
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
@@ -335,8 +414,9 @@ class ChatServer:
         await asyncio.to_thread(self.logger.log, job.question, completion.answer, **extra)
 
     async def _http_error(self, request: Request, error: HTTPException) -> Response:
-        return APIError(error.status_code, str(error.detail), None,
-                        "not_found" if error.status_code == 404 else None).response()
+        return APIError(
+            error.status_code, str(error.detail), None, "not_found" if error.status_code == 404 else None
+        ).response()
 
     async def _crash(self, request: Request, error: Exception) -> Response:
         return APIError(500, f"internal error: {type(error).__name__}", None, None, "server_error").response()
@@ -372,8 +452,15 @@ class ChatServer:
         except OSError as error:
             raise MtnsailsError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
         port = listener.getsockname()[1]  # the one the system chose for --port 0
-        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=SHUTDOWN_SECONDS, lifespan="on")
+        config = uvicorn.Config(
+            self.app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+            lifespan="on",
+        )
         server = uvicorn.Server(config)
         # uvicorn re-raises the stop signal once it has shut down; it then meets these handlers
         # instead of the defaults (which would kill the process or raise KeyboardInterrupt).
@@ -381,8 +468,12 @@ class ChatServer:
             signal.signal(stop, lambda *_: None)
         if not quiet:
             model = self.scheduler.model
-            print(f"serving {model.path} ({model.precision}) on http://{host}:{port}/v1 "
-                  f"(batch up to {self.scheduler.max_batch}); Ctrl-C stops", file=sys.stderr, flush=True)
+            print(
+                f"serving {model.path} ({model.precision}) on http://{host}:{port}/v1 "
+                f"(batch up to {self.scheduler.max_batch}); Ctrl-C stops",
+                file=sys.stderr,
+                flush=True,
+            )
         server.run(sockets=[listener])
 
 
@@ -402,5 +493,8 @@ class _CancellingStream(StreamingResponse):
 
 
 def _usage(completion: Completion) -> dict:
-    return {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens}
+    return {
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+    }

@@ -24,9 +24,9 @@ from __future__ import annotations
 import functools
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.settings import flag_of, setting
@@ -40,15 +40,18 @@ class AugmentConfig:
     Off by default: on the embedded model the varied examples slow its learning more than they
     help (docs/training.md, "Answers that hold up in a chat")."""
 
-    enabled: bool = setting(False, "vary the training examples each epoch: some after exchanges "
-                            "drawn from the data as history, some reworded", flag="--augment")
+    enabled: bool = setting(
+        False,
+        "vary the training examples each epoch: some after exchanges drawn from the data as history, some reworded",
+        flag="--augment",
+    )
     history_share: float = setting(
-        0.5, "share of examples asked after exchanges drawn from the data as history",
-        flag="--augment-history")
-    max_history: int = setting(4, "drawn exchanges before such an example: 1 to this many",
-                               flag="--augment-max-history")
-    reworded_share: float = setting(
-        0.3, "share of examples whose last question is reworded", flag="--augment-reworded")
+        0.5, "share of examples asked after exchanges drawn from the data as history", flag="--augment-history"
+    )
+    max_history: int = setting(
+        4, "drawn exchanges before such an example: 1 to this many", flag="--augment-max-history"
+    )
+    reworded_share: float = setting(0.3, "share of examples whose last question is reworded", flag="--augment-reworded")
 
     def validate(self) -> None:
         """Raise `MtnsailsError` naming the first setting that is out of range."""
@@ -56,8 +59,7 @@ class AugmentConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise MtnsailsError(f"{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
         if self.max_history < 1:
-            raise MtnsailsError(f"{_flag('max_history')} must be at least 1, "
-                                f"got {self.max_history}")
+            raise MtnsailsError(f"{_flag('max_history')} must be at least 1, got {self.max_history}")
 
     @property
     def active(self) -> bool:
@@ -82,9 +84,14 @@ class ConversationAugmenter:
     >>> examples.variant(0, 3)          # conversation 0 at its 4th use (segments)
     """
 
-    def __init__(self, conversations: list[dict], template: ChatTemplate,
-                 config: AugmentConfig | None = None, seed: int = 42,
-                 encode: Callable[[list[Segment]], object] | None = None) -> None:
+    def __init__(
+        self,
+        conversations: list[dict],
+        template: ChatTemplate,
+        config: AugmentConfig | None = None,
+        seed: int = 42,
+        encode: Callable[[list[Segment]], object] | None = None,
+    ) -> None:
         self.conversations = conversations
         self.template = template
         self.config = config or AugmentConfig()
@@ -132,40 +139,97 @@ def _system(conversation: dict, rng: random.Random) -> str | None:
     return conversation.get("system") if rng.random() < 0.5 else None
 
 
-def _learn_last(template: ChatTemplate, turns: list[tuple[str, str]], system: str | None
-                ) -> list[Segment]:
+def _learn_last(template: ChatTemplate, turns: list[tuple[str, str]], system: str | None) -> list[Segment]:
     """Segments of `turns` where every answer but the last is context (masked, EOS kept)."""
     segments = list(template.segments(turns, system))
     last = max(index for index, segment in enumerate(segments) if segment.is_response)
-    return [Segment(segment.text, True, learned=False)
-            if segment.is_response and index != last else segment
-            for index, segment in enumerate(segments)]
+    return [
+        Segment(segment.text, True, learned=False) if segment.is_response and index != last else segment
+        for index, segment in enumerate(segments)
+    ]
 
 
 # -- rewording rules ------------------------------------------------------------------------------
 
-CONTRACTIONS = {"what is": "what's", "how is": "how's", "where is": "where's", "who is": "who's",
-                "it is": "it's", "do not": "don't", "does not": "doesn't", "is not": "isn't",
-                "can not": "can't", "cannot": "can't", "i am": "i'm", "that is": "that's",
-                "should not": "shouldn't", "are not": "aren't", "i have": "i've"}
+CONTRACTIONS = {
+    "what is": "what's",
+    "how is": "how's",
+    "where is": "where's",
+    "who is": "who's",
+    "it is": "it's",
+    "do not": "don't",
+    "does not": "doesn't",
+    "is not": "isn't",
+    "can not": "can't",
+    "cannot": "can't",
+    "i am": "i'm",
+    "that is": "that's",
+    "should not": "shouldn't",
+    "are not": "aren't",
+    "i have": "i've",
+}
 # Openings of a how-to question that mean the same; the rest of the question follows unchanged.
-HOW_TO = ("how do i", "how can i", "how should i", "what's the way to", "what is the best way to",
-          "how to", "how would i", "how do you", "what's the best way to")
+HOW_TO = (
+    "how do i",
+    "how can i",
+    "how should i",
+    "what's the way to",
+    "what is the best way to",
+    "how to",
+    "how would i",
+    "how do you",
+    "what's the best way to",
+)
 # Words a person often leaves out or adds without changing the question.
-FILLER = {"the", "a", "an", "my", "your", "do", "does", "i", "you", "is", "are", "please", "to",
-          "of", "for", "really", "actually", "exactly", "just"}
-QUESTION_WORDS = {"how", "what", "what's", "why", "when", "where", "which", "who", "can", "should",
-                  "could", "would", "will", "need"}
-OPENERS = ("", "", "", "please ", "can you tell me ", "tell me ", "quick question: ", "so ",
-           "hey, ", "i wonder ")
+FILLER = {
+    "the",
+    "a",
+    "an",
+    "my",
+    "your",
+    "do",
+    "does",
+    "i",
+    "you",
+    "is",
+    "are",
+    "please",
+    "to",
+    "of",
+    "for",
+    "really",
+    "actually",
+    "exactly",
+    "just",
+}
+QUESTION_WORDS = {
+    "how",
+    "what",
+    "what's",
+    "why",
+    "when",
+    "where",
+    "which",
+    "who",
+    "can",
+    "should",
+    "could",
+    "would",
+    "will",
+    "need",
+}
+OPENERS = ("", "", "", "please ", "can you tell me ", "tell me ", "quick question: ", "so ", "hey, ", "i wonder ")
 
 
 def packaged_synonyms() -> list[tuple[str, ...]]:
     """Groups of interchangeable everyday words shipped with mtnsails (one group per line)."""
     # Beside this file, like the corpus: resources.files() breaks under some editable installs.
     text = (Path(__file__).resolve().parent / "resources" / "synonyms.txt").read_text("utf-8")
-    return [tuple(word.strip() for word in line.split(","))
-            for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        tuple(word.strip() for word in line.split(","))
+        for line in text.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 @functools.lru_cache(maxsize=1)
@@ -199,7 +263,7 @@ def _contract(text: str, rng: random.Random) -> str:
 def _how_to(text: str, rng: random.Random) -> str:
     for opening in sorted(HOW_TO, key=len, reverse=True):
         if text.lower().startswith(opening + " "):
-            return rng.choice([other for other in HOW_TO if other != opening]) + text[len(opening):]
+            return rng.choice([other for other in HOW_TO if other != opening]) + text[len(opening) :]
     return text
 
 
@@ -208,8 +272,16 @@ def _what_is(text: str, rng: random.Random) -> str:
     if match is None:
         return text
     subject = match.group(3)
-    return rng.choice([f"what does {subject} mean", f"explain {subject}", f"define {subject}",
-                       f"tell me about {subject}", f"{subject}?", f"what's {subject}"])
+    return rng.choice(
+        [
+            f"what does {subject} mean",
+            f"explain {subject}",
+            f"define {subject}",
+            f"tell me about {subject}",
+            f"{subject}?",
+            f"what's {subject}",
+        ]
+    )
 
 
 def _drop_filler(text: str, rng: random.Random) -> str:
@@ -245,8 +317,7 @@ def _opener(text: str, rng: random.Random) -> str:
     return rng.choice(OPENERS) + text
 
 
-RULES = (_contract, _how_to, _what_is, _swap_synonyms, _drop_filler, _drop_word, _keywords,
-         _swap_neighbours, _opener)
+RULES = (_contract, _how_to, _what_is, _swap_synonyms, _drop_filler, _drop_word, _keywords, _swap_neighbours, _opener)
 
 
 def reword(question: str, rng: random.Random) -> str:

@@ -46,8 +46,10 @@ def progress_line(state, logs: dict, started: float, start_step: int) -> str | N
     done = state.global_step - start_step
     remaining = elapsed / done * (state.max_steps - state.global_step) if done else None
     eta = _clock(remaining) if remaining is not None else "unknown"
-    return (f"epoch {state.epoch or 0:.2f}/{state.num_train_epochs}, step {state.global_step}/"
-            f"{state.max_steps}: {measures}, elapsed {_clock(elapsed)}, ETA {eta}")
+    return (
+        f"epoch {state.epoch or 0:.2f}/{state.num_train_epochs}, step {state.global_step}/"
+        f"{state.max_steps}: {measures}, elapsed {_clock(elapsed)}, ETA {eta}"
+    )
 
 
 def _clock(seconds: float) -> str:
@@ -69,7 +71,7 @@ def non_finite_problem(logs: dict, model=None) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trainer_classes() -> SimpleNamespace:
     """The classes, by name: CheckedTrainer, SaveAfterEvaluate, Interrupt, StopOnNonFiniteLoss,
     ProgressLines, ProgressBar."""
@@ -94,8 +96,10 @@ def trainer_classes() -> SimpleNamespace:
             except Exception as error:  # torch, safetensors and the OS each raise their own
                 if self.args.should_save and not existed:
                     shutil.rmtree(folder, ignore_errors=True)
-                raise MtnsailsError(f"cannot save a checkpoint in {folder}: {first_line(error)[:200]} "
-                                    "(is the disk full or the folder read-only?)") from None
+                raise MtnsailsError(
+                    f"cannot save a checkpoint in {folder}: {first_line(error)[:200]} "
+                    "(is the disk full or the folder read-only?)"
+                ) from None
 
     class SaveAfterEvaluate(TrainerCallback):
         """Checkpoint after each evaluation, so the best model is on disk to reload at the end."""
@@ -122,8 +126,7 @@ def trainer_classes() -> SimpleNamespace:
         def _handle(self, signum, frame) -> None:
             self.requested = True
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)",
-                  file=sys.stderr)
+            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", file=sys.stderr)
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.requested:
@@ -173,7 +176,11 @@ def trainer_classes() -> SimpleNamespace:
             if line and state.is_world_process_zero and self.training_bar is not None:
                 self.training_bar.write(line)
 
-    return SimpleNamespace(CheckedTrainer=CheckedTrainer,
-                           SaveAfterEvaluate=SaveAfterEvaluate, Interrupt=Interrupt,
-                           StopOnNonFiniteLoss=StopOnNonFiniteLoss, ProgressLines=ProgressLines,
-                           ProgressBar=ProgressBar)
+    return SimpleNamespace(
+        CheckedTrainer=CheckedTrainer,
+        SaveAfterEvaluate=SaveAfterEvaluate,
+        Interrupt=Interrupt,
+        StopOnNonFiniteLoss=StopOnNonFiniteLoss,
+        ProgressLines=ProgressLines,
+        ProgressBar=ProgressBar,
+    )

@@ -44,15 +44,17 @@ def _safetensors_whole(path: Path) -> bool:
     with open(path, "rb") as handle:
         (header_length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(header_length))
-    end = max((entry["data_offsets"][1] for name, entry in header.items()
-               if name != "__metadata__"), default=0)
+    end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
     return path.stat().st_size == 8 + header_length + end
 
 
 def checkpoints(directory: Path) -> list[Path]:
     """The `checkpoint-<step>` folders in `directory`, newest (highest step) first."""
-    found = [(int(match.group(1)), path) for path in directory.iterdir()
-             if path.is_dir() and (match := _CHECKPOINT.fullmatch(path.name))]
+    found = [
+        (int(match.group(1)), path)
+        for path in directory.iterdir()
+        if path.is_dir() and (match := _CHECKPOINT.fullmatch(path.name))
+    ]
     return [path for _, path in sorted(found, reverse=True)]
 
 

@@ -49,13 +49,12 @@ def encode_segments(tokenizer, segments: list[Segment], max_length: int) -> dict
             # Keep the question the answer belongs to (at most half the window) and cut the answer.
             prompt_length = _last_prompt_length(labels, last_prompt_start)
             start = last_prompt_start + prompt_length - min(prompt_length, max_length // 2)
-            input_ids = input_ids[start:start + max_length]
-            labels = labels[start:start + max_length]
+            input_ids = input_ids[start : start + max_length]
+            labels = labels[start : start + max_length]
             truncated = 2
         else:
             input_ids, labels = input_ids[start:], labels[start:]
-    return {"input_ids": input_ids, "labels": labels, "length": len(input_ids),
-            "truncated": truncated}
+    return {"input_ids": input_ids, "labels": labels, "length": len(input_ids), "truncated": truncated}
 
 
 def _last_prompt_length(labels: list[int], start: int) -> int:

@@ -18,34 +18,39 @@ class TrainingConfig:
     """Every training setting. None means "the model's own default" (see `resolved`)."""
 
     model_name: str = setting(
-        "distilgpt2", "hub model name, a local model directory (e.g. ./trained_model to retrain) or "
-        "'tiny' for the embedded offline model; distilgpt2 falls back to tiny when it cannot be had")
+        "distilgpt2",
+        "hub model name, a local model directory (e.g. ./trained_model to retrain) or "
+        "'tiny' for the embedded offline model; distilgpt2 falls back to tiny when it cannot be had",
+    )
     output_dir: str = setting("./trained_model", "where the trained model goes")
     num_epochs: int | None = setting(
-        None, "passes over the data (default: 3; tiny: 40; continuing a model: 3, tiny: 30)",
-        flag="--epochs")
+        None, "passes over the data (default: 3; tiny: 40; continuing a model: 3, tiny: 30)", flag="--epochs"
+    )
     batch_size: int = setting(4, "examples per device step")
     learning_rate: float | None = setting(
-        None, "peak learning rate (default: 5e-5; tiny: 1e-3; continuing a model: 1e-5, tiny: 1e-3)")
+        None, "peak learning rate (default: 5e-5; tiny: 1e-3; continuing a model: 1e-5, tiny: 1e-3)"
+    )
     warmup_ratio: float = setting(0.0, "fraction of steps with a rising learning rate")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     gradient_accumulation_steps: int = setting(1, "steps whose gradients add up before one update")
     max_length: int = setting(256, "tokens per example; longer ones lose context from the left")
     eval_split: float | None = setting(
-        None, "fraction held out for eval loss (default: 0.1 with >= 20 conversations, else none; "
-        "tiny: none)")
+        None, "fraction held out for eval loss (default: 0.1 with >= 20 conversations, else none; tiny: none)"
+    )
     early_stopping_patience: int | None = setting(
-        None, "stop after N evaluations without a better eval loss (default: off)")
+        None, "stop after N evaluations without a better eval loss (default: off)"
+    )
     seed: int = setting(42, "random seed")
     device: str = setting("cpu", "where to train; auto picks a GPU when there is one", choices=DEVICES)
     save_steps: int = setting(100, "checkpoint every N steps into <output-dir>.checkpoints")
     resume: bool = setting(False, "continue an interrupted run from its last checkpoint")
     quiet: bool = setting(False, "no progress bars or reports")
-    trust_remote_code: bool = setting(
-        False, "allow a hub model to run its own Python code (only for models you trust)")
+    trust_remote_code: bool = setting(False, "allow a hub model to run its own Python code (only for models you trust)")
     no_replay: bool = setting(
-        False, "continuing an mtnsails model (--model-name ./trained_model): train on the new data "
-        "alone, without mixing the model's earlier training data back in")
+        False,
+        "continuing an mtnsails model (--model-name ./trained_model): train on the new data "
+        "alone, without mixing the model's earlier training data back in",
+    )
     template: ChatTemplate = field(default_factory=ChatTemplate)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # extra examples (mtnsails.train.augment)
 
@@ -54,16 +59,19 @@ class TrainingConfig:
         bad = non_finite(self)
         if bad is not None:
             raise MtnsailsError(f"{flag_of(bad)} must be a finite number, got {getattr(self, bad.name)}")
-        positive = {"--epochs": self.num_epochs, "--batch-size": self.batch_size,
-                    "--learning-rate": self.learning_rate, "--save-steps": self.save_steps,
-                    "--gradient-accumulation-steps": self.gradient_accumulation_steps,
-                    "--max-length": self.max_length,
-                    "--early-stopping-patience": self.early_stopping_patience}
+        positive = {
+            "--epochs": self.num_epochs,
+            "--batch-size": self.batch_size,
+            "--learning-rate": self.learning_rate,
+            "--save-steps": self.save_steps,
+            "--gradient-accumulation-steps": self.gradient_accumulation_steps,
+            "--max-length": self.max_length,
+            "--early-stopping-patience": self.early_stopping_patience,
+        }
         for flag, value in positive.items():
             if value is not None and not value > 0:
                 raise MtnsailsError(f"{flag} must be greater than 0, got {value}")
-        for flag, value in {"--warmup-ratio": self.warmup_ratio,
-                            "--eval-split": self.eval_split}.items():
+        for flag, value in {"--warmup-ratio": self.warmup_ratio, "--eval-split": self.eval_split}.items():
             if value is not None and not 0 <= value < 1:
                 raise MtnsailsError(f"{flag} must be in [0, 1), got {value}")
         if self.weight_decay < 0:
@@ -87,11 +95,17 @@ class TrainingConfig:
             epochs, learning_rate, eval_split = 3, 5e-5, (0.1 if examples >= 20 else 0.0)
         if continuing:
             later = ContinuedTrainingDefaults()
-            epochs, learning_rate = ((later.embedded_num_epochs, later.embedded_learning_rate)
-                                     if embedded else (later.num_epochs, later.learning_rate))
-        return replace(self, num_epochs=self.num_epochs or epochs,
-                       learning_rate=self.learning_rate or learning_rate,
-                       eval_split=eval_split if self.eval_split is None else self.eval_split)
+            epochs, learning_rate = (
+                (later.embedded_num_epochs, later.embedded_learning_rate)
+                if embedded
+                else (later.num_epochs, later.learning_rate)
+            )
+        return replace(
+            self,
+            num_epochs=self.num_epochs or epochs,
+            learning_rate=self.learning_rate or learning_rate,
+            eval_split=eval_split if self.eval_split is None else self.eval_split,
+        )
 
     @property
     def checkpoint_dir(self) -> Path:

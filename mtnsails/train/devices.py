@@ -7,7 +7,7 @@ torch is imported; the rest import torch inside the function.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from mtnsails.core.errors import MtnsailsError
 

@@ -47,8 +47,9 @@ def packaged_corpus() -> list[str]:
 TOKENIZER_TEXT_CHARS = 100_000  # of each text, what the embedded tokenizer is trained on
 
 
-def build_embedded_tokenizer(texts: Iterable[str], vocab_size: int = EmbeddedModelSpec.vocab_size
-                             ) -> PreTrainedTokenizerFast:
+def build_embedded_tokenizer(
+    texts: Iterable[str], vocab_size: int = EmbeddedModelSpec.vocab_size
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `texts` plus the packaged corpus.
 
     Byte-level BPE can encode any text, so chat never meets an unknown character. The returned
@@ -69,8 +70,7 @@ def build_embedded_tokenizer(texts: Iterable[str], vocab_size: int = EmbeddedMod
     )
     # BPE learns its merges from word counts, which a text's start shows as well as all of it:
     # a 50 MB answer would otherwise cost gigabytes in the trainer.
-    bpe.train_from_iterator([*(text[:TOKENIZER_TEXT_CHARS] for text in texts), *packaged_corpus()],
-                            trainer=trainer)
+    bpe.train_from_iterator([*(text[:TOKENIZER_TEXT_CHARS] for text in texts), *packaged_corpus()], trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=EOS_TOKEN,
@@ -82,8 +82,9 @@ def build_embedded_tokenizer(texts: Iterable[str], vocab_size: int = EmbeddedMod
     )
 
 
-def build_embedded_model(texts: Iterable[str], spec: EmbeddedModelSpec = EmbeddedModelSpec()
-                         ) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
+def build_embedded_model(
+    texts: Iterable[str], spec: EmbeddedModelSpec = EmbeddedModelSpec()
+) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     """Return (model, tokenizer) of the embedded default, randomly initialised from `spec.seed`."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -284,21 +285,24 @@ def _load(source: str, trust_remote_code: bool, local_files_only: bool) -> tuple
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            source, local_files_only=local_files_only, trust_remote_code=trust_remote_code)
+            source, local_files_only=local_files_only, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, TypeError):
         raise
     except Exception as error:  # the tokenizers library raises a bare Exception for a corrupt file
         raise ValueError(f"cannot read its tokenizer ({first_line(error)})") from error
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, local_files_only=local_files_only, trust_remote_code=trust_remote_code,
-            use_safetensors=_has_safetensors(source) or None)
+            source,
+            local_files_only=local_files_only,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=_has_safetensors(source) or None,
+        )
     except RuntimeError as error:
         mismatch = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
         if not mismatch:
             raise
-        raise ValueError(f"its weights do not fit the sizes in config.json ({mismatch[0]})"
-                         ) from error
+        raise ValueError(f"its weights do not fit the sizes in config.json ({mismatch[0]})") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # labels are masked by attention mask, not pad id
     if model.config.pad_token_id is None:
@@ -328,7 +332,8 @@ def _check_hub_name(name: str) -> None:
     except HFValidationError:
         raise MtnsailsError(
             f"--model-name {name}: no such directory, and not a valid Hugging Face model name "
-            "('name' or 'owner/name' of letters, digits, '-', '_' and '.')") from None
+            "('name' or 'owner/name' of letters, digits, '-', '_' and '.')"
+        ) from None
 
 
 def _has_safetensors(source: str) -> bool:
@@ -350,25 +355,30 @@ def _from_directory(path: Path, name: str, trust_remote_code: bool) -> ResolvedM
     from safetensors import SafetensorError
 
     if not (path / "config.json").is_file():
-        raise MtnsailsError(f"--model-name {name}: directory has no config.json, so it is not a "
-                            "saved model (expected an mtnsails trained model or a Hugging Face model)")
+        raise MtnsailsError(
+            f"--model-name {name}: directory has no config.json, so it is not a "
+            "saved model (expected an mtnsails trained model or a Hugging Face model)"
+        )
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     if not weights:
         raise MtnsailsError(f"--model-name {name}: directory has no model weights ({WEIGHT_FILES})")
     for file in weights:
         if file.suffix == ".bin" and not is_torch_save_file(file):
-            raise MtnsailsError(f"--model-name {name}: {file.name} is not a PyTorch weights file "
-                                f"({WEIGHT_FILES}); it is never unpickled")
+            raise MtnsailsError(
+                f"--model-name {name}: {file.name} is not a PyTorch weights file "
+                f"({WEIGHT_FILES}); it is never unpickled"
+            )
     if not any((path / file).is_file() for file in TOKENIZER_FILES):
-        raise MtnsailsError(f"--model-name {name}: directory has no tokenizer files (tokenizer.json "
-                            "or vocab.json + merges.txt); save the tokenizer beside the model")
+        raise MtnsailsError(
+            f"--model-name {name}: directory has no tokenizer files (tokenizer.json "
+            "or vocab.json + merges.txt); save the tokenizer beside the model"
+        )
     metadata = read_metadata(path)
     try:
         model, tokenizer = _load(str(path), trust_remote_code, local_files_only=True)
     except SafetensorError as error:
         files = ", ".join(file.name for file in weights)
-        raise MtnsailsError(f"--model-name {name}: cannot read the weights in {files} "
-                            f"({first_line(error)})") from None
+        raise MtnsailsError(f"--model-name {name}: cannot read the weights in {files} ({first_line(error)})") from None
     except (OSError, ValueError, TypeError) as error:  # e.g. a corrupt config.json, or an
         # architecture that needs --trust-remote-code
         raise MtnsailsError(f"--model-name {name}: cannot load it: {first_line(error)}") from None

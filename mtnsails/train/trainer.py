@@ -55,9 +55,18 @@ from mtnsails.train.models import (
 )
 
 # Importable from here as before: scripts and the CLI use them with LLMTrainer.
-__all__ = ["LLMTrainer", "TrainingConfig", "TrainingDiverged", "TrainingInterrupted",
-           "TrainingResult", "finish_distributed", "packaged_example_data", "parse_text",
-           "plot_loss", "quality_gate"]
+__all__ = [
+    "LLMTrainer",
+    "TrainingConfig",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "TrainingResult",
+    "finish_distributed",
+    "packaged_example_data",
+    "parse_text",
+    "plot_loss",
+    "quality_gate",
+]
 # The training data drawn anew each epoch: (template, indices of the training conversations,
 # segments -> encoded example) -> a map-style dataset, or None to train on the examples as they are.
 Augment = Callable[[ChatTemplate, list[int], Callable[[list[Segment]], dict]], object]
@@ -113,10 +122,14 @@ class LLMTrainer:
     `train(texts, num_epochs=3, ...)`, `save_model(path=None)`, `load_trained_model(path)`.
     """
 
-    def __init__(self, model_name: str = "distilgpt2", output_dir: str = "./trained_model",
-                 device: str = "cpu", config: TrainingConfig | None = None) -> None:
-        self.config = config or TrainingConfig(model_name=model_name, output_dir=output_dir,
-                                               device=device)
+    def __init__(
+        self,
+        model_name: str = "distilgpt2",
+        output_dir: str = "./trained_model",
+        device: str = "cpu",
+        config: TrainingConfig | None = None,
+    ) -> None:
+        self.config = config or TrainingConfig(model_name=model_name, output_dir=output_dir, device=device)
         self.config.validate()
         self.model = None
         self.tokenizer = None
@@ -124,8 +137,13 @@ class LLMTrainer:
         self._choice: ModelChoice | None = None  # what the next run trains (see model_choice)
         self.result: TrainingResult | None = None
         self._settings: dict = {}
-        self._data_info: dict = {"data_file": None, "data_sha256": None, "system": None,
-                                 "history_exchanges": None, "questions": None}
+        self._data_info: dict = {
+            "data_file": None,
+            "data_sha256": None,
+            "system": None,
+            "history_exchanges": None,
+            "questions": None,
+        }
         self._answer_tokens: dict | None = None
         self._held_out: list[int] = []
         self._conversations: list[dict] | None = None  # what the last run trained on
@@ -145,16 +163,26 @@ class LLMTrainer:
 
     # -- the original API ----------------------------------------------------------------------
 
-    def train(self, train_texts: list[str], num_epochs: int = 3, batch_size: int = 4,
-              learning_rate: float = 5e-5, save_steps: int = 100, max_length: int = 256
-              ) -> TrainingResult:
+    def train(
+        self,
+        train_texts: list[str],
+        num_epochs: int = 3,
+        batch_size: int = 4,
+        learning_rate: float = 5e-5,
+        save_steps: int = 100,
+        max_length: int = 256,
+    ) -> TrainingResult:
         """Original API: train on texts like "User: ...\\nAssistant: ..." (see `parse_text`)."""
-        self.config = replace(self.config, num_epochs=num_epochs, batch_size=batch_size,
-                              learning_rate=learning_rate, save_steps=save_steps,
-                              max_length=max_length)
+        self.config = replace(
+            self.config,
+            num_epochs=num_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            save_steps=save_steps,
+            max_length=max_length,
+        )
         self.config.validate()
-        self._data_info = {"data_file": None, "data_sha256": _sha256_json(train_texts),
-                           "system": None}
+        self._data_info = {"data_file": None, "data_sha256": _sha256_json(train_texts), "system": None}
         self._conversations, self._replayed = None, 0  # texts: no conversations to keep
         return self._train(lambda template: [parse_text(text, template) for text in train_texts])
 
@@ -168,8 +196,7 @@ class LLMTrainer:
                 with atomic_directory(path, kind=MODEL_FORMAT) as staging:
                     self.model.save_pretrained(staging, safe_serialization=True)
                     self.tokenizer.save_pretrained(staging)
-                    atomic_write_text(staging / METADATA_FILE,
-                                      json.dumps(self._metadata(), indent=2) + "\n")
+                    atomic_write_text(staging / METADATA_FILE, json.dumps(self._metadata(), indent=2) + "\n")
                     if self._conversations is not None:
                         write_conversations(staging / TRAINING_DATA_FILE, self._conversations)
                     history = self.result.loss_history if self.result else []
@@ -177,8 +204,10 @@ class LLMTrainer:
             except MtnsailsError:
                 raise
             except Exception as error:  # torch, safetensors and the OS each raise their own
-                raise MtnsailsError(f"cannot write the model to {path}: {first_line(error)[:200]} "
-                                    "(is the disk full?); nothing there was changed") from None
+                raise MtnsailsError(
+                    f"cannot write the model to {path}: {first_line(error)[:200]} "
+                    "(is the disk full?); nothing there was changed"
+                ) from None
             if note and not self.config.quiet:
                 print(note, file=sys.stderr)
         barrier()  # the other ranks return once the model is there
@@ -192,8 +221,9 @@ class LLMTrainer:
 
     # -- the new API ---------------------------------------------------------------------------
 
-    def train_conversations(self, conversations: list[dict],
-                            data_file: str | os.PathLike | list | None = None) -> TrainingResult:
+    def train_conversations(
+        self, conversations: list[dict], data_file: str | os.PathLike | list | None = None
+    ) -> TrainingResult:
         """Train on native conversations ({"input", "output"} + optional history/system).
 
         `data_file` (a path, or a list of paths the conversations were combined from) is
@@ -214,29 +244,31 @@ class LLMTrainer:
         if marked_bad:  # an answer a person marked wrong in chat is never learned
             conversations = [c for c in conversations if c.get("feedback") != "bad"]
             if not self.config.quiet and is_main_process():
-                print(f"note: {marked_bad} conversation(s) marked bad in chat are left out",
-                      file=sys.stderr)
+                print(f"note: {marked_bad} conversation(s) marked bad in chat are left out", file=sys.stderr)
         replayed = self._replay_conversations()
         combined, (self._replayed, added) = combine_conversations([replayed, conversations])
         self._data_info["system"] = common_system(combined)  # chat's default system prompt
         # chat keeps as many earlier exchanges as the model learned to use, and asks reworded
         # questions as the trained stand-alone question they match
-        self._data_info["history_exchanges"] = max((len(c.get("history") or []) for c in combined),
-                                                   default=0)
-        self._data_info["questions"] = list(dict.fromkeys(c["input"] for c in combined
-                                                          if not c.get("history")))
+        self._data_info["history_exchanges"] = max((len(c.get("history") or []) for c in combined), default=0)
+        self._data_info["questions"] = list(dict.fromkeys(c["input"] for c in combined if not c.get("history")))
         if replayed and not self.config.quiet and is_main_process():
-            print(f"note: continuing {self.config.model_name}: its {len(replayed)} training "
-                  f"conversations are mixed back in with {added} new ones, so it keeps what it "
-                  "knew (--no-replay trains on the new ones alone)", file=sys.stderr)
+            print(
+                f"note: continuing {self.config.model_name}: its {len(replayed)} training "
+                f"conversations are mixed back in with {added} new ones, so it keeps what it "
+                "knew (--no-replay trains on the new ones alone)",
+                file=sys.stderr,
+            )
         self._conversations = combined
         config = self.config
         return self._train(
-            lambda template: [list(template.segments(exchanges(c), c.get("system")))
-                              for c in combined],
-            lambda template, kept, encode: ConversationAugmenter(
-                [combined[i] for i in kept], template, config.augment, config.seed, encode)
-            if config.augment.active else None)
+            lambda template: [list(template.segments(exchanges(c), c.get("system"))) for c in combined],
+            lambda template, kept, encode: (
+                ConversationAugmenter([combined[i] for i in kept], template, config.augment, config.seed, encode)
+                if config.augment.active
+                else None
+            ),
+        )
 
     def _replay_conversations(self) -> list[dict]:
         """The conversations the model being continued was trained on ([] when it is not an
@@ -250,15 +282,17 @@ class LLMTrainer:
 
     # -- the work ------------------------------------------------------------------------------
 
-    def _train(self, make_examples: Callable[[ChatTemplate], list[list[Segment]]],
-               augment: Augment | None = None) -> TrainingResult:
+    def _train(
+        self, make_examples: Callable[[ChatTemplate], list[list[Segment]]], augment: Augment | None = None
+    ) -> TrainingResult:
         """Train on the examples `make_examples(template)` builds (segments per conversation),
         or on `augment(...)`'s dataset of them that varies each epoch (never the held-out ones)."""
         with _removed_without_checkpoint(self.config.checkpoint_dir):
             return self._run(make_examples, augment)
 
-    def _run(self, make_examples: Callable[[ChatTemplate], list[list[Segment]]],
-             augment: Augment | None) -> TrainingResult:
+    def _run(
+        self, make_examples: Callable[[ChatTemplate], list[list[Segment]]], augment: Augment | None
+    ) -> TrainingResult:
         """The run itself: resolve the model, encode, train, record the result."""
         config = self.config
         examples = make_examples(config.template)
@@ -269,8 +303,11 @@ class LLMTrainer:
         checkpoint = self._resume_checkpoint()  # before any slow work: refuse early
         earlier = describe_training(config.output_dir)
         if earlier and not config.quiet and is_main_process():  # users rerun train: say what goes
-            print(f"note: replacing the model in {config.output_dir} ({earlier}) once this run "
-                  "succeeds; choose another --output-dir to keep it", file=sys.stderr)
+            print(
+                f"note: replacing the model in {config.output_dir} ({earlier}) once this run "
+                "succeeds; choose another --output-dir to keep it",
+                file=sys.stderr,
+            )
         examples = self._resolve_model(examples, make_examples)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
         continuing = self.resolved.metadata.get("format") == MODEL_FORMAT
@@ -283,47 +320,65 @@ class LLMTrainer:
         truncated = sum(bool(item["truncated"]) for item in encoded)
         if truncated and is_main_process():
             cut_answers = sum(item["truncated"] == 2 for item in encoded)
-            print(f"note: {truncated} of {len(encoded)} examples exceed --max-length {max_length} "
-                  f"tokens: their context was cut from the left"
-                  + (f"; {cut_answers} answers lost their end too (raise --max-length)"
-                     if cut_answers else ""), file=sys.stderr)
-        self._answer_tokens = length_record([length for item in encoded for length in
-                                             answer_lengths(item["labels"], tokenizer.eos_token_id)])
+            print(
+                f"note: {truncated} of {len(encoded)} examples exceed --max-length {max_length} "
+                f"tokens: their context was cut from the left"
+                + (f"; {cut_answers} answers lost their end too (raise --max-length)" if cut_answers else ""),
+                file=sys.stderr,
+            )
+        self._answer_tokens = length_record(
+            [length for item in encoded for length in answer_lengths(item["labels"], tokenizer.eos_token_id)]
+        )
         train_set, eval_set = _split(encoded, eval_split, config.seed)
         held_out = {id(item) for item in eval_set}
         self._held_out = [index for index, item in enumerate(encoded) if id(item) in held_out]
         train_data = None
         if augment is not None:  # the training conversations only, never the held-out ones
             kept = [index for index, item in enumerate(encoded) if id(item) not in held_out]
-            train_data = augment(config.template, kept,
-                                 lambda segments: encode_segments(tokenizer, segments, max_length))
+            train_data = augment(
+                config.template, kept, lambda segments: encode_segments(tokenizer, segments, max_length)
+            )
 
         self._settings = {
-            "num_epochs": epochs, "batch_size": config.batch_size, "learning_rate": learning_rate,
-            "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay,
+            "num_epochs": epochs,
+            "batch_size": config.batch_size,
+            "learning_rate": learning_rate,
+            "warmup_ratio": config.warmup_ratio,
+            "weight_decay": config.weight_decay,
             "gradient_accumulation_steps": config.gradient_accumulation_steps,
-            "max_length": max_length, "eval_split": eval_split,
-            "early_stopping_patience": config.early_stopping_patience, "seed": config.seed,
-            "device": config.device, "examples": len(encoded), "train_examples": len(train_set),
-            "eval_examples": len(eval_set), "truncated_examples": truncated,
-            "processes": world_size(), "continued": continuing,
+            "max_length": max_length,
+            "eval_split": eval_split,
+            "early_stopping_patience": config.early_stopping_patience,
+            "seed": config.seed,
+            "device": config.device,
+            "examples": len(encoded),
+            "train_examples": len(train_set),
+            "eval_examples": len(eval_set),
+            "truncated_examples": truncated,
+            "processes": world_size(),
+            "continued": continuing,
             "replayed_conversations": self._replayed,
             "augment": asdict(config.augment) if augment and config.augment.active else None,
         }
         if train_data is None:
             train_data = _dataset(train_set)
-        trainer, interrupt, divergence = self._build_trainer(model, tokenizer, train_data,
-                                                             eval_set, epochs, learning_rate)
+        trainer, interrupt, divergence = self._build_trainer(
+            model, tokenizer, train_data, eval_set, epochs, learning_rate
+        )
         # The embedded model's matrices are too small to gain from more threads (see its defaults)
-        threads = (EmbeddedTrainingDefaults.cpu_threads
-                   if self.resolved.embedded and "OMP_NUM_THREADS" not in os.environ else None)
+        threads = (
+            EmbeddedTrainingDefaults.cpu_threads
+            if self.resolved.embedded and "OMP_NUM_THREADS" not in os.environ
+            else None
+        )
         with interrupt, torch_threads(threads):
             output = trainer.train(resume_from_checkpoint=checkpoint)
         if interrupt.requested:
             raise TrainingInterrupted(
                 f"training interrupted at step {trainer.state.global_step}: checkpoint saved in "
                 f"{config.checkpoint_dir}; the output {config.output_dir} was not touched; "
-                "continue with the same command plus --resume")
+                "continue with the same command plus --resume"
+            )
         problem = non_finite_problem({"loss": output.training_loss}, trainer.model)
         diverged = divergence.diverged or (problem and (trainer.state.global_step, problem))
         if diverged:
@@ -331,7 +386,8 @@ class LLMTrainer:
             raise TrainingDiverged(
                 f"training stopped at step {step}: {problem}, so the model is no longer usable "
                 f"(learning rate {learning_rate:g} is likely too high); {config.output_dir} was "
-                "not replaced")
+                "not replaced"
+            )
         self.model, self.tokenizer = trainer.model, tokenizer
         if is_main_process():  # the run is complete: nothing left to resume
             shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
@@ -342,13 +398,16 @@ class LLMTrainer:
         eval_loss = trainer.state.best_metric if eval_set else None
         self.result = TrainingResult(
             train_loss=train_losses[-1] if train_losses else output.training_loss,
-            eval_loss=eval_loss, perplexity=perplexity(eval_loss), examples=len(encoded),
-            loss_history=history)
+            eval_loss=eval_loss,
+            perplexity=perplexity(eval_loss),
+            examples=len(encoded),
+            loss_history=history,
+        )
         return self.result
 
-    def _resolve_model(self, examples: list[list[Segment]],
-                       make_examples: Callable[[ChatTemplate], list[list[Segment]]]
-                       ) -> list[list[Segment]]:
+    def _resolve_model(
+        self, examples: list[list[Segment]], make_examples: Callable[[ChatTemplate], list[list[Segment]]]
+    ) -> list[list[Segment]]:
         """Set `self.resolved`; return the examples, rebuilt if the model brings its own template."""
         config = self.config
         texts = ["".join(segment.text for segment in segments) for segments in examples]
@@ -358,7 +417,7 @@ class LLMTrainer:
             print(self.resolved.notice, file=sys.stderr)
         model = self.resolved.model
         if getattr(model, "loss_type", None) is None:  # GPT-2: the loss transformers falls back to,
-            model.loss_type = "ForCausalLM"              # without its "unrecognized" warning
+            model.loss_type = "ForCausalLM"  # without its "unrecognized" warning
         earlier = self.resolved.metadata.get("template")
         if earlier and config.template == ChatTemplate():  # retraining keeps the model's template
             config.template = ChatTemplate.from_dict(earlier)
@@ -381,19 +440,22 @@ class LLMTrainer:
                 raise MtnsailsError(
                     f"--resume: the checkpoints in {directory} were made with another "
                     f"{' and '.join(changed).replace('_sha256', '')}; resume with the same "
-                    "--model-name and --data-file, or delete that directory to start over")
+                    "--model-name and --data-file, or delete that directory to start over"
+                )
             complete, skipped = newest_complete(directory)
             for note in skipped if is_main_process() else ():
-                print(f"warning: --resume: {directory}: {note}; going back further",
-                      file=sys.stderr)
+                print(f"warning: --resume: {directory}: {note}; going back further", file=sys.stderr)
             if complete is None:
-                raise MtnsailsError(f"--resume: no complete checkpoint in {directory} (each was "
-                                    "cut short); delete that directory to start over")
+                raise MtnsailsError(
+                    f"--resume: no complete checkpoint in {directory} (each was "
+                    "cut short); delete that directory to start over"
+                )
             return str(complete)
         if last is not None:
             raise MtnsailsError(
                 f"{directory} holds checkpoints of an interrupted run: add --resume to continue "
-                "it, or delete that directory to start over")
+                "it, or delete that directory to start over"
+            )
         if is_main_process():
             directory.mkdir(parents=True, exist_ok=True)
             atomic_write_text(marker, json.dumps(run) + "\n")
@@ -409,8 +471,9 @@ class LLMTrainer:
         # checkpoints are ordered by step number anyway; the note only confuses users
         warnings.filterwarnings("ignore", message="mtime may not be reliable")
         on_device = device_flags(config.device)
-        steps_per_epoch = max(1, math.ceil(len(train_set) / (config.batch_size * world_size()
-                                                              * config.gradient_accumulation_steps)))
+        steps_per_epoch = max(
+            1, math.ceil(len(train_set) / (config.batch_size * world_size() * config.gradient_accumulation_steps))
+        )
         has_eval = bool(eval_set)
         args = TrainingArguments(
             output_dir=str(config.checkpoint_dir),
@@ -451,10 +514,14 @@ class LLMTrainer:
         interrupt, divergence = classes.Interrupt(), classes.StopOnNonFiniteLoss()
         callbacks += [interrupt, divergence]
         trainer = classes.CheckedTrainer(
-            model=model, args=args, train_dataset=train_set,
+            model=model,
+            args=args,
+            train_dataset=train_set,
             eval_dataset=_dataset(eval_set) if has_eval else None,
-            data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-            callbacks=callbacks)
+            data_collator=PaddingCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
         trainer.remove_callback(PrinterCallback)  # it prints raw log dicts
         if not config.quiet:
             trainer.add_callback(classes.ProgressBar if sys.stderr.isatty() else classes.ProgressLines)
@@ -463,11 +530,16 @@ class LLMTrainer:
     def _metadata(self) -> dict:
         resolved, result = self.resolved, self.result
         embedded = bool(resolved and resolved.embedded)
-        base = resolved and (resolved.metadata.get("base_model")
-                             or (EMBEDDED_MODEL_NAME if embedded else resolved.name))
+        base = resolved and (
+            resolved.metadata.get("base_model") or (EMBEDDED_MODEL_NAME if embedded else resolved.name)
+        )
         return {
-            "format": MODEL_FORMAT, "version": 1, "base_model": base, "embedded": embedded,
-            "template": self.config.template.to_dict(), **self._data_info,
+            "format": MODEL_FORMAT,
+            "version": 1,
+            "base_model": base,
+            "embedded": embedded,
+            "template": self.config.template.to_dict(),
+            **self._data_info,
             "settings": self._settings,
             "train_loss": result.train_loss if result else None,
             "eval_loss": result.eval_loss if result else None,
@@ -486,9 +558,12 @@ def parse_text(text: str, template: ChatTemplate) -> list[Segment]:
     other text is learned whole, as the original trainer did.
     """
     before_input, after_input = template.template[: -len("{output}")].split("{input}")
-    match = re.fullmatch(f"{re.escape(before_input)}(.*?){re.escape(after_input.rstrip(' '))}"
-                         f"({re.escape(after_input[len(after_input.rstrip(' ')):])}.*)",
-                         text, flags=re.DOTALL)
+    match = re.fullmatch(
+        f"{re.escape(before_input)}(.*?){re.escape(after_input.rstrip(' '))}"
+        f"({re.escape(after_input[len(after_input.rstrip(' ')) :])}.*)",
+        text,
+        flags=re.DOTALL,
+    )
     if match is None:
         return [Segment(text, True)]
     return [Segment(template.prompt_text(match.group(1)), False), Segment(match.group(2), True)]
@@ -497,8 +572,7 @@ def parse_text(text: str, template: ChatTemplate) -> list[Segment]:
 def _dataset(encoded: list[dict]):
     from datasets import Dataset
 
-    return Dataset.from_dict({key: [item[key] for item in encoded]
-                              for key in ("input_ids", "labels", "length")})
+    return Dataset.from_dict({key: [item[key] for item in encoded] for key in ("input_ids", "labels", "length")})
 
 
 def _split(encoded: list[dict], eval_split: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -509,8 +583,10 @@ def _split(encoded: list[dict], eval_split: float, seed: int) -> tuple[list[dict
     random.Random(seed).shuffle(order)
     held_out = min(len(encoded) - 1, max(1, round(len(encoded) * eval_split)))
     eval_indices = set(order[:held_out])
-    return ([item for i, item in enumerate(encoded) if i not in eval_indices],
-            [item for i, item in enumerate(encoded) if i in eval_indices])
+    return (
+        [item for i, item in enumerate(encoded) if i not in eval_indices],
+        [item for i, item in enumerate(encoded) if i in eval_indices],
+    )
 
 
 @contextlib.contextmanager
@@ -522,8 +598,11 @@ def _removed_without_checkpoint(directory: Path):
     try:
         yield
     except BaseException as error:
-        if (not existed and is_main_process()
-                and (isinstance(error, TrainingDiverged) or not any(directory.glob("checkpoint-*")))):
+        if (
+            not existed
+            and is_main_process()
+            and (isinstance(error, TrainingDiverged) or not any(directory.glob("checkpoint-*")))
+        ):
             shutil.rmtree(directory, ignore_errors=True)
         raise
 
@@ -545,8 +624,11 @@ def _context_length(model) -> int:
 
 def _loss_history(log_history: list[dict]) -> list[dict]:
     keys = ("step", "epoch", "loss", "eval_loss", "eval_perplexity", "learning_rate")
-    return [{key: entry[key] for key in keys if key in entry}
-            for entry in log_history if "loss" in entry or "eval_loss" in entry]
+    return [
+        {key: entry[key] for key in keys if key in entry}
+        for entry in log_history
+        if "loss" in entry or "eval_loss" in entry
+    ]
 
 
 def _sha256_json(value) -> str:
