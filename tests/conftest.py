@@ -171,18 +171,24 @@ TINY_CONVERSATIONS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def trained_tiny_model_dir(tmp_path_factory) -> Path:
-    """The embedded model trained (in-process, real training) until it greedily answers every
-    TINY_CONVERSATIONS question with its trained answer; an mtnsails model directory."""
+def train_tiny(
+    conversations: list[dict],
+    output_dir: Path,
+    epochs: int = 60,
+    data_file: Path | None = None,
+    onnx_dir: Path | None = None,
+) -> Path:
+    """The embedded model trained in-process (real training, seeded) on `conversations` into
+    `output_dir`; with `onnx_dir`, also exported there. Returns the last directory written.
+    60 epochs at 2e-3 make it answer every trained question with its trained answer."""
+    from mtnsails.export.converter import ONNXConverter
     from mtnsails.train.config import TrainingConfig
     from mtnsails.train.trainer import LLMTrainer
 
-    path = tmp_path_factory.mktemp("trained_tiny") / "model"
     config = TrainingConfig(
         model_name="tiny",
-        output_dir=str(path),
-        num_epochs=60,
+        output_dir=str(output_dir),
+        num_epochs=epochs,
         learning_rate=2e-3,
         batch_size=4,
         save_steps=1000,
@@ -190,9 +196,19 @@ def trained_tiny_model_dir(tmp_path_factory) -> Path:
         seed=0,
     )
     trainer = LLMTrainer(config=config)
-    trainer.train_conversations(TINY_CONVERSATIONS)
+    trainer.train_conversations(conversations, data_file=data_file)
     trainer.save_model()
-    return path
+    if onnx_dir is None:
+        return output_dir
+    ONNXConverter(output_dir, quiet=True).convert_to_onnx(onnx_dir)
+    return onnx_dir
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_model_dir(tmp_path_factory) -> Path:
+    """The embedded model trained until it greedily answers every TINY_CONVERSATIONS question
+    with its trained answer; an mtnsails model directory."""
+    return train_tiny(TINY_CONVERSATIONS, tmp_path_factory.mktemp("trained_tiny") / "model")
 
 
 @pytest.fixture(scope="session")
@@ -236,24 +252,8 @@ def other_onnx_dir(tmp_path_factory) -> Path:
     """The embedded model trained briefly on OTHER_CONVERSATIONS, then exported: a real model
     directory whose recorded questions (and history length, 0) differ from `tiny_onnx_dir`'s.
     Its answers are not learned: tests use it for what the directory records."""
-    from mtnsails.export.converter import ONNXConverter
-    from mtnsails.train.config import TrainingConfig
-    from mtnsails.train.trainer import LLMTrainer
-
     root = tmp_path_factory.mktemp("other_tiny")
-    config = TrainingConfig(
-        model_name="tiny",
-        output_dir=str(root / "model"),
-        num_epochs=1,
-        batch_size=4,
-        save_steps=1000,
-        quiet=True,
-        seed=0,
-    )
-    trainer = LLMTrainer(config=config)
-    trainer.train_conversations(OTHER_CONVERSATIONS)
-    ONNXConverter(trainer.save_model(), quiet=True).convert_to_onnx(root / "onnx")
-    return root / "onnx"
+    return train_tiny(OTHER_CONVERSATIONS, root / "model", epochs=1, onnx_dir=root / "onnx")
 
 
 @pytest.fixture
@@ -274,27 +274,12 @@ def system_tiny_onnx_dir(tmp_path_factory) -> Path:
     import json
 
     from mtnsails.data.handler import ConversationDataHandler
-    from mtnsails.export.converter import ONNXConverter
-    from mtnsails.train.config import TrainingConfig
-    from mtnsails.train.trainer import LLMTrainer
 
     root = tmp_path_factory.mktemp("system_tiny")
     data = root / "system.jsonl"
     data.write_text("".join(json.dumps(record) + "\n" for record in SYSTEM_CONVERSATIONS))
-    config = TrainingConfig(
-        model_name="tiny",
-        output_dir=str(root / "model"),
-        num_epochs=40,
-        learning_rate=2e-3,
-        batch_size=4,
-        save_steps=1000,
-        quiet=True,
-        seed=0,
-    )
-    trainer = LLMTrainer(config=config)
-    trainer.train_conversations(ConversationDataHandler.from_file(data).conversations, data_file=data)
-    ONNXConverter(trainer.save_model(), quiet=True).convert_to_onnx(root / "onnx")
-    return root / "onnx"
+    conversations = ConversationDataHandler.from_file(data).conversations
+    return train_tiny(conversations, root / "model", epochs=40, data_file=data, onnx_dir=root / "onnx")
 
 
 @pytest.fixture(scope="session")

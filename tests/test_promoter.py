@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CONVERSATIONS, assert_one_line_error, run_cli
+from conftest import TINY_CONVERSATIONS, assert_one_line_error, run_cli, train_tiny
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.loop.promoter import Promoter
@@ -169,26 +169,8 @@ NOT_HELD_OUT = [conversation for conversation in TINY_CONVERSATIONS if conversat
 def overfitted_onnx_dir(tmp_path_factory) -> Path:
     """A candidate that learned its own data by heart and nothing else: the tiny model trained
     on TINY_CONVERSATIONS without HELD_OUT."""
-    from mtnsails.export.converter import ONNXConverter
-    from mtnsails.train.config import TrainingConfig
-    from mtnsails.train.trainer import LLMTrainer
-
     root = tmp_path_factory.mktemp("overfitted")
-    config = TrainingConfig(
-        model_name="tiny",
-        output_dir=str(root / "model"),
-        num_epochs=60,
-        learning_rate=2e-3,
-        batch_size=4,
-        save_steps=1000,
-        quiet=True,
-        seed=0,
-    )
-    trainer = LLMTrainer(config=config)
-    trainer.train_conversations(NOT_HELD_OUT)
-    trainer.save_model()
-    ONNXConverter(root / "model", quiet=True).convert_to_onnx(root / "onnx")
-    return root / "onnx"
+    return train_tiny(NOT_HELD_OUT, root / "model", onnx_dir=root / "onnx")
 
 
 def test_a_candidate_that_keeps_its_training_answers_but_loses_the_held_out_ones_is_refused(
