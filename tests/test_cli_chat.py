@@ -65,6 +65,12 @@ def test_piped_stdin_answers_one_prompt_per_line_keeping_history(tiny_onnx_dir, 
     ]
 
 
+def logged_chat(model, log, script: str):
+    """`chat` with piped lines, greedy, on the fp32 graph, logging to `log`."""
+    flags = ("--temperature", "0", "--precision", "fp32", "--log-conversations", "--log-file", str(log))
+    return run_cli("chat", "--model-path", str(model), *flags, input=script)
+
+
 def logged(log) -> list[dict]:
     """The log as a trainer reads it: one record per exchange, its final verdict."""
     from mtnsails.data.handler import ConversationDataHandler
@@ -80,19 +86,7 @@ def test_piped_feedback_commands_mark_and_fix_the_last_answer(tiny_onnx_dir, tmp
         "/fix The Loire is its longest river.\nWho wrote Hamlet?\n/bad\n/fix\n"
         "What do bees make?\n"
     )
-    result = run_cli(
-        "chat",
-        "--model-path",
-        str(tiny_onnx_dir),
-        "--temperature",
-        "0",
-        "--precision",
-        "fp32",
-        "--log-conversations",
-        "--log-file",
-        str(log),
-        input=script,
-    )
+    result = logged_chat(tiny_onnx_dir, log, script)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[:4] == ["Paris is in France.", "(marked good)", "Its longest river is the Loire.", "(answer fixed)"]
@@ -113,19 +107,7 @@ def test_piped_feedback_commands_mark_and_fix_the_last_answer(tiny_onnx_dir, tmp
 def test_an_unknown_slash_command_is_refused_never_asked_nor_logged(tiny_onnx_dir, tmp_path):
     log = tmp_path / "log.jsonl"
     script = "Who wrote Hamlet?\n/frobnicate\n/GOOD\n/usr/bin\n"
-    result = run_cli(
-        "chat",
-        "--model-path",
-        str(tiny_onnx_dir),
-        "--temperature",
-        "0",
-        "--precision",
-        "fp32",
-        "--log-conversations",
-        "--log-file",
-        str(log),
-        input=script,
-    )
+    result = logged_chat(tiny_onnx_dir, log, script)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[1].startswith("(unknown command /frobnicate: /good, /bad or /fix TEXT")
