@@ -13,6 +13,7 @@ METADATA_FILE = "mtnsails.json"
 # The "format" recorded in mtnsails.json by `train` and by `convert`.
 MODEL_FORMAT = "mtnsails-model"
 ONNX_FORMAT = "mtnsails-onnx"
+GGUF_FORMAT = "mtnsails-gguf"  # `convert --format gguf`: a .gguf file and its Ollama Modelfile
 # File names inside the model directories: `convert` writes the ONNX ones, chat reads them.
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
@@ -21,6 +22,7 @@ PYTORCH_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.
 # Where `convert` writes and `chat` logs unless told otherwise (the original CLI's defaults).
 DEFAULT_ONNX_DIR = "./onnx_model"
 DEFAULT_OPSET = 14
+DEFAULT_GGUF_DIR = "./gguf_model"
 DEFAULT_LOG_FILE = "./chat_history.json"
 # `serve` logs many exchanges a minute: JSON Lines appends each with one write and fsync, where a
 # JSON array is read and rewritten whole.

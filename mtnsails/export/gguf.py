@@ -1,0 +1,213 @@
+"""Export a trained model to a GGUF file for llama.cpp, Ollama and LM Studio.
+
+The output directory holds `model-<type>.gguf` (the weights in f16, q8_0 or q4_0, the
+hyperparameters llama.cpp reads, the tokenizer and the chat template), an Ollama `Modelfile`
+beside it, and `mtnsails.json`. It is written with the `gguf` package (llama.cpp's own Python
+library) from the safetensors weights and tokenizer.json, without torch, into a staging
+directory that replaces the output only when complete: a refused family, tokenizer or setting
+leaves nothing behind. What each family needs is in gguf_families, the tokenizer in
+gguf_tokenizer, the chat format in gguf_chat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from mtnsails.core.errors import MtnsailsError
+from mtnsails.core.files import atomic_write_text, read_json_object
+from mtnsails.export.gguf_chat import chat_format
+from mtnsails.export.gguf_families import EMBEDDING, OUTPUT, family_of, gguf_tensors
+from mtnsails.export.gguf_tokenizer import read_vocabulary
+from mtnsails.export.gguf_weights import SafetensorsWeights
+from mtnsails.export.modelfile import modelfile_text
+from mtnsails.inference.generation_config import GenerationConfig
+from mtnsails.model_dir.answer_lengths import token_limit
+from mtnsails.model_dir.metadata import (
+    DEFAULT_GGUF_DIR,
+    FP32_FILE,
+    GGUF_FORMAT,
+    METADATA_FILE,
+    context_length,
+    read_metadata,
+)
+from mtnsails.model_dir.output import atomic_directory
+
+Q = gguf.GGMLQuantizationType
+GGUF_TYPES = ("f16", "q8_0", "q4_0")
+FILE_TYPES = {
+    "f16": gguf.LlamaFileType.MOSTLY_F16,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+}
+MODELFILE = "Modelfile"
+F16_MAX = float(np.finfo(np.float16).max)
+
+
+def gguf_file_name(gguf_type: str) -> str:
+    """The name of the GGUF file in the output directory, e.g. "model-q8_0.gguf"."""
+    return f"model-{gguf_type}.gguf"
+
+
+def tensor_type(name: str, shape: tuple[int, ...], gguf_type: str, output_name: str) -> gguf.GGMLQuantizationType:
+    """The storage type of one tensor, as llama.cpp's converter and quantizer choose it:
+    vectors, norms and GPT-2's position table stay F32 (llama.cpp computes them in F32); the
+    weight matrices take `gguf_type`, except that q4_0 keeps the output layer (`output_name`:
+    the embedding when the two are tied) in Q8_0, where llama.cpp's own quantizer keeps it above
+    4 bits, and a matrix whose rows do not split into blocks of 32 is F16."""
+    if len(shape) <= 1 or name.endswith("_norm.weight") or name == "position_embd.weight":
+        return Q.F32
+    if gguf_type == "f16":
+        return Q.F16
+    block = gguf.GGML_QUANT_SIZES[Q.Q8_0][0]
+    if shape[-1] % block:
+        return Q.F16
+    return Q.Q8_0 if gguf_type == "q8_0" or name == output_name else Q.Q4_0
+
+
+@dataclass
+class GGUFExport:
+    """What one export wrote."""
+
+    directory: Path
+    gguf_file: Path
+    family: str
+    gguf_type: str
+    tensor_types: dict[str, int] = field(default_factory=dict)  # storage type -> tensor count
+    chat_format: str = ""
+    seconds: float = 0.0
+
+    @property
+    def modelfile(self) -> Path:
+        return self.directory / MODELFILE
+
+
+def export_gguf(
+    model_path: str | os.PathLike,
+    output_path: str | os.PathLike = DEFAULT_GGUF_DIR,
+    gguf_type: str = "f16",
+    quiet: bool = False,
+    echo: Callable[[str], None] = print,
+) -> GGUFExport:
+    """Write `model_path` (a trained model directory) as GGUF into `output_path` (replaced
+    atomically) and return what was written. Raises MtnsailsError, before anything is written,
+    for a family, tokenizer or setting llama.cpp cannot run as the model does."""
+    start = time.perf_counter()
+    model_dir = Path(model_path)
+    if gguf_type not in GGUF_TYPES:
+        raise MtnsailsError(f"GGUF type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
+    _check_model_dir(model_dir)
+    output = Path(output_path).resolve()
+    if output == model_dir.resolve() or model_dir.resolve() in output.parents:
+        raise MtnsailsError(f"the GGUF output {output_path} must not be the model directory or inside it")
+    config = read_json_object(model_dir / "config.json")
+    family = family_of(config)
+    n_vocab = int(config.get("vocab_size") or 0)
+    vocabulary = read_vocabulary(model_dir, n_vocab)
+    eos_id = vocabulary.special_ids.get("eos")
+    if eos_id is None:
+        raise MtnsailsError(f"{model_dir}: no EOS token (config.json eos_token_id or tokenizer_config eos_token)")
+    chat = chat_format(model_dir, vocabulary.tokens[eos_id])
+    weights = SafetensorsWeights(model_dir)
+    metadata = read_metadata(model_dir)
+    system = metadata.get("system") if isinstance(metadata.get("system"), str) else None
+    context = context_length(config)
+    generation = GenerationConfig()
+    modelfile = modelfile_text(
+        gguf_file_name(gguf_type),
+        chat,
+        system,
+        generation,
+        context,
+        token_limit(metadata.get("answer_tokens"), context) if metadata.get("answer_tokens") and context else None,
+    )
+    result = GGUFExport(output, output / gguf_file_name(gguf_type), family.label, gguf_type, chat_format=chat.name)
+    with atomic_directory(output, kind=GGUF_FORMAT) as staging:
+        writer = gguf.GGUFWriter(staging / gguf_file_name(gguf_type), gguf.MODEL_ARCH_NAMES[family.arch])
+        writer.add_name(model_dir.resolve().name)
+        writer.add_file_type(FILE_TYPES[gguf_type])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        family.write_hparams(writer, config)
+        writer.add_vocab_size(n_vocab)
+        vocabulary.write(writer, eot_id=vocabulary.token_id(chat.end_of_turn))
+        writer.add_chat_template(chat.jinja)
+        # newer llama.cpp tools read sampling defaults from the file: chat's
+        writer.add_sampling_temp(generation.temperature)
+        writer.add_sampling_top_k(generation.top_k)
+        writer.add_sampling_top_p(generation.top_p)
+        writer.add_sampling_penalty_repeat(generation.repetition_penalty)
+        result.tensor_types = _add_tensors(writer, family, config, weights, gguf_type, n_vocab)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        atomic_write_text(staging / MODELFILE, modelfile)
+        record = {
+            "format": GGUF_FORMAT,
+            "version": 1,
+            "source_model": str(model_dir.resolve()),
+            "family": family.label,
+            "gguf_type": gguf_type,
+            "file": gguf_file_name(gguf_type),
+            "chat_format": chat.name,
+            "template": metadata.get("template"),
+            "system": system,
+            "eos_token_id": eos_id,
+            "context_length": context,
+            "answer_tokens": metadata.get("answer_tokens"),
+        }
+        atomic_write_text(staging / METADATA_FILE, json.dumps(record, indent=2) + "\n")
+    result.seconds = time.perf_counter() - start
+    if not quiet:
+        counts = ", ".join(f"{count} {name}" for name, count in sorted(result.tensor_types.items()))
+        size = result.gguf_file.stat().st_size / 1e6
+        echo(
+            f"wrote {result.gguf_file.name} ({family.label}, {size:.1f} MB; tensors: {counts}) "
+            f"and an Ollama {MODELFILE} in {result.seconds:.1f} s"
+        )
+    return result
+
+
+def _check_model_dir(model_dir: Path) -> None:
+    if not model_dir.is_dir():
+        raise MtnsailsError(f"model path {model_dir} does not exist or is not a directory")
+    if (model_dir / FP32_FILE).exists():
+        raise MtnsailsError(
+            f"{model_dir} is an ONNX model directory: give the trained model directory (the one train wrote)"
+        )
+    if not (model_dir / "config.json").is_file():
+        raise MtnsailsError(f"{model_dir} is not a trained model directory (needs config.json and model.safetensors)")
+
+
+def _add_tensors(
+    writer: gguf.GGUFWriter, family, config: dict, weights: SafetensorsWeights, gguf_type: str, n_vocab: int
+) -> dict[str, int]:
+    """Convert and add every tensor; return how many tensors each storage type holds."""
+    tensors = list(gguf_tensors(family, config, weights))
+    names = {name for name, _ in tensors}
+    if EMBEDDING not in names:
+        raise MtnsailsError(f"cannot write this {family.label} model as GGUF: it has no token embedding")
+    output_name = OUTPUT if OUTPUT in names else EMBEDDING
+    types: Counter = Counter()
+    for name, data in tensors:
+        if name == EMBEDDING and data.shape[0] != n_vocab:
+            raise MtnsailsError(
+                f"cannot write this model as GGUF: its embedding has {data.shape[0]} rows, config.json "
+                f"vocab_size says {n_vocab}"
+            )
+        if not np.isfinite(data).all():
+            raise MtnsailsError(f"cannot write this model as GGUF: tensor {name} holds NaN or infinite values")
+        kind = tensor_type(name, data.shape, gguf_type, output_name)
+        if kind == Q.F16 and float(np.abs(data).max(initial=0.0)) > F16_MAX:
+            kind = Q.F32  # beyond f16's range: rounding would turn it into infinities
+        writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
+        types[kind.name] += 1
+    return dict(types)
