@@ -50,6 +50,7 @@ DEPENDENCIES = [
     ("optimum", "optimum", True),
     ("optimum.exporters.onnx", "optimum-onnx", True),  # the exporter lives in optimum-onnx
     ("onnx_ir", "onnx-ir", True),  # onnxruntime's int4 quantizer needs it
+    ("gguf", "gguf", False),  # only for convert --format gguf
     ("matplotlib", "matplotlib", False),  # only for loss.png after training
     ("starlette", "starlette", False),  # only for serve
     ("uvicorn", "uvicorn", False),  # only for serve
