@@ -1,0 +1,741 @@
+"""`convert --format gguf`: the file read back with gguf's own reader holds the model's weights,
+hyperparameters, tokenizer and chat template as llama.cpp expects them; llama.cpp itself (where
+llama-cpp-python is installed) answers as the ONNX model does.
+
+The families other than GPT-2 are tiny random-weight models built here from transformers'
+config classes, each with a byte-level BPE tokenizer trained here in the pre-tokenizer style of
+its real counterpart, so nothing is downloaded. Expected GGUF tensors are derived in this file
+from llama.cpp's conventions, independently of mtnsails.export.gguf_families.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_CONVERSATIONS, assert_one_line_error, nan_copy
+
+gguf = pytest.importorskip("gguf")
+
+Q = gguf.GGMLQuantizationType
+EOS = "<|endoftext|>"
+
+# -- tokenizers in the styles of real models ----------------------------------------------------
+
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPLIT = QWEN2_SPLIT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
+
+
+def pre_tokenizer(style: str):
+    """The tokenizers pre-tokenizer of each llama.cpp pre-tokenizer name (how the real models'
+    tokenizer.json files declare them)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if style == "gpt-2":
+        return byte_level
+    if style == "smollm":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    regex = {"qwen2": QWEN2_SPLIT, "llama-bpe": LLAMA3_SPLIT}[style]
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def train_tokenizer(style: str, specials: list[str], vocab_size: int = 700):
+    """A byte-level BPE trained on the packaged corpus, split as `style` splits."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from mtnsails.train.models import packaged_corpus
+
+    bpe = Tokenizer(models.BPE(ignore_merges=style == "llama-bpe"))
+    bpe.pre_tokenizer = pre_tokenizer(style)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(packaged_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=specials[0],
+        eos_token=specials[-1],
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# family -> (config class, config settings, tokenizer style, special tokens, extra vocabulary rows)
+SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+FAMILY_MODELS = {
+    "llama": ("LlamaConfig", {**SMALL, "num_key_value_heads": 2, "rope_theta": 50000.0}, "smollm", [EOS], 0),
+    "qwen2": ("Qwen2Config", {**SMALL, "num_key_value_heads": 2}, "qwen2", [EOS, "<|im_start|>", "<|im_end|>"], 6),
+    "qwen3": ("Qwen3Config", {**SMALL, "num_key_value_heads": 2, "head_dim": 32}, "qwen2", [EOS], 0),
+    "gemma": ("GemmaConfig", {**SMALL, "num_key_value_heads": 1, "head_dim": 16}, "gpt-2", [EOS], 0),
+    "gemma2": (
+        "Gemma2Config",
+        {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 64},
+        "gpt-2",
+        [EOS],
+        0,
+    ),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        {**SMALL, "num_hidden_layers": 6, "num_key_value_heads": 2, "head_dim": 16, "query_pre_attn_scalar": 16},
+        "gpt-2",
+        [EOS],
+        0,
+    ),
+    "phi3": ("Phi3Config", {**SMALL, "num_key_value_heads": 2}, "llama-bpe", [EOS], 0),
+}
+
+
+def build_family_model(model_type: str, path: Path) -> Path:
+    """A tiny random-weight model of `model_type`, saved with its tokenizer. Every weight gets
+    noise, so norms are not all ones (or zeros) and every transform shows in the values."""
+    import torch
+    import transformers
+
+    class_name, settings, style, specials, extra_rows = FAMILY_MODELS[model_type]
+    tokenizer = train_tokenizer(style, specials)
+    if model_type == "qwen2":
+        tokenizer.chat_template = CHATML
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    config = getattr(transformers, class_name)(
+        vocab_size=len(tokenizer) + extra_rows,
+        max_position_embeddings=256,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        **settings,
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("families")
+    return {name: build_family_model(name, root / name) for name in FAMILY_MODELS}
+
+
+# -- what the file should hold, derived from llama.cpp's conventions ----------------------------
+
+
+def interleave_heads(weights: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp rotates rows (2j, 2j+1) of a head where Hugging Face rotates rows (j, j + d/2):
+    row 2j of each head is Hugging Face's row j, row 2j+1 its row j + d/2."""
+    width = weights.shape[0] // heads
+    order = [head * width + k // 2 + (k % 2) * (width // 2) for head in range(heads) for k in range(width)]
+    return weights[order]
+
+
+def expected_tensors(model_dir: Path) -> dict[str, np.ndarray]:
+    """GGUF name -> float32 array, from the safetensors file read with safetensors' own reader."""
+    from safetensors.numpy import load_file
+
+    config = json.loads((model_dir / "config.json").read_text())
+    hf = {name: value.astype(np.float32) for name, value in load_file(model_dir / "model.safetensors").items()}
+    kind = config["model_type"]
+    if kind == "gpt2":
+        out = {
+            "token_embd.weight": hf["transformer.wte.weight"],
+            "position_embd.weight": hf["transformer.wpe.weight"],
+        }
+        for part in ("weight", "bias"):
+            out[f"output_norm.{part}"] = hf[f"transformer.ln_f.{part}"]
+        for layer in range(config["n_layer"]):
+            block = f"transformer.h.{layer}."
+            for gguf_name, hf_name, transpose in (
+                ("attn_norm", "ln_1", False),
+                ("attn_qkv", "attn.c_attn", True),
+                ("attn_output", "attn.c_proj", True),
+                ("ffn_norm", "ln_2", False),
+                ("ffn_up", "mlp.c_fc", True),
+                ("ffn_down", "mlp.c_proj", True),
+            ):
+                weight = hf[block + hf_name + ".weight"]
+                out[f"blk.{layer}.{gguf_name}.weight"] = weight.T if transpose else weight
+                out[f"blk.{layer}.{gguf_name}.bias"] = hf[block + hf_name + ".bias"]
+        return out
+    gemma = kind.startswith("gemma")
+    shift = (lambda value: value + 1) if gemma else (lambda value: value)
+    out = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": shift(hf["model.norm.weight"])}
+    if "lm_head.weight" in hf:
+        out["output.weight"] = hf["lm_head.weight"]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    for layer in range(config["num_hidden_layers"]):
+        block = f"model.layers.{layer}."
+        names = {
+            "attn_norm": "input_layernorm",
+            "attn_output": "self_attn.o_proj",
+            "ffn_down": "mlp.down_proj",
+        }
+        if kind == "phi3":
+            names.update({"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"})
+        else:
+            names.update(
+                {
+                    "attn_q": "self_attn.q_proj",
+                    "attn_k": "self_attn.k_proj",
+                    "attn_v": "self_attn.v_proj",
+                    "ffn_gate": "mlp.gate_proj",
+                    "ffn_up": "mlp.up_proj",
+                }
+            )
+        if kind in ("gemma2", "gemma3_text"):
+            names.update(
+                {
+                    "post_attention_norm": "post_attention_layernorm",
+                    "ffn_norm": "pre_feedforward_layernorm",
+                    "post_ffw_norm": "post_feedforward_layernorm",
+                }
+            )
+        else:
+            names["ffn_norm"] = "post_attention_layernorm"
+        if kind in ("qwen3", "gemma3_text"):
+            names.update({"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"})
+        for gguf_name, hf_name in names.items():
+            for part in ("weight", "bias"):
+                if block + hf_name + "." + part not in hf:
+                    continue
+                value = hf[block + hf_name + "." + part]
+                if kind == "llama" and gguf_name in ("attn_q", "attn_k"):
+                    value = interleave_heads(value, heads if gguf_name == "attn_q" else kv_heads)
+                if gguf_name.endswith("norm") and part == "weight":
+                    value = shift(value)
+                out[f"blk.{layer}.{gguf_name}.{part}"] = value
+    return out
+
+
+def q8_0_bound(values: np.ndarray) -> np.ndarray:
+    """The most a Q8_0 value may differ from `values`: half a step of its block's scale
+    (max |x| / 127), plus the scale's own f16 rounding times the largest code (127)."""
+    blocks = values.reshape(-1, 32)
+    scale = np.abs(blocks).max(axis=1, keepdims=True) / 127
+    return np.broadcast_to(scale * (0.5 + 127 * 2.0**-11) + 1e-12, blocks.shape).reshape(values.shape)
+
+
+def q4_0_bound(values: np.ndarray) -> np.ndarray:
+    """Q4_0: codes -8..7 of the scale max|x| / 8; the side opposite the extreme value reaches
+    only 7 steps, so the bound is one whole step (plus the f16 scale's rounding times 8)."""
+    blocks = values.reshape(-1, 32)
+    scale = np.abs(blocks).max(axis=1, keepdims=True) / 8
+    return np.broadcast_to(scale * (1 + 8 * 2.0**-11) + 1e-12, blocks.shape).reshape(values.shape)
+
+
+def read_gguf(path: Path) -> tuple[dict, dict[str, tuple[object, np.ndarray]]]:
+    """(metadata key -> value, tensor name -> (storage type, dequantized float32 array))."""
+    reader = gguf.GGUFReader(path)
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    tensors = {
+        tensor.name: (tensor.tensor_type, gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32))
+        for tensor in reader.tensors
+    }
+    return fields, tensors
+
+
+def export(model_dir: Path, output: Path, gguf_type: str):
+    from mtnsails.export.gguf import export_gguf
+
+    return export_gguf(model_dir, output, gguf_type, quiet=True)
+
+
+def check_tensors(model_dir: Path, gguf_file: Path, gguf_type: str) -> None:
+    """Every tensor of the file is the expected one: f16 the f16 rounding of it exactly, q8_0 and
+    q4_0 within their bounds; vectors and norms F32 and exact; nothing missing, nothing extra."""
+    expected = expected_tensors(model_dir)
+    _, tensors = read_gguf(gguf_file)
+    assert sorted(tensors) == sorted(expected)
+    for name, (kind, value) in tensors.items():
+        want = expected[name]
+        assert value.shape == want.shape, name
+        if want.ndim == 1 or name.endswith("_norm.weight") or name == "position_embd.weight":
+            assert kind == Q.F32 and np.array_equal(value, want), name
+        elif kind == Q.F16:
+            assert gguf_type == "f16" or want.shape[-1] % 32, name
+            assert np.array_equal(value, want.astype(np.float16).astype(np.float32)), name
+        else:
+            assert kind == (Q.Q8_0 if gguf_type == "q8_0" else Q.Q4_0) or (gguf_type, kind) == ("q4_0", Q.Q8_0), name
+            bound = q8_0_bound(want) if kind == Q.Q8_0 else q4_0_bound(want)
+            assert (np.abs(value - want) <= bound).all(), name
+
+
+# -- the embedded tiny model (GPT-2) ------------------------------------------------------------
+
+
+@pytest.mark.slow  # exports a model
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0", "q4_0"])
+def test_the_tiny_model_reads_back_tensor_for_tensor(untrained_tiny_model_dir, tmp_path, gguf_type):
+    result = export(untrained_tiny_model_dir, tmp_path / "gguf", gguf_type)
+    assert result.gguf_file == tmp_path / "gguf" / f"model-{gguf_type}.gguf"
+    check_tensors(untrained_tiny_model_dir, result.gguf_file, gguf_type)
+    _, tensors = read_gguf(result.gguf_file)
+    assert "output.weight" not in tensors  # tied: llama.cpp reuses the embedding
+    if gguf_type == "q4_0":  # the embedding is the output layer: kept at 8 bits
+        assert tensors["token_embd.weight"][0] == Q.Q8_0
+
+
+@pytest.mark.slow  # exports a model
+def test_the_tiny_models_metadata_names_what_llama_cpp_reads(untrained_tiny_model_dir, tmp_path):
+    config = json.loads((untrained_tiny_model_dir / "config.json").read_text())
+    fields, _ = read_gguf(export(untrained_tiny_model_dir, tmp_path / "gguf", "q8_0").gguf_file)
+    assert fields["general.architecture"] == "gpt2"
+    assert fields["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert fields["gpt2.context_length"] == config["n_positions"] == 512
+    assert fields["gpt2.embedding_length"] == config["n_embd"]
+    assert fields["gpt2.block_count"] == config["n_layer"]
+    assert fields["gpt2.feed_forward_length"] == 4 * config["n_embd"]
+    assert fields["gpt2.attention.head_count"] == fields["gpt2.attention.head_count_kv"] == config["n_head"]
+    assert fields["gpt2.attention.layer_norm_epsilon"] == pytest.approx(config["layer_norm_epsilon"])
+    assert fields["tokenizer.ggml.model"] == "gpt2"
+    assert fields["tokenizer.ggml.pre"] == "gpt-2"  # the embedded tokenizer splits as GPT-2 does
+    eos = config["eos_token_id"]
+    assert fields["tokenizer.ggml.tokens"][eos] == EOS
+    assert fields["tokenizer.ggml.token_type"][eos] == gguf.TokenType.CONTROL
+    for role in ("bos", "eos", "eot"):
+        assert fields[f"tokenizer.ggml.{role}_token_id"] == eos
+    assert fields["tokenizer.ggml.add_bos_token"] is False  # mtnsails never trained with a BOS
+    assert len(fields["tokenizer.ggml.tokens"]) == config["vocab_size"]
+    assert "User: " in fields["tokenizer.chat_template"]
+
+
+# -- the tokenizer, rebuilt from the file -------------------------------------------------------
+
+
+def varied_strings(count: int = 1000, seed: int = 0) -> list[str]:
+    """Text the tokenizers must split alike: corpus sentences, digits, contractions, runs of
+    spaces and newlines, punctuation, accents, CJK, emoji, code, the EOS text inside a sentence."""
+    from mtnsails.train.models import packaged_corpus
+
+    rng = random.Random(seed)
+    corpus = packaged_corpus()
+    pieces = [
+        "I've", "you'RE", "'s", "don't", "3.14159", "2026-12-07", "1234567", " 42 ", "\n\n", "\t", "   ",
+        "café", "naïve", "Ünïcödé", "東京タワー", "我想在apple工作", "🚀🦙", "😶\u200d🌫️", "—", "…", "$x^2$",
+        "def f(x):\n    return x", "<b>bold</b>", "a,b;c", "!!!???", "__init__", "e-mail", EOS, "User:", "Assistant:",
+    ]  # fmt: skip
+    strings = []
+    for index in range(count):
+        kind = index % 4
+        if kind == 0:
+            strings.append(rng.choice(corpus))
+        elif kind == 1:
+            strings.append(" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))))
+        elif kind == 2:
+            strings.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))))
+        else:
+            words = rng.choice(corpus).split()
+            rng.shuffle(words)
+            strings.append(rng.choice(["", " ", "\n", "  "]).join(words[:12]) + rng.choice(pieces))
+    return strings
+
+
+def rebuilt_tokenizer(fields: dict):
+    """A tokenizers BPE from the GGUF's tokens, types, merges and pre-tokenizer name alone."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
+    tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
+    vocab = {token: index for index, token in enumerate(tokens) if types[index] != gguf.TokenType.UNUSED}
+    # llama.cpp splits a merge at the first space after its first character
+    merges = [
+        (merge[: merge.index(" ", 1)], merge[merge.index(" ", 1) + 1 :]) for merge in fields["tokenizer.ggml.merges"]
+    ]
+    pre = fields["tokenizer.ggml.pre"]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=pre == "llama-bpe"))
+    tokenizer.pre_tokenizer = pre_tokenizer(pre)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(
+        [
+            AddedToken(tokens[i], special=True, normalized=False)
+            for i, kind in enumerate(types)
+            if kind == gguf.TokenType.CONTROL
+        ]
+    )
+    tokenizer.add_tokens([tokens[i] for i, kind in enumerate(types) if kind == gguf.TokenType.USER_DEFINED])
+    return tokenizer
+
+
+@pytest.mark.slow  # exports models
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "phi3"])  # gpt-2, smollm, qwen2, llama-bpe
+def test_the_token_list_and_merges_reproduce_the_tokenizer(family, untrained_tiny_model_dir, family_dirs, tmp_path):
+    from tokenizers import Tokenizer
+
+    model_dir = untrained_tiny_model_dir if family == "gpt2" else family_dirs[family]
+    fields, _ = read_gguf(export(model_dir, tmp_path / "gguf", "f16").gguf_file)
+    original = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    rebuilt = rebuilt_tokenizer(fields)
+    strings = varied_strings()
+    differing = [s for s in strings if rebuilt.encode(s).ids != original.encode(s, add_special_tokens=False).ids]
+    assert not differing, f"{len(differing)} of {len(strings)} differ, e.g. {differing[:3]!r}"
+
+
+# -- the other families -------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # builds and exports models
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0", "q4_0"])
+def test_every_family_reads_back_tensor_for_tensor(family, gguf_type, family_dirs, tmp_path):
+    result = export(family_dirs[family], tmp_path / "gguf", gguf_type)
+    check_tensors(family_dirs[family], result.gguf_file, gguf_type)
+
+
+ARCHITECTURES = {
+    "llama": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "phi3": "phi3",
+}
+
+
+@pytest.mark.slow  # builds and exports models
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
+def test_every_familys_metadata_names_architecture_heads_rope_and_tokens(family, family_dirs, tmp_path):
+    model_dir = family_dirs[family]
+    config = json.loads((model_dir / "config.json").read_text())
+    fields, _ = read_gguf(export(model_dir, tmp_path / "gguf", "f16").gguf_file)
+    arch = ARCHITECTURES[family]
+    assert fields["general.architecture"] == arch
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    assert fields[f"{arch}.context_length"] == config["max_position_embeddings"] == 256
+    assert fields[f"{arch}.block_count"] == config["num_hidden_layers"]
+    assert fields[f"{arch}.embedding_length"] == config["hidden_size"]
+    assert fields[f"{arch}.feed_forward_length"] == config["intermediate_size"]
+    assert fields[f"{arch}.attention.head_count"] == config["num_attention_heads"]
+    assert fields[f"{arch}.attention.head_count_kv"] == config["num_key_value_heads"]
+    assert fields[f"{arch}.attention.key_length"] == fields[f"{arch}.attention.value_length"] == head_dim
+    assert fields[f"{arch}.rope.dimension_count"] == head_dim
+    assert fields[f"{arch}.rope.freq_base"] == pytest.approx(config["rope_theta"])
+    assert fields[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(config["rms_norm_eps"])
+    if family == "gemma2":
+        assert fields["gemma2.attn_logit_softcapping"] == pytest.approx(config["attn_logit_softcapping"])
+        assert fields["gemma2.final_logit_softcapping"] == pytest.approx(config["final_logit_softcapping"])
+        assert fields["gemma2.attention.sliding_window"] == config["sliding_window"]
+    if family == "gemma3_text":
+        assert fields["gemma3.rope.freq_base_swa"] == pytest.approx(config["rope_local_base_freq"])
+        assert fields["gemma3.attention.sliding_window"] == config["sliding_window"]
+    eos = config["eos_token_id"]
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert tokens[eos] == EOS and fields["tokenizer.ggml.eos_token_id"] == eos
+    assert len(tokens) == config["vocab_size"]
+    assert fields["tokenizer.ggml.pre"] == FAMILY_MODELS[family][2]
+    if FAMILY_MODELS[family][4]:  # rows the tokenizer never produces: unused placeholders
+        assert tokens[-1] == f"[PAD{config['vocab_size'] - 1}]"
+        assert fields["tokenizer.ggml.token_type"][-1] == gguf.TokenType.UNUSED
+
+
+@pytest.mark.slow  # builds and exports a model
+def test_a_tokenizers_own_chat_template_travels_with_its_end_of_turn_token(family_dirs, tmp_path):
+    """The Qwen2 model's tokenizer carries ChatML (and it has no mtnsails.json): its template is
+    written as it is, <|im_end|> is the end-of-turn token, and Ollama gets its ChatML template."""
+    model_dir = family_dirs["qwen2"]
+    result = export(model_dir, tmp_path / "gguf", "f16")
+    fields, _ = read_gguf(result.gguf_file)
+    assert fields["tokenizer.chat_template"] == CHATML
+    assert fields["tokenizer.ggml.tokens"][fields["tokenizer.ggml.eot_token_id"]] == "<|im_end|>"
+    modelfile = result.modelfile.read_text()
+    assert "<|im_start|>{{ .Role }}" in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and f'PARAMETER stop "{EOS}"' in modelfile
+
+
+# -- the chat template --------------------------------------------------------------------------
+
+
+def render_jinja(template: str, messages: list[dict], add_generation_prompt: bool) -> str:
+    """Render as transformers renders chat templates (sandboxed, trim_blocks, lstrip_blocks)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt)
+
+
+def trained_text(template, exchanges, system) -> str:
+    """What training and chat build from a conversation: every segment, EOS after answers."""
+    return "".join(
+        segment.text + (EOS if segment.is_response else "") for segment in template.segments(exchanges, system)
+    )
+
+
+def as_messages(exchanges: list[tuple[str, str | None]], system: str | None) -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system else []
+    for question, answer in exchanges:
+        messages.append({"role": "user", "content": question})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+TEMPLATES = [
+    {},  # the default "User: {input}\nAssistant: {output}"
+    {"template": "### Question: {input}\n### Answer:  {output}", "separator": "\n\n"},
+    {"template": "<q>{input}</q><a>{output}", "separator": ""},
+]
+CONVERSATIONS = [
+    [("What is the capital of France?", None)],
+    [("Hi", "Hello! How can I help?"), ("What do bees make?", None)],
+    [("Q1", "A1"), ("Q2", 'A2 with {braces} and "quotes"'), ("Q3 über 🚀", None)],
+]
+
+
+@pytest.mark.parametrize("template_dict", TEMPLATES)
+@pytest.mark.parametrize("system", [None, "You are Captain Sails.\nAnswer briefly."])
+def test_the_jinja_template_renders_the_text_the_model_was_trained_on(template_dict, system):
+    from mtnsails.export.gguf_chat import training_format
+    from mtnsails.model_dir.template import ChatTemplate
+
+    template = ChatTemplate.from_dict(template_dict)
+    chat = training_format(template, EOS)
+    for exchanges in CONVERSATIONS:
+        closed = [(question, answer or "done") for question, answer in exchanges]
+        assert render_jinja(chat.jinja, as_messages(closed, system), False) == trained_text(template, closed, system)
+        assert render_jinja(chat.jinja, as_messages(exchanges, system), True) == trained_text(
+            template, exchanges, system
+        )
+
+
+def test_a_recorded_system_prompt_is_the_jinja_templates_default():
+    from mtnsails.export.gguf_chat import training_format
+    from mtnsails.model_dir.template import ChatTemplate
+
+    template = ChatTemplate()
+    chat = training_format(template, EOS, system="Be brief.")
+    exchanges = [("Hi", None)]
+    assert render_jinja(chat.jinja, as_messages(exchanges, None), True) == trained_text(
+        template, exchanges, "Be brief."
+    )
+    # a conversation that brings its own system prompt keeps it
+    assert render_jinja(chat.jinja, as_messages(exchanges, "Other."), True) == trained_text(
+        template, exchanges, "Other."
+    )
+    assert chat.stops == (EOS, "User:")
+
+
+@pytest.mark.slow  # trains a model
+def test_a_trained_models_modelfile_carries_its_template_system_prompt_and_chat_defaults(
+    system_tiny_onnx_dir, tmp_path
+):
+    from conftest import SYSTEM_PROMPT
+
+    model_dir = system_tiny_onnx_dir.parent / "model"
+    result = export(model_dir, tmp_path / "gguf", "q8_0")
+    modelfile = result.modelfile.read_text()
+    lines = modelfile.splitlines()
+    assert "FROM ./model-q8_0.gguf" in lines
+    assert f'SYSTEM """{SYSTEM_PROMPT}"""' in lines
+    assert 'TEMPLATE """{{- $first := true }}' in modelfile
+    assert '{{ "User: " }}{{ .Content }}{{ "\\nAssistant:" }}' in modelfile
+    for line in (
+        f'PARAMETER stop "{EOS}"',
+        'PARAMETER stop "User:"',
+        "PARAMETER temperature 0.7",
+        "PARAMETER top_k 50",
+        "PARAMETER top_p 0.9",
+        "PARAMETER repeat_penalty 1.2",
+        "PARAMETER num_ctx 512",
+    ):
+        assert line in lines, line
+    assert any(line.startswith("PARAMETER num_predict ") for line in lines)
+    fields, _ = read_gguf(result.gguf_file)
+    # llama.cpp and LM Studio, which read only the file, answer with the system prompt it was trained with
+    rendered = render_jinja(fields["tokenizer.chat_template"], [{"role": "user", "content": "Hi"}], True)
+    assert rendered == f"{SYSTEM_PROMPT}\nUser: Hi\nAssistant:"
+    record = json.loads((tmp_path / "gguf" / "mtnsails.json").read_text())
+    assert record["format"] == "mtnsails-gguf" and record["system"] == SYSTEM_PROMPT
+    assert sorted(record["written_files"]) == ["Modelfile", "model-q8_0.gguf", "mtnsails.json"]
+
+
+# -- refusals: one line, exit 2, nothing written ------------------------------------------------
+
+
+def fake_model(path: Path, config: dict, tokenizer_dir: Path) -> Path:
+    """A model directory with `config` and the tokenizer of `tokenizer_dir` (weights copied from
+    there too: the refusals under test come before any weight is read)."""
+    shutil.copytree(tokenizer_dir, path)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.slow  # exports a model
+def test_convert_format_gguf_writes_the_directory_and_names_the_three_run_commands(
+    cli_here, untrained_tiny_model_dir, tmp_path
+):
+    output = tmp_path / "gguf"
+    result = cli_here(
+        "convert", "--model-path", str(untrained_tiny_model_dir), "--format", "gguf", "--gguf-type", "q4_0",
+        "--gguf-output", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in output.iterdir()) == ["Modelfile", "model-q4_0.gguf", "mtnsails.json"]
+    assert f"llama-cli -m {output / 'model-q4_0.gguf'}" in result.stdout
+    assert f"llama-server -m {output / 'model-q4_0.gguf'}" in result.stdout
+    assert f"ollama create NAME -f {output / 'Modelfile'}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, phrases",
+    [
+        (["--format", "gguf", "--quantize", "int8"], ["--quantize", "--gguf-type"]),
+        (["--format", "gguf", "--verify"], ["--verify", "bench/gguf_bench.py"]),
+        (["--gguf-type", "q8_0"], ["--gguf-type needs --format gguf"]),
+        (["--gguf-output", "x"], ["--gguf-output needs --format gguf"]),
+    ],
+)
+def test_flags_of_the_other_format_are_one_line_errors(cli_here, tmp_path, flags, phrases):
+    result = cli_here("convert", "--model-path", str(tmp_path), *flags)
+    assert_one_line_error(result, *phrases)
+
+
+@pytest.mark.slow  # builds a model
+@pytest.mark.parametrize(
+    "change, phrases",
+    [
+        ({"model_type": "opt"}, ["'opt'", "GPT-2, Llama, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3, Phi-3"]),
+        ({"activation_function": "relu"}, ["activation 'relu'"]),
+        ({"n_positions": None, "n_ctx": None}, ["n_positions or n_ctx"]),
+    ],
+)
+def test_a_family_or_setting_llama_cpp_cannot_run_is_refused_before_anything_is_written(
+    cli_here, untrained_tiny_model_dir, tmp_path, change, phrases
+):
+    config = json.loads((untrained_tiny_model_dir / "config.json").read_text())
+    config.update(change)
+    model_dir = fake_model(
+        tmp_path / "model", {k: v for k, v in config.items() if v is not None}, untrained_tiny_model_dir
+    )
+    output = tmp_path / "gguf"
+    result = cli_here("convert", "--model-path", str(model_dir), "--format", "gguf", "--gguf-output", str(output))
+    assert_one_line_error(result, *phrases)
+    assert not output.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.slow  # builds a model
+def test_a_gemma2_whose_attention_scale_llama_cpp_would_change_is_refused(family_dirs, tmp_path):
+    from mtnsails.core.errors import MtnsailsError
+
+    config = json.loads((family_dirs["gemma2"] / "config.json").read_text())
+    model_dir = fake_model(tmp_path / "model", {**config, "query_pre_attn_scalar": 100}, family_dirs["gemma2"])
+    with pytest.raises(MtnsailsError, match="query_pre_attn_scalar 100 differs from the head width 16"):
+        export(model_dir, tmp_path / "gguf", "f16")
+
+
+@pytest.mark.slow  # builds a model
+def test_a_tokenizer_that_splits_unlike_llama_cpp_is_refused(untrained_tiny_model_dir, tmp_path):
+    from mtnsails.core.errors import MtnsailsError
+
+    model_dir = fake_model(
+        tmp_path / "model", json.loads((untrained_tiny_model_dir / "config.json").read_text()), untrained_tiny_model_dir
+    )
+    tokenizer = json.loads((model_dir / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"] = {"type": "Whitespace"}
+    (model_dir / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(MtnsailsError, match=r"pre-tokenizer \(Whitespace\) splits text unlike"):
+        export(model_dir, tmp_path / "gguf", "f16")
+
+
+@pytest.mark.slow  # exports a model
+def test_a_failed_export_leaves_the_earlier_output_as_it_was(untrained_tiny_model_dir, tmp_path):
+    from mtnsails.core.errors import MtnsailsError
+
+    output = tmp_path / "gguf"
+    export(untrained_tiny_model_dir, output, "q8_0")
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    broken = nan_copy(untrained_tiny_model_dir, tmp_path / "nan")
+    with pytest.raises(MtnsailsError, match="NaN or infinite"):
+        export(broken, output, "f16")  # fails while writing tensors, inside the staging directory
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["gguf", "nan"]  # no staging left
+
+
+# -- the real engine (where llama-cpp-python is installed) --------------------------------------
+
+PROMPTS = [c["input"] for c in TINY_CONVERSATIONS if "history" not in c] + [
+    "What is the capital of Spain?",
+    "What colour is grass?",
+    "How many legs does a cat have?",
+    "Who wrote Macbeth?",
+    "What is three plus three?",
+    "What do cows make?",
+    "Hello",
+    "Hi there!",
+    "Tell me about Paris.",
+    "Which river is the longest?",
+    "What is the sky?",
+    "Who are you?",
+    "Good morning!",
+]
+
+
+def llama_greedy(llm, prompt_ids: list[int], eos: int, count: int) -> list[int]:
+    """Greedy tokens from llama.cpp: argmax of its logits, EOS included, then stop."""
+    llm.reset()
+    llm.eval(prompt_ids)
+    tokens = []
+    for _ in range(count):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tokens.append(token)
+        if token == eos:
+            break
+        llm.eval([token])
+    return tokens
+
+
+@pytest.mark.slow  # trains and exports a model
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_llama_cpp_answers_as_the_onnx_model_does(trained_tiny_model_dir, tiny_onnx_dir, tmp_path):
+    """20 prompts in the trained template: llama.cpp's greedy tokens from the f16 file equal the
+    ONNX fp32 model's for 32 tokens; from the q8_0 file the first 16 on at least 18 prompts.
+    llama.cpp's own tokenizer gives the prompts' ids too."""
+    import llama_cpp
+    from tokenizers import Tokenizer
+
+    from mtnsails.inference.generation import OnnxDecoder, generate_tokens
+    from mtnsails.inference.generation_config import GenerationConfig
+    from mtnsails.model_dir.template import ChatTemplate
+
+    assert len(PROMPTS) == 20
+    meta = json.loads((tiny_onnx_dir / "mtnsails.json").read_text())
+    eos = meta["eos_token_id"]
+    tokenizer = Tokenizer.from_file(str(tiny_onnx_dir / "tokenizer.json"))
+    decoder = OnnxDecoder(tiny_onnx_dir / "model.onnx", shared_cache=meta.get("kv_cache") == "shared")
+    greedy = GenerationConfig(max_new_tokens=32, do_sample=False, repetition_penalty=1.0)
+    template = ChatTemplate.from_dict(meta["template"])
+    prompts = [tokenizer.encode(template.prompt_text(p), add_special_tokens=False).ids for p in PROMPTS]
+    reference = [list(generate_tokens(decoder, ids, greedy, eos_token_id=eos)) for ids in prompts]
+    agree = {}
+    for gguf_type in ("f16", "q8_0"):
+        path = export(trained_tiny_model_dir, tmp_path / gguf_type, gguf_type).gguf_file
+        llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=1, n_batch=512, verbose=False)
+        for text, ids in zip(PROMPTS, prompts):
+            assert llm.tokenize(template.prompt_text(text).encode(), add_bos=False, special=True) == ids
+        answers = [llama_greedy(llm, ids, eos, 32) for ids in prompts]
+        span = 32 if gguf_type == "f16" else 16
+        agree[gguf_type] = sum(a[:span] == r[:span] for a, r in zip(answers, reference))
+    assert agree["f16"] == 20, agree
+    assert agree["q8_0"] >= 18, agree
