@@ -496,6 +496,7 @@ TEMPLATES = [
     {},  # the default "User: {input}\nAssistant: {output}"
     {"template": "### Question: {input}\n### Answer:  {output}", "separator": "\n\n"},
     {"template": "<q>{input}</q><a>{output}", "separator": ""},
+    {"template": "\x1e{input}\t\\{output}", "separator": "\x1f\"'\r\n"},  # control characters, quotes
 ]
 CONVERSATIONS = [
     [("What is the capital of France?", None)],
@@ -512,6 +513,7 @@ def test_the_jinja_template_renders_the_text_the_model_was_trained_on(template_d
 
     template = ChatTemplate.from_dict(template_dict)
     chat = training_format(template, EOS)
+    assert "\\u" not in chat.jinja  # llama.cpp's Jinja lexer knows \n \t \r \b \f \v \\ \' \" only
     for exchanges in CONVERSATIONS:
         closed = [(question, answer or "done") for question, answer in exchanges]
         assert render_jinja(chat.jinja, as_messages(closed, system), False) == trained_text(template, closed, system)

@@ -34,9 +34,22 @@ class ChatFormat:
     stops: tuple[str, ...]  # every text that ends a turn (Modelfile PARAMETER stop)
 
 
+# The escapes every Jinja engine that reads a GGUF knows: llama.cpp's own lexer has no \\u.
+_JINJA_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\v": "\\v",
+}
+
+
 def _jinja_text(text: str) -> str:
     """A Jinja string literal (double quotes, backslash escapes) holding `text` exactly."""
-    return json.dumps(text, ensure_ascii=False)
+    return '"' + "".join(_JINJA_ESCAPES.get(char, char) for char in text) + '"'
 
 
 def _go_text(text: str) -> str:
