@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -132,7 +133,7 @@ def export_gguf(
     result = GGUFExport(output, output / gguf_file_name(gguf_type), family.label, gguf_type, chat_format=chat.name)
     with atomic_directory(output, kind=GGUF_FORMAT) as staging:
         writer = gguf.GGUFWriter(staging / gguf_file_name(gguf_type), gguf.MODEL_ARCH_NAMES[family.arch])
-        writer.add_name(model_dir.resolve().name)
+        writer.add_name(_model_name(model_dir.resolve().name, vocabulary.tokens))
         writer.add_file_type(FILE_TYPES[gguf_type])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         family.write_hparams(writer, config)
@@ -174,6 +175,19 @@ def export_gguf(
             f"and an Ollama {MODELFILE} in {result.seconds:.1f} s"
         )
     return result
+
+
+# llama.cpp sets per-token attributes for a model whose general.name holds "phi3" or "phi-3", and
+# fails to load it ("unordered_map::at") when one of these tokens is missing from the vocabulary.
+PHI3_NAME_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def _model_name(name: str, tokens: list[str]) -> str:
+    """general.name: the model directory's name, with "phi3"/"phi-3" spelt "phi_3" where llama.cpp
+    would look for Phi-3's own tokens and not find them."""
+    if set(PHI3_NAME_TOKENS) <= set(tokens):
+        return name
+    return re.sub(r"phi-?3", "phi_3", name, flags=re.IGNORECASE)
 
 
 def _check_model_dir(model_dir: Path) -> None:
