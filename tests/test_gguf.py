@@ -694,6 +694,23 @@ PROMPTS = [c["input"] for c in TINY_CONVERSATIONS if "history" not in c] + [
 ]
 
 
+def load_llama(path: Path, monkeypatch, n_ctx: int = 512):
+    """llama.cpp (llama-cpp-python) on the file, all logits kept, one thread, its extra CPU buffer
+    types off: on a CPU with AMX, llama-cpp-python 0.3.36 built with GGML_NATIVE segfaults decoding
+    any Q8_0 or Q4_0 file through them, llama.cpp's own quantizer's output too."""
+    import llama_cpp
+
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", without_extra_buffers)
+    return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=1, n_batch=n_ctx, logits_all=True, verbose=False)
+
+
 def llama_greedy(llm, prompt_ids: list[int], eos: int, count: int) -> list[int]:
     """Greedy tokens from llama.cpp: argmax of its logits, EOS included, then stop."""
     llm.reset()
@@ -710,11 +727,10 @@ def llama_greedy(llm, prompt_ids: list[int], eos: int, count: int) -> list[int]:
 
 @pytest.mark.slow  # trains and exports a model
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
-def test_llama_cpp_answers_as_the_onnx_model_does(trained_tiny_model_dir, tiny_onnx_dir, tmp_path):
+def test_llama_cpp_answers_as_the_onnx_model_does(trained_tiny_model_dir, tiny_onnx_dir, tmp_path, monkeypatch):
     """20 prompts in the trained template: llama.cpp's greedy tokens from the f16 file equal the
     ONNX fp32 model's for 32 tokens; from the q8_0 file the first 16 on at least 18 prompts.
     llama.cpp's own tokenizer gives the prompts' ids too."""
-    import llama_cpp
     from tokenizers import Tokenizer
 
     from mtnsails.inference.generation import OnnxDecoder, generate_tokens
@@ -733,7 +749,7 @@ def test_llama_cpp_answers_as_the_onnx_model_does(trained_tiny_model_dir, tiny_o
     agree = {}
     for gguf_type in ("f16", "q8_0"):
         path = export(trained_tiny_model_dir, tmp_path / gguf_type, gguf_type).gguf_file
-        llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=1, n_batch=512, verbose=False)
+        llm = load_llama(path, monkeypatch)
         for text, ids in zip(PROMPTS, prompts):
             assert llm.tokenize(template.prompt_text(text).encode(), add_bos=False, special=True) == ids
         answers = [llama_greedy(llm, ids, eos, 32) for ids in prompts]
@@ -741,3 +757,28 @@ def test_llama_cpp_answers_as_the_onnx_model_does(trained_tiny_model_dir, tiny_o
         agree[gguf_type] = sum(a[:span] == r[:span] for a, r in zip(answers, reference))
     assert agree["f16"] == 20, agree
     assert agree["q8_0"] >= 18, agree
+
+
+@pytest.mark.slow  # builds and exports models
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
+def test_llama_cpp_computes_every_familys_logits_as_transformers_does(family, family_dirs, tmp_path, monkeypatch):
+    """The tensor layouts and hyperparameters are llama.cpp's, not only this file's reading of
+    them: its logits from the f16 file match the PyTorch model's at every position of a text."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mtnsails.train.models import packaged_corpus
+
+    model_dir = family_dirs[family]
+    path = export(model_dir, tmp_path / "gguf", "f16").gguf_file
+    llm = load_llama(path, monkeypatch, n_ctx=256)
+    ids = llm.tokenize(" ".join(packaged_corpus()[:3]).encode(), add_bos=False)[:48]
+    llm.eval(ids)
+    ours = np.array(llm.scores[: len(ids)])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0].numpy()
+    spread = reference.std()
+    assert np.abs(ours - reference).max() < 0.05 * spread + 1e-3, (np.abs(ours - reference).max(), spread)
+    assert (ours.argmax(-1) == reference.argmax(-1)).mean() >= 0.9
