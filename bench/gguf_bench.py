@@ -12,7 +12,7 @@ Then, for each GGUF type (f16, q8_0, q4_0): export, load in llama.cpp (llama-cpp
   ids fed to both: prompts equal for all --tokens tokens, for the first 16, and where the others
   first differ;
 - speed: batch-1 greedy decoding of --speed-tokens new tokens (EOS ignored), one thread, best of
-  3, llama.cpp against the ONNX fp32 graph.
+  3, llama.cpp (extra buffer types off unless --extra-buffers) against the ONNX fp32 graph.
 Installs nothing: without llama-cpp-python it says how to build it and exits 2.
 """
 
@@ -56,6 +56,22 @@ def train_tiny(work: Path) -> tuple[Path, Path]:
     return model_dir, onnx_dir
 
 
+def load_llama(llama_cpp, path: Path, extra_buffers: bool):
+    """llama.cpp on the file, one thread, all logits kept. Its extra CPU buffer types (weight
+    repacking, AMX) are off unless asked for: on a CPU with AMX, llama-cpp-python 0.3.36 built with
+    GGML_NATIVE segfaults decoding any Q8_0/Q4_0 file through them, its own quantizer's too."""
+    if not extra_buffers:
+        defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+        def without_extra_buffers():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_cpp.llama_model_default_params = without_extra_buffers
+    return llama_cpp.Llama(str(path), n_ctx=512, n_threads=1, n_batch=512, logits_all=True, verbose=False)
+
+
 def llama_greedy(llm, prompt_ids: list[int], eos: int | None, count: int) -> list[int]:
     """llama.cpp's greedy tokens: argmax of its logits; EOS ends unless `eos` is None."""
     llm.reset()
@@ -94,6 +110,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--speed-tokens", type=int, default=64)
     parser.add_argument("--keep", help="keep the trained model and the exports in this folder")
+    parser.add_argument(
+        "--extra-buffers", action="store_true", help="let llama.cpp repack weights (AMX etc.; see load_llama)"
+    )
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     try:
@@ -146,7 +165,7 @@ def main() -> int:
         start = time.perf_counter()
         path = export_gguf(model_dir, work / f"gguf-{gguf_type}", gguf_type, quiet=True).gguf_file
         export_seconds = time.perf_counter() - start
-        llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=1, n_batch=512, verbose=False)
+        llm = load_llama(llama_cpp, path, args.extra_buffers)
         token_equal = sum(
             llm.tokenize(text.encode(), add_bos=False, special=True)
             == tokenizer.encode(text, add_special_tokens=False).ids
