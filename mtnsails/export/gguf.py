@@ -117,6 +117,8 @@ def export_gguf(
     if eos_id is None:
         raise MtnsailsError(f"{model_dir}: no EOS token (config.json eos_token_id or tokenizer_config eos_token)")
     chat = chat_format(model_dir, vocabulary.tokens[eos_id])
+    if chat.name == "mtnsails":
+        vocabulary.add_bos = False  # the trained template: training and chat never put BOS first
     weights = SafetensorsWeights(model_dir)
     metadata = read_metadata(model_dir)
     system = metadata.get("system") if isinstance(metadata.get("system"), str) else None

@@ -1,5 +1,6 @@
 """The tokenizer as llama.cpp reads it from a GGUF file: tokens, their types, merges, the
-pre-tokenizer's name and the special token ids, taken from tokenizer.json (no transformers).
+pre-tokenizer's name and the special token ids, taken from tokenizer.json (no transformers);
+SentencePiece tokenizers take their pieces and scores from tokenizer.model (gguf_sentencepiece).
 
 llama.cpp re-implements each tokenizer it knows in C++ and picks the one named by
 `tokenizer.ggml.pre`; its own converter guesses that name from a hash of token ids, which a
@@ -20,6 +21,7 @@ import gguf
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.files import read_json_object
+from mtnsails.export.gguf_sentencepiece import adds_space_prefix, sentencepiece_tokens
 
 # The regexes of tokenizer.json files that llama.cpp's pre-tokenizers re-implement (its comments
 # quote them as "original regex from tokenizer.json").
@@ -88,6 +90,9 @@ class Vocabulary:
     merges: list[str]
     special_ids: dict[str, int] = field(default_factory=dict)  # "bos", "eos", "unk", "pad"
     add_bos: bool = False
+    model: str = "gpt2"  # llama.cpp's names: "gpt2" byte-level BPE, "llama" SentencePiece
+    scores: list[float] | None = None  # SentencePiece: the merge order
+    add_space_prefix: bool | None = None  # SentencePiece: "▁" before a text
 
     def token_id(self, text: str) -> int | None:
         """The id of a token by its text (None when the vocabulary has none)."""
@@ -98,11 +103,17 @@ class Vocabulary:
 
     def write(self, writer: gguf.GGUFWriter, eot_id: int | None = None) -> None:
         """Add the tokenizer keys; `eot_id` is the token that ends a chat turn."""
-        writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
+        writer.add_tokenizer_model(self.model)
         writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
         writer.add_token_types(self.token_types)
-        writer.add_token_merges(self.merges)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
+        if self.merges:
+            writer.add_token_merges(self.merges)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
+            writer.add_remove_extra_whitespaces(False)  # tokenizer.json, which training used, keeps them
         adders = {
             "bos": writer.add_bos_token_id,
             "eos": writer.add_eos_token_id,
@@ -144,12 +155,13 @@ def read_vocabulary(model_dir: str | os.PathLike, n_vocab: int) -> Vocabulary:
     if not tokenizer:
         raise MtnsailsError(f"{path} is missing: the GGUF export needs the fast tokenizer file")
     model = tokenizer.get("model") or {}
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return _read_sentencepiece(model_dir, tokenizer, n_vocab)
     decoder = (tokenizer.get("decoder") or {}).get("type")
-    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder not in ("ByteLevel", None):
-        kind = "SentencePiece-style BPE" if model.get("byte_fallback") else model.get("type")
+    if model.get("type") != "BPE" or decoder not in ("ByteLevel", None):
         raise MtnsailsError(
-            f"cannot write the tokenizer as GGUF: it is {kind}; this export writes byte-level BPE "
-            "tokenizers (GPT-2, SmolLM2, Qwen, Llama 3 style)"
+            f"cannot write the tokenizer as GGUF: it is {model.get('type')}; this export writes byte-level "
+            "BPE (GPT-2, SmolLM2, Qwen, Llama 3 style) and SentencePiece BPE (Gemma, Phi-3, Llama 2) tokenizers"
         )
     normalizer = (tokenizer.get("normalizer") or {}).get("type")
     if normalizer not in HARMLESS_NORMALIZERS:
@@ -177,8 +189,51 @@ def read_vocabulary(model_dir: str | os.PathLike, n_vocab: int) -> Vocabulary:
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
 
     vocabulary = Vocabulary(pre=pre, tokens=tokens, token_types=types, merges=merges)
+    _check_unique(tokens)
     _add_special_ids(vocabulary, model_dir, tokenizer)
     return vocabulary
+
+
+def _read_sentencepiece(model_dir: Path, tokenizer: dict, n_vocab: int) -> Vocabulary:
+    """The vocabulary of a SentencePiece BPE tokenizer (see gguf_sentencepiece)."""
+    model_file = model_dir / "tokenizer.model"
+    if not model_file.is_file():
+        raise MtnsailsError(
+            f"cannot write the tokenizer as GGUF: it is SentencePiece BPE, and {model_file} (whose "
+            "scores llama.cpp merges by) is missing"
+        )
+    tokens, scores, types = sentencepiece_tokens(model_file, tokenizer, n_vocab)
+    vocab = (tokenizer.get("model") or {}).get("vocab") or {}
+    moved = next((text for index, text in enumerate(tokens) if vocab.get(text, index) != index), None)
+    if moved is not None:
+        raise MtnsailsError(
+            f"cannot write the tokenizer as GGUF: tokenizer.json and tokenizer.model give {moved!r} "
+            "different ids; save the tokenizer again so the two agree"
+        )
+    vocabulary = Vocabulary(
+        pre="default",
+        tokens=tokens,
+        token_types=types,
+        merges=[],
+        model="llama",
+        scores=scores,
+        add_space_prefix=adds_space_prefix(tokenizer),
+    )
+    _check_unique(tokens)
+    _add_special_ids(vocabulary, model_dir, tokenizer)
+    return vocabulary
+
+
+def _check_unique(tokens: list[str]) -> None:
+    """llama.cpp aborts on a vocabulary holding one text twice: refuse it here instead."""
+    seen: dict[str, int] = {}
+    for index, text in enumerate(tokens):
+        if text in seen:
+            raise MtnsailsError(
+                f"cannot write the tokenizer as GGUF: token {text!r} has two ids ({seen[text]} and {index}), "
+                "which llama.cpp cannot load"
+            )
+        seen[text] = index
 
 
 def _add_special_ids(vocabulary: Vocabulary, model_dir: Path, tokenizer: dict) -> None:
