@@ -465,6 +465,258 @@ def test_a_tokenizers_own_chat_template_travels_with_its_end_of_turn_token(famil
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and f'PARAMETER stop "{EOS}"' in modelfile
 
 
+# -- SentencePiece tokenizers (Gemma, Phi-3, Llama 2) -------------------------------------------
+
+# family -> (config class, config settings, the ids and names of SentencePiece's own pieces as the
+# real tokenizer lays them out, whether it puts a space before a text, transformers tokenizer class
+# and settings)
+SENTENCEPIECE_MODELS = {
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        {**SMALL, "num_hidden_layers": 6, "num_key_value_heads": 2, "head_dim": 16, "query_pre_attn_scalar": 16},
+        {
+            "pad_id": 0,
+            "eos_id": 1,
+            "bos_id": 2,
+            "unk_id": 3,
+            "pad_piece": "<pad>",
+            "eos_piece": "<eos>",
+            "bos_piece": "<bos>",
+        },
+        False,
+        "GemmaTokenizerFast",
+        {},
+    ),
+    "phi3": (
+        "Phi3Config",
+        {**SMALL, "num_key_value_heads": 2},
+        {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1},
+        True,
+        "LlamaTokenizerFast",
+        {"legacy": True, "add_prefix_space": True, "pad_token": "</s>"},
+    ),
+}
+
+
+def build_sentencepiece_model(model_type: str, path: Path) -> Path:
+    """A tiny random-weight model with a SentencePiece BPE tokenizer (byte fallback, digits
+    apart, two chat markers) trained here and converted by transformers, as the real ones are."""
+    import sentencepiece
+    import torch
+    import transformers
+
+    from mtnsails.train.models import packaged_corpus
+
+    class_name, settings, ids, space_prefix, tokenizer_class, tokenizer_settings = SENTENCEPIECE_MODELS[model_type]
+    path.mkdir(parents=True)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(packaged_corpus()),
+        model_prefix=str(path / "tokenizer"),
+        vocab_size=700,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        split_digits=True,
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
+        add_dummy_prefix=space_prefix,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        minloglevel=2,
+        **ids,
+    )
+    tokenizer = getattr(transformers, tokenizer_class)(vocab_file=str(path / "tokenizer.model"), **tokenizer_settings)
+    config = getattr(transformers, class_name)(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **settings,
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_dirs(tmp_path_factory) -> dict[str, Path]:
+    pytest.importorskip("sentencepiece")
+    root = tmp_path_factory.mktemp("sentencepiece")
+    return {name: build_sentencepiece_model(name, root / name) for name in SENTENCEPIECE_MODELS}
+
+
+def llama_cpp_sentencepiece_ids(fields: dict, text: str) -> list[int]:
+    """llama.cpp's SentencePiece tokenization, from the GGUF's fields alone: special tokens split
+    out, "▁" before a text (and after each special token) when add_space_prefix, spaces as "▁",
+    then neighbours merged while their concatenation is a token, highest score first (leftmost
+    on ties), and what stays unknown as byte tokens."""
+    import heapq
+
+    tokens, scores, types = (fields[f"tokenizer.ggml.{key}"] for key in ("tokens", "scores", "token_type"))
+    index = {token: i for i, token in enumerate(tokens)}
+    specials = sorted(
+        (t for t, kind in zip(tokens, types) if kind in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)),
+        key=len,
+        reverse=True,
+    )
+
+    def merged(piece_text: str) -> list[int]:
+        symbols = [[char, i - 1, i + 1 if i + 1 < len(piece_text) else -1] for i, char in enumerate(piece_text)]
+        heap: list = []
+
+        def push(left: int, right: int) -> None:
+            if left >= 0 and right >= 0 and (joined := symbols[left][0] + symbols[right][0]) in index:
+                heapq.heappush(heap, (-scores[index[joined]], left, right, len(joined)))
+
+        for i in range(1, len(symbols)):
+            push(i - 1, i)
+        while heap:
+            _, left, right, size = heapq.heappop(heap)
+            if not symbols[left][0] or not symbols[right][0] or len(symbols[left][0] + symbols[right][0]) != size:
+                continue
+            symbols[left][0] += symbols[right][0]
+            symbols[right][0] = ""
+            symbols[left][2] = symbols[right][2]
+            if symbols[right][2] >= 0:
+                symbols[symbols[right][2]][1] = left
+            push(symbols[left][1], left)
+            push(left, symbols[left][2])
+        ids, i = [], 0 if symbols else -1
+        while i != -1:
+            piece = symbols[i][0]
+            ids += [index[piece]] if piece in index else [index[f"<0x{byte:02X}>"] for byte in piece.encode()]
+            i = symbols[i][2]
+        return ids
+
+    ids, raw, previous_special, position = [], "", True, 0
+    prefix = " " if fields.get("tokenizer.ggml.add_space_prefix", True) else ""
+    while position <= len(text):
+        special = next((s for s in specials if text.startswith(s, position)), None) if position < len(text) else ""
+        if special is None:
+            raw += text[position]
+            position += 1
+            continue
+        if raw:
+            ids += merged(((prefix if previous_special else "") + raw).replace(" ", "\u2581"))
+            previous_special, raw = False, ""
+        if not special:
+            break
+        ids.append(index[special])
+        previous_special = True
+        position += len(special)
+    return ids
+
+
+@pytest.mark.slow  # builds and exports models
+@pytest.mark.parametrize("family", list(SENTENCEPIECE_MODELS))
+def test_a_sentencepiece_tokenizer_reads_back_with_the_models_pieces_and_scores(family, sentencepiece_dirs, tmp_path):
+    import sentencepiece
+
+    model_dir = sentencepiece_dirs[family]
+    fields, _ = read_gguf(export(model_dir, tmp_path / "gguf", "q8_0").gguf_file)
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
+    added = {token["id"]: token for token in json.loads((model_dir / "tokenizer.json").read_text())["added_tokens"]}
+    tokens, scores, types = (fields[f"tokenizer.ggml.{key}"] for key in ("tokens", "scores", "token_type"))
+    assert fields["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.merges" not in fields
+    assert fields["tokenizer.ggml.add_space_prefix"] is SENTENCEPIECE_MODELS[family][3]
+    assert len(tokens) == json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    for i in range(processor.get_piece_size()):
+        if i in added:  # as llama.cpp's converter writes tokenizer.json's added tokens
+            assert (tokens[i], scores[i]) == (added[i]["content"], -1000.0)
+            assert types[i] == (gguf.TokenType.CONTROL if added[i]["special"] else gguf.TokenType.USER_DEFINED)
+            continue
+        assert tokens[i] == processor.id_to_piece(i)
+        assert scores[i] == pytest.approx(processor.get_score(i))
+        kind = (
+            gguf.TokenType.BYTE
+            if processor.is_byte(i)
+            else gguf.TokenType.UNKNOWN
+            if processor.is_unknown(i)
+            else gguf.TokenType.CONTROL
+            if processor.is_control(i)
+            else None
+        )
+        assert types[i] == (kind or types[i]) and types[i] != gguf.TokenType.UNUSED
+    assert sum(kind == gguf.TokenType.BYTE for kind in types) == 256
+
+
+@pytest.mark.slow  # builds and exports models
+@pytest.mark.parametrize("family", list(SENTENCEPIECE_MODELS))
+def test_the_pieces_and_scores_reproduce_the_sentencepiece_tokenizer(family, sentencepiece_dirs, tmp_path):
+    """llama.cpp's merging by score, run on the file's tokens and scores, gives the ids of the
+    model's tokenizer.json (what training used) on 1,000 strings, chat markers among them."""
+    from tokenizers import Tokenizer
+
+    model_dir = sentencepiece_dirs[family]
+    fields, _ = read_gguf(export(model_dir, tmp_path / "gguf", "f16").gguf_file)
+    original = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    strings = varied_strings(seed=1) + ["<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"]
+    differing = [
+        s for s in strings if llama_cpp_sentencepiece_ids(fields, s) != original.encode(s, add_special_tokens=False).ids
+    ]
+    assert not differing, f"{len(differing)} of {len(strings)} differ, e.g. {differing[:3]!r}"
+
+
+@pytest.mark.slow  # builds a model
+def test_a_sentencepiece_tokenizer_llama_cpp_would_mark_differently_is_refused(sentencepiece_dirs, tmp_path):
+    """transformers' newer Llama tokenizers put "▁" first only where a text has none
+    (Metaspace, prepend_scheme "first"); llama.cpp puts it always: refused, not written."""
+    from mtnsails.core.errors import MtnsailsError
+
+    model_dir = fake_model(
+        tmp_path / "model",
+        json.loads((sentencepiece_dirs["phi3"] / "config.json").read_text()),
+        sentencepiece_dirs["phi3"],
+    )
+    tokenizer = json.loads((model_dir / "tokenizer.json").read_text())
+    tokenizer["normalizer"] = None
+    tokenizer["pre_tokenizer"] = {
+        "type": "Metaspace",
+        "replacement": "\u2581",
+        "prepend_scheme": "first",
+        "split": False,
+    }
+    (model_dir / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(MtnsailsError, match=r"Metaspace pre-tokenizer \(prepend_scheme first\)"):
+        export(model_dir, tmp_path / "gguf", "f16")
+    assert not (tmp_path / "gguf").exists()
+
+
+@pytest.mark.slow  # builds and exports models
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+@pytest.mark.parametrize("family", list(SENTENCEPIECE_MODELS))
+def test_llama_cpp_tokenizes_and_computes_sentencepiece_models_as_transformers_does(
+    family, sentencepiece_dirs, tmp_path, monkeypatch
+):
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    model_dir = sentencepiece_dirs[family]
+    llm = load_llama(export(model_dir, tmp_path / "gguf", "f16").gguf_file, monkeypatch, n_ctx=256)
+    original = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    strings = varied_strings(seed=2)
+    differing = [
+        s
+        for s in strings
+        if llm.tokenize(s.encode(), add_bos=False, special=True) != original.encode(s, add_special_tokens=False).ids
+    ]
+    assert not differing, f"{len(differing)} of {len(strings)} differ, e.g. {differing[:3]!r}"
+    ids = original.encode(strings[0] + " " + strings[4], add_special_tokens=False).ids[:48]
+    llm.eval(ids)
+    ours = np.array(llm.scores[: len(ids)])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(ours - reference).max() < 0.05 * reference.std() + 1e-3
+
+
 # -- the chat template --------------------------------------------------------------------------
 
 
