@@ -14,11 +14,12 @@ import importlib.util
 import json
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CONVERSATIONS, assert_one_line_error, nan_copy
+from conftest import DATA_DIR, TINY_CONVERSATIONS, assert_one_line_error, nan_copy
 
 gguf = pytest.importorskip("gguf")
 
@@ -823,6 +824,61 @@ def test_a_trained_models_modelfile_carries_its_template_system_prompt_and_chat_
     record = json.loads((tmp_path / "gguf" / "mtnsails.json").read_text())
     assert record["format"] == "mtnsails-gguf" and record["system"] == SYSTEM_PROMPT
     assert sorted(record["written_files"]) == ["Modelfile", "model-q8_0.gguf", "mtnsails.json"]
+
+
+@pytest.fixture(scope="session")
+def ollama_render(tmp_path_factory):
+    """Render Modelfile TEMPLATEs as Ollama does, with Go's own text/template (tests/data/
+    ollama_template.go, built here): (template, [messages, ...]) -> [prompt, ...]."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("Go is not installed: Ollama's templates are rendered with Go's text/template")
+    binary = tmp_path_factory.mktemp("ollama_template") / "render"
+    subprocess.run([go, "build", "-o", str(binary), str(DATA_DIR / "ollama_template.go")], check=True, timeout=300)
+
+    def render(template: str, conversations: list[list[dict]]) -> list[str]:
+        request = json.dumps({"template": template, "conversations": conversations})
+        done = subprocess.run([str(binary)], input=request, capture_output=True, text=True, check=True, timeout=60)
+        return json.loads(done.stdout)
+
+    return render
+
+
+@pytest.mark.parametrize("template_dict", TEMPLATES)
+def test_the_ollama_template_renders_the_text_the_model_was_trained_on(ollama_render, template_dict):
+    """Ollama ends every prompt at the user's turn: the Go template renders what training built
+    up to the answer, separators, EOS after earlier answers and system prompts included."""
+    from mtnsails.export.gguf_chat import training_format
+    from mtnsails.model_dir.template import ChatTemplate
+
+    template = ChatTemplate.from_dict(template_dict)
+    chat = training_format(template, EOS)
+    cases = [(exchanges, system) for exchanges in CONVERSATIONS for system in (None, "Be brief.\nVery.")]
+    rendered = ollama_render(chat.ollama, [as_messages(exchanges, system) for exchanges, system in cases])
+    assert rendered == [trained_text(template, exchanges, system) for exchanges, system in cases]
+
+
+def test_the_ollama_templates_of_known_families_render_their_format(ollama_render):
+    from mtnsails.export.gguf_chat import KNOWN_FORMATS
+
+    conversation = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]
+    expected = {
+        "chatml": render_jinja(CHATML, conversation, True),
+        "llama3": "".join(
+            f"<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>"
+            for role, text in (("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"))
+        )
+        + "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "gemma": "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n",
+        "phi3": "<|user|>\nHi<|end|>\n<|assistant|>\nHello<|end|>\n<|user|>\nBye<|end|>\n<|assistant|>\n",
+    }
+    for name, (_, _, ollama) in KNOWN_FORMATS.items():
+        assert ollama_render(ollama, [conversation]) == [expected[name]], name
 
 
 # -- refusals: one line, exit 2, nothing written ------------------------------------------------
