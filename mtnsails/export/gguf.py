@@ -25,9 +25,9 @@ import numpy as np
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.files import atomic_write_text, read_json_object
-from mtnsails.export.gguf_chat import chat_format
-from mtnsails.export.gguf_families import EMBEDDING, OUTPUT, family_of, gguf_tensors
-from mtnsails.export.gguf_tokenizer import read_vocabulary
+from mtnsails.export.gguf_chat import ChatFormat, chat_format
+from mtnsails.export.gguf_families import EMBEDDING, OUTPUT, Family, family_of, gguf_tensors
+from mtnsails.export.gguf_tokenizer import Vocabulary, read_vocabulary
 from mtnsails.export.gguf_weights import SafetensorsWeights
 from mtnsails.export.modelfile import modelfile_text
 from mtnsails.inference.generation_config import GenerationConfig
@@ -91,6 +91,26 @@ class GGUFExport:
         return self.directory / MODELFILE
 
 
+@dataclass
+class _Plan:
+    """Everything an export writes, read and checked before anything is written."""
+
+    model_dir: Path
+    output: Path
+    gguf_type: str
+    config: dict
+    family: Family
+    vocabulary: Vocabulary
+    chat: ChatFormat
+    weights: SafetensorsWeights
+    modelfile: str
+    record: dict  # the output's mtnsails.json
+
+    @property
+    def file_name(self) -> str:
+        return gguf_file_name(self.gguf_type)
+
+
 def export_gguf(
     model_path: str | os.PathLike,
     output_path: str | os.PathLike = DEFAULT_GGUF_DIR,
@@ -102,7 +122,26 @@ def export_gguf(
     atomically) and return what was written. Raises MtnsailsError, before anything is written,
     for a family, tokenizer or setting llama.cpp cannot run as the model does."""
     start = time.perf_counter()
-    model_dir = Path(model_path)
+    plan = _plan(Path(model_path), output_path, gguf_type)
+    result = GGUFExport(
+        plan.output, plan.output / plan.file_name, plan.family.label, gguf_type, chat_format=plan.chat.name
+    )
+    with atomic_directory(plan.output, kind=GGUF_FORMAT) as staging:
+        result.tensor_types = _write_gguf(staging / plan.file_name, plan)
+        atomic_write_text(staging / MODELFILE, plan.modelfile)
+        atomic_write_text(staging / METADATA_FILE, json.dumps(plan.record, indent=2) + "\n")
+    result.seconds = time.perf_counter() - start
+    if not quiet:
+        counts = ", ".join(f"{count} {name}" for name, count in sorted(result.tensor_types.items()))
+        echo(
+            f"wrote {result.gguf_file.name} ({result.family}, {result.gguf_file.stat().st_size / 1e6:.1f} MB; "
+            f"tensors: {counts}) and an Ollama {MODELFILE} in {result.seconds:.1f} s"
+        )
+    return result
+
+
+def _plan(model_dir: Path, output_path: str | os.PathLike, gguf_type: str) -> _Plan:
+    """Read and check the model directory: family, tokenizer, chat format, Modelfile."""
     if gguf_type not in GGUF_TYPES:
         raise MtnsailsError(f"GGUF type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
     _check_model_dir(model_dir)
@@ -111,72 +150,64 @@ def export_gguf(
         raise MtnsailsError(f"the GGUF output {output_path} must not be the model directory or inside it")
     config = read_json_object(model_dir / "config.json")
     family = family_of(config)
-    n_vocab = int(config.get("vocab_size") or 0)
-    vocabulary = read_vocabulary(model_dir, n_vocab)
+    vocabulary = read_vocabulary(model_dir, int(config.get("vocab_size") or 0))
     eos_id = vocabulary.special_ids.get("eos")
     if eos_id is None:
         raise MtnsailsError(f"{model_dir}: no EOS token (config.json eos_token_id or tokenizer_config eos_token)")
     chat = chat_format(model_dir, vocabulary.tokens[eos_id])
     if chat.name == "mtnsails":
         vocabulary.add_bos = False  # the trained template: training and chat never put BOS first
-    weights = SafetensorsWeights(model_dir)
     metadata = read_metadata(model_dir)
     system = metadata.get("system") if isinstance(metadata.get("system"), str) else None
     context = context_length(config)
-    generation = GenerationConfig()
+    lengths = metadata.get("answer_tokens")
     modelfile = modelfile_text(
         gguf_file_name(gguf_type),
         chat,
         system,
-        generation,
+        GenerationConfig(),
         context,
-        token_limit(metadata.get("answer_tokens"), context) if metadata.get("answer_tokens") and context else None,
+        token_limit(lengths, context) if lengths and context else None,
     )
-    result = GGUFExport(output, output / gguf_file_name(gguf_type), family.label, gguf_type, chat_format=chat.name)
-    with atomic_directory(output, kind=GGUF_FORMAT) as staging:
-        writer = gguf.GGUFWriter(staging / gguf_file_name(gguf_type), gguf.MODEL_ARCH_NAMES[family.arch])
-        writer.add_name(_model_name(model_dir.resolve().name, vocabulary.tokens))
-        writer.add_file_type(FILE_TYPES[gguf_type])
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        family.write_hparams(writer, config)
-        writer.add_vocab_size(n_vocab)
-        vocabulary.write(writer, eot_id=vocabulary.token_id(chat.end_of_turn))
-        writer.add_chat_template(chat.jinja)
-        # newer llama.cpp tools read sampling defaults from the file: chat's
-        writer.add_sampling_temp(generation.temperature)
-        writer.add_sampling_top_k(generation.top_k)
-        writer.add_sampling_top_p(generation.top_p)
-        writer.add_sampling_penalty_repeat(generation.repetition_penalty)
-        result.tensor_types = _add_tensors(writer, family, config, weights, gguf_type, n_vocab)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        atomic_write_text(staging / MODELFILE, modelfile)
-        record = {
-            "format": GGUF_FORMAT,
-            "version": 1,
-            "source_model": str(model_dir.resolve()),
-            "family": family.label,
-            "gguf_type": gguf_type,
-            "file": gguf_file_name(gguf_type),
-            "chat_format": chat.name,
-            "template": metadata.get("template"),
-            "system": system,
-            "eos_token_id": eos_id,
-            "context_length": context,
-            "answer_tokens": metadata.get("answer_tokens"),
-        }
-        atomic_write_text(staging / METADATA_FILE, json.dumps(record, indent=2) + "\n")
-    result.seconds = time.perf_counter() - start
-    if not quiet:
-        counts = ", ".join(f"{count} {name}" for name, count in sorted(result.tensor_types.items()))
-        size = result.gguf_file.stat().st_size / 1e6
-        echo(
-            f"wrote {result.gguf_file.name} ({family.label}, {size:.1f} MB; tensors: {counts}) "
-            f"and an Ollama {MODELFILE} in {result.seconds:.1f} s"
-        )
-    return result
+    record = {
+        "format": GGUF_FORMAT,
+        "version": 1,
+        "source_model": str(model_dir.resolve()),
+        "family": family.label,
+        "gguf_type": gguf_type,
+        "file": gguf_file_name(gguf_type),
+        "chat_format": chat.name,
+        "template": metadata.get("template"),
+        "system": system,
+        "eos_token_id": eos_id,
+        "context_length": context,
+        "answer_tokens": lengths,
+    }
+    weights = SafetensorsWeights(model_dir)
+    return _Plan(model_dir, output, gguf_type, config, family, vocabulary, chat, weights, modelfile, record)
+
+
+def _write_gguf(path: Path, plan: _Plan) -> dict[str, int]:
+    """Write the GGUF file; return how many tensors each storage type holds."""
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[plan.family.arch])
+    writer.add_name(_model_name(plan.model_dir.resolve().name, plan.vocabulary.tokens))
+    writer.add_file_type(FILE_TYPES[plan.gguf_type])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    plan.family.write_hparams(writer, plan.config)
+    writer.add_vocab_size(len(plan.vocabulary.tokens))
+    plan.vocabulary.write(writer, eot_id=plan.vocabulary.token_id(plan.chat.end_of_turn))
+    writer.add_chat_template(plan.chat.jinja)
+    generation = GenerationConfig()  # llama.cpp tools take sampling defaults from the file: chat's
+    writer.add_sampling_temp(generation.temperature)
+    writer.add_sampling_top_k(generation.top_k)
+    writer.add_sampling_top_p(generation.top_p)
+    writer.add_sampling_penalty_repeat(generation.repetition_penalty)
+    types = _add_tensors(writer, plan.family, plan.config, plan.weights, plan.gguf_type, len(plan.vocabulary.tokens))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return types
 
 
 # llama.cpp sets per-token attributes for a model whose general.name holds "phi3" or "phi-3", and
@@ -204,7 +235,7 @@ def _check_model_dir(model_dir: Path) -> None:
 
 
 def _add_tensors(
-    writer: gguf.GGUFWriter, family, config: dict, weights: SafetensorsWeights, gguf_type: str, n_vocab: int
+    writer: gguf.GGUFWriter, family: Family, config: dict, weights: SafetensorsWeights, gguf_type: str, n_vocab: int
 ) -> dict[str, int]:
     """Convert and add every tensor; return how many tensors each storage type holds."""
     tensors = list(gguf_tensors(family, config, weights))
