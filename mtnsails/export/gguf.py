@@ -26,7 +26,7 @@ import numpy as np
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.files import atomic_write_text, read_json_object
 from mtnsails.export.gguf_chat import ChatFormat, chat_format
-from mtnsails.export.gguf_families import EMBEDDING, OUTPUT, Family, family_of, gguf_tensors
+from mtnsails.export.gguf_families import EMBEDDING, OUTPUT, Family, family_of, gguf_names, gguf_tensors
 from mtnsails.export.gguf_tokenizer import Vocabulary, read_vocabulary
 from mtnsails.export.gguf_weights import SafetensorsWeights
 from mtnsails.export.modelfile import modelfile_text
@@ -237,14 +237,12 @@ def _check_model_dir(model_dir: Path) -> None:
 def _add_tensors(
     writer: gguf.GGUFWriter, family: Family, config: dict, weights: SafetensorsWeights, gguf_type: str, n_vocab: int
 ) -> dict[str, int]:
-    """Convert and add every tensor; return how many tensors each storage type holds."""
-    tensors = list(gguf_tensors(family, config, weights))
-    names = {name for name, _ in tensors}
-    if EMBEDDING not in names:
-        raise MtnsailsError(f"cannot write this {family.label} model as GGUF: it has no token embedding")
-    output_name = OUTPUT if OUTPUT in names else EMBEDDING
+    """Convert and add every tensor, one at a time (only the converted data stays in memory until
+    the file is written); return how many tensors each storage type holds."""
+    targets = gguf_names(family, config, weights)
+    output_name = OUTPUT if OUTPUT in targets.values() else EMBEDDING
     types: Counter = Counter()
-    for name, data in tensors:
+    for name, data in gguf_tensors(family, config, weights, targets):
         if name == EMBEDDING and data.shape[0] != n_vocab:
             raise MtnsailsError(
                 f"cannot write this model as GGUF: its embedding has {data.shape[0]} rows, config.json "

@@ -271,16 +271,13 @@ def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
-def gguf_tensors(family: Family, config: dict, weights) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (GGUF name, float32 array) for every weight of the checkpoint, llama.cpp's way.
-
-    `weights` maps Hugging Face names to arrays (SafetensorsWeights). An output layer equal to
-    the embedding (tied) is left out: llama.cpp then reuses the embedding, as the model does.
-    """
-    blocks = int(_get(config, "n_layer", "num_hidden_layers"))
-    names = gguf.get_tensor_name_map(family.arch, blocks)
-    heads, kv_heads = (int(config.get("num_attention_heads") or 0), int(config.get("num_key_value_heads") or 0))
-    embedding_name = next((name for name in weights if names.get_name(name) == EMBEDDING), None)
+def gguf_names(family: Family, config: dict, weights) -> dict[str, str]:
+    """Hugging Face name -> GGUF name of every tensor the file gets, read from names alone but
+    for one comparison: an output layer equal to the embedding (tied) is left out, and llama.cpp
+    then reuses the embedding, as the model does. MtnsailsError for a tensor llama.cpp has no
+    name for, or an output layer a family cannot keep apart from its embedding."""
+    names = gguf.get_tensor_name_map(family.arch, int(_get(config, "n_layer", "num_hidden_layers")))
+    targets = {}
     for name in weights:
         if name.endswith(SKIPPED_SUFFIXES):
             continue
@@ -290,15 +287,27 @@ def gguf_tensors(family: Family, config: dict, weights) -> Iterator[tuple[str, n
                 f"cannot write tensor {name} as GGUF: {family.label} has no such tensor in llama.cpp "
                 "(an unusual layout or an adapter not merged into the model)"
             )
+        targets[name] = target
+    embedding = next((name for name, target in targets.items() if target == EMBEDDING), None)
+    output = next((name for name, target in targets.items() if target == OUTPUT), None)
+    if embedding is None:
+        raise MtnsailsError(f"cannot write this {family.label} model as GGUF: it has no token embedding")
+    if output is not None and np.array_equal(weights[output], weights[embedding]):
+        del targets[output]
+    elif output is not None and family.output_is_embedding:
+        raise MtnsailsError(
+            f"cannot write this {family.label} model as GGUF: its output layer differs from its "
+            "embedding, and llama.cpp always uses the embedding as the output layer"
+        )
+    return targets
+
+
+def gguf_tensors(family: Family, config: dict, weights, targets: dict[str, str]) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (GGUF name, float32 array) for each of `targets` (gguf_names), llama.cpp's way,
+    one tensor at a time. `weights` maps Hugging Face names to arrays (SafetensorsWeights)."""
+    heads, kv_heads = (int(config.get("num_attention_heads") or 0), int(config.get("num_key_value_heads") or 0))
+    for name, target in targets.items():
         data = weights[name]
-        if target == OUTPUT:
-            if embedding_name is not None and np.array_equal(data, weights[embedding_name]):
-                continue  # tied: llama.cpp reads the embedding when there is no output tensor
-            if family.output_is_embedding:
-                raise MtnsailsError(
-                    f"cannot write this {family.label} model as GGUF: its output layer differs from its "
-                    "embedding, and llama.cpp always uses the embedding as the output layer"
-                )
         if name.endswith(family.transposed):
             data = data.T
         if family.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
