@@ -87,6 +87,24 @@ CHATML = (
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 FAMILY_MODELS = {
     "llama": ("LlamaConfig", {**SMALL, "num_key_value_heads": 2, "rope_theta": 50000.0}, "smollm", [EOS], 0),
+    "llama3_rope": (  # Llama 3.x: per-frequency rope scaling, which llama.cpp reads as a tensor
+        "LlamaConfig",
+        {
+            **SMALL,
+            "num_key_value_heads": 2,
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        },
+        "llama-bpe",
+        [EOS],
+        0,
+    ),
     "qwen2": ("Qwen2Config", {**SMALL, "num_key_value_heads": 2}, "qwen2", [EOS, "<|im_start|>", "<|im_end|>"], 6),
     "qwen3": ("Qwen3Config", {**SMALL, "num_key_value_heads": 2, "head_dim": 32}, "qwen2", [EOS], 0),
     "gemma": ("GemmaConfig", {**SMALL, "num_key_value_heads": 1, "head_dim": 16}, "gpt-2", [EOS], 0),
@@ -187,6 +205,14 @@ def expected_tensors(model_dir: Path) -> dict[str, np.ndarray]:
     out = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": shift(hf["model.norm.weight"])}
     if "lm_head.weight" in hf:
         out["output.weight"] = hf["lm_head.weight"]
+    if (config.get("rope_scaling") or {}).get("rope_type") == "llama3":  # llama.cpp divides each frequency by these
+        from transformers import LlamaConfig
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        settings = LlamaConfig(**config)
+        base, _ = ROPE_INIT_FUNCTIONS["default"](settings, "cpu")
+        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](settings, "cpu")
+        out["rope_freqs.weight"] = (base / scaled).numpy().astype(np.float32)
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     for layer in range(config["num_hidden_layers"]):
         block = f"model.layers.{layer}."
@@ -274,7 +300,9 @@ def check_tensors(model_dir: Path, gguf_file: Path, gguf_type: str) -> None:
     for name, (kind, value) in tensors.items():
         want = expected[name]
         assert value.shape == want.shape, name
-        if want.ndim == 1 or name.endswith("_norm.weight") or name == "position_embd.weight":
+        if name == "rope_freqs.weight":  # computed (float64 here, float32 in transformers)
+            assert kind == Q.F32 and np.allclose(value, want, rtol=1e-6), name
+        elif want.ndim == 1 or name.endswith("_norm.weight") or name == "position_embd.weight":
             assert kind == Q.F32 and np.array_equal(value, want), name
         elif kind == Q.F16:
             assert gguf_type == "f16" or want.shape[-1] % 32, name
@@ -407,6 +435,7 @@ def test_every_family_reads_back_tensor_for_tensor(family, gguf_type, family_dir
 
 ARCHITECTURES = {
     "llama": "llama",
+    "llama3_rope": "llama",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "gemma": "gemma",

@@ -11,6 +11,7 @@ gguf_tokenizer, the chat format in gguf_chat.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -242,7 +243,8 @@ def _add_tensors(
     targets = gguf_names(family, config, weights)
     output_name = OUTPUT if OUTPUT in targets.values() else EMBEDDING
     types: Counter = Counter()
-    for name, data in gguf_tensors(family, config, weights, targets):
+    computed = family.extra_tensors(config).items()
+    for name, data in itertools.chain(computed, gguf_tensors(family, config, weights, targets)):
         if name == EMBEDDING and data.shape[0] != n_vocab:
             raise MtnsailsError(
                 f"cannot write this model as GGUF: its embedding has {data.shape[0]} rows, config.json "

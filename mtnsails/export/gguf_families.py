@@ -29,6 +29,7 @@ from mtnsails.core.errors import MtnsailsError
 SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 EMBEDDING = "token_embd.weight"
 OUTPUT = "output.weight"
+ROPE_FREQS = "rope_freqs.weight"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Family:
     permute_qk: bool = False  # Llama's rotary layout (see the module docstring)
     norm_shift: float = 0.0  # added to every "*norm.weight" (Gemma)
     output_is_embedding: bool = False  # llama.cpp always uses the embedding as the output layer
+    extra_tensors: Callable[[dict], dict[str, np.ndarray]] = lambda config: {}  # computed, not stored
 
 
 def _get(config: dict, *keys: str, default: object = None) -> object:
@@ -61,16 +63,36 @@ def _refuse(config: dict, problem: str) -> None:
     raise MtnsailsError(f"cannot write {config.get('model_type')} as GGUF: {problem}")
 
 
-def _rope_scaling(config: dict) -> tuple[str, float] | None:
-    """(type, factor) of config.json's rope scaling; None without any. Only linear scaling is
-    written: the others need per-family tables this export does not build."""
+def _rope_scaling(config: dict, allowed: tuple[str, ...] = ("linear",)) -> tuple[str, dict] | None:
+    """(type, settings) of config.json's rope scaling; None without any. Linear scaling is a
+    factor llama.cpp reads; Llama 3's is a table of per-frequency factors (`llama3_rope_factors`);
+    others need tables this export does not build."""
     scaling = config.get("rope_scaling") or config.get("rope_parameters") or None
     kind = scaling and (scaling.get("rope_type") or scaling.get("type"))
     if not kind or kind == "default":
         return None
-    if kind != "linear":
-        _refuse(config, f"rope scaling {kind!r} is not supported (only linear)")
-    return kind, float(scaling["factor"])
+    if kind not in allowed:
+        _refuse(config, f"rope scaling {kind!r} is not supported (only {' and '.join(allowed)})")
+    return kind, scaling
+
+
+def llama3_rope_factors(config: dict) -> np.ndarray:
+    """Llama 3's rope scaling as llama.cpp takes it (the rope_freqs tensor): by how much each
+    rotary frequency is divided. Wavelengths shorter than the original context / high_freq_factor
+    keep their frequency, those longer than original context / low_freq_factor are divided by
+    `factor`, and those between blend the two smoothly."""
+    _, scaling = _rope_scaling(config, allowed=("llama3",))
+    _, _, width = _heads(config)
+    base = float(_get(config, "rope_theta", default=10000.0))
+    frequencies = 1.0 / base ** (np.arange(0, width, 2, dtype=np.float64) / width)
+    factor = float(scaling.get("factor", 8.0))
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    context = float(scaling.get("original_max_position_embeddings", 8192))
+    wavelengths = 2 * np.pi / frequencies
+    smooth = (context / wavelengths - low) / (high - low)
+    blended = 1 / ((1 - smooth) / factor + smooth)
+    factors = np.where(wavelengths < context / high, 1.0, np.where(wavelengths > context / low, factor, blended))
+    return factors.astype(np.float32)
 
 
 def _check_activation(config: dict, *keys: str, allowed: tuple[str, ...]) -> None:
@@ -101,10 +123,10 @@ def _write_common(writer: gguf.GGUFWriter, config: dict) -> None:
     writer.add_layer_norm_rms_eps(float(_get(config, "rms_norm_eps")))
     writer.add_rope_freq_base(float(_get(config, "rope_theta", default=10000.0)))
     writer.add_rope_dimension_count(int(width * float(_get(config, "partial_rotary_factor", default=1.0))))
-    scaling = _rope_scaling(config)
-    if scaling:
+    scaling = _rope_scaling(config, allowed=("linear", "llama3"))
+    if scaling and scaling[0] == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(scaling[1])
+        writer.add_rope_scaling_factor(float(scaling[1]["factor"]))
 
 
 # -- GPT-2 -------------------------------------------------------------------------------------
@@ -137,7 +159,12 @@ def _llama_check(config: dict) -> None:
     _check_activation(config, "hidden_act", allowed=("silu",))
     if config.get("mlp_bias"):
         _refuse(config, "its MLP has biases (mlp_bias), which llama.cpp's Llama has not")
-    _rope_scaling(config)
+    _rope_scaling(config, allowed=("linear", "llama3"))
+
+
+def _llama_extra(config: dict) -> dict[str, np.ndarray]:
+    scaling = _rope_scaling(config, allowed=("linear", "llama3"))
+    return {ROPE_FREQS: llama3_rope_factors(config)} if scaling and scaling[0] == "llama3" else {}
 
 
 def _qwen_check(config: dict) -> None:
@@ -235,7 +262,7 @@ FAMILIES = (
         _gpt2_check,
         transposed=("c_attn.weight", "c_proj.weight", "c_fc.weight"),
     ),
-    Family("Llama", ("llama",), A.LLAMA, _write_common, _llama_check, permute_qk=True),
+    Family("Llama", ("llama",), A.LLAMA, _write_common, _llama_check, permute_qk=True, extra_tensors=_llama_extra),
     Family("Qwen2", ("qwen2",), A.QWEN2, _write_common, _qwen_check),
     Family("Qwen3", ("qwen3",), A.QWEN3, _write_common, _qwen_check),
     Family("Gemma", ("gemma",), A.GEMMA, _gemma_hparams, _gemma_check, norm_shift=1.0, output_is_embedding=True),
