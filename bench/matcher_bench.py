@@ -42,11 +42,12 @@ tree's as chat builds it (trained questions only), "new+answers" the same given 
 answers too.
 
 With --model (an ONNX directory of a model trained on the set: `answer_bench.py --keep DIR`
-keeps DIR/main/onnx): asks that model each trained question, each rewording and each near miss
-in a fresh conversation, with no matcher and with each matcher (mtnsails.loop.evaluator.Evaluator,
-greedy, as answer_bench.py asks): a rewording is answered right when the reference's first
-sentence is in the answer (answer_bench.py's "reworded" figure); a near miss "gets a trained
-answer" when the first sentence of any trained answer is in the answer.
+keeps DIR/main/onnx): asks that model each trained question, each rewording, near miss and
+other-topic question in a fresh conversation, with no matcher and with each matcher
+(mtnsails.loop.evaluator.Evaluator, greedy, as answer_bench.py asks): a rewording is answered
+right when the reference's first sentence is in the answer (answer_bench.py's "reworded" figure);
+a near miss or other-topic question "gets a trained answer" when the first sentence of any trained
+answer is in the answer (a confident, wrong answer, with or without a swap).
 """
 
 from __future__ import annotations
@@ -262,15 +263,18 @@ def answered_table(model: str, data: dict, makers: dict) -> None:
     n = len(data["qa"])
     print(f"trained questions answered right: {sum(r.first_sentence_match for r in trained.results)}/{n}")
     references = [pair["output"] for pair in data["qa"]]
-    near = [{"input": question, "output": ""} for question in data["near"]]
-    print("| matcher | rewordings answered right | near misses given a trained answer |")
-    print("|---|---|---|")
+    print("| matcher | rewordings answered right | near misses given a trained answer "
+          "| other topics given a trained answer |")
+    print("|---|---|---|---|")
     for label, make in {"none": None, **makers}.items():
         evaluator.chat.matcher = make(data["qa"]) if make else None
         right = sum(r.first_sentence_match for r in evaluator.evaluate(data["reworded"]).results)
-        trained_answer = sum(any(first_sentence_match(r.answer, ref) for ref in references)
-                             for r in evaluator.evaluate(near).results)
-        print(f"| {label} | {share(right, len(data['reworded']))} | {share(trained_answer, len(near))} |")
+        given = {}
+        for kind in ("near", "other"):
+            asked = [{"input": question, "output": ""} for question in data[kind]]
+            given[kind] = share(sum(any(first_sentence_match(r.answer, ref) for ref in references)
+                                    for r in evaluator.evaluate(asked).results), len(asked))
+        print(f"| {label} | {share(right, len(data['reworded']))} | {given['near']} | {given['other']} |")
 
 
 def main() -> None:
