@@ -44,7 +44,7 @@ import numpy as np
 DEFAULT_THRESHOLD = 0.40  # trained questions only (what chat records today)
 ANSWERS_THRESHOLD = 0.32  # questions with their answers: a question's vector is spread wider
 DEFAULT_MARGIN = 0.08     # best minus second best; below it two trained questions are too alike
-WORD_SHARE = 0.6          # word cosine vs character n-gram cosine (0.4 to 0.8 within 10 %)
+WORD_SHARE = 0.6          # word cosine vs character n-gram cosine (0.4 and 0.6 alike)
 UNKNOWN_WEIGHT = 1.0      # times the IDF of a word in no trained text (1 to 2 score alike)
 NGRAM_SIZES = (3, 4, 5)
 
