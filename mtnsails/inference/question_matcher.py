@@ -18,8 +18,9 @@ Closeness (docs/question-matching.md has the figures):
   on another topic that shares one word with a trained question ("How do I reset my wifi
   router?", "How do I reset an outlet that stopped working?") scores low.
 
-Decision: the best trained question is taken when its score reaches the threshold AND beats the
-second best by at least the margin; otherwise the question is asked as typed. Words the trained
+Decision: a trained question asked again (any case, any punctuation) is itself; otherwise the best
+trained question is taken when its score reaches the threshold AND beats the second best by at
+least the margin, and the question is asked as typed when not. Words the trained
 texts do not have cannot match: a rewording in synonyms ("sink tap keeps leaking") is left as
 typed, and a question that changes only the subject ("Why is my laptop fan so loud?" for "Why is
 my bathroom fan so loud?") is still taken. numpy only; the vectors are stored column-wise (an
@@ -31,8 +32,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -197,6 +198,9 @@ class QuestionMatcher:
             if question.strip():
                 texts.setdefault(question, []).extend([answers[i]] if answers else [])
         self.questions = list(texts)
+        # a trained question asked again (any case or punctuation) is itself, even one made only of
+        # words the cosines leave out ("Hello!")
+        self._exact = {" ".join(_words(q)): q for q in reversed(self.questions)}
         self.threshold = (ANSWERS_THRESHOLD if answers else DEFAULT_THRESHOLD) if threshold is None else threshold
         self.margin = margin
         self._spaces = [(WORD_SHARE, _Space([[_word_terms(q), *map(_word_terms, a)] for q, a in texts.items()])),
@@ -205,13 +209,16 @@ class QuestionMatcher:
     def scores(self, text: str) -> np.ndarray:
         """The closeness of `text` to each of `self.questions` (0-1)."""
         return sum(share * space.cosines(terms(text))
-                   for (share, space), terms in zip(self._spaces, (_word_terms, _gram_terms)))
+                   for (share, space), terms in zip(self._spaces, (_word_terms, _gram_terms), strict=True))
 
     def match(self, text: str) -> QuestionMatch | None:
         """The trained question closest to `text` when its score reaches the threshold and beats
         the second closest by the margin."""
         if not self.questions or self.threshold > 1:
             return None
+        exact = self._exact.get(" ".join(_words(text)))
+        if exact is not None:
+            return QuestionMatch(exact, 1.0, 1.0)
         scores = self.scores(text)
         best = int(np.argmax(scores))
         second = float(np.partition(scores, -2)[-2]) if len(scores) > 1 else 0.0
