@@ -182,8 +182,9 @@ def thresholds_table(table: dict) -> None:
     print("| matcher | threshold | sets | right | wrong swap | near misses swapped | other topics swapped |")
     print("|---|---|---|---|---|---|---|")
     new = question_matcher.QuestionMatcher
-    for label, default, grid in (("new", question_matcher.DEFAULT_THRESHOLD, (0.25, 0.30, 0.35, 0.40, 0.45, 0.50)),
-                                 ("new+answers", question_matcher.ANSWERS_THRESHOLD, (0.20, 0.25, 0.30, 0.32, 0.35, 0.40))):
+    grids = (("new", question_matcher.DEFAULT_THRESHOLD, (0.25, 0.30, 0.35, 0.40, 0.45, 0.50)),
+             ("new+answers", question_matcher.ANSWERS_THRESHOLD, (0.20, 0.25, 0.30, 0.32, 0.35, 0.40)))
+    for label, default, grid in grids:
         for threshold in grid:
             for group in ("tuning + development", "held out"):
                 names = [n for n, d in table.items() if (d["role"] == "held out") == (group == "held out")]
