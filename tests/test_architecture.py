@@ -109,3 +109,22 @@ def test_the_walk_sees_imports_inside_functions_and_for_type_checking(tmp_path, 
     monkeypatch.setattr(sys.modules[__name__], "REPO_ROOT", tmp_path)
     assert imports_of(source) >= {"mtnsails.loop.x", "mtnsails.serve.server.ChatServer"}
     assert stage("mtnsails.serve.server") > stage("mtnsails.core.example")
+
+
+def test_the_public_names_still_import_from_the_top_level_package():
+    import mtnsails
+
+    names = [
+        "ConversationDataHandler",
+        "DataQualityValidator",
+        "LLMTrainer",
+        "ONNXConverter",
+        "ChatInterface",
+        "ConversationLogger",
+        "TrainingConfig",
+        "GenerationConfig",
+        "MtnsailsError",
+    ]
+    assert set(names) <= set(mtnsails.__all__)
+    for name in mtnsails.__all__:
+        assert getattr(mtnsails, name) is not None, name
