@@ -104,7 +104,8 @@ class ChatEngine:
         # more (None: as many as fit).
         self.history_exchanges = meta.get("history_exchanges")
         questions = meta.get("questions") if settings.match_questions else None
-        self.matcher = QuestionMatcher(questions) if questions else None
+        # The answers name a question's subject again, often in other words (older exports lack them).
+        self.matcher = QuestionMatcher(questions, answers=meta.get("question_answers")) if questions else None
         self.system = meta.get("system") if settings.system is None else settings.system
         self.system_ids = self.system_prompt_ids(self.system)
         if len(self.system_ids) >= self._prompt_budget(self.generation.max_new_tokens):

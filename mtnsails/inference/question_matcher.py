@@ -42,7 +42,7 @@ import numpy as np
 # of the other sets as other topics): the most rewordings asked right with at most 2 % of the
 # other-topic questions swapped, at most 1 wrong swap in 120 and a margin of at least 0.08.
 # The held-out sets (tech, travel) chose nothing. Figures: docs/question-matching.md.
-DEFAULT_THRESHOLD = 0.40  # trained questions only (what chat records today)
+DEFAULT_THRESHOLD = 0.40  # trained questions only (models trained before answers were recorded)
 ANSWERS_THRESHOLD = 0.32  # questions with their answers: a question's vector is spread wider
 DEFAULT_MARGIN = 0.08  # best minus second best; below it two trained questions are too alike
 WORD_SHARE = 0.6  # word cosine vs character n-gram cosine (0.4 and 0.6 alike)

@@ -115,6 +115,11 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     questions = meta.get("questions")
     if questions is not None and not (isinstance(questions, list) and all(isinstance(q, str) for q in questions)):
         raise MtnsailsError(f'{source}: "questions" must be a list of strings (the trained questions) or null')
+    answers = meta.get("question_answers")
+    if answers is not None and not (
+        isinstance(answers, list) and all(isinstance(a, str) for a in answers) and len(answers) == len(questions or [])
+    ):
+        raise MtnsailsError(f'{source}: "question_answers" must be a list of strings, one per question, or null')
     template = meta.get("template")
     if template is not None:
         if not isinstance(template, dict) or not all(
@@ -206,6 +211,7 @@ def write_onnx_metadata(
         "answer_tokens": source.get("answer_tokens"),
         "history_exchanges": source.get("history_exchanges"),
         "questions": source.get("questions"),
+        "question_answers": source.get("question_answers"),
     }
     if optimized:
         meta["optimized"] = optimized

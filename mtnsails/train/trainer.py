@@ -143,6 +143,7 @@ class LLMTrainer:
             "system": None,
             "history_exchanges": None,
             "questions": None,
+            "question_answers": None,
         }
         self._answer_tokens: dict | None = None
         self._held_out: list[int] = []
@@ -251,7 +252,12 @@ class LLMTrainer:
         # chat keeps as many earlier exchanges as the model learned to use, and asks reworded
         # questions as the trained stand-alone question they match
         self._data_info["history_exchanges"] = max((len(c.get("history") or []) for c in combined), default=0)
-        self._data_info["questions"] = list(dict.fromkeys(c["input"] for c in combined if not c.get("history")))
+        first_answers = {}  # each stand-alone question with its first answer: the matcher reads both
+        for conversation in combined:
+            if not conversation.get("history"):
+                first_answers.setdefault(conversation["input"], conversation["output"])
+        self._data_info["questions"] = list(first_answers)
+        self._data_info["question_answers"] = list(first_answers.values())
         if replayed and not self.config.quiet and is_main_process():
             print(
                 f"note: continuing {self.config.model_name}: its {len(replayed)} training "
