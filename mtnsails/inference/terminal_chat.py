@@ -42,8 +42,13 @@ def announce_system(chat: ChatSession) -> None:
         print(system_line(chat), file=sys.stderr, flush=True)
 
 
-def note_truncation(chat: ChatSession) -> None:
-    """Say on stderr when the token limit stopped the last answer."""
+def note_answer(chat: ChatSession, question: str) -> None:
+    """Say on stderr what the user needs to know of the last answer to `question`: the trained
+    question it was asked as, when the words differ (so a wrong match shows), and a token limit
+    that stopped it."""
+    match = chat.last_match
+    if match is not None and match.question.casefold().strip() != question.casefold().strip():
+        print(f"note: asked as the trained question {match.question!r}", file=sys.stderr, flush=True)
     if chat.last_stats is not None and chat.last_stats.truncated:
         print(
             f"note: the answer reached the limit of {chat.generation.max_new_tokens} new tokens "
@@ -173,7 +178,7 @@ class TerminalChat:
                 extra = len(printed) - len(answer)  # erase the half sentence the limit cut
                 print("\b \b" * extra, end="", file=self.stdout)
             self._say()
-            note_truncation(self.chat)
+            note_answer(self.chat, line)
             if self.ask_feedback:
                 try:
                     reply = input(FEEDBACK_PROMPT).strip()
@@ -194,6 +199,6 @@ class TerminalChat:
                 return
             if command is None:
                 self._say(one_line(self.chat.reply(line)))
-                note_truncation(self.chat)
+                note_answer(self.chat, line)
                 if self.ask_feedback and self._reply_to_question(next(lines, None), echo=False):
                     return
