@@ -125,3 +125,12 @@ def test_refers_back():
 def test_threshold_above_one_turns_matching_off_and_empty_index_matches_nothing():
     assert QuestionMatcher(TRAINED, threshold=1.01).match("What is a derailleur?") is None
     assert QuestionMatcher([]).match("What is a derailleur?") is None
+
+
+def test_questions_that_differ_only_in_symbols_are_each_themselves_never_one_another():
+    matcher = QuestionMatcher(["What is C++?", "What is C#?", "Is 2+2 equal to 4?", "Is 2-2 equal to 4?", "?"])
+    assert matcher.match("What is C#?").question == "What is C#?"
+    assert matcher.match("what is c++?").question == "What is C++?"  # as typed, in any case
+    assert matcher.match("Is 2-2 equal to 4?").question == "Is 2-2 equal to 4?"
+    assert matcher.match("What is C") is None  # both read so: too alike to pick one
+    assert matcher.match("???") is None and matcher.match("") is None  # no words, no loose match

@@ -208,9 +208,12 @@ class QuestionMatcher:
             if question.strip():
                 texts.setdefault(question, []).extend([answers[i]] if answers else [])
         self.questions = list(texts)
-        # a trained question asked again (any case or punctuation) is itself, even one made only of
-        # words the cosines leave out ("Hello!")
-        self._exact = {" ".join(_words(q)): q for q in reversed(self.questions)}
+        # A trained question asked again is itself, even one made only of words the cosines leave
+        # out ("Hello!"): as typed (any case), or in other case and punctuation where that leaves
+        # one trained question ("What is C++?" and "What is C#?" both read "what is c").
+        self._typed = {q.casefold().strip(): q for q in reversed(self.questions)}
+        loose = Counter(" ".join(_words(q)) for q in self.questions)
+        self._loose = {key: q for q in self.questions if (key := " ".join(_words(q))) and loose[key] == 1}
         self.threshold = (ANSWERS_THRESHOLD if answers else DEFAULT_THRESHOLD) if threshold is None else threshold
         self.margin = margin
         self._spaces = [
@@ -230,7 +233,7 @@ class QuestionMatcher:
         the second closest by the margin."""
         if not self.questions or self.threshold > 1:
             return None
-        exact = self._exact.get(" ".join(_words(text)))
+        exact = self._typed.get(text.casefold().strip()) or self._loose.get(" ".join(_words(text)))
         if exact is not None:
             return QuestionMatch(exact, 1.0, 1.0)
         scores = self.scores(text)
