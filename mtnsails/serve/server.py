@@ -470,7 +470,9 @@ class ChatServer:
             model = self.scheduler.model
             print(
                 f"serving {model.path} ({model.precision}) on http://{host}:{port}/v1 "
-                f"(batch up to {self.scheduler.max_batch}); Ctrl-C stops",
+                f"(batch up to {self.scheduler.max_batch})"
+                + (f", logging exchanges to {self.logger.path}" if self.logger is not None else "")
+                + "; Ctrl-C stops",
                 file=sys.stderr,
                 flush=True,
             )
