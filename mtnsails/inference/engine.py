@@ -86,11 +86,8 @@ class ChatEngine:
         self.eos_token_id = meta.get("eos_token_id")
         self.context_length = int(meta.get("context_length") or 1024)
         self.max_length = settings.max_length
-        generation = settings.generation
-        generation.validate()
-        if generation.max_new_tokens is None:
-            generation = replace(generation, max_new_tokens=token_limit(meta.get("answer_tokens"), self.context_length))
-        self.generation = generation
+        self.default_max_new_tokens = token_limit(meta.get("answer_tokens"), self.context_length)
+        self.use_generation(settings.generation)
         if self.max_length < 1:
             raise MtnsailsError(f"{setting_label('max_length')} = {self.max_length} must be at least 1")
         self.precision = self._pick_precision(meta["files"], settings.precision)
@@ -106,14 +103,31 @@ class ChatEngine:
         questions = meta.get("questions") if settings.match_questions else None
         # The answers name a question's subject again, often in other words (older exports lack them).
         self.matcher = QuestionMatcher(questions, answers=meta.get("question_answers")) if questions else None
-        self.system = meta.get("system") if settings.system is None else settings.system
-        self.system_ids = self.system_prompt_ids(self.system)
-        if len(self.system_ids) >= self._prompt_budget(self.generation.max_new_tokens):
+        self.trained_system = meta.get("system")  # the training data's system prompt, if any
+        self.use_system(settings.system)
+
+    def use_generation(self, generation: GenerationConfig) -> None:
+        """Answer with `generation` from now on (a reload keeps it); no `max_new_tokens`: the
+        limit derived from the trained answer lengths."""
+        generation.validate()
+        self.settings = replace(self.settings, generation=generation)
+        if generation.max_new_tokens is None:
+            generation = replace(generation, max_new_tokens=self.default_max_new_tokens)
+        self.generation = generation
+
+    def use_system(self, system: str | None) -> None:
+        """Open every prompt with `system` from now on ("" none; None the trained one; a reload
+        keeps it). MtnsailsError when it leaves no room for a question."""
+        text = self.trained_system if system is None else system
+        ids = self.system_prompt_ids(text)
+        if len(ids) >= self._prompt_budget(self.generation.max_new_tokens):
             raise MtnsailsError(
-                f"the system prompt is {len(self.system_ids)} tokens: it leaves no room "
+                f"the system prompt is {len(ids)} tokens: it leaves no room "
                 f"for the question within {setting_label('max_length')} = {self.max_length} "
                 f"and the context of {self.context_length} tokens"
             )
+        self.settings = replace(self.settings, system=system)
+        self.system, self.system_ids = text, ids
 
     def _pick_precision(self, files: dict, precision: str) -> str:
         if precision == "auto":

@@ -72,13 +72,23 @@ class ChatSession:
 
     @property
     def generation(self) -> GenerationConfig:
-        """The answer settings in effect (the token limit resolved for the loaded model)."""
+        """The answer settings in effect (the token limit resolved for the loaded model); set it
+        to answer otherwise from now on (`ChatEngine.use_generation`)."""
         return self.engine.generation
+
+    @generation.setter
+    def generation(self, config: GenerationConfig) -> None:
+        self.engine.use_generation(config)
 
     @property
     def system(self) -> str | None:
-        """The system prompt in effect (None or "": none)."""
+        """The system prompt in effect (None or "": none); set it to open prompts otherwise from
+        now on ("" none, None the trained one; `ChatEngine.use_system`)."""
         return self.engine.system
+
+    @system.setter
+    def system(self, text: str | None) -> None:
+        self.engine.use_system(text)
 
     def prompt_ids(
         self,
