@@ -84,15 +84,15 @@ class TerminalChat:
 
     def _command(self, line: str, echo: bool) -> bool | None:
         """Handle /reset, /reload, the verdicts and the exit words (in any case): True = stop,
-        False = handled, None = not a command. Any other "/word" is refused with the list of
-        commands: a mistyped command must not reach the model, nor the log as training data."""
+        False = handled, None = not a command. Any other line that is one "/word" is refused with
+        the list of commands: a mistyped command must not reach the model, nor the log as training
+        data (a question that starts with a path, "/tmp is full: what now?", is asked)."""
         name, _, text = line.partition(" ")
         if SLASH_WORD.fullmatch(name):
-            line = name.lower() + line[len(name) :]
             name = name.lower()
-        if line.lower() in EXIT_COMMANDS:
+        if line.lower() in EXIT_COMMANDS or (name in EXIT_COMMANDS and name.startswith("/")):
             return True
-        if line == "/reload":  # e.g. after `promote` or `watch` replaced the model directory
+        if name == "/reload":  # e.g. after `promote` or `watch` replaced the model directory
             try:
                 self.chat.reload()
             except MtnsailsError as error:
@@ -101,7 +101,7 @@ class TerminalChat:
                 if echo:
                     self._say(f"(reloaded {self.chat.engine.path}, {self.chat.engine.precision})")
             return False
-        if line == "/reset":
+        if name == "/reset":
             self.chat.reset()
             if echo:
                 self._say("(conversation reset)")
@@ -112,7 +112,7 @@ class TerminalChat:
         if name == "/fix":
             self._give("fixed", text.strip())
             return False
-        if SLASH_WORD.fullmatch(name):
+        if SLASH_WORD.fullmatch(line):
             self._say(f"(unknown command {name}: {COMMANDS})")
             return False
         return None
