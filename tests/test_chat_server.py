@@ -199,6 +199,7 @@ QUESTION = [{"role": "user", "content": "Hello!"}]
         ({"messages": QUESTION, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
         ({"messages": QUESTION, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
         ({"messages": QUESTION, "temperature": "hot"}, 400, "temperature"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, 400, "messages"),
         (b'{"messages": [{"role": "user", "content": "Hello!"}], "temperature": NaN}', 400, None),  # not JSON
         (b'{"messages": [{"role": "user", "content": "Hello!"}], "top_p": Infinity}', 400, None),
         ({"messages": QUESTION, "top_p": 0}, 400, "top_p"),
