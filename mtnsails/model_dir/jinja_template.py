@@ -2,10 +2,9 @@
 
 Instruct models (Qwen2.5, SmolLM2, Llama 3, Gemma, Phi-3) carry a Jinja chat template in their
 tokenizer, and transformers, llama.cpp and Ollama prompt them through it. `JinjaTemplate`
-renders it the same way (jinja2's sandbox with `trim_blocks` and `lstrip_blocks`, transformers'
-helpers `raise_exception`, `strftime_now` and `tojson`, the special tokens as variables) and cuts
-a rendered conversation into the same `Segment`s as `ChatTemplate`, so that training and chat
-build identical token ids through `segment_ids`:
+renders it the same way (`jinja_render`) and cuts a rendered conversation into the same
+`Segment`s as `ChatTemplate`, so that training and chat build identical token ids through
+`segment_ids`:
 
 - A prompt segment is what the template adds up to and including a turn's generation prompt
   (rendered with `add_generation_prompt=True`). A response segment is what the answered turn adds
@@ -17,23 +16,20 @@ build identical token ids through `segment_ids`:
   then one prompt segment, and only the last answer is learned.
 - A template without a system role (Gemma 2's refuses one) gets the system prompt at the start of
   the first user message, a blank line after it, where Gemma 3's own template puts it.
-
-jinja2 is imported on first use: a model in mtnsails' own format never loads it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 
 from mtnsails.core.errors import MtnsailsError, first_line
 from mtnsails.core.files import read_json_object
+from mtnsails.model_dir.jinja_render import TemplateRefused, compile_template, render_messages
 from mtnsails.model_dir.template import ChatTemplate, Segment
 
 # The classic ChatML template (what many hub models carry): `train --chat-template chatml`.
@@ -60,80 +56,6 @@ PROBE_SYSTEM = "mtnsails-probe-system"
 PROBE_QUESTION = "mtnsails-probe-question"
 PROBE_ANSWER = "mtnsails-probe-answer"
 MARKER = re.compile(r"<[^<>\s]+>")  # <|im_start|>, <start_of_turn>, </s>: a template's marker tokens
-
-
-class TemplateRefused(MtnsailsError):
-    """The chat template raised on a conversation (e.g. Gemma's "System role not supported")."""
-
-
-@lru_cache(maxsize=1)
-def _environment():
-    """jinja2's immutable sandbox as transformers sets it up for chat templates."""
-    import jinja2
-    from jinja2 import nodes
-    from jinja2.ext import Extension
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class Generation(Extension):
-        """`{% generation %}...{% endgeneration %}` (transformers' assistant-mask markers): the
-        body as it is; mtnsails finds the answer by rendering prefixes instead."""
-
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller):
-            return caller()
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        # transformers' own: jinja's escapes HTML characters
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    def strftime_now(format):
-        return datetime.now().strftime(format)
-
-    environment = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[Generation, "jinja2.ext.loopcontrols"]
-    )
-    environment.filters["tojson"] = tojson
-    environment.globals["raise_exception"] = raise_exception
-    environment.globals["strftime_now"] = strftime_now
-    return environment
-
-
-@lru_cache(maxsize=16)
-def compile_template(source: str):
-    """The compiled template (cached); MtnsailsError when `source` is not valid Jinja."""
-    import jinja2
-
-    try:
-        return _environment().from_string(source)
-    except jinja2.TemplateError as error:
-        raise MtnsailsError(f"the chat template is not valid Jinja: {first_line(error)}") from None
-
-
-def render_messages(
-    source: str, messages: list[dict], add_generation_prompt: bool, special_tokens: Mapping[str, object]
-) -> str:
-    """`source` rendered as transformers' `apply_chat_template(messages, tokenize=False)` renders it;
-    TemplateRefused when the template raises."""
-    template = compile_template(source)
-    try:
-        return template.render(
-            messages=messages,
-            tools=None,
-            documents=None,
-            add_generation_prompt=add_generation_prompt,
-            **special_tokens,
-        )
-    except Exception as error:  # raise_exception(), or the template's own bug (a user's file)
-        raise TemplateRefused(f"the chat template refuses the conversation: {first_line(error)}") from None
 
 
 def _first_token(text: str, tokens: Iterable[str]) -> str:
