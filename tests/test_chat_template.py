@@ -284,8 +284,9 @@ def test_chatml_gives_a_base_model_its_tokens_and_grows_its_embeddings():
 
     model, tokenizer = build_embedded_model(["User: hi\nAssistant: Hello."])
     before = model.get_input_embeddings().num_embeddings
-    assert training_template(None, ChatTemplate(), tokenizer, model, None) == ChatTemplate()  # none of its own
-    template = training_template("chatml", ChatTemplate(), tokenizer, model, None)
+    assert training_template(None, ChatTemplate(), tokenizer, model, None) == (ChatTemplate(), [])  # none of its own
+    template, added = training_template("chatml", ChatTemplate(), tokenizer, model, None)
+    assert added == ["<|im_start|>", "<|im_end|>"]
     assert template.source == CHATML and template.end_of_turn == "<|im_end|>"
     assert {"<|im_start|>", "<|im_end|>"} <= set(tokenizer.get_added_vocab())
     assert model.get_input_embeddings().num_embeddings == before + 2 == len(tokenizer)
@@ -294,9 +295,9 @@ def test_chatml_gives_a_base_model_its_tokens_and_grows_its_embeddings():
     assert install_template("chatml", tokenizer, model) == []  # a second time: nothing to add
     # from now on the tokenizer's template is the model's own; none keeps mtnsails' format, and an
     # mtnsails model continued keeps the template it was trained with
-    assert training_template(None, ChatTemplate(), tokenizer, model, None) == template
-    assert training_template("none", ChatTemplate(), tokenizer, model, None) == ChatTemplate()
-    assert training_template(None, ChatTemplate(), tokenizer, model, ChatTemplate().to_dict()) == ChatTemplate()
+    assert training_template(None, ChatTemplate(), tokenizer, model, None) == (template, [])
+    assert training_template("none", ChatTemplate(), tokenizer, model, None) == (ChatTemplate(), [])
+    assert training_template(None, ChatTemplate(), tokenizer, model, ChatTemplate().to_dict())[0] == ChatTemplate()
 
 
 def test_a_template_file_adds_the_markers_it_writes(tmp_path):

@@ -52,29 +52,36 @@ def install_template(choice: str, tokenizer, model) -> list[str]:
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
+            from transformers.utils import logging
+
+            verbosity = logging.get_verbosity()
+            logging.set_verbosity_error()  # its note on how new rows start: the caller says it in a line
+            try:
+                model.resize_token_embeddings(len(tokenizer))  # new rows: the mean of the others
+            finally:
+                logging.set_verbosity(verbosity)
     tokenizer.chat_template = source
     return missing
 
 
 def training_template(
     choice: str | None, configured: ChatTemplate | JinjaTemplate, tokenizer, model, recorded: dict | None
-) -> ChatTemplate | JinjaTemplate:
-    """The template a run trains with (see the module's docstring): `choice` is
-    `--chat-template`, `configured` the API's template, `recorded` the "template" record of the
-    mtnsails model being continued (None for others)."""
+) -> tuple[ChatTemplate | JinjaTemplate, list[str]]:
+    """The template a run trains with (see the module's docstring) and the tokens installing it
+    added: `choice` is `--chat-template`, `configured` the API's template, `recorded` the
+    "template" record of the mtnsails model being continued (None for others)."""
     if choice == NO_TEMPLATE:  # a format of mtnsails' own that the API or the earlier model set, else the default
         earlier = template_from_dict(recorded) if recorded else None
         own = [t for t in (configured, earlier) if isinstance(t, ChatTemplate) and t != ChatTemplate()]
-        return own[0] if own else ChatTemplate()
+        return (own[0] if own else ChatTemplate()), []
     if choice:
-        install_template(choice, tokenizer, model)
-        return JinjaTemplate.from_tokenizer(tokenizer)
+        added = install_template(choice, tokenizer, model)
+        return JinjaTemplate.from_tokenizer(tokenizer), added
     if configured != ChatTemplate():
-        return configured
+        return configured, []
     if recorded:
-        return template_from_dict(recorded)
-    return JinjaTemplate.from_tokenizer(tokenizer) or configured
+        return template_from_dict(recorded), []
+    return JinjaTemplate.from_tokenizer(tokenizer) or configured, []
 
 
 def end_ids(template: ChatTemplate | JinjaTemplate, tokenizer, model=None) -> list[int]:

@@ -423,17 +423,26 @@ class LLMTrainer:
         if getattr(model, "loss_type", None) is None:  # GPT-2: the loss transformers falls back to,
             model.loss_type = "ForCausalLM"  # without its "unrecognized" warning
         recorded = self.resolved.metadata.get("template")
-        template = training_template(config.chat_template, config.template, self.resolved.tokenizer, model, recorded)
+        template, added = training_template(
+            config.chat_template, config.template, self.resolved.tokenizer, model, recorded
+        )
+        notes = []
+        if added:
+            notes.append(
+                f"note: --chat-template {config.chat_template}: added {', '.join(added)} to the tokenizer as "
+                "special tokens (their embeddings start as the mean of the others)"
+            )
+        if isinstance(template, JinjaTemplate) and template.rewrites_history:
+            notes.append(
+                "note: the model's chat template writes an earlier answer differently once a later "
+                "question follows (as Qwen3's drops reasoning from history): of a conversation with "
+                "history only the last answer is learned"
+            )
+        for note in notes if not config.quiet and is_main_process() else ():
+            print(note, file=sys.stderr)
         if template == config.template:
             return examples
         config.template = template
-        if isinstance(template, JinjaTemplate) and template.rewrites_history and not config.quiet and is_main_process():
-            print(
-                "note: the model's chat template writes an earlier answer differently once a later "
-                "question follows (as Qwen3's drops reasoning from history): of a conversation with "
-                "history only the last answer is learned",
-                file=sys.stderr,
-            )
         return make_examples(template)
 
     def _resume_checkpoint(self) -> str | None:
