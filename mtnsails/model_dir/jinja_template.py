@@ -109,6 +109,9 @@ class JinjaTemplate:
     def __post_init__(self) -> None:
         compile_template(self.source)  # a template that is not Jinja is refused at once
 
+    def __hash__(self) -> int:  # the special tokens are a dict: hash by what decides the rest
+        return hash((self.source, self.end_of_turn))
+
     # -- rendering -----------------------------------------------------------------------------
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
