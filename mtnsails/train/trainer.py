@@ -464,8 +464,8 @@ class LLMTrainer:
             if changed:
                 raise MtnsailsError(
                     f"--resume: the checkpoints in {directory} were made with another "
-                    f"{' and '.join(changed).replace('_sha256', '')}; resume with the same "
-                    "--model-name and --data-file, or delete that directory to start over"
+                    f"{' and '.join(changed).replace('_sha256', '').replace('_', ' ')}; resume with the same "
+                    "--model-name, --data-file and --chat-template, or delete that directory to start over"
                 )
             complete, skipped = newest_complete(directory)
             for note in skipped if is_main_process() else ():
