@@ -5,8 +5,9 @@ The directory holds `model.onnx` (one graph with KV-cache inputs, optimum's
 fused_attention), optionally `model_int8.onnx` (dynamic int8, every MatMul including the LM head)
 and `model_int4.onnx` (int4 blocks, see int4), each also as onnxruntime optimised it for this CPU
 (see optimized_graph), the tokenizer files, config.json, generation_config.json and an
-`mtnsails.json` that tells chat the template, EOS id and context length. It is written into a
-staging directory and swapped in only when complete, so a failed export leaves no half directory.
+`mtnsails.json` that tells chat the template (a model's Jinja chat template travels whole), EOS id
+and context length. It is written into a staging directory and swapped in only when complete, so a
+failed export leaves no half directory.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mtnsails.export.int4 import Int4Config, quantize_int4
 from mtnsails.inference.generation import OnnxDecoder, generate_tokens
 from mtnsails.inference.generation_config import GenerationConfig
 from mtnsails.inference.optimized_graph import store_optimized_graphs
+from mtnsails.model_dir.jinja_template import template_from_dict
 from mtnsails.model_dir.metadata import (
     DEFAULT_ONNX_DIR,
     DEFAULT_OPSET,
@@ -44,7 +46,6 @@ from mtnsails.model_dir.metadata import (
 )
 from mtnsails.model_dir.onnx_metadata import read_onnx_directory, write_onnx_metadata
 from mtnsails.model_dir.output import atomic_directory
-from mtnsails.model_dir.template import ChatTemplate
 
 VERIFY_PROMPTS = ("Hello, how are you?", "What is mtnsails?", "Explain ONNX in one sentence.")
 LOGIT_TOLERANCE = 1e-3  # fp32 export vs PyTorch; measured differences are ~1e-6 to 3e-6
@@ -278,7 +279,7 @@ class ONNXConverter:
         start = time.perf_counter()
         onnx_dir = Path(onnx_dir)
         meta = read_onnx_directory(onnx_dir)
-        template = ChatTemplate.from_dict(meta.get("template"))
+        template = template_from_dict(meta.get("template"))
         eos = meta["eos_token_id"]
         shared = meta.get("kv_cache") == "shared"  # as chat runs it
         decoders = {name: OnnxDecoder(onnx_dir / file, shared_cache=shared) for name, file in meta["files"].items()}
