@@ -26,7 +26,7 @@ import numpy as np
 from mtnsails.core.cpu import cpu_flags
 from mtnsails.core.errors import MtnsailsError, first_line
 from mtnsails.core.files import is_torch_save_file, read_json_object
-from mtnsails.export.families import TESTED_FAMILIES, check_exportable, export_configs
+from mtnsails.export.families import TESTED_FAMILIES, check_exportable, export_configs, rope_note
 from mtnsails.export.fused_attention import attention_fusion
 from mtnsails.export.graph_rewrites import keep_last_logits, retie_head, unflatten_linears, untranspose_head
 from mtnsails.export.int4 import Int4Config, quantize_int4
@@ -218,6 +218,8 @@ class ONNXConverter:
         check_exportable(model_type, self.model_path)
         if model_type not in TESTED_FAMILIES:
             self._say(f"note: {model_type} is exported by optimum but untested by mtnsails (docs/families.md)")
+        if rope_note(config):
+            self._say(rope_note(config))
         with _quiet_libraries():
             from optimum.exporters.onnx import main_export
 

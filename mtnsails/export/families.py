@@ -105,3 +105,24 @@ def export_configs(model_path: str | os.PathLike) -> tuple[dict | None, str | No
         "(its own numbers positions from the cache length, wrong for left-padded batches)"
     )
     return {"model": custom}, note
+
+
+# Rotary scalings whose frequencies transformers picks in Python from the sequence length: the
+# export traces one short dummy sequence, so the graph keeps the short-sequence choice.
+LENGTH_DEPENDENT_ROPE = ("longrope", "dynamic")
+
+
+def rope_note(config: dict) -> str | None:
+    """A warning for a config.json whose rotary scaling depends on the sequence length (Phi-3's
+    128k `longrope`, `dynamic` NTK scaling): past the original context the ONNX graph still uses
+    the short-sequence frequencies, and its logits differ from PyTorch's there."""
+    scaling = config.get("rope_scaling") or {}
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind not in LENGTH_DEPENDENT_ROPE:
+        return None
+    limit = config.get("original_max_position_embeddings") or scaling.get("original_max_position_embeddings")
+    past = f"past {limit} tokens" if limit else "past the original context"
+    return (
+        f"note: {kind} rotary scaling is exported as traced on a short sequence: {past} the ONNX "
+        "model's answers differ from PyTorch's (docs/families.md)"
+    )

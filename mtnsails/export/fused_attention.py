@@ -31,10 +31,7 @@ def unfusable_reason(config: dict) -> str | None:
     1/sqrt(head size) scale, what the fused node computes)."""
     model_type = config.get("model_type")
     if model_type != "gpt2":
-        return (
-            f"{model_type}: the rewrite matches GPT-2's exported attention only; this family's "
-            "(rotary positions, grouped key/value heads) stays as exported"
-        )
+        return f"{model_type}: the rewrite matches GPT-2's exported attention only, so this one stays as exported"
     if (
         not config.get("scale_attn_weights", True)
         or config.get("scale_attn_by_inverse_layer_idx")
