@@ -120,11 +120,11 @@ def family(request, tokenizer, tmp_path_factory) -> Family:
     tokenizer.save_pretrained(root / "random")
     data = root / "data.json"
     data.write_text(json.dumps(TINY_CONVERSATIONS))
-    train_code, _ = run_main(
+    train_code, train_output = run_main(
         "train", "--model-name", str(root / "random"), "--data-file", str(data), "--output-dir", str(root / "trained"),
         "--quiet", *TRAIN_FLAGS,
     )  # fmt: skip
-    assert train_code == 0
+    assert train_code == 0, train_output  # nothing to convert otherwise
     convert_code, output = run_main(
         "convert", "--model-path", str(root / "trained"), "--onnx-output", str(root / "onnx"),
         "--quantize", "all", "--verify",
