@@ -35,26 +35,28 @@ REQUIRED_FILES = [
     "mtnsails/train/resources/corpus.txt",
     "mtnsails/train/resources/synonyms.txt",
 ]
-# (import name, distribution name whose version is shown, required)
+# (import name, distribution name whose version is shown, what needs it: None = everything)
 DEPENDENCIES = [
-    ("numpy", "numpy", True),
-    ("orjson", "orjson", True),  # validate reads JSON Lines with it
-    ("tokenizers", "tokenizers", True),
-    ("onnxruntime", "onnxruntime", True),
-    ("torch", "torch", True),
-    ("transformers", "transformers", True),
-    ("datasets", "datasets", True),
-    ("accelerate", "accelerate", True),
-    ("safetensors", "safetensors", True),
-    ("onnx", "onnx", True),
-    ("optimum", "optimum", True),
-    ("optimum.exporters.onnx", "optimum-onnx", True),  # the exporter lives in optimum-onnx
-    ("onnx_ir", "onnx-ir", True),  # onnxruntime's int4 quantizer needs it
-    ("gguf", "gguf", False),  # only for convert --format gguf
-    ("matplotlib", "matplotlib", False),  # only for loss.png after training
-    ("starlette", "starlette", False),  # only for serve
-    ("uvicorn", "uvicorn", False),  # only for serve
+    ("numpy", "numpy", None),
+    ("orjson", "orjson", None),  # validate reads JSON Lines with it
+    ("tokenizers", "tokenizers", None),
+    ("onnxruntime", "onnxruntime", None),
+    ("torch", "torch", None),
+    ("transformers", "transformers", None),
+    ("datasets", "datasets", None),
+    ("accelerate", "accelerate", None),
+    ("safetensors", "safetensors", None),
+    ("onnx", "onnx", None),
+    ("optimum", "optimum", None),
+    ("optimum.exporters.onnx", "optimum-onnx", None),  # the exporter lives in optimum-onnx
+    ("onnx_ir", "onnx-ir", None),  # onnxruntime's int4 quantizer needs it
+    ("gguf", "gguf", "convert --format gguf"),
+    ("matplotlib", "matplotlib", "plots loss.png after training"),
+    ("starlette", "starlette", "serve"),
+    ("uvicorn", "uvicorn", "serve"),
 ]
+# Modules that import an optional dependency: without it they are skipped, as their command is.
+OPTIONAL_MODULES = {"mtnsails.serve.server": "starlette"}
 
 
 class Checklist:
@@ -109,7 +111,11 @@ def check_modules(checks: Checklist) -> None:
         "names = [m.name for m in pkgutil.walk_packages(mtnsails.__path__, 'mtnsails.')\n"
         "         if not m.name.endswith('__main__')]\n"
         "for name in names:\n"
-        "    importlib.import_module(name)\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError as error:\n"
+        f"        if {OPTIONAL_MODULES!r}.get(name) != (error.name or '').partition('.')[0]:\n"
+        "            raise\n"
         "print(len(names))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -125,17 +131,17 @@ def check_dependencies(checks: Checklist) -> None:
     if sys.version_info < (3, 10):  # noqa: UP036 (this script is what tells an older Python so)
         checks.fail("Python 3.10 or newer is needed")
     pins = pinned_versions()
-    for module, distribution, required in DEPENDENCIES:
+    for module, distribution, needed_by in DEPENDENCIES:
         start = time.perf_counter()
         try:
             importlib.import_module(module)
         except Exception as error:  # any failure to import means the same to the user
             detail = str(error).splitlines()[0] if str(error) else type(error).__name__
             text = f"{module}: cannot import ({detail})"
-            if required:
+            if needed_by is None:
                 checks.fail(f"{text}; run: pip install -r requirements.txt")
             else:
-                checks.warn(f"{text}; optional (plots loss.png after training)")
+                checks.warn(f"{text}; optional ({needed_by})")
             continue
         seconds = time.perf_counter() - start
         try:

@@ -21,6 +21,7 @@ _EXPORTS = {
     "LogReview": "mtnsails.loop.review",
     "ScrapedContentProcessor": "mtnsails.data.scraped",
     "ChatTemplate": "mtnsails.model_dir.template",
+    "JinjaTemplate": "mtnsails.model_dir.jinja_template",
     "Evaluator": "mtnsails.loop.evaluator",
     "Promoter": "mtnsails.loop.promoter",
     "RetrainWatcher": "mtnsails.loop.watcher",

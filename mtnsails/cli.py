@@ -8,6 +8,7 @@ when they run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from importlib import import_module
@@ -53,7 +54,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         module = import_module(f"mtnsails.commands.{name}")
         subparser = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(subparser)
-        subparser.set_defaults(handler=module.run)
+        subparser.set_defaults(handler=module.run, parser=subparser)
     return parser
 
 
@@ -62,15 +63,18 @@ def main(argv: list[str] | None = None) -> int:
 
     A MtnsailsError becomes one `error: ...` line on stderr and its exit code (2); Ctrl-C exits 130."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
+    args, unknown = build_parser(argv[0] if argv else None).parse_known_args(argv)
+    if unknown:  # named by the subcommand, whose help lists its flags
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
     except MtnsailsError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except ModuleNotFoundError as error:
-        extra = EXTRAS.get((error.name or "").partition(".")[0])
-        if extra is None:
+        root = (error.name or "").partition(".")[0]
+        extra = EXTRAS.get(root)
+        if extra is None or importlib.util.find_spec(root) is not None:  # installed: a deeper fault
             raise
         print(
             f"error: {args.command} needs {error.name}, which is not installed: pip install 'mtnsails[{extra}]'",

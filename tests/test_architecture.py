@@ -78,6 +78,16 @@ def test_no_module_imports_a_stage_above_its_own():
     assert upward == []
 
 
+def test_package_modules_import_each_other_by_module_never_through_the_top_level_names():
+    """`from mtnsails import X` would hide which stage X lives in from the checks above."""
+    through_top = [
+        module_name(path)
+        for path in PACKAGE.rglob("*.py")
+        if path != PACKAGE / "__init__.py" and "mtnsails" in imports_of(path)
+    ]
+    assert through_top == []
+
+
 def test_no_import_circle():
     graph = package_graph()
     state: dict[str, int] = {}  # 1: on the current path, 2: done
@@ -109,3 +119,22 @@ def test_the_walk_sees_imports_inside_functions_and_for_type_checking(tmp_path, 
     monkeypatch.setattr(sys.modules[__name__], "REPO_ROOT", tmp_path)
     assert imports_of(source) >= {"mtnsails.loop.x", "mtnsails.serve.server.ChatServer"}
     assert stage("mtnsails.serve.server") > stage("mtnsails.core.example")
+
+
+def test_the_public_names_still_import_from_the_top_level_package():
+    import mtnsails
+
+    names = [
+        "ConversationDataHandler",
+        "DataQualityValidator",
+        "LLMTrainer",
+        "ONNXConverter",
+        "ChatInterface",
+        "ConversationLogger",
+        "TrainingConfig",
+        "GenerationConfig",
+        "MtnsailsError",
+    ]
+    assert set(names) <= set(mtnsails.__all__)
+    for name in mtnsails.__all__:
+        assert getattr(mtnsails, name) is not None, name

@@ -51,6 +51,7 @@ class Server:
             self.process.kill()
             raise AssertionError(f"serve did not start: {line}{self.process.stderr.read()}")
         self.url = match.group(1)
+        self.start_line = line
         self.stderr: list[str] = []
         self.reader = threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True)
         self.reader.start()
@@ -198,6 +199,7 @@ QUESTION = [{"role": "user", "content": "Hello!"}]
         ({"messages": QUESTION, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
         ({"messages": QUESTION, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
         ({"messages": QUESTION, "temperature": "hot"}, 400, "temperature"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, 400, "messages"),
         (b'{"messages": [{"role": "user", "content": "Hello!"}], "temperature": NaN}', 400, None),  # not JSON
         (b'{"messages": [{"role": "user", "content": "Hello!"}], "top_p": Infinity}', 400, None),
         ({"messages": QUESTION, "top_p": 0}, 400, "top_p"),
@@ -319,6 +321,10 @@ def test_a_full_server_refuses_at_once_and_a_gone_client_frees_its_slot(tiny_onn
         assert ask(client, "Hello!").choices[0].message.content == "Hello! How can I help you today?"
     finally:
         assert server.stop() == 0
+
+
+def test_the_start_line_names_the_log(server):
+    assert f"logging exchanges to {server.log}" in server.start_line
 
 
 def test_the_servers_log_defaults_to_json_lines():

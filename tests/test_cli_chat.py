@@ -104,16 +104,27 @@ def test_piped_feedback_commands_mark_and_fix_the_last_answer(tiny_onnx_dir, tmp
     assert "history" not in records[2]  # a trained stand-alone question is asked alone
 
 
+def test_a_question_asked_as_a_trained_one_says_so_on_stderr(tiny_onnx_dir):
+    ask = ("chat", "--model-path", str(tiny_onnx_dir), "--temperature", "0")
+    reworded = run_cli(*ask, "--prompt", "Who is the author of Hamlet?")
+    assert reworded.stdout == "Hamlet was written by William Shakespeare.\n"
+    assert reworded.stderr == "note: asked as the trained question 'Who wrote Hamlet?'\n"
+    assert run_cli(*ask, "--prompt", "who wrote hamlet?").stderr == ""  # the trained question itself
+
+
 def test_an_unknown_slash_command_is_refused_never_asked_nor_logged(tiny_onnx_dir, tmp_path):
     log = tmp_path / "log.jsonl"
-    script = "Who wrote Hamlet?\n/frobnicate\n/GOOD\n/usr/bin\n"
+    script = "Who wrote Hamlet?\n/frobnicate\n/GOOD\n/reset now\n/tmp is full\n"
     result = logged_chat(tiny_onnx_dir, log, script)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[1].startswith("(unknown command /frobnicate: /good, /bad or /fix TEXT")
     assert lines[2] == "(marked good)"  # commands are taken in any case
-    assert len(lines) == 4  # a path is no command: it is asked
-    assert [(r["input"], r.get("feedback")) for r in logged(log)] == [("Who wrote Hamlet?", "good"), ("/usr/bin", None)]
+    assert len(lines) == 4  # /reset takes no text (it reset, silently when piped); a path starts a question
+    assert [(r["input"], r.get("feedback")) for r in logged(log)] == [
+        ("Who wrote Hamlet?", "good"),
+        ("/tmp is full", None),
+    ]
 
 
 def test_piped_feedback_flag_reads_a_reply_after_each_answer(tiny_onnx_dir, tmp_path):

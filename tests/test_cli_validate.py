@@ -301,3 +301,17 @@ def test_a_jsonl_file_cut_short_counts_the_lost_record_and_exits_1(tmp_path):
     assert f"{data}: line 4 is cut short (an interrupted write): the record is lost" in result.stdout
     assert (tmp_path / "chat_filtered.jsonl").read_text(encoding="utf-8") == whole
     assert "warning" not in result.stderr  # counted in the report instead
+    verdict = "✗ Data quality is GOOD (75.0% of 4 conversations are valid), but 1 record(s) cut short"
+    assert verdict + ": the file ends mid-record" in result.stdout.splitlines()
+
+
+def test_records_cut_short_in_two_files_count_twice_and_a_field_named_cut_short_is_data(tmp_path):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text(
+        '{"input": "What is one plus one?", "output": "One plus one is two.", "cut_short": false}\n'
+        '{"input": "Hi", "outp',
+        encoding="utf-8",
+    )
+    second.write_text('{"input": "What is two plus two?", "output": "Two plus two is four."}\n{"inp', encoding="utf-8")
+    result = run_cli("validate", "--data-file", str(first), str(second))
+    assert "record cut short:      2" in result.stdout and "Valid conversations:   2" in result.stdout, result.stdout

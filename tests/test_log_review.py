@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -127,20 +128,22 @@ def test_an_output_folder_that_takes_no_files_is_a_one_line_error(tmp_path):
     assert_one_line_error(result, "rv.json", "cannot write into")
 
 
-def test_piped_answers_that_are_not_utf8_are_asked_again_never_written(tmp_path):
+@pytest.mark.parametrize("stdin_errors", ["strict", "surrogateescape"])
+def test_piped_answers_that_are_not_utf8_are_asked_again_never_written(tmp_path, stdin_errors):
     log, output = write_log(tmp_path / "chat.jsonl"), tmp_path / "reviewed.json"
-    script = b"e caf\xe9 au lait\nk\nq\n"  # Latin-1 bytes, as a terminal in another encoding sends
+    script = b"e caf\xe9 au lait\nd\nd\nq\n"  # Latin-1 bytes, as a terminal in another encoding sends
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "main.py"), "review", str(log), "--output", str(output)],
         input=script,
         capture_output=True,
         timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": f"utf-8:{stdin_errors}"},  # a UTF-8 locale reads strictly
     )
     assert result.returncode == 0, result.stderr.decode()
     assert b"not valid UTF-8" in result.stdout and b"Traceback" not in result.stderr
-    assert json.loads(output.read_text("utf-8"))[0] == {key: LOG[0][key] for key in ("input", "output")} | {
-        "exchange_id": "a"
-    }
+    assert b"Stopped at 3/5" in result.stdout  # both answers after the bad line were taken
+    kept = [record["input"] for record in json.loads(output.read_text("utf-8"))]
+    assert kept == ["What do bees make?", "Who wrote Hamlet?", "And when?"]  # France and Germany dropped
 
 
 def test_a_state_file_of_another_log_is_refused(tmp_path):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import TINY_CONVERSATIONS, run_cli
 
 from mtnsails.core.errors import MtnsailsError
+from mtnsails.inference.engine import ChatEngine
+from mtnsails.inference.question_matcher import ANSWERS_THRESHOLD
 from mtnsails.model_dir.onnx_metadata import read_onnx_directory
 
 
@@ -24,6 +26,11 @@ def test_reader_returns_what_the_converter_wrote(tiny_onnx_dir):
     assert meta["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx"}
     assert isinstance(meta["eos_token_id"], int) and meta["context_length"] >= 1
     assert meta["system"] is None and meta["answer_tokens"]["max"] >= 1  # from the training data
+    alone = [c for c in TINY_CONVERSATIONS if "history" not in c]  # each trained question with its answer
+    assert meta["questions"] == [c["input"] for c in alone]
+    assert meta["question_answers"] == [c["output"] for c in alone]
+    matcher = ChatEngine(tiny_onnx_dir).matcher  # matches on both
+    assert matcher.threshold == ANSWERS_THRESHOLD and matcher.match("Who is the author of Hamlet?")
 
 
 @pytest.mark.parametrize(
@@ -50,6 +57,7 @@ def test_reader_returns_what_the_converter_wrote(tiny_onnx_dir):
         ({"history_exchanges": -1}, '"history_exchanges" must be a non-negative integer or null, got -1'),
         ({"questions": "What?"}, '"questions" must be a list of strings'),
         ({"questions": [1, 2]}, '"questions" must be a list of strings'),
+        ({"question_answers": ["only one"]}, '"question_answers" must be a list of strings, one per question'),
         ({"optimized": {"cpu_flags": []}}, '"optimized" must be an object with a "files" map'),
         (
             {"optimized": {"files": {"fp32": "/etc/passwd"}, "cpu_flags": [], "onnxruntime": "1"}},

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
-from mtnsails.inference.question_matcher import DEFAULT_THRESHOLD, QuestionMatcher
+import pytest
 
-TRAINED = ["How do I fix a flat tyre?", "What is a derailleur?", "How should I store my bike in winter?",
-           "Why does my chain keep falling off?"]
+from mtnsails.inference.question_matcher import (
+    ANSWERS_THRESHOLD,
+    DEFAULT_THRESHOLD,
+    QuestionMatch,
+    QuestionMatcher,
+    refers_back,
+    stem,
+)
+
+TRAINED = [
+    "How do I fix a flat tyre?",
+    "What is a derailleur?",
+    "How should I store my bike in winter?",
+    "Why does my chain keep falling off?",
+]
+
+REPAIR = {  # trained question -> its answer
+    "How do I fix a dripping kitchen faucet?": "Turn off the water supply under the sink and replace the "
+    "worn washer or cartridge inside the faucet.",
+    "How do I unclog a bathroom sink?": "Pour boiling water down the drain, then use a plunger or a drain snake.",
+    "Why does my toilet keep running?": "A running toilet usually has a worn flapper or a float set too high.",
+    "How do I fix a squeaky door hinge?": "Lift the pin out of the hinge, coat it with grease and tap it back in.",
+    "How do I reset an outlet that stopped working?": "Press the reset button on the outlet or on the nearest "
+    "outlet that has test and reset buttons.",
+}
 
 
 def test_rewordings_find_their_trained_question():
@@ -13,20 +36,101 @@ def test_rewordings_find_their_trained_question():
     assert matcher.match("what does a derailleur do").question == "What is a derailleur?"
     assert matcher.match("My chain keeps coming off, why?").question == TRAINED[3]
     assert matcher.match("Where should I keep my bike over the winter?").question == TRAINED[2]
+    repair = QuestionMatcher(REPAIR)
+    assert repair.match("the kitchen faucet drips").question == "How do I fix a dripping kitchen faucet?"
+    assert repair.match("squeaky hinge on the door").question == "How do I fix a squeaky door hinge?"
 
 
 def test_the_trained_question_itself_matches_fully():
     match = QuestionMatcher(TRAINED).match("What is a derailleur?")
-    assert match.question == "What is a derailleur?" and match.similarity > 0.99
+    assert match.question == "What is a derailleur?" and match.similarity > 0.99 and match.margin > 0.99
+    greeting = QuestionMatcher([*TRAINED, "Hello!"])  # only words the cosines leave out
+    assert greeting.match("hello").question == "Hello!" and greeting.match("Hello there") is None
 
 
 def test_unrelated_questions_match_nothing():
     matcher = QuestionMatcher(TRAINED)
     assert matcher.match("Who wrote Hamlet?") is None
     assert matcher.match("") is None
+    assert matcher.match("How do I?") is None  # nothing but words that frame a question
     assert DEFAULT_THRESHOLD > 0
+
+
+def test_a_question_on_another_topic_sharing_a_word_is_left_alone():
+    """ "reset" is in a trained question, but "wifi" and "router" are in none: asked as typed."""
+    matcher = QuestionMatcher(REPAIR)
+    assert 0 < matcher.scores("How do I reset my wifi router?").max() < DEFAULT_THRESHOLD
+    assert matcher.match("How do I reset my wifi router?") is None
+    assert matcher.match("How do I reset the outlet?").question == "How do I reset an outlet that stopped working?"
+
+
+def test_answers_give_the_words_a_question_lacks():
+    """ "washer" is only in the faucet question's answer: with the answers it finds the question."""
+    questions, answers = list(REPAIR), list(REPAIR.values())
+    assert QuestionMatcher(questions).match("replace the washer in my faucet") is None
+    with_answers = QuestionMatcher(questions, answers=answers)
+    assert with_answers.threshold == ANSWERS_THRESHOLD
+    assert with_answers.match("replace the washer in my faucet").question == questions[0]
+    assert with_answers.match("sink drain blocked, plunger?").question == "How do I unclog a bathroom sink?"
+    assert with_answers.match("How do I reset my wifi router?") is None
+    with pytest.raises(ValueError, match="2 answers for 5 questions"):
+        QuestionMatcher(questions, answers=answers[:2])
+
+
+def test_two_trained_questions_that_fit_alike_match_neither():
+    """The margin: best and second best too close to tell apart, the question is asked as typed."""
+    matcher = QuestionMatcher(["How do I unclog a bathroom sink?", "How do I unclog a kitchen sink?"])
+    assert matcher.match("how do I unclog a sink") is None
+    assert QuestionMatcher(matcher.questions, margin=0).match("how do I unclog a sink") is not None
+    match = matcher.match("unclog the kitchen sink")
+    assert match == QuestionMatch("How do I unclog a kitchen sink?", match.similarity, match.margin)
+    assert match.margin > 0.4
+
+
+def test_a_repeated_question_is_indexed_once_with_all_its_answers():
+    matcher = QuestionMatcher(
+        ["What is a derailleur?", "What is a derailleur?", " "],
+        answers=["It moves the chain.", "It changes gear.", "Blank question."],
+    )
+    assert matcher.questions == ["What is a derailleur?"]
+    assert matcher.match("what moves the chain to change gear").question == "What is a derailleur?"
+
+
+def test_thousands_of_questions_find_their_own():
+    questions = [f"How do I service model {n} of the pump number {n * 7}?" for n in range(3000)]
+    questions.append("Why does my chain keep falling off?")
+    matcher = QuestionMatcher(questions)
+    assert matcher.match("my chain keeps falling off, why").question == "Why does my chain keep falling off?"
+    assert matcher.match(questions[1234]).question == questions[1234]
+
+
+def test_stem_strips_inflections_only():
+    assert [stem(w) for w in ("dripping", "leaking", "stopped", "tyres", "puppies", "quickly")] == [
+        "drip",
+        "leak",
+        "stop",
+        "tyre",
+        "puppy",
+        "quick",
+    ]
+    unchanged = ["glass", "cactus", "bus", "ring"]
+    assert [stem(w) for w in ["falling", *unchanged]] == ["fall", *unchanged]
+
+
+def test_refers_back():
+    assert refers_back("How often should I oil it?")
+    assert not refers_back("How often should I oil the chain?")
 
 
 def test_threshold_above_one_turns_matching_off_and_empty_index_matches_nothing():
     assert QuestionMatcher(TRAINED, threshold=1.01).match("What is a derailleur?") is None
     assert QuestionMatcher([]).match("What is a derailleur?") is None
+
+
+def test_questions_that_differ_only_in_symbols_are_each_themselves_never_one_another():
+    matcher = QuestionMatcher(["What is C++?", "What is C#?", "Is 2+2 equal to 4?", "Is 2-2 equal to 4?", "?"])
+    assert matcher.match("What is C#?").question == "What is C#?"
+    assert matcher.match("what is c++?").question == "What is C++?"  # as typed, in any case
+    assert matcher.match("Is 2-2 equal to 4?").question == "Is 2-2 equal to 4?"
+    assert matcher.match("What is C") is None  # both read so: too alike to pick one
+    assert matcher.match("???") is None and matcher.match("") is None  # no words, no loose match

@@ -113,6 +113,20 @@ def test_validate_checks_everything_and_runs_end_to_end(capsys):
     assert out.rstrip().endswith("mtnsails is ready: try python example.py or python main.py pipeline")
 
 
+def test_validate_without_the_serve_extra_warns_and_passes(tmp_path):
+    """starlette missing (a module that cannot be imported shadows it): serve's module is skipped."""
+    shadow = tmp_path / "starlette"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError('no starlette', name='starlette')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)])}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "validate.py")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stdout
+    assert "⚠ starlette: cannot import" in done.stdout and "optional (serve)" in done.stdout
+    assert "modules of the mtnsails package import" in done.stdout and "✗" not in done.stdout
+
+
 def test_validate_fails_when_files_are_missing(tmp_path, capsys):
     shutil.copy(REPO_ROOT / "validate.py", tmp_path / "validate.py")
     assert run_script_here(tmp_path / "validate.py") == 1

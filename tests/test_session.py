@@ -73,3 +73,20 @@ def test_the_logger_handed_in_gets_every_exchange_and_closes_with_the_session(ti
     assert [(c["input"], c["output"], c["feedback"]) for c in ConversationDataHandler(log).conversations] == [
         ("What do bees make?", "Bees make honey.", "fixed")
     ]
+
+
+def test_answer_settings_and_system_prompt_set_on_a_session_hold_and_survive_a_reload(tiny_onnx_dir):
+    session = ChatSession(ChatEngine(tiny_onnx_dir, SETTINGS))
+    session.generation = GenerationConfig(temperature=0, max_new_tokens=3)
+    session.reply("What colour is the sky?")
+    assert session.last_stats.new_tokens == 3 and session.last_stats.truncated
+    session.system = "Be brief."
+    brief = session.engine.system_prompt_ids("Be brief.")
+    assert session.prompt_ids("Hello!")[: len(brief)] == brief
+    session.reload()
+    assert session.generation.max_new_tokens == 3 and session.system == "Be brief."
+    session.generation = GenerationConfig(temperature=0)  # no limit given: the trained answers' again
+    assert session.generation.max_new_tokens == session.engine.default_max_new_tokens > 3
+    with pytest.raises(MtnsailsError, match="leaves no room"):
+        session.system = "word " * 400
+    assert session.system == "Be brief."  # refused: the earlier one stays

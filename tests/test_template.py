@@ -2,7 +2,7 @@
 
 import pytest
 
-from mtnsails.model_dir.template import ChatTemplate, Segment
+from mtnsails.model_dir.template import ChatTemplate, Segment, segment_ids
 
 
 def test_default_template_renders_the_original_training_text():
@@ -38,3 +38,14 @@ def test_custom_template_round_trips_through_its_dict():
 def test_a_template_without_one_input_and_a_final_output_is_refused(bad):
     with pytest.raises(ValueError, match="must contain"):
         ChatTemplate(template=bad)
+
+
+def test_the_own_format_stops_at_its_user_marker_and_has_no_end_of_turn_token():
+    template = ChatTemplate(template="Q: {input}\nA: {output}")
+    assert template.stop_texts == ("Q:",) and template.stop_tokens == ()
+
+
+def test_eos_follows_every_response_unless_it_carries_its_own_end():
+    segments = [Segment("ab", False), Segment("cd", True), Segment("ef", True, eos=False)]
+    pieces = [ids for _, ids in segment_ids(lambda text: [ord(c) for c in text], segments, eos_id=0)]
+    assert pieces == [[97, 98], [99, 100, 0], [101, 102]]

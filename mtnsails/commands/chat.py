@@ -105,7 +105,7 @@ def open_chat(args: argparse.Namespace, model_path: str | None = None) -> ChatIn
 
 def run(args: argparse.Namespace) -> int:
     """Answer --prompt once, or chat (streamed in a terminal, one answer per line when piped); exit 0."""
-    from mtnsails.inference.terminal_chat import TerminalChat, announce_system, note_truncation
+    from mtnsails.inference.terminal_chat import TerminalChat, announce_system, note_answer
 
     check_prompt(args)
     if args.feedback:
@@ -122,5 +122,5 @@ def run(args: argparse.Namespace) -> int:
     with chat:
         announce_system(chat)
         print(chat.reply(args.prompt), flush=True)
-        note_truncation(chat)
+        note_answer(chat, args.prompt)
     return 0

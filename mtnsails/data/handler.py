@@ -17,6 +17,7 @@ from pathlib import Path
 from mtnsails.core.errors import DataFormatError
 from mtnsails.data.records import iter_conversations, normalize_record, write_conversations
 from mtnsails.model_dir.template import ChatTemplate, Segment, exchanges
+from mtnsails.quality.config import CutShort
 
 
 @dataclass
@@ -214,7 +215,8 @@ def iter_unique(groups: Iterable[Iterable[dict]], counts: list[list[int]]) -> It
         current: set[bytes] = set()
         for conversation in group:
             tally[0] += 1
-            if earlier or following is not None:  # a single group needs no key at all
+            # a single group needs no key at all; a record cut short is no copy of another
+            if (earlier or following is not None) and not isinstance(conversation, CutShort):
                 key = conversation_key(conversation)
                 if key in earlier:
                     continue

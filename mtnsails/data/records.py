@@ -32,7 +32,7 @@ import orjson
 from mtnsails.core.errors import DataFormatError, MtnsailsError
 from mtnsails.core.files import atomic_writer
 from mtnsails.data.turns import _json_type, _objects, _sharegpt_turns, _string, openai_turns, split_turns
-from mtnsails.quality.config import CUT_SHORT
+from mtnsails.quality.config import CutShort
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 # A chat log's name for one exchange across its versions (see ConversationLogger.amend).
@@ -74,7 +74,7 @@ def iter_records(path: str | os.PathLike, keep_cut_short: bool = False) -> Itera
     Raises DataFormatError naming the file and the place for anything unreadable: a missing
     or unreadable file, an unsupported suffix, text that is not UTF-8, invalid JSON, numbers
     JSON cannot hold (NaN, Infinity, more digits than Python reads) or lone surrogates.
-    `keep_cut_short`: a JSON Lines record cut short by a crash is yielded as a `CUT_SHORT`
+    `keep_cut_short`: a JSON Lines record cut short by a crash is yielded as a `CutShort`
     marker (for `validate` to count) instead of being skipped with a warning.
     """
     path = Path(path)
@@ -141,8 +141,7 @@ def iter_conversations(path: str | os.PathLike, keep_cut_short: bool = False) ->
     path = Path(path)
     count, prefix = 0, f"{path}: "
     for where, record in iter_records(path, keep_cut_short):
-        marker = keep_cut_short and isinstance(record, dict) and CUT_SHORT in record
-        yield record if marker else normalize_record(record, prefix + where)
+        yield record if isinstance(record, CutShort) else normalize_record(record, prefix + where)
         count += 1
     if not count:
         raise DataFormatError(f"{path}: contains no conversations")
@@ -203,7 +202,7 @@ def _jsonl_records(
 ) -> Iterator[tuple[str, Any]]:
     """The records of JSON Lines given numbered, with their line ends, as read (bytes) or as
     text. A last line that does not parse and has no newline is a record whose write a crash cut
-    short (any log can end so): skipped with a warning, or yielded as a `CUT_SHORT` marker."""
+    short (any log can end so): skipped with a warning, or yielded as a `CutShort` marker."""
     seen = False
     for number, line in lines:
         record = _quick_loads(line)
@@ -221,7 +220,7 @@ def _jsonl_records(
         except json.JSONDecodeError as error:
             if not line.endswith("\n"):
                 if keep_cut_short:
-                    yield f"line {number}", {CUT_SHORT: f"{path}: line {number}"}
+                    yield f"line {number}", CutShort(f"{path}: line {number}")
                 else:
                     print(
                         f"warning: {path}: line {number} is cut short (an interrupted write); skipped it",

@@ -87,7 +87,10 @@ def openai_turns(messages: Any, where: str) -> list[tuple[str, str]]:
             )
         content = message.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            texts = [part.get("text", "") for part in content if isinstance(part, dict)]
+            if not all(isinstance(text, str) for text in texts):
+                raise DataFormatError(f"{turn_where}: a content part's 'text' must be a string")
+            content = "".join(texts)
         if not isinstance(content, str):
             raise DataFormatError(f"{turn_where}: 'content' must be a string, got {_json_type(content)}")
         result.append((role, content))

@@ -5,8 +5,9 @@ The directory holds `model.onnx` (one graph with KV-cache inputs, optimum's
 fused_attention), optionally `model_int8.onnx` (dynamic int8, every MatMul including the LM head)
 and `model_int4.onnx` (int4 blocks, see int4), each also as onnxruntime optimised it for this CPU
 (see optimized_graph), the tokenizer files, config.json, generation_config.json and an
-`mtnsails.json` that tells chat the template, EOS id and context length. It is written into a
-staging directory and swapped in only when complete, so a failed export leaves no half directory.
+`mtnsails.json` that tells chat the template (a model's Jinja chat template travels whole), EOS id
+and context length. It is written into a staging directory and swapped in only when complete, so a
+failed export leaves no half directory.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import numpy as np
 from mtnsails.core.cpu import cpu_flags
 from mtnsails.core.errors import MtnsailsError, first_line
 from mtnsails.core.files import is_torch_save_file, read_json_object
-from mtnsails.export.fused_attention import fuse_attention
-from mtnsails.export.graph_rewrites import keep_last_logits, unflatten_linears, untranspose_head
+from mtnsails.export.families import TESTED_FAMILIES, check_exportable, export_configs, rope_note
+from mtnsails.export.fused_attention import attention_fusion
+from mtnsails.export.graph_rewrites import keep_last_logits, retie_head, unflatten_linears, untranspose_head
 from mtnsails.export.int4 import Int4Config, quantize_int4
 from mtnsails.inference.generation import OnnxDecoder, generate_tokens
 from mtnsails.inference.generation_config import GenerationConfig
 from mtnsails.inference.optimized_graph import store_optimized_graphs
+from mtnsails.model_dir.jinja_template import template_from_dict
 from mtnsails.model_dir.metadata import (
     DEFAULT_ONNX_DIR,
     DEFAULT_OPSET,
@@ -44,7 +47,6 @@ from mtnsails.model_dir.metadata import (
 )
 from mtnsails.model_dir.onnx_metadata import read_onnx_directory, write_onnx_metadata
 from mtnsails.model_dir.output import atomic_directory
-from mtnsails.model_dir.template import ChatTemplate
 
 VERIFY_PROMPTS = ("Hello, how are you?", "What is mtnsails?", "Explain ONNX in one sentence.")
 LOGIT_TOLERANCE = 1e-3  # fp32 export vs PyTorch; measured differences are ~1e-6 to 3e-6
@@ -209,11 +211,21 @@ class ONNXConverter:
         return str(output)
 
     def _export(self, staging: Path, opset_version: int) -> bool:
-        """Export model.onnx into `staging`; True when its attention was fused (shared KV cache)."""
+        """Export model.onnx into `staging`; True when its attention was fused (shared KV cache).
+
+        Each rewrite that does not apply to this model's family says why (unless quiet)."""
+        config = read_json_object(self.model_path / "config.json")
+        model_type = config.get("model_type")
+        check_exportable(model_type, self.model_path)
+        if model_type not in TESTED_FAMILIES:
+            self._say(f"note: {model_type} is exported by optimum but untested by mtnsails (docs/families.md)")
+        if rope_note(config):
+            self._say(rope_note(config))
         with _quiet_libraries():
             from optimum.exporters.onnx import main_export
 
             try:
+                custom, note = export_configs(self.model_path)
                 main_export(
                     str(self.model_path),
                     staging,
@@ -221,14 +233,25 @@ class ONNXConverter:
                     opset=opset_version,
                     device="cpu",
                     do_validation=False,
+                    custom_onnx_configs=custom,
                 )
             except Exception as error:  # a broken model directory fails deep inside transformers/torch
                 raise MtnsailsError(f"cannot export {self.model_path} to ONNX: {first_line(error)}") from None
+        if note:
+            self._say(note)
         if not (staging / "tokenizer.json").exists():
             raise MtnsailsError(f"{self.model_path} has no fast tokenizer (tokenizer.json): chat needs one")
-        keep_last_logits(staging / FP32_FILE)
-        unflatten_linears(staging / FP32_FILE)
-        return fuse_attention(staging / FP32_FILE, staging / "config.json")
+        graph = staging / FP32_FILE
+        if not keep_last_logits(graph):
+            self._say("rewrite skipped: logits for the last position only (no MatMul LM head found)")
+        if retie_head(graph, tied=config.get("tie_word_embeddings", True)):
+            self._say("the export stored the tied LM head weight twice: the head reads the embedding again")
+        if not unflatten_linears(graph):
+            self._say("rewrite skipped: linear layers unflattened (none exported as Reshape, Gemm, Reshape)")
+        reason = attention_fusion(graph, staging / "config.json")
+        if reason is not None:
+            self._say(f"rewrite skipped: fused attention ({reason})")
+        return reason is None
 
     def quantize_int8(self, onnx_dir: str | os.PathLike) -> Path:
         """Write onnx_dir/model_int8.onnx: dynamic int8 weights for every MatMul, the LM head included.
@@ -258,7 +281,11 @@ class ONNXConverter:
         """Write onnx_dir/model_int4.onnx: int4 block-quantized weights (MatMulNBits) for every
         weight matrix, the LM head and the embedding it is tied to included (see int4_quantizer)."""
         onnx_dir = Path(onnx_dir)
-        quantize_int4(onnx_dir / FP32_FILE, onnx_dir / INT4_FILE, config)
+        if (
+            not quantize_int4(onnx_dir / FP32_FILE, onnx_dir / INT4_FILE, config)
+            and (config or Int4Config()).quantize_head
+        ):
+            self._say("int4: the LM head is not tied to the embedding: quantized on its own, the embedding kept fp32")
         return onnx_dir / INT4_FILE
 
     # -- verification --------------------------------------------------------------------------
@@ -278,7 +305,7 @@ class ONNXConverter:
         start = time.perf_counter()
         onnx_dir = Path(onnx_dir)
         meta = read_onnx_directory(onnx_dir)
-        template = ChatTemplate.from_dict(meta.get("template"))
+        template = template_from_dict(meta.get("template"))
         eos = meta["eos_token_id"]
         shared = meta.get("kv_cache") == "shared"  # as chat runs it
         decoders = {name: OnnxDecoder(onnx_dir / file, shared_cache=shared) for name, file in meta["files"].items()}
@@ -345,8 +372,10 @@ class ONNXConverter:
     def _teacher_forced(decoder: OnnxDecoder, prompt: list[int], continuation: list[int]) -> np.ndarray:
         """Logits of every position: the prompt in one pass, then each given token through the cache."""
         decoder.reset()
-        rows = [decoder.forward(prompt)] + [decoder.forward([token]) for token in continuation]
-        return np.concatenate(rows)  # the prompt's last position onwards (see keep_last_logits)
+        # The prompt's last position onwards: a graph whose head could not be sliced (see
+        # keep_last_logits) returns every position of the prompt.
+        rows = [decoder.forward(prompt)[-1:]] + [decoder.forward([token]) for token in continuation]
+        return np.concatenate(rows)
 
     def verify_onnx_model(self, onnx_model_path: str | os.PathLike, test_text: str = "Hello, how are you?") -> bool:
         """Original API: True when PyTorch and ONNX agree on `test_text`."""

@@ -26,14 +26,19 @@ from mtnsails.inference.generation import PAST_PREFIX, PRESENT_PREFIX
 FUSED_OP = "GroupQueryAttention"
 
 
-def _fusable_config(config: dict) -> bool:
-    """GPT-2 with its usual 1/sqrt(head size) scale (what the fused node computes)."""
-    return (
-        config.get("model_type") == "gpt2"
-        and config.get("scale_attn_weights", True)
-        and not config.get("scale_attn_by_inverse_layer_idx")
-        and not config.get("reorder_and_upcast_attn")
-    )
+def unfusable_reason(config: dict) -> str | None:
+    """Why a model of this config.json keeps its exported attention (None: GPT-2 with its usual
+    1/sqrt(head size) scale, what the fused node computes)."""
+    model_type = config.get("model_type")
+    if model_type != "gpt2":
+        return f"{model_type}: the rewrite matches GPT-2's exported attention only, so this one stays as exported"
+    if (
+        not config.get("scale_attn_weights", True)
+        or config.get("scale_attn_by_inverse_layer_idx")
+        or config.get("reorder_and_upcast_attn")
+    ):
+        return "GPT-2 with another attention scale than 1/sqrt(head size), the only one the fused node computes"
+    return None
 
 
 def _perm(node) -> list[int]:
@@ -134,18 +139,25 @@ def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike
     """Rewrite `model_file` in place with one GroupQueryAttention node per layer; True when done.
 
     False (the file untouched) for models other than GPT-2 with its standard attention scale, or
-    a graph whose attention is not the pattern optimum exports for it.
+    a graph whose attention is not the pattern optimum exports for it (`attention_fusion` says why).
     """
+    return attention_fusion(model_file, config_file) is None
+
+
+def attention_fusion(model_file: str | os.PathLike, config_file: str | os.PathLike) -> str | None:
+    """`fuse_attention`, returning None when the attention was fused, else why it was not (the
+    file then untouched)."""
     import onnx
     from onnx import helper, numpy_helper
 
-    if not _fusable_config(read_json_object(Path(config_file))):
-        return False
+    reason = unfusable_reason(read_json_object(Path(config_file)))
+    if reason is not None:
+        return reason
     model = onnx.load(str(model_file), load_external_data=False)
     graph = model.graph
     inputs = {value.name: value for value in graph.input}
     if "attention_mask" not in inputs:
-        return False
+        return "the graph has no attention_mask input"
     indices = [
         output.name[len(PRESENT_PREFIX) : -len(".key")]
         for output in graph.output
@@ -158,13 +170,13 @@ def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike
             consumers.setdefault(name, []).append(node)
     layers = {index: _match_layer(index, producers, consumers) for index in indices}
     if not layers or any(layer is None for layer in layers.values()):
-        return False
+        return "the graph's attention is not the pattern optimum exports for GPT-2"
     cache_type = inputs[f"{PAST_PREFIX}{indices[0]}.key"].type.tensor_type
     heads, head_size = cache_type.shape.dim[1].dim_value, cache_type.shape.dim[3].dim_value
     if not heads or not head_size or head_size % 8:
         # onnxruntime's CPU kernel loads such a node but refuses to run it: "head_size must be a
         # multiple of 8" on the first step, so the model keeps its exported attention.
-        return False
+        return f"head size {head_size} is not a multiple of 8 (onnxruntime's CPU kernel refuses it)"
     mask_nodes, mask = _mask_nodes(helper, numpy_helper, graph)
     for index, layer in layers.items():
         # The fused node takes the place of the attention output's Reshape: every input it reads
@@ -213,4 +225,4 @@ def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(model_file))
-    return True
+    return None

@@ -8,24 +8,26 @@ import numpy as np
 
 from mtnsails.export.fused_attention import prune
 from mtnsails.export.int4 import gemm_as_matmul
+from mtnsails.export.lm_head import lm_head
 
 
-def keep_last_logits(model_file: Path) -> None:
-    """Make the graph compute logits for the last input position only.
+def keep_last_logits(model_file: Path) -> bool:
+    """Make the graph compute logits for the last input position only; True when done.
 
     Generation only ever reads the last position, but the exported LM head projects every prompt
     position onto the whole vocabulary (a 256-token prompt on distilgpt2: 10 GMAC and a 51 MB
-    output). A Slice in front of the head's MatMul removes both. Weights stored as external data
-    stay where they are: only the graph is rewritten.
+    output). A Slice in front of the head's MatMul removes both (a soft-capped head, Gemma 2's,
+    is sliced before its MatMul too: the capping is element-wise, see lm_head). Weights stored as
+    external data stay where they are: only the graph is rewritten.
     """
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(model_file), load_external_data=False)
     graph = model.graph
-    head = next((node for node in graph.node if "logits" in node.output and node.op_type == "MatMul"), None)
+    head = lm_head(graph)
     if head is None:  # an architecture whose head is not one MatMul: leave the graph as exported
-        return
+        return False
     constants = {"last_logits_starts": -1, "last_logits_ends": np.iinfo(np.int64).max, "last_logits_axes": 1}
     graph.initializer.extend(
         numpy_helper.from_array(np.array([value], dtype=np.int64), name) for name, value in constants.items()
@@ -39,6 +41,7 @@ def keep_last_logits(model_file: Path) -> None:
     logits = next(output for output in graph.output if output.name == "logits")
     logits.type.tensor_type.shape.dim[1].dim_value = 1
     onnx.save(model, str(model_file))
+    return True
 
 
 def _constant(graph, name: str):
@@ -190,8 +193,8 @@ def untranspose_head(model_file: Path) -> None:
     graph = model.graph
     initializers = {tensor.name for tensor in graph.initializer}
     producers = {output: node for node in graph.node for output in node.output}
-    head = next((node for node in graph.node if "logits" in node.output and node.op_type == "MatMul"), None)
-    transpose = producers.get(head.input[1]) if head is not None else None
+    head = lm_head(graph)
+    transpose = producers.get(head.input[1]) if head is not None and head.op_type == "MatMul" else None
     if (
         transpose is None
         or transpose.op_type != "Transpose"
@@ -217,3 +220,50 @@ def untranspose_head(model_file: Path) -> None:
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(model_file))
+
+
+def retie_head(model_file: Path, tied: bool = True) -> bool:
+    """Let a tied LM head read the embedding matrix again where the export stored a copy; True
+    when done.
+
+    For some families (Gemma 3) optimum's exporter does not recognise the head weight as the
+    embedding it is tied to ("Found different candidate ONNX initializers (likely duplicate) for
+    the tied weights") and stores it twice: the embedding [vocab, hidden] for the input Gather and
+    its transpose [hidden, vocab] for the head's MatMul. With a large vocabulary (Gemma's 262,144
+    tokens) that copy is most of the file. The head is made to read Transpose(embedding) instead,
+    the form GPT-2's export has, so that `untranspose_head` and int4's shared blocks apply too.
+    Done only when the copy equals the embedding's transpose exactly (`tied=False`, config.json's
+    `tie_word_embeddings`, skips the comparison).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if not tied:
+        return False
+    model = onnx.load(str(model_file), load_external_data=False)
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    head = lm_head(graph)
+    if head is None or head.op_type != "MatMul" or head.input[1] not in initializers:
+        return False
+    copy = initializers[head.input[1]]
+    if len(copy.dims) != 2 or sum(copy.name in node.input for node in graph.node) != 1:
+        return False
+    hidden, vocab = copy.dims
+    base = str(Path(model_file).parent)
+    for name in dict.fromkeys(node.input[0] for node in graph.node if node.op_type == "Gather"):
+        embedding = initializers.get(name)
+        if embedding is None or list(embedding.dims) != [vocab, hidden]:
+            continue
+        if not np.array_equal(numpy_helper.to_array(copy, base), numpy_helper.to_array(embedding, base).T):
+            continue
+        transposed = f"{name}_transposed_for_head"
+        graph.node.insert(
+            list(graph.node).index(head),
+            helper.make_node("Transpose", [name], [transposed], name="tied_head_transpose", perm=[1, 0]),
+        )
+        head.input[1] = transposed
+        graph.initializer.remove(copy)
+        onnx.save(model, str(model_file))
+        return True
+    return False

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mtnsails.export.lm_head import lm_head
+
 # Blocks of 64 load faster than blocks of 32 (fewer scales to pack) and decode as fast, for a
 # little more logit error; accuracy level 4 (int8 activations) picks the fast kernels
 # (figures on distilgpt2-sized weights: docs/performance.md).
@@ -193,8 +195,10 @@ def quantize_tied_head(graph, config: Int4Config) -> bool:
     return False
 
 
-def quantize_int4(source: str | os.PathLike, target: str | os.PathLike, config: Int4Config | None = None) -> None:
-    """Write `target`: `source` with every constant-weight MatMul (and Gemm) as int4 MatMulNBits."""
+def quantize_int4(source: str | os.PathLike, target: str | os.PathLike, config: Int4Config | None = None) -> bool:
+    """Write `target`: `source` with every constant-weight MatMul (and Gemm) as int4 MatMulNBits.
+    True when the head and the embedding share one int4 copy (a tied head, see quantize_tied_head);
+    an untied head is quantized on its own and the embedding stays fp32."""
     import onnx
     from onnx import helper
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
@@ -202,13 +206,9 @@ def quantize_int4(source: str | os.PathLike, target: str | os.PathLike, config: 
     config = config or Int4Config()
     model = onnx.load(str(source))
     gemm_to_matmul(model.graph)
-    if config.quantize_head:
-        quantize_tied_head(model.graph, config)
-    excluded = (
-        []
-        if config.quantize_head
-        else [node.name for node in model.graph.node if node.op_type == "MatMul" and "logits" in node.output]
-    )
+    shared = config.quantize_head and quantize_tied_head(model.graph, config)
+    head = lm_head(model.graph)
+    excluded = [] if config.quantize_head or head is None else [head.name]
     quantizer = MatMulNBitsQuantizer(
         model,
         nodes_to_exclude=excluded,
@@ -233,3 +233,4 @@ def quantize_int4(source: str | os.PathLike, target: str | os.PathLike, config: 
     for tensor in [tensor for tensor in model.graph.initializer if tensor.name not in used]:
         model.graph.initializer.remove(tensor)
     onnx.save(model, str(Path(target)))
+    return shared

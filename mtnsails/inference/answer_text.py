@@ -1,14 +1,15 @@
 """An answer's text as its tokens arrive: decoded, cut at a stop text, streamed safely.
 
-Chat and `serve` decode answers the same way: the model's EOS ends the answer, so does any stop
-text it writes (at least the template's user marker, "User:": the model started the next turn
-itself), and streamed pieces never show text a later token could still change: an incomplete
-multi-byte character, trailing whitespace (the answer is stripped) or the start of a stop text.
+Chat and `serve` decode answers the same way: the model's EOS ends the answer (any EOS id of its
+generation config, and a chat template's end-of-turn token such as <|im_end|>), so does any stop
+text it writes (the template's user marker, "User:": the model started the next turn itself),
+and streamed pieces never show text a later token could still change: an incomplete multi-byte
+character, trailing whitespace (the answer is stripped) or the start of a stop text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from tokenizers.decoders import DecodeStream
@@ -55,12 +56,14 @@ class AnswerText:
     >>> answer.finish()                           # the whole answer, stripped
     """
 
-    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str], eos_token_id: int | None) -> None:
-        """`stops`: texts that end the answer where the model writes them (not part of it)."""
+    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str], eos_token_id: int | Collection[int] | None) -> None:
+        """`stops`: texts that end the answer where the model writes them (not part of it);
+        `eos_token_id`: the id, or ids, that end it (not part of it either)."""
         self.tokenizer = tokenizer
         self.stops = [stop for stop in stops if stop]
         self.eos_token_id = eos_token_id
-        self.ids: list[int] = []  # the answer's tokens (not EOS)
+        self.end_ids = frozenset(eos_token_id) if isinstance(eos_token_id, Collection) else {eos_token_id}
+        self.ids: list[int] = []  # the answer's tokens (not the one that ended it)
         self.text = ""
         self.streamed = 0  # characters of the stripped answer handed out by `add`
         self.stop_reason: str | None = None  # "eos", "stop" (a stop text) or None (still going)
@@ -70,7 +73,7 @@ class AnswerText:
 
     def add(self, token: int) -> str:
         """Take the answer's next token; return the text that became safe to show ("" if none)."""
-        if token == self.eos_token_id:
+        if token in self.end_ids:
             self.stop_reason = "eos"
             return ""
         self.ids.append(token)

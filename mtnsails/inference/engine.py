@@ -7,26 +7,32 @@ matched to. An engine keeps no conversation (a `ChatSession` holds one, `serve`'
 many), so replacing a model is opening a new engine and swapping it whole: nothing of the old
 model can stay behind.
 
-The prompt is built exactly as training builds its examples (`ChatTemplate.segments`, each
-segment tokenized on its own, EOS after every past answer), keeping the newest exchanges that fit.
+The prompt is built exactly as training builds its examples (the template's `segments`, each
+segment tokenized on its own, EOS after every past answer that has no end-of-turn token of its
+own), keeping the newest exchanges that fit. A model's Jinja chat template (`JinjaTemplate`) is
+rendered here as in training, without torch; answers stop at its end-of-turn token and at every
+EOS id the model's generation config names.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from mtnsails.core.errors import MtnsailsError
+from mtnsails.inference.answer_text import AnswerText
 from mtnsails.inference.generation import OnnxDecoder
 from mtnsails.inference.generation_config import GenerationConfig, setting_label
 from mtnsails.inference.optimized_graph import stored_graph
 from mtnsails.inference.question_matcher import QuestionMatch, QuestionMatcher, refers_back
 from mtnsails.model_dir.answer_lengths import token_limit
-from mtnsails.model_dir.onnx_metadata import PRECISIONS, read_onnx_directory
-from mtnsails.model_dir.template import ChatTemplate, segment_ids
+from mtnsails.model_dir.jinja_template import JinjaTemplate, template_from_dict
+from mtnsails.model_dir.onnx_metadata import PRECISIONS, eos_token_ids, read_onnx_directory
+from mtnsails.model_dir.template import segment_ids
 
 FASTEST_FIRST = ("int4", "int8")  # what `precision="auto"` prefers (bench/chat_bench.py, every CPU kind)
 
@@ -82,15 +88,12 @@ class ChatEngine:
         self.path = Path(path)
         self.settings = settings
         meta = read_onnx_directory(self.path)
-        self.template = ChatTemplate.from_dict(meta.get("template"))
+        self.template = template_from_dict(meta.get("template"))
         self.eos_token_id = meta.get("eos_token_id")
         self.context_length = int(meta.get("context_length") or 1024)
         self.max_length = settings.max_length
-        generation = settings.generation
-        generation.validate()
-        if generation.max_new_tokens is None:
-            generation = replace(generation, max_new_tokens=token_limit(meta.get("answer_tokens"), self.context_length))
-        self.generation = generation
+        self.default_max_new_tokens = token_limit(meta.get("answer_tokens"), self.context_length)
+        self.use_generation(settings.generation)
         if self.max_length < 1:
             raise MtnsailsError(f"{setting_label('max_length')} = {self.max_length} must be at least 1")
         self.precision = self._pick_precision(meta["files"], settings.precision)
@@ -100,19 +103,43 @@ class ChatEngine:
             self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as error:
             raise MtnsailsError(f"{self.path / 'tokenizer.json'} cannot be read: {error}") from None
+        # What ends an answer besides stop texts: EOS, every EOS of the generation config and the
+        # template's end-of-turn token (<|im_end|>, <|eot_id|>, ...).
+        stop_tokens = [self.tokenizer.token_to_id(token) for token in self.template.stop_tokens]
+        self.stop_ids = frozenset(
+            token for token in (self.eos_token_id, *eos_token_ids(self.path), *stop_tokens) if token is not None
+        )
         # As many earlier exchanges as the training examples had: the model learned to use no
         # more (None: as many as fit).
         self.history_exchanges = meta.get("history_exchanges")
         questions = meta.get("questions") if settings.match_questions else None
-        self.matcher = QuestionMatcher(questions) if questions else None
-        self.system = meta.get("system") if settings.system is None else settings.system
-        self.system_ids = self.system_prompt_ids(self.system)
-        if len(self.system_ids) >= self._prompt_budget(self.generation.max_new_tokens):
+        # The answers name a question's subject again, often in other words (older exports lack them).
+        self.matcher = QuestionMatcher(questions, answers=meta.get("question_answers")) if questions else None
+        self.trained_system = meta.get("system")  # the training data's system prompt, if any
+        self.use_system(settings.system)
+
+    def use_generation(self, generation: GenerationConfig) -> None:
+        """Answer with `generation` from now on (a reload keeps it); no `max_new_tokens`: the
+        limit derived from the trained answer lengths."""
+        generation.validate()
+        self.settings = replace(self.settings, generation=generation)
+        if generation.max_new_tokens is None:
+            generation = replace(generation, max_new_tokens=self.default_max_new_tokens)
+        self.generation = generation
+
+    def use_system(self, system: str | None) -> None:
+        """Open every prompt with `system` from now on ("" none; None the trained one; a reload
+        keeps it). MtnsailsError when it leaves no room for a question."""
+        text = self.trained_system if system is None else system
+        ids = self.system_prompt_ids(text)
+        if len(ids) >= self._prompt_budget(self.generation.max_new_tokens):
             raise MtnsailsError(
-                f"the system prompt is {len(self.system_ids)} tokens: it leaves no room "
+                f"the system prompt is {len(ids)} tokens: it leaves no room "
                 f"for the question within {setting_label('max_length')} = {self.max_length} "
                 f"and the context of {self.context_length} tokens"
             )
+        self.settings = replace(self.settings, system=system)
+        self.system, self.system_ids = text, ids
 
     def _pick_precision(self, files: dict, precision: str) -> str:
         if precision == "auto":
@@ -160,6 +187,11 @@ class ChatEngine:
             for token in ids
         ]
 
+    def answer_text(self, stops: Sequence[str] = ()) -> AnswerText:
+        """A new answer's text, ending at the template's stop texts and `stops`, at EOS and at
+        the template's end-of-turn token."""
+        return AnswerText(self.tokenizer, [*self.template.stop_texts, *stops], self.stop_ids)
+
     def _prompt_budget(self, new_tokens: int) -> int:
         return max(1, min(self.max_length, self.context_length - new_tokens))
 
@@ -189,6 +221,13 @@ class ChatEngine:
             user_input, history = match.question, []
         elif self.history_exchanges is not None:
             history = history[len(history) - self.history_exchanges :] if self.history_exchanges else []
+        if isinstance(self.template, JinjaTemplate):
+            system_text = self.system if system is None else system
+            budget = self._prompt_budget(new_tokens)
+            ids, start = rendered_prompt(
+                self.template, self.encode, self.eos_token_id, system_text, user_input, history, budget
+            )
+            return Prompt(ids, len(history) - start, match)
         ids, start = self._exchanges_within(
             user_input, history, max(1, self._prompt_budget(new_tokens) - len(system_ids))
         )
@@ -223,3 +262,43 @@ class ChatEngine:
                 pieces.append([])
             pieces[-1] += ids
         return pieces
+
+
+def rendered_prompt(
+    template: JinjaTemplate,
+    encode: Callable[[str], list[int]],
+    eos_id: int | None,
+    system: str | None,
+    question: str,
+    history: list[tuple[str, str]],
+    budget: int,
+) -> tuple[list[int], int]:
+    """A Jinja template's prompt for `question` after the newest exchanges of `history` that fit
+    in `budget` tokens together with the system prompt (rendered whole: the template decides
+    where the system prompt goes), and the index of the first exchange kept. A question too long
+    even alone keeps its end (next to the answer): its start is dropped until the prompt fits.
+    Tokenized segment by segment, as training tokenizes (`segment_ids`)."""
+
+    def ids(exchanges: list[tuple[str, str | None]]) -> list[int]:
+        pieces = segment_ids(encode, template.segments(exchanges, system), eos_id)
+        return [token for _, piece in pieces for token in piece]
+
+    low, high = 0, len(history) + 1  # the fewest exchanges dropped that fit (len(history) + 1: none fits)
+    found: list[int] | None = None
+    while low < high:
+        middle = (low + high) // 2
+        prompt = ids([*history[middle:], (question, None)])
+        if len(prompt) <= budget:
+            high, found = middle, prompt
+        else:
+            low = middle + 1
+    if found is not None:
+        return found, low
+    low, high = 0, len(question)  # the fewest characters of the question dropped that fit
+    while low < high:
+        middle = (low + high) // 2
+        if len(ids([(question[middle:], None)])) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    return ids([(question[low:], None)])[-budget:], len(history)

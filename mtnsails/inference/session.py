@@ -4,8 +4,8 @@ The session holds what belongs to the conversation: the history, the random gene
 last question was asked as, the exchanges with their verdicts, and the conversation logger it is
 handed (as `serve` is handed one). The model and everything derived from it live in the engine;
 `reload` opens a new engine and swaps it in one assignment, so the conversation goes on with the
-new model whole. Answers stop at EOS, at the start of a new user turn, or at the token limit (a
-sentence the limit cut in half is trimmed).
+new model whole. Answers stop at EOS (or the template's end-of-turn token), at the start of a new
+user turn, or at the token limit (a sentence the limit cut in half is trimmed).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mtnsails.core.errors import MtnsailsError
-from mtnsails.inference.answer_text import AnswerText
 from mtnsails.inference.engine import ChatEngine, Prompt
 from mtnsails.inference.generation import generate_tokens
 from mtnsails.inference.generation_config import GenerationConfig
@@ -72,13 +71,23 @@ class ChatSession:
 
     @property
     def generation(self) -> GenerationConfig:
-        """The answer settings in effect (the token limit resolved for the loaded model)."""
+        """The answer settings in effect (the token limit resolved for the loaded model); set it
+        to answer otherwise from now on (`ChatEngine.use_generation`)."""
         return self.engine.generation
+
+    @generation.setter
+    def generation(self, config: GenerationConfig) -> None:
+        self.engine.use_generation(config)
 
     @property
     def system(self) -> str | None:
-        """The system prompt in effect (None or "": none)."""
+        """The system prompt in effect (None or "": none); set it to open prompts otherwise from
+        now on ("" none, None the trained one; `ChatEngine.use_system`)."""
         return self.engine.system
+
+    @system.setter
+    def system(self, text: str | None) -> None:
+        self.engine.use_system(text)
 
     def prompt_ids(
         self,
@@ -120,7 +129,7 @@ class ChatSession:
         """Generate and decode an answer, streaming safe text pieces to `on_text` as they come."""
         engine = self.engine
         start = time.perf_counter()
-        answer = AnswerText(engine.tokenizer, [engine.template.user_marker], engine.eos_token_id)
+        answer = engine.answer_text()
         for token in self.generate_ids(prompt_ids, config):
             piece = answer.add(token)
             if on_text and piece:

@@ -42,8 +42,13 @@ def announce_system(chat: ChatSession) -> None:
         print(system_line(chat), file=sys.stderr, flush=True)
 
 
-def note_truncation(chat: ChatSession) -> None:
-    """Say on stderr when the token limit stopped the last answer."""
+def note_answer(chat: ChatSession, question: str) -> None:
+    """Say on stderr what the user needs to know of the last answer to `question`: the trained
+    question it was asked as, when the words differ (so a wrong match shows), and a token limit
+    that stopped it."""
+    match = chat.last_match
+    if match is not None and match.question.casefold().strip() != question.casefold().strip():
+        print(f"note: asked as the trained question {match.question!r}", file=sys.stderr, flush=True)
     if chat.last_stats is not None and chat.last_stats.truncated:
         print(
             f"note: the answer reached the limit of {chat.generation.max_new_tokens} new tokens "
@@ -79,15 +84,15 @@ class TerminalChat:
 
     def _command(self, line: str, echo: bool) -> bool | None:
         """Handle /reset, /reload, the verdicts and the exit words (in any case): True = stop,
-        False = handled, None = not a command. Any other "/word" is refused with the list of
-        commands: a mistyped command must not reach the model, nor the log as training data."""
+        False = handled, None = not a command. Any other line that is one "/word" is refused with
+        the list of commands: a mistyped command must not reach the model, nor the log as training
+        data (a question that starts with a path, "/tmp is full: what now?", is asked)."""
         name, _, text = line.partition(" ")
         if SLASH_WORD.fullmatch(name):
-            line = name.lower() + line[len(name) :]
             name = name.lower()
-        if line.lower() in EXIT_COMMANDS:
+        if line.lower() in EXIT_COMMANDS or (name in EXIT_COMMANDS and name.startswith("/")):
             return True
-        if line == "/reload":  # e.g. after `promote` or `watch` replaced the model directory
+        if name == "/reload":  # e.g. after `promote` or `watch` replaced the model directory
             try:
                 self.chat.reload()
             except MtnsailsError as error:
@@ -96,7 +101,7 @@ class TerminalChat:
                 if echo:
                     self._say(f"(reloaded {self.chat.engine.path}, {self.chat.engine.precision})")
             return False
-        if line == "/reset":
+        if name == "/reset":
             self.chat.reset()
             if echo:
                 self._say("(conversation reset)")
@@ -107,7 +112,7 @@ class TerminalChat:
         if name == "/fix":
             self._give("fixed", text.strip())
             return False
-        if SLASH_WORD.fullmatch(name):
+        if SLASH_WORD.fullmatch(line):
             self._say(f"(unknown command {name}: {COMMANDS})")
             return False
         return None
@@ -173,7 +178,7 @@ class TerminalChat:
                 extra = len(printed) - len(answer)  # erase the half sentence the limit cut
                 print("\b \b" * extra, end="", file=self.stdout)
             self._say()
-            note_truncation(self.chat)
+            note_answer(self.chat, line)
             if self.ask_feedback:
                 try:
                     reply = input(FEEDBACK_PROMPT).strip()
@@ -194,6 +199,6 @@ class TerminalChat:
                 return
             if command is None:
                 self._say(one_line(self.chat.reply(line)))
-                note_truncation(self.chat)
+                note_answer(self.chat, line)
                 if self.ask_feedback and self._reply_to_question(next(lines, None), echo=False):
                     return

@@ -39,9 +39,6 @@ ACTIONS = {
 }
 
 
-NOT_UTF8 = "\udcff"  # a line stdin could not decode: never valid text
-
-
 def is_utf8(text: str) -> bool:
     """False for text holding undecodable bytes (surrogate escapes), which no file can store."""
     try:
@@ -174,10 +171,10 @@ class LogReview:
                     print(file=stdout)
                     return None
             print(prompt.rstrip(), file=stdout, flush=True)  # piped: one line, for the transcript
-            try:
-                line = stdin.readline()
-            except UnicodeDecodeError:  # a strict stdin refuses the bytes itself
-                return NOT_UTF8
+            # Bytes, decoded line by line: a strict text stdin would refuse a bad line and drop the
+            # answers it had read ahead with it. Undecodable bytes stay as surrogates (`is_utf8`).
+            raw = getattr(stdin, "buffer", None)
+            line = raw.readline().decode("utf-8", "surrogateescape") if raw is not None else stdin.readline()
             return line.strip() if line else None
 
         def say(text: str = "") -> None:

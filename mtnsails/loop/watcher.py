@@ -46,10 +46,11 @@ HELD_OUT_BUCKETS = 10  # one marked exchange in this many is held out for evalua
 
 def is_held_out(exchange: dict) -> bool:
     """Whether a marked exchange is set aside for evaluation, never trained on: decided by its
-    content alone (`conversation_key`), so the same exchange is held out in every round."""
+    question and answer alone (not the history it came with), so the same pair is held out in
+    every round and in every conversation it turns up in."""
     from mtnsails.data.handler import conversation_key
 
-    return conversation_key(exchange)[0] % HELD_OUT_BUCKETS == 0
+    return conversation_key({"input": exchange["input"], "output": exchange["output"]})[0] % HELD_OUT_BUCKETS == 0
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The `mtnsails.json` of an ONNX model directory: written by `convert`, read by chat and `--verify`.
 
-It records the chat template, EOS id, context length, which graph file holds each precision, and
+It records the chat template (mtnsails' own format, or the model's Jinja template with its special
+tokens and end-of-turn token), EOS id, context length, which graph file holds each precision, and
 the training data's system prompt and answer lengths (chat's defaults). The reader checks every
 field it hands on, so a hand-edited or damaged file is a one-line error naming the file and the
 field, never a traceback deep inside generation. Only numpy-free, torch-free imports: chat reads
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.files import atomic_write_text, read_json_object
+from mtnsails.model_dir.jinja_template import JinjaTemplate, template_from_dict
 from mtnsails.model_dir.metadata import (
     FP32_FILE,
     INT8_FILE,
@@ -25,7 +27,6 @@ from mtnsails.model_dir.metadata import (
     context_length,
     read_metadata,
 )
-from mtnsails.model_dir.template import ChatTemplate
 
 PRECISIONS = ("fp32", "int8", "int4")  # keys of the "files" map
 
@@ -72,7 +73,9 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     """Return `meta` when its fields are usable; raise MtnsailsError naming `source` and the field.
 
     `context_length` must be a positive integer, `eos_token_id` a non-negative integer (both may
-    be absent), `template` a valid chat template and `files` a map of precision to file name;
+    be absent), `template` a valid chat template (mtnsails' own {"template", "separator"}, or a
+    Jinja one: {"chat_template", "special_tokens", "end_of_turn"}) and `files` a map of precision
+    to file name;
     `system` (the training data's system prompt) a string and `answer_tokens` (the trained
     answer lengths) an object with a positive integer `max`, `history_exchanges` (the most
     earlier exchanges a training example had) a non-negative integer and `questions` (the trained
@@ -115,17 +118,47 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     questions = meta.get("questions")
     if questions is not None and not (isinstance(questions, list) and all(isinstance(q, str) for q in questions)):
         raise MtnsailsError(f'{source}: "questions" must be a list of strings (the trained questions) or null')
+    answers = meta.get("question_answers")
+    if answers is not None and not (
+        isinstance(answers, list) and all(isinstance(a, str) for a in answers) and len(answers) == len(questions or [])
+    ):
+        raise MtnsailsError(f'{source}: "question_answers" must be a list of strings, one per question, or null')
     template = meta.get("template")
     if template is not None:
-        if not isinstance(template, dict) or not all(
-            isinstance(template.get(key, ""), str) for key in ("template", "separator")
+        jinja = isinstance(template, dict) and "chat_template" in template
+        if not isinstance(template, dict) or not (
+            jinja or all(isinstance(template.get(key, ""), str) for key in ("template", "separator"))
         ):
-            raise MtnsailsError(f'{source}: "template" must be an object of strings ("template", "separator")')
+            raise MtnsailsError(
+                f'{source}: "template" must be an object of strings ("template", "separator") or a Jinja '
+                'chat template ("chat_template", "special_tokens", "end_of_turn")'
+            )
         try:
-            ChatTemplate.from_dict(template)
-        except ValueError as error:
-            raise MtnsailsError(f"{source}: {error}") from None
+            template_from_dict(template)
+        except (ValueError, MtnsailsError) as error:  # a bad field, or Jinja that does not compile
+            raise MtnsailsError(f'{source}: "template": {error}') from None
     return meta
+
+
+def eos_token_ids(path: str | os.PathLike) -> list[int]:
+    """Every EOS id the model directory names: generation_config.json's `eos_token_id` (an id or
+    a list: Qwen2.5 and Llama 3 name several) and config.json's."""
+    path = Path(path)
+    ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        value = read_json_object(path / name).get("eos_token_id")
+        ids += value if isinstance(value, list) else [value]
+    return [token for token in dict.fromkeys(ids) if _is_integer(token) and token >= 0]
+
+
+def template_record(recorded: dict | None, tokenizer_dir: str | os.PathLike) -> dict:
+    """The "template" record of an ONNX directory: what the trained model recorded, else the
+    chat template its tokenizer carries (a hub model converted as it is), else mtnsails' own
+    format."""
+    if recorded:
+        return template_from_dict(recorded).to_dict()
+    jinja = JinjaTemplate.from_tokenizer_files(tokenizer_dir)
+    return jinja.to_dict() if jinja else template_from_dict(None).to_dict()
 
 
 def read_onnx_directory(path: str | os.PathLike) -> dict:
@@ -154,6 +187,9 @@ def read_onnx_directory(path: str | os.PathLike) -> dict:
         meta = {"files": {"fp32": FP32_FILE}}
         if (path / INT8_FILE).exists():
             meta["files"]["int8"] = INT8_FILE
+        jinja = JinjaTemplate.from_tokenizer_files(path)  # a plain export of a model with a template
+        if jinja is not None:
+            meta["template"] = jinja.to_dict()
     if not any((path / name).exists() for name in meta["files"].values()):
         raise MtnsailsError(f"{path} is not an ONNX model directory (no {' or '.join(meta['files'].values())})")
     if not (path / "tokenizer.json").exists():
@@ -182,8 +218,9 @@ def write_onnx_metadata(
 
     `files` maps precisions to graph files; `optimized` is `store_optimized_graphs`' record;
     `kv_cache` "shared" when the graphs' attention was fused (see fused_attention).
-    The template and (for configs without one) the context length come from the trained model's
-    own mtnsails.json; EOS from config.json, else the tokenizer's first special token.
+    The template (see `template_record`) and (for configs without one) the context length come
+    from the trained model's own mtnsails.json; EOS from config.json, else the tokenizer's first
+    special token.
     """
     onnx_dir, model_path = Path(onnx_dir), Path(model_path)
     config = read_json_object(onnx_dir / "config.json")
@@ -195,7 +232,7 @@ def write_onnx_metadata(
     meta = {
         "format": ONNX_FORMAT,
         "version": 1,
-        "template": ChatTemplate.from_dict(source.get("template")).to_dict(),
+        "template": template_record(source.get("template"), onnx_dir),
         "source_model": str(model_path.resolve()),
         "eos_token_id": eos[0] if isinstance(eos, list) else eos,
         "context_length": context_length(config) or source.get("context_length"),
@@ -206,6 +243,7 @@ def write_onnx_metadata(
         "answer_tokens": source.get("answer_tokens"),
         "history_exchanges": source.get("history_exchanges"),
         "questions": source.get("questions"),
+        "question_answers": source.get("question_answers"),
     }
     if optimized:
         meta["optimized"] = optimized

@@ -1,10 +1,13 @@
 """The chat template: how a conversation becomes training text and how chat builds its prompt.
 
 Training and chat must build token sequences the same way, or the model sees at chat time
-a prompt it never saw in training. Both therefore go through `ChatTemplate.segments`, which
+a prompt it never saw in training. Both therefore go through a template's `segments`, which
 splits a conversation into pieces marked prompt or response; callers tokenize each piece and
-append the EOS token id after every response (EOS is added as an id, never as text, so any
-tokenizer works). This module imports nothing heavy: chat uses it without torch.
+append the EOS token id after every response that asks for it (EOS is added as an id, never as
+text, so any tokenizer works). `ChatTemplate` is mtnsails' own text format ("User: ...
+Assistant: ..."); a model's Jinja chat template is `mtnsails.model_dir.jinja_template`'s
+`JinjaTemplate`, which yields the same kind of segments. This module imports nothing heavy: chat
+uses it without torch.
 """
 
 from __future__ import annotations
@@ -25,22 +28,24 @@ def exchanges(conversation: dict) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class Segment:
-    """A piece of a conversation's text; `is_response` pieces end in EOS and are learned unless
-    `learned` is False (an answer that is only context, as in augmented history)."""
+    """A piece of a conversation's text; `is_response` pieces are learned unless `learned` is
+    False (an answer that is only context, as in augmented history), and end in EOS unless `eos`
+    is False (the text ends in the template's own end-of-turn token)."""
 
     text: str
     is_response: bool
     learned: bool = True
+    eos: bool = True
 
 
 def segment_ids(
     encode: Callable[[str], list[int]], segments: Iterable[Segment], eos_id: int | None
 ) -> Iterator[tuple[Segment, list[int]]]:
     """Yield each segment with its token ids: `encode(text)` of the segment alone, plus `eos_id`
-    after every response. Training (collator) and chat both build token ids with this rule."""
+    after every response with `eos`. Training (collator) and chat both build token ids with this rule."""
     for segment in segments:
         ids = list(encode(segment.text))
-        if segment.is_response and eos_id is not None:
+        if segment.is_response and segment.eos and eos_id is not None:
             ids.append(eos_id)
         yield segment, ids
 
@@ -77,6 +82,16 @@ class ChatTemplate:
     def user_marker(self) -> str:
         """Text that opens a new user turn ("User:"); generation stops when the model writes it."""
         return self._prompt_format.split("{input}")[0].strip()
+
+    @property
+    def stop_texts(self) -> tuple[str, ...]:
+        """Texts that end an answer where the model writes them: the user marker."""
+        return (self.user_marker,)
+
+    @property
+    def stop_tokens(self) -> tuple[str, ...]:
+        """Tokens (by their text) whose ids end an answer: none besides EOS for this format."""
+        return ()
 
     def segments(self, exchanges: list[tuple[str, str]], system: str | None = None) -> Iterator[Segment]:
         """Yield the segments of a conversation given as (input, output) exchanges in order.

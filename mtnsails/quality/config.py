@@ -17,9 +17,18 @@ CODES = (
     "marked_bad",
     "cut_short",
 )
-# A reader marks a record whose write a crash cut short with this key (its value says where), so
-# that `validate` counts the lost record instead of passing over it.
-CUT_SHORT = "cut_short"
+
+
+class CutShort(dict):
+    """Stands, in a stream of conversations, for a record a crash cut short (`where`: "FILE: line
+    N"), so that `validate` counts the lost record instead of passing over it. No record read from
+    JSON is one, whatever its keys."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+
 # Count keys of the original MTN Sails report (e.g. `empty_outputs`) plus the new codes.
 COUNT_KEYS = {code: code + "s" for code in CODES}
 LABELS = {

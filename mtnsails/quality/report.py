@@ -39,11 +39,14 @@ class QualityReport:
         return "warning" if self.quality_score >= 0.5 else "critical"
 
     def verdict_line(self) -> str:
-        """One line with a symbol, the verdict and the score (what `validate --quiet` prints)."""
+        """One line with a symbol, the verdict and the score (what `validate --quiet` prints),
+        and the records cut short, which make `validate` exit 1 whatever the score."""
         symbol = {"good": "✓", "warning": "⚠", "critical": "✗"}[self.verdict]
+        cut = self.counts.get("cut_short", 0)
         return (
-            f"{symbol} Data quality is {self.verdict.upper()} "
+            f"{'✗' if cut else symbol} Data quality is {self.verdict.upper()} "
             f"({self.quality_score:.1%} of {self.total} conversations are valid)"
+            + (f", but {cut} record(s) cut short: the file ends mid-record" if cut else "")
         )
 
     def to_dict(self) -> dict:

@@ -28,7 +28,7 @@ from mtnsails.core.cpu import usable_cpus
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.ranks import is_main_process
 from mtnsails.model_dir.template import exchanges
-from mtnsails.quality.config import CODES, CUT_SHORT, LABELS, RULE_FLAGS, QualityConfig
+from mtnsails.quality.config import CODES, LABELS, RULE_FLAGS, CutShort, QualityConfig
 from mtnsails.quality.dedup import CopyFinder, TextCodes, text_codes
 from mtnsails.quality.report import QualityIssue, QualityReport
 from mtnsails.quality.rules import (
@@ -64,10 +64,10 @@ class DataQualityValidator:
         """The issues, and the conversation's lower-case words for the copy search (every turn,
         system included, turns separated by a marker; none when it has no word); `turns` are
         its `exchanges`."""
-        if CUT_SHORT in conversation:
+        if isinstance(conversation, CutShort):
             return [
                 QualityIssue(
-                    "cut_short", f"{conversation[CUT_SHORT]} is cut short (an interrupted write): the record is lost"
+                    "cut_short", f"{conversation.where} is cut short (an interrupted write): the record is lost"
                 )
             ], []
         limit = self.config.max_text_chars
@@ -315,7 +315,9 @@ def _new_chunks(conversations: Iterable[dict], size: int) -> Iterator[tuple[list
 
 def _content_key(conversation: dict) -> bytes | None:
     """A digest of the conversation's fields and values in order (None when they are not all
-    JSON: such a conversation is never taken for a repeat)."""
+    JSON: such a conversation is never taken for a repeat; nor is a record cut short)."""
+    if isinstance(conversation, CutShort):
+        return None
     try:
         return hashlib.blake2b(orjson.dumps(conversation), digest_size=16).digest()
     except TypeError:  # orjson.JSONEncodeError included

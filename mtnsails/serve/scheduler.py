@@ -225,9 +225,7 @@ class BatchScheduler:
                 _Sequence(
                     job,
                     TokenChooser(job.config, job.prompt_ids, rng),
-                    AnswerText(
-                        self.model.tokenizer, [self.model.template.user_marker, *job.stops], self.model.eos_token_id
-                    ),
+                    self.model.answer_text(job.stops),
                 )
             )
         if not sequences:

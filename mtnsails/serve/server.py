@@ -2,7 +2,10 @@
 
 A Starlette application on uvicorn (the ASGI ecosystem's usual pair; no HTTP is parsed here).
 `POST /v1/chat/completions` turns `messages` into the prompt exactly as chat and training build
-it and hands the request to the `BatchScheduler`, whose thread decodes all requests in flight
+it (OpenAI's roles become the conversation's: "system" and "developer" the system prompt, "user"
+and "assistant" its exchanges; a model's chat template then writes them in its own roles, e.g.
+Gemma's "model", or puts the system prompt into the first user turn where it has no system role)
+and hands the request to the `BatchScheduler`, whose thread decodes all requests in flight
 together; `GET /v1/models` names the model, `GET /health` reports the load. Errors follow
 OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so clients raise their usual
 exceptions. Nothing from a request reaches the file system; the API key never reaches the log.
@@ -470,7 +473,9 @@ class ChatServer:
             model = self.scheduler.model
             print(
                 f"serving {model.path} ({model.precision}) on http://{host}:{port}/v1 "
-                f"(batch up to {self.scheduler.max_batch}); Ctrl-C stops",
+                f"(batch up to {self.scheduler.max_batch})"
+                + (f", logging exchanges to {self.logger.path}" if self.logger is not None else "")
+                + "; Ctrl-C stops",
                 file=sys.stderr,
                 flush=True,
             )

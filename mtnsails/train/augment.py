@@ -25,7 +25,7 @@ import functools
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from mtnsails.core.errors import MtnsailsError
@@ -144,7 +144,7 @@ def _learn_last(template: ChatTemplate, turns: list[tuple[str, str]], system: st
     segments = list(template.segments(turns, system))
     last = max(index for index, segment in enumerate(segments) if segment.is_response)
     return [
-        Segment(segment.text, True, learned=False) if segment.is_response and index != last else segment
+        replace(segment, learned=False) if segment.is_response and index != last else segment
         for index, segment in enumerate(segments)
     ]
 

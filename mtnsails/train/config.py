@@ -7,10 +7,12 @@ from pathlib import Path
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.settings import MAX_SEED, flag_of, non_finite, setting
+from mtnsails.model_dir.jinja_template import JinjaTemplate
 from mtnsails.model_dir.template import ChatTemplate
 from mtnsails.train.augment import AugmentConfig
 from mtnsails.train.devices import DEVICES
 from mtnsails.train.models import ContinuedTrainingDefaults, EmbeddedTrainingDefaults
+from mtnsails.train.templates import check_choice
 
 
 @dataclass
@@ -51,7 +53,13 @@ class TrainingConfig:
         "continuing an mtnsails model (--model-name ./trained_model): train on the new data "
         "alone, without mixing the model's earlier training data back in",
     )
-    template: ChatTemplate = field(default_factory=ChatTemplate)
+    chat_template: str | None = setting(
+        None,
+        "the chat template conversations are rendered with: chatml or a Jinja file gives the model one "
+        "(adding the special tokens it lacks), none is mtnsails' own 'User:/Assistant:' format (default: "
+        "the template the model's tokenizer has, else mtnsails' own format)",
+    )
+    template: ChatTemplate | JinjaTemplate = field(default_factory=ChatTemplate)  # the API's (see train.templates)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # extra examples (mtnsails.train.augment)
 
     def validate(self) -> None:
@@ -80,6 +88,7 @@ class TrainingConfig:
             raise MtnsailsError(f"--seed must be from 0 to {MAX_SEED}, got {self.seed}")
         if self.device not in DEVICES:
             raise MtnsailsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
+        check_choice(self.chat_template)
         self.augment.validate()
 
     def resolved(self, embedded: bool, examples: int, continuing: bool = False) -> TrainingConfig:

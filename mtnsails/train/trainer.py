@@ -29,6 +29,7 @@ from mtnsails.core.ranks import barrier, finish_distributed, is_main_process, wo
 from mtnsails.data.handler import ConversationDataHandler, combine_conversations, common_system
 from mtnsails.data.records import write_conversations
 from mtnsails.model_dir.answer_lengths import answer_lengths, length_record
+from mtnsails.model_dir.jinja_template import JinjaTemplate, template_from_dict
 from mtnsails.model_dir.metadata import (
     METADATA_FILE,
     MODEL_FORMAT,
@@ -53,6 +54,7 @@ from mtnsails.train.models import (
     choose_model,
     resolve_model,
 )
+from mtnsails.train.templates import end_ids, training_template
 
 # Importable from here as before: scripts and the CLI use them with LLMTrainer.
 __all__ = [
@@ -69,7 +71,7 @@ __all__ = [
 ]
 # The training data drawn anew each epoch: (template, indices of the training conversations,
 # segments -> encoded example) -> a map-style dataset, or None to train on the examples as they are.
-Augment = Callable[[ChatTemplate, list[int], Callable[[list[Segment]], dict]], object]
+Augment = Callable[[ChatTemplate | JinjaTemplate, list[int], Callable[[list[Segment]], dict]], object]
 
 
 def packaged_example_data() -> Path:
@@ -143,6 +145,7 @@ class LLMTrainer:
             "system": None,
             "history_exchanges": None,
             "questions": None,
+            "question_answers": None,
         }
         self._answer_tokens: dict | None = None
         self._held_out: list[int] = []
@@ -217,7 +220,7 @@ class LLMTrainer:
         """Load a saved model directory (weights via safetensors only) for further use."""
         self.resolved = resolve_model(str(model_path), trust_remote_code=self.config.trust_remote_code)
         self.model, self.tokenizer = self.resolved.model, self.resolved.tokenizer
-        self.config.template = ChatTemplate.from_dict(self.resolved.metadata.get("template"))
+        self.config.template = template_from_dict(self.resolved.metadata.get("template"))
 
     # -- the new API ---------------------------------------------------------------------------
 
@@ -251,7 +254,12 @@ class LLMTrainer:
         # chat keeps as many earlier exchanges as the model learned to use, and asks reworded
         # questions as the trained stand-alone question they match
         self._data_info["history_exchanges"] = max((len(c.get("history") or []) for c in combined), default=0)
-        self._data_info["questions"] = list(dict.fromkeys(c["input"] for c in combined if not c.get("history")))
+        first_answers = {}  # each stand-alone question with its first answer: the matcher reads both
+        for conversation in combined:
+            if not conversation.get("history"):
+                first_answers.setdefault(conversation["input"], conversation["output"])
+        self._data_info["questions"] = list(first_answers)
+        self._data_info["question_answers"] = list(first_answers.values())
         if replayed and not self.config.quiet and is_main_process():
             print(
                 f"note: continuing {self.config.model_name}: its {len(replayed)} training "
@@ -326,8 +334,9 @@ class LLMTrainer:
                 + (f"; {cut_answers} answers lost their end too (raise --max-length)" if cut_answers else ""),
                 file=sys.stderr,
             )
+        answer_ends = end_ids(config.template, tokenizer, model)  # EOS and the template's end of turn
         self._answer_tokens = length_record(
-            [length for item in encoded for length in answer_lengths(item["labels"], tokenizer.eos_token_id)]
+            [length for item in encoded for length in answer_lengths(item["labels"], answer_ends)]
         )
         train_set, eval_set = _split(encoded, eval_split, config.seed)
         held_out = {id(item) for item in eval_set}
@@ -391,7 +400,8 @@ class LLMTrainer:
         self.model, self.tokenizer = trainer.model, tokenizer
         if is_main_process():  # the run is complete: nothing left to resume
             shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
-        self.model.generation_config.eos_token_id = tokenizer.eos_token_id
+        # transformers' generate, llama.cpp and Ollama stop at these too
+        self.model.generation_config.eos_token_id = answer_ends[0] if len(answer_ends) == 1 else answer_ends or None
         self.model.generation_config.pad_token_id = tokenizer.pad_token_id
         history = _loss_history(trainer.state.log_history)
         train_losses = [entry["loss"] for entry in history if "loss" in entry]
@@ -418,18 +428,39 @@ class LLMTrainer:
         model = self.resolved.model
         if getattr(model, "loss_type", None) is None:  # GPT-2: the loss transformers falls back to,
             model.loss_type = "ForCausalLM"  # without its "unrecognized" warning
-        earlier = self.resolved.metadata.get("template")
-        if earlier and config.template == ChatTemplate():  # retraining keeps the model's template
-            config.template = ChatTemplate.from_dict(earlier)
-            return make_examples(config.template)
-        return examples
+        recorded = self.resolved.metadata.get("template")
+        template, added = training_template(
+            config.chat_template, config.template, self.resolved.tokenizer, model, recorded
+        )
+        notes = []
+        if added:
+            notes.append(
+                f"note: --chat-template {config.chat_template}: added {', '.join(added)} to the tokenizer as "
+                "special tokens (their embeddings start as the mean of the others)"
+            )
+        if isinstance(template, JinjaTemplate) and template.rewrites_history:
+            notes.append(
+                "note: the model's chat template writes an earlier answer differently once a later "
+                "question follows (as Qwen3's drops reasoning from history): of a conversation with "
+                "history only the last answer is learned"
+            )
+        for note in notes if not config.quiet and is_main_process() else ():
+            print(note, file=sys.stderr)
+        if template == config.template:
+            return examples
+        config.template = template
+        return make_examples(template)
 
     def _resume_checkpoint(self) -> str | None:
         directory = self.config.checkpoint_dir
         last = (checkpoints(directory) or [None])[0] if directory.is_dir() else None
         # What the checkpoints belong to: resuming with other data or another model would load
         # weights into a model they do not fit (the embedded tokenizer is built from the data).
-        run = {"model_name": self.config.model_name, "data_sha256": self._data_info["data_sha256"]}
+        run = {
+            "model_name": self.config.model_name,
+            "data_sha256": self._data_info["data_sha256"],
+            "chat_template": self.config.chat_template,  # may add tokens: the weights' shape changes
+        }
         marker = directory / "mtnsails-run.json"
         if self.config.resume:
             if last is None:
@@ -439,8 +470,8 @@ class LLMTrainer:
             if changed:
                 raise MtnsailsError(
                     f"--resume: the checkpoints in {directory} were made with another "
-                    f"{' and '.join(changed).replace('_sha256', '')}; resume with the same "
-                    "--model-name and --data-file, or delete that directory to start over"
+                    f"{' and '.join(changed).replace('_sha256', '').replace('_', ' ')}; resume with the same "
+                    "--model-name, --data-file and --chat-template, or delete that directory to start over"
                 )
             complete, skipped = newest_complete(directory)
             for note in skipped if is_main_process() else ():
@@ -551,13 +582,15 @@ class LLMTrainer:
         }
 
 
-def parse_text(text: str, template: ChatTemplate) -> list[Segment]:
+def parse_text(text: str, template: ChatTemplate | JinjaTemplate) -> list[Segment]:
     """Split an original-API training text back into prompt and response segments.
 
     Texts that match the template ("User: ...\\nAssistant: ...") learn only the answer; any
-    other text is learned whole, as the original trainer did.
+    other text is learned whole, as the original trainer did. With a model's own chat template
+    the texts are read in mtnsails' format and the exchange rendered through that template.
     """
-    before_input, after_input = template.template[: -len("{output}")].split("{input}")
+    own = template if isinstance(template, ChatTemplate) else ChatTemplate()
+    before_input, after_input = own.template[: -len("{output}")].split("{input}")
     match = re.fullmatch(
         f"{re.escape(before_input)}(.*?){re.escape(after_input.rstrip(' '))}"
         f"({re.escape(after_input[len(after_input.rstrip(' ')) :])}.*)",
@@ -566,6 +599,8 @@ def parse_text(text: str, template: ChatTemplate) -> list[Segment]:
     )
     if match is None:
         return [Segment(text, True)]
+    if own is not template:
+        return list(template.segments([(match.group(1), match.group(2)[len(own.response_text("")) :])]))
     return [Segment(template.prompt_text(match.group(1)), False), Segment(match.group(2), True)]
 
 
