@@ -158,6 +158,10 @@ def _plan(model_dir: Path, output_path: str | os.PathLike, gguf_type: str) -> _P
     chat = chat_format(model_dir, vocabulary.tokens[eos_id])
     if chat.name == "mtnsails":
         vocabulary.add_bos = False  # the trained template: training and chat never put BOS first
+    elif chat.writes_bos:
+        # Ollama's templates write no BOS text: the tokenizer must add it, and llama.cpp then
+        # drops the one its Jinja template writes (so there is one BOS either way)
+        vocabulary.add_bos = True
     metadata = read_metadata(model_dir)
     system = metadata.get("system") if isinstance(metadata.get("system"), str) else None
     context = context_length(config)
@@ -165,7 +169,7 @@ def _plan(model_dir: Path, output_path: str | os.PathLike, gguf_type: str) -> _P
     modelfile = modelfile_text(
         gguf_file_name(gguf_type),
         chat,
-        system,
+        system or chat.default_system,
         GenerationConfig(),
         context,
         token_limit(lengths, context) if lengths and context else None,

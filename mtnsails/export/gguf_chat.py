@@ -1,24 +1,25 @@
 """The chat format a GGUF export carries: a Jinja chat template (what llama.cpp and LM Studio
 render), the same format as an Ollama Go template, and the texts that end a turn.
 
-The format is the one the model was trained in. A model trained by mtnsails records its
-template in mtnsails.json ("User: {input}\\nAssistant: {output}" unless told otherwise); the
-Jinja and Go templates written from it produce exactly the text `ChatTemplate.render` builds
-for training and chat, with the EOS token after every answer, so llama.cpp feeds the model what
-it learned. A model without that record whose tokenizer carries a chat template (a hub chat
-model) keeps that template; for the common families (ChatML, Llama 3, Gemma, Phi-3) the Ollama
-template of the same family is written beside it, for others Ollama reads the GGUF's own.
+The format is the one the model was trained in, as its mtnsails.json records it: mtnsails' own
+("User: {input}\\nAssistant: {output}" unless told otherwise), whose Jinja and Go templates
+written here produce exactly the text `ChatTemplate.render` builds for training and chat, EOS
+after every answer; or a Jinja chat template (`JinjaTemplate`: the model's own, or one train
+gave it), written as it is. A model without that record keeps its tokenizer's chat template, if
+it has one. For a Jinja template of a common family (ChatML, Llama 3, Gemma, Phi-3) the Ollama
+template of the same format is written beside it; for others Ollama reads the GGUF's own.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from mtnsails.core.errors import MtnsailsError
-from mtnsails.core.files import read_json_object
+from mtnsails.model_dir.jinja_template import JinjaTemplate
 from mtnsails.model_dir.metadata import read_metadata
 from mtnsails.model_dir.template import ChatTemplate
 
@@ -32,6 +33,8 @@ class ChatFormat:
     ollama: str | None  # Modelfile TEMPLATE; None: Ollama falls back to the GGUF's own template
     end_of_turn: str  # the token text that ends an answer
     stops: tuple[str, ...]  # every text that ends a turn (Modelfile PARAMETER stop)
+    default_system: str | None = None  # what the template writes when a conversation has no system prompt
+    writes_bos: bool = False  # the template starts a conversation with the BOS token's text
 
 
 # The escapes every Jinja engine that reads a GGUF knows: llama.cpp's own lexer has no \\u.
@@ -110,12 +113,12 @@ def training_format(template: ChatTemplate, eos_text: str, system: str | None = 
     return ChatFormat("mtnsails", "\n".join(jinja), ollama, eos_text, stops)
 
 
-# Chat families recognised in a tokenizer's Jinja template by a marker only they use: the token
-# that ends a turn, and Ollama's template for the family (as its model library writes them).
+# Chat families recognised in a Jinja template by a marker only they use, with Ollama's template
+# of the same format (system prompts where each family's own template writes them: Gemma's first
+# user turn takes it, a blank line after it).
 KNOWN_FORMATS = {
     "chatml": (
         "<|im_start|>",
-        "<|im_end|>",
         "{{- range $i, $_ := .Messages }}\n"
         "{{- $last := eq (len (slice $.Messages $i)) 1 -}}\n"
         "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
@@ -124,7 +127,6 @@ KNOWN_FORMATS = {
     ),
     "llama3": (
         "<|start_header_id|>",
-        "<|eot_id|>",
         "{{- range $i, $_ := .Messages }}\n"
         "{{- $last := eq (len (slice $.Messages $i)) 1 -}}\n"
         "<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>\n"
@@ -133,18 +135,18 @@ KNOWN_FORMATS = {
     ),
     "gemma": (
         "<start_of_turn>",
-        "<end_of_turn>",
+        '{{- $system := "" }}\n'
         "{{- range $i, $_ := .Messages }}\n"
         "{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
-        '{{- if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n'
-        "{{ else }}<start_of_turn>user\n{{ .Content }}<end_of_turn>\n"
+        '{{- if eq .Role "system" }}{{ $system = .Content }}\n'
+        '{{- else if eq .Role "user" }}<start_of_turn>user\n'
+        '{{ if $system }}{{ $system }}\n\n{{ $system = "" }}{{ end }}{{ .Content }}<end_of_turn>\n'
         "{{ if $last }}<start_of_turn>model\n{{ end }}\n"
-        "{{- end }}\n"
+        "{{- else }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}\n"
         "{{- end }}",
     ),
     "phi3": (
         "<|assistant|>",
-        "<|end|>",
         "{{- range $i, $_ := .Messages }}\n"
         "{{- $last := eq (len (slice $.Messages $i)) 1 -}}\n"
         "<|{{ .Role }}|>\n{{ .Content }}<|end|>\n"
@@ -152,26 +154,27 @@ KNOWN_FORMATS = {
         "{{- end }}",
     ),
 }
+# A ChatML template that writes a system turn of its own when a conversation has none (Qwen2.5's
+# "You are Qwen, ..."): Ollama gets that text as the Modelfile's SYSTEM, so it writes it too.
+_CHATML_SYSTEM = re.compile(r"^(?:<[^<>\s]+>)?<\|im_start\|>system\n(.*?)<\|im_end\|>\n", re.DOTALL)
 
 
-def tokenizer_format(jinja: str, eos_text: str) -> ChatFormat:
-    """A tokenizer's own Jinja template, with Ollama's template of its family when known."""
-    for name, (marker, end_of_turn, ollama) in KNOWN_FORMATS.items():
-        if marker in jinja:
-            stops = tuple(dict.fromkeys((end_of_turn, eos_text)))
-            return ChatFormat(name, jinja, ollama, end_of_turn, stops)
-    return ChatFormat("custom", jinja, None, eos_text, (eos_text,))
-
-
-def tokenizer_chat_template(model_dir: Path) -> str | None:
-    """The chat template a saved tokenizer carries: chat_template.jinja, else tokenizer_config's
-    "chat_template" (a string, or a list of named templates of which "default" is used)."""
-    if (model_dir / "chat_template.jinja").is_file():
-        return (model_dir / "chat_template.jinja").read_text("utf-8")
-    template = read_json_object(model_dir / "tokenizer_config.json").get("chat_template")
-    if isinstance(template, list):
-        template = next((item.get("template") for item in template if item.get("name") == "default"), None)
-    return template if isinstance(template, str) and template.strip() else None
+def tokenizer_format(template: JinjaTemplate, eos_text: str) -> ChatFormat:
+    """A model's own Jinja template, with Ollama's template of its family when known."""
+    end_of_turn = template.end_of_turn or eos_text
+    stops = tuple(dict.fromkeys((end_of_turn, eos_text)))
+    try:
+        rendered = template.prompt_text("mtnsails-probe")
+    except MtnsailsError:  # a template that refuses the probe: nothing to learn from it
+        rendered = ""
+    bos = template.special_tokens.get("bos_token")
+    writes_bos = isinstance(bos, str) and bool(bos) and rendered.startswith(bos)
+    for name, (marker, ollama) in KNOWN_FORMATS.items():
+        if marker in template.source:
+            found = _CHATML_SYSTEM.match(rendered) if name == "chatml" else None
+            default_system = found.group(1) if found else None
+            return ChatFormat(name, template.source, ollama, end_of_turn, stops, default_system, writes_bos)
+    return ChatFormat("custom", template.source, None, end_of_turn, stops, writes_bos=writes_bos)
 
 
 def chat_format(model_dir: str | os.PathLike, eos_text: str) -> ChatFormat:
@@ -179,12 +182,12 @@ def chat_format(model_dir: str | os.PathLike, eos_text: str) -> ChatFormat:
     model_dir = Path(model_dir)
     metadata = read_metadata(model_dir)
     recorded = metadata.get("template")
-    own = tokenizer_chat_template(model_dir)
-    if isinstance(recorded, dict) and isinstance(recorded.get("chat_template"), str):
-        return tokenizer_format(recorded["chat_template"], eos_text)
-    if own is not None and not (isinstance(recorded, dict) and "template" in recorded):
-        return tokenizer_format(own, eos_text)
     try:
+        if isinstance(recorded, dict) and "chat_template" in recorded:
+            return tokenizer_format(JinjaTemplate.from_dict(recorded), eos_text)
+        own = None if isinstance(recorded, dict) else JinjaTemplate.from_tokenizer_files(model_dir)
+        if own is not None:
+            return tokenizer_format(own, eos_text)
         template = ChatTemplate.from_dict(recorded if isinstance(recorded, dict) else None)
     except ValueError as error:
         raise MtnsailsError(f"{model_dir / 'mtnsails.json'}: {error}") from None
