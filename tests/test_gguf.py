@@ -924,27 +924,88 @@ def test_the_ollama_template_renders_the_text_the_model_was_trained_on(ollama_re
     assert rendered == [trained_text(template, exchanges, system) for exchanges, system in cases]
 
 
-def test_the_ollama_templates_of_known_families_render_their_format(ollama_render):
-    from mtnsails.export.gguf_chat import KNOWN_FORMATS
+KNOWN_FORMS = ["chatml", "llama3", "gemma", "phi3", "gemma2"]  # template_forms' names (gemma2: no system role)
 
-    conversation = [
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello"},
-        {"role": "user", "content": "Bye"},
-    ]
-    expected = {
-        "chatml": render_jinja(CHATML, conversation, True),
-        "llama3": "".join(
-            f"<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>"
-            for role, text in (("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"))
-        )
-        + "<|start_header_id|>assistant<|end_header_id|>\n\n",
-        "gemma": "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
-        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n",
-        "phi3": "<|user|>\nHi<|end|>\n<|assistant|>\nHello<|end|>\n<|user|>\nBye<|end|>\n<|assistant|>\n",
-    }
-    for name, (_, _, ollama) in KNOWN_FORMATS.items():
-        assert ollama_render(ollama, [conversation]) == [expected[name]], name
+
+def form_template(name: str):
+    """The JinjaTemplate of one of tests/template_forms.py's real chat templates."""
+    from template_forms import FORMS, VARIANTS
+
+    from mtnsails.model_dir.jinja_template import JinjaTemplate
+
+    form = {**FORMS, **VARIANTS}[name]
+    special = {key: value for key, value in (("bos_token", form.bos), ("eos_token", form.eos)) if value}
+    return form, JinjaTemplate(form.template, special, form.end_of_turn)
+
+
+@pytest.mark.parametrize("name", KNOWN_FORMS)
+def test_the_ollama_template_of_a_known_family_renders_what_its_jinja_template_trains_on(ollama_render, name):
+    """Ollama's template of each family, rendered by Go, equals the model's own Jinja template's
+    text as training renders it (JinjaTemplate), but for the BOS text, which the tokenizer adds
+    in Ollama; a system prompt goes where the Jinja template (or, for Gemma 2, which has no
+    system role, training) puts it; Qwen2.5's default system prompt is the Modelfile's SYSTEM."""
+    from mtnsails.export.gguf_chat import tokenizer_format
+
+    form, template = form_template(name)
+    chat = tokenizer_format(template, form.eos)
+    assert chat.name == name.rstrip("2") and chat.end_of_turn == form.end_of_turn
+    assert chat.writes_bos == (name in ("llama3", "gemma", "gemma2"))
+    assert (chat.default_system is not None) == (name == "chatml")
+    cases = []
+    for exchanges in ([("Hi", None)], [("Hi", "Hello there."), ("And you?", None)]):
+        for system in (None, "Be brief."):
+            expected = template.render(exchanges, system).removeprefix(form.bos or "")
+            ollama_system = system or chat.default_system  # Ollama passes the Modelfile's SYSTEM
+            cases.append((as_messages(exchanges, ollama_system), expected))
+    assert ollama_render(chat.ollama, [messages for messages, _ in cases]) == [text for _, text in cases]
+
+
+def build_form_model(name: str, path: Path, recorded: bool) -> Path:
+    """A tiny Llama with a tokenizer of one of template_forms' families; with `recorded`, an
+    mtnsails.json that names the template as train records it (else the tokenizer carries it)."""
+    import torch
+    import transformers
+    from template_forms import form_tokenizer
+
+    form, template = form_template(name)
+    tokenizer = form_tokenizer(form)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id, **SMALL
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    if recorded:  # train's record (the tokenizer saved without its own template)
+        tokenizer.chat_template = None
+        (path / "mtnsails.json").write_text(json.dumps({"format": "mtnsails-model", "template": template.to_dict()}))
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow  # builds and exports models
+@pytest.mark.parametrize("name, recorded", [("chatml", False), ("gemma", True)])
+def test_a_models_own_jinja_template_travels_with_its_end_of_turn_bos_and_default_system(
+    name, recorded, tmp_path, monkeypatch
+):
+    """The template is written as it is, its end-of-turn token is the EOT id and a stop, BOS is
+    added where the template starts with it, Qwen2.5's default system prompt is the Modelfile's
+    SYSTEM; llama.cpp tokenizes the text the template renders as the model's tokenizer does."""
+    from tokenizers import Tokenizer
+
+    form, template = form_template(name)
+    model_dir = build_form_model(name, tmp_path / "model", recorded)
+    result = export(model_dir, tmp_path / "gguf", "f16")
+    fields, _ = read_gguf(result.gguf_file)
+    assert fields["tokenizer.chat_template"] == form.template
+    assert fields["tokenizer.ggml.tokens"][fields["tokenizer.ggml.eot_token_id"]] == form.end_of_turn
+    assert fields["tokenizer.ggml.add_bos_token"] is (name == "gemma")
+    modelfile = result.modelfile.read_text()
+    assert f'PARAMETER stop "{form.end_of_turn}"' in modelfile
+    assert ('SYSTEM """You are Qwen, created by Alibaba Cloud.' in modelfile) is (name == "chatml")
+    if importlib.util.find_spec("llama_cpp") is not None:
+        llm = load_llama(result.gguf_file, monkeypatch, n_ctx=256)
+        text = template.render([("What do bees make?", "Honey."), ("And wax?", None)], "Be brief.")
+        expected = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == expected
 
 
 # -- refusals: one line, exit 2, nothing written ------------------------------------------------
