@@ -105,6 +105,7 @@ FAMILY_MODELS = {
         [EOS],
         0,
     ),
+    "mistral": ("MistralConfig", {**SMALL, "num_key_value_heads": 2, "sliding_window": None}, "gpt-2", [EOS], 0),
     "qwen2": ("Qwen2Config", {**SMALL, "num_key_value_heads": 2}, "qwen2", [EOS, "<|im_start|>", "<|im_end|>"], 6),
     "qwen3": ("Qwen3Config", {**SMALL, "num_key_value_heads": 2, "head_dim": 32}, "qwen2", [EOS], 0),
     "gemma": ("GemmaConfig", {**SMALL, "num_key_value_heads": 1, "head_dim": 16}, "gpt-2", [EOS], 0),
@@ -250,7 +251,7 @@ def expected_tensors(model_dir: Path) -> dict[str, np.ndarray]:
                 if block + hf_name + "." + part not in hf:
                     continue
                 value = hf[block + hf_name + "." + part]
-                if kind == "llama" and gguf_name in ("attn_q", "attn_k"):
+                if kind in ("llama", "mistral") and gguf_name in ("attn_q", "attn_k"):
                     value = interleave_heads(value, heads if gguf_name == "attn_q" else kv_heads)
                 if gguf_name.endswith("norm") and part == "weight":
                     value = shift(value)
@@ -473,6 +474,7 @@ def test_every_family_reads_back_tensor_for_tensor(family, gguf_type, family_dir
 ARCHITECTURES = {
     "llama": "llama",
     "llama3_rope": "llama",
+    "mistral": "llama",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "gemma": "gemma",
@@ -1053,7 +1055,7 @@ def test_flags_of_the_other_format_are_one_line_errors(cli_here, tmp_path, flags
 @pytest.mark.parametrize(
     "change, phrases",
     [
-        ({"model_type": "opt"}, ["'opt'", "GPT-2, Llama, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3, Phi-3"]),
+        ({"model_type": "opt"}, ["'opt'", "GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3, Phi-3"]),
         ({"activation_function": "relu"}, ["activation 'relu'"]),
         ({"n_positions": None, "n_ctx": None}, ["n_positions or n_ctx"]),
     ],
@@ -1079,6 +1081,16 @@ def test_a_gemma2_whose_attention_scale_llama_cpp_would_change_is_refused(family
     config = json.loads((family_dirs["gemma2"] / "config.json").read_text())
     model_dir = fake_model(tmp_path / "model", {**config, "query_pre_attn_scalar": 100}, family_dirs["gemma2"])
     with pytest.raises(MtnsailsError, match="query_pre_attn_scalar 100 differs from the head width 16"):
+        export(model_dir, tmp_path / "gguf", "f16")
+
+
+@pytest.mark.slow  # builds a model
+def test_a_mistral_with_a_sliding_window_shorter_than_its_context_is_refused(family_dirs, tmp_path):
+    from mtnsails.core.errors import MtnsailsError
+
+    config = json.loads((family_dirs["mistral"] / "config.json").read_text())
+    model_dir = fake_model(tmp_path / "model", {**config, "sliding_window": 64}, family_dirs["mistral"])
+    with pytest.raises(MtnsailsError, match=r"sliding window \(64 of 256 positions\)"):
         export(model_dir, tmp_path / "gguf", "f16")
 
 

@@ -167,6 +167,13 @@ def _llama_extra(config: dict) -> dict[str, np.ndarray]:
     return {ROPE_FREQS: llama3_rope_factors(config)} if scaling and scaling[0] == "llama3" else {}
 
 
+def _mistral_check(config: dict) -> None:
+    _llama_check(config)
+    window, context = config.get("sliding_window"), int(_get(config, "max_position_embeddings"))
+    if window is not None and int(window) < context:
+        _refuse(config, f"its sliding window ({window} of {context} positions) is not part of llama.cpp's Llama")
+
+
 def _qwen_check(config: dict) -> None:
     _check_activation(config, "hidden_act", allowed=("silu",))
     if config.get("use_sliding_window"):
@@ -263,6 +270,8 @@ FAMILIES = (
         transposed=("c_attn.weight", "c_proj.weight", "c_fc.weight"),
     ),
     Family("Llama", ("llama",), A.LLAMA, _write_common, _llama_check, permute_qk=True, extra_tensors=_llama_extra),
+    # Mistral's checkpoints are Llama's layout; llama.cpp's converter writes them as Llama too
+    Family("Mistral", ("mistral",), A.LLAMA, _write_common, _mistral_check, permute_qk=True),
     Family("Qwen2", ("qwen2",), A.QWEN2, _write_common, _qwen_check),
     Family("Qwen3", ("qwen3",), A.QWEN3, _write_common, _qwen_check),
     Family("Gemma", ("gemma",), A.GEMMA, _gemma_hparams, _gemma_check, norm_shift=1.0, output_is_embedding=True),
