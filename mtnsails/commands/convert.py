@@ -115,6 +115,8 @@ def convert_gguf(args: argparse.Namespace) -> None:
     result = export_gguf(
         args.model_path, args.gguf_output or DEFAULT_GGUF_DIR, args.gguf_type or "f16", quiet=args.quiet
     )
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     if not args.quiet:
         print(
             f"GGUF directory: {result.directory}\n"

@@ -86,6 +86,7 @@ class GGUFExport:
     tensor_types: dict[str, int] = field(default_factory=dict)  # storage type -> tensor count
     chat_format: str = ""
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # where llama.cpp may answer otherwise, one line each
 
     @property
     def modelfile(self) -> Path:
@@ -125,7 +126,12 @@ def export_gguf(
     start = time.perf_counter()
     plan = _plan(Path(model_path), output_path, gguf_type)
     result = GGUFExport(
-        plan.output, plan.output / plan.file_name, plan.family.label, gguf_type, chat_format=plan.chat.name
+        plan.output,
+        plan.output / plan.file_name,
+        plan.family.label,
+        gguf_type,
+        chat_format=plan.chat.name,
+        notes=plan.family.notes(plan.config),
     )
     with atomic_directory(plan.output, kind=GGUF_FORMAT) as staging:
         result.tensor_types = _write_gguf(staging / plan.file_name, plan)

@@ -46,6 +46,7 @@ class Family:
     norm_shift: float = 0.0  # added to every "*norm.weight" (Gemma)
     output_is_embedding: bool = False  # llama.cpp always uses the embedding as the output layer
     extra_tensors: Callable[[dict], dict[str, np.ndarray]] = lambda config: {}  # computed, not stored
+    notes: Callable[[dict], list[str]] = lambda config: []  # what the user should know, one line each
 
 
 def _get(config: dict, *keys: str, default: object = None) -> object:
@@ -167,11 +168,16 @@ def _llama_extra(config: dict) -> dict[str, np.ndarray]:
     return {ROPE_FREQS: llama3_rope_factors(config)} if scaling and scaling[0] == "llama3" else {}
 
 
-def _mistral_check(config: dict) -> None:
-    _llama_check(config)
+def _window_note(config: dict) -> list[str]:
+    """llama.cpp attends the whole context for Mistral and Phi-3 (its converter writes no window,
+    or 0): where the model slides a shorter window, the two part only past it."""
     window, context = config.get("sliding_window"), int(_get(config, "max_position_embeddings"))
-    if window is not None and int(window) < context:
-        _refuse(config, f"its sliding window ({window} of {context} positions) is not part of llama.cpp's Llama")
+    if not window or int(window) >= context:
+        return []
+    return [
+        f"llama.cpp attends the whole context where this model slides a {window}-token window: it "
+        f"answers as the model does while a conversation fits in {window} tokens"
+    ]
 
 
 def _qwen_check(config: dict) -> None:
@@ -255,7 +261,7 @@ def _phi3_hparams(writer: gguf.GGUFWriter, config: dict) -> None:
     _write_common(writer, config)
     context = int(_get(config, "max_position_embeddings"))
     writer.add_rope_scaling_orig_ctx_len(int(_get(config, "original_max_position_embeddings", default=context)))
-    # llama.cpp ignores Phi-3's sliding window today; 0 says "none" as its converter writes it
+    # llama.cpp ignores Phi-3's sliding window today (see _window_note); its converter writes 0
     writer.add_sliding_window(int(config.get("sliding_window") or 0))
 
 
@@ -271,13 +277,13 @@ FAMILIES = (
     ),
     Family("Llama", ("llama",), A.LLAMA, _write_common, _llama_check, permute_qk=True, extra_tensors=_llama_extra),
     # Mistral's checkpoints are Llama's layout; llama.cpp's converter writes them as Llama too
-    Family("Mistral", ("mistral",), A.LLAMA, _write_common, _mistral_check, permute_qk=True),
+    Family("Mistral", ("mistral",), A.LLAMA, _write_common, _llama_check, permute_qk=True, notes=_window_note),
     Family("Qwen2", ("qwen2",), A.QWEN2, _write_common, _qwen_check),
     Family("Qwen3", ("qwen3",), A.QWEN3, _write_common, _qwen_check),
     Family("Gemma", ("gemma",), A.GEMMA, _gemma_hparams, _gemma_check, norm_shift=1.0, output_is_embedding=True),
     Family("Gemma 2", ("gemma2",), A.GEMMA2, _gemma2_hparams, _gemma2_check, norm_shift=1.0, output_is_embedding=True),
     Family("Gemma 3", ("gemma3_text",), A.GEMMA3, _gemma3_hparams, _gemma3_check, norm_shift=1.0),
-    Family("Phi-3", ("phi3",), A.PHI3, _phi3_hparams, _phi3_check),
+    Family("Phi-3", ("phi3",), A.PHI3, _phi3_hparams, _phi3_check, notes=_window_note),
 )
 
 
