@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -1008,6 +1009,62 @@ def test_a_models_own_jinja_template_travels_with_its_end_of_turn_bos_and_defaul
         text = template.render([("What do bees make?", "Honey."), ("And wax?", None)], "Be brief.")
         expected = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == expected
+
+
+def llama_server_binary() -> str | None:
+    """llama.cpp's server: $LLAMA_SERVER, or llama-server on PATH (None: not installed)."""
+    return os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
+
+
+def llama_server_prompt(gguf_file: Path, messages: list[dict]) -> str:
+    """The prompt llama.cpp's own (C++) Jinja engine renders for `messages` (llama-server's
+    /apply-template, the text its chat endpoint then tokenizes)."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [llama_server_binary(), "-m", str(gguf_file), "--port", str(port), "-t", "1", "-c", "256", "--no-webui"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        request = urllib.request.Request(
+            f"{url}/apply-template",
+            data=json.dumps({"messages": messages}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        return json.loads(urllib.request.urlopen(request, timeout=30).read())["prompt"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow  # builds and exports models
+@pytest.mark.skipif(llama_server_binary() is None, reason="llama-server is not installed ($LLAMA_SERVER or PATH)")
+@pytest.mark.parametrize("name", ["mtnsails", "chatml", "gemma"])
+def test_llama_servers_own_jinja_engine_renders_the_trained_text(name, untrained_tiny_model_dir, tmp_path):
+    """llama.cpp renders chat templates with a Jinja engine of its own (C++): it gives the text
+    training built, for mtnsails' format and for real Qwen2.5 and Gemma 3 templates (BOS, which
+    llama.cpp adds as a token, aside)."""
+    from mtnsails.model_dir.template import ChatTemplate
+
+    exchanges, system = [("Hi", "Hello there."), ("And you?", None)], "Be brief."
+    if name == "mtnsails":
+        model_dir, expected = untrained_tiny_model_dir, trained_text(ChatTemplate(), exchanges, system)
+    else:
+        form, template = form_template(name)
+        model_dir = build_form_model(name, tmp_path / "model", recorded=True)
+        expected = template.render(exchanges, system).removeprefix(form.bos or "")
+    gguf_file = export(model_dir, tmp_path / "gguf", "f16").gguf_file
+    assert llama_server_prompt(gguf_file, as_messages(exchanges, system)) == expected
 
 
 # -- refusals: one line, exit 2, nothing written ------------------------------------------------
