@@ -12,7 +12,10 @@ Then, for each GGUF type (f16, q8_0, q4_0): export, load in llama.cpp (llama-cpp
   ids fed to both: prompts equal for all --tokens tokens, for the first 16, and where the others
   first differ;
 - speed: batch-1 greedy decoding of --speed-tokens new tokens (EOS ignored), one thread, best of
-  3, llama.cpp (extra buffer types off unless --extra-buffers) against the ONNX fp32 graph.
+  3, llama.cpp (extra buffer types off unless --extra-buffers) against the ONNX fp32 graph;
+- where llama-server is found (--llama-server): the same questions asked through its OpenAI chat
+  endpoint (the GGUF's chat template rendered by llama.cpp, greedy): answers equal to the ONNX
+  model's, as text.
 Installs nothing: without llama-cpp-python it says how to build it and exits 2.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -58,8 +62,9 @@ def train_tiny(work: Path) -> tuple[Path, Path]:
 
 def load_llama(llama_cpp, path: Path, extra_buffers: bool):
     """llama.cpp on the file, one thread, all logits kept. Its extra CPU buffer types (weight
-    repacking, AMX) are off unless asked for: on a CPU with AMX, llama-cpp-python 0.3.36 built with
-    GGML_NATIVE segfaults decoding any Q8_0/Q4_0 file through them, its own quantizer's too."""
+    repacking, AMX) are off unless asked for: on a host whose CPU reports AMX (a VM here), a
+    GGML_NATIVE build crashes decoding any Q8_0/Q4_0 file through them (SIGSEGV in
+    llama-cpp-python 0.3.36, SIGILL in its llama-server), llama.cpp's own quantizer's too."""
     if not extra_buffers:
         defaults = llama_cpp.llama_cpp.llama_model_default_params
 
@@ -84,6 +89,48 @@ def llama_greedy(llm, prompt_ids: list[int], eos: int | None, count: int) -> lis
             break
         llm.eval([token])
     return tokens
+
+
+def server_answers(binary: str, path: Path, questions: list[str], tokens: int, extra_buffers: bool) -> list[str]:
+    """llama-server's greedy answers to `questions`, each asked alone through its OpenAI chat
+    endpoint (the GGUF's own chat template, rendered by llama.cpp)."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [binary, "-m", str(path), "--port", str(port), "-t", "1", "-c", "512", "--no-webui"]
+    command += [] if extra_buffers else ["--no-repack"]  # see load_llama
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        answers = []
+        for question in questions:
+            body = {
+                "messages": [{"role": "user", "content": question}],
+                "temperature": 0,
+                "top_k": 1,
+                "repeat_penalty": 1.0,
+                "max_tokens": tokens,
+            }
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            reply = json.loads(urllib.request.urlopen(request, timeout=60).read())
+            answers.append(reply["choices"][0]["message"]["content"].strip())
+        return answers
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -112,6 +159,12 @@ def main() -> int:
     parser.add_argument("--keep", help="keep the trained model and the exports in this folder")
     parser.add_argument(
         "--extra-buffers", action="store_true", help="let llama.cpp repack weights (AMX etc.; see load_llama)"
+    )
+    parser.add_argument(
+        "--llama-server",
+        default=os.environ.get("LLAMA_SERVER") or shutil.which("llama-server"),
+        help="llama.cpp's server binary: also ask it the questions through its chat endpoint "
+        "(default: $LLAMA_SERVER or llama-server on PATH)",
     )
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -148,19 +201,20 @@ def main() -> int:
     decoder = OnnxDecoder(onnx_dir / "model.onnx", shared_cache=meta.get("kv_cache") == "shared")
     greedy = GenerationConfig(max_new_tokens=args.tokens, do_sample=False, repetition_penalty=1.0)
     reference = [list(generate_tokens(decoder, ids, greedy, eos_token_id=eos)) for ids in prompts]
+    reference_texts = [tokenizer.decode([token for token in tokens if token != eos]).strip() for tokens in reference]
     fixed = GenerationConfig(max_new_tokens=args.speed_tokens, do_sample=False, repetition_penalty=1.0)
-    onnx_seconds = best_of(lambda: list(generate_tokens(decoder, prompts[0], fixed, eos_token_id=None)))
-    results = {
-        "prompts": len(prompts),
-        "tokens": args.tokens,
-        "onnx_fp32_tokens_per_s": args.speed_tokens / onnx_seconds,
-    }
-    print(f"cpu: {os.cpu_count()} cores; ONNX fp32: {results['onnx_fp32_tokens_per_s']:.0f} tokens/s")
+    results = {"prompts": len(prompts), "tokens": args.tokens, "onnx_tokens_per_s": {}}
+    for precision, file in meta["files"].items():  # every graph the ONNX directory holds
+        graph = OnnxDecoder(onnx_dir / file, shared_cache=meta.get("kv_cache") == "shared")
+        seconds = best_of(lambda graph=graph: list(generate_tokens(graph, prompts[0], fixed, eos_token_id=None)))
+        results["onnx_tokens_per_s"][precision] = args.speed_tokens / seconds
+    speeds = ", ".join(f"{name} {speed:.0f}" for name, speed in results["onnx_tokens_per_s"].items())
+    print(f"cpu: {os.cpu_count()} cores; ONNX (mtnsails' decoder, tokens/s): {speeds}")
     print(
         "| GGUF | size | export | tokenizer equal | all tokens equal | first 16 equal | first differences at "
-        "| llama.cpp tokens/s |"
+        "| llama.cpp tokens/s | llama-server answers equal |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for gguf_type in GGUF_TYPES:
         start = time.perf_counter()
         path = export_gguf(model_dir, work / f"gguf-{gguf_type}", gguf_type, quiet=True).gguf_file
@@ -182,11 +236,15 @@ def main() -> int:
             "tokens_per_s": args.speed_tokens
             / best_of(lambda llm=llm: llama_greedy(llm, prompts[0], None, args.speed_tokens)),
         }
+        if args.llama_server:
+            served = server_answers(args.llama_server, path, questions, args.tokens, args.extra_buffers)
+            row["server_equal"] = sum(a == b for a, b in zip(served, reference_texts))
         results[gguf_type] = row
         print(
             f"| {gguf_type} | {row['size_mb']:.1f} MB | {row['export_s']:.1f} s | {row['tokenizer_equal']} | "
             f"{row['all_equal']}/{len(prompts)} | {row['first16_equal']}/{len(prompts)} | "
-            f"{', '.join(map(str, row['first_differences'])) or '-'} | {row['tokens_per_s']:.0f} |"
+            f"{', '.join(map(str, row['first_differences'])) or '-'} | {row['tokens_per_s']:.0f} | "
+            f"{row.get('server_equal', '-')} |"
         )
         del llm
     if args.json:

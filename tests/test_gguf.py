@@ -1026,7 +1026,8 @@ def llama_server_prompt(gguf_file: Path, messages: list[dict]) -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [llama_server_binary(), "-m", str(gguf_file), "--port", str(port), "-t", "1", "-c", "256", "--no-webui"]
+    command = [llama_server_binary(), "-m", str(gguf_file), "--port", str(port), "-t", "1", "-c", "256"]
+    command += ["--no-webui", "--no-repack"]  # see load_llama
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -1203,7 +1204,7 @@ PROMPTS = [c["input"] for c in TINY_CONVERSATIONS if "history" not in c] + [
 
 def load_llama(path: Path, monkeypatch, n_ctx: int = 512):
     """llama.cpp (llama-cpp-python) on the file, all logits kept, one thread, its extra CPU buffer
-    types off: on a CPU with AMX, llama-cpp-python 0.3.36 built with GGML_NATIVE segfaults decoding
+    types off: on a host whose CPU reports AMX (a VM here), a GGML_NATIVE build crashes decoding
     any Q8_0 or Q4_0 file through them, llama.cpp's own quantizer's output too."""
     import llama_cpp
 
