@@ -107,6 +107,7 @@ FAMILY_MODELS = {
         0,
     ),
     "mistral": ("MistralConfig", {**SMALL, "num_key_value_heads": 2, "sliding_window": None}, "gpt-2", [EOS], 0),
+    "smollm3": ("SmolLM3Config", {**SMALL, "num_hidden_layers": 4, "num_key_value_heads": 2}, "llama-bpe", [EOS], 0),
     "qwen2": ("Qwen2Config", {**SMALL, "num_key_value_heads": 2}, "qwen2", [EOS, "<|im_start|>", "<|im_end|>"], 6),
     "qwen3": ("Qwen3Config", {**SMALL, "num_key_value_heads": 2, "head_dim": 32}, "qwen2", [EOS], 0),
     "gemma": ("GemmaConfig", {**SMALL, "num_key_value_heads": 1, "head_dim": 16}, "gpt-2", [EOS], 0),
@@ -252,7 +253,7 @@ def expected_tensors(model_dir: Path) -> dict[str, np.ndarray]:
                 if block + hf_name + "." + part not in hf:
                     continue
                 value = hf[block + hf_name + "." + part]
-                if kind in ("llama", "mistral") and gguf_name in ("attn_q", "attn_k"):
+                if kind in ("llama", "mistral", "smollm3") and gguf_name in ("attn_q", "attn_k"):
                     value = interleave_heads(value, heads if gguf_name == "attn_q" else kv_heads)
                 if gguf_name.endswith("norm") and part == "weight":
                     value = shift(value)
@@ -476,6 +477,7 @@ ARCHITECTURES = {
     "llama": "llama",
     "llama3_rope": "llama",
     "mistral": "llama",
+    "smollm3": "smollm3",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "gemma": "gemma",
@@ -1113,7 +1115,10 @@ def test_flags_of_the_other_format_are_one_line_errors(cli_here, tmp_path, flags
 @pytest.mark.parametrize(
     "change, phrases",
     [
-        ({"model_type": "opt"}, ["'opt'", "GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3, Phi-3"]),
+        (
+            {"model_type": "opt"},
+            ["'opt'", "GPT-2, Llama, Mistral, SmolLM3, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3, Phi-3"],
+        ),
         ({"activation_function": "relu"}, ["activation 'relu'"]),
         ({"n_positions": None, "n_ctx": None}, ["n_positions or n_ctx"]),
     ],

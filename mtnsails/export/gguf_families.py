@@ -168,6 +168,17 @@ def _llama_extra(config: dict) -> dict[str, np.ndarray]:
     return {ROPE_FREQS: llama3_rope_factors(config)} if scaling and scaling[0] == "llama3" else {}
 
 
+def _smollm3_check(config: dict) -> None:
+    """llama.cpp leaves out rotary embeddings on every 4th layer of SmolLM3, whatever the config."""
+    _llama_check(config)
+    if config.get("use_sliding_window"):
+        _refuse(config, "sliding-window attention (use_sliding_window) is not written")
+    layers = int(_get(config, "num_hidden_layers"))
+    expected = [int((i + 1) % 4 != 0) for i in range(layers)]
+    if list(config.get("no_rope_layers") or expected) != expected:
+        _refuse(config, "its layers without rotary embedding differ from llama.cpp's (every 4th)")
+
+
 def _window_note(config: dict) -> list[str]:
     """llama.cpp attends the whole context for Mistral and Phi-3 (its converter writes no window,
     or 0): where the model slides a shorter window, the two part only past it."""
@@ -278,6 +289,7 @@ FAMILIES = (
     Family("Llama", ("llama",), A.LLAMA, _write_common, _llama_check, permute_qk=True, extra_tensors=_llama_extra),
     # Mistral's checkpoints are Llama's layout; llama.cpp's converter writes them as Llama too
     Family("Mistral", ("mistral",), A.LLAMA, _write_common, _llama_check, permute_qk=True, notes=_window_note),
+    Family("SmolLM3", ("smollm3",), A.SMOLLM3, _write_common, _smollm3_check, permute_qk=True),
     Family("Qwen2", ("qwen2",), A.QWEN2, _write_common, _qwen_check),
     Family("Qwen3", ("qwen3",), A.QWEN3, _write_common, _qwen_check),
     Family("Gemma", ("gemma",), A.GEMMA, _gemma_hparams, _gemma_check, norm_shift=1.0, output_is_embedding=True),
