@@ -213,6 +213,43 @@ QWEN3 = r"""{%- if messages[0].role == 'system' %}
 """
 
 
+# Mistral-7B-Instruct-v0.3, its tool-calling branches left out: [INST] and [/INST] are control
+# tokens, an answer ends in EOS, and a system prompt goes into the last user message (so an
+# earlier prompt reads differently once a later question follows).
+MISTRAL = r"""{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+
+{#- This block checks for alternating user/assistant messages #}
+{%- set ns = namespace() %}
+{%- set ns.index = 0 %}
+{%- for message in loop_messages %}
+    {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+        {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif %}
+    {%- set ns.index = ns.index + 1 %}
+{%- endfor %}
+
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\n\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+
 @dataclass(frozen=True)
 class Form:
     """A chat template with the tokens its tokenizer names (bos/eos/pad and the others it holds)."""
@@ -241,7 +278,8 @@ FORMS = {
         PHI3, "<|end|>", eos="<|endoftext|>", bos="<s>", others=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
     ),
 }
-# Variants of the forms that test what a template may do besides.
+# Variants of the forms that test what a template may do besides, and Mistral's [INST] form (an
+# answer opens with a space and ends in EOS).
 VARIANTS = {
     "llama3.2": Form(
         LLAMA32,
@@ -254,6 +292,7 @@ VARIANTS = {
         GEMMA2, "<end_of_turn>", eos="<eos>", bos="<bos>", pad="<pad>", others=("<start_of_turn>", "<end_of_turn>")
     ),
     "qwen3": Form(QWEN3, "<|im_end|>", eos="<|im_end|>", pad="<|endoftext|>", others=("<|im_start|>",)),
+    "mistral": Form(MISTRAL, "</s>", eos="</s>", bos="<s>", others=("[INST]", "[/INST]")),
 }
 
 # Qwen2's and Llama 3's pre-tokenizer split (newlines apart from words, digits one by one).

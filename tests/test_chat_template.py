@@ -121,7 +121,7 @@ def test_training_and_chat_build_the_same_ids_and_learn_only_the_answers(saved, 
     ]
 
 
-@pytest.mark.parametrize("name", list(FORMS) + ["llama3.2"])
+@pytest.mark.parametrize("name", list(FORMS) + ["llama3.2", "mistral"])
 def test_rendering_matches_transformers(saved, name):
     tokenizer, _ = saved(name)
     template = JinjaTemplate.from_tokenizer(tokenizer)
@@ -171,6 +171,25 @@ def test_a_template_that_rewrites_history_learns_the_last_answer_only(saved):
     assert training["input_ids"][: len(prompt)] == prompt
     (run,) = learned_runs(training["labels"])
     assert tokenizer.decode(run) == "<think>\n\n</think>\n\n" + ANSWER + "<|im_end|>"
+
+
+def test_a_template_that_puts_the_system_prompt_in_the_last_question_learns_the_answer_after_it(saved):
+    """Mistral v0.3 writes the system prompt into the last user message only, so a conversation
+    that ends in an answer renders without it: training learns the last answer after the prompt
+    chat builds (the system prompt in the question); without a system prompt, every answer."""
+    tokenizer, path = saved("mistral")
+    template = JinjaTemplate.from_tokenizer(tokenizer)
+    assert template.end_of_turn == "</s>" and template.system_role and not template.rewrites_history
+    training = encode_segments(tokenizer, list(template.segments(exchanges(CONVERSATION), SYSTEM)), 4096)
+    prompt, _ = chat_prompt(path, template, tokenizer.eos_token_id, SYSTEM, QUESTION, HISTORY)
+    assert prompt == tokenizer.apply_chat_template(messages(HISTORY, QUESTION), add_generation_prompt=True)
+    (run,) = learned_runs(training["labels"])
+    assert training["input_ids"] == prompt + run and tokenizer.decode(run) == f" {ANSWER}</s>"
+    training = encode_segments(tokenizer, list(template.segments(exchanges(CONVERSATION))), 4096)
+    answers = [answer for _, answer in HISTORY] + [ANSWER]
+    assert [tokenizer.decode(run) for run in learned_runs(training["labels"])] == [f" {a}</s>" for a in answers]
+    whole = tokenizer.apply_chat_template(messages(HISTORY, QUESTION, ANSWER, system=None))
+    assert training["input_ids"] == whole
 
 
 def test_chat_keeps_the_newest_exchanges_that_fit_and_the_end_of_a_long_question(saved):
