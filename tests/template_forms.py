@@ -337,3 +337,73 @@ def form_tokenizer(form: Form, texts: list[str] = ()):
     )
     tokenizer.chat_template = form.template
     return tokenizer
+
+
+# -- what training learns and what chat and serve feed the model -------------------------------
+
+
+def learned_runs(labels: list[int]) -> list[list[int]]:
+    """The runs of learned ids in a training example's labels (-100: not learned), in order."""
+    runs, run = [], []
+    for label in [*labels, -100]:
+        if label != -100:
+            run.append(label)
+        elif run:
+            runs.append(run)
+            run = []
+    return runs
+
+
+def openai_messages(conversation: dict) -> list[dict]:
+    """A conversation record (its "system", "history" and "input") as OpenAI chat messages, up
+    to its question."""
+    result = [{"role": "system", "content": conversation["system"]}] if conversation.get("system") else []
+    for turn in conversation.get("history") or []:
+        result += [{"role": "user", "content": turn["input"]}, {"role": "assistant", "content": turn["output"]}]
+    return [*result, {"role": "user", "content": conversation["input"]}]
+
+
+def prompt_and_learned_ids(model_dir, onnx_dir, conversations: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """Check that the ids training learns each conversation from (the trained model's tokenizer
+    and the template its mtnsails.json records, through the collator) are the prompt ids chat
+    builds for it from the ONNX directory, then the last answer's learned ids; that `serve`
+    builds the same prompt from the OpenAI messages ("developer" for the system role); and, for
+    a Jinja template, that transformers' `apply_chat_template` feeds the model the same prompt
+    (the system prompt put in the first user message, as chat does, where the template has no
+    system role). Returns (prompt ids, the last answer's learned ids) per conversation."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from mtnsails.inference.chat import ChatInterface
+    from mtnsails.inference.generation_config import GenerationConfig
+    from mtnsails.model_dir.jinja_template import JinjaTemplate, template_from_dict
+    from mtnsails.model_dir.template import exchanges
+    from mtnsails.serve.server import parse_request
+    from mtnsails.train.collator import encode_segments
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    trained = template_from_dict(json.loads((Path(model_dir) / "mtnsails.json").read_text())["template"])
+    chat = ChatInterface(onnx_dir, precision="fp32", match_questions=False)
+    assert chat.template == trained  # the template travelled into the ONNX directory
+    checked = []
+    for conversation in conversations:
+        system = conversation.get("system")
+        training = encode_segments(tokenizer, list(trained.segments(exchanges(conversation), system)), 4096)
+        history = [(turn["input"], turn["output"]) for turn in conversation.get("history") or []]
+        prompt = chat.prompt_ids(conversation["input"], history, system=system)
+        learned = learned_runs(training["labels"])[-1]
+        assert training["input_ids"] == prompt + learned, conversation
+        messages = openai_messages(conversation)
+        if isinstance(trained, JinjaTemplate):
+            expected = [dict(message) for message in messages]
+            if system and not trained.system_role:
+                expected = expected[1:]
+                expected[0]["content"] = f"{system}\n\n{expected[0]['content']}"
+            assert prompt == tokenizer.apply_chat_template(expected, add_generation_prompt=True), conversation
+        body = {"messages": [{**m, "role": m["role"].replace("system", "developer")} for m in messages]}
+        job, _, _ = parse_request(body, GenerationConfig())
+        assert chat.engine.prompt(job.question, job.history, system=job.system).ids == prompt, conversation
+        checked.append((prompt, learned))
+    return checked

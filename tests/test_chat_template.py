@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from template_forms import FORMS, VARIANTS, form_tokenizer
+from template_forms import FORMS, VARIANTS, form_tokenizer, learned_runs, openai_messages, prompt_and_learned_ids
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.inference.answer_text import AnswerText
@@ -66,17 +66,6 @@ def chat_prompt(path, template: JinjaTemplate, eos_id, system, question, history
         travelled, lambda text: tokenizer.encode(text, add_special_tokens=False).ids, eos_id, system, question,
         history, budget,
     )  # fmt: skip
-
-
-def learned_runs(labels: list[int]) -> list[list[int]]:
-    runs, run = [], []
-    for label in [*labels, -100]:
-        if label != -100:
-            run.append(label)
-        elif run:
-            runs.append(run)
-            run = []
-    return runs
 
 
 def messages(history, question, answer=None, system=SYSTEM):
@@ -377,11 +366,6 @@ def chatml_model(tmp_path_factory):
     return root / "model", root / "onnx"
 
 
-def openai_messages(conversation: dict) -> list[dict]:
-    history = [(turn["input"], turn["output"]) for turn in conversation.get("history", [])]
-    return messages(history, conversation["input"], system=conversation.get("system"))
-
-
 @pytest.mark.slow
 def test_chat_answers_through_the_template_and_stops_at_its_end_of_turn(chatml_model):
     from conftest import TINY_CONVERSATIONS
@@ -421,27 +405,13 @@ def test_chat_and_serve_prompts_are_what_training_learned_from(chatml_model):
     from conftest import TINY_CONVERSATIONS
     from transformers import AutoTokenizer
 
-    from mtnsails.inference.chat import ChatInterface
-    from mtnsails.inference.generation_config import GenerationConfig
-    from mtnsails.serve.server import parse_request
-
     model_dir, onnx_dir = chatml_model
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    chat = ChatInterface(onnx_dir, precision="fp32", match_questions=False)
-    template = chat.template
-    assert isinstance(template, JinjaTemplate) and template.source == CHATML
+    assert JinjaTemplate.from_tokenizer(tokenizer).source == CHATML
     conversation = {**TINY_CONVERSATIONS[-1], "system": "Answer briefly."}  # history + question + a system prompt
-    history = [(turn["input"], turn["output"]) for turn in conversation["history"]]
-    training = encode_segments(tokenizer, list(template.segments(exchanges(conversation), conversation["system"])), 512)
-    prompt = chat.prompt_ids(conversation["input"], history, system=conversation["system"])
-    answer = tokenizer(conversation["output"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    assert training["input_ids"] == prompt + answer
-    assert prompt == tokenizer.apply_chat_template(openai_messages(conversation), add_generation_prompt=True)
-    # serve: OpenAI messages ("developer" is a system prompt) map onto the template's roles
-    body = {"messages": openai_messages(conversation)}
-    body["messages"][0]["role"] = "developer"
-    job, _, _ = parse_request(body, GenerationConfig())
-    assert chat.engine.prompt(job.question, job.history, system=job.system).ids == prompt
+    # training's ids are chat's prompt then the answer; transformers and serve build the same prompt
+    ((_, learned),) = prompt_and_learned_ids(model_dir, onnx_dir, [conversation])
+    assert learned == tokenizer(conversation["output"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
 
 
 @pytest.mark.slow
