@@ -252,7 +252,8 @@ MISTRAL = r"""{%- if messages[0]["role"] == "system" %}
 
 @dataclass(frozen=True)
 class Form:
-    """A chat template with the tokens its tokenizer names (bos/eos/pad and the others it holds)."""
+    """A chat template with the tokens its tokenizer names (bos/eos/pad and the other special
+    tokens it holds) and the tokens it holds whole that are not special (Qwen3's <think>)."""
 
     template: str
     end_of_turn: str
@@ -260,6 +261,7 @@ class Form:
     bos: str | None = None
     pad: str | None = None
     others: tuple[str, ...] = field(default=())
+    added: tuple[str, ...] = field(default=())
 
 
 FORMS = {
@@ -291,7 +293,14 @@ VARIANTS = {
     "gemma2": Form(
         GEMMA2, "<end_of_turn>", eos="<eos>", bos="<bos>", pad="<pad>", others=("<start_of_turn>", "<end_of_turn>")
     ),
-    "qwen3": Form(QWEN3, "<|im_end|>", eos="<|im_end|>", pad="<|endoftext|>", others=("<|im_start|>",)),
+    "qwen3": Form(
+        QWEN3,
+        "<|im_end|>",
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        others=("<|im_start|>",),
+        added=("<think>", "</think>"),
+    ),
     "mistral": Form(MISTRAL, "</s>", eos="</s>", bos="<s>", others=("[INST]", "[/INST]")),
 }
 
@@ -304,7 +313,7 @@ SPLIT = (
 
 def form_tokenizer(form: Form, texts: list[str] = ()):
     """A transformers tokenizer of `form`: byte-level BPE trained on the packaged corpus and
-    `texts`, the form's special tokens whole, its chat template set."""
+    `texts`, the form's special and added tokens whole, its chat template set."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -335,6 +344,7 @@ def form_tokenizer(form: Form, texts: list[str] = ()):
         additional_special_tokens=extra,
         model_input_names=["input_ids", "attention_mask"],
     )
+    tokenizer.add_tokens(list(form.added))
     tokenizer.chat_template = form.template
     return tokenizer
 
