@@ -213,9 +213,47 @@ QWEN3 = r"""{%- if messages[0].role == 'system' %}
 """
 
 
+# Mistral-7B-Instruct-v0.3, its tool-calling branches left out: [INST] and [/INST] are control
+# tokens, an answer ends in EOS, and a system prompt goes into the last user message (so an
+# earlier prompt reads differently once a later question follows).
+MISTRAL = r"""{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+
+{#- This block checks for alternating user/assistant messages #}
+{%- set ns = namespace() %}
+{%- set ns.index = 0 %}
+{%- for message in loop_messages %}
+    {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+        {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif %}
+    {%- set ns.index = ns.index + 1 %}
+{%- endfor %}
+
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\n\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+
 @dataclass(frozen=True)
 class Form:
-    """A chat template with the tokens its tokenizer names (bos/eos/pad and the others it holds)."""
+    """A chat template with the tokens its tokenizer names (bos/eos/pad and the other special
+    tokens it holds) and the tokens it holds whole that are not special (Qwen3's <think>)."""
 
     template: str
     end_of_turn: str
@@ -223,6 +261,7 @@ class Form:
     bos: str | None = None
     pad: str | None = None
     others: tuple[str, ...] = field(default=())
+    added: tuple[str, ...] = field(default=())
 
 
 FORMS = {
@@ -241,7 +280,8 @@ FORMS = {
         PHI3, "<|end|>", eos="<|endoftext|>", bos="<s>", others=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
     ),
 }
-# Variants of the forms that test what a template may do besides.
+# Variants of the forms that test what a template may do besides, and Mistral's [INST] form (an
+# answer opens with a space and ends in EOS).
 VARIANTS = {
     "llama3.2": Form(
         LLAMA32,
@@ -253,7 +293,15 @@ VARIANTS = {
     "gemma2": Form(
         GEMMA2, "<end_of_turn>", eos="<eos>", bos="<bos>", pad="<pad>", others=("<start_of_turn>", "<end_of_turn>")
     ),
-    "qwen3": Form(QWEN3, "<|im_end|>", eos="<|im_end|>", pad="<|endoftext|>", others=("<|im_start|>",)),
+    "qwen3": Form(
+        QWEN3,
+        "<|im_end|>",
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        others=("<|im_start|>",),
+        added=("<think>", "</think>"),
+    ),
+    "mistral": Form(MISTRAL, "</s>", eos="</s>", bos="<s>", others=("[INST]", "[/INST]")),
 }
 
 # Qwen2's and Llama 3's pre-tokenizer split (newlines apart from words, digits one by one).
@@ -265,7 +313,7 @@ SPLIT = (
 
 def form_tokenizer(form: Form, texts: list[str] = ()):
     """A transformers tokenizer of `form`: byte-level BPE trained on the packaged corpus and
-    `texts`, the form's special tokens whole, its chat template set."""
+    `texts`, the form's special and added tokens whole, its chat template set."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -296,5 +344,76 @@ def form_tokenizer(form: Form, texts: list[str] = ()):
         additional_special_tokens=extra,
         model_input_names=["input_ids", "attention_mask"],
     )
+    tokenizer.add_tokens(list(form.added))
     tokenizer.chat_template = form.template
     return tokenizer
+
+
+# -- what training learns and what chat and serve feed the model -------------------------------
+
+
+def learned_runs(labels: list[int]) -> list[list[int]]:
+    """The runs of learned ids in a training example's labels (-100: not learned), in order."""
+    runs, run = [], []
+    for label in [*labels, -100]:
+        if label != -100:
+            run.append(label)
+        elif run:
+            runs.append(run)
+            run = []
+    return runs
+
+
+def openai_messages(conversation: dict) -> list[dict]:
+    """A conversation record (its "system", "history" and "input") as OpenAI chat messages, up
+    to its question."""
+    result = [{"role": "system", "content": conversation["system"]}] if conversation.get("system") else []
+    for turn in conversation.get("history") or []:
+        result += [{"role": "user", "content": turn["input"]}, {"role": "assistant", "content": turn["output"]}]
+    return [*result, {"role": "user", "content": conversation["input"]}]
+
+
+def prompt_and_learned_ids(model_dir, onnx_dir, conversations: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """Check that the ids training learns each conversation from (the trained model's tokenizer
+    and the template its mtnsails.json records, through the collator) are the prompt ids chat
+    builds for it from the ONNX directory, then the last answer's learned ids; that `serve`
+    builds the same prompt from the OpenAI messages ("developer" for the system role); and, for
+    a Jinja template, that transformers' `apply_chat_template` feeds the model the same prompt
+    (the system prompt put in the first user message, as chat does, where the template has no
+    system role). Returns (prompt ids, the last answer's learned ids) per conversation."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from mtnsails.inference.chat import ChatInterface
+    from mtnsails.inference.generation_config import GenerationConfig
+    from mtnsails.model_dir.jinja_template import JinjaTemplate, template_from_dict
+    from mtnsails.model_dir.template import exchanges
+    from mtnsails.serve.server import parse_request
+    from mtnsails.train.collator import encode_segments
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    trained = template_from_dict(json.loads((Path(model_dir) / "mtnsails.json").read_text())["template"])
+    chat = ChatInterface(onnx_dir, precision="fp32", match_questions=False)
+    assert chat.template == trained  # the template travelled into the ONNX directory
+    checked = []
+    for conversation in conversations:
+        system = conversation.get("system")
+        training = encode_segments(tokenizer, list(trained.segments(exchanges(conversation), system)), 4096)
+        history = [(turn["input"], turn["output"]) for turn in conversation.get("history") or []]
+        prompt = chat.prompt_ids(conversation["input"], history, system=system)
+        learned = learned_runs(training["labels"])[-1]
+        assert training["input_ids"] == prompt + learned, conversation
+        messages = openai_messages(conversation)
+        if isinstance(trained, JinjaTemplate):
+            expected = [dict(message) for message in messages]
+            if system and not trained.system_role:
+                expected = expected[1:]
+                expected[0]["content"] = f"{system}\n\n{expected[0]['content']}"
+            assert prompt == tokenizer.apply_chat_template(expected, add_generation_prompt=True), conversation
+        body = {"messages": [{**m, "role": m["role"].replace("system", "developer")} for m in messages]}
+        job, _, _ = parse_request(body, GenerationConfig())
+        assert chat.engine.prompt(job.question, job.history, system=job.system).ids == prompt, conversation
+        checked.append((prompt, learned))
+    return checked

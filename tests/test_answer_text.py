@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from tokenizers import Tokenizer
 
-from mtnsails.inference.answer_text import AnswerText, held_back, one_line, trim_dangling_sentence
+from mtnsails.inference.answer_text import (
+    AnswerText,
+    held_back,
+    one_line,
+    trim_dangling_sentence,
+    without_empty_reasoning,
+)
 
 
 def test_streaming_holds_back_what_may_not_be_shown():
@@ -94,3 +100,33 @@ def test_a_stream_decoder_that_refuses_a_token_hands_over_to_whole_decoding(tiny
     pieces += [answer.add(token) for token in ids[3:]]
     assert answer._stream is None
     assert "".join(pieces) == answer.finish() == tokenizer.decode(ids).strip()
+
+
+def test_an_empty_reasoning_block_that_opens_the_answer_is_no_part_of_it():
+    """Qwen3's template writes `<think>\n\n</think>\n\n` before every trained answer that has
+    no reasoning: chat and serve show the answer after it, streamed or whole. A block with
+    reasoning in it stays, and so does text that only starts as one would."""
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    assert without_empty_reasoning(" <think>\n\n</think>\n\nBlue.") == ("Blue.", False)
+    assert without_empty_reasoning("<thi") == without_empty_reasoning("<think>\n</th") == ("", True)
+    assert without_empty_reasoning("<think> </think>") == ("", False)
+    assert without_empty_reasoning("<think>Sky?</think> Blue.") == ("<think>Sky?</think> Blue.", False)
+    assert without_empty_reasoning("<thin air") == ("<thin air", False)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(
+        ["The sky is blue on a clear day."] * 5,
+        trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
+    )
+    tokenizer.add_tokens(["<think>", "</think>"])
+    for text, shown in [
+        ("<think>\n\n</think>\n\nThe sky is blue.", "The sky is blue."),
+        ("<think>\n\n</think>", ""),
+        ("<think>Is it?</think>\n\nBlue.", "<think>Is it?</think>\n\nBlue."),
+        ("<thin air", "<thin air"),
+    ]:
+        answer = AnswerText(tokenizer, ["User:"], eos_token_id=None)
+        streamed = "".join(answer.add(token) for token in tokenizer.encode(text).ids)
+        assert answer.finish() == shown and shown.startswith(streamed), text

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from template_forms import FORMS, VARIANTS, form_tokenizer
+from template_forms import FORMS, VARIANTS, form_tokenizer, learned_runs, openai_messages, prompt_and_learned_ids
 
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.inference.answer_text import AnswerText
@@ -68,17 +68,6 @@ def chat_prompt(path, template: JinjaTemplate, eos_id, system, question, history
     )  # fmt: skip
 
 
-def learned_runs(labels: list[int]) -> list[list[int]]:
-    runs, run = [], []
-    for label in [*labels, -100]:
-        if label != -100:
-            run.append(label)
-        elif run:
-            runs.append(run)
-            run = []
-    return runs
-
-
 def messages(history, question, answer=None, system=SYSTEM):
     result = [{"role": "system", "content": system}] if system else []
     for q, a in history:
@@ -121,7 +110,7 @@ def test_training_and_chat_build_the_same_ids_and_learn_only_the_answers(saved, 
     ]
 
 
-@pytest.mark.parametrize("name", list(FORMS) + ["llama3.2"])
+@pytest.mark.parametrize("name", list(FORMS) + ["llama3.2", "mistral"])
 def test_rendering_matches_transformers(saved, name):
     tokenizer, _ = saved(name)
     template = JinjaTemplate.from_tokenizer(tokenizer)
@@ -171,6 +160,25 @@ def test_a_template_that_rewrites_history_learns_the_last_answer_only(saved):
     assert training["input_ids"][: len(prompt)] == prompt
     (run,) = learned_runs(training["labels"])
     assert tokenizer.decode(run) == "<think>\n\n</think>\n\n" + ANSWER + "<|im_end|>"
+
+
+def test_a_template_that_puts_the_system_prompt_in_the_last_question_learns_the_answer_after_it(saved):
+    """Mistral v0.3 writes the system prompt into the last user message only, so a conversation
+    that ends in an answer renders without it: training learns the last answer after the prompt
+    chat builds (the system prompt in the question); without a system prompt, every answer."""
+    tokenizer, path = saved("mistral")
+    template = JinjaTemplate.from_tokenizer(tokenizer)
+    assert template.end_of_turn == "</s>" and template.system_role and not template.rewrites_history
+    training = encode_segments(tokenizer, list(template.segments(exchanges(CONVERSATION), SYSTEM)), 4096)
+    prompt, _ = chat_prompt(path, template, tokenizer.eos_token_id, SYSTEM, QUESTION, HISTORY)
+    assert prompt == tokenizer.apply_chat_template(messages(HISTORY, QUESTION), add_generation_prompt=True)
+    (run,) = learned_runs(training["labels"])
+    assert training["input_ids"] == prompt + run and tokenizer.decode(run) == f" {ANSWER}</s>"
+    training = encode_segments(tokenizer, list(template.segments(exchanges(CONVERSATION))), 4096)
+    answers = [answer for _, answer in HISTORY] + [ANSWER]
+    assert [tokenizer.decode(run) for run in learned_runs(training["labels"])] == [f" {a}</s>" for a in answers]
+    whole = tokenizer.apply_chat_template(messages(HISTORY, QUESTION, ANSWER, system=None))
+    assert training["input_ids"] == whole
 
 
 def test_chat_keeps_the_newest_exchanges_that_fit_and_the_end_of_a_long_question(saved):
@@ -358,11 +366,6 @@ def chatml_model(tmp_path_factory):
     return root / "model", root / "onnx"
 
 
-def openai_messages(conversation: dict) -> list[dict]:
-    history = [(turn["input"], turn["output"]) for turn in conversation.get("history", [])]
-    return messages(history, conversation["input"], system=conversation.get("system"))
-
-
 @pytest.mark.slow
 def test_chat_answers_through_the_template_and_stops_at_its_end_of_turn(chatml_model):
     from conftest import TINY_CONVERSATIONS
@@ -402,27 +405,13 @@ def test_chat_and_serve_prompts_are_what_training_learned_from(chatml_model):
     from conftest import TINY_CONVERSATIONS
     from transformers import AutoTokenizer
 
-    from mtnsails.inference.chat import ChatInterface
-    from mtnsails.inference.generation_config import GenerationConfig
-    from mtnsails.serve.server import parse_request
-
     model_dir, onnx_dir = chatml_model
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    chat = ChatInterface(onnx_dir, precision="fp32", match_questions=False)
-    template = chat.template
-    assert isinstance(template, JinjaTemplate) and template.source == CHATML
+    assert JinjaTemplate.from_tokenizer(tokenizer).source == CHATML
     conversation = {**TINY_CONVERSATIONS[-1], "system": "Answer briefly."}  # history + question + a system prompt
-    history = [(turn["input"], turn["output"]) for turn in conversation["history"]]
-    training = encode_segments(tokenizer, list(template.segments(exchanges(conversation), conversation["system"])), 512)
-    prompt = chat.prompt_ids(conversation["input"], history, system=conversation["system"])
-    answer = tokenizer(conversation["output"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    assert training["input_ids"] == prompt + answer
-    assert prompt == tokenizer.apply_chat_template(openai_messages(conversation), add_generation_prompt=True)
-    # serve: OpenAI messages ("developer" is a system prompt) map onto the template's roles
-    body = {"messages": openai_messages(conversation)}
-    body["messages"][0]["role"] = "developer"
-    job, _, _ = parse_request(body, GenerationConfig())
-    assert chat.engine.prompt(job.question, job.history, system=job.system).ids == prompt
+    # training's ids are chat's prompt then the answer; transformers and serve build the same prompt
+    ((_, learned),) = prompt_and_learned_ids(model_dir, onnx_dir, [conversation])
+    assert learned == tokenizer(conversation["output"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
 
 
 @pytest.mark.slow

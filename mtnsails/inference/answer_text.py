@@ -4,7 +4,9 @@ Chat and `serve` decode answers the same way: the model's EOS ends the answer (a
 generation config, and a chat template's end-of-turn token such as <|im_end|>), so does any stop
 text it writes (the template's user marker, "User:": the model started the next turn itself),
 and streamed pieces never show text a later token could still change: an incomplete multi-byte
-character, trailing whitespace (the answer is stripped) or the start of a stop text.
+character, trailing whitespace (the answer is stripped) or the start of a stop text. An empty
+reasoning block that opens the answer (`<think>\n\n</think>`: Qwen3's template writes one into
+every trained answer without reasoning) is no part of it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,24 @@ def one_line(text: str) -> str:
     """The answer on one line, for output read line by line (piped chat): every line break that
     `str.splitlines` knows (\\r, \\x1c-\\x1e, \\x85, \\u2028 ...) becomes a space, not just \\n."""
     return " ".join(text.splitlines())
+
+
+REASONING = ("<think>", "</think>")  # what opens and closes a reasoning block (Qwen3)
+
+
+def without_empty_reasoning(text: str) -> tuple[str, bool]:
+    """`text`, its start stripped, without an empty reasoning block that opens it; and whether
+    more text could still make its start such a block (then "" is returned: hold it back)."""
+    opening, closing = REASONING
+    text = text.lstrip()
+    if text and opening.startswith(text):
+        return "", True
+    if not text.startswith(opening):
+        return text, False
+    rest = text[len(opening) :].lstrip()
+    if closing.startswith(rest) and rest != closing:
+        return "", True
+    return (rest[len(closing) :].lstrip(), False) if rest.startswith(closing) else (text, False)
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:
@@ -85,7 +105,9 @@ class AnswerText:
             cut, self.stop_text = min(cuts)
             self.text, self.stop_reason = self.text[:cut], "stop"
             return ""
-        visible = self.text.lstrip()
+        visible, undecided = without_empty_reasoning(self.text)
+        if undecided:
+            return ""
         safe = len(visible) - held_back(visible, self.stops)
         if safe <= self.streamed:
             return ""
@@ -114,5 +136,7 @@ class AnswerText:
     def finish(self, trim: bool = False) -> str:
         """The whole answer, stripped; `trim` cuts a sentence left unfinished (use it when the
         token limit, not the model, ended the answer)."""
-        text = self.text.replace("\ufffd", "").strip()
+        text = self.text.replace("\ufffd", "")
+        shown, undecided = without_empty_reasoning(text)
+        text = text.strip() if undecided else shown.strip()
         return trim_dangling_sentence(text) if trim else text

@@ -16,6 +16,10 @@ renders it the same way (`jinja_render`) and cuts a rendered conversation into t
   then one prompt segment, and only the last answer is learned.
 - A template without a system role (Gemma 2's refuses one) gets the system prompt at the start of
   the first user message, a blank line after it, where Gemma 3's own template puts it.
+- A template that writes the system prompt into the last user message only (Mistral v0.3's)
+  drops it from a conversation that ends in an answer: the answer's text is then what the
+  template writes after the same prompt without the system prompt, and the prompt learned from
+  is the one chat builds (the system prompt in the last question; only the last answer learned).
 """
 
 from __future__ import annotations
@@ -198,6 +202,10 @@ class JinjaTemplate:
         rendered as `prompt`: up to and including the end-of-turn token, and whether EOS must
         follow it (only where the template writes no end-of-turn token)."""
         full = self._render(messages, False)
+        if not full.startswith(prompt) and messages[0]["role"] == "system":
+            # Mistral's writes the system prompt into the last user message only: once that is
+            # answered, the system prompt is gone. The answer reads the same without it.
+            prompt, full = self._render(messages[1:-1], True), self._render(messages[1:], False)
         if not full.startswith(prompt):
             raise MtnsailsError(
                 "the chat template does not write an answer after its generation prompt "
