@@ -11,6 +11,7 @@ from mtnsails.model_dir.jinja_template import JinjaTemplate
 from mtnsails.model_dir.template import ChatTemplate
 from mtnsails.train.augment import AugmentConfig
 from mtnsails.train.devices import DEVICES
+from mtnsails.train.lora import LoraTrainingDefaults
 from mtnsails.train.models import ContinuedTrainingDefaults, EmbeddedTrainingDefaults
 from mtnsails.train.templates import check_choice
 
@@ -59,6 +60,22 @@ class TrainingConfig:
         "(adding the special tokens it lacks), none is mtnsails' own 'User:/Assistant:' format (default: "
         "the template the model's tokenizer has, else mtnsails' own format)",
     )
+    # -- LoRA and memory (mtnsails.train.lora) --
+    lora_r: int | None = setting(
+        None,
+        "train LoRA adapters of rank N (through peft) instead of every weight; 0: full fine-tuning "
+        "(default: full fine-tuning; continuing a LoRA-trained model: its LoRA settings)",
+    )
+    lora_alpha: float | None = setting(None, "LoRA scaling: adapters count alpha/r times (default: 2 x --lora-r)")
+    lora_dropout: float | None = setting(None, "dropout on the LoRA adapters' input (default: 0.05)")
+    lora_targets: str | None = setting(
+        None,
+        "layers that get LoRA adapters: all-linear (every linear layer but the output head) or "
+        "comma-separated names, e.g. q_proj,v_proj (default: all-linear)",
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in the backward pass: less memory, slower steps (full and LoRA)"
+    )
     template: ChatTemplate | JinjaTemplate = field(default_factory=ChatTemplate)  # the API's (see train.templates)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # extra examples (mtnsails.train.augment)
 
@@ -79,9 +96,19 @@ class TrainingConfig:
         for flag, value in positive.items():
             if value is not None and not value > 0:
                 raise MtnsailsError(f"{flag} must be greater than 0, got {value}")
-        for flag, value in {"--warmup-ratio": self.warmup_ratio, "--eval-split": self.eval_split}.items():
+        for flag, value in {
+            "--warmup-ratio": self.warmup_ratio,
+            "--eval-split": self.eval_split,
+            "--lora-dropout": self.lora_dropout,
+        }.items():
             if value is not None and not 0 <= value < 1:
                 raise MtnsailsError(f"{flag} must be in [0, 1), got {value}")
+        if self.lora_r is not None and self.lora_r < 0:
+            raise MtnsailsError(f"--lora-r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise MtnsailsError(f"--lora-alpha must be greater than 0, got {self.lora_alpha}")
+        if self.lora_targets is not None and not self.lora_targets.strip(" ,"):
+            raise MtnsailsError("--lora-targets must name at least one layer (or all-linear)")
         if self.weight_decay < 0:
             raise MtnsailsError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.seed <= MAX_SEED:
@@ -91,7 +118,7 @@ class TrainingConfig:
         check_choice(self.chat_template)
         self.augment.validate()
 
-    def resolved(self, embedded: bool, examples: int, continuing: bool = False) -> TrainingConfig:
+    def resolved(self, embedded: bool, examples: int, continuing: bool = False, lora: bool = False) -> TrainingConfig:
         """A copy with each None default replaced by the model's own: the embedded model's
         `EmbeddedTrainingDefaults`, else fine-tuning defaults (3 epochs, learning rate 5e-5, an
         eval split of 0.1 with at least 20 examples to train on, else none). `continuing` (an
@@ -109,6 +136,8 @@ class TrainingConfig:
                 if embedded
                 else (later.num_epochs, later.learning_rate)
             )
+        if lora:  # adapters start at zero and are few: they take a higher rate (LoraTrainingDefaults)
+            learning_rate = LoraTrainingDefaults().learning_rate(embedded, continuing)
         return replace(
             self,
             num_epochs=self.num_epochs or epochs,

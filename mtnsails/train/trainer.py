@@ -46,6 +46,15 @@ from mtnsails.train.checkpoints import checkpoints, newest_complete
 from mtnsails.train.collator import PaddingCollator, encode_segments
 from mtnsails.train.config import TrainingConfig
 from mtnsails.train.devices import device_flags, torch_threads
+from mtnsails.train.lora import (
+    ADAPTER_DIR,
+    LoraSettings,
+    add_adapters,
+    adopt_recorded_flags,
+    describe,
+    lora_flags,
+    merge,
+)
 from mtnsails.train.loss_plot import plot_loss
 from mtnsails.train.models import (
     EMBEDDED_MODEL_NAME,
@@ -151,6 +160,7 @@ class LLMTrainer:
         self._held_out: list[int] = []
         self._conversations: list[dict] | None = None  # what the last run trained on
         self._replayed = 0  # how many of them came from the model it continued
+        self._adapter = None  # the LoRA adapter of the last run (mtnsails.train.lora.Adapter)
 
     @property
     def is_main_process(self) -> bool:
@@ -198,6 +208,8 @@ class LLMTrainer:
             try:
                 with atomic_directory(path, kind=MODEL_FORMAT) as staging:
                     self.model.save_pretrained(staging, safe_serialization=True)
+                    if self._adapter is not None:
+                        self._adapter.save(staging / ADAPTER_DIR)
                     self.tokenizer.save_pretrained(staging)
                     atomic_write_text(staging / METADATA_FILE, json.dumps(self._metadata(), indent=2) + "\n")
                     if self._conversations is not None:
@@ -319,7 +331,8 @@ class LLMTrainer:
         examples = self._resolve_model(examples, make_examples)
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
         continuing = self.resolved.metadata.get("format") == MODEL_FORMAT
-        settings = config.resolved(self.resolved.embedded, len(examples), continuing)
+        lora = LoraSettings.from_config(config, self.resolved.metadata.get("lora"))
+        settings = config.resolved(self.resolved.embedded, len(examples), continuing, lora=lora is not None)
         epochs, learning_rate = settings.num_epochs, settings.learning_rate
         eval_split = settings.eval_split
         max_length = min(config.max_length, _context_length(model))
@@ -368,7 +381,13 @@ class LLMTrainer:
             "continued": continuing,
             "replayed_conversations": self._replayed,
             "augment": asdict(config.augment) if augment and config.augment.active else None,
+            "lora": asdict(lora) if lora else None,
+            "gradient_checkpointing": config.gradient_checkpointing,
         }
+        if lora is not None:  # only the adapters train; the model's weights stay as they are
+            model = add_adapters(model, lora)
+            if not config.quiet and is_main_process():
+                print(describe(model, lora), file=sys.stderr)
         if train_data is None:
             train_data = _dataset(train_set)
         trainer, interrupt, divergence = self._build_trainer(
@@ -397,7 +416,9 @@ class LLMTrainer:
                 f"(learning rate {learning_rate:g} is likely too high); {config.output_dir} was "
                 "not replaced"
             )
-        self.model, self.tokenizer = trainer.model, tokenizer
+        self.model, self.tokenizer, self._adapter = trainer.model, tokenizer, None
+        if lora is not None:  # saved: the merged model, and the adapter beside it
+            self.model, self._adapter = merge(trainer.model, lora, base=config.model_name)
         if is_main_process():  # the run is complete: nothing left to resume
             shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
         # transformers' generate, llama.cpp and Ollama stop at these too
@@ -460,18 +481,22 @@ class LLMTrainer:
             "model_name": self.config.model_name,
             "data_sha256": self._data_info["data_sha256"],
             "chat_template": self.config.chat_template,  # may add tokens: the weights' shape changes
+            "lora": lora_flags(self.config),
         }
         marker = directory / "mtnsails-run.json"
         if self.config.resume:
             if last is None:
                 raise MtnsailsError(f"--resume: no checkpoint in {directory} (nothing to resume)")
             recorded = read_json_object(marker) or run
-            changed = [key for key in run if recorded.get(key) != run[key]]
+            adopt_recorded_flags(self.config, recorded.get("lora"))  # a LoRA run resumes as LoRA
+            run["lora"] = lora_flags(self.config)
+            changed = [key for key in run if recorded.get(key, run[key]) != run[key]]
             if changed:
+                names = " and ".join(changed).replace("_sha256", "").replace("lora", "LoRA setting").replace("_", " ")
                 raise MtnsailsError(
-                    f"--resume: the checkpoints in {directory} were made with another "
-                    f"{' and '.join(changed).replace('_sha256', '').replace('_', ' ')}; resume with the same "
-                    "--model-name, --data-file and --chat-template, or delete that directory to start over"
+                    f"--resume: the checkpoints in {directory} were made with another {names}; "
+                    "resume with the same --model-name, --data-file, --chat-template and --lora-* flags, "
+                    "or delete that directory to start over"
                 )
             complete, skipped = newest_complete(directory)
             for note in skipped if is_main_process() else ():
@@ -533,6 +558,9 @@ class LLMTrainer:
             report_to="none",
             ddp_find_unused_parameters=False,
             dataloader_num_workers=0,
+            label_names=["labels"],  # what Trainer cannot infer through a peft wrapper
+            gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},  # needs no input gradients (LoRA)
             **on_device,
         )
         # Evaluate each epoch but checkpoint every --save-steps: Trainer's own check forbids that
@@ -579,6 +607,7 @@ class LLMTrainer:
             "context_length": _context_length(self.model),
             "answer_tokens": self._answer_tokens,  # chat's default token limit comes from it
             "held_out": self._held_out,  # positions in the data of the eval split's conversations
+            "lora": self._adapter.record() if self._adapter else None,
         }
 
 
