@@ -385,6 +385,9 @@ class LLMTrainer:
             "gradient_checkpointing": config.gradient_checkpointing,
         }
         if lora is not None:  # only the adapters train; the model's weights stay as they are
+            import torch
+
+            torch.manual_seed(config.seed)  # the adapters' random start, as reproducible as the run
             model = add_adapters(model, lora)
             if not config.quiet and is_main_process():
                 print(describe(model, lora), file=sys.stderr)
