@@ -258,8 +258,14 @@ def test_default_model_offline_falls_back_to_the_embedded_model_with_one_notice(
     assert notice.startswith("note: distilgpt2 ") and "embedded 'tiny' model" in notice
     meta = json.loads((tmp_path / "out" / "mtnsails.json").read_text())
     assert meta["embedded"] is True and meta["settings"]["eval_examples"] == 2
-    saved, losses, next_command = result.stdout.splitlines()
+    saved, losses, held_out, next_command = result.stdout.splitlines()
     assert saved.startswith("Model saved to") and "eval loss" in losses and "perplexity" in losses
+    # which answers the model lacks: the held-out questions, named even with --quiet
+    questions = [TINY_CONVERSATIONS[i]["input"] for i in meta["held_out"]]
+    assert held_out == (
+        f'held out for the eval loss, so not learned: 2 of 8 conversations ("{questions[0]}", '
+        f'"{questions[1]}"; all in mtnsails.json "held_out"); --eval-split 0 learns them all'
+    )
     assert next_command.startswith("Next: python main.py convert --model-path")
 
 
@@ -296,7 +302,7 @@ def test_off_a_terminal_progress_is_one_readable_line_per_logging_step(tmp_path,
         rf"\(perplexity [\d.]+\), elapsed {clock}, ETA {clock}",
         evals[-1],
     ), evals
-    assert result.stdout.splitlines()[-3].startswith("Model saved to")
+    assert result.stdout.splitlines()[-4].startswith("Model saved to")
 
 
 def test_ctrl_c_keeps_the_previous_model_and_resume_continues(tmp_path, tiny_data, cli_here, trained_tiny_model_dir):

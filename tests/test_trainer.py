@@ -126,7 +126,8 @@ def test_original_api_and_retraining_with_an_eval_split(trained_tiny_model_dir, 
     result = trainer.train(texts, num_epochs=2, batch_size=4, learning_rate=1e-4, save_steps=100)
     evaluations = [entry for entry in result.loss_history if "eval_loss" in entry]
     assert len(evaluations) == 2  # one per epoch
-    assert result.eval_loss == min(entry["eval_loss"] for entry in evaluations)
+    assert result.eval_loss == evaluations[-1]["eval_loss"]  # the last model is kept, and its loss
+    assert result.held_out == [f"example {i + 1}" for i in trainer._held_out] != []  # texts, not conversations
     assert math.isclose(result.perplexity, math.exp(result.eval_loss))
     path = trainer.save_model()
     assert path == str(tmp_path / "out")
@@ -135,6 +136,24 @@ def test_original_api_and_retraining_with_an_eval_split(trained_tiny_model_dir, 
     reloaded = LLMTrainer()
     reloaded.load_trained_model(path)
     assert greedy_answer(reloaded.model, reloaded.tokenizer, TINY_CONVERSATIONS[1]) == TINY_CONVERSATIONS[1]["output"]
+
+
+@pytest.mark.slow
+def test_early_stopping_keeps_the_model_with_the_best_eval_loss(tmp_path):
+    config = TrainingConfig(
+        model_name="tiny",
+        output_dir=str(tmp_path / "out"),
+        num_epochs=20,
+        eval_split=0.25,
+        early_stopping_patience=2,
+        save_steps=1000,
+        quiet=True,
+        seed=0,
+    )
+    result = LLMTrainer(config=config).train_conversations(TINY_CONVERSATIONS)
+    evaluations = [entry["eval_loss"] for entry in result.loss_history if "eval_loss" in entry]
+    assert len(evaluations) < 20  # it stopped: the unseen answers' loss soon rises
+    assert result.eval_loss == min(evaluations) != evaluations[-1]
 
 
 def test_settings_out_of_range_are_one_line_errors():
@@ -156,20 +175,25 @@ def test_settings_out_of_range_are_one_line_errors():
 
 
 def test_resolved_fills_each_unset_setting_with_the_models_own_default():
+    from mtnsails.train.lora import LoraTrainingDefaults
     from mtnsails.train.models import EmbeddedTrainingDefaults
 
     unset = TrainingConfig()
-    tiny = unset.resolved(embedded=True, examples=100)
-    assert (tiny.num_epochs, tiny.learning_rate, tiny.eval_split) == (
+    assert unset.eval_split == 0.0  # nothing is held out unless asked: held-out answers go unlearned
+    tiny = unset.resolved(embedded=True)
+    assert (tiny.num_epochs, tiny.learning_rate) == (
         EmbeddedTrainingDefaults.num_epochs,
         EmbeddedTrainingDefaults.learning_rate,
-        0.0,
     )
-    assert unset.resolved(embedded=False, examples=19).eval_split == 0.0
-    pretrained = unset.resolved(embedded=False, examples=20)
-    assert (pretrained.num_epochs, pretrained.learning_rate, pretrained.eval_split) == (3, 5e-5, 0.1)
-    chosen = TrainingConfig(num_epochs=7, learning_rate=0.01, eval_split=0.0)
-    assert chosen.resolved(embedded=True, examples=100) == chosen  # what the user set is kept
+    assert (unset.resolved(embedded=False).num_epochs, unset.resolved(embedded=False).learning_rate) == (3, 5e-5)
+    # LoRA: ten times full fine-tuning's rate on a pretrained model; the embedded model's own
+    lora = LoraTrainingDefaults()
+    assert unset.resolved(embedded=False, lora=True).learning_rate == lora.learning_rate == 5e-4
+    assert unset.resolved(embedded=False, continuing=True, lora=True).learning_rate == lora.continued_learning_rate
+    lora_tiny = unset.resolved(embedded=True, continuing=True, lora=True)
+    assert (lora_tiny.num_epochs, lora_tiny.learning_rate) == (60, 3e-3)
+    chosen = TrainingConfig(num_epochs=7, learning_rate=0.01, eval_split=0.2)
+    assert chosen.resolved(embedded=True, lora=True) == chosen  # what the user set is kept
     assert unset.num_epochs is None  # a copy: the config itself is unchanged
 
 

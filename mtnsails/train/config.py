@@ -27,21 +27,29 @@ class TrainingConfig:
     )
     output_dir: str = setting("./trained_model", "where the trained model goes")
     num_epochs: int | None = setting(
-        None, "passes over the data (default: 3; tiny: 40; continuing a model: 3, tiny: 30)", flag="--epochs"
+        None,
+        "passes over the data (default: 3; tiny: 40; continuing a model: 3, tiny: 30; with --lora-r, tiny: 60)",
+        flag="--epochs",
     )
     batch_size: int = setting(4, "examples per device step")
     learning_rate: float | None = setting(
-        None, "peak learning rate (default: 5e-5; tiny: 1e-3; continuing a model: 1e-5, tiny: 1e-3)"
+        None,
+        "peak learning rate (default: 5e-5; tiny: 1e-3; continuing a model: 1e-5, tiny: 1e-3; "
+        "with --lora-r: 5e-4; tiny: 3e-3; continuing a model: 1e-4, tiny: 3e-3)",
     )
     warmup_ratio: float = setting(0.0, "fraction of steps with a rising learning rate")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     gradient_accumulation_steps: int = setting(1, "steps whose gradients add up before one update")
     max_length: int = setting(256, "tokens per example; longer ones lose context from the left")
-    eval_split: float | None = setting(
-        None, "fraction held out for eval loss (default: 0.1 with >= 20 conversations, else none; tiny: none)"
+    eval_split: float = setting(
+        0.0,
+        "fraction of the conversations held out for an eval loss each epoch; the model never "
+        "learns their answers, and the summary names them",
     )
     early_stopping_patience: int | None = setting(
-        None, "stop after N evaluations without a better eval loss (default: off)"
+        None,
+        "with --eval-split: stop after N evaluations without a better eval loss and keep the model "
+        "with the best one (default: off; the last model is kept)",
     )
     seed: int = setting(42, "random seed")
     device: str = setting("cpu", "where to train; auto picks a GPU when there is one", choices=DEVICES)
@@ -118,17 +126,16 @@ class TrainingConfig:
         check_choice(self.chat_template)
         self.augment.validate()
 
-    def resolved(self, embedded: bool, examples: int, continuing: bool = False, lora: bool = False) -> TrainingConfig:
+    def resolved(self, embedded: bool, continuing: bool = False, lora: bool = False) -> TrainingConfig:
         """A copy with each None default replaced by the model's own: the embedded model's
-        `EmbeddedTrainingDefaults`, else fine-tuning defaults (3 epochs, learning rate 5e-5, an
-        eval split of 0.1 with at least 20 examples to train on, else none). `continuing` (an
-        mtnsails model trained further) takes epochs and learning rate from
-        `ContinuedTrainingDefaults`."""
+        `EmbeddedTrainingDefaults`, else fine-tuning defaults (3 epochs, learning rate 5e-5).
+        `continuing` (an mtnsails model trained further) takes epochs and learning rate from
+        `ContinuedTrainingDefaults`; `lora` (a LoRA run) from `LoraTrainingDefaults`."""
         if embedded:
             own = EmbeddedTrainingDefaults()
-            epochs, learning_rate, eval_split = own.num_epochs, own.learning_rate, own.eval_split
+            epochs, learning_rate = own.num_epochs, own.learning_rate
         else:
-            epochs, learning_rate, eval_split = 3, 5e-5, (0.1 if examples >= 20 else 0.0)
+            epochs, learning_rate = 3, 5e-5
         if continuing:
             later = ContinuedTrainingDefaults()
             epochs, learning_rate = (
@@ -136,14 +143,9 @@ class TrainingConfig:
                 if embedded
                 else (later.num_epochs, later.learning_rate)
             )
-        if lora:  # adapters start at zero and are few: they take a higher rate (LoraTrainingDefaults)
-            learning_rate = LoraTrainingDefaults().learning_rate(embedded, continuing)
-        return replace(
-            self,
-            num_epochs=self.num_epochs or epochs,
-            learning_rate=self.learning_rate or learning_rate,
-            eval_split=eval_split if self.eval_split is None else self.eval_split,
-        )
+        if lora:
+            epochs, learning_rate = LoraTrainingDefaults().resolve(embedded, continuing, epochs)
+        return replace(self, num_epochs=self.num_epochs or epochs, learning_rate=self.learning_rate or learning_rate)
 
     @property
     def checkpoint_dir(self) -> Path:

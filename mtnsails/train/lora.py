@@ -45,14 +45,26 @@ class LoraFlags(Protocol):
 
 @dataclass(frozen=True)
 class LoraTrainingDefaults:
-    """The learning rates LoRA trains with unless `--learning-rate` is given (epochs and the
-    rest are the full fine-tuning defaults of the same model)."""
+    """Learning rate (and, for the embedded model, epochs) of a LoRA run unless given; other
+    settings are those of full fine-tuning. Measured with bench/defaults_bench.py
+    (docs/training.md#defaults-measured): the adapters start at zero and are few, so for the same answers
+    they need about ten times the rate full fine-tuning needs, hence ten times each full
+    fine-tuning default for a pretrained model (5e-4 is the top of peft's documented 1e-4 to
+    5e-4). The embedded model's embeddings stay frozen and random under LoRA, so it learns new
+    words slowly: continuing a trained one took 60 epochs at 3e-3 to learn a new answer (30 at
+    1e-3, full fine-tuning's continuing defaults, did not); from scratch LoRA teaches it nothing.
+    """
 
-    pretrained: float = 2e-4
-    embedded: float = 1e-3
+    learning_rate: float = 5e-4  # full fine-tuning: 5e-5
+    continued_learning_rate: float = 1e-4  # full fine-tuning: 1e-5
+    embedded_learning_rate: float = 3e-3  # full fine-tuning: 1e-3
+    embedded_num_epochs: int = 60  # full fine-tuning: 40, continuing 30
 
-    def learning_rate(self, embedded: bool, continuing: bool) -> float:
-        return self.embedded if embedded else self.pretrained
+    def resolve(self, embedded: bool, continuing: bool, epochs: int) -> tuple[int, float]:
+        """(epochs, learning rate) for a LoRA run of this kind; `epochs` is full fine-tuning's."""
+        if embedded:
+            return self.embedded_num_epochs, self.embedded_learning_rate
+        return epochs, self.continued_learning_rate if continuing else self.learning_rate
 
 
 @dataclass(frozen=True)
@@ -193,15 +205,23 @@ def merge(model, settings: LoraSettings, base: str | None) -> tuple[object, Adap
     return model.merge_and_unload(), Adapter(weights, config, settings, modules, trainable)
 
 
-def describe(model, settings: LoraSettings) -> str:
+def describe(model, settings: LoraSettings, random_weights: bool = False) -> str:
     """The note a LoRA run starts with, e.g. "note: LoRA r=16 (alpha 32, dropout 0.05,
-    all-linear): 8.8M of 502.8M parameters train (1.75%)"."""
+    all-linear): 8.8M of 502.8M parameters train (1.75%)"; with `random_weights` (the embedded
+    model from scratch) a warning that LoRA cannot teach it."""
     trainable, total = parameter_counts(model)
-    return (
+    note = (
         f"note: LoRA r={settings.r} (alpha {settings.alpha:g}, dropout {settings.dropout:g}, "
         f"{settings.targets}): {trainable / 1e6:.1f}M of {total / 1e6:.1f}M parameters train "
         f"({100 * trainable / max(total, 1):.2f}%)"
     )
+    if random_weights:
+        note += (
+            "\nwarning: the embedded model starts from random weights, which LoRA leaves as they "
+            "are: it learns next to nothing this way (0 of 40 answers where full fine-tuning "
+            "learns 40, docs/training.md#defaults-measured); train it without --lora-r"
+        )
+    return note
 
 
 def adopt_recorded_flags(config: LoraFlags, recorded: dict | None) -> None:

@@ -122,10 +122,8 @@ class EmbeddedTrainingDefaults:
     """Settings the embedded model trains with unless the user sets them.
 
     It learns from scratch, so it needs a far higher learning rate and more epochs than a
-    pretrained model's fine-tuning defaults (5e-5, 3 epochs). A held-out split is off by default:
-    a model that knows only your data cannot answer unseen questions, so its eval loss rises while
-    it learns your answers, and keeping the "best" model would keep an under-trained one.
-    40 epochs are what it takes to reproduce every packaged example answer greedily.
+    pretrained model's fine-tuning defaults (5e-5, 3 epochs). 40 epochs are what it takes to
+    reproduce every packaged example answer greedily.
 
     Its matrices are too small to gain from several CPU threads, and on a busy CPU threads that
     wait for each other thrash, so it trains with one (figures: docs/performance.md).
@@ -134,7 +132,6 @@ class EmbeddedTrainingDefaults:
 
     learning_rate: float = 1e-3
     num_epochs: int = 40
-    eval_split: float = 0.0
     cpu_threads: int = 1
 
 

@@ -20,7 +20,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mtnsails.core.errors import MtnsailsError, first_line
@@ -97,6 +97,7 @@ class TrainingResult:
     perplexity: float | None
     examples: int
     loss_history: list[dict]
+    held_out: list[str] = field(default_factory=list)  # the questions of the eval split
 
     def summary(self, path: str | os.PathLike, next_step: bool = True) -> str:
         """The lines `train` ends with: where the model is, its losses, the next command."""
@@ -105,6 +106,14 @@ class TrainingResult:
             losses += f", eval loss {self.eval_loss:.4f} (perplexity {self.perplexity:.2f})"
         shown = os.path.relpath(path) if Path(path).is_relative_to(Path.cwd()) else str(path)
         text = f"Model saved to {shown} ({self.examples} examples)\n{losses}"
+        if self.held_out:  # never learned: the user must know which answers the model lacks
+            shown_questions = ", ".join(json.dumps(q, ensure_ascii=False) for q in self.held_out[:3])
+            more = f" and {len(self.held_out) - 3} more" if len(self.held_out) > 3 else ""
+            text += (
+                f"\nheld out for the eval loss, so not learned: {len(self.held_out)} of {self.examples} "
+                f'conversations ({shown_questions}{more}; all in mtnsails.json "held_out"); '
+                "--eval-split 0 learns them all"
+            )
         if next_step:
             text += f"\nNext: python main.py convert --model-path {shlex.quote(shown)}"
         return text
@@ -332,9 +341,8 @@ class LLMTrainer:
         model, tokenizer = self.resolved.model, self.resolved.tokenizer
         continuing = self.resolved.metadata.get("format") == MODEL_FORMAT
         lora = LoraSettings.from_config(config, self.resolved.metadata.get("lora"))
-        settings = config.resolved(self.resolved.embedded, len(examples), continuing, lora=lora is not None)
-        epochs, learning_rate = settings.num_epochs, settings.learning_rate
-        eval_split = settings.eval_split
+        settings = config.resolved(self.resolved.embedded, continuing, lora=lora is not None)
+        epochs, learning_rate, eval_split = settings.num_epochs, settings.learning_rate, config.eval_split
         max_length = min(config.max_length, _context_length(model))
 
         encoded = [encode_segments(tokenizer, segments, max_length) for segments in examples]
@@ -390,7 +398,7 @@ class LLMTrainer:
             torch.manual_seed(config.seed)  # the adapters' random start, as reproducible as the run
             model = add_adapters(model, lora)
             if not config.quiet and is_main_process():
-                print(describe(model, lora), file=sys.stderr)
+                print(describe(model, lora, self.resolved.embedded and not continuing), file=sys.stderr)
         if train_data is None:
             train_data = _dataset(train_set)
         trainer, interrupt, divergence = self._build_trainer(
@@ -429,13 +437,16 @@ class LLMTrainer:
         self.model.generation_config.pad_token_id = tokenizer.pad_token_id
         history = _loss_history(trainer.state.log_history)
         train_losses = [entry["loss"] for entry in history if "loss" in entry]
-        eval_loss = trainer.state.best_metric if eval_set else None
+        eval_loss = _kept_eval_loss(trainer, bool(eval_set))
         self.result = TrainingResult(
             train_loss=train_losses[-1] if train_losses else output.training_loss,
             eval_loss=eval_loss,
             perplexity=perplexity(eval_loss),
             examples=len(encoded),
             loss_history=history,
+            held_out=[
+                self._conversations[i]["input"] if self._conversations else f"example {i + 1}" for i in self._held_out
+            ],
         )
         return self.result
 
@@ -534,6 +545,7 @@ class LLMTrainer:
             1, math.ceil(len(train_set) / (config.batch_size * world_size() * config.gradient_accumulation_steps))
         )
         has_eval = bool(eval_set)
+        keep_best = has_eval and bool(config.early_stopping_patience)
         args = TrainingArguments(
             output_dir=str(config.checkpoint_dir),
             num_train_epochs=epochs,
@@ -550,7 +562,7 @@ class LLMTrainer:
             save_steps=config.save_steps,
             save_total_limit=2,
             save_safetensors=True,
-            metric_for_best_model="eval_loss" if has_eval else None,
+            metric_for_best_model="eval_loss" if keep_best else None,
             greater_is_better=False,
             logging_strategy="steps",
             logging_steps=max(1, steps_per_epoch * epochs // 25),  # about 25 points for loss.png
@@ -566,13 +578,15 @@ class LLMTrainer:
             gradient_checkpointing_kwargs={"use_reentrant": False},  # needs no input gradients (LoRA)
             **on_device,
         )
-        # Evaluate each epoch but checkpoint every --save-steps: Trainer's own check forbids that
-        # mix with load_best_model_at_end, so a callback saves after every evaluation (the best
-        # model is then always on disk) and the flag is switched on after that check.
-        args.load_best_model_at_end = has_eval
-        callbacks = [classes.SaveAfterEvaluate()] if has_eval else []
-        if has_eval and config.early_stopping_patience:
-            callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+        # The last model is kept: the best eval loss on held-out answers the model never learns
+        # marks an early, undertrained one (docs/training.md). Early stopping keeps the best, as
+        # asked: it evaluates each epoch but checkpoints every --save-steps, which Trainer's own
+        # check forbids with load_best_model_at_end, so a callback saves after every evaluation
+        # (the best model is then always on disk) and the flag is switched on after that check.
+        args.load_best_model_at_end = keep_best
+        callbacks = (
+            [classes.SaveAfterEvaluate(), EarlyStoppingCallback(config.early_stopping_patience)] if keep_best else []
+        )
         interrupt, divergence = classes.Interrupt(), classes.StopOnNonFiniteLoss()
         callbacks += [interrupt, divergence]
         trainer = classes.CheckedTrainer(
@@ -687,6 +701,16 @@ def _quiet_libraries(quiet: bool) -> None:
 def _context_length(model) -> int:
     config = model.config
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024)
+
+
+def _kept_eval_loss(trainer, has_eval: bool) -> float | None:
+    """The eval loss of the model kept: the best one under early stopping, else the last."""
+    if not has_eval:
+        return None
+    if trainer.args.load_best_model_at_end:
+        return trainer.state.best_metric
+    losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    return losses[-1] if losses else None
 
 
 def _loss_history(log_history: list[dict]) -> list[dict]:
