@@ -129,10 +129,25 @@ FAMILY_MODELS = {
 }
 
 
+def save_random_model(config, tokenizer, path: Path) -> Path:
+    """A seeded random model of `config` (weights nudged off their init so no two tensors
+    stay alike) saved with `tokenizer` in `path`."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def build_family_model(model_type: str, path: Path) -> Path:
     """A tiny random-weight model of `model_type`, saved with its tokenizer. Every weight gets
     noise, so norms are not all ones (or zeros) and every transform shows in the values."""
-    import torch
     import transformers
 
     class_name, settings, style, specials, extra_rows = FAMILY_MODELS[model_type]
@@ -148,14 +163,7 @@ def build_family_model(model_type: str, path: Path) -> Path:
         pad_token_id=eos,
         **settings,
     )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_model(config, tokenizer, path)
 
 
 @pytest.fixture(scope="module")
@@ -574,7 +582,6 @@ def build_sentencepiece_model(model_type: str, path: Path) -> Path:
     """A tiny random-weight model with a SentencePiece BPE tokenizer (byte fallback, digits
     apart, two chat markers) trained here and converted by transformers, as the real ones are."""
     import sentencepiece
-    import torch
     import transformers
 
     from mtnsails.train.models import packaged_corpus
@@ -606,14 +613,7 @@ def build_sentencepiece_model(model_type: str, path: Path) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         **settings,
     )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_model(config, tokenizer, path)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,16 @@ PRECISIONS = ("auto", "fp32", "int8", "int4")  # --precision of chat and serve
 PROMPT_TOKENS = 256  # default --max-length: prompt tokens (history + question) given to the model
 
 
+def add_precision_argument(group: argparse._ActionsContainer) -> None:
+    """--precision, as chat, serve and evaluate take it."""
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="which model file to run; auto = the fastest present: int4, then int8, then fp32 (default: auto)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> None:
     """`standalone=False` (pipeline) leaves out --model-path, --max-length and --seed, which train declares."""
     group = parser.add_argument_group("chat")
@@ -42,12 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
         "matches a trained one in other words is asked as the trained one)",
     )
     settings.add_arguments(group, GenerationConfig, skip=() if standalone else ("seed",))
-    group.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="which model file to run; auto = the fastest present: int4, then int8, then fp32 (default: auto)",
-    )
+    add_precision_argument(group)
     group.add_argument(
         "--threads",
         type=int,

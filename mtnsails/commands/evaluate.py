@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mtnsails.commands.chat import PRECISIONS, PROMPT_TOKENS
+from mtnsails.commands.chat import PROMPT_TOKENS, add_precision_argument
 from mtnsails.core.errors import MtnsailsError
 from mtnsails.core.settings import finite_float
 
@@ -52,12 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=PROMPT_TOKENS,
         help=f"most prompt tokens (history + question) (default: {PROMPT_TOKENS})",
     )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="which model file to run; auto = the fastest present: int4, then int8, then fp32 (default: auto)",
-    )
+    add_precision_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from mtnsails.commands.chat import PRECISIONS, PROMPT_TOKENS
+from mtnsails.commands.chat import PROMPT_TOKENS, add_precision_argument
 from mtnsails.core import settings
 from mtnsails.inference.generation_config import GenerationConfig
 from mtnsails.model_dir.metadata import DEFAULT_SERVE_LOG_FILE
@@ -30,12 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(API_KEY_VARIABLE),
         help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_VARIABLE}; unset = no key)",
     )
-    group.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="which model file to run; auto = the fastest present: int4, then int8, then fp32 (default: auto)",
-    )
+    add_precision_argument(group)
     group.add_argument(
         "--system",
         help="system prompt for requests without one; '' = none (default: the one the model was trained with, if any)",
