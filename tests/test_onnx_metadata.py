@@ -26,9 +26,10 @@ def test_reader_returns_what_the_converter_wrote(tiny_onnx_dir):
     assert meta["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx"}
     assert isinstance(meta["eos_token_id"], int) and meta["context_length"] >= 1
     assert meta["system"] is None and meta["answer_tokens"]["max"] >= 1  # from the training data
-    alone = [c for c in TINY_CONVERSATIONS if "history" not in c]  # each trained question with its answer
-    assert meta["questions"] == [c["input"] for c in alone]
-    assert meta["question_answers"] == [c["output"] for c in alone]
+    # each question that opens a conversation (stand-alone, or a history's first) with its answer
+    openings = [(c.get("history") or [c])[0] for c in TINY_CONVERSATIONS]
+    assert meta["questions"] == [c["input"] for c in openings] and "Which country is Paris in?" in meta["questions"]
+    assert meta["question_answers"] == [c["output"] for c in openings]
     matcher = ChatEngine(tiny_onnx_dir).matcher  # matches on both
     assert matcher.threshold == ANSWERS_THRESHOLD and matcher.match("Who is the author of Hamlet?")
 

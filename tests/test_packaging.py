@@ -34,7 +34,7 @@ from conftest import REPO_ROOT, TINY_CONVERSATIONS
 
 # What `pip install mtnsails` needs for chat and what the `serve` extra adds, read from the
 # built wheel's own metadata below; these are just the names the tests expect to find there.
-CORE = {"numpy", "orjson", "tokenizers", "onnxruntime", "jinja2"}
+CORE = {"numpy", "orjson", "tokenizers", "onnxruntime", "jinja2", "wordllama"}
 SERVE = {"starlette", "uvicorn"}
 HEAVY = ("torch", "transformers", "optimum", "datasets", "accelerate")  # the `train` extra's
 # What packaging reads: copied alone, so the checkout's build/ and *.egg-info play no part.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from mtnsails.inference.question_matcher import (
+    ANSWERS_MARGIN,
     ANSWERS_THRESHOLD,
     DEFAULT_THRESHOLD,
     QuestionMatch,
     QuestionMatcher,
+    question_sentence,
     refers_back,
-    stem,
 )
 
 TRAINED = [
@@ -56,23 +57,22 @@ def test_unrelated_questions_match_nothing():
     assert DEFAULT_THRESHOLD > 0
 
 
-def test_a_question_on_another_topic_sharing_a_word_is_left_alone():
-    """ "reset" is in a trained question, but "wifi" and "router" are in none: asked as typed."""
+def test_a_question_on_another_topic_is_left_alone():
     matcher = QuestionMatcher(REPAIR)
-    assert 0 < matcher.scores("How do I reset my wifi router?").max() < DEFAULT_THRESHOLD
-    assert matcher.match("How do I reset my wifi router?") is None
+    assert matcher.scores("How do I bake bread?").max() < DEFAULT_THRESHOLD
+    assert matcher.match("How do I bake bread?") is None
     assert matcher.match("How do I reset the outlet?").question == "How do I reset an outlet that stopped working?"
 
 
-def test_answers_give_the_words_a_question_lacks():
-    """ "washer" is only in the faucet question's answer: with the answers it finds the question."""
+def test_answers_give_what_a_question_lacks():
+    """ "plunger" and "drain" are only in the sink question's answer: with the answers it is found."""
     questions, answers = list(REPAIR), list(REPAIR.values())
-    assert QuestionMatcher(questions).match("replace the washer in my faucet") is None
+    assert QuestionMatcher(questions).match("sink drain blocked, plunger?") is None
     with_answers = QuestionMatcher(questions, answers=answers)
-    assert with_answers.threshold == ANSWERS_THRESHOLD
-    assert with_answers.match("replace the washer in my faucet").question == questions[0]
+    assert (with_answers.threshold, with_answers.margin) == (ANSWERS_THRESHOLD, ANSWERS_MARGIN)
     assert with_answers.match("sink drain blocked, plunger?").question == "How do I unclog a bathroom sink?"
-    assert with_answers.match("How do I reset my wifi router?") is None
+    assert with_answers.match("toilet cistern won't stop filling").question == "Why does my toilet keep running?"
+    assert with_answers.match("How do I bake bread?") is None
     with pytest.raises(ValueError, match="2 answers for 5 questions"):
         QuestionMatcher(questions, answers=answers[:2])
 
@@ -84,16 +84,18 @@ def test_two_trained_questions_that_fit_alike_match_neither():
     assert QuestionMatcher(matcher.questions, margin=0).match("how do I unclog a sink") is not None
     match = matcher.match("unclog the kitchen sink")
     assert match == QuestionMatch("How do I unclog a kitchen sink?", match.similarity, match.margin)
-    assert match.margin > 0.4
+    assert match.margin >= matcher.margin
 
 
 def test_a_repeated_question_is_indexed_once_with_all_its_answers():
-    matcher = QuestionMatcher(
+    both = QuestionMatcher(
         ["What is a derailleur?", "What is a derailleur?", " "],
         answers=["It moves the chain.", "It changes gear.", "Blank question."],
     )
-    assert matcher.questions == ["What is a derailleur?"]
-    assert matcher.match("what moves the chain to change gear").question == "What is a derailleur?"
+    assert both.questions == ["What is a derailleur?"]
+    one = QuestionMatcher(["What is a derailleur?"], answers=["It moves the chain."])
+    # the second answer counts: a question about changing gear is closer with it
+    assert both.scores("how do I change gear")[0] > one.scores("how do I change gear")[0]
 
 
 def test_thousands_of_questions_find_their_own():
@@ -104,17 +106,25 @@ def test_thousands_of_questions_find_their_own():
     assert matcher.match(questions[1234]).question == questions[1234]
 
 
-def test_stem_strips_inflections_only():
-    assert [stem(w) for w in ("dripping", "leaking", "stopped", "tyres", "puppies", "quickly")] == [
-        "drip",
-        "leak",
-        "stop",
-        "tyre",
-        "puppy",
-        "quick",
-    ]
-    unchanged = ["glass", "cactus", "bus", "ring"]
-    assert [stem(w) for w in ["falling", *unchanged]] == ["fall", *unchanged]
+def test_synonyms_no_training_text_holds_still_match():
+    """General English from the sentence vectors: "tap" for "faucet", "loo" for "toilet"."""
+    repair = QuestionMatcher(list(REPAIR), answers=list(REPAIR.values()))
+    faucet = "How do I fix a dripping kitchen faucet?"
+    assert repair.match("the tap in my kitchen won't stop leaking").question == faucet
+    assert repair.match("water keeps coming out of my kitchen tap").question == faucet
+    assert repair.match("the loo keeps running").question == "Why does my toilet keep running?"
+    bikes = QuestionMatcher(TRAINED)
+    assert bikes.match("where to keep my bicycle during the cold months").question == TRAINED[2]
+
+
+def test_a_question_among_context_sentences_is_scored_alone_too():
+    assert question_sentence("Why is my phone hot? It happens in the evening.") == "Why is my phone hot?"
+    assert question_sentence("Why is my phone hot?") is None  # one sentence: the text itself
+    assert question_sentence("It is hot. Very hot.") is None
+    matcher = QuestionMatcher(TRAINED)
+    plain = matcher.scores("Why does my chain keep falling off?")
+    told = matcher.scores("Why does my chain keep falling off? I ride to work every day and it is old now.")
+    assert told.argmax() == plain.argmax() == 3 and told.max() == pytest.approx(plain.max(), abs=1e-5)
 
 
 def test_refers_back():

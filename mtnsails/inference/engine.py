@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -112,11 +113,19 @@ class ChatEngine:
         # As many earlier exchanges as the training examples had: the model learned to use no
         # more (None: as many as fit).
         self.history_exchanges = meta.get("history_exchanges")
-        questions = meta.get("questions") if settings.match_questions else None
         # The answers name a question's subject again, often in other words (older exports lack them).
-        self.matcher = QuestionMatcher(questions, answers=meta.get("question_answers")) if questions else None
+        self._trained = (
+            (meta.get("questions"), meta.get("question_answers")) if settings.match_questions else (None, None)
+        )
         self.trained_system = meta.get("system")  # the training data's system prompt, if any
         self.use_system(settings.system)
+
+    @cached_property
+    def matcher(self) -> QuestionMatcher | None:
+        """The matcher of the trained questions (None: none recorded, or matching off), built on
+        first use: embedding the trained questions takes a moment a chat need not wait for."""
+        questions, answers = self._trained
+        return QuestionMatcher(questions, answers=answers) if questions else None
 
     def use_generation(self, generation: GenerationConfig) -> None:
         """Answer with `generation` from now on (a reload keeps it); no `max_new_tokens`: the

@@ -1,53 +1,52 @@
 """`QuestionMatcher`: find the trained question that a new question asks in other words.
 
 A small model answers the questions it was trained on, in the words it was trained on; asked
-"the kitchen faucet drips" instead of "How do I fix a dripping kitchen faucet?" it answers
+"sink tap keeps leaking" instead of "How do I fix a dripping kitchen faucet?" it answers
 something else. So chat asks the model the closest trained question when the new one is close
 enough: the answer still comes from the model, the question is put the way the model learned it.
 
-Closeness (docs/question-matching.md has the figures):
+Closeness (docs/question-matching.md has the figures): the cosine of two sentence vectors from
+WordLlama, a static embedding distilled from a large language model's token embeddings (the
+`wordllama` package ships its 256-wide model, 16 MB, so nothing is downloaded). It knows general
+English: "tap" is near "faucet", "notebook" near "laptop", which no word overlap can see.
 
-- words: the content words of a question, lower case, with a light suffix stripper ("dripping" ->
-  "drip"); words that frame a question rather than name its subject ("how", "best", "way",
-  "could", "explain") are left out;
-- two TF-IDF cosines, one of those words and one of their character 3- to 5-grams (spelling
-  variants: "tyre"/"tire", "mould"/"mold"), mixed WORD_SHARE : 1 - WORD_SHARE;
-- given the trained answers, a trained question is represented by its words and its answer's
-  words (the answer names the subject again, often in other words), and the IDF counts both;
-- a word of the new question that no trained text has still counts in its length, so a question
-  on another topic that shares one word with a trained question ("How do I reset my wifi
-  router?", "How do I reset an outlet that stopped working?") scores low.
+- A trained question's score is `QUESTION_SHARE` times the cosine with the question plus the rest
+  times the cosine with its answer(s), when the answers are known (the answer names the subject
+  again, often in other words); with the questions alone, the cosine with the question.
+- A message of several sentences is also scored by its first question sentence alone, and the
+  higher score counts: context around a question ("It happens mostly in the evening.") dilutes
+  its vector.
 
-Decision: a trained question asked again (any case, any punctuation) is itself; otherwise the best
-trained question is taken when its score reaches the threshold AND beats the second best by at
-least the margin, and the question is asked as typed when not. Words the trained
-texts do not have cannot match: a rewording in synonyms ("sink tap keeps leaking") is left as
-typed, and a question that changes only the subject ("Why is my laptop fan so loud?" for "Why is
-my bathroom fan so loud?") is still taken. numpy only; the vectors are stored column-wise (an
-inverted index): under a millisecond a question with 10,000 trained questions.
+Decision: a trained question asked again (any case, any punctuation) is itself; a question of
+nothing but words that frame a question ("How do I?", "Hello there") matches nothing; otherwise
+the best trained question is taken when its score reaches the threshold AND beats the second
+best by the margin, and the question is asked as typed when not. A question that changes only
+the subject ("Why is my laptop fan so loud?" for "Why is my bathroom fan so loud?") can still be
+taken: a near miss scores like a rewording.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import re
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from mtnsails.core.errors import MtnsailsError
+
 # Chosen with bench/matcher_bench.py on its tuning and development sets (bicycle, houseplant,
 # cooking; repair, finance, pets: 120 rewordings, each set's near misses and the trained questions
-# of the other sets as other topics): the most rewordings asked right with at most 2 % of the
-# other-topic questions swapped, at most 1 wrong swap in 120 and a margin of at least 0.08.
-# The held-out sets (tech, travel) chose nothing. Figures: docs/question-matching.md.
-DEFAULT_THRESHOLD = 0.40  # trained questions only (models trained before answers were recorded)
-ANSWERS_THRESHOLD = 0.32  # questions with their answers: a question's vector is spread wider
-DEFAULT_MARGIN = 0.08  # best minus second best; below it two trained questions are too alike
-WORD_SHARE = 0.6  # word cosine vs character n-gram cosine (0.4 and 0.6 alike)
-UNKNOWN_WEIGHT = 1.0  # times the IDF of a word in no trained text (1 to 2 score alike)
-NGRAM_SIZES = (3, 4, 5)
+# of the other sets as other topics): the most rewordings asked right with at most 3 % of the
+# other-topic questions swapped and at most 3 wrong swaps in 120. The held-out sets chose
+# nothing. Figures: docs/question-matching.md.
+DEFAULT_THRESHOLD = 0.44  # trained questions only (models trained before answers were recorded)
+DEFAULT_MARGIN = 0.10
+ANSWERS_THRESHOLD = 0.38  # questions with their answers, as chat builds it for a model trained now
+ANSWERS_MARGIN = 0.07
+QUESTION_SHARE = 0.7  # cosine with the question vs with its answers (0.5 to 0.8 alike)
 
 _NOT_WORD = re.compile(r"[^\w\s]")
 # NLTK's English stop words, the same without apostrophes, and words that frame a question rather
@@ -74,9 +73,6 @@ ones explain describe wonder wondering recommend suggest kindly appreciate grate
 )
 # Words that point back into the conversation: such a question depends on the exchanges before it.
 REFERRING_WORDS = frozenset("it its they them their that this those these he she him her there".split())
-# (suffix, replacement), the first that leaves at least 3 letters applies: "puppies" -> "puppy",
-# "leaking" -> "leak", "stopped" -> "stop", "tyres" -> "tyre", "quickly" -> "quick".
-_SUFFIXES = (("ies", "y"), ("ied", "y"), ("sses", "ss"), ("ing", ""), ("ed", ""), ("ly", ""), ("s", ""))
 
 
 def _words(text: str) -> list[str]:
@@ -88,85 +84,38 @@ def refers_back(text: str) -> bool:
     return any(word in REFERRING_WORDS for word in _words(text))
 
 
-def stem(word: str) -> str:
-    """`word` without its inflection suffix (a light stripper, not a dictionary)."""
-    if word.endswith(("ss", "us", "is")):
-        return word
-    for suffix, replacement in _SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            base = word[: -len(suffix)] + replacement
-            if suffix in ("ing", "ed") and base[-1] == base[-2] and base[-1] not in "lsz":
-                base = base[:-1]  # "stopp" -> "stop", but "fall" and "miss" stay
-            return base
-    return word
-
-
 def _content(text: str) -> list[str]:
     return [word for word in _words(text) if word not in FUNCTION_WORDS]
 
 
-def _word_terms(text: str) -> Counter:
-    return Counter(stem(word) for word in _content(text))
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 
 
-def _gram_terms(text: str) -> Counter:
-    padded = [f" {word} " for word in _content(text)]
-    return Counter(
-        word[i : i + size] for word in padded for size in NGRAM_SIZES for i in range(max(1, len(word) - size + 1))
-    )
+def question_sentence(text: str) -> str | None:
+    """The first sentence of `text` that ends in "?", when `text` has other sentences too."""
+    sentences = [part for part in _SENTENCE_END.split(text.strip()) if part]
+    return next((part for part in sentences if part.endswith("?")), None) if len(sentences) > 1 else None
 
 
-class _Space:
-    """One TF-IDF space (sublinear term frequency); each trained question's unit vector is the
-    sum of the unit vectors of its texts (question, answer), stored column by column."""
+@functools.lru_cache(maxsize=1)
+def sentence_embedder():
+    """WordLlama's 256-wide model from the files its package ships (loaded once, no download)."""
+    try:
+        import wordllama
+        from wordllama import WordLlama
+    except ImportError as error:
+        raise MtnsailsError(f"question matching needs the wordllama package ({error}): pip install wordllama") from None
+    # The package keeps its tokenizer under <cache_dir>/tokenizers: its own folder holds one.
+    return WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
 
-    def __init__(self, texts: list[list[Counter]]) -> None:
-        documents = [(row, terms) for row, question in enumerate(texts) for terms in question]
-        frequency = Counter(term for _, terms in documents for term in terms)
-        self.columns = {term: i for i, term in enumerate(frequency)}
-        self.idf = np.array(
-            [math.log((1 + len(documents)) / (1 + frequency[term])) + 1 for term in self.columns], dtype=np.float64
-        )
-        self.unknown = UNKNOWN_WEIGHT * (math.log(1 + len(documents)) + 1)
-        self.count = len(texts)
-        # one entry per (document, term): its question's row, its column, its weight
-        sizes = np.array([len(terms) for _, terms in documents], dtype=np.int64)
-        document = np.repeat(np.arange(len(documents)), sizes)
-        row = np.repeat(np.array([r for r, _ in documents], dtype=np.int64), sizes)
-        column = np.array([self.columns[t] for _, terms in documents for t in terms], dtype=np.int64)
-        weight = 1 + np.log(np.array([c for _, terms in documents for c in terms.values()], dtype=np.float64))
-        weight *= self.idf[column]
-        weight /= np.sqrt(np.bincount(document, weight**2, minlength=len(documents)))[document]
-        # sum the unit vectors of a question's texts, then scale each question to norm 1
-        cell, index = np.unique(row * len(self.columns) + column, return_inverse=True)
-        value = np.bincount(index, weight, minlength=len(cell)).astype(np.float64)
-        row, column = cell // max(1, len(self.columns)), cell % max(1, len(self.columns))
-        value /= np.sqrt(np.bincount(row, value**2, minlength=self.count))[row]
-        order = np.lexsort((row, column))
-        self.rows, self.values = row[order], value[order].astype(np.float32)
-        self.starts = np.searchsorted(column[order], np.arange(len(self.columns) + 1))
 
-    def _unit(self, terms: Counter, unknown: bool = False) -> dict[int, float]:
-        """{column: weight} of `terms` with norm 1; unknown terms count in the norm when asked."""
-        weights, missing = {}, 0.0
-        for term, count in terms.items():
-            column = self.columns.get(term)
-            if column is None:
-                missing += ((1 + math.log(count)) * self.unknown) ** 2
-            else:
-                weights[column] = (1 + math.log(count)) * float(self.idf[column])
-        norm = math.sqrt(sum(v * v for v in weights.values()) + (missing if unknown else 0.0))
-        return {column: value / norm for column, value in weights.items()} if norm else {}
-
-    def cosines(self, terms: Counter) -> np.ndarray:
-        """The cosine of `terms` with every trained question."""
-        query = self._unit(terms, unknown=True)
-        if not query:
-            return np.zeros(self.count, dtype=np.float32)
-        spans = [(self.starts[c], self.starts[c + 1], w) for c, w in query.items()]
-        rows = np.concatenate([self.rows[a:b] for a, b, _ in spans])
-        values = np.concatenate([self.values[a:b] * w for a, b, w in spans])
-        return np.bincount(rows, weights=values, minlength=self.count).astype(np.float32)
+def embed(texts: list[str]) -> np.ndarray:
+    """Unit sentence vectors [len(texts), 256] (a text with no tokens: zeros)."""
+    if not texts:
+        return np.zeros((0, 256), dtype=np.float32)
+    vectors = np.asarray(sentence_embedder().embed(texts), dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 @dataclass(frozen=True)
@@ -187,8 +136,8 @@ class QuestionMatcher:
     >>> matcher.match("what does a derailleur do").question
     'What is a derailleur?'
 
-    `threshold` None: DEFAULT_THRESHOLD, or ANSWERS_THRESHOLD with `answers` (one per question);
-    a threshold above 1 turns matching off.
+    `threshold` and `margin` None: DEFAULT_THRESHOLD and DEFAULT_MARGIN, or ANSWERS_THRESHOLD and
+    ANSWERS_MARGIN with `answers` (one per question); a threshold above 1 turns matching off.
     """
 
     def __init__(
@@ -196,7 +145,7 @@ class QuestionMatcher:
         questions: Iterable[str],
         threshold: float | None = None,
         *,
-        margin: float = DEFAULT_MARGIN,
+        margin: float | None = None,
         answers: Iterable[str] | None = None,
     ) -> None:
         questions = list(questions)
@@ -208,34 +157,53 @@ class QuestionMatcher:
             if question.strip():
                 texts.setdefault(question, []).extend([answers[i]] if answers else [])
         self.questions = list(texts)
-        # A trained question asked again is itself, even one made only of words the cosines leave
-        # out ("Hello!"): as typed (any case), or in other case and punctuation where that leaves
-        # one trained question ("What is C++?" and "What is C#?" both read "what is c").
+        # A trained question asked again is itself, even one made only of words that frame a
+        # question ("Hello!"): as typed (any case), or in other case and punctuation where that
+        # leaves one trained question ("What is C++?" and "What is C#?" both read "what is c").
         self._typed = {q.casefold().strip(): q for q in reversed(self.questions)}
-        loose = Counter(" ".join(_words(q)) for q in self.questions)
-        self._loose = {key: q for q in self.questions if (key := " ".join(_words(q))) and loose[key] == 1}
+        loose: dict[str, list[str]] = {}
+        for q in self.questions:
+            loose.setdefault(" ".join(_words(q)), []).append(q)
+        self._loose = {key: found[0] for key, found in loose.items() if key and len(found) == 1}
+        self._alike = {key for key, found in loose.items() if len(found) > 1}  # too alike to pick one
         self.threshold = (ANSWERS_THRESHOLD if answers else DEFAULT_THRESHOLD) if threshold is None else threshold
-        self.margin = margin
-        self._spaces = [
-            (WORD_SHARE, _Space([[_word_terms(q), *map(_word_terms, a)] for q, a in texts.items()])),
-            (1 - WORD_SHARE, _Space([[_gram_terms(q), *map(_gram_terms, a)] for q, a in texts.items()])),
-        ]
+        self.margin = (ANSWERS_MARGIN if answers else DEFAULT_MARGIN) if margin is None else margin
+        self._question_vectors = embed(self.questions)
+        self._answer_vectors = None
+        if answers:
+            # a question trained with several answers: the mean of their vectors
+            owner = np.repeat(np.arange(len(texts)), [len(found) for found in texts.values()])
+            sums = np.zeros((len(texts), self._question_vectors.shape[1]), dtype=np.float32)
+            np.add.at(sums, owner, embed([answer for found in texts.values() for answer in found]))
+            self._answer_vectors = sums / np.maximum(1, np.bincount(owner, minlength=len(texts)))[:, None]
+
+    def _cosines(self, text: str) -> np.ndarray:
+        vector = embed([text])[0]
+        scores = self._question_vectors @ vector
+        if self._answer_vectors is not None:
+            scores = QUESTION_SHARE * scores + (1 - QUESTION_SHARE) * (self._answer_vectors @ vector)
+        return scores
 
     def scores(self, text: str) -> np.ndarray:
-        """The closeness of `text` to each of `self.questions` (0-1)."""
-        return sum(
-            share * space.cosines(terms(text))
-            for (share, space), terms in zip(self._spaces, (_word_terms, _gram_terms), strict=True)
-        )
+        """The closeness of `text` to each of `self.questions` (-1 to 1; 0 for a question of
+        nothing but words that frame a question)."""
+        if not self.questions or not _content(text):
+            return np.zeros(len(self.questions), dtype=np.float32)
+        scores = self._cosines(text)
+        part = question_sentence(text)
+        return np.maximum(scores, self._cosines(part)) if part and _content(part) else scores
 
     def match(self, text: str) -> QuestionMatch | None:
         """The trained question closest to `text` when its score reaches the threshold and beats
         the second closest by the margin."""
         if not self.questions or self.threshold > 1:
             return None
-        exact = self._typed.get(text.casefold().strip()) or self._loose.get(" ".join(_words(text)))
+        loose = " ".join(_words(text))
+        exact = self._typed.get(text.casefold().strip()) or self._loose.get(loose)
         if exact is not None:
             return QuestionMatch(exact, 1.0, 1.0)
+        if loose in self._alike:
+            return None
         scores = self.scores(text)
         best = int(np.argmax(scores))
         second = float(np.partition(scores, -2)[-2]) if len(scores) > 1 else 0.0

@@ -275,10 +275,12 @@ class LLMTrainer:
         # chat keeps as many earlier exchanges as the model learned to use, and asks reworded
         # questions as the trained stand-alone question they match
         self._data_info["history_exchanges"] = max((len(c.get("history") or []) for c in combined), default=0)
-        first_answers = {}  # each stand-alone question with its first answer: the matcher reads both
+        # Each question that opens a conversation (a stand-alone one, or a history's first, asked
+        # with nothing before it) with its first answer: the matcher reads both.
+        first_answers = {}
         for conversation in combined:
-            if not conversation.get("history"):
-                first_answers.setdefault(conversation["input"], conversation["output"])
+            opening = (conversation.get("history") or [conversation])[0]
+            first_answers.setdefault(opening["input"], opening["output"])
         self._data_info["questions"] = list(first_answers)
         self._data_info["question_answers"] = list(first_answers.values())
         if replayed and not self.config.quiet and is_main_process():
