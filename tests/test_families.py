@@ -41,6 +41,8 @@ from mtnsails.export.families import TESTED_FAMILIES
 
 SINGLE = [conversation for conversation in TINY_CONVERSATIONS if "history" not in conversation]
 PRECISIONS = ("fp32", "int8", "int4")
+# whose attention convert rewrites into GroupQueryAttention (fused_attention, rotary_attention)
+FUSED_FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 HTTP_FAMILY = "gemma2"  # the family that also runs behind a real `serve` process
 # Learns every TINY_CONVERSATIONS answer by heart at this size: one step of 8 an epoch.
 TRAIN_FLAGS = ("--epochs", "80", "--batch-size", "8", "--learning-rate", "5e-3", "--seed", "0")
@@ -271,12 +273,13 @@ def test_convert_writes_every_precision_with_its_rewrites(family):
     assert logits.type.tensor_type.shape.dim[1].dim_value == 1  # the last position only, soft-capped or not
     heads = family.config.get("num_key_value_heads") or family.config.get("n_head")
     assert OnnxDecoder(family.onnx / "model.onnx").empty_cache.shape[1] == heads  # grouped-query caches
-    if family.name == "gpt2":
+    fused = family.name in FUSED_FAMILIES
+    if fused:
         assert meta["kv_cache"] == "shared"
         assert any(node.op_type == "GroupQueryAttention" for node in graphs["fp32"].node)
     else:  # skipped, with the reason said
         assert "kv_cache" not in meta
-        assert f"rewrite skipped: fused attention ({family.name}: the rewrite matches GPT-2" in family.convert_output
+        assert "rewrite skipped: fused attention (" in family.convert_output
     vocab, hidden = family.config["vocab_size"], family.config.get("hidden_size") or family.config["n_embd"]
     tables = [t for t in graphs["fp32"].initializer if sorted(t.dims) == sorted([vocab, hidden])]
     ops = {node.op_type for node in graphs["int4"].node}
@@ -286,7 +289,7 @@ def test_convert_writes_every_precision_with_its_rewrites(family):
     else:
         assert len(tables) == 2 and "not tied to the embedding" in family.convert_output
         head = "untied"
-    rewrites = "fused attention" if family.name == "gpt2" else "attention as exported"
+    rewrites = "fused attention" if fused else "attention as exported"
     TABLE[family.run]["convert"] = f"fp32, int8, int4; {rewrites}; head {head}"
 
 

@@ -28,10 +28,13 @@ FUSED_OP = "GroupQueryAttention"
 
 def unfusable_reason(config: dict) -> str | None:
     """Why a model of this config.json keeps its exported attention (None: GPT-2 with its usual
-    1/sqrt(head size) scale, what the fused node computes)."""
+    1/sqrt(head size) scale, what the fused node computes, or a rotary family that
+    rotary_attention rewrites)."""
     model_type = config.get("model_type")
     if model_type != "gpt2":
-        return f"{model_type}: the rewrite matches GPT-2's exported attention only, so this one stays as exported"
+        from mtnsails.export.rotary_attention import rotary_unfusable_reason
+
+        return rotary_unfusable_reason(config)
     if (
         not config.get("scale_attn_weights", True)
         or config.get("scale_attn_by_inverse_layer_idx")
@@ -41,7 +44,8 @@ def unfusable_reason(config: dict) -> str | None:
     return None
 
 
-def _perm(node) -> list[int]:
+def perm(node) -> list[int]:
+    """A Transpose node's permutation ([] for another node)."""
     return next((list(attribute.ints) for attribute in node.attribute if attribute.name == "perm"), [])
 
 
@@ -57,7 +61,7 @@ def _match_layer(index: str, producers: dict, consumers: dict) -> dict | None:
         if concat is None or concat.op_type != "Concat" or list(concat.input[:1]) != [f"{PAST_PREFIX}{index}.{kind}"]:
             return None
         transpose = producers.get(concat.input[1])
-        if transpose is None or transpose.op_type != "Transpose" or _perm(transpose) != [0, 2, 1, 3]:
+        if transpose is None or transpose.op_type != "Transpose" or perm(transpose) != [0, 2, 1, 3]:
             return None
         reshape = producers.get(transpose.input[0])
         split = producers.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
@@ -74,7 +78,7 @@ def _match_layer(index: str, producers: dict, consumers: dict) -> dict | None:
     if len(weighted) != 1:
         return None
     transpose = consumers.get(weighted[0].output[0], [])
-    if len(transpose) != 1 or transpose[0].op_type != "Transpose" or _perm(transpose[0]) != [0, 2, 1, 3]:
+    if len(transpose) != 1 or transpose[0].op_type != "Transpose" or perm(transpose[0]) != [0, 2, 1, 3]:
         return None
     reshape = [node for node in consumers.get(transpose[0].output[0], []) if node.op_type != "Shape"]
     if len(reshape) != 1 or reshape[0].op_type != "Reshape":
@@ -83,7 +87,7 @@ def _match_layer(index: str, producers: dict, consumers: dict) -> dict | None:
     return found
 
 
-def _mask_nodes(helper, numpy_helper, graph) -> tuple[list, dict]:
+def mask_nodes(helper, numpy_helper, graph) -> tuple[list, dict]:
     """Nodes turning attention_mask [batch, total] into what the fused node reads: an additive
     bias [batch, 1, positions, total] (0 where attended, the lowest float where masked), each
     row's total length minus one (all rows are as long as the mask) and the total length."""
@@ -120,6 +124,14 @@ def _mask_nodes(helper, numpy_helper, graph) -> tuple[list, dict]:
     return nodes, {"seqlens_k": "fa_seqlens", "total": "fa_total", "bias": "fa_bias"}
 
 
+def declare(graph, helper, name: str, elem_type: int, width: int) -> None:
+    """Give `name` the type [batch, positions, width]: onnx's shape inference knows no contrib
+    op, and the quantizers need the type of what such a node writes."""
+    for stale in [info for info in graph.value_info if info.name == name]:
+        graph.value_info.remove(stale)
+    graph.value_info.append(helper.make_tensor_value_info(name, elem_type, ["batch_size", "sequence_length", width]))
+
+
 def prune(graph) -> None:
     """Remove nodes nothing reads (the unfused attention and its mask) and unused initializers."""
     outputs = {output.name for output in graph.output}
@@ -146,18 +158,38 @@ def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike
 
 def attention_fusion(model_file: str | os.PathLike, config_file: str | os.PathLike) -> str | None:
     """`fuse_attention`, returning None when the attention was fused, else why it was not (the
-    file then untouched)."""
+    file then untouched). GPT-2 is rewritten here, the rotary families by rotary_attention."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
-    reason = unfusable_reason(read_json_object(Path(config_file)))
+    config = read_json_object(Path(config_file))
+    reason = unfusable_reason(config)
     if reason is not None:
         return reason
     model = onnx.load(str(model_file), load_external_data=False)
+    if "attention_mask" not in {value.name for value in model.graph.input}:
+        return "the graph has no attention_mask input"
+    if config.get("model_type") == "gpt2":
+        reason = _fuse_gpt2(model)
+    else:
+        from mtnsails.export.rotary_attention import fuse_rotary
+
+        reason = fuse_rotary(model, config, Path(config_file).parent, Path(model_file).parent)
+    if reason is not None:
+        return reason
+    prune(model.graph)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(model_file))
+    return None
+
+
+def _fuse_gpt2(model) -> str | None:
+    """Rewrite GPT-2's attention in `model` (in memory); None when done, else why not (unchanged)."""
+    from onnx import helper, numpy_helper
+
     graph = model.graph
     inputs = {value.name: value for value in graph.input}
-    if "attention_mask" not in inputs:
-        return "the graph has no attention_mask input"
     indices = [
         output.name[len(PRESENT_PREFIX) : -len(".key")]
         for output in graph.output
@@ -177,7 +209,7 @@ def attention_fusion(model_file: str | os.PathLike, config_file: str | os.PathLi
         # onnxruntime's CPU kernel loads such a node but refuses to run it: "head_size must be a
         # multiple of 8" on the first step, so the model keeps its exported attention.
         return f"head size {head_size} is not a multiple of 8 (onnxruntime's CPU kernel refuses it)"
-    mask_nodes, mask = _mask_nodes(helper, numpy_helper, graph)
+    before, mask = mask_nodes(helper, numpy_helper, graph)
     for index, layer in layers.items():
         # The fused node takes the place of the attention output's Reshape: every input it reads
         # is computed before that, and only the output projection (after it) reads its output.
@@ -208,21 +240,10 @@ def attention_fusion(model_file: str | os.PathLike, config_file: str | os.PathLi
             ),
         )
         del graph.node[position + 1]
-        # onnx's shape inference knows no contrib op: the quantizers need the output's type given
-        for stale in [info for info in graph.value_info if info.name == layer["output"]]:
-            graph.value_info.remove(stale)
-        graph.value_info.append(
-            helper.make_tensor_value_info(
-                layer["output"], cache_type.elem_type, ["batch_size", "sequence_length", heads * head_size]
-            )
-        )
+        declare(graph, helper, layer["output"], cache_type.elem_type, heads * head_size)
         for name in (f"{PRESENT_PREFIX}{index}.key", f"{PRESENT_PREFIX}{index}.value"):
             concat = next(i for i, node in enumerate(graph.node) if name in node.output and node.op_type == "Concat")
             del graph.node[concat]
-    for offset, node in enumerate(mask_nodes):  # from graph inputs only: first
+    for offset, node in enumerate(before):  # from graph inputs only: first
         graph.node.insert(offset, node)
-    prune(graph)
-    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(model_file))
     return None
