@@ -232,8 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _median_time(call, runs: int) -> float:
-    """Median seconds of `runs` calls after one warm-up call."""
-    call()
+    """Median seconds of `runs` calls of `call`."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -341,20 +340,21 @@ def _genai(job: dict):
 
 
 def _ct2(job: dict):
-    """(generate(ids, n) -> new tokens made, tokenize(text) -> ids) with CTranslate2's Generator, greedy (top-k 1)."""
+    """(generate(ids, n) -> new tokens made, tokenize(text) -> ids) with CTranslate2's Generator:
+    greedy (top-k 1), no repetition penalty. It takes the prompt as token strings."""
     import ctranslate2
+    from tokenizers import Tokenizer  # what transformers' fast tokenizer runs, without transformers
 
     generator = ctranslate2.Generator(job["model"], device="cpu", inter_threads=1, intra_threads=job["threads"])
+    tokenizer = Tokenizer.from_file(str(Path(job["source"]) / "tokenizer.json"))
 
     def generate(ids: list[int], n: int) -> int:
+        tokens = [tokenizer.id_to_token(i) for i in ids]
         result = generator.generate_batch(
-            [ids], max_length=n, min_length=n, sampling_topk=1, include_prompt_in_result=False
+            [tokens], max_length=n, min_length=n, sampling_topk=1, include_prompt_in_result=False
         )
         return len(result[0].sequences_ids[0])
 
-    from tokenizers import Tokenizer  # what transformers' fast tokenizer runs, without transformers
-
-    tokenizer = Tokenizer.from_file(str(Path(job["source"]) / "tokenizer.json"))
     return generate, lambda text: tokenizer.encode(text).ids
 
 
@@ -363,7 +363,8 @@ ENGINES = {"pytorch": _pytorch, "mtnsails": _mtnsails, "llamacpp": _llamacpp, "g
 
 def timed_worker(job: dict) -> dict:
     """Load the path's model, then time 1 and tokens+1 new tokens after the short prompt and 1
-    new token after the 500-token one: the medians of `runs` calls each, in seconds."""
+    new token after the 500-token one: the medians of `runs` calls each, in seconds, after one
+    untimed call of each that checks the count of new tokens."""
     generate, _ = ENGINES[job["engine"]](job)
     short, long_ = job["prompt_ids"], job["prefill_ids"]
     n = job["tokens"] + 1
@@ -571,7 +572,7 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path, pythons: dic
         try:
             model = convert(key, hf, work, pythons, args.repo, threads)
         except (RuntimeError, OSError, StopIteration) as error:
-            result.status = f"failed: conversion: {error}"
+            result.status = f"failed: conversion: {str(error)[-160:]}"
             continue
         print(f"{path.label}: {model.name} ready in {time.perf_counter() - start:.0f} s", flush=True)
         jobs[key] = dict(
@@ -587,6 +588,7 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path, pythons: dic
             prefill_ids=long_,
             mode="timed",
         )
+    load = [os.getloadavg()[0]]  # 1-minute load average before the rounds and after each
     for round_ in range(args.rounds):  # the paths take turns, so a burst of load hits them alike
         for key, job in jobs.items():
             result, python = results[key], pythons[PATHS[key].python]
@@ -595,16 +597,23 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path, pythons: dic
                 result.per_token.append(per_token_seconds(timed["one"], timed["many"], args.tokens))
                 result.ttft.append(timed["ttft"])
                 result.cold.append(cold_start(key, python, job, work, args.repo))
+                print(
+                    f"  {result.label}: {result.per_token[-1] * 1e3:.2f} ms/token, "
+                    f"TTFT@{PREFILL_TOKENS} {result.ttft[-1] * 1e3:.0f} ms, cold start {result.cold[-1]:.2f} s",
+                    flush=True,
+                )
             except (RuntimeError, KeyError, ValueError) as error:
                 print(f"{result.label}: round {round_ + 1} failed: {error}", flush=True)
                 if not result.per_token:
-                    result.status = f"failed: {error}"
-        print(f"round {round_ + 1}/{args.rounds} done; load average {os.getloadavg()[0]:.2f}", flush=True)
+                    result.status = f"failed: {str(error)[-160:]}"
+        load.append(os.getloadavg()[0])
+        print(f"round {round_ + 1}/{args.rounds} done; load average {load[-1]:.2f}", flush=True)
     table_rows = rows(list(results.values()))
     return {
         "shape": shape,
         "model": SHAPES[shape]["label"],
         "prompt_tokens": len(short),
+        "load_average_1min": load,
         "rows": table_rows,
     }
 
