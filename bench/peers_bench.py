@@ -525,11 +525,15 @@ def convert(key: str, hf: Path, work: Path, pythons: dict[str, str], repo: Path,
 
 def run_worker(python: str, job: dict, work: Path) -> tuple[dict, float]:
     """Run one job in a fresh process of `python`: its JSON result and the process' wall time."""
-    job_file = work / "job.json"
-    job_file.write_text(json.dumps(job))
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="job-", dir=work, delete=False) as file:
+        json.dump(job, file)  # a file of its own: another run on the same --work cannot swap it
+    job_file = Path(file.name)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(job["threads"]))
     start = time.perf_counter()
-    output = run_checked([python, str(Path(__file__).resolve()), "--worker", str(job_file)], env=env)
+    try:
+        output = run_checked([python, str(Path(__file__).resolve()), "--worker", str(job_file)], env=env)
+    finally:
+        job_file.unlink()
     return json.loads(output.strip().splitlines()[-1]), time.perf_counter() - start
 
 
@@ -646,10 +650,11 @@ def main(argv: list[str] | None = None) -> int:
         for shape in shapes:
             found = measure_shape(shape, args, work / shape, pythons, threads)
             record["shapes"].append(found)
+            plural = "s" if threads > 1 else ""
             print(
-                f"\n{found['model']}: batch 1, greedy, {threads} threads, per token from {args.tokens + 1} vs 1 "
-                f"new tokens after a {found['prompt_tokens']}-token prompt; median of {args.rounds} rounds "
-                f"x {args.runs} runs\n"
+                f"\n{found['model']}: batch 1, greedy, {threads} thread{plural} per engine, per token from "
+                f"{args.tokens + 1} vs 1 new tokens after a {found['prompt_tokens']}-token prompt; "
+                f"median of {args.rounds} rounds x {args.runs} runs\n"
             )
             print(markdown_table(found["rows"]), flush=True)
     finally:
