@@ -15,10 +15,10 @@ token ids, with --threads threads (default: physical cores) for every engine:
 - TTFT@500: the time from a 500-token prompt to the first new token (generate with 1 new token);
 - cold start: the wall time of a whole process that loads the model, tokenizes a short prompt
   with the engine's own tokenizer, makes 1 new token and exits.
-Decode and TTFT are timed inside one process per path (the model loaded, one warm-up call,
-then the median of --runs calls each); every path runs in its own process and the rounds take
-turns over the paths, so a burst of load from other jobs hits them alike; each figure is the
-median over --rounds rounds.
+Decode and TTFT are timed inside one process per path (the model loaded, each call made once
+untimed, checking that it makes the tokens asked for, then the median of --runs calls each);
+every path runs in its own process and the rounds take turns over the paths, so a burst of load
+from other jobs hits them alike; each figure is the median over --rounds rounds.
 
 Paths (--paths takes these keys):
 - pytorch: transformers' `generate`, fp32 (this interpreter);
@@ -32,8 +32,9 @@ Paths (--paths takes these keys):
   (see bench/gguf_bench.py);
 - genai-int4: onnxruntime-genai's model builder (`-p int4 -e cpu`) and its generator, from
   --genai-python (its builder has no GPT-2);
-- ct2-int8: CTranslate2's `ct2-transformers-converter --quantization int8` and its Generator,
-  from --ct2-python.
+- ct2-int8: CTranslate2's converter (`ct2-transformers-converter --quantization int8`, run as
+  `python -m ctranslate2.converters.transformers`) and its Generator, from --ct2-python. On the
+  2-core host of docs/performance.md it decoded slower at 2 threads than at 1.
 
 Every peer is a bench-only extra, never a requirement of mtnsails; a peer whose interpreter or
 module is missing is reported "not installed", one whose conversion fails "failed: ..."; neither
@@ -57,6 +58,7 @@ Prints the CPU model and its vector flags first: figures differ between CPU kind
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -188,6 +190,7 @@ def markdown_table(table_rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@functools.cache
 def engine_missing(python: str | None, module: str) -> str | None:
     """Why `module` cannot run under the interpreter `python` ("not installed (...)"), or None."""
     if not python:
@@ -394,9 +397,6 @@ def worker_main(job_file: str) -> None:
 
 
 # -- models: built and converted by this interpreter (the repo's) or the peers' own ------------
-
-
-BUILD_TOKENIZER_NOTE = "byte-level BPE learned from Python's standard library"
 
 
 def build_model(shape: str, directory: Path) -> int:
@@ -623,8 +623,7 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path, pythons: dic
 
 
 def host_line() -> str:
-    """The CPU model, its vector flags and the thread count: printed before any figure."""
-    sys.path.insert(0, str(REPO_ROOT))
+    """The CPU model, its vector flags and its physical cores: printed before any figure."""
     from mtnsails.core.cpu import cpu_model, physical_cores, vector_flags
 
     flags = " ".join(vector_flags()) or "none of avx2/avx512/vnni/amx"
