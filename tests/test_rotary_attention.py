@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from test_gguf import EOS, FAMILY_MODELS, save_random_model, train_tokenizer
+from random_models import EOS, FAMILY_MODELS, save_random_model, train_tokenizer
 
 from mtnsails.export.fused_attention import FUSED_OP, unfusable_reason
 from mtnsails.inference.batch_decoder import BatchDecoder
