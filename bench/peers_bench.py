@@ -27,9 +27,10 @@ Paths (--paths takes these keys):
   its `generate_ids` with EOS disabled so that every call makes exactly the tokens asked for); the
   cold start is `main.py chat --prompt ... --max-tokens 1` itself;
 - llamacpp-q8_0, llamacpp-q4_0: mtnsails' own `convert --format gguf --gguf-type q8_0|q4_0`
-  run by llama.cpp through llama-cpp-python (this interpreter), its weight repacking (extra
-  buffer types) off: on a host whose CPU reports AMX its repacked Q8_0/Q4_0 kernels crash
-  (see bench/gguf_bench.py);
+  run by llama.cpp through llama-cpp-python (--llama-python, default this interpreter), its
+  weight repacking (extra buffer types) off unless --llama-repack: a build for a CPU that reports
+  AMX crashes in its repacked Q8_0/Q4_0 kernels (see bench/gguf_bench.py); a build with AMX
+  off (below) repacks and runs;
 - genai-int4: onnxruntime-genai's model builder (`-p int4 -e cpu`) and its generator, from
   --genai-python (its builder has no GPT-2);
 - ct2-int8: CTranslate2's converter (`ct2-transformers-converter --quantization int8`, run as
@@ -40,8 +41,11 @@ Every peer is a bench-only extra, never a requirement of mtnsails; a peer whose 
 module is missing is reported "not installed", one whose conversion fails "failed: ..."; neither
 is ever replaced by another figure. To install them (each in a venv of its own, outside the repo):
 
-    # llama.cpp: no binary wheel; builds from source (about 20 minutes on 2 cores)
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" pip install llama-cpp-python==0.3.36
+    # llama.cpp: no binary wheel; builds from source (about 20 minutes on 2 cores). On an AMX
+    # host, a build without AMX keeps its repacked kernels working (then pass --llama-repack):
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+      -DGGML_AVX512_VNNI=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+      -DLLAMA_CURL=OFF" pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36
     # onnxruntime-genai 0.18.0: its builder needs a transformers newer than 4.57
     python -m venv /tmp/genai-venv
     /tmp/genai-venv/bin/pip install torch==2.13.0 onnxruntime-genai==0.18.0 transformers onnx onnx_ir
@@ -98,7 +102,7 @@ class Route:
     must import there, and the label the tables show."""
 
     label: str
-    python: str  # "self" (this interpreter), "genai" or "ct2"
+    python: str  # "self" (this interpreter), "llama", "genai" or "ct2"
     module: str
     engine: str  # worker kind
     precision: str
@@ -109,8 +113,8 @@ PATHS: dict[str, Route] = {
     "mtnsails-fp32": Route("mtnsails fp32", "self", "onnxruntime", "mtnsails", "fp32"),
     "mtnsails-int8": Route("mtnsails int8", "self", "onnxruntime", "mtnsails", "int8"),
     "mtnsails-int4": Route("mtnsails int4", "self", "onnxruntime", "mtnsails", "int4"),
-    "llamacpp-q8_0": Route("llama.cpp Q8_0", "self", "llama_cpp", "llamacpp", "q8_0"),
-    "llamacpp-q4_0": Route("llama.cpp Q4_0", "self", "llama_cpp", "llamacpp", "q4_0"),
+    "llamacpp-q8_0": Route("llama.cpp Q8_0", "llama", "llama_cpp", "llamacpp", "q8_0"),
+    "llamacpp-q4_0": Route("llama.cpp Q4_0", "llama", "llama_cpp", "llamacpp", "q4_0"),
     "genai-int4": Route("onnxruntime-genai int4", "genai", "onnxruntime_genai", "genai", "int4"),
     "ct2-int8": Route("CTranslate2 int8", "ct2", "ctranslate2", "ct2", "int8"),
 }
@@ -212,6 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=64, help="decoding steps: 1 + this many new tokens vs 1")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, of: {', '.join(PATHS)}")
     parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="the mtnsails checkout to time")
+    parser.add_argument("--llama-python", default="", help="interpreter with llama_cpp (default: this one)")
+    parser.add_argument("--llama-repack", action="store_true", help="keep llama.cpp's weight repacking on")
     parser.add_argument("--genai-python", default="", help="interpreter with onnxruntime-genai and its builder")
     parser.add_argument("--ct2-python", default="", help="interpreter with ctranslate2, torch and transformers")
     parser.add_argument("--threads", type=int, default=0, help="threads for every engine (default: physical cores)")
@@ -286,9 +292,10 @@ def _mtnsails(job: dict):
     return generate, chat.encode
 
 
-def _load_llama(path: str, threads: int):
-    """llama.cpp on `path`, its extra CPU buffer types (weight repacking, AMX) off: on a host
-    whose CPU reports AMX its repacked Q8_0/Q4_0 kernels crash (as bench/gguf_bench.py does)."""
+def _load_llama(path: str, threads: int, repack: bool):
+    """llama.cpp on `path`; unless `repack`, its extra CPU buffer types (weight repacking, AMX)
+    off: a build for a CPU that reports AMX crashes in its repacked Q8_0/Q4_0 kernels (as
+    bench/gguf_bench.py says)."""
     import llama_cpp
 
     defaults = llama_cpp.llama_cpp.llama_model_default_params
@@ -298,7 +305,8 @@ def _load_llama(path: str, threads: int):
         params.use_extra_bufts = False
         return params
 
-    llama_cpp.llama_cpp.llama_model_default_params = without_extra_buffers
+    if not repack:
+        llama_cpp.llama_cpp.llama_model_default_params = without_extra_buffers
     return llama_cpp.Llama(
         path, n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False, seed=0
     )
@@ -307,7 +315,7 @@ def _load_llama(path: str, threads: int):
 def _llamacpp(job: dict):
     """(generate(ids, n) -> new tokens made, tokenize(text) -> ids) with llama.cpp's own
     generator: greedy (top-k 1, temperature 0), no repetition penalty."""
-    llm = _load_llama(job["model"], job["threads"])
+    llm = _load_llama(job["model"], job["threads"], job.get("repack", False))
 
     def generate(ids: list[int], n: int) -> int:
         llm.reset()  # no reuse of the previous call's cache
@@ -586,6 +594,7 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path, pythons: dic
             source=str(hf),
             repo=str(args.repo.resolve()),
             threads=threads,
+            repack=args.llama_repack,
             runs=args.runs,
             tokens=args.tokens,
             prompt_ids=short,
@@ -641,7 +650,12 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or physical_cores()
     print(host_line(), flush=True)
     print(f"load average (1, 5, 15 min) at the start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    pythons = {"self": sys.executable, "genai": args.genai_python, "ct2": args.ct2_python}
+    pythons = {
+        "self": sys.executable,
+        "llama": args.llama_python or sys.executable,
+        "genai": args.genai_python,
+        "ct2": args.ct2_python,
+    }
     shapes = ["llama", "gpt2"] if args.shape == "both" else [args.shape]
     work = args.work or Path(tempfile.mkdtemp(prefix="peers_bench_"))
     record = {"host": host_line(), "threads": threads, "rounds": args.rounds, "runs": args.runs, "shapes": []}
