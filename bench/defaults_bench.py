@@ -156,7 +156,7 @@ def score(path: Path, pairs: list[dict], reworded: list[dict], held_out: list[in
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     right = [first_sentence_match(answer(model, tokenizer, p["input"]), p["output"]) for p in pairs]
-    matcher = QuestionMatcher([p["input"] for p in pairs])
+    matcher = QuestionMatcher([p["input"] for p in pairs], answers=[p["output"] for p in pairs])
     typed = matched = 0
     for pair in reworded:
         found = matcher.match(pair["input"])

@@ -26,8 +26,12 @@ def test_reader_returns_what_the_converter_wrote(tiny_onnx_dir):
     assert meta["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx"}
     assert isinstance(meta["eos_token_id"], int) and meta["context_length"] >= 1
     assert meta["system"] is None and meta["answer_tokens"]["max"] >= 1  # from the training data
-    # each question that opens a conversation (stand-alone, or a history's first) with its answer
-    openings = [(c.get("history") or [c])[0] for c in TINY_CONVERSATIONS]
+    # each question asked with nothing before it (stand-alone, or a history's first that is a
+    # question) with its answer
+    openings = [c for c in TINY_CONVERSATIONS if not c.get("history")]
+    openings += [
+        c["history"][0] for c in TINY_CONVERSATIONS if c.get("history") and c["history"][0]["input"].endswith("?")
+    ]
     assert meta["questions"] == [c["input"] for c in openings] and "Which country is Paris in?" in meta["questions"]
     assert meta["question_answers"] == [c["output"] for c in openings]
     matcher = ChatEngine(tiny_onnx_dir).matcher  # matches on both

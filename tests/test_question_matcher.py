@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mtnsails.inference.question_matcher import (
@@ -62,6 +65,26 @@ def test_a_question_on_another_topic_is_left_alone():
     assert matcher.scores("How do I bake bread?").max() < DEFAULT_THRESHOLD
     assert matcher.match("How do I bake bread?") is None
     assert matcher.match("How do I reset the outlet?").question == "How do I reset an outlet that stopped working?"
+
+
+@pytest.mark.xfail(strict=True, reason="a near miss that changes only the subject is swapped (docs: Limits)")
+def test_a_near_miss_that_shares_all_but_the_subject_is_left_alone():
+    """ "reset" and the question's form are shared; "wifi router" is another subject."""
+    assert QuestionMatcher(REPAIR, answers=list(REPAIR.values())).match("How do I reset my wifi router?") is None
+
+
+def test_loading_the_sentence_vectors_leaves_logging_as_it_was():
+    """wordllama's import calls logging.basicConfig(level=INFO); the matcher undoes it."""
+    code = (
+        "import logging\n"
+        "from mtnsails.inference.question_matcher import QuestionMatcher\n"
+        "QuestionMatcher(['What is a derailleur?']).match('what does a derailleur do')\n"
+        "root = logging.getLogger()\n"
+        "print(len(root.handlers), logging.getLevelName(root.level))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "WARNING"] and "INFO" not in done.stderr
 
 
 def test_answers_give_what_a_question_lacks():

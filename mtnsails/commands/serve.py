@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def open_model() -> ChatEngine:
-        return ChatEngine(args.model_path, engine_settings)
+        engine = ChatEngine(args.model_path, engine_settings)
+        engine.load_matcher()  # here, not inside the first request
+        return engine
 
     scheduler = BatchScheduler(open_model, max_batch=args.max_batch, max_queue=args.max_queue)
     ChatServer(scheduler, generation, api_key=args.api_key or None, logger=logger).run(

@@ -50,7 +50,7 @@ class EngineSettings:
     `max_length` caps the prompt tokens (history + question).
     `system` opens every prompt that gives none of its own: None = the one the model was trained
     with (recorded in mtnsails.json, if any), "" = none.
-    `match_questions`: ask a question that matches a trained stand-alone question in other words
+    `match_questions`: ask a question that matches a trained question in other words
     as that question, alone (see `QuestionMatcher`).
     `generation`: the default answer settings; `max_new_tokens=None` takes the model's limit
     (the longest trained answer plus a margin).
@@ -126,6 +126,11 @@ class ChatEngine:
         first use: embedding the trained questions takes a moment a chat need not wait for."""
         questions, answers = self._trained
         return QuestionMatcher(questions, answers=answers) if questions else None
+
+    def load_matcher(self) -> None:
+        """Build the matcher now rather than at the first question (a server, so that no
+        request waits for it and no two threads build it)."""
+        _ = self.matcher
 
     def use_generation(self, generation: GenerationConfig) -> None:
         """Answer with `generation` from now on (a reload keeps it); no `max_new_tokens`: the
@@ -213,7 +218,7 @@ class ChatEngine:
     ) -> Prompt:
         """The prompt for `user_input` after `history`, built like training data, fitting the context.
 
-        A question matching a trained stand-alone question is asked as that question, alone,
+        A question matching a trained question (one that opened a conversation) is asked as that question, alone,
         unless it refers back to the conversation ("it", "they", ...); any other keeps the newest
         `history_exchanges`. The system prompt (if any) always opens it; the oldest exchanges are
         dropped until system + history + question fit in min(max_length, context_length -
@@ -225,7 +230,7 @@ class ChatEngine:
         system_ids = self.system_ids if system is None else self.system_prompt_ids(system)
         history = history or []
         follow_up = bool(history) and refers_back(user_input)
-        match = self.matcher.match(user_input) if self.matcher and not follow_up else None
+        match = self.matcher.match(user_input) if not follow_up and self.matcher else None
         if match is not None:
             user_input, history = match.question, []
         elif self.history_exchanges is not None:

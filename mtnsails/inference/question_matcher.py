@@ -28,6 +28,7 @@ taken: a near miss scores like a rewording.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -100,13 +101,20 @@ def question_sentence(text: str) -> str | None:
 @functools.lru_cache(maxsize=1)
 def sentence_embedder():
     """WordLlama's 256-wide model from the files its package ships (loaded once, no download)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         import wordllama
         from wordllama import WordLlama
     except ImportError as error:
         raise MtnsailsError(f"question matching needs the wordllama package ({error}): pip install wordllama") from None
-    # The package keeps its tokenizer under <cache_dir>/tokenizers: its own folder holds one.
-    return WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+    finally:  # its import calls logging.basicConfig(level=INFO): every library's INFO lines would print
+        root.handlers[:], root.level = handlers, level
+    try:
+        # The package keeps its tokenizer under <cache_dir>/tokenizers: its own folder holds one.
+        return WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+    except (OSError, ValueError) as error:
+        raise MtnsailsError(f"question matching: wordllama's shipped model cannot be loaded ({error})") from None
 
 
 def embed(texts: list[str]) -> np.ndarray:
@@ -171,11 +179,12 @@ class QuestionMatcher:
         self._question_vectors = embed(self.questions)
         self._answer_vectors = None
         if answers:
-            # a question trained with several answers: the mean of their vectors
+            # a question trained with several answers: the direction of the mean of their vectors
             owner = np.repeat(np.arange(len(texts)), [len(found) for found in texts.values()])
             sums = np.zeros((len(texts), self._question_vectors.shape[1]), dtype=np.float32)
             np.add.at(sums, owner, embed([answer for found in texts.values() for answer in found]))
-            self._answer_vectors = sums / np.maximum(1, np.bincount(owner, minlength=len(texts)))[:, None]
+            norms = np.linalg.norm(sums, axis=1, keepdims=True)  # the mean's direction, at length 1
+            self._answer_vectors = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
 
     def _cosines(self, text: str) -> np.ndarray:
         vector = embed([text])[0]

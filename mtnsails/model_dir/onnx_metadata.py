@@ -79,7 +79,7 @@ def check_onnx_metadata(meta: dict, source: str | os.PathLike) -> dict:
     `system` (the training data's system prompt) a string and `answer_tokens` (the trained
     answer lengths) an object with a positive integer `max`, `history_exchanges` (the most
     earlier exchanges a training example had) a non-negative integer and `questions` (the trained
-    stand-alone questions) a list of strings, where present; `optimized` the
+    questions asked with nothing before them) a list of strings, where present; `optimized` the
     stored optimised graphs and the CPU flags and onnxruntime version they were made for;
     `kv_cache` "shared" where the graphs' attention appends to the past buffer in place.
     """

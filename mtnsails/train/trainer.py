@@ -273,14 +273,17 @@ class LLMTrainer:
         combined, (self._replayed, added) = combine_conversations([replayed, conversations])
         self._data_info["system"] = common_system(combined)  # chat's default system prompt
         # chat keeps as many earlier exchanges as the model learned to use, and asks reworded
-        # questions as the trained stand-alone question they match
+        # questions as the trained question they match
         self._data_info["history_exchanges"] = max((len(c.get("history") or []) for c in combined), default=0)
-        # Each question that opens a conversation (a stand-alone one, or a history's first, asked
-        # with nothing before it) with its first answer: the matcher reads both.
+        # Each question asked with nothing before it (a stand-alone one, or a history's first when
+        # it is a question: an opening statement such as "I am planning a trip." is no target to
+        # swap a user's question for) with its first answer: the matcher reads both.
         first_answers = {}
         for conversation in combined:
-            opening = (conversation.get("history") or [conversation])[0]
-            first_answers.setdefault(opening["input"], opening["output"])
+            history = conversation.get("history")
+            opening = history[0] if history else conversation
+            if not history or opening["input"].rstrip().endswith("?"):
+                first_answers.setdefault(opening["input"], opening["output"])
         self._data_info["questions"] = list(first_answers)
         self._data_info["question_answers"] = list(first_answers.values())
         if replayed and not self.config.quiet and is_main_process():
