@@ -42,7 +42,7 @@ from mtnsails.export.families import TESTED_FAMILIES
 SINGLE = [conversation for conversation in TINY_CONVERSATIONS if "history" not in conversation]
 PRECISIONS = ("fp32", "int8", "int4")
 # whose attention convert rewrites into GroupQueryAttention (fused_attention, rotary_attention)
-FUSED_FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+FUSED_FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "smollm3")
 HTTP_FAMILY = "gemma2"  # the family that also runs behind a real `serve` process
 # Learns every TINY_CONVERSATIONS answer by heart at this size: one step of 8 an epoch.
 TRAIN_FLAGS = ("--epochs", "80", "--batch-size", "8", "--learning-rate", "5e-3", "--seed", "0")

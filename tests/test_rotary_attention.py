@@ -17,17 +17,25 @@ import pytest
 from random_models import EOS, FAMILY_MODELS, save_random_model, train_tokenizer
 
 from mtnsails.export.fused_attention import FUSED_OP, unfusable_reason
+from mtnsails.export.rotary_attention import rotary_layers
 from mtnsails.inference.batch_decoder import BatchDecoder
 from mtnsails.inference.generation import OnnxDecoder, generate_tokens
 from mtnsails.inference.generation_config import GenerationConfig
 
-# run -> (a FAMILY_MODELS entry, settings changed); Mistral with a window shorter than the prompts
+# run -> (a FAMILY_MODELS entry, settings changed); Mistral, Gemma 2 and Gemma 3 with a window
+# shorter than the prompts (Gemma 2 and 3 on their sliding layers only); SmolLM3's fourth layer has
+# no rotary; untied heads where the tied random model repeats one token
 RUNS = {
     "llama": ("llama", {}),
     "llama3_rope": ("llama3_rope", {}),
     "mistral_window": ("mistral", {"sliding_window": 8}),
     "qwen2": ("qwen2", {}),
     "qwen3": ("qwen3", {}),
+    "phi3": ("phi3", {}),
+    "smollm3": ("smollm3", {"tie_word_embeddings": False}),  # tied, the random model repeats itself
+    "gemma": ("gemma", {"tie_word_embeddings": False}),
+    "gemma2_window": ("gemma2", {"tie_word_embeddings": False, "sliding_window": 8}),
+    "gemma3_window": ("gemma3_text", {"tie_word_embeddings": False, "sliding_window": 8}),
 }
 NEW_TOKENS = 32
 PROMPT_LENGTHS = (5, 12, 20, 31)
@@ -89,15 +97,17 @@ def pytorch_tokens(model_dir: Path, prompt: list[int]) -> list[int]:
 def test_every_layer_is_one_fused_node_reading_one_packed_matmul(converted):
     meta = json.loads((converted["onnx"] / "mtnsails.json").read_text())
     assert meta["kv_cache"] == "shared"
-    layers = json.loads((converted["model"] / "config.json").read_text())["num_hidden_layers"]
+    config = json.loads((converted["model"] / "config.json").read_text())
+    layers = config["num_hidden_layers"]
     fused = ops(converted["onnx"] / "model.onnx")
-    assert fused[FUSED_OP] == layers and fused["RotaryEmbedding"] == 2 * layers
+    assert fused[FUSED_OP] == layers and fused["RotaryEmbedding"] == 2 * sum(rotary_layers(config, layers))
     assert "Softmax" not in fused and "Cos" not in fused
-    # per layer: q/k/v packed, o, gate, up, down (and the head)
-    assert fused["MatMul"] + fused["FusedMatMul"] <= 5 * layers + 1
+    # per layer: q/k/v packed, o, gate, up, down (Phi-3: gate and up packed too) and the head
+    per_layer = 4 if config["model_type"] == "phi3" else 5
+    assert fused["MatMul"] + fused["FusedMatMul"] <= per_layer * layers + 1
     int4 = ops(converted["onnx"] / "model_int4.onnx")
     assert sum(int4.values()) < sum(ops(converted["plain"] / "model_int4.onnx").values()) / 2
-    assert int4["MatMulNBits"] == 5 * layers + 1 and int4[FUSED_OP] == layers
+    assert int4["MatMulNBits"] == per_layer * layers + 1 and int4[FUSED_OP] == layers
     assert ops(converted["onnx"] / "model_int8.onnx")[FUSED_OP] == layers
 
 
@@ -153,14 +163,15 @@ def test_quantized_files_verify_as_the_plain_conversion(converted):
         ({"model_type": "qwen2", "rope_scaling": {"type": "longrope"}}, "sequence length"),
         ({"model_type": "llama", "partial_rotary_factor": 0.5}, "partial rotary"),
         ({"model_type": "qwen2", "use_sliding_window": True}, "sliding windows"),
-        ({"model_type": "gemma2"}, "gemma2"),
-        ({"model_type": "phi3"}, "phi3"),
+        ({"model_type": "gpt_neox"}, "gpt_neox"),
     ],
 )
 def test_what_the_rewrite_does_not_compute_stays_as_exported(config, why):
     assert why in unfusable_reason(config)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize(
+    "model_type", ["llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text"]
+)
 def test_rotary_families_are_fused(model_type):
     assert unfusable_reason({"model_type": model_type}) is None
