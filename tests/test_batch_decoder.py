@@ -114,7 +114,10 @@ def test_prompts_of_similar_lengths_share_a_run_with_bounded_padding(chat, monke
 @pytest.mark.parametrize("slack", [0, 4])
 def test_shared_cache_rows_join_leave_and_grow_as_decoded_alone(chat, tiny_onnx_dir, monkeypatch, slack):
     assert json.loads((tiny_onnx_dir / "mtnsails.json").read_text())["kv_cache"] == "shared"
-    alone = [list(generate_tokens(chat.decoder, ids, GREEDY)) for ids in prompts(chat)]
+    # Lengths whose joins and leaves make the buffers grow more than once and a leave keep padding
+    # (a short trained question last, after the long two-turn prompt).
+    ordered = [*prompts(chat)[:-1], chat.prompt_ids("What do bees make?")]
+    alone = [list(generate_tokens(chat.decoder, ids, GREEDY)) for ids in ordered]
     # No spare room: the buffers grow (and are copied) whenever the common width outruns them.
     monkeypatch.setattr(generation, "CACHE_GROWTH", 0)
     monkeypatch.setattr(batch_decoder, "NARROW_SLACK", slack)  # 0: every leave narrows the batch
@@ -128,7 +131,7 @@ def test_shared_cache_rows_join_leave_and_grow_as_decoded_alone(chat, tiny_onnx_
             return logits
 
     batch = Recording(OnnxDecoder(chat.model_file, shared_cache=True))
-    together = decode_together(batch, prompts(chat), joining=2)
+    together = decode_together(batch, ordered, joining=2)
     assert len(batch) == 0 and batch.width == 0
     assert len(capacities) > 2  # it grew past its first room more than once
     assert max(paddings) == 0 if slack == 0 else 0 < max(paddings) <= slack  # leaves kept some padding

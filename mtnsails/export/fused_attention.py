@@ -18,12 +18,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from mtnsails.core.files import read_json_object
+from mtnsails.export.attention_graph import FUSED_OP, declare, mask_nodes, perm, prune
+from mtnsails.export.rotary_attention import fuse_rotary, rotary_unfusable_reason
 from mtnsails.inference.generation import PAST_PREFIX, PRESENT_PREFIX
-
-FUSED_OP = "GroupQueryAttention"
 
 
 def unfusable_reason(config: dict) -> str | None:
@@ -32,8 +30,6 @@ def unfusable_reason(config: dict) -> str | None:
     rotary_attention rewrites)."""
     model_type = config.get("model_type")
     if model_type != "gpt2":
-        from mtnsails.export.rotary_attention import rotary_unfusable_reason
-
         return rotary_unfusable_reason(config)
     if (
         not config.get("scale_attn_weights", True)
@@ -42,11 +38,6 @@ def unfusable_reason(config: dict) -> str | None:
     ):
         return "GPT-2 with another attention scale than 1/sqrt(head size), the only one the fused node computes"
     return None
-
-
-def perm(node) -> list[int]:
-    """A Transpose node's permutation ([] for another node)."""
-    return next((list(attribute.ints) for attribute in node.attribute if attribute.name == "perm"), [])
 
 
 def _match_layer(index: str, producers: dict, consumers: dict) -> dict | None:
@@ -87,66 +78,6 @@ def _match_layer(index: str, producers: dict, consumers: dict) -> dict | None:
     return found
 
 
-def mask_nodes(helper, numpy_helper, graph) -> tuple[list, dict]:
-    """Nodes turning attention_mask [batch, total] into what the fused node reads: an additive
-    bias [batch, 1, positions, total] (0 where attended, the lowest float where masked), each
-    row's total length minus one (all rows are as long as the mask) and the total length."""
-    constants = {
-        "fa_one_i64": np.array([1], np.int64),
-        "fa_one_i32": np.array(1, np.int32),
-        "fa_one_f": np.array(1.0, np.float32),
-        "fa_masked": np.array(np.finfo(np.float32).min, np.float32),
-        "fa_axis0": np.array([0], np.int64),
-        "fa_axis1": np.array([1], np.int64),
-        "fa_axis2": np.array([2], np.int64),
-        "fa_total_index": np.array(1, np.int64),
-        "fa_bias_axes": np.array([1, 2], np.int64),
-    }
-    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
-    node = helper.make_node
-    nodes = [
-        node("Shape", ["attention_mask"], ["fa_mask_shape"]),
-        node("Gather", ["fa_mask_shape", "fa_total_index"], ["fa_total_i64"], axis=0),
-        node("Cast", ["fa_total_i64"], ["fa_total"], to=6),  # int32, as the fused node reads it
-        node("Sub", ["fa_total", "fa_one_i32"], ["fa_last"]),
-        node("Slice", ["fa_mask_shape", "fa_axis0", "fa_axis1"], ["fa_batch"]),
-        node("Expand", ["fa_last", "fa_batch"], ["fa_seqlens"]),
-        node("Cast", ["attention_mask"], ["fa_mask_f"], to=1),
-        node("Sub", ["fa_one_f", "fa_mask_f"], ["fa_hidden"]),
-        node("Mul", ["fa_hidden", "fa_masked"], ["fa_bias_2d"]),
-        node("Unsqueeze", ["fa_bias_2d", "fa_bias_axes"], ["fa_bias_4d"]),
-        node("Shape", ["input_ids"], ["fa_ids_shape"]),
-        node("Slice", ["fa_ids_shape", "fa_axis1", "fa_axis2"], ["fa_positions"]),
-        node("Unsqueeze", ["fa_total_i64", "fa_axis0"], ["fa_total_1d"]),
-        node("Concat", ["fa_batch", "fa_one_i64", "fa_positions", "fa_total_1d"], ["fa_bias_shape"], axis=0),
-        node("Expand", ["fa_bias_4d", "fa_bias_shape"], ["fa_bias"]),
-    ]
-    return nodes, {"seqlens_k": "fa_seqlens", "total": "fa_total", "bias": "fa_bias"}
-
-
-def declare(graph, helper, name: str, elem_type: int, width: int) -> None:
-    """Give `name` the type [batch, positions, width]: onnx's shape inference knows no contrib
-    op, and the quantizers need the type of what such a node writes."""
-    for stale in [info for info in graph.value_info if info.name == name]:
-        graph.value_info.remove(stale)
-    graph.value_info.append(helper.make_tensor_value_info(name, elem_type, ["batch_size", "sequence_length", width]))
-
-
-def prune(graph) -> None:
-    """Remove nodes nothing reads (the unfused attention and its mask) and unused initializers."""
-    outputs = {output.name for output in graph.output}
-    while True:
-        used = {name for node in graph.node for name in node.input} | outputs
-        dead = [node for node in graph.node if not any(name in used for name in node.output)]
-        if not dead:
-            break
-        for node in dead:
-            graph.node.remove(node)
-    used = {name for node in graph.node for name in node.input}
-    for tensor in [tensor for tensor in graph.initializer if tensor.name not in used]:
-        graph.initializer.remove(tensor)
-
-
 def fuse_attention(model_file: str | os.PathLike, config_file: str | os.PathLike) -> bool:
     """Rewrite `model_file` in place with one GroupQueryAttention node per layer; True when done.
 
@@ -172,8 +103,6 @@ def attention_fusion(model_file: str | os.PathLike, config_file: str | os.PathLi
     if config.get("model_type") == "gpt2":
         reason = _fuse_gpt2(model)
     else:
-        from mtnsails.export.rotary_attention import fuse_rotary
-
         reason = fuse_rotary(model, config, Path(config_file).parent, Path(model_file).parent)
     if reason is not None:
         return reason

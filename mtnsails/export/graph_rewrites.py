@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtnsails.export.fused_attention import prune
+from mtnsails.export.attention_graph import constant_value, prune
 from mtnsails.export.int4 import gemm_as_matmul
 from mtnsails.export.lm_head import lm_head
 
@@ -44,24 +44,12 @@ def keep_last_logits(model_file: Path) -> bool:
     return True
 
 
-def _constant(graph, name: str):
-    """The value of `name` as a list when a Constant node or an initializer holds it, else None."""
-    from onnx import helper, numpy_helper
-
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:  # value, value_ints, value_int, ...
-            value = helper.get_attribute_value(node.attribute[0])
-            return numpy_helper.to_array(value).tolist() if hasattr(value, "data_type") else value
-    tensor = next((tensor for tensor in graph.initializer if tensor.name == name), None)
-    return numpy_helper.to_array(tensor).tolist() if tensor is not None else None
-
-
 def _dimension_of(graph, producers: dict, name: str) -> tuple[str, int] | None:
     """(x, axis) when `name` is one dimension of tensor x as a 1-element shape, as the export
     computes it: Unsqueeze(Gather(Shape(x), axis)) or Unsqueeze(Squeeze(Slice(Shape(x), -1, end)))
     (axis -1); None otherwise."""
     unsqueeze = producers.get(name)
-    if unsqueeze is None or unsqueeze.op_type != "Unsqueeze" or _constant(graph, unsqueeze.input[1]) != [0]:
+    if unsqueeze is None or unsqueeze.op_type != "Unsqueeze" or constant_value(graph, unsqueeze.input[1]) != [0]:
         return None
     picked = producers.get(unsqueeze.input[0])
     if picked is not None and picked.op_type == "Squeeze":
@@ -69,8 +57,8 @@ def _dimension_of(graph, producers: dict, name: str) -> tuple[str, int] | None:
         if (
             picked is None
             or picked.op_type != "Slice"
-            or _constant(graph, picked.input[1]) != [-1]
-            or (len(picked.input) > 3 and _constant(graph, picked.input[3]) != [0])
+            or constant_value(graph, picked.input[1]) != [-1]
+            or (len(picked.input) > 3 and constant_value(graph, picked.input[3]) != [0])
         ):
             return None
         axis = -1
@@ -79,7 +67,7 @@ def _dimension_of(graph, producers: dict, name: str) -> tuple[str, int] | None:
         and picked.op_type == "Gather"
         and not any(attribute.name == "axis" and attribute.i for attribute in picked.attribute)
     ):
-        axis = _constant(graph, picked.input[1])
+        axis = constant_value(graph, picked.input[1])
     else:
         return None
     shape = producers.get(picked.input[0])
@@ -154,7 +142,7 @@ def unflatten_linears(model_file: Path) -> int:
         # axis of x (a Reshape that dropped an axis of size 1 would change the result's rank)
         if (
             len(flat_shape.input) != 2
-            or _constant(graph, flat_shape.input[0]) != [-1]
+            or constant_value(graph, flat_shape.input[0]) != [-1]
             or _dimension_of(graph, producers, flat_shape.input[1]) != (source, -1)
         ):
             continue
@@ -163,7 +151,7 @@ def unflatten_linears(model_file: Path) -> int:
             not leading
             or leading != [(source, axis) for axis in range(len(leading))]
             or ranks.get(source) != len(leading) + 1
-            or _constant(graph, out_shape.input[-1]) is None
+            or constant_value(graph, out_shape.input[-1]) is None
         ):
             continue
         index = list(graph.node).index(gemm)

@@ -36,8 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtnsails.export.fused_attention import FUSED_OP, declare, mask_nodes, perm
-from mtnsails.export.graph_rewrites import _constant
+from mtnsails.export.attention_graph import FUSED_OP, constant_value, declare, mask_nodes, perm
 from mtnsails.inference.generation import PAST_PREFIX, PRESENT_PREFIX
 
 ROTARY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text")
@@ -234,7 +233,7 @@ def _scale(graph, name: str, producers: dict) -> tuple[str, float]:
     node = producers.get(name)
     if node is not None and node.op_type == "Mul":
         for constant, other in ((node.input[1], node.input[0]), (node.input[0], node.input[1])):
-            value = _constant(graph, constant)
+            value = constant_value(graph, constant)
             if value is not None and np.size(value) == 1:
                 return other, float(np.ravel(value)[0])
     return name, 1.0
