@@ -124,3 +124,25 @@ def save_random_model(config, tokenizer, path: Path) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_family_model(model_type: str, path: Path, **changes) -> Path:
+    """A tiny random-weight model of `model_type` (its FAMILY_MODELS settings, with `changes`),
+    saved with its tokenizer. Every weight gets noise, so norms are not all ones (or zeros) and
+    every transform shows in the values."""
+    import transformers
+
+    class_name, settings, style, specials, extra_rows = FAMILY_MODELS[model_type]
+    tokenizer = train_tokenizer(style, specials)
+    if model_type == "qwen2":
+        tokenizer.chat_template = CHATML
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    config = getattr(transformers, class_name)(
+        vocab_size=len(tokenizer) + extra_rows,
+        max_position_embeddings=256,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        **{**settings, **changes},
+    )
+    return save_random_model(config, tokenizer, path)

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from mtnsails.export.fused_attention import FUSED_OP, fuse_attention
+from mtnsails.export.attention_graph import FUSED_OP
+from mtnsails.export.fused_attention import fuse_attention
 from mtnsails.inference.generation import CACHE_GROWTH, OnnxDecoder, generate_tokens
 from mtnsails.inference.generation_config import GenerationConfig
 

@@ -21,32 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DATA_DIR, TINY_CONVERSATIONS, assert_one_line_error, nan_copy
-from random_models import CHATML, EOS, FAMILY_MODELS, SMALL, pre_tokenizer, save_random_model, train_tokenizer
+from random_models import CHATML, EOS, FAMILY_MODELS, SMALL, build_family_model, pre_tokenizer, save_random_model
 
 gguf = pytest.importorskip("gguf")
 
 Q = gguf.GGMLQuantizationType
-
-
-def build_family_model(model_type: str, path: Path) -> Path:
-    """A tiny random-weight model of `model_type`, saved with its tokenizer. Every weight gets
-    noise, so norms are not all ones (or zeros) and every transform shows in the values."""
-    import transformers
-
-    class_name, settings, style, specials, extra_rows = FAMILY_MODELS[model_type]
-    tokenizer = train_tokenizer(style, specials)
-    if model_type == "qwen2":
-        tokenizer.chat_template = CHATML
-    eos = tokenizer.convert_tokens_to_ids(EOS)
-    config = getattr(transformers, class_name)(
-        vocab_size=len(tokenizer) + extra_rows,
-        max_position_embeddings=256,
-        bos_token_id=eos,
-        eos_token_id=eos,
-        pad_token_id=eos,
-        **settings,
-    )
-    return save_random_model(config, tokenizer, path)
 
 
 @pytest.fixture(scope="module")

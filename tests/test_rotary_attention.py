@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from random_models import EOS, FAMILY_MODELS, save_random_model, train_tokenizer
+from random_models import build_family_model
 
-from mtnsails.export.fused_attention import FUSED_OP, unfusable_reason
+from mtnsails.export.attention_graph import FUSED_OP
+from mtnsails.export.fused_attention import unfusable_reason
 from mtnsails.export.rotary_attention import rotary_layers
 from mtnsails.inference.batch_decoder import BatchDecoder
 from mtnsails.inference.generation import OnnxDecoder, generate_tokens
@@ -56,26 +57,16 @@ def converted(request, tmp_path_factory) -> dict:
     from mtnsails.export.converter import ONNXConverter
 
     family, changes = RUNS[request.param]
-    class_name, settings, style, specials, extra_rows = FAMILY_MODELS[family]
     root = tmp_path_factory.mktemp(request.param)
-    tokenizer = train_tokenizer(style, specials)
-    eos = tokenizer.convert_tokens_to_ids(EOS)
-    config = getattr(transformers, class_name)(
-        vocab_size=len(tokenizer) + extra_rows,
-        max_position_embeddings=256,
-        bos_token_id=eos,
-        eos_token_id=eos,
-        pad_token_id=eos,
-        **{**settings, **changes},
-    )
-    model = save_random_model(config, tokenizer, root / "model")
+    model = build_family_model(family, root / "model", **changes)
+    vocabulary = len(transformers.AutoTokenizer.from_pretrained(model))
     converter = ONNXConverter(model, quiet=True)
     converter.convert_to_onnx(root / "onnx", quantize="all")
     with pytest.MonkeyPatch.context() as patch:  # the same conversion with the attention as exported
         patch.setattr(converter_module, "attention_fusion", lambda *_: "switched off by the test")
         converter.convert_to_onnx(root / "plain", quantize="all")
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(1, len(tokenizer), size=length).tolist() for length in PROMPT_LENGTHS]
+    prompts = [rng.integers(1, vocabulary, size=length).tolist() for length in PROMPT_LENGTHS]
     return {"model": model, "onnx": root / "onnx", "plain": root / "plain", "prompts": prompts, "converter": converter}
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtnsails.inference.generation import PAST_PREFIX, PRESENT_PREFIX
+
 FUSED_OP = "GroupQueryAttention"
 
 
@@ -84,3 +86,34 @@ def constant_value(graph, name: str):
             return numpy_helper.to_array(value).tolist() if hasattr(value, "data_type") else value
     tensor = next((tensor for tensor in graph.initializer if tensor.name == name), None)
     return numpy_helper.to_array(tensor).tolist() if tensor is not None else None
+
+
+def fused_node(helper, index: str, qkv: tuple[str, str, str], mask: dict, output: str, **attributes):
+    """Layer `index`'s GroupQueryAttention: query, key and value [batch, positions, width] in,
+    the attention output and the layer's present key/value out; the cache is the layer's past
+    input and the mask what `mask_nodes` made. `attributes`: num_heads, kv_num_heads, ..."""
+    return helper.make_node(
+        FUSED_OP,
+        [*qkv, f"{PAST_PREFIX}{index}.key", f"{PAST_PREFIX}{index}.value", mask["seqlens_k"], mask["total"], "", "", ""]
+        + [mask["bias"]],
+        [output, f"{PRESENT_PREFIX}{index}.key", f"{PRESENT_PREFIX}{index}.value"],
+        name=f"layer_{index}_attention",
+        domain="com.microsoft",
+        **attributes,
+    )
+
+
+def layer_index(graph) -> tuple[list[str], dict, dict]:
+    """The layer numbers (from the present.N.key outputs), each tensor's producing node and each
+    tensor's consuming nodes."""
+    indices = [
+        output.name[len(PRESENT_PREFIX) : -len(".key")]
+        for output in graph.output
+        if output.name.startswith(PRESENT_PREFIX) and output.name.endswith(".key")
+    ]
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return indices, producers, consumers

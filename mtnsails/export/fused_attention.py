@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from mtnsails.core.files import read_json_object
-from mtnsails.export.attention_graph import FUSED_OP, declare, mask_nodes, perm, prune
+from mtnsails.export.attention_graph import declare, fused_node, layer_index, mask_nodes, perm, prune
 from mtnsails.export.rotary_attention import fuse_rotary, rotary_unfusable_reason
 from mtnsails.inference.generation import PAST_PREFIX, PRESENT_PREFIX
 
@@ -119,16 +119,7 @@ def _fuse_gpt2(model) -> str | None:
 
     graph = model.graph
     inputs = {value.name: value for value in graph.input}
-    indices = [
-        output.name[len(PRESENT_PREFIX) : -len(".key")]
-        for output in graph.output
-        if output.name.startswith(PRESENT_PREFIX) and output.name.endswith(".key")
-    ]
-    producers = {output: node for node in graph.node for output in node.output}
-    consumers: dict = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    indices, producers, consumers = layer_index(graph)
     layers = {index: _match_layer(index, producers, consumers) for index in indices}
     if not layers or any(layer is None for layer in layers.values()):
         return "the graph's attention is not the pattern optimum exports for GPT-2"
@@ -146,24 +137,12 @@ def _fuse_gpt2(model) -> str | None:
         position = next(i for i, node in enumerate(nodes) if layer["output"] in node.output)
         graph.node.insert(
             position,
-            helper.make_node(
-                FUSED_OP,
-                [
-                    layer["query"],
-                    layer["key"],
-                    layer["value"],
-                    f"{PAST_PREFIX}{index}.key",
-                    f"{PAST_PREFIX}{index}.value",
-                    mask["seqlens_k"],
-                    mask["total"],
-                    "",
-                    "",
-                    "",
-                    mask["bias"],
-                ],
-                [layer["output"], f"{PRESENT_PREFIX}{index}.key", f"{PRESENT_PREFIX}{index}.value"],
-                name=f"layer_{index}_attention",
-                domain="com.microsoft",
+            fused_node(
+                helper,
+                index,
+                (layer["query"], layer["key"], layer["value"]),
+                mask,
+                layer["output"],
                 num_heads=heads,
                 kv_num_heads=heads,
             ),

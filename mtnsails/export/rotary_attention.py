@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtnsails.export.attention_graph import FUSED_OP, constant_value, declare, mask_nodes, perm
+from mtnsails.export.attention_graph import constant_value, declare, fused_node, layer_index, mask_nodes, perm
 from mtnsails.inference.generation import PAST_PREFIX, PRESENT_PREFIX
 
 ROTARY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma", "gemma2", "gemma3_text")
@@ -334,16 +334,7 @@ def fuse_rotary(model, config: dict, config_dir: Path, base_dir: Path) -> str | 
     inputs = {value.name: value for value in graph.input}
     if "position_ids" not in inputs:
         return "the graph has no position_ids input"
-    indices = [
-        output.name[len(PRESENT_PREFIX) : -len(".key")]
-        for output in graph.output
-        if output.name.startswith(PRESENT_PREFIX) and output.name.endswith(".key")
-    ]
-    producers = {output: node for node in graph.node for output in node.output}
-    consumers: dict = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    indices, producers, consumers = layer_index(graph)
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     layers = {index: _match_layer(graph, index, producers, consumers, initializers) for index in indices}
     if not layers:
@@ -423,24 +414,12 @@ def fuse_rotary(model, config: dict, config_dir: Path, base_dir: Path) -> str | 
             # its tokens, one less does not
             settings["local_window_size"] = window
         attention.append(
-            node(
-                FUSED_OP,
-                [
-                    rotated["query"],
-                    rotated["key"],
-                    layer["value"]["output"],
-                    f"{PAST_PREFIX}{index}.key",
-                    f"{PAST_PREFIX}{index}.value",
-                    mask["seqlens_k"],
-                    mask["total"],
-                    "",
-                    "",
-                    "",
-                    mask["bias"],
-                ],
-                [layer["output"], f"{PRESENT_PREFIX}{index}.key", f"{PRESENT_PREFIX}{index}.value"],
-                name=f"layer_{index}_attention",
-                domain="com.microsoft",
+            fused_node(
+                helper,
+                index,
+                (rotated["query"], rotated["key"], layer["value"]["output"]),
+                mask,
+                layer["output"],
                 **settings,
             )
         )
