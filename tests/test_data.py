@@ -8,7 +8,7 @@ import pytest
 from conftest import DATA_DIR, EXAMPLE_DATA, unreadable_file
 
 from mtnsails.core.errors import DataFormatError, MtnsailsError
-from mtnsails.data.handler import ConversationDataHandler, common_system, iter_unique
+from mtnsails.data.handler import ConversationDataHandler, common_system, iter_unique, opening_questions
 from mtnsails.data.records import iter_conversations, iter_records
 from mtnsails.model_dir.template import exchanges
 
@@ -251,6 +251,27 @@ def test_versions_of_one_exchange_read_as_its_last_in_the_place_of_its_first(tmp
         ("q3", "no id"),
     ]  # ids only merge
     assert conversations[0]["feedback"] == "fixed"
+
+
+def test_opening_questions_are_the_ones_asked_with_nothing_before_them():
+    conversations = [
+        {"input": "What is a derailleur?", "output": "It moves the chain."},
+        {
+            "input": "And how do I adjust it?",
+            "output": "Turn the barrel adjuster.",
+            "history": [{"input": "Which part changes gear?", "output": "The derailleur."}],
+        },
+        {
+            "input": "What should I pack?",
+            "output": "Light clothes.",
+            "history": [{"input": "I am planning a trip to Japan.", "output": "Great! How can I help?"}],
+        },
+        {"input": "What is a derailleur?", "output": "A gear changer."},  # a repeat keeps its first answer
+    ]
+    assert opening_questions(conversations) == {
+        "What is a derailleur?": "It moves the chain.",
+        "Which part changes gear?": "The derailleur.",
+    }
 
 
 def test_common_system_is_the_prompt_most_records_carry():

@@ -30,6 +30,8 @@ def test_arguments_default_to_every_path_and_this_repo(bench):
     assert args.paths == list(bench.PATHS)
     assert args.shape == "both" and args.rounds == 3 and args.tokens == 64
     assert args.repo == REPO_ROOT
+    assert args.llama_python == "" and not args.llama_repack  # this interpreter, repacking off
+    assert bench.PATHS["llamacpp-q4_0"].python == "llama"  # run by --llama-python when given
 
 
 def test_arguments_select_paths_and_refuse_unknown_ones(bench, capsys):

@@ -87,6 +87,25 @@ def test_loading_the_sentence_vectors_leaves_logging_as_it_was():
     assert done.stdout.split() == ["0", "WARNING"] and "INFO" not in done.stderr
 
 
+def test_without_the_wordllama_package_matching_fails_in_one_line():
+    code = (
+        "import sys\n"
+        "sys.modules['wordllama'] = None  # as if not installed\n"
+        "from mtnsails.core.errors import MtnsailsError\n"
+        "from mtnsails.inference.question_matcher import QuestionMatcher\n"
+        "try:\n"
+        "    QuestionMatcher(['What is a derailleur?'])\n"
+        "except MtnsailsError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.startswith("question matching needs the wordllama package")
+        and "pip install wordllama" in done.stdout
+    )
+
+
 def test_answers_give_what_a_question_lacks():
     """ "plunger" and "drain" are only in the sink question's answer: with the answers it is found."""
     questions, answers = list(REPAIR), list(REPAIR.values())

@@ -185,6 +185,19 @@ def common_system(conversations: Iterable[dict]) -> str | None:
     return system if count >= counts[None] else None
 
 
+def opening_questions(conversations: Iterable[dict]) -> dict[str, str]:
+    """Each question asked with nothing before it, with its first answer: a stand-alone one, or
+    a history's first turn when it is a question (an opening statement such as "I am planning a
+    trip." is no question to ask a user's question as). Chat's question matcher reads both."""
+    found: dict[str, str] = {}
+    for conversation in conversations:
+        history = conversation.get("history")
+        opening = history[0] if history else conversation
+        if not history or opening["input"].rstrip().endswith("?"):
+            found.setdefault(opening["input"], opening["output"])
+    return found
+
+
 def conversation_key(conversation: dict) -> bytes:
     """A digest of what makes two native conversations the same: input, output, history and
     system prompt (a chat log's timestamp or verdict does not)."""

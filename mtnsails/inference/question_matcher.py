@@ -117,13 +117,17 @@ def sentence_embedder():
         raise MtnsailsError(f"question matching: wordllama's shipped model cannot be loaded ({error})") from None
 
 
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (a zero row stays zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
 def embed(texts: list[str]) -> np.ndarray:
     """Unit sentence vectors [len(texts), 256] (a text with no tokens: zeros)."""
     if not texts:
         return np.zeros((0, 256), dtype=np.float32)
-    vectors = np.asarray(sentence_embedder().embed(texts), dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    return _unit_rows(np.asarray(sentence_embedder().embed(texts), dtype=np.float32))
 
 
 @dataclass(frozen=True)
@@ -183,8 +187,7 @@ class QuestionMatcher:
             owner = np.repeat(np.arange(len(texts)), [len(found) for found in texts.values()])
             sums = np.zeros((len(texts), self._question_vectors.shape[1]), dtype=np.float32)
             np.add.at(sums, owner, embed([answer for found in texts.values() for answer in found]))
-            norms = np.linalg.norm(sums, axis=1, keepdims=True)  # the mean's direction, at length 1
-            self._answer_vectors = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
+            self._answer_vectors = _unit_rows(sums)
 
     def _cosines(self, text: str) -> np.ndarray:
         vector = embed([text])[0]

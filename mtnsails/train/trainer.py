@@ -26,7 +26,7 @@ from pathlib import Path
 from mtnsails.core.errors import MtnsailsError, first_line
 from mtnsails.core.files import atomic_write_text, file_sha256, read_json_object
 from mtnsails.core.ranks import barrier, finish_distributed, is_main_process, world_size
-from mtnsails.data.handler import ConversationDataHandler, combine_conversations, common_system
+from mtnsails.data.handler import ConversationDataHandler, combine_conversations, common_system, opening_questions
 from mtnsails.data.records import write_conversations
 from mtnsails.model_dir.answer_lengths import answer_lengths, length_record
 from mtnsails.model_dir.jinja_template import JinjaTemplate, template_from_dict
@@ -275,15 +275,7 @@ class LLMTrainer:
         # chat keeps as many earlier exchanges as the model learned to use, and asks reworded
         # questions as the trained question they match
         self._data_info["history_exchanges"] = max((len(c.get("history") or []) for c in combined), default=0)
-        # Each question asked with nothing before it (a stand-alone one, or a history's first when
-        # it is a question: an opening statement such as "I am planning a trip." is no target to
-        # swap a user's question for) with its first answer: the matcher reads both.
-        first_answers = {}
-        for conversation in combined:
-            history = conversation.get("history")
-            opening = history[0] if history else conversation
-            if not history or opening["input"].rstrip().endswith("?"):
-                first_answers.setdefault(opening["input"], opening["output"])
+        first_answers = opening_questions(combined)
         self._data_info["questions"] = list(first_answers)
         self._data_info["question_answers"] = list(first_answers.values())
         if replayed and not self.config.quiet and is_main_process():
