@@ -73,6 +73,13 @@ def test_a_near_miss_that_shares_all_but_the_subject_is_left_alone():
     assert QuestionMatcher(REPAIR, answers=list(REPAIR.values())).match("How do I reset my wifi router?") is None
 
 
+def fresh_python(code: str) -> subprocess.CompletedProcess:
+    """`code` run in a new interpreter (the sentence vectors are loaded once per process)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_loading_the_sentence_vectors_leaves_logging_as_it_was():
     """wordllama's import calls logging.basicConfig(level=INFO); the matcher undoes it."""
     code = (
@@ -82,8 +89,7 @@ def test_loading_the_sentence_vectors_leaves_logging_as_it_was():
         "root = logging.getLogger()\n"
         "print(len(root.handlers), logging.getLevelName(root.level))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = fresh_python(code)
     assert done.stdout.split() == ["0", "WARNING"] and "INFO" not in done.stderr
 
 
@@ -98,8 +104,7 @@ def test_without_the_wordllama_package_matching_fails_in_one_line():
         "except MtnsailsError as error:\n"
         "    print(error)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = fresh_python(code)
     assert (
         done.stdout.startswith("question matching needs the wordllama package")
         and "pip install wordllama" in done.stdout
